@@ -1,0 +1,91 @@
+"""Minibatch training of an nn.Module with torch.optim, seeded and divergence-aware."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Plain minibatch training.
+
+    Attributes:
+        optim: 'sgd' or 'adam'.
+        learning_rate: step size (> 0).
+        momentum: SGD momentum in [0, 1) (ignored by Adam); None means 0.
+        batch_size: minibatch size, drawn with replacement each step.
+        num_steps: optimisation steps.
+        weight_decay: L2 penalty passed to the optimizer; None means 0.
+    """
+
+    optim: str = "sgd"
+    learning_rate: float = 0.01
+    momentum: float | None = 0.9
+    batch_size: int = 200
+    num_steps: int = 5000
+    weight_decay: float | None = None
+
+    def __post_init__(self):
+        if self.optim not in OPTIMIZERS:
+            raise ValueError(f"optim must be one of {OPTIMIZERS}; got {self.optim!r}")
+        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be a number > 0; got {self.learning_rate!r}")
+        if self.momentum is not None and not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
+            raise ValueError(f"momentum must be None or in [0, 1); got {self.momentum!r}")
+        for key in ("batch_size", "num_steps"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{key} must be an integer >= 1; got {v!r}")
+        if self.weight_decay is not None and not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be None or a number >= 0; got {self.weight_decay!r}")
+
+    def make_optimizer(self, params) -> torch.optim.Optimizer:
+        wd = self.weight_decay or 0.0
+        if self.optim == "sgd":
+            return torch.optim.SGD(params, lr=self.learning_rate, momentum=self.momentum or 0.0, weight_decay=wd)
+        return torch.optim.Adam(params, lr=self.learning_rate, weight_decay=wd)
+
+
+def train(
+    model: nn.Module,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    config: TrainingConfig,
+    gen: torch.Generator,
+    callback: Callable[[int, float], None] | None = None,
+) -> np.ndarray:
+    """Train ``model`` in place on (x, y); returns the (num_steps,) minibatch losses.
+
+    ``callback(step, loss)`` is called after every step (e.g. to log a metric).
+
+    Raises:
+        ValueError: batch_size > n.
+        FloatingPointError: the loss became NaN or inf (names the step).
+    """
+    n = x.shape[0]
+    if config.batch_size > n:
+        raise ValueError(f"batch_size must be <= the number of data points ({n}); got {config.batch_size}")
+    opt = config.make_optimizer(model.parameters())
+    losses = np.empty(config.num_steps)
+    model.train()
+    for step in range(config.num_steps):
+        idx = torch.randint(0, n, (config.batch_size,), generator=gen, device=gen.device)
+        loss = loss_fn(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"training diverged: loss {value} at step {step}")
+        losses[step] = value
+        if callback is not None:
+            callback(step, value)
+    return losses

@@ -1,0 +1,203 @@
+"""λ̂ estimation for any ``nn.Module``: the public entry point.
+
+    λ̂ = nβ (E_t[L(w_t)] - L_n(w*)),
+
+with E_t the average over each chain's post-burn-in SGLD draws (llc.sgld) and
+L_n(w*) the exact full-data loss at the centre. The baseline is computed once on
+all n points rather than on one shared minibatch, so it adds no noise and no
+correlation between the chains' estimates.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from llc.diagnostics import split_rhat
+from llc.sgld import FlatLoss, SGLDConfig, full_data_loss, run_sgld
+from models.device import resolve_device, resolve_dtype
+
+
+@dataclass
+class LLCResult:
+    """Outcome of one multi-chain λ̂ estimate.
+
+    Attributes:
+        lambdahat: mean of the per-chain estimates.
+        lambdahat_std: their standard deviation (ddof=1; 0 for one chain).
+        lambdahat_per_chain: (C,) estimates.
+        rhat: split-R-hat of the post-burn-in traces (NaN for one chain).
+        init_loss: L_n(w*), the full-data loss at the centre.
+        nbeta: the n·β used.
+        loss_trace: (C, T) float64 trace (NaN where not recorded).
+        burnin: discarded leading draws.
+        config: the sampler configuration.
+    """
+
+    lambdahat: float
+    lambdahat_std: float
+    lambdahat_per_chain: np.ndarray
+    rhat: float
+    init_loss: float
+    nbeta: float
+    loss_trace: np.ndarray
+    burnin: int
+    config: SGLDConfig = field(repr=False)
+
+    def summary(self) -> dict:
+        """JSON-ready scalars for a Sacred result or a DataFrame row."""
+        post = self.loss_trace[:, self.burnin:]
+        return {
+            "lambdahat": self.lambdahat,
+            "lambdahat_std": self.lambdahat_std,
+            "lambdahat_per_chain": [float(v) for v in self.lambdahat_per_chain],
+            "rhat": None if math.isnan(self.rhat) else self.rhat,
+            "init_loss": self.init_loss,
+            "nbeta": self.nbeta,
+            "trace_mean_per_chain": [float(v) for v in post.mean(axis=1)],
+            "trace_std_per_chain": [float(v) for v in post.std(axis=1)],
+        }
+
+
+def llc_from_trace(loss_trace: Tensor, init_loss: float, nbeta: float, burnin: int) -> np.ndarray:
+    """Per-chain λ̂ = nβ (mean_{t >= burnin} L(w_t) - L_n(w*)) from a (C, T) trace."""
+    post = loss_trace[:, burnin:].double()
+    return (nbeta * (post.mean(dim=1) - init_loss)).numpy()
+
+
+def estimate_llc_flat(
+    loss_fn: FlatLoss,
+    w_star: Tensor,
+    x: Tensor,
+    y: Tensor,
+    config: SGLDConfig,
+    seed: int,
+    eval_batch_size: int = 4096,
+) -> LLCResult:
+    """λ̂ at a flat parameter vector w* (P,), for a loss over flat parameters.
+
+    The functional core behind :func:`estimate_llc`; see llc.sgld.run_sgld for the
+    arguments. Raises SGLDDivergenceError if any chain diverges.
+    """
+    with torch.no_grad():
+        init_loss = float(full_data_loss(loss_fn, w_star[None], x, y, eval_batch_size)[0])
+    if not math.isfinite(init_loss):
+        raise FloatingPointError(f"L_n(w*) is not finite ({init_loss}); cannot estimate the LLC there")
+    trace = run_sgld(loss_fn, w_star, x, y, config, seed, eval_batch_size)
+    per_chain = llc_from_trace(trace.loss, init_loss, trace.nbeta, trace.burnin)
+    post = trace.loss[:, trace.burnin:].numpy()
+    return LLCResult(
+        lambdahat=float(per_chain.mean()),
+        lambdahat_std=float(per_chain.std(ddof=1)) if per_chain.size > 1 else 0.0,
+        lambdahat_per_chain=per_chain,
+        rhat=split_rhat(post) if per_chain.size > 1 else float("nan"),
+        init_loss=init_loss,
+        nbeta=trace.nbeta,
+        loss_trace=trace.loss.numpy(),
+        burnin=trace.burnin,
+        config=config,
+    )
+
+
+def flat_loss_for_module(
+    model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], dtype: torch.dtype, device: torch.device
+) -> tuple[FlatLoss, Tensor]:
+    """Turn (model, loss_fn) into loss(w_flat, x, y) and the model's current flat w (P,).
+
+    Parameters are views into w_flat, so grad and vmap act on one (P,) tensor.
+    Buffers (e.g. BatchNorm running statistics) are held fixed.
+    """
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    sizes = [math.prod(s) for s in shapes]
+    w0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).to(device=device, dtype=dtype)
+    buffers = {
+        n: b.to(device=device, dtype=dtype if b.is_floating_point() else b.dtype) for n, b in model.named_buffers()
+    }
+
+    def loss(w: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        params = {n: c.view(s) for n, c, s in zip(names, torch.split(w, sizes), shapes)}
+        return loss_fn(functional_call(model, (params, buffers), (x,)), y)
+
+    return loss, w0
+
+
+def estimate_llc(
+    model: nn.Module,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    data: tuple[Tensor, Tensor],
+    *,
+    epsilon: float = 1e-5,
+    gamma: float = 10.0,
+    num_steps: int = 5000,
+    batch_size: int = 100,
+    num_chains: int = 4,
+    nbeta: float | None = None,
+    num_burnin_steps: int | None = None,
+    loss_trace_minibatch: bool = True,
+    seed: int = 0,
+    device: str = "auto",
+    dtype: str | None = None,
+    eval_batch_size: int = 4096,
+) -> LLCResult:
+    """Estimate the local learning coefficient λ̂ at the model's current weights.
+
+    Runs ``num_chains`` SGLD chains (vectorised with vmap) on
+    p(w) ∝ exp(-nβ L_n(w) - γ/2 ||w - w*||²), w* = the model's parameters, and
+    returns λ̂ = nβ (E[L(w)] - L_n(w*)) per chain, with mean, std and R-hat.
+    The model is evaluated in eval mode (BatchNorm statistics fixed, dropout off);
+    it is not modified.
+
+    Args:
+        model: any module mapping a batch x to outputs; its parameters are w*.
+        loss_fn: mean loss over a batch, loss_fn(outputs, y) -> scalar, e.g.
+            ``torch.nn.functional.mse_loss`` or ``cross_entropy``.
+        data: (x, y) tensors holding all n training points (first dimension n).
+        epsilon: SGLD step size ε.
+        gamma: localisation strength γ.
+        num_steps: steps per chain, burn-in included.
+        batch_size: minibatch size per step and chain (<= n).
+        num_chains: independent chains, each with its own generator.
+        nbeta: n·β; None means n / log n.
+        num_burnin_steps: draws discarded before averaging; None keeps the last 10%.
+        loss_trace_minibatch: average minibatch losses (cheap) rather than full-data ones.
+        seed: base seed; chain c is seeded from (seed, c).
+        device: 'auto', 'cpu' or 'cuda'.
+        dtype: 'float32' or 'float64'; None keeps the model's parameter dtype.
+        eval_batch_size: chunk size for full-data losses.
+
+    Returns:
+        LLCResult.
+
+    Raises:
+        ValueError: invalid hyperparameters, batch_size > n, or mismatched data.
+        SGLDDivergenceError: a chain diverged (names the chain and step).
+    """
+    config = SGLDConfig(
+        epsilon=epsilon, gamma=gamma, num_steps=num_steps, batch_size=batch_size, num_chains=num_chains,
+        nbeta=nbeta, num_burnin_steps=num_burnin_steps, loss_trace_minibatch=loss_trace_minibatch,
+    )
+    x, y = data
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"data x and y must have the same first dimension; got {x.shape[0]} and {y.shape[0]}")
+    dev = resolve_device(device)
+    param_dtype = next(model.parameters()).dtype
+    dt = param_dtype if dtype is None else resolve_dtype(dtype)
+    if model.training and any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)) for m in model.modules()):
+        warnings.warn("estimate_llc evaluates the model in eval mode: BatchNorm uses its running statistics")
+    was_training = model.training
+    model.eval()
+    try:
+        # functional_call swaps in w's views and the cast buffers: the module itself stays put.
+        loss, w_star = flat_loss_for_module(model, loss_fn, dt, dev)
+        x = x.to(device=dev, dtype=dt if x.is_floating_point() else x.dtype)
+        y = y.to(device=dev, dtype=dt if y.is_floating_point() else y.dtype)
+        return estimate_llc_flat(loss, w_star, x, y, config, seed, eval_batch_size)
+    finally:
+        model.train(was_training)

@@ -1,0 +1,125 @@
+"""Deep linear networks (no bias) and their true-parameter generators.
+
+A DLN with input size H_0 and ``layer_widths`` [H_1, ..., H_L] computes
+f(w, x) = W_L ... W_1 x with W_l of shape (H_l, H_{l-1}). Parameters are named
+``layers.{l}.weight`` (the names ``nn.Sequential`` of ``nn.Linear`` gives), so
+``torch.func.functional_call`` works on the dicts produced here.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+TRUE_PARAM_METHODS = ("random", "zero", "rand_rank", "rand_rank_sv")
+
+
+class DeepLinearNetwork(nn.Module):
+    """Bias-free stack of linear maps; the architecture only (init is PyTorch's)."""
+
+    def __init__(self, input_dim: int, layer_widths: Sequence[int]):
+        super().__init__()
+        sizes = [input_dim, *layer_widths]
+        self.input_dim = input_dim
+        self.layer_widths = list(layer_widths)
+        self.layers = nn.Sequential(
+            *[nn.Linear(sizes[i], sizes[i + 1], bias=False) for i in range(len(layer_widths))]
+        )
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, H_0) -> (N, H_L)
+        return self.layers(x)
+
+
+def param_names(num_layers: int) -> list[str]:
+    return [f"layers.{i}.weight" for i in range(num_layers)]
+
+
+def end_to_end_matrix(params: dict[str, Tensor]) -> Tensor:
+    """W_L ... W_1, shape (H_L, H_0), computed in float64 for rank decisions."""
+    mats = [params[k].detach().double() for k in param_names(len(params))]
+    out = mats[0]
+    for w in mats[1:]:
+        out = w @ out
+    return out
+
+
+def numerical_rank(matrix: Tensor, rtol: float | None = None) -> tuple[int, Tensor]:
+    """Rank of ``matrix`` with singular values above rtol * s_max (numpy's default rtol).
+
+    Returns (rank, singular values in descending order).
+    """
+    sv = torch.linalg.svdvals(matrix.double())
+    if sv.numel() == 0 or sv[0] == 0:
+        return 0, sv
+    if rtol is None:
+        rtol = max(matrix.shape) * torch.finfo(torch.float64).eps
+    return int((sv > rtol * sv[0]).sum()), sv
+
+
+def _uniform_init(shape: tuple[int, int], gen: torch.Generator) -> Tensor:
+    # PyTorch's nn.Linear default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    bound = 1.0 / math.sqrt(shape[1])
+    return (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+
+
+def _random_orthogonal(n: int, k: int, gen: torch.Generator) -> Tensor:
+    """n x k matrix with orthonormal columns, Haar-distributed (QR with sign fix)."""
+    q, r = torch.linalg.qr(torch.randn(n, k, generator=gen, dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones(()))
+
+
+def _reduce_rank(w: Tensor, gen: torch.Generator) -> Tensor:
+    """Zero k ~ U{0, ..., rank-1} of the smallest singular values of ``w``."""
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    full = s.numel()
+    k = int(torch.randint(0, full, (1,), generator=gen))
+    s = s.clone()
+    if k > 0:
+        s[full - k:] = 0.0
+    return (u * s) @ vh
+
+
+def make_true_params(
+    input_dim: int,
+    layer_widths: Sequence[int],
+    method: str,
+    gen: torch.Generator,
+    prop_rank_reduce: float = 0.2,
+    mean: float = 0.0,
+    std: float = 5.0,
+) -> dict[str, Tensor]:
+    """Draw a true parameter w* (float64 on CPU) from the seeded generator ``gen``.
+
+    Methods:
+        random: PyTorch's default Linear init.
+        zero: all weights zero (end-to-end rank 0).
+        rand_rank: default init; each matrix, with probability ``prop_rank_reduce``,
+            has its k ~ U{0..rank-1} smallest singular values zeroed.
+        rand_rank_sv: each matrix is U diag(|N(mean, std)|) V^T with Haar U, V; its
+            rank is reduced as in rand_rank with probability ``prop_rank_reduce``.
+    """
+    if method not in TRUE_PARAM_METHODS:
+        raise ValueError(f"method must be one of {TRUE_PARAM_METHODS}; got {method!r}")
+    if not 0.0 <= prop_rank_reduce <= 1.0:
+        raise ValueError(f"prop_rank_reduce must be in [0, 1]; got {prop_rank_reduce}")
+    sizes = [input_dim, *layer_widths]
+    params = {}
+    for i, name in enumerate(param_names(len(layer_widths))):
+        shape = (sizes[i + 1], sizes[i])
+        if method == "zero":
+            w = torch.zeros(shape, dtype=torch.float64)
+        elif method in ("random", "rand_rank"):
+            w = _uniform_init(shape, gen)
+        else:  # rand_rank_sv
+            k = min(shape)
+            sv = (mean + std * torch.randn(k, generator=gen, dtype=torch.float64)).abs()
+            u = _random_orthogonal(shape[0], k, gen)
+            v = _random_orthogonal(shape[1], k, gen)
+            w = (u * sv) @ v.T
+        if method in ("rand_rank", "rand_rank_sv"):
+            if float(torch.rand((), generator=gen, dtype=torch.float64)) < prop_rank_reduce:
+                w = _reduce_rank(w, gen)
+        params[name] = w
+    return params
