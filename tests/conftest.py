@@ -1,0 +1,30 @@
+"""Shared fixtures: CPU-only, deterministic, no network, quiet Sacred."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    import torch
+
+    torch.set_num_threads(2)
+    yield
+
+
+def load_experiment(name: str):
+    """Import experiments/<name>.py as a module (experiments/ is not a package)."""
+    import importlib.util
+
+    path = REPO / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
