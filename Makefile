@@ -1,12 +1,15 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
 # Both (re)build .venv from the pinned requirements when it is missing or stale:
-# the stamp file is named after a hash of requirements.txt and pyproject.toml.
+# the stamp file is named after a hash of requirements.txt; a second, cheap stamp
+# re-runs the editable install when pyproject.toml changes.
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-REQ_HASH := $(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
-STAMP := $(VENV)/.stamp-$(REQ_HASH)
+REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
+PROJ_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
+VENV_STAMP := $(VENV)/.stamp-req-$(REQ_HASH)
+STAMP := $(VENV)/.stamp-proj-$(PROJ_HASH)-$(REQ_HASH)
 # Some machines cap torch/torchvision with a global pip constraint file; the pins
 # in requirements.txt are the constraint here.
 export PIP_CONSTRAINT := /dev/null
@@ -16,10 +19,13 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(VENV_STAMP): requirements.txt
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
+	touch $(VENV_STAMP)
+
+$(STAMP): $(VENV_STAMP) pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

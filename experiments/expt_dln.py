@@ -25,7 +25,7 @@ from dynamics.hessian import hutchinson_trace
 from dynamics.jacobian import functional_rank
 from dynamics.train import TrainingConfig, train
 from llc.aoyagi import dln_learning_coefficient
-from llc.estimate import estimate_llc_flat, flat_loss_for_module
+from llc.estimate import estimate_llc_flat, flat_model_for_module
 from llc.sgld import SGLDConfig
 from models.device import DTYPES, derived_seed, resolve_device, resolve_dtype
 from models.dln import TRUE_PARAM_METHODS, DeepLinearNetwork, end_to_end_matrix, make_true_params, numerical_rank
@@ -140,7 +140,8 @@ def _mse(out, y):
     return ((out - y) ** 2).mean()
 
 
-def _diagnostics(loss, f_flat, w, x, y, config, seed, purpose):
+def _diagnostics(_run, prefix, loss, f_flat, w, x, y, config, seed, purpose):
+    """Optional Hessian trace and functional rank at w; singular values go to info."""
     out = {}
     if config["do_hessian_trace"]:
         est, sem = hutchinson_trace(loss, w, x, y, config["hessian_trace_probes"], _stream(seed, purpose, w.device))
@@ -148,7 +149,8 @@ def _diagnostics(loss, f_flat, w, x, y, config, seed, purpose):
     if config["do_functional_rank"]:
         m = min(config["functional_rank_num_data"], x.shape[0])
         rank, sv = functional_rank(f_flat, w, x[:m])
-        out["functional_rank"], out["functional_rank_singular_values"] = rank, sv.tolist()
+        out["functional_rank"] = rank
+        _run.info[f"{prefix}functional_rank_singular_values"] = sv.tolist()
     return out
 
 
@@ -179,13 +181,10 @@ def main(_config, _run, _seed):
 
     net.load_state_dict({k: v.to(dtype) for k, v in w_star.items()})
     net.to(device=device, dtype=dtype)
-    loss, w_flat = flat_loss_for_module(net, _mse, dtype, device)
-    names = [k for k, _ in net.named_parameters()]
-    shapes = [p.shape for p in net.parameters()]
+    f_flat, w_flat = flat_model_for_module(net, dtype, device)
 
-    def f_flat(w, xb):
-        chunks = torch.split(w, [math.prod(s) for s in shapes])
-        return functional_call(net, {k: c.view(s) for k, c, s in zip(names, chunks, shapes)}, (xb,))
+    def loss(w, xb, yb):
+        return _mse(f_flat(w, xb), yb)
 
     model_dim = w_flat.numel()
     res = estimate_llc_flat(loss, w_flat, x, y, sgld, seed=derived_seed(_seed, SGLD_W_STAR))
@@ -197,7 +196,7 @@ def main(_config, _run, _seed):
         "true_rank": true_rank,
         "model_dim": model_dim,
         "relative_error": (res.lambdahat - true_lambda) / true_lambda if true_lambda > 0 else None,
-        **_diagnostics(loss, f_flat, w_flat, x, y, _config, _seed, DIAG_W_STAR),
+        **_diagnostics(_run, "", loss, f_flat, w_flat, x, y, _config, _seed, DIAG_W_STAR),
     }
     _run.log_scalar("llc/lambdahat", res.lambdahat, 0)
 
@@ -210,10 +209,15 @@ def main(_config, _run, _seed):
         trained.load_state_dict({k: v.to(dtype) for k, v in init.items()})
         trained.to(device=device, dtype=dtype)
         gen_batches = _stream(_seed, BATCHES, device)
-        losses = train(trained, _mse, x, y, cfg, gen_batches)
-        log_series(_run, "train/loss", losses, _config["log_max_points"])
-        loss_t, w_trained = flat_loss_for_module(trained, _mse, dtype, device)
-        res_t = estimate_llc_flat(loss_t, w_trained, x, y, sgld, seed=derived_seed(_seed, SGLD_TRAINED))
+        every = max(1, math.ceil(cfg.num_steps / _config["log_max_points"]))
+
+        def log_train(step, value):  # logged as training goes, so an interrupted run keeps it
+            if step % every == 0 or step == cfg.num_steps - 1:
+                _run.log_scalar("train/loss", value, step)
+
+        losses = train(trained, _mse, x, y, cfg, gen_batches, callback=log_train)
+        w_trained = torch.cat([p.detach().reshape(-1) for p in trained.parameters()])
+        res_t = estimate_llc_flat(loss, w_trained, x, y, sgld, seed=derived_seed(_seed, SGLD_TRAINED))
         _log_traces(_run, "trained/llc", res_t, _config["log_max_points"])
         rank_t, sv_t = numerical_rank(end_to_end_matrix(dict(trained.named_parameters())))
         _run.info["trained_end_to_end_singular_values"] = sv_t.tolist()
@@ -223,7 +227,7 @@ def main(_config, _run, _seed):
             "numerical_rank": rank_t,
             "final_train_loss": float(losses[-1]),
             "relative_error": (res_t.lambdahat - true_lambda) / true_lambda if true_lambda > 0 else None,
-            **_diagnostics(loss_t, f_flat, w_trained, x, y, _config, _seed, DIAG_TRAINED),
+            **_diagnostics(_run, "trained_", loss, f_flat, w_trained, x, y, _config, _seed, DIAG_TRAINED),
         }
         _run.log_scalar("trained/llc/lambdahat", res_t.lambdahat, 0)
     return json_ready(result)

@@ -105,13 +105,13 @@ def estimate_llc_flat(
     )
 
 
-def flat_loss_for_module(
-    model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], dtype: torch.dtype, device: torch.device
-) -> tuple[FlatLoss, Tensor]:
-    """Turn (model, loss_fn) into loss(w_flat, x, y) and the model's current flat w (P,).
+def flat_model_for_module(
+    model: nn.Module, dtype: torch.dtype, device: torch.device
+) -> tuple[Callable[[Tensor, Tensor], Tensor], Tensor]:
+    """Turn ``model`` into f(w_flat, x) and its current flat parameters w (P,).
 
-    Parameters are views into w_flat, so grad and vmap act on one (P,) tensor.
-    Buffers (e.g. BatchNorm running statistics) are held fixed.
+    Parameters are views into w_flat, so grad, jvp and vmap act on one (P,) tensor.
+    Buffers (e.g. BatchNorm running statistics) are cast and held fixed.
     """
     names = [n for n, _ in model.named_parameters()]
     shapes = [p.shape for _, p in model.named_parameters()]
@@ -121,9 +121,21 @@ def flat_loss_for_module(
         n: b.to(device=device, dtype=dtype if b.is_floating_point() else b.dtype) for n, b in model.named_buffers()
     }
 
-    def loss(w: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    def f(w: Tensor, x: Tensor) -> Tensor:
         params = {n: c.view(s) for n, c, s in zip(names, torch.split(w, sizes), shapes)}
-        return loss_fn(functional_call(model, (params, buffers), (x,)), y)
+        return functional_call(model, (params, buffers), (x,))
+
+    return f, w0
+
+
+def flat_loss_for_module(
+    model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], dtype: torch.dtype, device: torch.device
+) -> tuple[FlatLoss, Tensor]:
+    """loss(w_flat, x, y) = loss_fn(f(w_flat, x), y) and the model's current flat w (P,)."""
+    f, w0 = flat_model_for_module(model, dtype, device)
+
+    def loss(w: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        return loss_fn(f(w, x), y)
 
     return loss, w0
 
