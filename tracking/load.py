@@ -71,8 +71,9 @@ class MongoSource:
 # ----------------------------------------------------------------------------- stores
 
 def _restore(flat):
-    from sacred.serializer import restore
-
+    with warnings.catch_warnings():  # sacred imports pkg_resources, deprecated by setuptools
+        warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
+        from sacred.serializer import restore
     return restore(flat)
 
 
