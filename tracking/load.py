@@ -33,8 +33,7 @@ METRIC_COLUMNS = ["run_id", "experiment", "name", "step", "value", "timestamp", 
 TIME_COLUMNS = ("start_time", "stop_time", "heartbeat")
 # Every status Sacred writes (TIMEOUT comes from sacred.utils.TimeoutInterrupt).
 STATUSES = ("QUEUED", "RUNNING", "COMPLETED", "FAILED", "INTERRUPTED", "TIMEOUT")
-# Sacred's `-m` spec with a host: host:port[:db[.collection]]; a bare db name is not
-# accepted because it cannot be told apart from a relative directory.
+# Sacred's `-m` spec host:port[:db[.collection]]; not a bare db name, which looks like a directory.
 _MONGO_SPEC = re.compile(r"[0-9A-Za-z.-]+:\d{1,5}(:.+)?")
 
 
@@ -80,13 +79,11 @@ def _restore(flat):
 def _read_json(path: Path):
     """The JSON in ``path``; None if it is missing or half-written (a run in progress)."""
     try:
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except json.JSONDecodeError as err:
         warnings.warn(f"skipping unreadable {path}: {err}")
-        return None
 
 
 class _FileStore:
@@ -287,9 +284,8 @@ def _row(run_id, entry: dict, config: dict, label: str) -> tuple[dict, list[str]
 def _matches(value, wanted) -> bool:
     if callable(wanted):
         return bool(wanted(value))
-    if isinstance(value, (list, tuple)) or isinstance(wanted, (list, tuple)):
-        return isinstance(value, (list, tuple)) and isinstance(wanted, (list, tuple)) and list(value) == list(wanted)
-    return value == wanted
+    sequences = isinstance(value, (list, tuple)), isinstance(wanted, (list, tuple))
+    return list(value) == list(wanted) if all(sequences) else not any(sequences) and value == wanted
 
 
 def apply_filters(df: pd.DataFrame, filters: Mapping[str, Any | Callable[[Any], bool]]) -> pd.DataFrame:
