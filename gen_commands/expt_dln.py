@@ -1,0 +1,231 @@
+"""Write one ``experiments/expt_dln.py`` command per line: random DLNs × settings × seeds.
+
+    python gen_commands/expt_dln.py cmds.txt --preset paper1 --num-runs 50
+    python gen_commands/expt_dln.py cmds.txt --widths 5 20 --layers 2 4 --n 10000 \\
+        --epsilon 1e-6 5e-7 --grid "sgld_config.gamma=[1.0, 10.0]" -F runs/dln_lambdahat
+
+For each of ``--num-runs`` random architectures (number of layers, each width and
+the input dim drawn uniformly from their closed ranges) the generator writes one
+line per combination of the list-valued options (``--n``, ``--epsilon``, ...) and
+of the ``--grid`` axes, and per seed. Without ``--seeds`` each architecture gets
+one seed drawn from the generator's RNG, shared by its combinations, so they
+see the same true parameter w*. ``--seed`` makes the whole file reproducible.
+
+Presets reproduce the paper's six DLN sweeps (reference.md §1: all rand_rank,
+SGLD batch 500, trained first) and a small ``demo``; explicit options override
+a preset's values.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gen_commands import sweep  # noqa: E402
+
+EXPERIMENT = "dln_lambdahat"  # Sacred Experiment name in experiments/expt_dln.py
+SCRIPT = "experiments/expt_dln.py"
+DEFAULT_RUNS_DIR = f"runs/{EXPERIMENT}"
+TRUE_PARAM_METHODS = ("random", "zero", "rand_rank", "rand_rank_sv")
+OPTIMS = ("sgd", "adam")
+
+# Defaults when neither a preset nor an option sets a value. Lists are crossed.
+BASE = dict(
+    num_runs=10,
+    widths=(5, 50), layers=(2, 5), input_dim=None,  # input_dim None -> the widths range
+    n=[10000], epsilon=[1e-5], gamma=[1.0], steps=[5000], burnin=None, batch=[100], num_chains=[4],
+    method=["rand_rank"], prop_rank_reduce=[0.5],
+    training=False, train_steps=[5000], train_lr=[0.01], train_batch=[200], train_optim=["sgd"],
+)
+
+
+def _paper(widths, layers, n, eps, steps, num_runs=100):
+    # reference.md §1: rand_rank, batch 500, trained first. γ = 1, prop_rank_reduce 0.5
+    # and the training settings follow the original README's example command.
+    return dict(
+        num_runs=num_runs, widths=widths, layers=layers, n=[n], epsilon=[eps], gamma=[1.0],
+        steps=[steps], batch=[500], num_chains=[4], method=["rand_rank"], prop_rank_reduce=[0.5],
+        training=True, train_steps=[50000], train_lr=[0.01], train_batch=[500], train_optim=["sgd"],
+    )
+
+
+PRESETS = {
+    "paper1": _paper((5, 50), (2, 5), 100_000, 5e-7, 10_000),
+    "paper2": _paper((5, 100), (2, 10), 100_000, 5e-7, 10_000),
+    "paper3": _paper((50, 500), (2, 10), 1_000_000, 1e-7, 50_000),
+    "paper4": _paper((100, 1000), (2, 20), 1_000_000, 2e-8, 50_000),
+    "paper5": _paper((500, 2000), (2, 20), 1_000_000, 2e-8, 50_000),
+    "paper6": _paper((500, 3000), (2, 40), 1_000_000, 2e-8, 50_000),
+    # Small enough for 2 CPU cores in under 2 minutes (8 runs, 2 at a time, 10-25 s
+    # each including ~5-10 s of start-up), large enough for λ̂ within ~5-20% of λ.
+    # ε was measured on a [20, 18, 20, 15] DLN at n=1e4 and 3000 steps: ε = 1e-6 gave
+    # λ̂ = 53 for λ = 119.5 (R-hat 1.9, not yet equilibrated), 1e-5 gave 93, 2e-5 111
+    # and 3e-5 131. With ε = 2e-5, 1000 steps of burn-in then 1000 draws suffice.
+    "demo": dict(
+        num_runs=8, widths=(5, 20), layers=(2, 4), input_dim=(5, 20),
+        n=[10000], epsilon=[2e-5], gamma=[1.0], steps=[2000], burnin=[1000], batch=[500], num_chains=[4],
+        method=["rand_rank"], prop_rank_reduce=[0.5], training=False,
+    ),
+}
+
+# option dest -> config key, in the order keys are written on each line.
+SETTING_KEYS = {
+    "n": "num_training_data",
+    "method": "true_param_config.method",
+    "prop_rank_reduce": "true_param_config.prop_rank_reduce",
+    "epsilon": "sgld_config.epsilon",
+    "gamma": "sgld_config.gamma",
+    "steps": "sgld_config.num_steps",
+    "burnin": "sgld_config.num_burnin_steps",
+    "batch": "sgld_config.batch_size",
+    "num_chains": "sgld_config.num_chains",
+}
+TRAINING_KEYS = {
+    "train_optim": "training_config.optim",
+    "train_lr": "training_config.learning_rate",
+    "train_batch": "training_config.batch_size",
+    "train_steps": "training_config.num_steps",
+}
+
+
+def _presets_help() -> str:
+    rows = ["presets (widths, layers, n, epsilon, SGLD steps, batch, training):"]
+    for name, pr in PRESETS.items():
+        rows.append(f"  {name:7s} widths {pr['widths'][0]}-{pr['widths'][1]}, layers {pr['layers'][0]}-{pr['layers'][1]}, "
+                    f"n {pr['n'][0]}, eps {pr['epsilon'][0]:g}, steps {pr['steps'][0]}, batch {pr['batch'][0]}, "
+                    f"training {'on' if pr['training'] else 'off'}, {pr['num_runs']} runs")
+    return "\n".join(rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python gen_commands/expt_dln.py",
+        description=__doc__, epilog=_presets_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("out", help="commands file to write (refused if it exists, unless --force)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="named sweep; other options override its values")
+    p.add_argument("--num-runs", type=int, help=f"random architectures to draw (default {BASE['num_runs']})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generator's RNG (default 0)")
+    g = p.add_argument_group("architecture (closed ranges LO HI, sampled uniformly)")
+    g.add_argument("--widths", type=int, nargs=2, metavar=("LO", "HI"), help="width of every layer, output included (default 5 50)")
+    g.add_argument("--layers", type=int, nargs=2, metavar=("LO", "HI"), help="number of layers = len(layer_widths) (default 2 5)")
+    g.add_argument("--input-dim", type=int, nargs=2, metavar=("LO", "HI"), help="input dim H_0 (default: the --widths range)")
+    g = p.add_argument_group("settings (each a list of values; all lists are crossed)")
+    g.add_argument("--n", type=int, nargs="+", help="num_training_data (default 10000)")
+    g.add_argument("--epsilon", type=float, nargs="+", help="sgld_config.epsilon, SGLD step size (default 1e-5)")
+    g.add_argument("--gamma", type=float, nargs="+", help="sgld_config.gamma, localisation (default 1.0)")
+    g.add_argument("--steps", type=int, nargs="+", help="sgld_config.num_steps (default 5000)")
+    g.add_argument("--burnin", type=int, nargs="+", help="sgld_config.num_burnin_steps, < steps (default: not written, i.e. 90%% of steps)")
+    g.add_argument("--batch", type=int, nargs="+", help="sgld_config.batch_size (default 100)")
+    g.add_argument("--num-chains", type=int, nargs="+", help="sgld_config.num_chains (default 4)")
+    g.add_argument("--method", nargs="+", choices=TRUE_PARAM_METHODS, metavar="METHOD",
+                   help=f"true_param_config.method, one of {', '.join(TRUE_PARAM_METHODS)} (default rand_rank)")
+    g.add_argument("--prop-rank-reduce", type=float, nargs="+", help="true_param_config.prop_rank_reduce in [0, 1] (default 0.5)")
+    g.add_argument("--training", action=argparse.BooleanOptionalAction, help="do_training: also train and estimate λ̂ at the trained parameter (default off)")
+    g.add_argument("--train-steps", type=int, nargs="+", help="training_config.num_steps (default 5000)")
+    g.add_argument("--train-lr", type=float, nargs="+", help="training_config.learning_rate (default 0.01)")
+    g.add_argument("--train-batch", type=int, nargs="+", help="training_config.batch_size (default 200)")
+    g.add_argument("--train-optim", nargs="+", choices=OPTIMS, metavar="OPTIM",
+                   help="training_config.optim, sgd or adam (default sgd)")
+    g.add_argument("--seeds", type=int, nargs="+", help="run seeds for every architecture (default: one drawn per architecture)")
+    g.add_argument("--grid", action="append", default=[], metavar="KEY=[...]",
+                   help="extra axis over any config key, e.g. \"sgld_config.gamma=[1, 10]\" or "
+                        "\"sgld_config.epsilon=[2**-i * 1e-6 for i in range(3)]\"; replaces that key's value")
+    g = p.add_argument_group("line format")
+    g.add_argument("--expt-name", help="expt_name config entry, a label for plots (default: the preset's name)")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), help="device config entry (default: not written, i.e. auto)")
+    obs = g.add_mutually_exclusive_group()
+    obs.add_argument("-F", "--file-storage", metavar="DIR", help=f"record with a FileStorageObserver in DIR (default {DEFAULT_RUNS_DIR})")
+    obs.add_argument("-m", "--mongo", metavar="HOST:PORT:DB", help="record with a MongoObserver instead")
+    g.add_argument("--python", default="python", help="interpreter written at the start of each line (default python)")
+    g.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    return p
+
+
+def resolve_settings(args: argparse.Namespace) -> dict:
+    """BASE, then the preset, then explicit options; validated. Raises ValueError."""
+    s = dict(BASE)
+    if args.preset:
+        s.update(PRESETS[args.preset])
+    for key in BASE:
+        value = getattr(args, key, None)
+        if value is not None:
+            s[key] = value
+    if s["num_runs"] < 1:
+        raise ValueError(f"--num-runs must be >= 1; got {s['num_runs']}")
+    sweep.check_range("--widths", *s["widths"], minimum=1)
+    sweep.check_range("--layers", *s["layers"], minimum=1)
+    s["input_dim"] = s["input_dim"] or s["widths"]
+    sweep.check_range("--input-dim", *s["input_dim"], minimum=1)
+    for opt, lo in [("n", 2), ("steps", 1), ("batch", 1), ("num_chains", 1), ("train_steps", 1), ("train_batch", 1)]:
+        if min(s[opt]) < lo:
+            raise ValueError(f"--{opt.replace('_', '-')} values must be >= {lo}; got {s[opt]}")
+    if s["burnin"] is not None and (min(s["burnin"]) < 0 or max(s["burnin"]) >= min(s["steps"])):
+        raise ValueError(f"--burnin values must be in [0, min(--steps)={min(s['steps'])}); got {s['burnin']}")
+    for opt in ("epsilon", "train_lr"):
+        if min(s[opt]) <= 0:
+            raise ValueError(f"--{opt.replace('_', '-')} values must be > 0; got {s[opt]}")
+    if min(s["gamma"]) < 0:
+        raise ValueError(f"--gamma values must be >= 0; got {s['gamma']}")
+    if not all(0 <= p <= 1 for p in s["prop_rank_reduce"]):
+        raise ValueError(f"--prop-rank-reduce values must be in [0, 1]; got {s['prop_rank_reduce']}")
+    for opt in ("batch",) + (("train_batch",) if s["training"] else ()):
+        if max(s[opt]) > min(s["n"]):
+            raise ValueError(f"--{opt.replace('_', '-')} must be <= every --n ({min(s['n'])}); got {max(s[opt])}")
+    return s
+
+
+def generate(args: argparse.Namespace) -> list[str]:
+    """The command lines, in a deterministic order (architecture, settings, seed)."""
+    s = resolve_settings(args)
+    grid = sweep.parse_grid(args.grid)
+    if sweep.RUN_KEY in grid:
+        raise ValueError("--grid cannot set run_key: the generator computes it")
+    rng = sweep.make_rng(args.seed)
+    observer = sweep.observer_flag(mongo=args.mongo) if args.mongo else \
+        sweep.observer_flag(file_storage=args.file_storage or DEFAULT_RUNS_DIR)
+    axes = {SETTING_KEYS[k]: s[k] for k in SETTING_KEYS if s[k] is not None}
+    axes["do_training"] = [bool(s["training"])]
+    if s["training"]:
+        axes.update({TRAINING_KEYS[k]: s[k] for k in TRAINING_KEYS})
+    axes.update(grid)  # a --grid axis replaces the option's values, keeping the key's position
+    expt_name = args.expt_name if args.expt_name is not None else args.preset
+
+    lines = []
+    for _ in range(s["num_runs"]):
+        num_layers = sweep.sample_int(rng, *s["layers"])
+        arch = {
+            "input_dim": sweep.sample_int(rng, *s["input_dim"]),
+            "layer_widths": sweep.sample_ints(rng, *s["widths"], size=num_layers),
+        }
+        seeds = args.seeds if args.seeds is not None else [sweep.sample_seed(rng)]
+        for combo in sweep.cartesian(axes):
+            overrides = {} if expt_name is None else {"expt_name": expt_name}
+            overrides.update({k: v for k, v in arch.items() if k not in grid})
+            if args.device is not None:
+                overrides["device"] = args.device
+            overrides.update(combo)
+            for seed in seeds if "seed" not in grid else [None]:
+                run = overrides if seed is None else {**overrides, "seed": seed}
+                lines.append(sweep.format_command(SCRIPT, EXPERIMENT, run, observer, args.python))
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        lines = generate(args)
+        path = sweep.write_lines(args.out, lines, force=args.force)
+    except (ValueError, FileExistsError) as err:
+        parser.error(str(err))
+    print(f"wrote {len(lines)} commands to {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
