@@ -57,6 +57,15 @@ def sacred_value(text: str):
         return text
 
 
+def config_overrides(text: str) -> dict:
+    """The ``key=value`` overrides after ``with`` on a command line, as Sacred converts them."""
+    argv = shlex.split(text)
+    if "with" not in argv:
+        return {}
+    pairs = (a.split("=", 1) for a in argv[argv.index("with") + 1:] if "=" in a)
+    return {k: sacred_value(v) for k, v in pairs}
+
+
 def parse_command(text: str, lineno: int = 0, source: str = "<line>") -> Command:
     """Split ``text`` like the shell and find its observer and run key.
 

@@ -13,16 +13,13 @@ import pytest
 
 from gen_commands import expt_dln as gen
 from gen_commands import sweep
-from gen_commands.commands import (CommandsFileError, format_ranges, parse_command, parse_ranges,
-                                   read_commands, sacred_value)
+from gen_commands.commands import (CommandsFileError, config_overrides, format_ranges, parse_command,
+                                   parse_ranges, read_commands)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def overrides_of(line: str) -> dict:
-    """The ``key=value`` overrides after ``with``, converted the way Sacred converts them."""
-    argv = shlex.split(line)
-    return {k: sacred_value(v) for k, v in (a.split("=", 1) for a in argv[argv.index("with") + 1:])}
+overrides_of = config_overrides
 
 
 def generate(tmp_path, *args, name="cmds.txt") -> list[str]:
