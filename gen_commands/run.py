@@ -124,7 +124,6 @@ class Runner:
         self.running: dict[int, tuple[subprocess.Popen, float, Command]] = {}
         self.outcomes: list[Outcome] = []
         self.counts = collections.Counter(skipped=skipped)
-        self.total = total
         from tqdm import tqdm
 
         self.bar = tqdm(total=total, initial=skipped, unit="run", file=sys.stderr, dynamic_ncols=True,
@@ -150,10 +149,16 @@ class Runner:
 
     def _launch(self, cmd: Command):
         out_path, err_path = self._log_paths(cmd)
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = subprocess.Popen([self.shell, "-c", cmd.text], stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=err, env=self.env, start_new_session=True)
-        self.running[cmd.lineno] = (proc, time.monotonic(), cmd)
+        # Hold Ctrl-C until the child is registered, so that no child escapes _stop_all.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            with open(out_path, "wb") as out, open(err_path, "wb") as err:
+                proc = subprocess.Popen([self.shell, "-c", cmd.text], stdin=subprocess.DEVNULL, stdout=out,
+                                        stderr=err, env=self.env, start_new_session=True,
+                                        preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, blocked))
+            self.running[cmd.lineno] = (proc, time.monotonic(), cmd)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def _finish(self, lineno: int, status: str | None = None):
         proc, start, cmd = self.running.pop(lineno)
@@ -207,7 +212,7 @@ class Runner:
                     time.sleep(POLL_SECONDS)
                     alive = [ln for ln in alive if self.running[ln][0].poll() is None]
             except KeyboardInterrupt:
-                self._say("second interrupt: killing")
+                self._say("second interrupt: escalating")
             if not alive:
                 break
         for lineno, (proc, _, _) in list(self.running.items()):
@@ -286,8 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {len(unknown)} line(s) have no run_key or no observer flag; they always run "
               f"(first: line {unknown[0].lineno})", file=sys.stderr)
     if args.dry_run:
+        selected = done | {c.lineno for c in to_run}
         for c in commands:
-            if c.lineno in done or any(c is r for r in to_run):
+            if c.lineno in selected:
                 print(f"{c.lineno}\t{'skip' if c.lineno in done else 'run'}\t{c.text}")
         return 0
 
