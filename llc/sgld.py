@@ -11,8 +11,11 @@ and one SGLD step on a minibatch B is
 
 L is a *mean* over the batch (the caller's ``loss_fn`` decides what it means:
 MSE over batch and outputs with no 1/2 for regression, mean cross-entropy for
-classification). The chains are one (C, P) tensor of flat parameter vectors, and
-``vmap(grad_and_value(loss_fn))`` computes every chain's gradient in one call.
+classification). The chains are one (C, P) tensor of flat parameter vectors; each
+step gathers every chain's minibatch with one index_select, evaluates
+``vmap(loss_fn)`` on all chains, and takes one backward pass through the sum (the
+chains do not interact, so that is each chain's own gradient). With
+``SGLDConfig.compile`` the whole step is compiled with torch.compile instead.
 
 Randomness: chain c owns a ``torch.Generator`` seeded from (seed, c) via numpy's
 SeedSequence, and draws its minibatch indices (with replacement) and its noise
@@ -23,6 +26,9 @@ same chains.
 from __future__ import annotations
 
 import math
+import types
+import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -66,6 +72,11 @@ class SGLDConfig:
             90% (the original notebook kept the last 10% of the trace).
         loss_trace_minibatch: average L_B(w_t) from the gradient's own batch (free),
             or the full-data L_n(w_t) after burn-in (costs a full pass per draw).
+        compile: torch.compile the whole step (gather, vmap(grad), update). The
+            first step then takes ~10-40 s to compile on CPU and later steps are
+            several times cheaper, so it pays off for long runs (see BENCHMARKS.md).
+            Results match the eager step up to float rounding, not bit for bit.
+            Falls back to the eager step, with a warning, if compilation fails.
     """
 
     epsilon: float = 1e-5
@@ -76,6 +87,7 @@ class SGLDConfig:
     nbeta: float | None = None
     num_burnin_steps: int | None = None
     loss_trace_minibatch: bool = True
+    compile: bool = False
 
     def __post_init__(self):
         def _int(name, lo):
@@ -100,6 +112,8 @@ class SGLDConfig:
                 )
         if not isinstance(self.loss_trace_minibatch, bool):
             raise ValueError(f"loss_trace_minibatch must be True or False; got {self.loss_trace_minibatch!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be True or False; got {self.compile!r}")
 
     def burnin(self) -> int:
         return int(0.9 * self.num_steps) if self.num_burnin_steps is None else self.num_burnin_steps
@@ -158,7 +172,7 @@ def run_sgld(
     seed: int,
     eval_batch_size: int = 4096,
 ) -> SGLDTrace:
-    """Run ``config.num_chains`` SGLD chains started at w*, all in one vmapped step.
+    """Run ``config.num_chains`` SGLD chains started at w*, all in one vectorised step.
 
     Args:
         loss_fn: mean loss of flat parameters on a batch, (P,), (B, ...), (B, ...) -> ().
@@ -180,35 +194,145 @@ def run_sgld(
         raise ValueError(f"batch_size must be <= the number of data points ({n}); got {config.batch_size}")
     if w_star.ndim != 1:
         raise ValueError(f"w_star must be a flat (P,) vector; got shape {tuple(w_star.shape)}")
-    device, C, T, P = w_star.device, config.num_chains, config.num_steps, w_star.numel()
+    device, C, T, P, B = w_star.device, config.num_chains, config.num_steps, w_star.numel(), config.batch_size
     nbeta, burnin, eps = config.resolve_nbeta(n), config.burnin(), config.epsilon
     gens = chain_generators(seed, C, device)
     block = max(1, min(_MAX_BLOCK_STEPS, _NOISE_BLOCK_NUMEL // P, T))
 
-    # w <- (1 - εγ/2) w + (εγ/2) w* - (ε nβ/2) g + sqrt(ε) ξ, all in place.
-    shrink, pull, drift, noise_scale = 1 - eps * config.gamma / 2, eps * config.gamma / 2, -eps * nbeta / 2, math.sqrt(eps)
-    step_grad = vmap(grad_and_value(loss_fn))
+    # w <- w + Δw with Δw = (εγ/2)(w* - w) - (ε nβ/2) g + sqrt(ε) ξ summed first. In float32
+    # the old form (1 - εγ/2) w rounds the factor itself (ε=5e-7, γ=1: γ off by 4.6%);
+    # summed into Δw, the pull's rounding is dithered by the noise and has no bias.
+    coef = torch.tensor([eps * config.gamma / 2, -eps * nbeta / 2, math.sqrt(eps)], dtype=w_star.dtype, device=device)
+    w_star = w_star.detach()
+    eager = _eager_step(loss_fn)
+    step = _compiled_step(loss_fn) if config.compile else eager
 
-    w = w_star.detach().expand(C, P).clone()  # (C, P)
+    w = w_star.expand(C, P).clone()  # (C, P)
     trace = torch.full((C, T), float("nan"), dtype=torch.float64, device=device)
+    # Each chain's draws land in its own contiguous slice, so the numbers equal
+    # torch.randint(k, B) then torch.randn(k, P) from that chain's generator.
+    idx = torch.empty(C, block, B, dtype=torch.long, device=device)  # (C, K, B)
+    xi = torch.empty(C, block, P, dtype=w.dtype, device=device)  # (C, K, P)
     with torch.no_grad():
         for t0 in range(0, T, block):
             k = min(block, T - t0)
-            idx = torch.stack([torch.randint(0, n, (k, config.batch_size), generator=g, device=device) for g in gens], 1)  # (k, C, B)
-            xi = torch.stack([torch.randn(k, P, generator=g, device=device, dtype=w.dtype) for g in gens], 1)  # (k, C, P)
+            for c, g in enumerate(gens):
+                torch.randint(0, n, (k, B), generator=g, device=device, out=idx[c, :k])
+                torch.randn(k, P, generator=g, device=device, dtype=w.dtype, out=xi[c, :k])
+            idx_by_step = idx[:, :k].transpose(0, 1).contiguous()  # (k, C, B): each step's indices contiguous
+            losses = []
             for j in range(k):
-                xb, yb = x[idx[j]], y[idx[j]]  # (C, B, ...): one gather serves every chain
-                g, loss = step_grad(w, xb, yb)  # (C, P), (C,)
-                if config.loss_trace_minibatch:
-                    trace[:, t0 + j] = loss
-                elif t0 + j >= burnin:
-                    trace[:, t0 + j] = full_data_loss(loss_fn, w, x, y, eval_batch_size)
-                w.mul_(shrink).add_(w_star, alpha=pull).add_(g, alpha=drift).add_(xi[j], alpha=noise_scale)
+                t = t0 + j
+                if not config.loss_trace_minibatch and t >= burnin:
+                    trace[:, t] = full_data_loss(loss_fn, w, x, y, eval_batch_size)  # L_n(w_t), before the step
+                args = (w, idx_by_step[j], xi[:, j], x, y, w_star, coef)
+                if t == 0 and step is not eager:
+                    step, loss = _first_compiled_call(step, eager, args)
+                else:
+                    loss = step(*args)  # (C,) L_B(w_t); w becomes w_{t+1} in place
+                losses.append(loss)
+            if config.loss_trace_minibatch:
+                trace[:, t0:t0 + k] = torch.stack(losses, 1)
             _check_finite(trace[:, t0:t0 + k], t0, skip_nan_before=None if config.loss_trace_minibatch else burnin)
     if not torch.isfinite(w).all():
         bad = int(torch.nonzero(~torch.isfinite(w).all(dim=1))[0])
         raise SGLDDivergenceError(bad, T, float("nan"))
     return SGLDTrace(loss=trace.cpu(), final_w=w, nbeta=nbeta, burnin=burnin)
+
+
+StepFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
+# step(w (C, P), idx (C, B), xi (C, P), x (n, ...), y (n, ...), w* (P,), coef (3,)) -> L_B(w) (C,),
+# with w updated in place to w + coef[0] (w* - w) + coef[1] ∇L_B(w) + coef[2] xi.
+
+
+def _gather(data: Tensor, idx: Tensor) -> Tensor:
+    """Rows idx (C, B) of data (n, ...) as (C, B, ...), one gather for every chain.
+
+    index_select on the flat indices is several times faster on CPU than advanced
+    indexing ``data[idx]`` and returns the same rows.
+    """
+    return data.index_select(0, idx.reshape(-1)).view(*idx.shape, *data.shape[1:])
+
+
+def _eager_step(loss_fn: FlatLoss) -> StepFn:
+    """The SGLD step for every chain at once: vmapped forward, one backward."""
+    batched_loss = vmap(loss_fn)
+    pull, drift, noise = 0, 1, 2
+
+    def step(w, idx, xi, x, y, w_star, coef):
+        xb, yb = _gather(x, idx), _gather(y, idx)  # (C, B, ...)
+        with torch.enable_grad():
+            wg = w.detach().requires_grad_(True)
+            loss = batched_loss(wg, xb, yb)  # (C,)
+            # The chains do not interact, so the gradient of the sum is each chain's own
+            # gradient; one backward through the vmapped forward is cheaper than vmap(grad).
+            (g,) = torch.autograd.grad(loss.sum(), wg)  # (C, P)
+        c = coef.tolist()
+        g.mul_(c[drift]).add_(xi, alpha=c[noise]).add_(w_star - w, alpha=c[pull])  # Δw, summed before it meets w
+        w.add_(g)
+        return loss.detach()
+
+    return step
+
+
+# loss_fn -> its compiled step. Entries die with their loss_fn: the step holds it weakly.
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _compiled_step(loss_fn: FlatLoss) -> StepFn:
+    """torch.compile of the whole step (gather, vmap(grad), update), cached per loss_fn.
+
+    ε, γ and nβ enter through the ``coef`` tensor, so a new run with the same
+    loss_fn and shapes reuses the compiled code; new shapes recompile.
+    """
+    try:
+        return _COMPILED[loss_fn]
+    except (KeyError, TypeError):  # TypeError: loss_fn cannot be weakly referenced
+        pass
+    loss_ref = _strong_or_weak_ref(loss_fn)
+
+    def step(w, idx, xi, x, y, w_star, coef):
+        g, loss = vmap(grad_and_value(loss_ref()))(w, _gather(x, idx), _gather(y, idx))  # (C, P), (C,)
+        w.add_((w_star - w) * coef[0] + g * coef[1] + xi * coef[2])
+        return loss
+
+    # A fresh code object gives each loss_fn its own dynamo cache: otherwise every new
+    # loss_fn would count as a recompilation of one shared function, and dynamo
+    # drops to eager after its recompile limit.
+    fresh = types.FunctionType(step.__code__.replace(), step.__globals__, step.__name__, None, step.__closure__)
+    compiled = torch.compile(fresh, dynamic=False)
+    try:
+        _COMPILED[loss_fn] = compiled
+    except TypeError:
+        pass
+    return compiled
+
+
+def _strong_or_weak_ref(obj) -> Callable[[], object]:
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return lambda: obj
+
+
+def _first_compiled_call(step: StepFn, eager: StepFn, args: tuple) -> tuple[StepFn, Tensor]:
+    """Run the first step compiled (compiling it); on any failure, warn and go eager.
+
+    Returns the step to use from now on and the first step's loss. w (args[0]) is
+    restored before the eager retry, so a failed compile leaves no trace.
+    """
+    w_before = args[0].clone()
+    try:
+        return step, step(*args)
+    except Exception as err:  # any compiler failure: the eager step is always correct
+        warnings.warn(
+            f"SGLDConfig.compile=True but torch.compile failed ({type(err).__name__}: {str(err)[:300]}); "
+            "running the eager step instead",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        args[0].copy_(w_before)
+        return eager, eager(*args)
 
 
 def _check_finite(block: Tensor, t0: int, skip_nan_before: int | None) -> None:
