@@ -237,3 +237,13 @@ def test_job_array_runs_every_line_and_pending_names_the_failure(slurm_cluster, 
                              capture_output=True, text=True)
     assert pending.returncode == 0, pending.stderr
     assert pending.stdout.strip() == "3"
+
+    # Resubmitting the pending ranges runs only line 3 (which fails again).
+    again = subprocess.run(
+        [_find("sbatch"), "--parsable", f"--array={pending.stdout.strip()}%2", "--cpus-per-task=1", "--mem=2G",
+         "--time=15", str(REPO / "job.slurm"), str(cmds)],
+        cwd=REPO, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    job2 = again.stdout.strip().split(";")[0]
+    _wait_for(lambda: not _squeue(job2, env), JOB_TIMEOUT_S, f"array job {job2}", slurm_cluster["logs"])
+    assert [p.name for p in (tmp_path / "logs").glob(f"*_{job2}_*.log")] == [f"dlt-sweep_{job2}_3.log"]
