@@ -1,15 +1,34 @@
-"""Hessian-vector products and Hessian trace estimates with torch.func.
+"""Hessian-vector products, exact Hessians and Hessian traces with torch.func.
 
 Every routine takes a loss over a flat parameter vector, loss(w (P,), x, y) -> (),
-a *mean* over the batch, so H = ∇²L_n(w) is the Hessian of the mean loss.
+a *mean* over the batch, so H = ∇²L_B(w) is the Hessian of the mean loss on the
+batch given. Losses that are differentiated twice must be written out (e.g.
+``((out - y) ** 2).mean()``): ``F.mse_loss``'s backward breaks forward-over-reverse
+("ZeroTensors are immutable").
+
+Two exact-Hessian routes:
+
+* :func:`dense_hessian`: any model; H e_p for every basis vector, vmapped.
+* :func:`mlp_hessian` / :func:`mlp_hessian_eigh`: the layer-structured computation
+  for MLPs with piecewise-linear activations (ReLU, linear), see ``dynamics.mlp_hessian``
+  for the equations. ``mlp_hessian_eigh`` gives the exact eigendecomposition without
+  forming the P x P matrix, since at batch N the Hessian has rank far below P.
+
+Top-k eigenpairs (Lanczos, power iteration) live in ``dynamics.lanczos``; Hutch++ and
+spectral densities (SLQ) in ``dynamics.spectral``.
 """
 from __future__ import annotations
 
+import math
+import warnings
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import grad, jvp, vmap
+
+from dynamics.mlp_hessian import MLP_ACTIVATIONS, STRUCTURED_LOSSES, mlp_hessian, mlp_hessian_eigh  # noqa: F401
 
 FlatLoss = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -60,3 +79,131 @@ def hutchinson_trace(
     q = torch.cat(quad).double()
     sem = float(q.std(unbiased=True) / num_probes**0.5) if num_probes > 1 else float("nan")
     return float(q.mean()), sem
+
+
+# ----------------------------------------------------------------------------- dense Hessian
+
+def hessian_nbytes(num_params: int, dtype: torch.dtype = torch.float64) -> int:
+    """Bytes of one dense P x P matrix in ``dtype``."""
+    return num_params * num_params * torch.finfo(dtype).bits // 8
+
+
+def check_dense_hessian_size(num_params: int, dtype: torch.dtype, max_bytes: float, key: str = "model") -> None:
+    """Refuse a dense Hessian that would not fit, naming P and the memory it needs.
+
+    An eigendecomposition needs about three P x P matrices (matrix, eigenvectors, workspace).
+
+    Raises:
+        ValueError: 3 * P² * itemsize > max_bytes.
+    """
+    need = 3 * hessian_nbytes(num_params, dtype)
+    if need > max_bytes:
+        raise ValueError(
+            f"{key}: the exact Hessian of {num_params:,} parameters needs about {need / 2**30:.1f} GiB "
+            f"({num_params:,}² {dtype} entries, x3 for the eigendecomposition); the limit is "
+            f"{max_bytes / 2**30:.1f} GiB. Use a smaller model, or Lanczos/HVP-based routines."
+        )
+
+
+def dense_hessian(
+    loss_fn: FlatLoss, w: Tensor, x: Tensor, y: Tensor, chunk_size: int | None = 256
+) -> Tensor:
+    """The exact Hessian H = ∇²L_B(w), (P, P), as H e_p for all basis vectors e_p.
+
+    The HVPs are vmapped over ``chunk_size`` basis vectors at a time (None: all at
+    once), so memory is about chunk_size times one HVP's. The result is symmetrised,
+    (H + Hᵀ) / 2, which only removes rounding.
+    """
+    p = w.numel()
+    eye = torch.eye(p, dtype=w.dtype, device=w.device)
+    many = vmap(hvp, in_dims=(None, None, 0, None, None))
+    step = p if chunk_size is None else chunk_size
+    rows = [many(loss_fn, w, eye[s:s + step], x, y) for s in range(0, p, step)]
+    h = torch.cat(rows)  # (P, P); row p = H e_p
+    return 0.5 * (h + h.T)
+
+
+def warn_if_stochastic_layers(model: nn.Module) -> None:
+    """Warn when BatchNorm or dropout would make the curvature batch- or draw-dependent.
+
+    Curvature routines evaluate a fixed function of w: BatchNorm in train mode
+    normalises with the batch's own statistics (so H couples the samples and changes
+    with the batch) and dropout draws a new mask per call. Put the model in eval mode.
+    """
+    for name, module in model.named_modules():
+        if module.training and isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.Dropout)):
+            warnings.warn(
+                f"{name or type(module).__name__} ({type(module).__name__}) is in train mode during a curvature "
+                "computation; call model.eval() for BatchNorm running statistics and no dropout",
+                stacklevel=2,
+            )
+
+
+# ----------------------------------------------------------------------------- eigendecompositions
+
+@dataclass(frozen=True)
+class SymEig:
+    """Eigendecomposition of a symmetric P x P matrix, possibly truncated to its range.
+
+    H = U diag(λ) Uᵀ exactly, where U (P, r) has orthonormal columns; every eigenvalue
+    of the (P − r)-dimensional complement of U is exactly 0 (r = P for dense
+    decompositions).
+
+    Attributes:
+        eigenvalues: (r,) ascending.
+        eigenvectors: (P, r), column i belongs to eigenvalues[i].
+        dim: P.
+    """
+
+    eigenvalues: Tensor
+    eigenvectors: Tensor
+    dim: int
+
+    @property
+    def rank_bound(self) -> int:
+        return self.eigenvalues.numel()
+
+    def matmul(self, y: Tensor) -> Tensor:
+        """H y for y (P,) or (P, K)."""
+        u = self.eigenvectors
+        coef = u.T @ y
+        return u @ (self.eigenvalues.reshape(-1, *([1] * (y.ndim - 1))) * coef)
+
+    def zero_threshold(self, rtol: float | None = None) -> float:
+        """|λ| at or below which an eigenvalue counts as 0: rtol · max|λ|, rtol = P · eps by default."""
+        if self.eigenvalues.numel() == 0:
+            return 0.0
+        if rtol is None:
+            rtol = self.dim * torch.finfo(self.eigenvalues.dtype).eps
+        return float(rtol * self.eigenvalues.abs().max())
+
+    def all_eigenvalues(self) -> Tensor:
+        """All P eigenvalues, ascending (the implicit zeros included)."""
+        zeros = self.eigenvalues.new_zeros(self.dim - self.rank_bound)
+        return torch.sort(torch.cat([self.eigenvalues, zeros])).values
+
+    def counts(self, rtol: float | None = None) -> dict[str, int]:
+        """Numbers of positive, negative and zero eigenvalues (|λ| <= zero_threshold is zero)."""
+        thr = self.zero_threshold(rtol)
+        pos = int((self.eigenvalues > thr).sum())
+        neg = int((self.eigenvalues < -thr).sum())
+        return {"num_pos": pos, "num_neg": neg, "num_zero": self.dim - pos - neg}
+
+
+def dense_eigh(h: Tensor, eps_eigh: float = 0.0) -> SymEig:
+    """Full eigendecomposition of a symmetric (P, P) matrix.
+
+    Args:
+        h: the matrix (symmetrised here).
+        eps_eigh: if > 0, decompose h + eps_eigh·I (better-conditioned for some LAPACK
+            drivers) and subtract eps_eigh from the eigenvalues again.
+    """
+    if h.ndim != 2 or h.shape[0] != h.shape[1]:
+        raise ValueError(f"h must be a square matrix (P, P); got shape {tuple(h.shape)}")
+    if eps_eigh < 0 or not math.isfinite(eps_eigh):
+        raise ValueError(f"eps_eigh must be a finite number >= 0; got {eps_eigh}")
+    sym = 0.5 * (h + h.T)
+    if eps_eigh > 0:
+        sym = sym + eps_eigh * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    evals, evecs = torch.linalg.eigh(sym)
+    return SymEig(evals - eps_eigh, evecs, h.shape[0])

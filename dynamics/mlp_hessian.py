@@ -1,0 +1,280 @@
+"""The exact Hessian of an MLP by its layer structure (piecewise-linear activations).
+
+For z_0 = W_0 a_0 + b_0, a_{l+1} = φ(z_l), z_{l+1} = W_{l+1} a_{l+1} + b_{l+1}, output
+z_{L-1}, and a mean loss L_B = (1/N) Σ_n ℓ(z^n, y_n), the Hessian splits as
+
+    H = (1/N) Σ_n J_nᵀ Λ_n J_n  +  (1/N) Σ_n Σ_o g_{n,o} ∇²_θ z^n_o          (Gauss–Newton + residual)
+
+with J_n = ∂z^n/∂θ, g_n = ∂ℓ/∂z^n and Λ_n = ∂²ℓ/∂z² (cross-entropy: diag(p) − ppᵀ;
+MSE (1/O)Σ(z − y)²: (2/O)·I). For ReLU or linear φ (φ'' = 0) z is linear in each
+layer's own parameters, so the residual has only cross-layer blocks. With
+B_l = ∂z/∂z_l, δ_l = ∂ℓ/∂z_l and D^{m,l} = ∂a_m/∂z_l (m > l), per sample:
+
+    GN[W_l(i,j), W_m(p,q)] = (B_lᵀ Λ B_m)[i,p] · a_l[j] · a_m[q]         (biases: a -> 1)
+    R [W_m(i,j), W_l(p,q)] = δ_m[i] · D^{m,l}[j,p] · a_l[q]   for l < m  (b_l: a_l -> 1; b_m rows: 0)
+
+Λ_n = S_n S_nᵀ with S_nᵀ = diag(√p) − √p pᵀ (cross-entropy), so the GN term is
+(1/N) MᵀM for the whitened Jacobian M_n = S_nᵀ J_n, (N·O, P), and each GN block is a
+sum of N Kronecker products, computed as one matmul with inner dimension N.
+
+At batch N the Hessian has rank <= N·O + 2·P_S, where P_S counts the parameters outside
+the largest group (W_0 for a 256-20-10 net: rank <= 80 + 420 of P = 5,350), and
+:func:`mlp_hessian_eigh` finds its exact eigendecomposition in that range without
+forming the P x P matrix.
+
+The flat parameter order is PyTorch's for ``nn.Sequential`` of ``nn.Linear``:
+W_0 (row-major, out x in), b_0, W_1, b_1, ...
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+MLP_ACTIVATIONS = ("relu", "linear")  # φ'' = 0: the structured formulas are exact
+STRUCTURED_LOSSES = ("cross_entropy", "mse")
+
+
+def mlp_params_from_flat(w: Tensor, sizes: Sequence[int], bias: bool = True) -> tuple[list[Tensor], list]:
+    """Views (W_l, b_l) into a flat vector for layer sizes [d_0, d_1, ..., d_L].
+
+    Raises:
+        ValueError: w.numel() does not match the sizes.
+    """
+    need = sum(o * i + (o if bias else 0) for i, o in zip(sizes[:-1], sizes[1:]))
+    if w.ndim != 1 or w.numel() != need:
+        raise ValueError(f"w must be a flat vector of {need} parameters for sizes {list(sizes)}; got shape {tuple(w.shape)}")
+    weights, biases, at = [], [], 0
+    for i, o in zip(sizes[:-1], sizes[1:]):
+        weights.append(w[at:at + o * i].view(o, i))
+        at += o * i
+        if bias:
+            biases.append(w[at:at + o])
+            at += o
+        else:
+            biases.append(None)
+    return weights, biases
+
+
+class _Pass:
+    """Forward and backward quantities of one batch (per sample; nothing divided by N)."""
+
+    def __init__(self, weights, biases, x, y, activation, loss):
+        if activation not in MLP_ACTIVATIONS:
+            raise ValueError(f"activation must be one of {MLP_ACTIVATIONS} for the structured Hessian; got {activation!r}")
+        if loss not in STRUCTURED_LOSSES:
+            raise ValueError(f"loss must be one of {STRUCTURED_LOSSES}; got {loss!r}")
+        n_layers = len(weights)
+        x = x.reshape(x.shape[0], -1)
+        if x.shape[1] != weights[0].shape[1]:
+            raise ValueError(f"x must have {weights[0].shape[1]} features per sample; got {x.shape[1]}")
+        self.n, self.weights, self.biases = x.shape[0], list(weights), list(biases)
+        self.a = [x]  # inputs to each layer, (N, d_l)
+        self.dphi = []  # φ'(z_l) of hidden layers, (N, d_{l+1})
+        z = x
+        for l, (w, b) in enumerate(zip(weights, biases)):
+            z = self.a[l] @ w.T + (b if b is not None else 0)
+            if l < n_layers - 1:
+                d = (z > 0).to(z.dtype) if activation == "relu" else torch.ones_like(z)
+                self.dphi.append(d)
+                self.a.append(z * d)
+        out = z  # (N, O)
+        o = out.shape[1]
+        if loss == "cross_entropy":
+            p = torch.softmax(out, dim=1)
+            g = p - torch.nn.functional.one_hot(y.long(), o).to(p.dtype)
+            sqp = p.sqrt()
+            s_t = torch.diag_embed(sqp) - sqp[:, :, None] * p[:, None, :]  # S_nᵀ, (N, O, O)
+        else:
+            y = y.reshape(out.shape).to(out.dtype)
+            g = 2.0 * (out - y) / o
+            s_t = math.sqrt(2.0 / o) * torch.eye(o, dtype=out.dtype, device=out.device).expand(self.n, o, o)
+        # Whitened output Jacobians B̃_l = S_nᵀ ∂z/∂z_l, (N, O, d_l), and δ_l, (N, d_l).
+        self.bt = [None] * n_layers
+        self.delta = [None] * n_layers
+        self.bt[-1], self.delta[-1] = s_t, g
+        for l in range(n_layers - 2, -1, -1):
+            self.bt[l] = (self.bt[l + 1] @ weights[l + 1]) * self.dphi[l][:, None, :]
+            self.delta[l] = (self.delta[l + 1] @ weights[l + 1]) * self.dphi[l]
+        # Parameter groups in flat order: (layer, is_bias, size, offset).
+        self.groups, at = [], 0
+        for l, (w, b) in enumerate(zip(weights, biases)):
+            self.groups.append((l, False, w.numel(), at))
+            at += w.numel()
+            if b is not None:
+                self.groups.append((l, True, b.numel(), at))
+                at += b.numel()
+        self.num_params = at
+
+    def side(self, group) -> Tensor:
+        """Per-sample vector multiplying the output index: a_l for W_l, 1 for b_l. (N, e)."""
+        l, is_bias, _, _ = group
+        return self.a[l].new_ones(self.n, 1) if is_bias else self.a[l]
+
+    def jacobian(self, group) -> Tensor:
+        """Whitened Jacobian columns M of one group, (N·O, size)."""
+        l = group[0]
+        e = self.side(group)
+        m = self.bt[l][:, :, :, None] * e[:, None, None, :]  # (N, O, d_l, e)
+        return m.reshape(self.n * m.shape[1], -1)
+
+    def d_act(self, m: int, l: int) -> Tensor:
+        """D^{m,l} = ∂a_m/∂z_l for l < m, (N, width of a_m, width of z_l)."""
+        d = torch.diag_embed(self.dphi[l])  # ∂a_{l+1}/∂z_l
+        for k in range(l + 1, m):
+            d = self.dphi[k][:, :, None] * (self.weights[k] @ d)
+        return d
+
+    def gn_block(self, ga, gb, out: Tensor | None = None) -> Tensor:
+        """(1/N) Σ_n K_n ⊗ (e^a_n e^bᵀ_n), K_n = B̃_aᵀ B̃_b: one batched matmul with inner dimension N.
+
+        Written straight into ``out`` (a (size_a, size_b) view, rows may be strided) when given.
+        """
+        k = self.bt[ga[0]].transpose(1, 2) @ self.bt[gb[0]] / self.n  # (N, d_a, d_b)
+        ea, eb = self.side(ga), self.side(gb)
+        rows, d_b = k.shape[1] * ea.shape[1], k.shape[2]
+        u = (k[:, :, None, :] * ea[:, None, :, None]).reshape(self.n, rows, d_b).permute(1, 2, 0)  # (rows, d_b, N)
+        if out is None:
+            out = ea.new_empty(rows, d_b * eb.shape[1])
+        torch.bmm(u, eb.expand(rows, *eb.shape), out=out.unflatten(1, (d_b, eb.shape[1])))
+        return out
+
+    def r_block(self, g_row, g_col) -> Tensor | None:
+        """Residual block R[W_m, G_l] for l < m (None when it vanishes)."""
+        m, row_bias = g_row[0], g_row[1]
+        l = g_col[0]
+        if row_bias or m <= l:
+            return None
+        d = self.d_act(m, l)  # (N, d_in of layer m, d_l)
+        v = (self.delta[m][:, :, None, None] * d[:, None, :, :]).reshape(self.n, -1)
+        eb = self.side(g_col)
+        return (v.T @ eb).reshape(self.delta[m].shape[1] * d.shape[1], d.shape[2] * eb.shape[1]) / self.n
+
+    def block(self, ga, gb, out: Tensor | None = None) -> Tensor:
+        """H[G_a, G_b] (GN + residual), into ``out`` when given."""
+        h = self.gn_block(ga, gb, out)
+        r = self.r_block(ga, gb)
+        if r is not None:
+            h += r
+        r = self.r_block(gb, ga)
+        if r is not None:
+            h += r.T
+        return h
+
+
+def mlp_hessian(
+    weights: Sequence[Tensor], biases: Sequence[Tensor | None], x: Tensor, y: Tensor,
+    activation: str = "relu", loss: str = "cross_entropy", out: Tensor | None = None,
+) -> Tensor:
+    """The exact dense Hessian (P, P) of the mean loss of an MLP on a batch.
+
+    Args:
+        weights: W_l, (d_{l+1}, d_l).
+        biases: b_l (d_{l+1},), or None for a layer without bias.
+        x: (N, d_0) inputs (flattened if more dims).
+        y: (N,) class labels (cross_entropy) or (N, O) targets (mse).
+        activation: 'relu' or 'linear'.
+        loss: 'cross_entropy' (mean over the batch) or 'mse' (mean over batch and outputs, no 1/2).
+        out: optional (P, P) buffer to fill; reusing one across steps saves page-faulting
+            a fresh 100+ MB matrix every call.
+
+    Returns:
+        H in the flat order W_0, b_0, W_1, b_1, ... and the dtype of the inputs.
+    """
+    ps = _Pass(weights, biases, x, y, activation, loss)
+    shape = (ps.num_params, ps.num_params)
+    if out is None:
+        out = x.new_empty(shape)
+    elif out.shape != shape or out.dtype != x.dtype:
+        raise ValueError(f"out must be a {shape} {x.dtype} tensor; got {tuple(out.shape)} {out.dtype}")
+    for i, ga in enumerate(ps.groups):
+        for gb in ps.groups[i:]:
+            blk = ps.block(ga, gb, out[ga[3]:ga[3] + ga[2], gb[3]:gb[3] + gb[2]])
+            if gb is not ga:
+                out[gb[3]:gb[3] + gb[2], ga[3]:ga[3] + ga[2]] = blk.T
+    return out
+
+
+def mlp_hessian_eigh(
+    weights: Sequence[Tensor], biases: Sequence[Tensor | None], x: Tensor, y: Tensor,
+    activation: str = "relu", loss: str = "cross_entropy", eps_eigh: float = 0.0,
+):
+    """Exact eigendecomposition of the MLP Hessian restricted to its range.
+
+    The largest parameter group B gets the basis G = [M_Bᵀ, R_{S,B}ᵀ] (all other
+    groups S keep unit vectors), and H = Z C Zᵀ exactly with Z = blockdiag(I_S, G) and
+
+        C = [[H_SS, M_Sᵀ/N, I], [M_S/N, I/N, 0], [I, 0, 0]],
+
+    because R has no block inside one layer. With G = Q Γ^{1/2} Eᵀ (Γ = GᵀG = E Γ Eᵀ,
+    directions with Γ below P·eps·max Γ dropped) the eigenpairs are those of the
+    small matrix F C Fᵀ, F = blockdiag(I, Γ^{1/2}Eᵀ), mapped back by blockdiag(I, Q).
+    Falls back to the dense Hessian when that basis is not much smaller than P.
+
+    Args: as :func:`mlp_hessian`; eps_eigh as in ``dynamics.hessian.dense_eigh``.
+
+    Returns:
+        ``dynamics.hessian.SymEig`` with r <= P columns; the other eigenvalues are 0.
+    """
+    from dynamics.hessian import SymEig, dense_eigh
+
+    ps = _Pass(weights, biases, x, y, activation, loss)
+    big = max(ps.groups, key=lambda g: g[2])
+    small = [g for g in ps.groups if g is not big]
+    p_s = sum(g[2] for g in small)
+    no = ps.n * ps.bt[-1].shape[1]
+    if 2 * p_s + no >= ps.num_params // 2:
+        h = mlp_hessian(weights, biases, x, y, activation, loss)
+        return dense_eigh(h, eps_eigh)
+
+    m_s = torch.cat([ps.jacobian(g) for g in small], dim=1) if small else x.new_zeros(no, 0)  # (NO, P_S)
+    m_b = ps.jacobian(big)  # (NO, P_B)
+    h_ss = x.new_zeros(p_s, p_s)
+    r_sb = x.new_zeros(p_s, big[2])
+    offs = [0]
+    for g in small:
+        offs.append(offs[-1] + g[2])
+    for i, ga in enumerate(small):
+        sa = slice(offs[i], offs[i + 1])
+        for j in range(i, len(small)):
+            gb = small[j]
+            blk = ps.block(ga, gb)
+            h_ss[sa, offs[j]:offs[j + 1]] = blk
+            h_ss[offs[j]:offs[j + 1], sa] = blk.T
+        r = ps.r_block(ga, big)
+        if r is not None:
+            r_sb[sa] += r
+        r = ps.r_block(big, ga)
+        if r is not None:
+            r_sb[sa] += r.T
+
+    g_big = torch.cat([m_b.T, r_sb.T], dim=1)  # (P_B, NO + P_S)
+    gamma, e = torch.linalg.eigh(g_big.T @ g_big)
+    keep = gamma > ps.num_params * torch.finfo(gamma.dtype).eps * gamma.max().clamp_min(1e-300)
+    gamma, e = gamma[keep], e[:, keep]
+    q = (g_big @ e) / gamma.sqrt()  # orthonormal basis of range(G), (P_B, k)
+    f_big = gamma.sqrt()[:, None] * e.T  # Γ^{1/2} Eᵀ, (k, NO + P_S)
+
+    eye_s = torch.eye(p_s, dtype=x.dtype, device=x.device)
+    c = x.new_zeros(p_s + no + p_s, p_s + no + p_s)
+    c[:p_s, :p_s] = h_ss
+    c[:p_s, p_s:p_s + no] = m_s.T / ps.n
+    c[p_s:p_s + no, :p_s] = m_s / ps.n
+    c[:p_s, p_s + no:] = eye_s
+    c[p_s + no:, :p_s] = eye_s
+    c[p_s:p_s + no, p_s:p_s + no] = torch.eye(no, dtype=x.dtype, device=x.device) / ps.n
+    f = torch.block_diag(eye_s, f_big)  # (P_S + k, P_S + NO + P_S)
+    small_mat = f @ c @ f.T
+    small_mat = 0.5 * (small_mat + small_mat.T)
+    if eps_eigh > 0:
+        small_mat = small_mat + eps_eigh * torch.eye(small_mat.shape[0], dtype=x.dtype, device=x.device)
+    evals, v = torch.linalg.eigh(small_mat)
+
+    u = x.new_zeros(ps.num_params, evals.numel())
+    idx_s = torch.cat([torch.arange(g[3], g[3] + g[2], device=x.device) for g in small]) if small else None
+    if idx_s is not None:
+        u[idx_s] = v[:p_s]
+    u[big[3]:big[3] + big[2]] = q @ v[p_s:]
+    return SymEig(evals - eps_eigh, u, ps.num_params)
