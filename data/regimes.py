@@ -1,0 +1,149 @@
+"""Binary classification datasets of the SGD-regimes experiment (reference.md §2), labels y = ±1.
+
+* ``mnist_parity``: MNIST, y = +1 for even digits, -1 for odd ones.
+* ``cifar_animal``: CIFAR-10, y = -1 for vehicles (airplane, automobile, ship, truck), +1 for animals.
+* ``sign``: x ~ N(0, I_d), y = sign(x_1).
+* ``random_sign``: x ~ N(0, I_d), y = sign(w*·x) with a random unit teacher w*.
+* ``depleted_sign``: x_1 with density p(x_1) ∝ |x_1|^χ e^(-x_1²/2) (χ = ``data_chi``; χ > 0 depletes
+  the points near the decision boundary), the other coordinates N(0, 1), y = sign(x_1).
+
+Splits are disjoint and seeded. Images come from the official train and test splits
+pooled together (through ``data.vision.load_vision_dataset``, normalised per channel):
+``seed_testset`` picks the ``pte`` test images, then ``seed_trainset`` picks the ``ptr``
+training images among the rest, so the test set does not move when only the training
+seed changes. Synthetic inputs are drawn from independent streams derived from
+``seed_trainset`` and ``seed_testset``; the ``random_sign`` teacher from ``seed_trainset``
+(as in the original, where it followed the training seed).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models.device import derived_seed
+
+IMAGE_DATASETS = {"mnist_parity": "mnist", "cifar_animal": "cifar10"}
+SYNTHETIC_DATASETS = ("sign", "random_sign", "depleted_sign")
+DATASETS = tuple(IMAGE_DATASETS) + SYNTHETIC_DATASETS
+CIFAR_VEHICLES = (0, 1, 8, 9)  # airplane, automobile, ship, truck
+
+# Purposes of the derived random streams (models.device.derived_seed spawn keys).
+_TRAIN_INPUTS, _TEST_INPUTS, _TEACHER, _TEST_PICK, _TRAIN_PICK = range(5)
+
+
+@dataclass(frozen=True)
+class BinaryDataset:
+    """Training and test inputs and ±1 labels.
+
+    Attributes:
+        xtr: (ptr, d) vectors or (ptr, C, H, W) images.
+        ytr: (ptr,) labels in {-1, +1}, in the inputs' dtype.
+        xte: (pte, ...) test inputs.
+        yte: (pte,) test labels.
+    """
+
+    xtr: Tensor
+    ytr: Tensor
+    xte: Tensor
+    yte: Tensor
+
+    def to(self, device=None, dtype=None) -> "BinaryDataset":
+        return BinaryDataset(*(t.to(device=device, dtype=dtype) for t in (self.xtr, self.ytr, self.xte, self.yte)))
+
+
+def image_labels(dataset: str, labels: Tensor) -> Tensor:
+    """Class labels (N,) -> ±1: parity for mnist_parity, animal vs vehicle for cifar_animal."""
+    if dataset == "mnist_parity":
+        return torch.where(labels % 2 == 0, 1.0, -1.0)
+    if dataset == "cifar_animal":
+        return torch.where(torch.isin(labels, torch.tensor(CIFAR_VEHICLES)), -1.0, 1.0)
+    raise ValueError(f"dataset must be one of {tuple(IMAGE_DATASETS)}; got {dataset!r}")
+
+
+def depleted_gaussian(n: int, d: int, chi: float, rng: np.random.Generator) -> np.ndarray:
+    """(n, d) points with p(x_1) ∝ |x_1|^χ e^(-x_1²/2) and x_2..x_d ~ N(0, 1).
+
+    |x_1| = sqrt(2 G) with G ~ Gamma((χ + 1) / 2, 1) has density ∝ r^χ e^(-r²/2); the sign
+    is a fair coin. χ = 0 gives a standard Gaussian coordinate.
+    """
+    x = rng.standard_normal((n, d))
+    radius = np.sqrt(2.0 * rng.gamma((chi + 1.0) / 2.0, 1.0, size=n))
+    x[:, 0] = np.where(rng.random(n) < 0.5, -radius, radius)
+    return x
+
+
+def _synthetic(name, n, d, chi, seed, purpose, teacher) -> tuple[Tensor, Tensor]:
+    rng = np.random.default_rng(derived_seed(seed, purpose))
+    x = depleted_gaussian(n, d, chi, rng) if name == "depleted_sign" else rng.standard_normal((n, d))
+    score = x @ teacher if name == "random_sign" else x[:, 0]
+    return torch.from_numpy(x), torch.from_numpy(np.where(score > 0, 1.0, -1.0))
+
+
+def _images(name, ptr, pte, seed_trainset, seed_testset, data_root) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from data.vision import load_vision_dataset
+
+    parts = [load_vision_dataset(IMAGE_DATASETS[name], train=train, data_root=data_root) for train in (True, False)]
+    x = torch.cat([p[0] for p in parts])  # (N_pool, C, H, W)
+    y = image_labels(name, torch.cat([p[1] for p in parts]))
+    pool = x.shape[0]
+    if ptr + pte > pool:
+        raise ValueError(f"ptr + pte must be <= {pool} (the {name} train and test splits together); got {ptr} + {pte}")
+    perm_te = torch.randperm(pool, generator=torch.Generator().manual_seed(derived_seed(seed_testset, _TEST_PICK)))
+    test, rest = perm_te[:pte], perm_te[pte:]
+    perm_tr = torch.randperm(rest.numel(), generator=torch.Generator().manual_seed(derived_seed(seed_trainset, _TRAIN_PICK)))
+    train = rest[perm_tr[:ptr]]
+    return x[train], y[train], x[test], y[test]
+
+
+def build_dataset(
+    name: str,
+    ptr: int,
+    pte: int,
+    seed_trainset: int,
+    seed_testset: int,
+    d: int | None = None,
+    chi: float = 0.0,
+    data_root: str | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> BinaryDataset:
+    """The ``ptr`` training and ``pte`` test points of ``name`` (see the module docstring).
+
+    Args:
+        name: one of ``DATASETS``.
+        ptr, pte: numbers of training and test points (>= 1).
+        seed_trainset, seed_testset: seeds (>= 0) of the two splits.
+        d: input dimension of the synthetic datasets; must be None for images.
+        chi: depletion exponent χ > -1 of ``depleted_sign``.
+        data_root: where MNIST / CIFAR-10 live (see ``data.vision.default_data_root``).
+        dtype: floating dtype of inputs and labels.
+
+    Raises:
+        ValueError: unknown name, bad sizes or seeds, d missing (synthetic) or given (images),
+            χ <= -1, or more points asked than the image pool holds.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}; got {name!r}")
+    for key, value in (("ptr", ptr), ("pte", pte)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be an integer >= 1; got {value!r}")
+    for key, value in (("seed_trainset", seed_trainset), ("seed_testset", seed_testset)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{key} must be an integer >= 0; got {value!r}")
+    if name in IMAGE_DATASETS:
+        if d is not None:
+            raise ValueError(f"d applies to the synthetic datasets {SYNTHETIC_DATASETS} only; got d={d!r} with dataset={name!r}")
+        return BinaryDataset(*_images(name, ptr, pte, seed_trainset, seed_testset, data_root)).to(dtype=dtype)
+    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+        raise ValueError(f"d must be an integer >= 1 for dataset={name!r}; got {d!r}")
+    if not (isinstance(chi, (int, float)) and chi > -1):
+        raise ValueError(f"data_chi must be a number > -1 (p(x_1) ∝ |x_1|^χ must be normalisable); got {chi!r}")
+    teacher = None
+    if name == "random_sign":
+        w = np.random.default_rng(derived_seed(seed_trainset, _TEACHER)).standard_normal(d)
+        teacher = w / np.linalg.norm(w)
+    xtr, ytr = _synthetic(name, ptr, d, chi, seed_trainset, _TRAIN_INPUTS, teacher)
+    xte, yte = _synthetic(name, pte, d, chi, seed_testset, _TEST_INPUTS, teacher)
+    return BinaryDataset(xtr, ytr, xte, yte).to(dtype=dtype)

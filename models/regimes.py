@@ -1,0 +1,199 @@
+"""Networks of the SGD-regimes experiment (reference.md §2): normalised activations and five architectures.
+
+Every weight and bias starts N(0, 1); the scale lives in the forward pass, so the
+parameterization is a per-layer table of multipliers:
+
+==========  =====================================================  ==================
+arch        hidden layer                                           output
+==========  =====================================================  ==================
+linear      --                                                     w·x / sqrt(d)
+mlp         x <- φ(W x / sqrt(fan_in)), L times                    W x / h (mean field)
+mlp_bias    x <- φ((W x + b) / sqrt(fan_in + 1)), L times          W x / h
+simple_cnn  conv5x5(h), pool, conv5x5(2h), pool, dense(32h)        W x / (32h)
+vgg11       VGG-11 convs at widths h,2h,4h,4h,8h,8h,8h,8h,         W x / (64h)
+            then dense(64h), dense(64h)
+==========  =====================================================  ==================
+
+Convolutions and dense layers of the CNNs have biases and divide by sqrt(k²·C_in + 1)
+(the bias counts as one more input). Pools are 2x2 max pools that round up
+(28 -> 14 -> 7 -> 4 -> 2 -> 1), so vgg11 runs on MNIST as well as CIFAR.
+
+Activations are normalised so that E[φ(z)²] = 1 for z ~ N(0, 1); the constant is
+computed once by adaptive quadrature in float64 (``activation_norm``).
+
+Every layer is an ``nn.Linear`` / ``nn.Conv2d`` applied once per forward, and the
+scalar multipliers sit outside them: ``dynamics.ntk`` can then use the per-layer
+structure of the MLPs. Every model maps (N, ...) inputs to (N,) outputs.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ARCHS = ("mlp", "mlp_bias", "linear", "simple_cnn", "vgg11")
+ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
+DEEP_ARCHS = ("mlp", "mlp_bias")  # the archs with a depth L
+CONV_ARCHS = ("simple_cnn", "vgg11")  # need (N, C, H, W) images
+
+_RAW = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}
+_NUMPY = {
+    "relu": lambda z: max(z, 0.0),
+    "gelu": lambda z: 0.5 * z * (1.0 + math.erf(z / math.sqrt(2.0))),
+    "silu": lambda z: z / (1.0 + math.exp(-z)),
+    "tanh": math.tanh,
+}
+_TAIL = 40.0  # the Gaussian weight beyond |z| = 40 is e^-800: nothing in float64
+VGG11_BLOCKS = ((1, 1), (1, 2), (2, 4), (2, 8), (2, 8))  # (convs, channels / h) per block
+
+
+@functools.lru_cache(maxsize=None)
+def activation_norm(act: str) -> float:
+    """c = sqrt(E[φ(z)²]), z ~ N(0, 1), by scipy's adaptive quadrature on [-40, 0] and [0, 40] (split at relu's kink).
+
+    Raises:
+        ValueError: unknown ``act``.
+    """
+    if act not in _RAW:
+        raise ValueError(f"act must be one of {ACTIVATIONS}; got {act!r}")
+    from scipy import integrate
+
+    phi = _NUMPY[act]
+
+    def integrand(z):
+        return phi(z) ** 2 * math.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+
+    second_moment = sum(integrate.quad(integrand, lo, hi, epsabs=1e-14, epsrel=1e-13, limit=200)[0]
+                        for lo, hi in ((-_TAIL, 0.0), (0.0, _TAIL)))
+    return math.sqrt(second_moment)
+
+
+class NormalisedActivation(nn.Module):
+    """φ(z) / c with c = ``activation_norm(act)``, so that E[φ(z)²] = 1 under z ~ N(0, 1)."""
+
+    def __init__(self, act: str):
+        super().__init__()
+        self.act = act
+        self.fn = _RAW[act]
+        self.inv_norm = 1.0 / activation_norm(act)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.fn(z) * self.inv_norm
+
+    def extra_repr(self) -> str:
+        return f"{self.act}, c={1.0 / self.inv_norm:.6f}"
+
+
+class LinearModel(nn.Module):
+    """The perceptron f(w, x) = w·x / sqrt(d)."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.readout = nn.Linear(d, 1, bias=False)
+        self.scale = d ** -0.5
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, ...) -> (N,)
+        return self.readout(x.flatten(1))[:, 0] * self.scale
+
+
+class MLP(nn.Module):
+    """L hidden layers of width h, 1/sqrt(fan_in) multipliers, mean-field readout W x / h."""
+
+    def __init__(self, d: int, h: int, L: int, act: str, bias: bool = False):
+        super().__init__()
+        sizes = [d] + [h] * L
+        self.hidden = nn.ModuleList(nn.Linear(sizes[i], sizes[i + 1], bias=bias) for i in range(L))
+        self.scales = [(fan_in + bias) ** -0.5 for fan_in in sizes[:-1]]
+        self.phi = NormalisedActivation(act)
+        self.readout = nn.Linear(h, 1, bias=False)
+        self.h = h
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, ...) -> (N,)
+        x = x.flatten(1)
+        for layer, scale in zip(self.hidden, self.scales):
+            x = self.phi(layer(x) * scale)  # (N, h)
+        return self.readout(x)[:, 0] / self.h
+
+
+class ConvNet(nn.Module):
+    """simple_cnn and vgg11: conv blocks (each ends in a max pool), dense layers, mean-field readout."""
+
+    def __init__(self, in_shape: Sequence[int], blocks: Sequence[Sequence[int]], kernel: int,
+                 dense: Sequence[int], act: str):
+        super().__init__()
+        self.phi = NormalisedActivation(act)
+        self.kernel = kernel
+        self.blocks = nn.ModuleList()
+        c = in_shape[0]
+        for block in blocks:
+            convs = nn.ModuleList()
+            for out in block:
+                convs.append(nn.Conv2d(c, out, kernel, padding=kernel // 2, bias=True))
+                c = out
+            self.blocks.append(convs)
+        with torch.no_grad():
+            flat = self.features(torch.zeros(1, *in_shape)).shape[1]
+        sizes = [flat, *dense]
+        self.dense = nn.ModuleList(nn.Linear(sizes[i], sizes[i + 1], bias=True) for i in range(len(dense)))
+        self.readout = nn.Linear(sizes[-1], 1, bias=False)
+
+    def features(self, x: Tensor) -> Tensor:  # (N, C, H, W) -> (N, flat)
+        for convs in self.blocks:
+            for conv in convs:
+                x = self.phi(conv(x) * (self.kernel**2 * conv.in_channels + 1) ** -0.5)
+            x = F.max_pool2d(x, 2, ceil_mode=True)
+        return x.flatten(1)
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, C, H, W) -> (N,)
+        x = self.features(x)
+        for layer in self.dense:
+            x = self.phi(layer(x) * (layer.in_features + 1) ** -0.5)
+        return self.readout(x)[:, 0] / self.readout.in_features
+
+
+def build_model(arch: str, in_shape: Sequence[int], h: int, act: str, L: int | None,
+                gen: torch.Generator) -> nn.Module:
+    """The network ``arch`` for inputs of shape ``in_shape`` (without the batch dim), every parameter N(0, 1).
+
+    Args:
+        arch: one of ``ARCHS``.
+        in_shape: (d,) for vectors or (C, H, W) for images; MLPs flatten images.
+        h: width (channels of the first conv block for the CNNs); ignored by ``linear``.
+        act: one of ``ACTIVATIONS`` (normalised); ignored by ``linear``.
+        L: number of hidden layers for mlp and mlp_bias; must be None otherwise.
+        gen: CPU generator for the N(0, 1) init.
+
+    Raises:
+        ValueError: unknown arch/act, L missing or superfluous, an image arch on vectors.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}; got {arch!r}")
+    if act not in ACTIVATIONS:
+        raise ValueError(f"act must be one of {ACTIVATIONS}; got {act!r}")
+    if arch in DEEP_ARCHS and (isinstance(L, bool) or not isinstance(L, int) or L < 1):
+        raise ValueError(f"L must be an integer >= 1 for arch={arch!r}; got {L!r}")
+    if arch not in DEEP_ARCHS and L is not None:
+        raise ValueError(f"L applies to arch in {DEEP_ARCHS} only; got L={L!r} with arch={arch!r}")
+    if isinstance(h, bool) or not isinstance(h, int) or h < 1:
+        raise ValueError(f"h must be an integer >= 1; got {h!r}")
+    d = math.prod(in_shape)
+    if arch == "linear":
+        model = LinearModel(d)
+    elif arch in DEEP_ARCHS:
+        model = MLP(d, h, L, act, bias=arch == "mlp_bias")
+    else:
+        if len(in_shape) != 3:
+            raise ValueError(f"arch={arch!r} needs image inputs (C, H, W); got input shape {tuple(in_shape)}")
+        if arch == "simple_cnn":
+            model = ConvNet(in_shape, [[h], [2 * h]], 5, [32 * h], act)
+        else:
+            blocks = [[m * h] * convs for convs, m in VGG11_BLOCKS]
+            model = ConvNet(in_shape, blocks, 3, [64 * h, 64 * h], act)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return model

@@ -1,0 +1,178 @@
+"""models.regimes and data.regimes: normalised activations, parameterization, datasets and their splits."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from data.regimes import CIFAR_VEHICLES, build_dataset, depleted_gaussian, image_labels
+from models.regimes import ACTIVATIONS, ARCHS, NormalisedActivation, activation_norm, build_model
+from tests.datasets import allow_tiny_cifar, write_cifar10, write_mnist
+
+F64 = torch.float64
+
+
+# --- activations -------------------------------------------------------------------
+
+def test_relu_norm_is_exactly_one_over_sqrt2():
+    assert activation_norm("relu") == pytest.approx(math.sqrt(0.5), rel=1e-14)
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_normalised_activation_has_unit_second_moment(act):
+    """Independent check: Gauss-Hermite quadrature (300 nodes) of the torch activation in float64."""
+    z, w = np.polynomial.hermite_e.hermegauss(300)
+    phi = NormalisedActivation(act)(torch.from_numpy(z)).numpy()
+    second = float((w * phi**2).sum() / math.sqrt(2 * math.pi))
+    assert second == pytest.approx(1.0, abs=1e-6 if act == "relu" else 1e-12)  # relu's kink slows Gauss-Hermite
+
+
+def test_unknown_activation():
+    with pytest.raises(ValueError, match="act must be one of"):
+        activation_norm("elu")
+
+
+# --- architectures -------------------------------------------------------------------
+
+def _model(arch, shape=(6,), h=4, L=2, seed=0, act="relu"):
+    return build_model(arch, shape, h, act, L if arch.startswith("mlp") else None, torch.Generator().manual_seed(seed))
+
+
+def test_parameter_counts_and_output_shapes():
+    counts = {
+        "linear": 6,
+        "mlp": 6 * 4 + 4 * 4 + 4,
+        "mlp_bias": (6 * 4 + 4) + (4 * 4 + 4) + 4,
+    }
+    for arch, count in counts.items():
+        model = _model(arch)
+        assert sum(p.numel() for p in model.parameters()) == count
+        assert model(torch.randn(3, 6)).shape == (3,)
+    for arch, shape in [("simple_cnn", (1, 28, 28)), ("vgg11", (1, 28, 28)), ("vgg11", (3, 32, 32))]:
+        model = _model(arch, shape, h=2)
+        assert model(torch.randn(2, *shape)).shape == (2,)
+    # vgg11 widths: h, 2h, 4h, 4h, 8h, 8h, 8h, 8h, then 64h, 64h; pools round up to 1x1
+    vgg = _model("vgg11", (1, 28, 28), h=1)
+    convs = [m.out_channels for m in vgg.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs == [1, 2, 4, 4, 8, 8, 8, 8]
+    assert [lin.out_features for lin in vgg.dense] == [64, 64] and vgg.dense[0].in_features == 8
+
+
+def test_mlp_forward_is_the_stated_parameterization():
+    """x <- φ(W x / sqrt(fan_in)) twice, then W x / h, by hand."""
+    model = _model("mlp", act="tanh")
+    x = torch.randn(5, 6)
+    phi = NormalisedActivation("tanh")
+    z = phi(x @ model.hidden[0].weight.T / math.sqrt(6))
+    z = phi(z @ model.hidden[1].weight.T / math.sqrt(4))
+    torch.testing.assert_close(model(x), (z @ model.readout.weight.T)[:, 0] / 4)
+    bias = _model("mlp_bias", act="tanh")
+    zb = phi((x @ bias.hidden[0].weight.T + bias.hidden[0].bias) / math.sqrt(7))
+    zb = phi((zb @ bias.hidden[1].weight.T + bias.hidden[1].bias) / math.sqrt(5))
+    torch.testing.assert_close(bias(x), (zb @ bias.readout.weight.T)[:, 0] / 4)
+    lin = _model("linear")
+    torch.testing.assert_close(lin(x), (x @ lin.readout.weight.T)[:, 0] / math.sqrt(6))
+
+
+def test_init_is_standard_normal_and_seeded():
+    model = _model("mlp", shape=(200,), h=200, L=2)
+    w = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    assert abs(float(w.mean())) < 3.5 / math.sqrt(w.numel())
+    assert float(w.std()) == pytest.approx(1.0, abs=3.5 * math.sqrt(2 / w.numel()))
+    again = torch.cat([p.detach().reshape(-1) for p in _model("mlp", shape=(200,), h=200, L=2).parameters()])
+    assert torch.equal(w, again)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(arch="resnet"), "arch must be one of"),
+    (dict(act="elu"), "act must be one of"),
+    (dict(arch="mlp", L=None), "L must be an integer >= 1 for arch='mlp'"),
+    (dict(arch="linear", L=3), "L applies to arch in"),
+    (dict(arch="simple_cnn", L=None), r"needs image inputs \(C, H, W\)"),
+    (dict(h=0), "h must be an integer >= 1"),
+])
+def test_build_model_errors(kwargs, match):
+    args = dict(arch="mlp", in_shape=(6,), h=4, act="relu", L=2, gen=torch.Generator())
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        build_model(**args)
+    assert set(ARCHS) == {"mlp", "mlp_bias", "linear", "simple_cnn", "vgg11"}
+
+
+# --- synthetic data ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("chi", [0.0, 1.0, 3.0])
+def test_depleted_coordinate_moments(chi):
+    """|x_1|² = 2 G with G ~ Gamma((χ+1)/2): E x_1² = χ + 1 and Var x_1² = 2(χ + 1); ±3.5σ."""
+    n = 40_000
+    x = depleted_gaussian(n, 3, chi, np.random.default_rng(0))
+    m2 = x[:, 0] ** 2
+    assert abs(m2.mean() - (chi + 1)) < 3.5 * math.sqrt(2 * (chi + 1) / n)
+    assert abs((x[:, 1] ** 2).mean() - 1) < 3.5 * math.sqrt(2 / n)
+    assert abs((x[:, 0] > 0).mean() - 0.5) < 3.5 * 0.5 / math.sqrt(n)
+    # depletion: for χ > 0 fewer points near the boundary than a Gaussian has
+    near = (np.abs(x[:, 0]) < 0.1).mean()
+    assert (near < 0.05) if chi > 0 else (near == pytest.approx(0.0797, abs=0.01))
+
+
+@pytest.mark.parametrize("name", ["sign", "depleted_sign", "random_sign"])
+def test_synthetic_sets_are_seeded_disjoint_and_labelled(name):
+    data = build_dataset(name, 300, 200, seed_trainset=1, seed_testset=1, d=5, chi=1.0)
+    assert data.xtr.shape == (300, 5) and data.xte.shape == (200, 5) and data.ytr.dtype == F64
+    assert set(data.ytr.unique().tolist()) == {-1.0, 1.0}
+    assert not torch.isin(data.xtr[:, 0], data.xte[:, 0]).any()  # same seed value, independent streams
+    if name != "random_sign":
+        assert torch.equal(data.ytr, torch.where(data.xtr[:, 0] > 0, 1.0, -1.0).to(F64))
+    else:  # one unit teacher for both splits: least squares on train classifies test
+        w = torch.linalg.lstsq(data.xtr, data.ytr[:, None]).solution[:, 0]
+        assert (torch.sign(data.xte @ w) == data.yte).double().mean() > 0.9
+    again = build_dataset(name, 300, 200, seed_trainset=1, seed_testset=1, d=5, chi=1.0)
+    assert torch.equal(data.xtr, again.xtr) and torch.equal(data.yte, again.yte)
+    other = build_dataset(name, 300, 200, seed_trainset=2, seed_testset=1, d=5, chi=1.0)
+    assert not torch.equal(data.xtr, other.xtr) and torch.equal(data.xte, other.xte)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(name="moons"), "dataset must be one of"),
+    (dict(d=None), "d must be an integer >= 1 for dataset='sign'"),
+    (dict(chi=-1.0), "data_chi must be a number > -1"),
+    (dict(ptr=0), "ptr must be an integer >= 1"),
+    (dict(seed_testset=-1), "seed_testset must be an integer >= 0"),
+    (dict(name="mnist_parity", d=5), "d applies to the synthetic datasets"),
+])
+def test_dataset_errors(kwargs, match):
+    args = dict(name="sign", ptr=10, pte=10, seed_trainset=0, seed_testset=0, d=3)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        build_dataset(**args)
+
+
+# --- image data (tiny files in torchvision's formats) ----------------------------------------
+
+def test_image_labels():
+    labels = torch.arange(10)
+    assert image_labels("mnist_parity", labels).tolist() == [1.0, -1.0] * 5
+    animal = image_labels("cifar_animal", labels)
+    assert [int(i) for i in range(10) if animal[i] < 0] == list(CIFAR_VEHICLES)
+
+
+def test_mnist_parity_splits(tmp_path):
+    write_mnist(tmp_path, n_train=60, n_test=30, seed=0)
+    data = build_dataset("mnist_parity", 50, 20, seed_trainset=3, seed_testset=4, data_root=str(tmp_path))
+    assert data.xtr.shape == (50, 1, 28, 28) and data.xte.shape == (20, 1, 28, 28)
+    flat_tr, flat_te = data.xtr.flatten(1), data.xte.flatten(1)
+    assert torch.cdist(flat_tr, flat_te).min() > 0  # no test image among the training images
+    assert abs(float(torch.cat([flat_tr, flat_te]).mean())) < 0.5  # normalised
+    moved = build_dataset("mnist_parity", 50, 20, seed_trainset=5, seed_testset=4, data_root=str(tmp_path))
+    assert torch.equal(moved.xte, data.xte) and not torch.equal(moved.xtr, data.xtr)
+    with pytest.raises(ValueError, match=r"ptr \+ pte must be <= 90"):
+        build_dataset("mnist_parity", 80, 20, seed_trainset=0, seed_testset=0, data_root=str(tmp_path))
+
+
+def test_cifar_animal(tmp_path, monkeypatch):
+    allow_tiny_cifar(monkeypatch)
+    write_cifar10(tmp_path, n_train=25, n_test=10)
+    data = build_dataset("cifar_animal", 20, 10, seed_trainset=0, seed_testset=0, data_root=str(tmp_path),
+                         dtype=torch.float32)
+    assert data.xtr.shape == (20, 3, 32, 32) and data.xtr.dtype == torch.float32
+    assert set(torch.cat([data.ytr, data.yte]).unique().tolist()) <= {-1.0, 1.0}
