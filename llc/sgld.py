@@ -202,10 +202,14 @@ def run_sgld(
     # w <- w + Δw with Δw = (εγ/2)(w* - w) - (ε nβ/2) g + sqrt(ε) ξ summed first. In float32
     # the old form (1 - εγ/2) w rounds the factor itself (ε=5e-7, γ=1: γ off by 4.6%);
     # summed into Δw, the pull's rounding is dithered by the noise and has no bias.
-    coef = torch.tensor([eps * config.gamma / 2, -eps * nbeta / 2, math.sqrt(eps)], dtype=w_star.dtype, device=device)
+    pull, drift, noise = eps * config.gamma / 2, -eps * nbeta / 2, math.sqrt(eps)
     w_star = w_star.detach()
-    eager = _eager_step(loss_fn)
-    step = _compiled_step(loss_fn) if config.compile else eager
+    eager = _eager_step(loss_fn, pull, drift, noise)
+    if config.compile:
+        coef = torch.tensor([pull, drift, noise], dtype=w_star.dtype, device=device)
+        step = _compiled_step(loss_fn, coef)
+    else:
+        step = eager
 
     w = w_star.expand(C, P).clone()  # (C, P)
     trace = torch.full((C, T), float("nan"), dtype=torch.float64, device=device)
@@ -219,13 +223,16 @@ def run_sgld(
             for c, g in enumerate(gens):
                 torch.randint(0, n, (k, B), generator=g, device=device, out=idx[c, :k])
                 torch.randn(k, P, generator=g, device=device, dtype=w.dtype, out=xi[c, :k])
-            idx_by_step = idx[:, :k].transpose(0, 1).contiguous()  # (k, C, B): each step's indices contiguous
+            # (k, C, ...) copies: each step's draws contiguous, with strides that do not depend
+            # on k or C (a compiled step guards on strides and would otherwise recompile).
+            idx_by_step = torch.empty(k, C, B, dtype=idx.dtype, device=device).copy_(idx[:, :k].transpose(0, 1))
+            xi_by_step = torch.empty(k, C, P, dtype=xi.dtype, device=device).copy_(xi[:, :k].transpose(0, 1))
             losses = []
             for j in range(k):
                 t = t0 + j
                 if not config.loss_trace_minibatch and t >= burnin:
                     trace[:, t] = full_data_loss(loss_fn, w, x, y, eval_batch_size)  # L_n(w_t), before the step
-                args = (w, idx_by_step[j], xi[:, j], x, y, w_star, coef)
+                args = (w, idx_by_step[j], xi_by_step[j], x, y, w_star)
                 if t == 0 and step is not eager:
                     step, loss = _first_compiled_call(step, eager, args)
                 else:
@@ -240,9 +247,9 @@ def run_sgld(
     return SGLDTrace(loss=trace.cpu(), final_w=w, nbeta=nbeta, burnin=burnin)
 
 
-StepFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
-# step(w (C, P), idx (C, B), xi (C, P), x (n, ...), y (n, ...), w* (P,), coef (3,)) -> L_B(w) (C,),
-# with w updated in place to w + coef[0] (w* - w) + coef[1] ∇L_B(w) + coef[2] xi.
+StepFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
+# step(w (C, P), idx (C, B), xi (C, P), x (n, ...), y (n, ...), w* (P,)) -> L_B(w) (C,), with w
+# updated in place to w + pull (w* - w) + drift ∇L_B(w) + noise xi.
 
 
 def _gather(data: Tensor, idx: Tensor) -> Tensor:
@@ -254,12 +261,11 @@ def _gather(data: Tensor, idx: Tensor) -> Tensor:
     return data.index_select(0, idx.reshape(-1)).view(*idx.shape, *data.shape[1:])
 
 
-def _eager_step(loss_fn: FlatLoss) -> StepFn:
+def _eager_step(loss_fn: FlatLoss, pull: float, drift: float, noise: float) -> StepFn:
     """The SGLD step for every chain at once: vmapped forward, one backward."""
     batched_loss = vmap(loss_fn)
-    pull, drift, noise = 0, 1, 2
 
-    def step(w, idx, xi, x, y, w_star, coef):
+    def step(w, idx, xi, x, y, w_star):
         xb, yb = _gather(x, idx), _gather(y, idx)  # (C, B, ...)
         with torch.enable_grad():
             wg = w.detach().requires_grad_(True)
@@ -267,8 +273,7 @@ def _eager_step(loss_fn: FlatLoss) -> StepFn:
             # The chains do not interact, so the gradient of the sum is each chain's own
             # gradient; one backward through the vmapped forward is cheaper than vmap(grad).
             (g,) = torch.autograd.grad(loss.sum(), wg)  # (C, P)
-        c = coef.tolist()
-        g.mul_(c[drift]).add_(xi, alpha=c[noise]).add_(w_star - w, alpha=c[pull])  # Δw, summed before it meets w
+        g.mul_(drift).add_(xi, alpha=noise).add_(w_star - w, alpha=pull)  # Δw, summed before it meets w
         w.add_(g)
         return loss.detach()
 
@@ -279,17 +284,36 @@ def _eager_step(loss_fn: FlatLoss) -> StepFn:
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _compiled_step(loss_fn: FlatLoss) -> StepFn:
+def _compiled_step(loss_fn: FlatLoss, coef: Tensor) -> StepFn:
     """torch.compile of the whole step (gather, vmap(grad), update), cached per loss_fn.
 
-    ε, γ and nβ enter through the ``coef`` tensor, so a new run with the same
-    loss_fn and shapes reuses the compiled code; new shapes recompile.
+    ε, γ and nβ enter as the tensor coef = [pull, drift, noise], not as constants,
+    so a later run with the same loss_fn and shapes reuses the compiled code; new
+    shapes (chains, batch, dtype) recompile.
     """
+    compiled = _COMPILED.get(loss_fn) if _weakrefable(loss_fn) else None
+    if compiled is None:
+        compiled = _compile_step(loss_fn)
+        if _weakrefable(loss_fn):
+            _COMPILED[loss_fn] = compiled
+
+    def step(w, idx, xi, x, y, w_star):
+        return compiled(w, idx, xi, x, y, w_star, coef)
+
+    return step
+
+
+def _weakrefable(obj) -> bool:
     try:
-        return _COMPILED[loss_fn]
-    except (KeyError, TypeError):  # TypeError: loss_fn cannot be weakly referenced
-        pass
-    loss_ref = _strong_or_weak_ref(loss_fn)
+        weakref.ref(obj)
+        return True
+    except TypeError:
+        return False
+
+
+def _compile_step(loss_fn: FlatLoss) -> Callable[..., Tensor]:
+    """torch.compile(step(w, idx, xi, x, y, w*, coef)); compilation happens at the first call."""
+    loss_ref = weakref.ref(loss_fn) if _weakrefable(loss_fn) else (lambda: loss_fn)
 
     def step(w, idx, xi, x, y, w_star, coef):
         g, loss = vmap(grad_and_value(loss_ref()))(w, _gather(x, idx), _gather(y, idx))  # (C, P), (C,)
@@ -300,19 +324,7 @@ def _compiled_step(loss_fn: FlatLoss) -> StepFn:
     # loss_fn would count as a recompilation of one shared function, and dynamo
     # drops to eager after its recompile limit.
     fresh = types.FunctionType(step.__code__.replace(), step.__globals__, step.__name__, None, step.__closure__)
-    compiled = torch.compile(fresh, dynamic=False)
-    try:
-        _COMPILED[loss_fn] = compiled
-    except TypeError:
-        pass
-    return compiled
-
-
-def _strong_or_weak_ref(obj) -> Callable[[], object]:
-    try:
-        return weakref.ref(obj)
-    except TypeError:
-        return lambda: obj
+    return torch.compile(fresh, dynamic=False)
 
 
 def _first_compiled_call(step: StepFn, eager: StepFn, args: tuple) -> tuple[StepFn, Tensor]:
