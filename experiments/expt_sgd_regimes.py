@@ -1,0 +1,310 @@
+"""Regimes of SGD: test error, weight change and NTK change against temperature T and scale α.
+
+A network f(w, x) is trained on the centred prediction f(w, x) − f(w₀, x) with the
+α-scaled loss ℓ(α·pred, y)/α (large α: lazy; small α: feature learning) by SGD at
+temperature T = dt/(bs·h), until the training set is fitted (reference.md §2; the
+original's `python -m edm` parameters, under the same names). Checkpoints follow a
+ladder of fractions of the initial loss; with ``ckpt_grad_stats`` the empirical NTK
+Gram matrix is tracked on a coarser ladder.
+
+    python experiments/expt_sgd_regimes.py with dataset=mnist_parity ptr=1024 pte=2048 \\
+        arch=mlp act=gelu h=64 L=8 dynamics=sgd alpha=1 dt=0.1 bs=64 max_wall=120
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+
+import numpy as np
+import torch
+from sacred import Experiment
+
+from data.regimes import DATASETS, IMAGE_DATASETS, build_dataset
+from dynamics.ntk import NTK_METHODS
+from dynamics.regimes_train import DYNAMICS, LOSSES, RegimesConfig, flat_metrics, train_regimes
+from models.device import derived_seed, resolve_device, resolve_dtype
+from models.regimes import ACTIVATIONS, ARCHS, CONV_ARCHS, DEEP_ARCHS, build_model
+from tracking.sacred_utils import configure_experiment, json_ready, run_cli, seed_everything
+
+ex = configure_experiment(Experiment("sgd_regimes"))
+
+DTYPE_NAMES = {"f32": "float32", "f64": "float64", "float32": "float32", "float64": "float64"}
+IMAGE_SHAPES = {"mnist_parity": (1, 28, 28), "cifar_animal": (3, 32, 32)}
+SEED_KEYS = ("seed_init", "seed_batch", "seed_trainset", "seed_testset")
+
+
+@ex.config
+def cfg():
+    expt_name = None  # free label to group runs in plots (e.g. the sweep's name)
+
+    # --- data ---
+    dataset = "mnist_parity"  # mnist_parity | cifar_animal | depleted_sign | sign | random_sign
+    ptr = 1024  # P, training points
+    pte = 2048  # test points
+    d = None  # input dim of sign / random_sign / depleted_sign (required there); None for images
+    data_chi = 0.0  # χ of depleted_sign: p(x_1) ∝ |x_1|^χ exp(-x_1²/2)
+    data_root = None  # MNIST / CIFAR-10 files; None -> $DLT_DATA_ROOT, else ~/.cache/dltheory/datasets
+
+    # --- network (every weight starts N(0, 1)) ---
+    arch = "mlp"  # mlp | mlp_bias | linear | simple_cnn | vgg11
+    act = "relu"  # relu | gelu | silu | tanh, normalised to E[φ(z)²] = 1
+    h = 1 if arch == "linear" else 64  # width (first conv block's channels for CNNs); enters T
+    L = 8 if arch in ("mlp", "mlp_bias") else None  # hidden layers (mlp and mlp_bias only)
+
+    # --- loss ---
+    alpha = 1.0  # α > 0: loss ℓ(α·pred, y)/α, hinge margin 1/α on the raw output
+    loss = "hinge"  # hinge | quadhinge | softhinge | mse
+
+    # --- dynamics ---
+    dynamics = "sgd"  # sgd | sgd_only_unfit | gd_sde | gd
+    bs = None  # batch size; None -> ptr (full batch)
+    dt = None  # step size; give exactly one of dt and temp
+    temp = None  # temperature T = dt / (bs·h), i.e. dt = T·bs·h
+
+    # --- stopping (zero training loss always stops) ---
+    max_wall = 120.0  # seconds, checkpoints included
+    max_step = None  # steps; None -> no limit
+    mind_stop = 1.0  # stop once α·min(pred·y) >= mind_stop; None disables
+
+    # --- checkpoints ---
+    ckpt_modulo = 1  # keep every k-th rung of the loss ladder
+    ckpt_save_mult = 0  # also checkpoint at steps 1, 2, 4, ... <= this
+    ckpt_grad_stats = 0  # train (and test) points for the NTK observables; 0 off, -1 -> ptr
+    ckpt_kernels = False  # save the NTK Gram matrices of every slow checkpoint (npz artifact)
+    ntk_method = "auto"  # auto | structured | jacobian | ntvp (dynamics/ntk.py)
+
+    # --- seeds (None -> derived from `seed`) ---
+    seed_init = None  # initial weights
+    seed_batch = None  # batches and gd_sde noise
+    seed_trainset = None  # training set (and the random_sign teacher)
+    seed_testset = 0  # test set; fixed by default, as in the original, so runs share one test set
+
+    # --- runtime ---
+    device = "auto"  # auto | cpu | cuda
+    dtype = "f32"  # f32 | f64 (float32 | float64)
+
+
+@ex.named_config
+def tutorial():
+    """The original README's single run: parity MNIST, 8-layer GELU MLP, SGD."""
+    dataset = "mnist_parity"
+    ptr = 1024
+    pte = 2048
+    arch = "mlp"
+    act = "gelu"
+    h = 64
+    L = 8
+    dynamics = "sgd"
+    alpha = 1.0
+    dt = 0.1
+    bs = 64
+    max_wall = 120.0
+
+
+@ex.named_config
+def perceptron():
+    """reference.md §2 small check: the perceptron on depleted_sign; sweep data_chi, bs and dt."""
+    arch = "linear"
+    dataset = "depleted_sign"
+    d = 128
+    ptr = 8192
+    pte = 32768
+    alpha = 128.0
+    loss = "hinge"
+    dynamics = "sgd"
+
+
+@ex.named_config
+def mnist_fc5():
+    """Paper: 5-hidden-layer ReLU MLP on parity MNIST at lazy α; sweep ptr, temp and seed_init."""
+    arch = "mlp"
+    act = "relu"
+    L = 5
+    h = 128
+    dataset = "mnist_parity"
+    pte = 32768
+    alpha = 32768.0
+    loss = "hinge"
+    dynamics = "sgd"
+    bs = 16
+    ckpt_grad_stats = 128
+    max_wall = 10000.0
+
+
+@ex.named_config
+def phase_diagram():
+    """Paper: the (α, dt) phase diagram, 5-hidden-layer GELU MLP on parity MNIST; sweep alpha and dt."""
+    arch = "mlp"
+    act = "gelu"
+    L = 5
+    h = 128
+    dataset = "mnist_parity"
+    ptr = 1024
+    pte = 32768
+    loss = "hinge"
+    dynamics = "sgd"
+    bs = 16
+    ckpt_grad_stats = 1024
+    max_wall = 14400.0
+
+
+def _integer(key, value, lo, none_ok=False):
+    """value as an int >= lo (integral floats such as 1e5 from the command line are accepted)."""
+    if value is None and none_ok:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ValueError(f"{key} must be an integer >= {lo}{' or None' if none_ok else ''}; got {value!r}")
+    return value
+
+
+def _positive(key, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{key} must be a finite number > 0; got {value!r}")
+    return float(value)
+
+
+def validate(config: dict, seed: int) -> dict:
+    """Check every user-facing key before any compute; returns the resolved values.
+
+    Returns:
+        dict with ``train`` (RegimesConfig), ``bs``, ``dt``, ``temp``, ``seeds`` (the four
+        resolved seeds), ``dtype``, ``device`` and ``ckpt_grad_stats``.
+    """
+    def choice(key, allowed):
+        if config[key] not in allowed:
+            raise ValueError(f"{key} must be one of {tuple(allowed)}; got {config[key]!r}")
+
+    choice("dataset", DATASETS)
+    choice("arch", ARCHS)
+    choice("act", ACTIVATIONS)
+    choice("loss", LOSSES)
+    choice("dynamics", DYNAMICS)
+    choice("ntk_method", NTK_METHODS)
+    choice("dtype", DTYPE_NAMES)
+    dataset, arch = config["dataset"], config["arch"]
+    ptr, pte = _integer("ptr", config["ptr"], 1), _integer("pte", config["pte"], 1)
+    h = _integer("h", config["h"], 1)
+    if arch in DEEP_ARCHS:
+        if config["L"] is None:
+            raise ValueError(f"L (number of hidden layers) must be set for arch={arch!r}; got None")
+        _integer("L", config["L"], 1)
+    elif config["L"] is not None:
+        raise ValueError(f"L applies to arch in {DEEP_ARCHS} only; got L={config['L']!r} with arch={arch!r}")
+    if dataset in IMAGE_DATASETS:
+        if config["d"] is not None:
+            raise ValueError(f"d applies to the synthetic datasets only; got d={config['d']!r} with dataset={dataset!r}")
+    else:
+        if config["d"] is None:
+            raise ValueError(f"d (input dimension) must be set for dataset={dataset!r}; got None")
+        _integer("d", config["d"], 1)
+        if arch in CONV_ARCHS:
+            raise ValueError(f"arch={arch!r} needs an image dataset {tuple(IMAGE_DATASETS)}; got dataset={dataset!r}")
+    chi = config["data_chi"]
+    if isinstance(chi, bool) or not isinstance(chi, (int, float)) or not chi > -1:
+        raise ValueError(f"data_chi must be a number > -1; got {chi!r}")
+
+    bs = ptr if config["bs"] is None else _integer("bs", config["bs"], 1)
+    if bs > ptr:
+        raise ValueError(f"bs must be <= ptr ({ptr}); got {bs}")
+    if config["dynamics"] == "gd" and bs != ptr:
+        raise ValueError(f"dynamics='gd' is full batch: bs must be None or ptr ({ptr}); got {bs}")
+    if (config["dt"] is None) == (config["temp"] is None):
+        raise ValueError(f"give exactly one of dt and temp (T = dt/(bs·h)); got dt={config['dt']!r}, temp={config['temp']!r}")
+    if config["dt"] is not None:
+        dt = _positive("dt", config["dt"])
+        temp = dt / (bs * h)
+    else:
+        temp = _positive("temp", config["temp"])
+        dt = temp * bs * h
+
+    gs = _integer("ckpt_grad_stats", config["ckpt_grad_stats"], -1)
+    gs = ptr if gs == -1 else gs
+    seeds = {}
+    for k, key in enumerate(SEED_KEYS):
+        value = _integer(key, config[key], 0, none_ok=True)
+        seeds[key] = derived_seed(seed, k) if value is None else value
+    if not isinstance(config["ckpt_kernels"], bool):
+        raise ValueError(f"ckpt_kernels must be True or False; got {config['ckpt_kernels']!r}")
+    # RegimesConfig checks the remaining keys, naming them.
+    train = RegimesConfig(
+        alpha=_positive("alpha", config["alpha"]), dt=dt, bs=bs, loss=config["loss"], dynamics=config["dynamics"],
+        max_wall=_positive("max_wall", config["max_wall"]), max_step=_integer("max_step", config["max_step"], 1, none_ok=True),
+        mind_stop=config["mind_stop"], ckpt_modulo=config["ckpt_modulo"], ckpt_save_mult=config["ckpt_save_mult"],
+        ckpt_grad_stats=gs, ckpt_kernels=config["ckpt_kernels"], ntk_method=config["ntk_method"],
+    )
+    return {"train": train, "bs": bs, "dt": dt, "temp": temp, "seeds": seeds, "ckpt_grad_stats": gs,
+            "dtype": resolve_dtype(DTYPE_NAMES[config["dtype"]]), "device": resolve_device(config["device"])}
+
+
+def _progress(record: dict, alpha: float) -> str:
+    tr, te = record["train"], record["test"]
+    return (f"[{record['step']} t={record['t']:.2e} wall={record['wall']:.0f}s] "
+            f"[train aL={alpha * tr['loss']:.2e} err={tr['err']:.3f} mind={tr['margin_min']:.2f} unfit={tr['unfit']}] "
+            f"[test err={te['err']:.3f}]")
+
+
+@ex.main
+def main(_config, _run, _seed):
+    checked = validate(_config, _seed)
+    seed_everything(_seed)
+    seeds, cfg, device, dtype = checked["seeds"], checked["train"], checked["device"], checked["dtype"]
+    dataset = _config["dataset"]
+
+    # --- data and network ---
+    data = build_dataset(
+        dataset, _config["ptr"], _config["pte"], seeds["seed_trainset"], seeds["seed_testset"],
+        d=_config["d"], chi=float(_config["data_chi"]), data_root=_config["data_root"], dtype=dtype,
+    ).to(device=device)
+    in_shape = IMAGE_SHAPES.get(dataset, (_config["d"],))
+    model = build_model(_config["arch"], in_shape, _config["h"], _config["act"], _config["L"],
+                        torch.Generator().manual_seed(seeds["seed_init"]))
+    model.to(device=device, dtype=dtype)
+    params0 = {k: v.detach() for k, v in model.named_parameters()}
+
+    # --- training, logged as it goes ---
+    def log(record):
+        for name, value in flat_metrics(record).items():
+            if math.isfinite(value):
+                _run.log_scalar(name, value, record["step"])
+        print(_progress(record, cfg.alpha), flush=True)
+
+    gen_batch = torch.Generator(device=device).manual_seed(seeds["seed_batch"])
+    run = train_regimes(model, params0, data, cfg, gen_batch, callback=log)
+
+    _run.info["checkpoints"] = json_ready(run.checkpoints)
+    if run.kernels:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "ntk_kernels.npz")
+            np.savez_compressed(path, steps=np.array([k["step"] for k in run.kernels]),
+                                train=np.stack([k["train"].numpy() for k in run.kernels]),
+                                test=np.stack([k["test"].numpy() for k in run.kernels]))
+            _run.add_artifact(path)
+    first, last = run.checkpoints[0], run.checkpoints[-1]
+    slow = [c["ntk"] for c in run.checkpoints if c["ntk"] is not None]
+    ntk_final = None  # the last NTK observables (eigenvalues stay in info)
+    if slow:
+        ntk_final = {split: {k: v for k, v in obs.items() if k != "eigenvalues"} for split, obs in slow[-1].items()}
+    return json_ready({
+        "T": checked["temp"],
+        "step_size": checked["dt"],
+        "batch_size": checked["bs"],
+        "stop_reason": run.stop_reason,
+        "diverged": run.stop_reason == "diverged",
+        "steps": last["step"],
+        "t": last["t"],
+        "wall": last["wall"],
+        "num_checkpoints": len(run.checkpoints),
+        "model_dim": sum(p.numel() for p in params0.values()),
+        "seeds": {k.removeprefix("seed_"): v for k, v in seeds.items()},
+        "init": {"train": first["train"], "test": first["test"]},
+        "final": {"train": last["train"], "test": last["test"],
+                  "weights": {"norm": last["weights"]["norm"], "delta": last["weights"]["delta"]}},
+        "ntk": ntk_final,
+    })
+
+
+if __name__ == "__main__":
+    run_cli(ex)

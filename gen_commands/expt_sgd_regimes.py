@@ -1,0 +1,213 @@
+"""Write one ``experiments/expt_sgd_regimes.py`` command per line: grid sweeps over any config keys.
+
+    python gen_commands/expt_sgd_regimes.py cmds.txt --preset tutorial
+    python gen_commands/expt_sgd_regimes.py cmds.txt --set dataset=mnist_parity ptr=1024 pte=2048 \\
+        arch=mlp act=gelu h=64 L=8 dynamics=sgd alpha=1 bs=64 max_wall=120 \\
+        --grid dt="[2**i for i in range(-3, 1)]"
+    python -m gen_commands.run cmds.txt --jobs 2          # or add --run 2 above
+
+This is the original ``python -m grid DIR "python -m edm ..." --dt "[...]"`` workflow:
+``--set`` fixes keys, every ``--grid`` axis is crossed with the others (last axis
+fastest), and ``--seeds`` are crossed last. Values are Python literals or simple list
+comprehensions over ``range`` (``gen_commands.sweep.parse_value``; never ``eval``).
+Without ``--seeds`` every line gets the same run seed, drawn from ``--seed``, so the
+lines of a sweep differ only in the swept keys. Keys are checked against the
+experiment's config scope (read with ``ast``, without importing torch), and a sweep
+that gives neither or both of dt and temp is refused.
+
+Presets are the original README's sweeps (paper figures) plus a CPU-sized ``demo``;
+``--set`` and ``--grid`` override a preset's keys (``temp`` replaces a preset's ``dt``).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gen_commands import sweep  # noqa: E402
+
+EXPERIMENT = "sgd_regimes"  # Sacred Experiment name in experiments/expt_sgd_regimes.py
+SCRIPT = "experiments/expt_sgd_regimes.py"
+DEFAULT_RUNS_DIR = f"runs/{EXPERIMENT}"
+EXTRA_KEYS = ("seed", sweep.RUN_KEY)  # config keys Sacred adds outside the scope
+EXCLUSIVE = {"dt": ("temp",), "temp": ("dt",)}  # exactly one of each group reaches the experiment
+
+_FC5 = dict(arch="mlp", act="relu", L=5, h=128, alpha=32768.0, pte=32768, loss="hinge", dynamics="sgd",
+            bs=16, ckpt_grad_stats=128, max_wall=10000.0)
+_P_SWEEP = "[1024, 2048, 4096, 8192, 16384]"
+
+# name -> (fixed keys, grid axes as text, description)
+PRESETS = {
+    "tutorial": (
+        dict(dataset="mnist_parity", ptr=1024, pte=2048, arch="mlp", act="gelu", h=64, L=8,
+             dynamics="sgd", alpha=1.0, bs=64, max_wall=120.0),
+        {"dt": "[2**i for i in range(-3, 1)]"},
+        "the original README's dt sweep (4 runs)",
+    ),
+    "mnist_fc5": (
+        dict(_FC5, dataset="mnist_parity"),
+        {"seed_init": "[i for i in range(5)]", "ptr": _P_SWEEP, "temp": "[2**i for i in range(-13, 3)]"},
+        "5-layer ReLU MLP, parity MNIST, lazy α: test error vs T and P (400 runs)",
+    ),
+    "cifar_fc5": (
+        dict(_FC5, dataset="cifar_animal"),
+        {"seed_init": "[i for i in range(5)]", "ptr": _P_SWEEP, "temp": "[2**i for i in range(-13, 3)]"},
+        "5-layer ReLU MLP, CIFAR animals vs vehicles, lazy α (400 runs)",
+    ),
+    "mnist_alpha_dt": (
+        dict(arch="mlp", act="gelu", L=5, h=128, dataset="mnist_parity", ptr=1024, pte=32768, loss="hinge",
+             dynamics="sgd", bs=16, ckpt_grad_stats=1024, max_wall=14400.0),
+        {"seed_init": "[i for i in range(9)]", "alpha": "[2.0**i for i in range(-14, 12)]",
+         "dt": "[2**i for i in range(-15, 16)]"},
+        "the (α, dt) phase diagram, 5-layer GELU MLP on parity MNIST (7254 runs)",
+    ),
+    "perceptron": (
+        dict(arch="linear", alpha=32768.0, dataset="depleted_sign", pte=32768, loss="hinge", dynamics="sgd",
+             bs=2, ckpt_grad_stats=512, max_wall=10000.0, ckpt_save_mult=1000000),
+        {"seed_init": "[i for i in range(5)]", "data_chi": "[3.0, 1.0, 0.0]", "d": "[16, 32, 64, 128]",
+         "ptr": _P_SWEEP, "dt": "[2**i for i in range(-15, 3)]"},
+        "the depleted perceptron of the paper (5400 runs)",
+    ),
+    "perceptron_bs": (
+        dict(arch="linear", alpha=128.0, dataset="depleted_sign", d=128, ptr=8192, pte=32768, loss="hinge",
+             dynamics="sgd", max_wall=3600.0),
+        {"data_chi": "[0.0, 1.0]", "bs": "[2**i for i in range(14)]", "dt": "[2.0**i for i in range(-6, 5)]"},
+        "reference.md §2 small check: bs 2^0..2^13 x dt at χ in {0, 1} (308 runs)",
+    ),
+    "demo": (
+        dict(arch="linear", alpha=1.0, dataset="depleted_sign", d=32, pte=4096, loss="hinge", dynamics="sgd",
+             max_wall=120.0, dtype="f64"),
+        {"ptr": "[256, 1024]", "temp": "[1.0]", "bs": "[2**i for i in range(0, 9, 2)]"},
+        "CPU-sized: perceptron at fixed T, bs 1..256, P in {256, 1024} (10 runs, ~1 min each)",
+    ),
+}
+
+
+def config_keys(script: str | Path | None = None) -> set[str]:
+    """Top-level names assigned in the experiment's ``@ex.config`` scope, plus seed and run_key.
+
+    The script is parsed, not imported, so the generator never loads torch.
+    """
+    path = Path(script) if script else Path(__file__).resolve().parents[1] / SCRIPT
+    tree = ast.parse(path.read_text())
+    keys: set[str] = set(EXTRA_KEYS)
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and any(
+                isinstance(dec, ast.Attribute) and dec.attr == "config" for dec in node.decorator_list):
+            for stmt in ast.walk(node):
+                if isinstance(stmt, ast.Assign):
+                    keys.update(t.id for t in stmt.targets if isinstance(t, ast.Name))
+    return keys
+
+
+def _presets_help() -> str:
+    return "presets:\n" + "\n".join(f"  {name:15s} {desc}" for name, (_, _, desc) in PRESETS.items())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python gen_commands/expt_sgd_regimes.py",
+        description=__doc__, epilog=_presets_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("out", help="commands file to write (refused if it exists, unless --force)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a sweep of the paper; --set/--grid override its keys")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="fixed config values, e.g. arch=mlp alpha=1 \"act='gelu'\"")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=[...]",
+                   help="a swept key, e.g. dt=\"[2**i for i in range(-3, 1)]\"; repeat to cross several")
+    p.add_argument("--seeds", type=int, nargs="+", help="run seeds crossed with the grid (default: one drawn from --seed)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generator's RNG (default 0)")
+    g = p.add_argument_group("line format")
+    g.add_argument("--expt-name", help="expt_name config entry, a label for plots (default: the preset's name)")
+    obs = g.add_mutually_exclusive_group()
+    obs.add_argument("-F", "--file-storage", metavar="DIR", help=f"record with a FileStorageObserver in DIR (default {DEFAULT_RUNS_DIR})")
+    obs.add_argument("-m", "--mongo", metavar="HOST:PORT:DB", help="record with a MongoObserver instead")
+    g.add_argument("--python", default="python", help="interpreter written at the start of each line (default python)")
+    g.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    g.add_argument("--run", type=int, metavar="JOBS", help="then run the file with gen_commands.run, JOBS lines at a time")
+    return p
+
+
+def _parse_set(specs: list[str]) -> dict:
+    fixed = {}
+    for spec in specs:
+        key, sep, text = spec.partition("=")
+        key = key.strip()
+        if not sep or not sweep.KEY_RE.match(key):
+            raise ValueError(f"--set expects key=value with a config key; got {spec!r}")
+        try:
+            value = sweep.parse_value(text)
+        except ValueError:
+            value = text  # a bare word such as arch=mlp, as Sacred reads it
+        fixed[key] = sweep.canonical(value)
+    return fixed
+
+
+def generate(args: argparse.Namespace) -> list[str]:
+    """The command lines, in a deterministic order (grid axes in the order given, then seeds)."""
+    fixed, grid = {}, {}
+    if args.preset:
+        preset_fixed, preset_grid, _ = PRESETS[args.preset]
+        fixed.update(preset_fixed)
+        grid.update(sweep.parse_grid(f"{k}={v}" for k, v in preset_grid.items()))
+    user_fixed, user_grid = _parse_set(args.set), sweep.parse_grid(args.grid)
+    for key in (*user_fixed, *user_grid):
+        # a user key replaces the preset's value or axis; dt and temp spell one step, so either replaces both
+        for replaced in {key, *EXCLUSIVE.get(key, ())}:
+            fixed.pop(replaced, None)
+            grid.pop(replaced, None)
+    fixed.update(user_fixed)
+    grid.update(user_grid)
+    known = config_keys()
+    unknown = sorted((set(fixed) | set(grid)) - known)
+    if unknown:
+        raise ValueError(f"unknown config keys {unknown}; known: {sorted(known - set(EXTRA_KEYS))}")
+    if sweep.RUN_KEY in fixed or sweep.RUN_KEY in grid:
+        raise ValueError("run_key is computed by the generator; do not set it")
+    given = [k for k in ("dt", "temp") if fixed.get(k) is not None or k in grid]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of dt and temp (by --set or --grid); got {given or 'neither'}")
+    if "seed" in fixed or "seed" in grid:
+        seeds = [None]
+    else:
+        seeds = args.seeds if args.seeds is not None else [sweep.sample_seed(sweep.make_rng(args.seed))]
+    observer = sweep.observer_flag(mongo=args.mongo) if args.mongo else \
+        sweep.observer_flag(file_storage=args.file_storage or DEFAULT_RUNS_DIR)
+    expt_name = args.expt_name if args.expt_name is not None else args.preset
+    lines = []
+    for combo in sweep.cartesian(grid):
+        overrides = {} if expt_name is None else {"expt_name": expt_name}
+        overrides.update(fixed)
+        overrides.update(combo)
+        for seed in seeds:
+            run = overrides if seed is None else {**overrides, "seed": seed}
+            lines.append(sweep.format_command(SCRIPT, EXPERIMENT, run, observer, args.python))
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.run is not None and args.run < 1:
+        parser.error(f"--run expects a number of jobs >= 1; got {args.run}")
+    try:
+        lines = generate(args)
+        path = sweep.write_lines(args.out, lines, force=args.force)
+    except (ValueError, FileExistsError) as err:
+        parser.error(str(err))
+    print(f"wrote {len(lines)} commands to {path}", file=sys.stderr)
+    if args.run is not None:
+        from gen_commands import run as runner
+
+        return runner.main([str(path), "--jobs", str(args.run)])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
