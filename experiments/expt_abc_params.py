@@ -1,0 +1,297 @@
+"""Width parameterizations: NTK, muP, IP, standard IP, IPLLR and SP on MNIST / grey CIFAR-10.
+
+Trains a fully connected network with L hidden layers of width m under an abc-parameterization
+(models/abc.py, reference.md §4) for ``n_trials`` independent inits, evaluating each on a
+held-out validation split and on the test set. The original code validated on a copy of the
+training set; here ``n_val`` training examples are held out by a seeded split.
+
+    python experiments/expt_abc_params.py with parameterization=ipllr activation=gelu seed=1
+    python experiments/expt_abc_params.py with mnist_ipllr_gelu
+    python experiments/expt_abc_params.py coord_check with parameterization=mup L=4 base_lr=0.1
+
+The original jobs' flags map one to one: --activation, --n_steps, --base_lr, --batch_size and
+--dataset are the config keys of the same names.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from sacred import Experiment
+from torch import Tensor
+
+from data.vision import DATASETS, load_vision_dataset
+from models.abc import (
+    ACTIVATIONS, PARAMETERIZATIONS, ABCNet, ABCNetSpec, CoordCheckConfig, StepRecord, calibrate_warmup_lrs,
+    coordinate_check, evaluate, make_parameterization, train_abc,
+)
+from models.device import derived_seed, resolve_device
+from tracking.sacred_utils import build_config, configure_experiment, json_ready, run_cli, seed_everything
+
+ex = configure_experiment(Experiment("abc_params"))
+
+ABC_DATASETS = ("mnist", "cifar10")  # CIFAR-10 in grey, flattened to 32·32 = 1024 inputs
+
+
+@ex.config
+def cfg():
+    expt_name = None  # free label to group runs in plots (e.g. the sweep's name)
+
+    # --- parameterization (models/abc.py) ---
+    parameterization = "mup"  # ntk | mup | ip | standard_ip | ipllr | sp | custom
+    ip_c = 0.0  # ip only: lr exponents c_l, one number for every layer or a list of L+1
+    custom_exponents = dict(a=None, b=None, c=None)  # custom only: lists of L+1 exponents, input layer first
+    base_width = 1  # m_0: scales relative to sp at m_0 (every parameterization is sp there); 1 -> m^-a
+    n_warmup_steps = 1  # ipllr: SGD steps with the large warm-up lrs, then standard IP
+    calibrate = True  # ipllr: warm-up base lr of each layer from the first step's update size (<= 500)
+
+    # --- network ---
+    L = 6  # hidden layers (L + 1 weight matrices)
+    width = 1024  # m, width of every hidden layer
+    activation = "relu"  # relu | gelu | elu | tanh | sigmoid
+    bias = False  # biases in every layer
+    scale_bias = True  # True: h = m^-a (W z + b); False: h = m^-a W z + b, with b = 0 at init
+
+    # --- training: plain SGD, cross-entropy (batch mean) ---
+    base_lr = 0.01  # β in η_l = β m^-c_l
+    batch_size = 512  # minibatch, epochs without replacement
+    n_steps = 600  # SGD steps per trial
+    n_trials = 5  # independent inits and batch orders; seeds derived from the run seed
+
+    # --- data ---
+    dataset = "mnist"  # mnist | cifar10 (grey, flattened to 1024)
+    n_val = 10000  # training examples held out for validation (seeded split; test set untouched)
+    data_root = None  # None -> $DLT_DATA_ROOT, else ~/.cache/dltheory/datasets
+
+    # --- coordinate check (the coord_check command; ignores width and n_trials) ---
+    coord_check_config = dict(
+        widths=[64, 128, 256, 512, 1024, 2048, 4096],  # widths m trained side by side
+        n_steps=5,  # SGD steps after init; mean |h_l| measured after each on a held-out probe batch
+        n_seeds=3,  # inits averaged per width
+    )
+
+    # --- runtime ---
+    device = "auto"  # auto | cpu | cuda
+    log_max_points = 2000  # thinning of every per-step series (the last step is always logged)
+
+
+@ex.named_config
+def mnist_ipllr_gelu():
+    """Published: IPLLR with gelu reaches test accuracy ≈ 0.95 on MNIST (reference.md §4)."""
+    parameterization = "ipllr"  # noqa: F841
+    activation = "gelu"  # noqa: F841
+    dataset = "mnist"  # noqa: F841
+
+
+@ex.named_config
+def cifar10_mup_relu():
+    """Published: muP with relu reaches test accuracy ≈ 0.41 on grey CIFAR-10 (reference.md §4)."""
+    parameterization = "mup"  # noqa: F841
+    activation = "relu"  # noqa: F841
+    dataset = "cifar10"  # noqa: F841
+
+
+@ex.named_config
+def vanishing_ip():
+    """IP with its standard lrs at depth L = 6: starts at a stationary point and stays at chance."""
+    parameterization = "standard_ip"  # noqa: F841
+    L = 6  # noqa: F841
+
+
+def _int(key, value, lo):
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ValueError(f"{key} must be an integer >= {lo}; got {value!r}")
+
+
+def validate(config: dict) -> dict:
+    """Check every user-facing key before any compute; returns the built objects."""
+    name = config["parameterization"]
+    if name not in PARAMETERIZATIONS:
+        raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}; got {name!r}")
+    if config["activation"] not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}; got {config['activation']!r}")
+    if config["dataset"] not in ABC_DATASETS:
+        raise ValueError(f"dataset must be one of {ABC_DATASETS}; got {config['dataset']!r}")
+    for key, lo in [("L", 1), ("width", 1), ("base_width", 1), ("n_warmup_steps", 0), ("batch_size", 1),
+                    ("n_steps", 1), ("n_trials", 1), ("n_val", 1), ("log_max_points", 1)]:
+        _int(key, config[key], lo)
+    for key in ("bias", "scale_bias", "calibrate"):
+        if not isinstance(config[key], bool):
+            raise ValueError(f"{key} must be True or False; got {config[key]!r}")
+    lr = config["base_lr"]
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"base_lr must be a finite number > 0; got {lr!r}")
+    custom = dict(config["custom_exponents"])
+    if name != "custom" and any(v is not None for v in custom.values()):
+        raise ValueError(f"custom_exponents is only read with parameterization='custom'; got {custom!r} with {name!r}")
+    p = make_parameterization(name, config["L"], ip_c=config["ip_c"], n_warmup_steps=config["n_warmup_steps"],
+                              custom_exponents=custom)
+    spec = ABCNetSpec(p, DATASETS[config["dataset"]].size ** 2, config["width"], DATASETS[config["dataset"]].num_classes,
+                      config["activation"], config["bias"], config["scale_bias"], config["base_width"])
+    coord = build_config(CoordCheckConfig, dict(config["coord_check_config"]), "coord_check_config")
+    return {"spec": spec, "coord": coord, "device": resolve_device(config["device"])}
+
+
+# Independent random streams, all derived from the run's seed (SeedSequence spawn keys).
+SPLIT, INIT, BATCHES, CALIBRATION, COORD = range(5)
+
+
+def _generator(seed: int, *key: int, device="cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(derived_seed(seed, *key))
+
+
+class Splits(NamedTuple):
+    """Flattened inputs (N, d) and labels (N,): train and validation from the training split, test apart."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_val: Tensor
+    y_val: Tensor
+    x_test: Tensor
+    y_test: Tensor
+
+
+def load_splits(config: dict, seed: int, device) -> Splits:
+    """Load the dataset (grey), flatten it and hold out ``n_val`` training examples (seeded).
+
+    Raises:
+        ValueError: n_val or batch_size too large for the training split.
+    """
+    kwargs = dict(data_root=config["data_root"], grayscale=True)
+    x, y = load_vision_dataset(config["dataset"], train=True, **kwargs)
+    x_test, y_test = load_vision_dataset(config["dataset"], train=False, **kwargs)
+    n, n_val = x.shape[0], config["n_val"]
+    if n_val > n - 2:
+        raise ValueError(f"n_val must leave at least 2 training examples (training split has {n}); got {n_val}")
+    if config["batch_size"] > n - n_val:
+        raise ValueError(f"batch_size must be <= the training examples left after n_val ({n - n_val}); "
+                         f"got {config['batch_size']}")
+    perm = torch.randperm(n, generator=_generator(seed, SPLIT))
+    val, train = perm[:n_val], perm[n_val:]
+    flat = lambda t: t.flatten(1).to(device)  # noqa: E731  (N, 1, H, W) -> (N, H·W)
+    return Splits(flat(x[train]), y[train].to(device), flat(x[val]), y[val].to(device), flat(x_test), y_test.to(device))
+
+
+def _calibration_batches(data: Splits, batch_size: int, gen: torch.Generator):
+    """Two disjoint training batches: one for the mock step, one held out to measure it."""
+    size = min(batch_size, data.x_train.shape[0] // 2)
+    idx = torch.randperm(data.x_train.shape[0], generator=gen, device=gen.device)
+    step, probe = idx[:size], idx[size:2 * size]
+    return data.x_train[step], data.y_train[step], data.x_train[probe]
+
+
+def _mean_std(values) -> tuple[float, float]:
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+@ex.main
+def main(_config, _run, _seed):
+    checked = validate(_config)
+    seed_everything(_seed)
+    spec, device = checked["spec"], checked["device"]
+    p = spec.parameterization
+    data = load_splits(_config, _seed, device)
+    _run.info["exponents"] = json_ready({"a": p.a, "b": p.b, "c": p.c, "warmup_c": p.warmup_c})
+    _run.info["split_sizes"] = {"train": data.x_train.shape[0], "val": data.x_val.shape[0], "test": data.x_test.shape[0]}
+    n_steps = _config["n_steps"]
+    every = max(1, math.ceil(n_steps / _config["log_max_points"]))
+
+    trials = {k: [] for k in ("val_loss", "val_accuracy", "test_loss", "test_accuracy", "final_train_loss")}
+    warmup_lrs = []
+    for k in range(_config["n_trials"]):
+        net = ABCNet(spec, _generator(_seed, INIT, k)).to(device)
+        betas = None
+        if p.in_warmup(0) and _config["calibrate"]:
+            betas = calibrate_warmup_lrs(net, *_calibration_batches(data, _config["batch_size"],
+                                                                     _generator(_seed, CALIBRATION, k, device=device)))
+            warmup_lrs.append(list(betas))
+
+        def log_step(r: StepRecord, k=k):  # logged as training goes, so an interrupted run keeps it
+            _run.log_scalar(f"train/loss/trial{k}", r.loss, r.step)
+            _run.log_scalar(f"train/accuracy/trial{k}", r.accuracy, r.step)
+            _run.log_scalar(f"train/output_abs_mean/trial{k}", r.output_abs_mean, r.step)
+            for l, lr in enumerate(r.lrs):
+                _run.log_scalar(f"lr/layer{l}/trial{k}", lr, r.step)
+            for l, h in enumerate(r.h_abs_mean):
+                _run.log_scalar(f"coord/h{l}/trial{k}", h, r.step)
+
+        losses = train_abc(net, data.x_train, data.y_train, n_steps, _config["batch_size"], _config["base_lr"],
+                           _generator(_seed, BATCHES, k, device=device), betas, log_step, every)
+        for split, x, y in (("val", data.x_val, data.y_val), ("test", data.x_test, data.y_test)):
+            loss, acc = evaluate(net, x, y)
+            trials[f"{split}_loss"].append(loss)
+            trials[f"{split}_accuracy"].append(acc)
+            _run.log_scalar(f"{split}/loss", loss, k)
+            _run.log_scalar(f"{split}/accuracy", acc, k)
+        trials["final_train_loss"].append(losses[-1])
+
+    result = {}
+    for key, values in trials.items():
+        result[key], result[f"{key}_std"] = _mean_std(values)
+        result[f"{key}_per_trial"] = values
+    result["warmup_base_lrs_per_trial"] = warmup_lrs or None
+    result["num_params"] = sum(t.numel() for t in net.parameters())
+    return json_ready(result)
+
+
+@ex.command
+def coord_check(_config, _run, _seed):
+    """Coordinate check: mean |h_l| of every layer after each of a few SGD steps, at every width.
+
+    The probe batch is held out (validation split); the table goes to info['coord_check'],
+    the figure to the artifact coord_check.png, and the width ratios (widest / narrowest) to the result.
+    """
+    checked = validate(_config)
+    seed_everything(_seed)
+    spec, cc, device = checked["spec"], checked["coord"], checked["device"]
+    data = load_splits(_config, _seed, device)
+    probe = data.x_val[:_config["batch_size"]]
+    specs = [ABCNetSpec(spec.parameterization, spec.input_dim, m, spec.num_classes, spec.activation, spec.bias,
+                        spec.scale_bias, spec.base_width) for m in cc.widths]
+    seeds = [derived_seed(_seed, COORD, s) for s in range(cc.n_seeds)]
+    out = coordinate_check(specs, data.x_train, data.y_train, probe, cc.n_steps, _config["batch_size"],
+                           _config["base_lr"], seeds, _config["calibrate"], device)
+    table = {"parameterization": spec.parameterization.name, "activation": spec.activation, "L": spec.L,
+             "widths": list(cc.widths), "steps": list(range(cc.n_steps + 1)), "layers": list(range(spec.L))}
+    for k in ("h_abs", "dh_abs", "f_abs", "df_abs"):  # seed means (W, T+1[, L]); NaN after a blow-up
+        table[k] = torch.where(torch.isfinite(out[k]), out[k], torch.nan).mean(1)
+    table["warmup_base_lrs"] = out["warmup_base_lrs"]  # (W, S, L+1)
+    table["diverged"] = out["diverged"]  # (W, S)
+    table = json_ready(table)
+    _run.info["coord_check"] = table
+
+    from tracking.figures_abc import plot_coord_check, save_figure  # matplotlib only for this command
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _run.add_artifact(str(save_figure(plot_coord_check(table), os.path.join(tmp, "coord_check.png"))))
+    ratio = {k: _width_ratio(table[k]) for k in ("h_abs", "dh_abs", "f_abs", "df_abs")}
+    return json_ready({
+        "widths": list(cc.widths),
+        "h_ratio": ratio["h_abs"],  # (T+1, L): mean |h_l| at the widest / at the narrowest width
+        "dh_ratio": ratio["dh_abs"][1:],  # (T, L): the same for the update |h_l(t) - h_l(0)|, t >= 1
+        "f_ratio": ratio["f_abs"],  # (T+1,): the same for the logits
+        "df_ratio": ratio["df_abs"][1:],
+        "max_h_ratio": _nanmax(np.maximum(ratio["h_abs"], 1 / ratio["h_abs"])),  # worst factor over layers and steps
+        "diverged_widths": [m for m, d in zip(cc.widths, out["diverged"].any(1).tolist()) if d],
+    })
+
+
+def _nanmax(values) -> float | None:
+    v = np.asarray(values, dtype=float)
+    return float(np.nanmax(v)) if np.isfinite(v).any() else None
+
+
+def _width_ratio(values) -> np.ndarray:
+    """Widest over narrowest width along the first axis; NaN where the narrowest is 0."""
+    v = np.asarray(values, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(v[0] > 0, v[-1] / np.where(v[0] > 0, v[0], 1.0), np.nan)
+
+
+if __name__ == "__main__":
+    run_cli(ex)
