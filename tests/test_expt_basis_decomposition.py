@@ -1,0 +1,320 @@
+"""expt_basis_decomposition through Sacred (tiny MNIST/CIFAR in torchvision's formats, no downloads),
+its generator and its figures; the slow test checks the paper's claim on a 3-block CNN."""
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+from sacred.observers import FileStorageObserver
+from sacred.utils import ConfigAddedError
+
+from gen_commands import expt_basis_decomposition as gen
+from gen_commands import sweep
+from gen_commands.commands import config_overrides
+from tests.conftest import load_experiment
+from tests.datasets import _class_images, _idx, allow_tiny_cifar, write_cifar10, write_cifar100, write_mnist
+from tracking import figures_basis as figs
+
+# 64 training images, batches of 16: 4 steps per epoch; cnn3 at width 2 has p = 1·3·3 = 9.
+TINY = dict(data="mnist", model="cnn3", width=2, batch_size=16, num_epoch=2, optimizer="sgd",
+            lr_setting=[0.05, 1, 0.01], decay_stepsize=1, early_points=3, n_basis=3, device="cpu",
+            eval_batch_size=13)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)  # tiny convolutions: threads only add overhead on shared CPUs
+
+
+@pytest.fixture(scope="module")
+def expt():
+    return load_experiment("expt_basis_decomposition")
+
+
+@pytest.fixture(scope="module")
+def mnist_root(tmp_path_factory):
+    return str(write_mnist(tmp_path_factory.mktemp("mnist"), n_train=64, n_test=32))
+
+
+def run(expt, data_root, tmp_path=None, named_configs=(), **updates):
+    expt.ex.observers[:] = [FileStorageObserver(str(tmp_path))] if tmp_path is not None else []
+    try:
+        return expt.ex.run(config_updates={**TINY, "data_root": data_root, **updates}, named_configs=list(named_configs))
+    finally:
+        expt.ex.observers[:] = []
+
+
+def npz(path):
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+def test_smoke_records_metrics_artifact_and_an_exact_final_decomposition(expt, mnist_root, tmp_path):
+    r = run(expt, mnist_root, tmp_path, seed=1)
+    res = r.result
+    run_dir = tmp_path / "1"
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "COMPLETED"
+    assert res["steps"] == 8 and res["steps_per_epoch"] == 4 and res["feature_dim"] == 9
+    assert res["num_basis_functions"] == 9  # k = min(C = 10, rank Φ <= p = 9)
+    assert res["final_relative_residual"] < 1e-5  # F_T = Σ_i s_i φ_i
+    for key in ("final_test_accuracy", "final_train_loss", "nonneg_increment_fraction", "rising_nonneg_increment_fraction",
+                "saturation_times", "saturation_in_order", "small_init_max_abs", "singular_values", "beta_initial"):
+        assert key in res, key
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"eval/loss", "eval/accuracy", "train/loss", "train/accuracy", "train/grad_norm", "train/lr",
+            "basis/beta_1", "basis/beta_3", "basis/residual"} <= set(metrics)
+    assert "basis/beta_4" not in metrics
+    a = npz(run_dir / "basis.npz")
+    # recordings: t = 0, 3 log-spaced in [1, 4] (1, 2, 4), and the epoch ends 4 and 8
+    np.testing.assert_array_equal(a["times"], [0, 1, 2, 4, 8])
+    np.testing.assert_array_equal(metrics["basis/beta_1"]["steps"], a["times"])
+    assert a["beta"].shape == (5, 9) and a["small_init"].shape == (9, 9)
+    np.testing.assert_allclose(a["beta"][-1], a["s"], rtol=1e-4, atol=1e-6)  # β_i(θ_T) = s_i
+    np.testing.assert_allclose(a["small_init"].diagonal(), np.abs(a["beta"][0]), rtol=1e-9)
+    assert np.all(np.diff(a["s"]) <= 0)
+    # the LR of each epoch's last step is the closed form, warm-up applied once: epoch 0 -> lr_warm, epoch 1 -> lr_max
+    np.testing.assert_allclose(metrics["train/lr"]["values"], [0.01, 0.05])
+    info = json.loads((run_dir / "info.json").read_text())
+    assert len(info["singular_values"]) == 9 and len(info["small_init_diagonal"]) == 3
+
+
+def test_gradient_checkpoints_and_reinitialised_analyses(expt, mnist_root, tmp_path):
+    r = run(expt, mnist_root, tmp_path, gradient=True, grad_indep=True, beta_domin=True, log="detail",
+            rerun_config=dict(iterations=5, every=2, num_basis=3), checkpoint_dir=str(tmp_path / "ckpt"), seed=2)
+    res = r.result
+    assert 0 <= res["grad_indep_max_abs_cos"] <= 1 and len(res["beta_domin_corr"]) == 3
+    metrics = json.loads((tmp_path / "1" / "metrics.json").read_text())
+    assert {"basis/grad_norm_1", "basis/grad_max_abs_cos", "grad_indep/max_abs_cos", "beta_domin/log_abs_beta_3",
+            "beta_domin/log_grad_norm_1", "train/step_loss"} <= set(metrics)
+    assert metrics["grad_indep/max_abs_cos"]["steps"] == [0, 2, 4]
+    a = npz(tmp_path / "1" / "basis.npz")
+    assert a["grad_norms"].shape == (5, 3) and a["grad_max_abs_cos"].shape == (5,)
+    assert a["coefficient_matrix"].shape == (5, 9, 9)
+    np.testing.assert_allclose(np.diagonal(a["coefficient_matrix"], axis1=1, axis2=2), a["beta"], atol=1e-12)
+    rr = npz(tmp_path / "1" / "rerun.npz")
+    assert rr["beta"].shape == (3, 3) and rr["cosines"].shape == (3, 3, 3) and rr["max_abs_cos"].shape == (3,)
+    np.testing.assert_allclose(np.diagonal(rr["cosines"], axis1=1, axis2=2), 1.0, rtol=1e-5)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [f"ckpt_{t:09d}.pt" for t in (0, 1, 2, 4, 8)]
+
+
+def test_cifar10_resnet_with_augmentation_adamw_onecycle_and_cross_entropy(expt, tmp_path, monkeypatch):
+    allow_tiny_cifar(monkeypatch)
+    root = str(write_cifar10(tmp_path / "data", n_train=40, n_test=12))
+    r = run(expt, root, tmp_path / "runs", data="cifar10", model="resnet18", width=1, batch_size=10, num_epoch=1,
+            loss_fn="ce_loss", optimizer="adamw", scheduler="onecycle", lr_setting=[0.01, 0, 0.01], n_basis=2)
+    assert r.config["augment"] is True and r.config["k_M"] is None
+    assert r.result["steps"] == 4 and r.result["final_relative_residual"] < 1e-5
+
+
+def test_cifar100_vit_defaults_to_the_k_M_loss(expt, tmp_path, monkeypatch):
+    allow_tiny_cifar(monkeypatch)
+    root = str(write_cifar100(tmp_path / "data", n_train=20, n_test=12))
+    r = run(expt, root, data="cifar100", model="vit", width=1, batch_size=10, num_epoch=1, optimizer="lamb",
+            lr_setting=[0.01, 0, 0.01], n_basis=2, early_points=0)
+    assert r.config["k_M"] == [5.0, 5.0]
+    assert r.result["num_basis_functions"] == 6  # min(C = 100, p = 6 · width)
+
+
+def test_crop_flip_moves_whole_images_only(expt):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 2, 5, 5, generator=gen)
+    pad = torch.tensor([-1.0, -2.0])
+    out = expt._crop_flip(x, pad, gen)
+    padded = torch.cat([pad.view(1, 2, 1, 1).expand(6, 2, 13, 13)], 0).clone()
+    padded[:, :, 4:9, 4:9] = x
+    for b in range(6):
+        windows = [padded[b, :, i:i + 5, j:j + 5] for i in range(9) for j in range(9)]
+        assert any(torch.equal(out[b], w) or torch.equal(out[b], w.flip(-1)) for w in windows)
+
+
+def test_recording_times(expt):
+    np.testing.assert_array_equal(expt.recording_times(100, 3, 4), [0, 1, 5, 22, 100, 200, 300])
+    np.testing.assert_array_equal(expt.recording_times(4, 2, 0, every=3), [0, 3, 4, 6, 8])
+
+
+@pytest.mark.filterwarnings("ignore:Φ has numerical rank")  # a width-2 ReLU net may lose features
+def test_same_seed_same_coefficients(expt, mnist_root, tmp_path):
+    a = run(expt, mnist_root, tmp_path / "a", seed=5)
+    b = run(expt, mnist_root, tmp_path / "b", seed=5)
+    assert a.result["beta_initial"] == b.result["beta_initial"] and a.result["singular_values"] == b.result["singular_values"]
+    c = run(expt, mnist_root, seed=6)
+    assert c.result["beta_initial"] != a.result["beta_initial"]
+
+
+@pytest.mark.parametrize("updates, key", [
+    (dict(model="resnet101"), "model must be one of"),
+    (dict(data="svhn"), "data must be one of"),
+    (dict(optimizer="adam"), "optimizer must be one of"),
+    (dict(loss_fn="l1_loss"), "loss_fn must be one of"),
+    (dict(lr_setting=[0.1, 5]), "lr_setting must be a list .* of length 3"),
+    (dict(lr_setting=[0.1, 2.5, 0.01]), r"lr_setting\[1\]"),
+    (dict(init_scale=-1.0), "init_scale must be a finite number >= 0"),
+    (dict(n_basis=10), r"n_basis must be <= min\(number of classes 10, feature dim p = 9\) = 9; got 10"),
+    (dict(n_basis=11, width=64), r"n_basis must be <= .* = 10; got 11"),
+    (dict(n_basis=4, eval_points=3), r"eval_points 3\) = 3"),
+    (dict(scheduler="cosine"), "scheduler must be one of"),
+    (dict(schedule_unit="step"), "schedule_unit must be one of"),
+    (dict(k_M=[5.0], loss_fn="mse_loss"), r"k_M must be None or a list \[k, M\]"),
+    (dict(k_M=[5.0, 5.0], loss_fn="ce_loss"), "k_M applies to loss_fn='mse_loss' only"),
+    (dict(log="verbose"), "log must be one of"),
+    (dict(batch_size=0), "batch_size must be an integer >= 1"),
+    (dict(width=0), "width must be an integer >= 1"),
+    (dict(grad_clip=0.0), "grad_clip must be None or a finite number > 0"),
+    (dict(saturation_level=1.5), "saturation_level must be a number in"),
+    (dict(device="tpu"), "device must be one of"),
+    (dict(grad_indep=True, rerun_config=dict(iterations=5, every=1, num_basis=12)), "rerun_config.num_basis must be <= 9"),
+])
+def test_bad_config_fails_before_compute_naming_the_key(expt, mnist_root, updates, key, monkeypatch):
+    def no_compute(*a, **k):
+        raise AssertionError("compute started before validation")
+
+    monkeypatch.setattr(expt, "load_vision_dataset", no_compute)
+    monkeypatch.setattr(expt, "build_model", no_compute)
+    with pytest.raises(ValueError, match=key):
+        run(expt, mnist_root, **updates)
+
+
+def test_n_basis_beyond_the_loaded_evaluation_points_fails_before_training(expt, mnist_root, monkeypatch):
+    monkeypatch.setattr(expt, "build_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
+    with pytest.raises(ValueError, match="batch_size must be <= the number of training images"):
+        run(expt, mnist_root, batch_size=65)
+
+
+def test_unknown_key_is_rejected_by_sacred(expt, mnist_root):
+    with pytest.raises(ConfigAddedError):
+        run(expt, mnist_root, rerun_config=dict(iterations=5, every=1, num_basis=3, everyy=2))
+    with pytest.raises(ConfigAddedError):
+        run(expt, mnist_root, n_bases=3)
+
+
+def test_named_configs_mirror_the_original_scripts(expt):
+    cfg = expt.ex.run("print_config", named_configs=["mnist", "fig2"]).config
+    assert (cfg["data"], cfg["model"], cfg["optimizer"], cfg["batch_size"], cfg["num_epoch"]) == ("mnist", "cnn3", "lars", 512, 10)
+    assert cfg["lr_setting"] == [2.0, 0, 2.0] and cfg["schedule_unit"] == "iteration" and cfg["grad_clip"] == 0.1
+    assert cfg["augment"] is False and cfg["grad_indep"] and cfg["beta_domin"]
+    assert cfg["rerun_config"] == dict(iterations=400, every=1, num_basis=10)
+    default = expt.ex.run("print_config").config  # train.py's argparse defaults
+    assert (default["model"], default["data"], default["loss_fn"], default["optimizer"]) == ("resnet18", "cifar10", "mse_loss", "sgd")
+    assert default["lr_setting"] == [0.1, 5, 0.01] and default["num_epoch"] == 310 and default["augment"] is True
+    assert expt.ex.run("print_config", config_updates=dict(beta_domin=True)).config["rerun_config"]["iterations"] == 400
+
+
+# --- generator --------------------------------------------------------------------------------
+
+def generate(tmp_path, *args):
+    out = tmp_path / "cmds.txt"
+    assert gen.main([str(out), "--force", *args]) == 0
+    return out.read_text().splitlines()
+
+
+@pytest.mark.parametrize("preset", sorted(gen.PRESETS))
+def test_every_preset_writes_keys_the_experiment_knows(expt, tmp_path, preset):
+    lines = generate(tmp_path, "--preset", preset, "--seeds", "0", "1")
+    assert lines == generate(tmp_path, "--preset", preset, "--seeds", "0", "1")  # deterministic
+    for line in lines:
+        overrides = config_overrides(line)
+        assert overrides["run_key"] == sweep.run_key(gen.EXPERIMENT, overrides)
+        assert overrides["expt_name"] == preset and "lr_setting" in overrides
+        cfg = expt.ex.run("print_config", config_updates={k: v for k, v in overrides.items()}).config  # typos -> ConfigAddedError
+        assert cfg["seed"] == overrides["seed"]
+    assert [config_overrides(line)["seed"] for line in lines[:2]] == [0, 1]  # seeds vary fastest
+
+
+def test_generator_axes_replace_preset_values_and_lr_follows_the_optimizer(tmp_path):
+    lines = generate(tmp_path, "--preset", "optimizers", "--optimizer", "lamb", "adamw", "--init-scale", "0.5", "1.0",
+                     "--grid", "num_epoch=[20]", "-F", "runs/x", "--device", "cpu")
+    parsed = [config_overrides(line) for line in lines]
+    assert [(p["optimizer"], p["init_scale"]) for p in parsed] == [("lamb", 0.5), ("lamb", 1.0), ("adamw", 0.5), ("adamw", 1.0)]
+    assert all(p["num_epoch"] == 20 and p["device"] == "cpu" and p["model"] == "resnet18" for p in parsed)
+    assert parsed[0]["lr_setting"] == gen.OPTIMIZER_LR["lamb"] and parsed[2]["lr_setting"] == gen.OPTIMIZER_LR["adamw"]
+    assert " -F runs/x with " in lines[0]
+    mnist = [config_overrides(line) for line in generate(tmp_path, "--preset", "mnist_depth")]
+    assert [p["model"] for p in mnist] == ["cnn2", "cnn3", "cnn4"] and mnist[0]["lr_setting"] == [2.0, 0, 2.0]
+    bare = [config_overrides(line) for line in generate(tmp_path, "--model", "vgg11", "--seeds", "3")]
+    assert bare == [{"model": "vgg11", "seed": 3, "run_key": bare[0]["run_key"]}]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--grid", "seed=[1, 2]"], "use --seeds"),
+    (["--init-scale", "-1"], "--init-scale values must be >= 0"),
+    (["--model", "resnet101"], "invalid choice"),
+])
+def test_generator_errors(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit):
+        gen.main([str(tmp_path / "c.txt"), *args])
+    assert message in capsys.readouterr().err
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+def test_figures_from_recorded_runs(expt, mnist_root, tmp_path):
+    run(expt, mnist_root, tmp_path, grad_indep=True, beta_domin=True, rerun_config=dict(iterations=4, every=2, num_basis=3))
+    a = figs.basis_arrays(str(tmp_path), 1)
+    r = figs.rerun_arrays(str(tmp_path), 1)
+    fig = figs.plot_beta_trajectories(a, n=3, log_x=True, title="t")
+    assert isinstance(fig, Figure) and len(fig.axes[0].lines) == 6
+    assert len(figs.plot_beta_trajectories(a, n=None, x="iterations").axes[0].lines) == 2 * a["beta"].shape[1]
+    fig = figs.plot_grad_indep([("seed 1", r), ("again", r)])
+    assert len(fig.axes[0].lines) == 2
+    fig = figs.plot_beta_domin(r, n=3)
+    assert len(fig.axes) == 4  # three panels and the colour bar
+    fig = figs.plot_small_init(a, n=3)
+    assert len(fig.axes[0].containers) == 3
+    with pytest.raises(ValueError, match="n must be in"):
+        figs.plot_beta_trajectories(a, n=50)
+    with pytest.raises(ValueError, match="small_init"):
+        figs.plot_small_init({k: v for k, v in a.items() if k != "small_init"})
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    assert buf.getvalue()[:4] == b"\x89PNG"
+
+
+# --- the paper's claim (slow) -------------------------------------------------------------------
+
+def write_imbalanced_mnist(root, n_train, n_test, ratio=0.6, seed=0):
+    """MNIST-format files whose train and test images share the class blobs, class c with frequency ∝ ratio^c.
+
+    Unequal class frequencies separate the singular values s_i, so the order of learning is defined.
+    """
+    rng = np.random.default_rng(seed)
+    p = ratio ** np.arange(10)
+    labels = rng.choice(10, size=n_train + n_test, p=p / p.sum())
+    images = _class_images(rng, labels, 28, 10)  # one call: one set of class centres for both splits
+    raw = Path(root) / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, part in (("train", slice(0, n_train)), ("t10k", slice(n_train, None))):
+        _idx(raw / f"{prefix}-images-idx3-ubyte", images[part])
+        _idx(raw / f"{prefix}-labels-idx1-ubyte", labels[part])
+    return str(root)
+
+
+@pytest.mark.slow
+def test_three_block_cnn_learns_coefficients_monotonically_in_order_of_s(expt, tmp_path):
+    """mnist.py's recipe (LARS, lr 2 ×0.33 every 50 iterations, clip 0.1, MSE) from a small init, 320 steps."""
+    root = write_imbalanced_mnist(tmp_path / "data", n_train=4096, n_test=512)
+    r = run(expt, root, tmp_path / "runs", named_configs=["mnist"], width=8, init_scale=0.5, batch_size=128,
+            num_epoch=10, early_points=32, record_every=2, n_basis=5, optimizer="lars", lr_setting=[2.0, 0, 2.0],
+            decay_stepsize=50, seed=0)
+    res = r.result
+    a = npz(tmp_path / "runs" / "1" / "basis.npz")
+    t, beta, s = a["times"], a["beta"], a["s"]
+    assert res["steps"] == 320 and res["final_test_accuracy"] > 0.9
+    assert np.all(np.diff(s[:5]) < 0)
+    # β_1 rises close to monotonically: while it is learned (until 0.95 s_1) almost every increment is >= 0;
+    # over the whole run the plateau's jitter (minibatch noise, BatchNorm running statistics) counts too.
+    rising = res["rising_nonneg_increment_fraction"][0]
+    overall = res["nonneg_increment_fraction"][0]
+    print(f"β_1: non-negative increments {rising:.3f} while rising, {overall:.3f} over the run; "
+          f"saturation times (β_i >= 0.8 s_i) {res['saturation_times']}; s = {np.round(s[:5], 3)}")
+    assert rising >= 0.9
+    assert beta[-1, 0] > 0.9 * s[0] and abs(beta[0, 0]) < 0.1 * s[0]
+    # the top coefficients saturate in the order of s_i
+    tau = res["saturation_times"]
+    assert None not in tau and res["saturation_in_order"], tau
+    assert all(math.isfinite(v) for v in tau)
