@@ -33,6 +33,10 @@ import torch
 from torch import Tensor
 
 TangentMap = Callable[[Tensor], Tensor]  # (D, K) -> (D, K)
+# Below this spread of log row scales (e^25 ~ 7e10) the SVD of the graded product keeps even its
+# smallest singular values to ~1e-5 relative; above it the graded Gram–Schmidt is used, which is
+# exact in the limit of separated exponents.
+SVD_LOG_RANGE = 25.0
 
 
 @dataclass(frozen=True)
@@ -155,12 +159,15 @@ def exponents(state: LyapunovState) -> Tensor:
 
 
 def initial_vectors(state: LyapunovState) -> tuple[Tensor, Tensor]:
-    """Directions at time 0 ordered by growth, and their finite-time rates c_i / t.
+    """Directions at time 0 ordered by growth, and their finite-time rates.
+
+    While the log scales of R_tot spread by less than SVD_LOG_RANGE these are the
+    exact right singular vectors and (1/t) log σ_i of the tangent product; beyond,
+    the graded Gram–Schmidt directions and rates c_i / t.
 
     Returns:
         (rates (K,) descending, vectors (D, K) orthonormal): vectors[:, 0] is the
-        fastest-growing initial perturbation (the top right singular vector of the
-        tangent product in the limit of separated exponents).
+        fastest-growing initial perturbation.
 
     Raises:
         ValueError: the state was made without ``track_initial`` or no step was taken.
@@ -171,10 +178,17 @@ def initial_vectors(state: LyapunovState) -> tuple[Tensor, Tensor]:
         raise ValueError("no tangent step taken yet")
     if state.pending:
         state = renormalise(state)
-    order = torch.argsort(state.scale_log, descending=True)
-    v, _ = torch.linalg.qr(state.r_unit[order].T)  # Gram–Schmidt of the rows, fastest first
+    c, u = state.scale_log, state.r_unit
+    if float(c.max() - c.min()) < SVD_LOG_RANGE:
+        # Moderate spread: R_tot = diag(e^c) U is representable relative to its largest row, so its SVD is exact.
+        _, sv, vh = torch.linalg.svd(torch.exp(c - c.max())[:, None] * u)
+        rates, v = (sv.log() + c.max()) / state.steps, vh.T
+    else:
+        order = torch.argsort(c, descending=True)
+        v, _ = torch.linalg.qr(u[order].T)  # Gram–Schmidt of the rows, fastest first
+        rates = c[order] / state.steps
     q0 = torch.eye(state.q.shape[0], v.shape[0], dtype=v.dtype, device=v.device) if state.q0 is None else state.q0.double()
-    return state.scale_log[order] / state.steps, q0 @ v
+    return rates, q0 @ v
 
 
 def local_chaos_counts(eigenvalues: Tensor, lr: float, momentum: float = 0.0, zero_threshold: float = 0.0) -> dict[str, int]:

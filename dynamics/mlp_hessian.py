@@ -58,6 +58,16 @@ def mlp_params_from_flat(w: Tensor, sizes: Sequence[int], bias: bool = True) -> 
     return weights, biases
 
 
+def mlp_hessian_eigh_nbytes(sizes: Sequence[int], batch_size: int, bias: bool = True, itemsize: int = 8) -> int:
+    """Working memory of :func:`mlp_hessian_eigh` (about three matrices of its largest shape)."""
+    groups = [o * i for i, o in zip(sizes[:-1], sizes[1:])] + ([o for o in sizes[1:]] if bias else [])
+    p, p_b = sum(groups), max(groups)
+    p_s, no = p - p_b, batch_size * sizes[-1]
+    if 2 * p_s + no >= p // 2:  # dense fallback: H, eigenvectors, workspace
+        return 3 * p * p * itemsize
+    return 3 * itemsize * (p_b * (no + p_s) + p * (2 * p_s + no))
+
+
 class _Pass:
     """Forward and backward quantities of one batch (per sample; nothing divided by N)."""
 

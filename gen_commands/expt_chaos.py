@@ -1,0 +1,139 @@
+"""Write one ``experiments/expt_chaos.py`` command per line: the paper's figure table as presets.
+
+    python gen_commands/expt_chaos.py fig1.txt --preset fig1 --seeds 0 1 2
+    python gen_commands/expt_chaos.py lya.txt --preset fig3_lyapunov      # run these first,
+    python gen_commands/expt_chaos.py dist.txt --preset fig3_distance     # then these
+    python gen_commands/expt_chaos.py demo.txt --preset demo --grid "optim.lr=[1e-3, 1e-2]"
+
+Presets follow the original README's experiment table (seed 002 §4), MLP on USPS
+without momentum unless stated:
+
+* fig1: sgd, and cgd pruning the chaotic, pos and neg eigendirections.
+* fig2: sgd, and cgd (chaotic) starting at step 2000, 5000 or 10000. The original table
+  wrote these as ``optim=sgd ... prune_start=...``, which would not prune; they are cgd.
+* fig3_lyapunov: Lyapunov runs that save their directions (save_eigenthings), USPS and
+  FashionMNIST, seed 42.
+* fig3_distance: five perturbed copies (perturb_strat=all) of the same runs (same seed,
+  hence the same batches), reading the directions of the fig3_lyapunov run with the
+  same options by its run_key; run them after fig3_lyapunov has finished.
+* subsim: CNN, similarity of the expanding Lyapunov subspace fixed at steps 10 and 10000.
+* demo: fig1 at CPU size (1000 training points, 3 epochs, 16 tangent directions).
+
+Every line carries an explicit seed and a run_key; the same call writes the same file.
+This module imports no torch.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gen_commands import sweep  # noqa: E402
+
+EXPERIMENT = "chaos"  # Sacred Experiment name in experiments/expt_chaos.py
+SCRIPT = "experiments/expt_chaos.py"
+DEFAULT_RUNS_DIR = f"runs/{EXPERIMENT}"
+
+COMMON = {"model.name": "mlp", "dataset": "usps", "optim.momentum": 0.0}
+FIG1 = [{"optim.name": "sgd"}] + [{"optim.name": "cgd", "optim.prune_set": s} for s in ("chaotic", "pos", "neg")]
+DATASETS3 = [{"dataset": d, "save_eigenthings": True} for d in ("usps", "fmnist")]
+DISTANCE = {"logging.log_eigenthings": False, "logging.log_lyapunov": False, "perturb_eps": [0.1],
+            "perturb_strat": "all", "parallel": 5}
+
+PRESETS = {
+    "fig1": dict(runs=FIG1, seeds=[0]),
+    "fig2": dict(runs=[{"optim.name": "sgd"}] + [{"optim.name": "cgd", "optim.prune_start": s} for s in (2000, 5000, 10000)],
+                 seeds=[0]),
+    "fig3_lyapunov": dict(runs=DATASETS3, seeds=[42]),
+    "fig3_distance": dict(runs=DATASETS3, seeds=[42], distance=True),
+    "subsim": dict(runs=[{"model.name": "cnn", "logging.log_lyapunov_subsim": True, "logging.t_lya_subsim": [10, 10000],
+                          "logging.log_freq": 10}], seeds=[0]),
+    "demo": dict(runs=FIG1, seeds=[0], extra={"num_train": 1000, "max_epochs": 3, "lyapunov.k": 16, "logging.log_freq": 10}),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python gen_commands/expt_chaos.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", help="commands file to write (refused if it exists, unless --force)")
+    p.add_argument("--preset", required=True, choices=sorted(PRESETS), help="which figure's runs")
+    p.add_argument("--seeds", type=int, nargs="+", help="run seeds (default: the preset's, 0 or 42)")
+    p.add_argument("--max-epochs", type=int, help="max_epochs for every run (default: not written, i.e. 40)")
+    p.add_argument("--max-steps", type=int, help="max_steps for every run (default: not written)")
+    p.add_argument("--lyapunov-k", type=int, help="lyapunov.k, tangent directions tracked (not with fig3_*)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=[...]",
+                   help="extra axis over any config key, e.g. \"optim.lr=[1e-3, 1e-2]\"; crossed with the runs")
+    p.add_argument("--expt-name", help="expt_name config entry (default: the preset's name)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="device config entry (default: not written)")
+    obs = p.add_mutually_exclusive_group()
+    obs.add_argument("-F", "--file-storage", metavar="DIR", help=f"FileStorageObserver directory (default {DEFAULT_RUNS_DIR})")
+    obs.add_argument("-m", "--mongo", metavar="HOST:PORT:DB", help="record with a MongoObserver instead")
+    p.add_argument("--python", default="python", help="interpreter written at the start of each line (default python)")
+    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    return p
+
+
+def _options(args) -> dict:
+    out = {}
+    for opt, key in (("max_epochs", "max_epochs"), ("max_steps", "max_steps"), ("lyapunov_k", "lyapunov.k")):
+        value = getattr(args, opt)
+        if value is not None:
+            if value < 1:
+                raise ValueError(f"--{opt.replace('_', '-')} must be >= 1; got {value}")
+            out[key] = value
+    if "lyapunov.k" in out and args.preset.startswith("fig3"):
+        raise ValueError("--lyapunov-k cannot be used with fig3_*: saving Lyapunov directions needs the full frame")
+    return out
+
+
+def _lines_for(preset: dict, args, grid: dict, distance: bool, source: str, observer: str) -> list[str]:
+    expt_name = args.expt_name if args.expt_name is not None else args.preset.replace("_distance", "").replace("_lyapunov", "")
+    seeds = args.seeds if args.seeds is not None else preset["seeds"]
+    lines = []
+    for spec in preset["runs"]:
+        for combo in sweep.cartesian(grid):
+            for seed in seeds:
+                run = {"expt_name": expt_name, **COMMON, **spec, **preset.get("extra", {}), **_options(args)}
+                if args.device is not None:
+                    run["device"] = args.device
+                run.update(combo)
+                run["seed"] = seed
+                if distance:  # the matching Lyapunov run, found by its run_key
+                    key = sweep.run_key(EXPERIMENT, run)
+                    run.pop("save_eigenthings")
+                    run.update(DISTANCE)
+                    run.update({"eigenthings_run.source": source, "eigenthings_run.run_key": key})
+                lines.append(sweep.format_command(SCRIPT, EXPERIMENT, run, observer, args.python))
+    return lines
+
+
+def generate(args: argparse.Namespace) -> list[str]:
+    """The command lines of ``args.preset``, in a deterministic order (run, grid, seed)."""
+    grid = sweep.parse_grid(args.grid)
+    if sweep.RUN_KEY in grid or "seed" in grid:
+        raise ValueError("--grid cannot set run_key or seed (use --seeds)")
+    if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+        raise ValueError(f"--seeds must be distinct; got {args.seeds}")
+    source = args.mongo or args.file_storage or DEFAULT_RUNS_DIR
+    observer = sweep.observer_flag(mongo=args.mongo) if args.mongo else sweep.observer_flag(file_storage=source)
+    preset = PRESETS[args.preset]
+    return _lines_for(preset, args, grid, preset.get("distance", False), source, observer)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        lines = generate(args)
+        path = sweep.write_lines(args.out, lines, force=args.force)
+    except (ValueError, FileExistsError) as err:
+        parser.error(str(err))
+    print(f"wrote {len(lines)} commands to {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

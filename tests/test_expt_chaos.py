@@ -1,0 +1,297 @@
+"""expt_chaos through Sacred on tiny USPS/FashionMNIST files: smoke, recording, validation, CGD,
+eigenthings round trip and perturbations; the generator and the figure functions; the slow acceptance run."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from sacred.observers import FileStorageObserver
+from sacred.utils import ConfigAddedError
+
+from tests.conftest import REPO, load_experiment
+from tests.datasets import write_mnist, write_usps
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Small per-step work: on a shared, loaded machine a second thread only waits for time slices.
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chaos_data")
+    write_usps(root, n_train=48, n_test=24)
+    write_mnist(root, n_train=48, n_test=24, folder="FashionMNIST")
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def expt():
+    return load_experiment("expt_chaos")
+
+
+def tiny(data_root, **updates):
+    """A 256-4-10 MLP (1,078 parameters), 5 steps, 8 tracked tangent directions."""
+    base = dict(data_root=data_root, max_steps=5, device="cpu", model=dict(inter_dim=4), lyapunov=dict(k=8), seed=1)
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return base
+
+
+def run(expt, config, tmp_path=None):
+    expt.ex.observers[:] = [FileStorageObserver(str(tmp_path))] if tmp_path is not None else []
+    try:
+        return expt.ex.run(config_updates=config)
+    finally:
+        expt.ex.observers[:] = []
+
+
+def metrics_of(tmp_path, run_id=1):
+    return json.loads((tmp_path / str(run_id) / "metrics.json").read_text())
+
+
+def test_smoke_records_hessian_chaos_and_lyapunov(expt, data_root, tmp_path):
+    r = run(expt, tiny(data_root, logging=dict(log_subsim=True, signal_noise_window=2, plot_eigs_every=2,
+                                               plot_mats_every=4)), tmp_path)
+    res = r.result
+    assert res["model_dim"] == 256 * 4 + 4 + 4 * 10 + 10 and res["num_steps"] == 5
+    assert 0 <= res["final_test_acc"] <= 1 and res["lyapunov"]["k"] == 8
+    m = metrics_of(tmp_path)
+    expected = {"train/loss", "train/acc", "hessian/max_eig", "hessian/min_eig", "hessian/mean_eig", "hessian/num_pos",
+                "hessian/num_neg", "hessian/num_zero", "chaos/num_neg", "chaos/num_large", "chaos/num_chaotic",
+                "grad/cos_max_eig", "grad/cos_min_eig", "lyapunov/max", "lyapunov/min", "lyapunov/num_pos",
+                "epoch/test_acc", "subsim/hessian_chaotic", "subsim/hessian_chaotic_baseline", "grad/snr"}
+    assert expected <= set(m)
+    assert m["hessian/num_pos"]["steps"] == [0, 1, 2, 3, 4]
+    for step in range(5):
+        assert sum(m[f"hessian/num_{k}"]["values"][step] for k in ("pos", "neg", "zero")) == res["model_dim"]
+    assert all(0 <= v <= 1 for v in m["grad/cos_max_eig"]["values"])
+    run_dir = tmp_path / "1"
+    spectra = np.load(run_dir / "hessian_spectra.npz")
+    assert spectra["steps"].tolist() == [0, 2, 4] and spectra["eigenvalues"].shape == (3, res["model_dim"])
+    assert np.load(run_dir / "hessian_matrices.npz")["abs_hessian"].shape == (2, 256, 256)
+    assert np.load(run_dir / "lyapunov_final.npz")["exponents"].shape == (8,)
+
+
+def test_log_freq_thins_metrics_and_same_seed_reproduces(expt, data_root):
+    a = run(expt, tiny(data_root, logging=dict(log_freq=2)))
+    b = run(expt, tiny(data_root, logging=dict(log_freq=2)))
+    assert a.result == b.result
+    assert run(expt, tiny(data_root, seed=2)).result["final_train_loss"] != a.result["final_train_loss"]
+
+
+def test_cnn_fmnist_momentum_and_cgd_neg(expt, data_root, tmp_path):
+    # Generic path (dense vmapped Hessian) on a 660-parameter CNN, momentum (tangent state (δw, δv)).
+    r = run(expt, tiny(data_root, dataset="fmnist", max_steps=3, model=dict(name="cnn", base_channels=1),
+                       optim=dict(name="cgd", prune_set="neg", k=3, prune_start=1, momentum=0.9)), tmp_path)
+    assert r.result["model_dim"] == (9 + 1) + (64 * 10 + 10)
+    m = metrics_of(tmp_path)
+    assert m["cgd/num_pruned"]["steps"] == [1, 2] and max(m["cgd/num_pruned"]["values"]) <= 3
+    assert all(0 <= v <= 1 for v in m["cgd/pruned_grad_frac"]["values"])
+
+
+def test_save_eigenthings_then_perturb_and_prune_global(expt, data_root, tmp_path):
+    small = dict(model=dict(inter_dim=1), lyapunov=dict(k=None), max_steps=4)  # P = 277, full frame
+    first = run(expt, tiny(data_root, save_eigenthings=True, save_lyapunov_at=0, **small), tmp_path)
+    run_dir = tmp_path / "1"
+    saved = np.load(run_dir / "eigenthings.npz")
+    assert saved["vectors"].shape == (277, 277) and int(saved["num_params"]) == 277
+    assert np.all(np.diff(saved["exponents"]) <= 0)
+    info = json.loads((run_dir / "info.json").read_text())
+    assert len(info["lyapunov_spectrum_epoch0"]) == 277
+    assert first.result["lyapunov"]["k"] == 277
+
+    # By run id from the store: every strategy, one copy each, distances logged and fitted.
+    second = run(expt, tiny(data_root, perturb_strat="all", parallel=5, perturb_eps=[1e-2],
+                            eigenthings_run=dict(source=str(tmp_path), run_id=1),
+                            logging=dict(log_eigenthings=False, log_lyapunov=False, plot_trajectories=True), **small),
+                 tmp_path)
+    fits = second.result["perturb"]
+    assert [fits[f"copy{i}"]["strategy"] for i in range(1, 6)] == ["max_chaos", "randn_chaos", "max_convergence",
+                                                                   "randn_convergence", "randn"]
+    m = metrics_of(tmp_path, 2)
+    for i in range(1, 6):
+        d = m[f"perturb/distance/copy{i}"]["values"]
+        assert d[0] == pytest.approx(1e-2, rel=1e-3)  # the initial shift (float32 weights)
+        assert "a" in fits[f"copy{i}"] and fits[f"copy{i}"]["d0"] >= 0
+    dist = np.load(tmp_path / "2" / "distances.npz")
+    assert dist["distances"].shape == (5, 4)
+    assert np.load(tmp_path / "2" / "trajectories.npz")["projections"].shape == (6, 4, 2)
+
+    # By path, pruning the stored expanding directions.
+    third = run(expt, tiny(data_root, eigenthings_path=str(run_dir / "eigenthings.npz"),
+                           optim=dict(name="cgd", prune_global=True, prune_set="chaotic", k=2), **small), tmp_path)
+    assert third.result["num_steps"] == 4
+    assert metrics_of(tmp_path, 3)["cgd/num_pruned"]["values"] == [2, 2, 2, 2]
+
+
+def test_lyapunov_subspace_similarity(expt, data_root, tmp_path):
+    # lr 0.5: expanding directions show up within a few steps (at lr 1e-3 they need hundreds).
+    run(expt, tiny(data_root, max_steps=6, optim=dict(lr=0.5), logging=dict(log_lyapunov_subsim=True, t_lya_subsim=[1, 3.0])),
+        tmp_path)
+    m = metrics_of(tmp_path)
+    assert m["subsim/lyapunov/t1"]["steps"] == [2, 3, 4, 5]
+    assert m["subsim/lyapunov/t3"]["steps"] == [4, 5]
+    assert all(0 <= v <= 1 + 1e-9 for v in m["subsim/lyapunov/t1"]["values"])
+    assert m["subsim/lyapunov/t1_baseline"]["values"][0] <= 8 / 1078 + 1e-12
+
+
+@pytest.mark.parametrize("updates,key", [
+    (dict(optim=dict(name="cgd", prune_set="zero")), "optim.prune_set"),
+    (dict(optim=dict(name="cgd", k=10**6)), r"optim.k must be <= the number of parameters \(1078\)"),
+    (dict(optim=dict(name="adam")), "optim.name"),
+    (dict(model=dict(name="cnn", base_channels=64, block_cnt=1), max_memory_gb=1.0),
+     r"model: the exact Hessian of 41,610 parameters needs about 38\.7 GiB"),
+    (dict(model=dict(inter_dim=5000), max_memory_gb=0.5), r"exact Hessian of 1,335,010 parameters needs about"),
+    (dict(eigenthings_path="/nonexistent/eigenthings.npz"), "eigenthings_path.*does not exist"),
+    (dict(perturb_strat="max_chaos"), "need Lyapunov directions"),
+    (dict(perturb_strat="all", parallel=3), r"parallel must be >= 5"),
+    (dict(perturb_strat="sideways"), "perturb_strat"),
+    (dict(dataset="cifar7"), "dataset"),
+    (dict(model=dict(name="rnn")), "model.name"),
+    (dict(model=dict(activation="swish")), "model.activation"),
+    (dict(logging=dict(log_freq=0)), "logging.log_freq"),
+    (dict(logging=dict(log_lyapunov_subsim=True)), "t_lya_subsim"),
+    (dict(lyapunov=dict(k=5000)), r"lyapunov.k must be <= the tangent dimension \(1078\)"),
+    (dict(save_eigenthings=True), "lyapunov.k must be None"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(eigenthings_run=dict(source="runs/chaos")), "exactly one of run_id and run_key"),
+    (dict(dtype="float16"), "dtype"),
+])
+def test_bad_config_fails_before_compute_naming_the_key(expt, data_root, updates, key, monkeypatch):
+    def no_compute(*a, **k):
+        raise AssertionError("compute started before validation")
+
+    monkeypatch.setattr(expt, "load_vision_dataset", no_compute)
+    with pytest.raises(ValueError, match=key):
+        run(expt, tiny(data_root, **updates))
+
+
+def test_batch_larger_than_data_and_unknown_keys(expt, data_root):
+    with pytest.raises(ValueError, match=r"batch_size must be <= the number of training points \(48\)"):
+        run(expt, tiny(data_root, batch_size=64))
+    with pytest.raises(ConfigAddedError):
+        run(expt, tiny(data_root, optim=dict(prune_sett="neg")))
+    with pytest.raises(ConfigAddedError):
+        run(expt, tiny(data_root, logging=dict(log_eigenthing=True)))
+
+
+def test_command_line_translation_of_hydra_options(data_root, tmp_path):
+    # Hydra's `optim=cgd optim.k=3 model=mlp logging.log_lyapunov=True` -> dotted Sacred overrides.
+    cmd = [sys.executable, str(REPO / "experiments" / "expt_chaos.py"), "-F", str(tmp_path / "store"), "with",
+           "optim.name=cgd", "optim.k=3", "optim.prune_set=neg", "model.name=mlp", "model.inter_dim=2",
+           "logging.log_lyapunov=True", "lyapunov.k=4", f"data_root={data_root}", "max_steps=2", "device=cpu",
+           "perturb_eps=[0.1]", "seed=3"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    config = json.loads((tmp_path / "store" / "1" / "config.json").read_text())
+    assert config["optim"]["name"] == "cgd" and config["optim"]["k"] == 3 and config["model"]["inter_dim"] == 2
+    assert json.loads((tmp_path / "store" / "1" / "run.json").read_text())["status"] == "COMPLETED"
+
+
+# ----------------------------------------------------------------------------- generator
+
+def test_generator_writes_the_figure_table(tmp_path):
+    from gen_commands import expt_chaos as gen
+
+    out = tmp_path / "cmds.txt"
+    assert gen.main([str(out), "--preset", "fig1", "--seeds", "0", "1"]) == 0
+    lines = out.read_text().splitlines()
+    assert len(lines) == 8
+    assert all(line.startswith("python experiments/expt_chaos.py -F runs/chaos with ") for line in lines)
+    assert "optim.name=sgd" in lines[0] and "optim.prune_set=neg" in lines[-1] and "seed=1" in lines[-1]
+    again = tmp_path / "again.txt"
+    gen.main([str(again), "--preset", "fig1", "--seeds", "0", "1"])
+    assert again.read_text() == out.read_text()
+    # Figure 3: the distance runs name the Lyapunov runs by run_key.
+    gen.main([str(tmp_path / "lya.txt"), "--preset", "fig3_lyapunov"])
+    gen.main([str(tmp_path / "dist.txt"), "--preset", "fig3_distance"])
+    keys = [line.rsplit("run_key=", 1)[1] for line in (tmp_path / "lya.txt").read_text().splitlines()]
+    dist = (tmp_path / "dist.txt").read_text().splitlines()
+    assert len(dist) == len(keys) == 2
+    assert all(f"eigenthings_run.run_key={k}" in line for k, line in zip(keys, dist))
+    fig2 = gen.generate(gen.build_parser().parse_args([str(tmp_path / "x"), "--preset", "fig2"]))
+    assert [("optim.prune_start=" + s) in line for s, line in zip(["", "2000", "5000", "10000"], fig2)][1:] == [True] * 3
+    with pytest.raises(SystemExit):  # refuses to overwrite without --force
+        gen.main([str(out), "--preset", "fig1"])
+
+
+def test_generator_lines_run_through_sacred():
+    """Every key a generator writes exists (Sacred raises ConfigAddedError otherwise)."""
+    import shlex
+
+    from sacred.arg_parser import get_config_updates
+
+    from gen_commands import expt_chaos as gen
+
+    expt = load_experiment("expt_chaos")
+    for preset in sorted(gen.PRESETS):
+        for line in gen.generate(gen.build_parser().parse_args(["x", "--preset", preset])):
+            tokens = shlex.split(line)
+            updates, named = get_config_updates(tokens[tokens.index("with") + 1:])
+            assert not named
+            expt.ex.run("print_config", config_updates=updates, options={"--loglevel": "ERROR"})
+
+
+# ----------------------------------------------------------------------------- figures
+
+def test_figure_functions_draw_from_runs(expt, data_root, tmp_path):
+    from tracking import figures_chaos as fc
+
+    run(expt, tiny(data_root, max_steps=12, max_epochs=2, batch_size=8), tmp_path)  # 6 steps per epoch
+    run(expt, tiny(data_root, max_steps=12, max_epochs=2, optim=dict(name="cgd", prune_set="neg")), tmp_path)
+    fig = fc.plot_lyapunov_over_training(tmp_path, run_ids=[1])
+    assert fig.axes[0].get_lines()
+    fig = fc.plot_accuracy_by_optimizer(tmp_path)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert any("sgd" in s for s in labels) and any("neg" in s for s in labels)
+    fig = fc.plot_hessian_spectrum_stats(tmp_path, run_ids=[1])
+    assert len(fig.axes) >= 2
+    with pytest.raises(ValueError, match="no chaos runs"):
+        fc.plot_accuracy_by_optimizer(_empty(tmp_path))
+
+
+def _empty(tmp_path):
+    d = tmp_path / "empty"
+    d.mkdir()
+    return d
+
+
+def test_distance_and_subsim_figures(expt, data_root, tmp_path):
+    from tracking import figures_chaos as fc
+
+    small = dict(model=dict(inter_dim=1), lyapunov=dict(k=None), max_steps=6)
+    run(expt, tiny(data_root, save_eigenthings=True, **small), tmp_path)
+    run(expt, tiny(data_root, perturb_strat="all", parallel=5, eigenthings_path=str(tmp_path / "1" / "eigenthings.npz"),
+                   logging=dict(log_subsim=True), **small), tmp_path)
+    fig = fc.plot_distances(tmp_path, run_id=2, lyapunov_run_id=1)
+    assert len(fig.axes[0].get_lines()) >= 10  # 5 measured + 5 fitted (+ bounds)
+    fig = fc.plot_subspace_similarity(tmp_path, run_id=2)
+    assert fig.axes[0].get_lines()
+
+
+# ----------------------------------------------------------------------------- acceptance
+
+@pytest.mark.slow
+def test_acceptance_usps_mlp_is_locally_and_globally_chaotic(expt, tmp_path_factory, tmp_path):
+    """The 256-20-10 MLP on USPS-format data for 300 steps of SGD at lr 1e-3, batch 8:
+    negative Hessian eigenvalues at (almost) every step and a positive maximal Lyapunov exponent."""
+    root = tmp_path_factory.mktemp("usps_acceptance")
+    write_usps(root, n_train=600, n_test=200, seed=1)
+    r = run(expt, dict(data_root=str(root), max_steps=300, device="cpu", lyapunov=dict(k=32), seed=0,
+                       logging=dict(log_freq=5)), tmp_path)
+    res = r.result
+    print("acceptance result:", json.dumps(res, indent=1))
+    assert res["model_dim"] == 5350 and res["num_steps"] == 300
+    assert res["hessian"]["frac_steps_with_neg"] > 0.9 and res["hessian"]["min_eig"] < 0
+    assert res["lyapunov"]["max"] > 0 and res["lyapunov"]["num_pos"] >= 1
+    m = metrics_of(tmp_path)
+    assert min(m["chaos/num_neg"]["values"]) > 0
+    assert res["final_train_acc"] > 0.2  # it learns while being chaotic
