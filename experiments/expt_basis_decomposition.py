@@ -72,7 +72,7 @@ def cfg():
     optimizer = "sgd"  # sgd (momentum 0.9) | lars (timm) | lamb (timm) | adamw
     weight_decay = None  # None -> sgd/lars 1e-4, lamb 0, adamw 0.01 (vit: 0.1 on weight matrices only)
     batch_size = 256  # minibatch; the last partial batch of an epoch is dropped
-    num_epoch = 310
+    num_epoch = 310  # epochs (train.py default)
     lr_setting = [0.1, 5, 0.01]  # [lr_max, epoch_warm, lr_warm]: linear warm-up lr_warm -> lr_max over epoch_warm units, applied once
     decay_rate = 0.33  # step decay factor after the warm-up
     decay_stepsize = 50  # units between decays
@@ -109,50 +109,50 @@ def cfg():
 @ex.named_config
 def mnist():
     """mnist.py: 3-block CNN on MNIST, MSE, LARS at lr 2 decayed ×0.33 every 50 iterations, batch 512, 10 epochs."""
-    data = "mnist"  # noqa: F841
-    model = "cnn3"  # noqa: F841
-    loss_fn = "mse_loss"  # noqa: F841
-    optimizer = "lars"  # noqa: F841
-    batch_size = 512  # noqa: F841
-    num_epoch = 10  # noqa: F841
-    lr_setting = [2.0, 0, 2.0]  # noqa: F841
-    decay_rate = 0.33  # noqa: F841
-    decay_stepsize = 50  # noqa: F841
-    schedule_unit = "iteration"  # noqa: F841
-    grad_clip = 0.1  # noqa: F841
+    data = "mnist"
+    model = "cnn3"
+    loss_fn = "mse_loss"
+    optimizer = "lars"
+    batch_size = 512
+    num_epoch = 10
+    lr_setting = [2.0, 0, 2.0]
+    decay_rate = 0.33
+    decay_stepsize = 50
+    schedule_unit = "iteration"
+    grad_clip = 0.1
 
 
 @ex.named_config
 def fig2():
     """Paper Fig. 2 (combine with ``mnist``): small_init, grad_indep and beta_domin over 400 iterations."""
-    small_init = True  # noqa: F841
-    grad_indep = True  # noqa: F841
-    beta_domin = True  # noqa: F841
-    rerun_config = dict(iterations=400, every=1, num_basis=10)  # noqa: F841
+    small_init = True
+    grad_indep = True
+    beta_domin = True
+    rerun_config = dict(iterations=400, every=1, num_basis=10)
 
 
 @ex.named_config
 def readme_example():
     """The original README's train.py command: AlexNet, CIFAR-10, MSE, LARS, batch 512, 300 epochs."""
-    model = "alexnet"  # noqa: F841
-    data = "cifar10"  # noqa: F841
-    loss_fn = "mse_loss"  # noqa: F841
-    optimizer = "lars"  # noqa: F841
-    batch_size = 512  # noqa: F841
-    num_epoch = 300  # noqa: F841
-    lr_setting = [2.0, 0, 0.01]  # noqa: F841
-    decay_rate = 0.33  # noqa: F841
-    decay_stepsize = 50  # noqa: F841
+    model = "alexnet"
+    data = "cifar10"
+    loss_fn = "mse_loss"
+    optimizer = "lars"
+    batch_size = 512
+    num_epoch = 300
+    lr_setting = [2.0, 0, 0.01]
+    decay_rate = 0.33
+    decay_stepsize = 50
 
 
 @ex.named_config
 def vit():
     """train.py's ViT option: AdamW (0.1 decay on weight matrices) with the one-cycle schedule."""
-    model = "vit"  # noqa: F841
-    optimizer = "adamw"  # noqa: F841
-    scheduler = "onecycle"  # noqa: F841
-    lr_setting = [1e-3, 0, 1e-3]  # noqa: F841
-    weight_decay = 0.1  # noqa: F841
+    model = "vit"
+    optimizer = "adamw"
+    scheduler = "onecycle"
+    lr_setting = [1e-3, 0, 1e-3]
+    weight_decay = 0.1
 
 
 # --- validation -------------------------------------------------------------------------

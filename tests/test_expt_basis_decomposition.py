@@ -3,6 +3,8 @@ its generator and its figures; the slow test checks the paper's claim on a 3-blo
 import io
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ from sacred.utils import ConfigAddedError
 from gen_commands import expt_basis_decomposition as gen
 from gen_commands import sweep
 from gen_commands.commands import config_overrides
-from tests.conftest import load_experiment
+from tests.conftest import REPO, load_experiment
 from tests.datasets import _class_images, _idx, allow_tiny_cifar, write_cifar10, write_cifar100, write_mnist
 from tracking import figures_basis as figs
 
@@ -203,6 +205,19 @@ def test_named_configs_mirror_the_original_scripts(expt):
     assert (default["model"], default["data"], default["loss_fn"], default["optimizer"]) == ("resnet18", "cifar10", "mse_loss", "sgd")
     assert default["lr_setting"] == [0.1, 5, 0.01] and default["num_epoch"] == 310 and default["augment"] is True
     assert expt.ex.run("print_config", config_updates=dict(beta_domin=True)).config["rerun_config"]["iterations"] == 400
+
+
+def test_command_line_with_named_config_records_to_the_default_runs_dir(mnist_root, tmp_path):
+    cmd = [sys.executable, str(REPO / "experiments" / "expt_basis_decomposition.py"), "with", "mnist",
+           f"data_root={mnist_root}", "width=2", "batch_size=32", "num_epoch=1", "n_basis=2", "early_points=0",
+           "device=cpu", "seed=3"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    run_dir = tmp_path / "runs" / "basis_decomposition" / "1"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["optimizer"] == "lars" and config["lr_setting"] == [2.0, 0, 2.0] and config["width"] == 2
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "COMPLETED"
+    assert (run_dir / "basis.npz").exists()
 
 
 # --- generator --------------------------------------------------------------------------------
