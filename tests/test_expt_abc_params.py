@@ -16,7 +16,7 @@ from sacred.utils import ConfigAddedError
 from gen_commands import expt_abc_params as gen
 from gen_commands.commands import config_overrides, parse_command
 from tests.conftest import REPO, load_experiment
-from tests.datasets import write_mnist
+from tests.datasets import allow_tiny_cifar, write_cifar10, write_mnist
 from tracking import figures_abc
 from tracking.load import load_info, load_metrics, load_runs
 
@@ -84,6 +84,13 @@ def test_smoke_records_result_metrics_and_info(expt, data_root, tmp_path):
     info = json.loads((run_dir / "info.json").read_text())
     assert info["split_sizes"] == {"train": N_TRAIN - N_VAL, "val": N_VAL, "test": N_TEST}
     assert info["exponents"]["warmup_c"] == [-1.5, -2.0, -1.5]
+
+
+def test_grey_cifar10_is_flattened_to_1024_inputs(expt, tmp_path, monkeypatch):
+    allow_tiny_cifar(monkeypatch)
+    root = str(write_cifar10(tmp_path, n_train=60, n_test=20))
+    res = run(expt, tiny(root, dataset="cifar10", n_val=10, batch_size=10, n_steps=3, n_trials=1)).result
+    assert res["num_params"] == 1024 * 32 + 32 * 32 + 32 * 10 and math.isfinite(res["test_loss"])
 
 
 def test_validation_split_is_held_out_and_seeded(expt, data_root):

@@ -155,7 +155,7 @@ def plot_coord_check(table: dict, quantity: str = "h_abs", steps=None, title: st
         ax.set_yscale("log")
         ax.set(title=f"t = {t}", xlabel="width m")
     axes[0].set_ylabel("mean |h|" if quantity == "h_abs" else "mean |h(t) − h(0)|")
-    axes[-1].legend(fontsize="x-small")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize="small")
     fig.suptitle(title if title is not None else
                  f"coordinate check: {table.get('parameterization', '')}, {table.get('activation', '')}, L = {table.get('L', '')}")
     return fig
