@@ -15,7 +15,9 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 def _torch_threads():
     import torch
 
-    torch.set_num_threads(2)
+    # Test tensors are tiny: one thread avoids OpenMP overhead (and oversubscription
+    # stalls when several test processes share the cores).
+    torch.set_num_threads(1)
     yield
 
 
