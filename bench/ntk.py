@@ -116,6 +116,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     header = machine_line(device)
     sections = []
+    loop_over = {}  # (workload, method) -> loop time / method time
     for key, title, model, x, methods in workloads(device):
         params = {k: v.detach() for k, v in model.named_parameters()}
         num_params = sum(v.numel() for v in params.values())
@@ -134,12 +135,20 @@ def main(argv=None) -> int:
             t = sorted(times[m])[len(times[m]) // 2]
             loop_t = sorted(times["loop"])[len(times["loop"]) // 2]
             diff = float((grams[m].double() - ref).abs().max() / scale)
+            loop_over[key, m] = loop_t / t
             rows.append(f"| {m} | {1e3 * t:.1f} | {loop_t / t:.1f}x | {diff:.1e} |")
         sections.append(f"**{key}. {title}** (P = {num_params:,})\n\n| method | ms (median of {args.reps}) | "
                         f"speed-up vs loop | max rel diff |\n|---|---|---|---|\n" + "\n".join(rows))
         print(sections[-1], "\n", flush=True)
-    body = ("### Empirical NTK Gram matrix (bench/ntk.py)\n\n" + header + "\n\n" + "\n\n".join(sections)
-            + "\n\nTarget (issue 6): at least 10x over the loop on workload a.")
+    command = " ".join(["python bench/ntk.py", *(argv if argv is not None else sys.argv[1:])])
+    speedup = loop_over["a", "structured"]
+    verdict = "met" if speedup >= 10 else "NOT met"
+    body = (f"## Empirical NTK Gram matrix (`bench/ntk.py`, issue 6)\n\nMeasured with `{command}`: {header} "
+            "(a shared machine: other jobs were running, so absolute times are inflated; the ratios are what "
+            "the table is for). Medians over alternated repetitions, float32.\n\n" + "\n\n".join(sections)
+            + f"\n\n- Target (issue 6): >= 10x over the per-sample loop on workload a: {verdict} "
+            f"(structured: {speedup:.0f}x).\n- `jacobian` materialises J (n, P); `structured` never forms it, "
+            "which is why it wins on MLPs (reference.md section 6). `auto` falls back to `jacobian` on the CNN.")
     if not args.no_write:
         write_section(body)
         print(f"wrote the ntk section of {BENCHMARKS_MD}", file=sys.stderr)

@@ -34,7 +34,8 @@ def per_sample_gram(model, params, x1, x2=None) -> torch.Tensor:
 
 def tiny(arch, seed=0, h=3):
     gen = torch.Generator().manual_seed(seed)
-    shape = (1, 8, 8) if arch in ("simple_cnn", "vgg11") else (5,)
+    conv = arch in ("simple_cnn", "vgg11")
+    shape, h = ((1, 6, 6), 1) if conv else ((5,), h)
     model = build_model(arch, shape, h, "gelu", 2 if arch.startswith("mlp") else None, gen).to(F64)
     x1 = torch.randn(6, *shape, generator=gen, dtype=F64)
     x2 = torch.randn(4, *shape, generator=gen, dtype=F64)
@@ -124,7 +125,7 @@ def test_auto_picks_structured_then_jacobian_then_ntvp(monkeypatch):
         monkeypatch.setattr(ntk, name, lambda *a, _n=name, _r=real: calls.append(_n) or _r(*a))
     model, params, x1, _ = tiny("mlp")
     empirical_ntk(model, params, x1)
-    cnn, cparams, cx, _ = tiny("simple_cnn", h=1)
+    cnn, cparams, cx, _ = tiny("simple_cnn")
     empirical_ntk(cnn, cparams, cx)
     empirical_ntk(cnn, cparams, cx, memory_budget=0)
     assert calls == ["_ntk_structured", "_ntk_jacobian", "_ntk_ntvp"]

@@ -218,6 +218,7 @@ def test_generator_refuses_overwrite_and_never_imports_torch(tmp_path):
         assert generate(tmp_path, "--preset", name, name=f"{name}.txt")
 
 
+@pytest.mark.slow  # two experiment processes
 def test_generated_lines_run_through_the_shared_runner(tmp_path):
     cmds = tmp_path / "cmds.txt"
     store = tmp_path / "runs"

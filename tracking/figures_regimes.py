@@ -68,7 +68,7 @@ def _hue_norm(values) -> Normalize:
 def _plot_curves(ax: Axes, data: dict, hue: str, cmap: str = "viridis") -> None:
     norm = _hue_norm(list(data))
     for value, stats in data.items():
-        colour = colormaps[cmap](norm(value))
+        colour = colormaps[cmap](0.85 * float(norm(value)))  # the top of viridis / plasma is too pale on white
         xs = stats.index.to_numpy(dtype=float)
         ax.fill_between(xs, stats["lo"], stats["hi"], color=colour, alpha=0.15, lw=0)
         ax.plot(xs, stats["median"], "o-", color=colour, ms=3.5, label=f"{hue} = {value:g}")
