@@ -211,7 +211,7 @@ def test_generator_refuses_overwrite_and_never_imports_torch(tmp_path):
     generate(tmp_path, "--preset", "demo")
     with pytest.raises(SystemExit):
         gen.main([str(tmp_path / "cmds.txt"), "--preset", "demo"])
-    assert len(generate(tmp_path, "--preset", "demo", "--force")) == 10
+    assert len(generate(tmp_path, "--preset", "demo", "--force")) == 8
     code = "import sys, gen_commands.expt_sgd_regimes as g; g.config_keys(); assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True).returncode == 0
     for name in gen.PRESETS:  # every preset names only real keys and one of dt / temp
