@@ -207,6 +207,7 @@ def test_named_configs_mirror_the_original_scripts(expt):
     assert expt.ex.run("print_config", config_updates=dict(beta_domin=True)).config["rerun_config"]["iterations"] == 400
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch, torchvision and timm: ~20 s on a shared CPU
 def test_command_line_with_named_config_records_to_the_default_runs_dir(mnist_root, tmp_path):
     cmd = [sys.executable, str(REPO / "experiments" / "expt_basis_decomposition.py"), "with", "mnist",
            f"data_root={mnist_root}", "width=2", "batch_size=32", "num_epoch=1", "n_basis=2", "early_points=0",
