@@ -1,0 +1,138 @@
+"""Write one ``experiments/expt_rescaling_invariance.py`` command per line: architectures × settings × seeds.
+
+    python gen_commands/expt_rescaling_invariance.py cmds.txt --preset paper
+    python gen_commands/expt_rescaling_invariance.py cmds.txt --layer-sizes "[10, 20, 10]" \\
+        --samplers psgld sgld --psgld-gamma 0.01 0.03 --seeds 0 1
+
+Each run sweeps every α itself (the experiment's ``alphas``); the generator crosses
+the architectures (``--layer-sizes``, each a Python list), the list-valued sampler
+settings, the ``--grid`` axes and the seeds (the last varying fastest).
+``--samplers`` is one value, the list of samplers every run uses.
+
+Presets: ``paper`` is the paper's three ReLU networks [10,20,10], [20,30,20] and
+[30,40,30] (reference.md §1) over three seeds with both samplers; ``small`` is one
+seed of [10,20,10] at n = 2000 for a laptop.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gen_commands import sweep  # noqa: E402
+
+EXPERIMENT = "rescaling_invariance"  # Sacred Experiment name in experiments/expt_rescaling_invariance.py
+SCRIPT = "experiments/expt_rescaling_invariance.py"
+DEFAULT_RUNS_DIR = f"runs/{EXPERIMENT}"
+SAMPLERS = ("psgld", "sgld")
+
+# option dest -> (config key, type, lower bound, strict, help), in the order keys are written on each line.
+KEYS = {
+    "n": ("num_training_data", int, 2, False, "n"),
+    "psgld_epsilon": ("psgld_config.epsilon", float, 0, True, "preconditioned step size (> 0)"),
+    "psgld_gamma": ("psgld_config.gamma", float, 0, False, "preconditioned localisation (>= 0)"),
+    "psgld_steps": ("psgld_config.num_steps", int, 1, False, "preconditioned SGLD steps"),
+    "sgld_epsilon": ("sgld_config.epsilon", float, 0, True, "plain SGLD step size (> 0)"),
+    "sgld_gamma": ("sgld_config.gamma", float, 0, False, "plain SGLD localisation (>= 0)"),
+    "sgld_steps": ("sgld_config.num_steps", int, 1, False, "plain SGLD steps"),
+}
+
+PRESETS = {
+    "paper": dict(layer_sizes=[[10, 20, 10], [20, 30, 20], [30, 40, 30]], samplers=["psgld", "sgld"], seeds=[0, 1, 2]),
+    "small": dict(layer_sizes=[[10, 20, 10]], samplers=["psgld", "sgld"], n=[2000], seeds=[0]),
+}
+
+
+def _layer_sizes(text: str) -> list[int]:
+    value = sweep.parse_value(text)
+    if not isinstance(value, (list, tuple)) or len(value) < 3 or not all(isinstance(v, int) and v >= 1 for v in value):
+        raise argparse.ArgumentTypeError(f"expected a list [input, hidden..., output] of >= 3 positive ints; got {text!r}")
+    return list(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python gen_commands/expt_rescaling_invariance.py", description=__doc__,
+                                epilog="presets: " + ", ".join(PRESETS),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", help="commands file to write (refused if it exists, unless --force)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="named sweep; other options override its values")
+    g = p.add_argument_group("axes (each a list of values; all lists are crossed; unset -> the experiment's default)")
+    g.add_argument("--layer-sizes", type=_layer_sizes, nargs="+", metavar="LIST",
+                   help="layer_sizes, each quoted, e.g. \"[10, 20, 10]\"")
+    g.add_argument("--samplers", nargs="+", choices=SAMPLERS, help="samplers, one list for every run")
+    for dest, (key, kind, _, _, text) in KEYS.items():
+        g.add_argument(f"--{dest.replace('_', '-')}", type=kind, nargs="+", help=f"{key}: {text}")
+    g.add_argument("--seeds", type=int, nargs="+", help="run seeds (default 0)")
+    g.add_argument("--grid", action="append", default=[], metavar="KEY=[...]",
+                   help="extra axis over any config key, e.g. \"rescale_layer=[0, 1]\"")
+    g = p.add_argument_group("line format")
+    g.add_argument("--expt-name", help="expt_name config entry (default: the preset's name)")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), help="device config entry (default: not written)")
+    obs = g.add_mutually_exclusive_group()
+    obs.add_argument("-F", "--file-storage", metavar="DIR", help=f"FileStorageObserver directory (default {DEFAULT_RUNS_DIR})")
+    obs.add_argument("-m", "--mongo", metavar="HOST:PORT:DB", help="record with a MongoObserver instead")
+    g.add_argument("--python", default="python", help="interpreter written at the start of each line")
+    g.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    return p
+
+
+def resolve_settings(args: argparse.Namespace) -> dict:
+    """The preset, then explicit options; validated. Raises ValueError naming the option."""
+    s = dict(PRESETS[args.preset]) if args.preset else {}
+    for key in [*KEYS, "layer_sizes", "samplers", "seeds"]:
+        value = getattr(args, key, None)
+        if value is not None:
+            s[key] = value
+    for dest, (_, _, lo, strict, _) in KEYS.items():
+        bad = [v for v in s.get(dest) or [] if (v <= lo if strict else v < lo)]
+        if bad:
+            raise ValueError(f"--{dest.replace('_', '-')} values must be {'>' if strict else '>='} {lo}; got {bad}")
+    if s.get("samplers") is not None and len(set(s["samplers"])) != len(s["samplers"]):
+        raise ValueError(f"--samplers must be distinct; got {s['samplers']}")
+    return s
+
+
+def generate(args: argparse.Namespace) -> list[str]:
+    """The command lines, in a deterministic order (architecture, settings, --grid, seed)."""
+    s = resolve_settings(args)
+    grid = sweep.parse_grid(args.grid)
+    if sweep.RUN_KEY in grid:
+        raise ValueError("--grid cannot set run_key: the generator computes it")
+    observer = sweep.observer_flag(mongo=args.mongo) if args.mongo else \
+        sweep.observer_flag(file_storage=args.file_storage or DEFAULT_RUNS_DIR)
+    axes = {}
+    if s.get("layer_sizes") is not None:
+        axes["layer_sizes"] = s["layer_sizes"]
+    if s.get("samplers") is not None:
+        axes["samplers"] = [list(s["samplers"])]
+    axes.update({KEYS[k][0]: s[k] for k in KEYS if s.get(k) is not None})
+    axes.update(grid)
+    expt_name = args.expt_name if args.expt_name is not None else args.preset
+    fixed = {} if expt_name is None else {"expt_name": expt_name}
+    if args.device is not None:
+        fixed["device"] = args.device
+    lines = []
+    for combo in sweep.cartesian(axes):
+        for seed in (s.get("seeds") or [0]) if "seed" not in grid else [None]:
+            run = {**fixed, **combo, **({} if seed is None else {"seed": seed})}
+            lines.append(sweep.format_command(SCRIPT, EXPERIMENT, run, observer, args.python))
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        lines = generate(args)
+        path = sweep.write_lines(args.out, lines, force=args.force)
+    except (ValueError, FileExistsError) as err:
+        parser.error(str(err))
+    print(f"wrote {len(lines)} commands to {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

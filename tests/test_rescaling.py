@@ -1,0 +1,295 @@
+"""models.relu_mlp rescaling, llc.psgld (preconditioned SGLD) and expt_rescaling_invariance.
+
+The slow tests are the acceptance checks: λ̂ from the preconditioned sampler is flat
+in α within 5% (the plain sampler's behaviour is recorded and printed), and the
+preconditioned sampler with the absolute localiser agrees with exact MALA on plain
+SGLD's target.
+"""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from sacred.observers import FileStorageObserver
+from sacred.utils import ConfigAddedError
+from torch.func import functional_call
+
+from gen_commands import expt_rescaling_invariance as gen
+from gen_commands import sweep
+from gen_commands.commands import config_overrides
+from llc.estimate import flat_loss_for_module
+from llc.mala import MALAConfig, estimate_llc_mala
+from llc.psgld import PSGLDConfig, estimate_llc_psgld, run_psgld, segment_ids, tensor_scale
+from llc.sgld import SGLDConfig, chain_generators
+from models.relu_mlp import ReLUMLP, default_init, rescale_params
+from tests.cases import dln_case, mse
+from tests.conftest import load_experiment
+from tracking.figures_llc import plot_rescaling, rescaling_table
+from tracking.load import load_runs
+
+
+def relu_case(sizes=(3, 4, 2), n=100, seed=0, alpha=1.0):
+    """A ReLU teacher rescaled by α: (flat loss, w*_α flat, x, y, segment sizes), float64."""
+    gen = torch.Generator().manual_seed(seed)
+    net = ReLUMLP(list(sizes)).double()
+    params = default_init(list(sizes), gen)
+    x = torch.randn(n, sizes[0], generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        y = functional_call(net, params, (x,))
+    net.load_state_dict(rescale_params(params, 0, alpha))
+    loss, w = flat_loss_for_module(net, mse, torch.float64, torch.device("cpu"))
+    return loss, w, x, y, [p.numel() for p in net.parameters()]
+
+
+# --------------------------------------------------------------- models.relu_mlp
+
+def test_rescaling_keeps_the_function_and_the_input_dict():
+    sizes = [3, 5, 4, 2]
+    net = ReLUMLP(sizes).double()
+    params = default_init(sizes, torch.Generator().manual_seed(1))
+    before = {k: v.clone() for k, v in params.items()}
+    x = torch.randn(50, 3, dtype=torch.float64)
+    out = functional_call(net, params, (x,))
+    for layer in (0, 1):
+        for alpha in (1e-4, 0.3, 1e4):
+            scaled = rescale_params(params, layer, alpha)
+            torch.testing.assert_close(functional_call(net, scaled, (x,)), out, rtol=1e-10, atol=1e-12)
+            assert not torch.allclose(scaled["layers.0.weight" if layer == 0 else "layers.2.weight"],
+                                      params["layers.0.weight" if layer == 0 else "layers.2.weight"])
+    assert all(torch.equal(before[k], params[k]) for k in params)
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        rescale_params(params, 0, -1.0)
+    with pytest.raises(ValueError, match="lacks"):
+        rescale_params(params, 2, 2.0)
+    with pytest.raises(ValueError, match="layer_sizes"):
+        ReLUMLP([3])
+
+
+def test_default_init_matches_pytorch_bounds():
+    params = default_init([400, 3], torch.Generator().manual_seed(0))
+    assert params["layers.0.weight"].abs().max() <= 1 / 20 and params["layers.0.weight"].abs().max() > 0.9 / 20
+    assert params["layers.0.bias"].shape == (3,)
+
+
+# --------------------------------------------------------------- llc.psgld
+
+def reference_psgld(loss, w_star, x, y, cfg: SGLDConfig, pc: PSGLDConfig, seed, sizes):
+    """Dense float64 preconditioned SGLD, one chain at a time, straight from the module docstring."""
+    n, P = x.shape[0], w_star.numel()
+    nbeta = cfg.resolve_nbeta(n)
+    seg = np.repeat(np.arange(len(sizes)), sizes)
+    m = np.array([np.mean(w_star.numpy()[seg == s] ** 2) for s in range(len(sizes))])[seg]
+    loc = cfg.gamma / m if pc.localisation == "relative" else np.full(P, cfg.gamma)
+    adapt = pc.resolve_adapt_steps(cfg)
+    traces = []
+    for gen in chain_generators(seed, cfg.num_chains, torch.device("cpu")):
+        w = w_star.clone()
+        v = 1.0 / (pc.kappa * m)
+        d = 1.0 / (v + pc.delta * np.array([v[seg == s].mean() for s in range(len(sizes))])[seg])
+        trace = []
+        block = max(1, min(128, (1 << 20) // P, cfg.num_steps))
+        for t0 in range(0, cfg.num_steps, block):
+            k = min(block, cfg.num_steps - t0)
+            idx = torch.randint(0, n, (k, cfg.batch_size), generator=gen)
+            xi = torch.randn(k, P, generator=gen, dtype=torch.float64)
+            for j in range(k):
+                wg = w.detach().requires_grad_(True)
+                L = loss(wg, x[idx[j]], y[idx[j]])
+                (g,) = torch.autograd.grad(L, wg)
+                g = nbeta * g.numpy()
+                trace.append(float(L.detach()))
+                if t0 + j < adapt:
+                    v = pc.rho * v + (1 - pc.rho) * g * g
+                    d = 1.0 / (v + pc.delta * np.array([v[seg == s].mean() for s in range(len(sizes))])[seg])
+                drift = g + loc * (w.numpy() - w_star.numpy())
+                w = torch.from_numpy(w.numpy() - cfg.epsilon / 2 * d * drift + np.sqrt(cfg.epsilon * d) * xi[j].numpy())
+        traces.append(trace)
+    return np.array(traces), w
+
+
+@pytest.mark.parametrize("localisation", ["relative", "absolute"])
+def test_psgld_matches_dense_reference(localisation):
+    loss, w, x, y, sizes = relu_case()
+    cfg = SGLDConfig(epsilon=0.05, gamma=0.1, num_steps=30, batch_size=10, num_chains=2, num_burnin_steps=20)
+    pc = PSGLDConfig(rho=0.9, adapt_steps=12, localisation=localisation)
+    trace = run_psgld(loss, w, x, y, cfg, pc, seed=1, segments=sizes)
+    ref_trace, _ = reference_psgld(loss, w, x, y, cfg, pc, 1, sizes)
+    np.testing.assert_allclose(trace.loss.numpy(), ref_trace, rtol=1e-9, atol=1e-14)
+
+
+def test_psgld_is_equivariant_under_layer_rescaling():
+    cfg = SGLDConfig(epsilon=0.05, gamma=0.1, num_steps=60, batch_size=20, num_chains=2, num_burnin_steps=30)
+    results = []
+    for alpha in (1.0, 1e-3, 1e3):
+        loss, w, x, y, sizes = relu_case(alpha=alpha)
+        results.append(estimate_llc_psgld(loss, w, x, y, cfg, PSGLDConfig(), seed=0, segments=sizes))
+    for res in results[1:]:
+        np.testing.assert_allclose(res.lambdahat_per_chain, results[0].lambdahat_per_chain, rtol=1e-8)
+    # The plain sampler's drift is not equivariant: with the same seed it moves differently.
+    loss, w, x, y, sizes = relu_case(alpha=1.0)
+    plain = run_psgld(loss, w, x, y, cfg, PSGLDConfig(adapt_steps=0, localisation="absolute", kappa=1.0), 0, sizes)
+    assert np.isfinite(plain.loss.numpy()).all()
+
+
+def test_psgld_chains_do_not_depend_on_chain_count():
+    loss, w, x, y, sizes = relu_case()
+    base = dict(epsilon=0.05, gamma=0.1, num_steps=20, batch_size=10, num_burnin_steps=10)
+    two = run_psgld(loss, w, x, y, SGLDConfig(num_chains=2, **base), PSGLDConfig(), 3, sizes)
+    three = run_psgld(loss, w, x, y, SGLDConfig(num_chains=3, **base), PSGLDConfig(), 3, sizes)
+    torch.testing.assert_close(two.loss, three.loss[:2])
+    assert two.preconditioner.shape == (2, w.numel()) and (two.preconditioner > 0).all()
+
+
+def test_segments_and_tensor_scale():
+    w = torch.tensor([1.0, 3.0, 0.0, 0.0, 2.0], dtype=torch.float64)
+    seg = segment_ids([2, 2, 1], 5, torch.device("cpu"))
+    assert seg.tolist() == [0, 0, 1, 1, 2]
+    m = tensor_scale(w, seg)
+    assert m.tolist() == [5.0, 5.0, 14 / 5, 14 / 5, 4.0]  # the all-zero tensor takes mean(w²) over all
+    with pytest.raises(ValueError, match="sum to the parameter count 5"):
+        segment_ids([2, 2], 5, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(rho=1.0), "rho"), (dict(delta=0.0), "delta"), (dict(kappa=-1.0), "kappa"),
+    (dict(adapt_steps=-1), "adapt_steps"), (dict(localisation="metric"), "localisation"),
+])
+def test_psgld_config_validation_names_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PSGLDConfig(**kwargs)
+
+
+# --------------------------------------------------------------- the experiment
+
+TINY = dict(
+    device="cpu", layer_sizes=[3, 4, 2], num_training_data=100, alphas=[0.01, 1.0, 100.0],
+    psgld_config=dict(num_steps=30, batch_size=20, num_chains=2, num_burnin_steps=15),
+    sgld_config=dict(epsilon=1e-4, num_steps=30, batch_size=20, num_chains=2, num_burnin_steps=15),
+)
+
+
+@pytest.fixture(scope="module")
+def expt():
+    return load_experiment("expt_rescaling_invariance")
+
+
+def run(expt, tmp_path=None, **updates):
+    expt.ex.observers[:] = [FileStorageObserver(str(tmp_path))] if tmp_path is not None else []
+    try:
+        return expt.ex.run(config_updates={**TINY, **updates})
+    finally:
+        expt.ex.observers[:] = []
+
+
+def test_experiment_records_each_sampler_per_alpha_and_the_figure_reads_it(expt, tmp_path):
+    r = run(expt, tmp_path, seed=1)
+    res = r.result
+    assert res["alphas"] == [0.01, 1.0, 100.0] and res["samplers"] == ["psgld", "sgld"]
+    assert res["output_max_relative_difference"] < 1e-12
+    psgld = res["psgld"]
+    assert psgld["status"] == ["ok"] * 3 and psgld["relative_spread"] < 1e-8  # equivariant: identical chains
+    assert len(res["sgld"]["status"]) == 3 and res["sgld"]["num_failed"] == res["sgld"]["status"].count("failed")
+    metrics = json.loads((tmp_path / "1" / "metrics.json").read_text())
+    assert metrics["psgld/lambdahat"]["steps"] == [0, 1, 2]
+    assert metrics["rescaling/log10_alpha"]["values"] == pytest.approx([-2.0, 0.0, 2.0])
+
+    runs = load_runs(tmp_path, experiment="rescaling_invariance")
+    table = rescaling_table(runs)
+    assert set(table["sampler"]) == {"psgld", "sgld"} and len(table) == 6
+    ax = plot_rescaling(runs).axes[0]
+    assert ax.get_xscale() == "log"
+    assert any(label.startswith("psgld [3, 4, 2]") for label in ax.get_legend_handles_labels()[1])
+
+
+def test_divergence_is_recorded_per_alpha_and_the_sweep_goes_on(expt, tmp_path):
+    r = run(expt, tmp_path, samplers=["sgld"], sgld_config=dict(TINY["sgld_config"], epsilon=5.0, gamma=0.0))
+    assert r.result["sgld"]["status"] == ["failed"] * 3
+    assert all("diverged" in reason for reason in r.result["sgld"]["reason"])
+    assert json.loads((tmp_path / "1" / "run.json").read_text())["status"] == "COMPLETED"
+
+
+@pytest.mark.parametrize("updates, key", [
+    (dict(rescale_layer=1), "rescale_layer"),
+    (dict(layer_sizes=[3, 2]), "layer_sizes"),
+    (dict(alphas=[1.0, -2.0]), "alphas"),
+    (dict(alphas=[]), "alphas"),
+    (dict(samplers=["mala"]), "samplers"),
+    (dict(psgld_config=dict(TINY["psgld_config"], batch_size=101)), "psgld_config.batch_size"),
+    (dict(psgld_config=dict(TINY["psgld_config"], localisation="metric")), "psgld_config.localisation"),
+    (dict(sgld_config=dict(TINY["sgld_config"], epsilon=0.0)), "sgld_config.epsilon"),
+    (dict(input_distribution="gaussian"), "input_distribution"),
+])
+def test_bad_config_fails_before_compute_naming_the_key(expt, updates, key, monkeypatch):
+    def no_compute(*a, **k):
+        raise AssertionError("compute started before validation")
+
+    monkeypatch.setattr(expt, "estimate_llc_psgld", no_compute)
+    monkeypatch.setattr(expt, "estimate_llc_flat", no_compute)
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        run(expt, **updates)
+
+
+def test_unknown_key_is_rejected_by_sacred(expt):
+    with pytest.raises(ConfigAddedError):
+        run(expt, psgld_config=dict(TINY["psgld_config"], rhoo=0.9))
+
+
+# --------------------------------------------------------------- generator
+
+def test_generator_paper_preset_and_keys_sacred_accepts(tmp_path, expt):
+    out = tmp_path / "cmds.txt"
+    assert gen.main([str(out), "--preset", "paper"]) == 0
+    lines = out.read_text().splitlines()
+    assert len(lines) == 3 * 3
+    sizes = [config_overrides(line)["layer_sizes"] for line in lines]
+    assert sizes == [[10, 20, 10]] * 3 + [[20, 30, 20]] * 3 + [[30, 40, 30]] * 3
+    for line in lines:
+        ov = config_overrides(line)
+        key = ov.pop("run_key")
+        assert key == sweep.run_key(gen.EXPERIMENT, ov) and ov["samplers"] == ["psgld", "sgld"]
+        expt.ex.run("print_config", config_updates=ov)  # every key exists (else ConfigAddedError)
+    assert gen.main([str(tmp_path / "b.txt"), "--layer-sizes", "[4, 5, 3]", "--psgld-gamma", "0.01", "0.1",
+                     "--seeds", "1", "2"]) == 0
+    ovs = [config_overrides(x) for x in (tmp_path / "b.txt").read_text().splitlines()]
+    assert [(o["psgld_config.gamma"], o["seed"]) for o in ovs] == [(0.01, 1), (0.01, 2), (0.1, 1), (0.1, 2)]
+    with pytest.raises(SystemExit):
+        gen.main([str(tmp_path / "c.txt"), "--layer-sizes", "[4, 5]"])
+
+
+# --------------------------------------------------------------- acceptance (slow)
+
+@pytest.mark.slow
+def test_acceptance_preconditioned_lambdahat_is_flat_in_alpha(expt, tmp_path):
+    torch.set_num_threads(1)
+    r = run(expt, tmp_path, seed=0, layer_sizes=[10, 20, 10], num_training_data=2000,
+            alphas=[1e-4, 1e-2, 1.0, 1e2, 1e4],
+            psgld_config=dict(epsilon=0.05, gamma=0.03, num_steps=1500, batch_size=200, num_chains=4,
+                              num_burnin_steps=500),
+            sgld_config=dict(epsilon=3e-6, gamma=1.0, num_steps=1500, batch_size=200, num_chains=4,
+                             num_burnin_steps=500))
+    res = r.result
+    print("alphas", res["alphas"])
+    print("psgld", res["psgld"]["lambdahat"])
+    print("sgld ", res["sgld"]["lambdahat"], res["sgld"]["status"])
+    lam = np.array(res["psgld"]["lambdahat"], dtype=float)
+    assert np.isfinite(lam).all() and lam.min() > 10
+    assert (lam.max() - lam.min()) / lam.mean() < 0.05
+    assert len(res["sgld"]["status"]) == 5  # the plain sampler's behaviour is recorded at every α
+
+
+@pytest.mark.slow
+def test_psgld_with_absolute_localisation_agrees_with_mala():
+    """Same target as plain SGLD: λ̂ from the preconditioned chain matches exact MALA on a DLN."""
+    torch.set_num_threads(1)
+    _, loss, w, x, y = dln_case(input_dim=3, widths=(4, 2), n=1000, seed=0)
+    n = x.shape[0]
+    nbeta = n / math.log(n)
+    mala = estimate_llc_mala(loss, w, x, y, MALAConfig(epsilon=0.01 / nbeta, gamma=10.0, num_steps=4000,
+                                                       num_chains=4, num_burnin_steps=1000), seed=0)
+    psgld = estimate_llc_psgld(loss, w, x, y, SGLDConfig(epsilon=0.02, gamma=10.0, num_steps=4000, batch_size=100,
+                                                         num_chains=8, num_burnin_steps=1000),
+                               PSGLDConfig(localisation="absolute"), seed=0, segments=[12, 8])
+    print("MALA", mala.llc.lambdahat, mala.llc.lambdahat_std, "pSGLD", psgld.lambdahat, psgld.lambdahat_std)
+    sem = math.hypot(mala.llc.lambdahat_std / 2, psgld.lambdahat_std / math.sqrt(8))
+    assert abs(psgld.lambdahat - mala.llc.lambdahat) < 3.5 * sem + 0.05 * mala.llc.lambdahat
