@@ -148,7 +148,7 @@ def plot_saddle_dynamics(metrics: pd.DataFrame, run_id=None, title: str | None =
 
     Returns:
         A figure with two axes sharing t. Each rank change gets a dotted vertical line
-        and a text 'r=<rank>' (its artists are labelled 'rank change').
+        (the first one labelled 'rank change') and a text 'r=<rank>' on the loss axes.
     """
     wide = metrics_wide(metrics, SADDLE_METRICS)
     ids = wide["run_id"].unique()
@@ -174,7 +174,7 @@ def plot_saddle_dynamics(metrics: pd.DataFrame, run_id=None, title: str | None =
         for ax in (ax_loss, ax_l):
             ax.axvline(t, color="0.5", ls=":", lw=0.8, label="rank change" if ax is ax_l and i == changes[0] else None)
         ax_loss.annotate(f"r={int(rank[i])}", (t, 1), xycoords=("data", "axes fraction"), xytext=(2, -10),
-                         textcoords="offset points", fontsize="small", va="top", label="rank change")
+                         textcoords="offset points", fontsize="small", va="top")
     ax_loss.legend(fontsize="small", loc="upper right")
     ax_l.legend(fontsize="small", loc="lower right")
     if title is not None:

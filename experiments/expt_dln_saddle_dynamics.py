@@ -1,0 +1,216 @@
+"""λ̂ along the saddle-to-saddle training dynamics of a deep linear network.
+
+The setup of Jacot et al. 2021 ("Saddle-to-saddle dynamics in deep linear
+networks: small initialization training, symmetry, and sparsity"; reference.md §1):
+a teacher 10·diag(1, ..., d), inputs x ~ N(0, I_d), a bias-free DLN with
+``num_hidden_layers`` hidden layers of ``width`` and small initial weights
+N(0, width^-initialisation_exponent), trained with plain SGD. The loss plateaus and
+drops; at each drop the end-to-end matrix W_L...W_1 gains one singular value.
+
+Every ``logging_period`` SGD steps (and before the first and after the last) the run
+records the training loss, the end-to-end matrix's singular values and rank, Aoyagi's
+λ and multiplicity at that rank, and λ̂ at the current weights w_t estimated with
+realisable targets y = f(w_t, x), so that w_t is a true parameter.
+
+    python experiments/expt_dln_saddle_dynamics.py with width=500 \\
+        training_config.num_steps=50000 logging_period=100 seed=42
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from sacred import Experiment
+
+from dynamics.train import TrainingConfig, train
+from llc.aoyagi import dln_learning_coefficient
+from llc.estimate import estimate_llc_flat, flat_model_for_module
+from llc.sgld import SGLDConfig, SGLDDivergenceError
+from models.device import DTYPES, derived_seed, resolve_device, resolve_dtype
+from models.dln import DeepLinearNetwork, end_to_end_matrix, numerical_rank
+from tracking.sacred_utils import build_config, configure_experiment, json_ready, run_cli, seed_everything
+
+ex = configure_experiment(Experiment("dln_saddle_dynamics"))
+
+
+@ex.config
+def cfg():
+    expt_name = None  # free label to group runs in plots
+
+    # --- teacher and data (Jacot et al. 2021) ---
+    in_out_dim = 5  # d: teacher 10·diag(1..d), input and output size
+    num_training_data = 10000  # n; x ~ N(0, I_d), y = teacher x
+
+    # --- student: bias-free DLN, d -> width -> ... -> width -> d ---
+    width = 10  # hidden width (the paper's README uses 500)
+    num_hidden_layers = 4  # hidden layers; num_hidden_layers + 1 weight matrices
+    initialisation_exponent = 1.5  # initial weights N(0, width^-exponent): small init for > 1
+
+    # --- training: plain SGD on the MSE (mean over batch and outputs) ---
+    training_config = dict(
+        optim="sgd",  # sgd | adam
+        learning_rate=1e-4,
+        momentum=None,  # SGD only; None -> 0
+        batch_size=128,
+        num_steps=20000,
+        weight_decay=None,  # L2 penalty; None -> 0
+    )
+    logging_period = 50  # SGD steps between checkpoints (> 0)
+    rank_threshold = 1.0  # singular values of W_L...W_1 above this count toward its rank (teacher's: 10..10d)
+
+    # --- SGLD / LLC at each checkpoint, targets y = f(w_t, x) ---
+    sgld_config = dict(
+        epsilon=1e-6,  # step size ε
+        gamma=1.0,  # localisation strength γ
+        num_steps=100,  # steps per chain, burn-in included
+        batch_size=128,  # minibatch per step and chain
+        num_chains=4,  # vectorised with vmap
+        nbeta=None,  # n·β; None -> n / log n
+        num_burnin_steps=None,  # None -> discard the first 90%
+    )
+    loss_trace_minibatch = True  # average minibatch losses (free) vs full-data losses
+
+    # --- runtime ---
+    device = "auto"  # auto | cpu | cuda
+    dtype = "float32"  # float32 | float64
+    verbose = False  # print one line per checkpoint
+
+
+def _positive_int(key, value, lo=1):
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ValueError(f"{key} must be an integer >= {lo}; got {value!r}")
+
+
+def validate(config: dict) -> dict:
+    """Check every user-facing key before any compute; returns the built dataclasses."""
+    _positive_int("in_out_dim", config["in_out_dim"])
+    _positive_int("width", config["width"])
+    _positive_int("num_hidden_layers", config["num_hidden_layers"], lo=0)
+    n = config["num_training_data"]
+    _positive_int("num_training_data", n, lo=2)
+    expo = config["initialisation_exponent"]
+    if isinstance(expo, bool) or not isinstance(expo, (int, float)) or not math.isfinite(expo):
+        raise ValueError(f"initialisation_exponent must be a finite number; got {expo!r}")
+    _positive_int("logging_period", config["logging_period"])
+    thr = config["rank_threshold"]
+    if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not thr > 0:
+        raise ValueError(f"rank_threshold must be a number > 0; got {thr!r}")
+    training = build_config(TrainingConfig, dict(config["training_config"]), "training_config")
+    if training.batch_size > n:
+        raise ValueError(f"training_config.batch_size must be <= num_training_data ({n}); got {training.batch_size}")
+    sgld = build_config(SGLDConfig, {**config["sgld_config"], "loss_trace_minibatch": config["loss_trace_minibatch"]}, "sgld_config")
+    if sgld.batch_size > n:
+        raise ValueError(f"sgld_config.batch_size must be <= num_training_data ({n}); got {sgld.batch_size}")
+    if config["dtype"] not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}; got {config['dtype']!r}")
+    return {"training": training, "sgld": sgld, "device": resolve_device(config["device"])}
+
+
+# Independent random streams, all derived from the run's seed.
+DATA, INIT, BATCHES, SGLD = range(4)
+
+
+def _stream(seed: int, purpose: int, device="cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(derived_seed(seed, purpose))
+
+
+def _mse(out, y):
+    return ((out - y) ** 2).mean()  # mean over batch and outputs, no 1/2 (reference.md §1)
+
+
+def teacher_data(d: int, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Teacher T = 10·diag(1..d), x ~ N(0, I_d) (n, d), y = x Tᵀ (n, d); float64."""
+    teacher = 10.0 * torch.diag(torch.arange(1, d + 1, dtype=torch.float64))
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    return teacher, x, x @ teacher.T
+
+
+def small_init(net: DeepLinearNetwork, width: int, exponent: float, gen: torch.Generator) -> None:
+    """Every weight i.i.d. N(0, σ²) with σ² = width^-exponent, drawn in float64 from ``gen``."""
+    sigma = width ** (-exponent / 2)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * sigma)
+
+
+@ex.main
+def main(_config, _run, _seed):
+    checked = validate(_config)
+    seed_everything(_seed)
+    training, sgld, device = checked["training"], checked["sgld"], checked["device"]
+    dtype = resolve_dtype(_config["dtype"])
+    d, n, width = _config["in_out_dim"], _config["num_training_data"], _config["width"]
+    widths = [width] * _config["num_hidden_layers"] + [d]
+    period, threshold = _config["logging_period"], _config["rank_threshold"]
+
+    teacher, x, y = teacher_data(d, n, _stream(_seed, DATA))
+    x, y = x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype)
+    net = DeepLinearNetwork(d, widths)
+    small_init(net, width, _config["initialisation_exponent"], _stream(_seed, INIT))
+    net.to(device=device, dtype=dtype)
+    f_flat, _ = flat_model_for_module(net, dtype, device)
+
+    def loss(w, xb, yb):
+        return _mse(f_flat(w, xb), yb)
+
+    _run.info["teacher_singular_values"] = torch.linalg.svdvals(teacher).tolist()
+    _run.info["checkpoints"] = checkpoints = []
+
+    def checkpoint(t: int, batch_loss: float | None) -> None:
+        w_t = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+        with torch.no_grad():
+            y_t = f_flat(w_t, x)  # realisable targets: w_t is a true parameter of (x, y_t)
+            train_loss = float(_mse(y_t, y))
+        rank_num, sv = numerical_rank(end_to_end_matrix(dict(net.named_parameters())))
+        rank = int((sv > threshold).sum())
+        true_lambda, true_mult = dln_learning_coefficient(d, widths, rank)
+        rec = {"t": t, "train_loss": train_loss, "batch_loss": batch_loss, "rank": rank,
+               "numerical_rank": rank_num, "singular_values": sv.tolist(),
+               "true_lambda": true_lambda, "true_multiplicity": true_mult}
+        try:
+            res = estimate_llc_flat(loss, w_t, x, y_t, sgld, seed=derived_seed(_seed, SGLD, len(checkpoints)))
+            rec.update(status="ok", **res.summary())
+            _run.log_scalar("llc/lambdahat", res.lambdahat, t)
+            _run.log_scalar("llc/lambdahat_std", res.lambdahat_std, t)
+        except (SGLDDivergenceError, FloatingPointError) as err:  # one bad checkpoint: record it, keep training
+            rec.update(status="failed", reason=str(err))
+        _run.log_scalar("train/loss", train_loss, t)
+        _run.log_scalar("dln/rank", rank, t)
+        _run.log_scalar("dln/numerical_rank", rank_num, t)
+        _run.log_scalar("aoyagi/lambda", true_lambda, t)
+        _run.log_scalar("aoyagi/multiplicity", true_mult, t)
+        checkpoints.append(json_ready(rec))
+        if _config["verbose"]:
+            print(f"t={t} loss={train_loss:.4g} rank={rank} lambdahat={rec.get('lambdahat', float('nan')):.3g} "
+                  f"lambda={true_lambda:g} {rec['status']}")
+
+    def callback(step: int, batch_loss: float) -> None:
+        t = step + 1  # SGD steps done
+        if t % period == 0 or t == training.num_steps:
+            _run.log_scalar("train/batch_loss", batch_loss, t)
+            checkpoint(t, batch_loss)
+
+    checkpoint(0, None)
+    train(net, _mse, x, y, training, _stream(_seed, BATCHES, device), callback=callback)
+
+    ranks = [c["rank"] for c in checkpoints]
+    final = checkpoints[-1]
+    ok = [c for c in checkpoints if c["status"] == "ok"]
+    return json_ready({
+        "final_t": final["t"],
+        "final_train_loss": final["train_loss"],
+        "final_rank": final["rank"],
+        "final_lambdahat": final.get("lambdahat"),
+        "final_lambdahat_std": final.get("lambdahat_std"),
+        "final_true_lambda": final["true_lambda"],
+        "final_relative_error": (final["lambdahat"] - final["true_lambda"]) / final["true_lambda"]
+        if final["status"] == "ok" and final["true_lambda"] > 0 else None,
+        "rank_sequence": [int(r) for i, r in enumerate(ranks) if i == 0 or r != ranks[i - 1]],
+        "num_checkpoints": len(checkpoints),
+        "num_failed_checkpoints": len(checkpoints) - len(ok),
+        "model_dim": sum(p.numel() for p in net.parameters()),
+    })
+
+
+if __name__ == "__main__":
+    run_cli(ex)
