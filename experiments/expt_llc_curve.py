@@ -1,0 +1,259 @@
+"""λ̂ over SGD training: ResNet18 on CIFAR-10.
+
+Trains a ResNet18 (torchvision's, or its CIFAR-stem variant, with optionally scaled
+widths) on CIFAR-10 and, every ``logging_period`` steps, before the first and after
+the last, estimates the local learning coefficient λ̂(w_t) at the current weights
+with multi-chain SGLD on the mean cross-entropy (reference.md §1). Sampling uses the
+network in eval mode: BatchNorm normalises with its running statistics, which are
+held fixed (they are buffers of the functional model, not parameters), so every
+vmapped chain sees the same deterministic function of its own weights.
+
+At each checkpoint the run records t, the minibatch loss, the full training loss
+and accuracy, the test loss and accuracy, and λ̂ (mean, std, per chain, R-hat, trace
+summary). The time series go to metrics; the per-checkpoint records to
+``info['checkpoints']``; the SGLD traces to the artifact ``llc_traces.npz``. An
+estimate that diverges is recorded as failed at its checkpoint, with the reason, and
+training continues.
+
+    python experiments/expt_llc_curve.py -F runs/llc_curve with sgld_config.epsilon=2e-07 \\
+        training_config.learning_rate=0.005 training_config.batch_size=512 logging_period=1000 seed=0
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sacred import Experiment
+
+from data.vision import load_vision_dataset
+from dynamics.train import TrainingConfig, train
+from llc.estimate import estimate_llc_flat, flat_loss_for_module
+from llc.sgld import SGLDConfig, SGLDDivergenceError
+from models.device import derived_seed, resolve_device
+from models.resnet import MODEL_NAMES, build_resnet
+from tracking.sacred_utils import build_config, configure_experiment, json_ready, run_cli, seed_everything
+
+ex = configure_experiment(Experiment("llc_curve"))
+
+DATA_NAMES = ("cifar10", "cifar100")
+
+
+@ex.config
+def cfg():
+    expt_name = None  # free label to group runs in plots
+
+    # --- model and data ---
+    model_data_config = dict(
+        model_name="resnet18",  # resnet18 (torchvision: 7x7/2 stem + max-pool) | resnet18_cifar (3x3/1 stem)
+        data_name="cifar10",  # cifar10 | cifar100 (torchvision files, normalised, downloaded on demand)
+        label_noise_level=0.0,  # fraction of training labels replaced by uniformly random classes, in [0, 1]
+        layer_width_factor=1.0,  # multiplies the channels 64, 128, 256, 512 (> 0)
+    )
+    data_root = None  # torchvision data folder; None -> $DLT_DATA_ROOT, else ~/.cache/dltheory/datasets
+
+    # --- training (train mode, minibatches drawn with replacement) ---
+    training_config = dict(
+        optim="sgd",  # sgd | adam
+        learning_rate=1e-3,
+        momentum=None,  # SGD only; None -> 0
+        batch_size=128,
+        num_steps=20000,
+        l2_regularization=None,  # L2 penalty (weight decay); None -> 0
+    )
+    logging_period = 200  # SGD steps between λ̂ checkpoints (> 0)
+
+    # --- SGLD / LLC at each checkpoint (eval mode, mean cross-entropy) ---
+    sgld_config = dict(
+        epsilon=5e-6,  # step size ε
+        gamma=1.0,  # localisation strength γ
+        num_steps=1000,  # steps per chain, burn-in included
+        batch_size=1024,  # minibatch per step and chain (<= n)
+        num_chains=4,  # vectorised with vmap
+        nbeta=None,  # n·β; None -> n / log n
+        num_burnin_steps=None,  # None -> discard the first 90%
+    )
+    loss_trace_minibatch = True  # average minibatch losses (free) vs full-data losses
+    force_realisable = False  # True: targets are the current model's logits (soft labels), so w_t is a true parameter
+
+    # --- runtime ---
+    eval_batch_size = 1000  # chunk size of full-data evaluations
+    device = "auto"  # auto | cpu | cuda
+    do_plot = False  # save λ̂ and losses over training as the artifact llc_curve.png
+    verbose = False  # print one line per checkpoint
+
+
+def _positive_int(key, value, lo=1):
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ValueError(f"{key} must be an integer >= {lo}; got {value!r}")
+
+
+def validate(config: dict) -> dict:
+    """Check every key that needs no data before any compute; returns the built dataclasses."""
+    md = dict(config["model_data_config"])
+    allowed = {"model_name", "data_name", "label_noise_level", "layer_width_factor"}
+    if set(md) - allowed:
+        raise ValueError(f"model_data_config has unknown entries {sorted(set(md) - allowed)}; allowed: {sorted(allowed)}")
+    if md["model_name"] not in MODEL_NAMES:
+        raise ValueError(f"model_data_config.model_name must be one of {tuple(MODEL_NAMES)}; got {md['model_name']!r}")
+    if md["data_name"] not in DATA_NAMES:
+        raise ValueError(f"model_data_config.data_name must be one of {DATA_NAMES}; got {md['data_name']!r}")
+    noise = md["label_noise_level"]
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise <= 1:
+        raise ValueError(f"model_data_config.label_noise_level must be a number in [0, 1]; got {noise!r}")
+    factor = md["layer_width_factor"]
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
+        raise ValueError(f"model_data_config.layer_width_factor must be a number > 0; got {factor!r}")
+    _positive_int("logging_period", config["logging_period"])
+    _positive_int("eval_batch_size", config["eval_batch_size"])
+    tc = dict(config["training_config"])
+    if "weight_decay" in tc:
+        raise ValueError("training_config takes l2_regularization (the weight decay), not weight_decay")
+    tc["weight_decay"] = tc.pop("l2_regularization", None)
+    try:
+        training = build_config(TrainingConfig, tc, "training_config")
+    except ValueError as err:  # name the key as the user wrote it
+        raise ValueError(str(err).replace("training_config.weight_decay", "training_config.l2_regularization")) from None
+    sgld = build_config(SGLDConfig, {**config["sgld_config"], "loss_trace_minibatch": config["loss_trace_minibatch"]}, "sgld_config")
+    for key in ("force_realisable", "do_plot", "verbose"):
+        if not isinstance(config[key], bool):
+            raise ValueError(f"{key} must be True or False; got {config[key]!r}")
+    return {"model_data": md, "training": training, "sgld": sgld, "device": resolve_device(config["device"])}
+
+
+def check_batch_sizes(training: TrainingConfig, sgld: SGLDConfig, n: int) -> None:
+    """Both batch sizes must fit in the n training points (checked once the data are loaded)."""
+    if training.batch_size > n:
+        raise ValueError(f"training_config.batch_size must be <= the number of training data ({n}); got {training.batch_size}")
+    if sgld.batch_size > n:
+        raise ValueError(f"sgld_config.batch_size must be <= the number of training data ({n}); got {sgld.batch_size}")
+
+
+# Independent random streams, all derived from the run's seed.
+INIT, BATCHES, LABEL_NOISE, SGLD = range(4)
+
+
+def noisy_labels(y: torch.Tensor, level: float, num_classes: int, gen: torch.Generator) -> torch.Tensor:
+    """A copy of y with each label, with probability ``level``, replaced by a uniform random class."""
+    flip = torch.rand(y.shape, generator=gen) < level
+    return torch.where(flip, torch.randint(0, num_classes, y.shape, generator=gen), y)
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of -Σ_k softmax(target)_k log softmax(logits)_k (force_realisable's loss)."""
+    return -(F.softmax(target_logits, dim=-1) * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+
+
+@torch.no_grad()
+def evaluate(model, loss_fn, x, y, labels, chunk: int) -> tuple[float, float]:
+    """Mean loss against ``y`` and accuracy against ``labels`` over all of x, in eval mode, in chunks."""
+    total, correct = 0.0, 0
+    for s in range(0, x.shape[0], chunk):
+        out = model(x[s:s + chunk])
+        total += float(loss_fn(out, y[s:s + chunk])) * out.shape[0]
+        correct += int((out.argmax(-1) == labels[s:s + chunk]).sum())
+    return total / x.shape[0], correct / x.shape[0]
+
+
+@ex.main
+def main(_config, _run, _seed):
+    checked = validate(_config)
+    seed_everything(_seed)
+    md, training, sgld, device = checked["model_data"], checked["training"], checked["sgld"], checked["device"]
+    period, chunk = _config["logging_period"], _config["eval_batch_size"]
+
+    # --- data (in memory, normalised) ---
+    x_train, y_train = load_vision_dataset(md["data_name"], train=True, data_root=_config["data_root"])
+    x_test, y_test = load_vision_dataset(md["data_name"], train=False, data_root=_config["data_root"])
+    num_classes = 100 if md["data_name"] == "cifar100" else 10
+    check_batch_sizes(training, sgld, x_train.shape[0])
+    if md["label_noise_level"] > 0:
+        y_train = noisy_labels(y_train, md["label_noise_level"], num_classes,
+                               torch.Generator().manual_seed(derived_seed(_seed, LABEL_NOISE)))
+    x_train, y_train, x_test, y_test = (t.to(device) for t in (x_train, y_train, x_test, y_test))
+    n = x_train.shape[0]
+
+    # --- model ---
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derived_seed(_seed, INIT))  # module init draws from the global RNG
+        model = build_resnet(md["model_name"], num_classes, md["layer_width_factor"])
+    model.to(device)
+    _run.info["model_dim"] = sum(p.numel() for p in model.parameters())
+    _run.info["checkpoints"] = checkpoints = []
+    traces = []
+
+    def checkpoint(t: int, batch_loss: float | None) -> None:
+        model.eval()  # BatchNorm: running statistics, not batch statistics, for evaluation and sampling
+        try:
+            train_loss, train_acc = evaluate(model, F.cross_entropy, x_train, y_train, y_train, chunk)
+            test_loss, test_acc = evaluate(model, F.cross_entropy, x_test, y_test, y_test, chunk)
+            if _config["force_realisable"]:
+                with torch.no_grad():
+                    targets = torch.cat([model(x_train[s:s + chunk]) for s in range(0, n, chunk)])  # (n, classes)
+                loss_fn = soft_cross_entropy
+            else:
+                targets, loss_fn = y_train, F.cross_entropy
+            rec = {"t": t, "batch_loss": batch_loss, "train_loss": train_loss, "train_accuracy": train_acc,
+                   "test_loss": test_loss, "test_accuracy": test_acc}
+            loss, w_t = flat_loss_for_module(model, loss_fn, next(model.parameters()).dtype, device)
+            try:
+                res = estimate_llc_flat(loss, w_t, x_train, targets, sgld, seed=derived_seed(_seed, SGLD, len(checkpoints)),
+                                        eval_batch_size=chunk)
+                rec.update(status="ok", **res.summary())
+                traces.append(res.loss_trace)
+                _run.log_scalar("llc/lambdahat", res.lambdahat, t)
+                _run.log_scalar("llc/lambdahat_std", res.lambdahat_std, t)
+                _run.log_scalar("llc/init_loss", res.init_loss, t)
+            except (SGLDDivergenceError, FloatingPointError) as err:  # one bad checkpoint: record it, keep training
+                rec.update(status="failed", reason=str(err))
+                traces.append(np.full((sgld.num_chains, sgld.num_steps), np.nan))
+        finally:
+            model.train()
+        if batch_loss is not None:
+            _run.log_scalar("train/batch_loss", batch_loss, t)
+        for key, name in (("train_loss", "train/loss"), ("train_accuracy", "train/accuracy"),
+                          ("test_loss", "test/loss"), ("test_accuracy", "test/accuracy")):
+            _run.log_scalar(name, rec[key], t)
+        checkpoints.append(json_ready(rec))
+        if _config["verbose"]:
+            print(f"t={t} train_loss={train_loss:.4g} test_acc={test_acc:.3f} "
+                  f"lambdahat={rec.get('lambdahat', float('nan')):.4g} {rec['status']}")
+
+    def callback(step: int, batch_loss: float) -> None:
+        t = step + 1  # SGD steps done
+        if t % period == 0 or t == training.num_steps:
+            checkpoint(t, batch_loss)
+
+    checkpoint(0, None)
+    train(model, F.cross_entropy, x_train, y_train, training,
+          torch.Generator(device=device).manual_seed(derived_seed(_seed, BATCHES)), callback=callback)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "llc_traces.npz")
+        np.savez_compressed(path, loss_trace=np.stack(traces), t=np.array([c["t"] for c in checkpoints]))  # (K, C, T)
+        _run.add_artifact(path)
+        if _config["do_plot"]:
+            from tracking.figures_llc import checkpoints_frame, plot_llc_curve, save_figure
+
+            fig = plot_llc_curve(checkpoints_frame(checkpoints), title=f"{md['model_name']} on {md['data_name']}")
+            _run.add_artifact(str(save_figure(fig, os.path.join(tmp, "llc_curve.png"))))
+
+    final = checkpoints[-1]
+    return json_ready({
+        "final_t": final["t"],
+        "final_lambdahat": final.get("lambdahat"),
+        "final_lambdahat_std": final.get("lambdahat_std"),
+        "final_train_loss": final["train_loss"],
+        "final_test_loss": final["test_loss"],
+        "final_test_accuracy": final["test_accuracy"],
+        "num_checkpoints": len(checkpoints),
+        "num_failed_checkpoints": sum(c["status"] != "ok" for c in checkpoints),
+        "num_training_data": n,
+        "model_dim": _run.info["model_dim"],
+    })
+
+
+if __name__ == "__main__":
+    run_cli(ex)
