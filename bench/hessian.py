@@ -16,8 +16,8 @@ after 300 SGD steps so that the spectrum has its outliers.
 2. One HVP against one gradient, at batch 8 and at 1024 points.
 3. The exact Hessian at batch 8: row-by-row autograd (P backward passes through the graph of
    the gradient) against vmap(jvp(grad)) over the basis, the layer-structured dense Hessian
-   (fresh allocation, and into a reused buffer), and the range-restricted eigendecomposition
-   used by expt_chaos every step.
+   (fresh allocation, and into a reused buffer), and the full eigendecomposition from the
+   input-span-reduced Hessian that expt_chaos runs every step.
 
 Timings are medians over ``--reps`` repetitions, the variants alternated within each
 repetition so that load from other processes hits them alike.
@@ -175,7 +175,7 @@ def bench_exact(loss, w, x, y, reps):
         "vmap(jvp(grad)) over the basis, chunks of 256": lambda: dense_hessian(loss, w, xb, yb, chunk_size=256),
         "layer-structured (dynamics.mlp_hessian), new matrix": lambda: mlp_hessian(ws, bs, xb, yb),
         "layer-structured, into a reused buffer": lambda: mlp_hessian(ws, bs, xb, yb, out=buf),
-        "range-restricted eigendecomposition (float64, what expt_chaos runs per step)":
+        "all eigenpairs via the input-span reduction (float64; expt_chaos, every step)":
             lambda: mlp_hessian_eigh(*mlp_params_from_flat(w.double(), SIZES), xb.double(), yb),
     }
     times = {name: [] for name in variants}

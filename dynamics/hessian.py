@@ -12,7 +12,8 @@ Two exact-Hessian routes:
 * :func:`mlp_hessian` / :func:`mlp_hessian_eigh`: the layer-structured computation
   for MLPs with piecewise-linear activations (ReLU, linear), see ``dynamics.mlp_hessian``
   for the equations. ``mlp_hessian_eigh`` gives the exact eigendecomposition without
-  forming the P x P matrix, since at batch N the Hessian has rank far below P.
+  forming the P x P matrix: at batch N the first layer only acts on the N-dimensional
+  span of the inputs, so a Hessian of P' = P − d_1 (d_0 − N) parameters suffices.
 
 Top-k eigenpairs (Lanczos, power iteration) live in ``dynamics.lanczos``; Hutch++ and
 spectral densities (SLQ) in ``dynamics.spectral``.

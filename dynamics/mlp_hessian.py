@@ -17,10 +17,10 @@ B_l = ∂z/∂z_l, δ_l = ∂ℓ/∂z_l and D^{m,l} = ∂a_m/∂z_l (m > l), per
 (1/N) MᵀM for the whitened Jacobian M_n = S_nᵀ J_n, (N·O, P), and each GN block is a
 sum of N Kronecker products, computed as one matmul with inner dimension N.
 
-At batch N the Hessian has rank <= N·O + 2·P_S, where P_S counts the parameters outside
-the largest group (W_0 for a 256-20-10 net: rank <= 80 + 420 of P = 5,350), and
-:func:`mlp_hessian_eigh` finds its exact eigendecomposition in that range without
-forming the P x P matrix.
+At batch N the loss depends on W_0 only through its action on the span of the N inputs,
+so :func:`mlp_hessian_eigh` finds the exact eigendecomposition from a Hessian of
+P' = P − d_1 (d_0 − N) parameters (390 instead of 5,350 for 256-20-10 at batch 8)
+without forming the P x P matrix.
 
 The flat parameter order is PyTorch's for ``nn.Sequential`` of ``nn.Linear``:
 W_0 (row-major, out x in), b_0, W_1, b_1, ...
@@ -59,13 +59,10 @@ def mlp_params_from_flat(w: Tensor, sizes: Sequence[int], bias: bool = True) -> 
 
 
 def mlp_hessian_eigh_nbytes(sizes: Sequence[int], batch_size: int, bias: bool = True, itemsize: int = 8) -> int:
-    """Working memory of :func:`mlp_hessian_eigh` (about three matrices of its largest shape)."""
-    groups = [o * i for i, o in zip(sizes[:-1], sizes[1:])] + ([o for o in sizes[1:]] if bias else [])
-    p, p_b = sum(groups), max(groups)
-    p_s, no = p - p_b, batch_size * sizes[-1]
-    if 2 * p_s + no >= p // 2:  # dense fallback: H, eigenvectors, workspace
-        return 3 * p * p * itemsize
-    return 3 * itemsize * (p_b * (no + p_s) + p * (2 * p_s + no))
+    """Working memory of :func:`mlp_hessian_eigh`: three P' x P' matrices, P' = P − d_1 (d_0 − min(N, d_0))."""
+    p = sum(o * i + (o if bias else 0) for i, o in zip(sizes[:-1], sizes[1:]))
+    p_red = p - sizes[1] * (sizes[0] - min(batch_size, sizes[0]))
+    return 3 * p_red * p_red * itemsize
 
 
 class _Pass:
@@ -211,80 +208,40 @@ def mlp_hessian_eigh(
     weights: Sequence[Tensor], biases: Sequence[Tensor | None], x: Tensor, y: Tensor,
     activation: str = "relu", loss: str = "cross_entropy", eps_eigh: float = 0.0,
 ):
-    """Exact eigendecomposition of the MLP Hessian restricted to its range.
+    """Exact eigendecomposition of the MLP Hessian, computed in the span of the batch's inputs.
 
-    The largest parameter group B gets the basis G = [M_Bᵀ, R_{S,B}ᵀ] (all other
-    groups S keep unit vectors), and H = Z C Zᵀ exactly with Z = blockdiag(I_S, G) and
-
-        C = [[H_SS, M_Sᵀ/N, I], [M_S/N, I/N, 0], [I, 0, 0]],
-
-    because R has no block inside one layer. With G = Q Γ^{1/2} Eᵀ (Γ = GᵀG = E Γ Eᵀ,
-    directions with Γ below P·eps·max Γ dropped) the eigenpairs are those of the
-    small matrix F C Fᵀ, F = blockdiag(I, Γ^{1/2}Eᵀ), mapped back by blockdiag(I, Q).
-    Falls back to the dense Hessian when that basis is not much smaller than P.
+    The loss depends on W_0 only through W_0 x_n, so with Q (d_0, k) an orthonormal basis
+    of span{x_n} (k <= N) it is the loss of the same network with first layer W_0' = W_0 Q
+    on inputs x̂_n = Qᵀ x_n. Its Hessian H' (P' = P − d_1 (d_0 − k) parameters; 390 for
+    256-20-10 at batch 8) is the compression of H to the parameters that matter, and
+    every direction outside them has eigenvalue exactly 0. H' is assembled by
+    :func:`mlp_hessian`, decomposed densely, and its eigenvectors are mapped back
+    (W_0 part v -> v Qᵀ).
 
     Args: as :func:`mlp_hessian`; eps_eigh as in ``dynamics.hessian.dense_eigh``.
 
     Returns:
-        ``dynamics.hessian.SymEig`` with r <= P columns; the other eigenvalues are 0.
+        ``dynamics.hessian.SymEig`` with P' <= P orthonormal columns; the other eigenvalues are 0.
     """
     from dynamics.hessian import SymEig, dense_eigh
 
-    ps = _Pass(weights, biases, x, y, activation, loss)
-    big = max(ps.groups, key=lambda g: g[2])
-    small = [g for g in ps.groups if g is not big]
-    p_s = sum(g[2] for g in small)
-    no = ps.n * ps.bt[-1].shape[1]
-    if 2 * p_s + no >= ps.num_params // 2:
-        h = mlp_hessian(weights, biases, x, y, activation, loss)
-        return dense_eigh(h, eps_eigh)
+    x = x.reshape(x.shape[0], -1)
+    q = input_span(x)  # (d_0, k)
+    d1, d0 = weights[0].shape
+    k = q.shape[1]
+    if k == d0:  # the inputs span every feature: nothing to reduce
+        return dense_eigh(mlp_hessian(weights, biases, x, y, activation, loss), eps_eigh)
+    reduced = dense_eigh(mlp_hessian([weights[0] @ q, *weights[1:]], biases, x @ q, y, activation, loss), eps_eigh)
+    v = reduced.eigenvectors  # (P', r)
+    head = v[:d1 * k].T.reshape(-1, d1, k) @ q.T  # W_0 part back in the full input space, (r, d1, d0)
+    full = torch.cat([head.reshape(v.shape[1], -1).T, v[d1 * k:]])  # (P, r)
+    return SymEig(reduced.eigenvalues, full, full.shape[0])
 
-    m_s = torch.cat([ps.jacobian(g) for g in small], dim=1) if small else x.new_zeros(no, 0)  # (NO, P_S)
-    m_b = ps.jacobian(big)  # (NO, P_B)
-    h_ss = x.new_zeros(p_s, p_s)
-    r_sb = x.new_zeros(p_s, big[2])
-    offs = [0]
-    for g in small:
-        offs.append(offs[-1] + g[2])
-    for i, ga in enumerate(small):
-        sa = slice(offs[i], offs[i + 1])
-        for j in range(i, len(small)):
-            gb = small[j]
-            blk = ps.block(ga, gb)
-            h_ss[sa, offs[j]:offs[j + 1]] = blk
-            h_ss[offs[j]:offs[j + 1], sa] = blk.T
-        r = ps.r_block(ga, big)
-        if r is not None:
-            r_sb[sa] += r
-        r = ps.r_block(big, ga)
-        if r is not None:
-            r_sb[sa] += r.T
 
-    g_big = torch.cat([m_b.T, r_sb.T], dim=1)  # (P_B, NO + P_S)
-    gamma, e = torch.linalg.eigh(g_big.T @ g_big)
-    keep = gamma > ps.num_params * torch.finfo(gamma.dtype).eps * gamma.max().clamp_min(1e-300)
-    gamma, e = gamma[keep], e[:, keep]
-    q = (g_big @ e) / gamma.sqrt()  # orthonormal basis of range(G), (P_B, k)
-    f_big = gamma.sqrt()[:, None] * e.T  # Γ^{1/2} Eᵀ, (k, NO + P_S)
-
-    eye_s = torch.eye(p_s, dtype=x.dtype, device=x.device)
-    c = x.new_zeros(p_s + no + p_s, p_s + no + p_s)
-    c[:p_s, :p_s] = h_ss
-    c[:p_s, p_s:p_s + no] = m_s.T / ps.n
-    c[p_s:p_s + no, :p_s] = m_s / ps.n
-    c[:p_s, p_s + no:] = eye_s
-    c[p_s + no:, :p_s] = eye_s
-    c[p_s:p_s + no, p_s:p_s + no] = torch.eye(no, dtype=x.dtype, device=x.device) / ps.n
-    f = torch.block_diag(eye_s, f_big)  # (P_S + k, P_S + NO + P_S)
-    small_mat = f @ c @ f.T
-    small_mat = 0.5 * (small_mat + small_mat.T)
-    if eps_eigh > 0:
-        small_mat = small_mat + eps_eigh * torch.eye(small_mat.shape[0], dtype=x.dtype, device=x.device)
-    evals, v = torch.linalg.eigh(small_mat)
-
-    u = x.new_zeros(ps.num_params, evals.numel())
-    idx_s = torch.cat([torch.arange(g[3], g[3] + g[2], device=x.device) for g in small]) if small else None
-    if idx_s is not None:
-        u[idx_s] = v[:p_s]
-    u[big[3]:big[3] + big[2]] = q @ v[p_s:]
-    return SymEig(evals - eps_eigh, u, ps.num_params)
+def input_span(x: Tensor, rtol: float | None = None) -> Tensor:
+    """Orthonormal basis (d_0, k) of the span of the rows of x (N, d_0), by SVD; rank rtol = max(N, d_0)·eps."""
+    u, s, vh = torch.linalg.svd(x, full_matrices=False)
+    if rtol is None:
+        rtol = max(x.shape) * torch.finfo(x.dtype).eps
+    keep = s > rtol * s.max().clamp_min(torch.finfo(x.dtype).tiny)
+    return vh[keep].T

@@ -510,7 +510,8 @@ def main(_config, _run, _seed):
                     gs = torch.stack(list(grads_window))
                     mean = gs.mean(0)
                     noise = float((gs - mean).pow(2).sum(1).mean())
-                    _run.log_scalar("grad/snr", float(mean @ mean) / noise if noise > 0 else math.inf, step)
+                    if noise > 0:  # ‖mean g‖² / mean ‖g − mean g‖² over the window
+                        _run.log_scalar("grad/snr", float(mean @ mean) / noise, step)
                 if pruned_vecs is not None:
                     _run.log_scalar("cgd/num_pruned", pruned_vecs.shape[1], step)
             if log["signal_noise_window"]:

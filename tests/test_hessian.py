@@ -121,6 +121,18 @@ def test_structured_mlp_hessian_matches_dense_reference(sizes, bias, activation,
     torch.testing.assert_close(eig.matmul(torch.eye(h.shape[0], dtype=F64)), ref, rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_eigh_in_the_input_span_matches_dense_reference(loss):
+    # n = 3 < d_0 = 6: the first layer is reduced to the inputs' span (P' = 5·3 + 20 + 15 = 50 of 65).
+    loss_fn, w, x, y, sizes = mlp_case(sizes=(6, 5, 3), n=3, loss=loss, seed=4)
+    ref = reference_hessian(loss_fn, w, x, y)
+    ws, bs = mlp_params_from_flat(w, sizes)
+    eig = mlp_hessian_eigh(ws, bs, x, y, "relu", loss)
+    assert eig.rank_bound == 5 * 3 + 5 + 3 * 5 + 3
+    torch.testing.assert_close(eig.matmul(torch.eye(w.numel(), dtype=F64)), ref, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(torch.sort(eig.all_eigenvalues()).values, torch.linalg.eigvalsh(ref), rtol=1e-9, atol=1e-11)
+
+
 def test_low_rank_eigh_of_the_usps_mlp_is_exact():
     # 256-20-10 at batch 8 (5,350 parameters): the range has dimension far below P.
     gen = torch.Generator().manual_seed(3)
@@ -131,7 +143,7 @@ def test_low_rank_eigh_of_the_usps_mlp_is_exact():
     y = torch.randint(0, 10, (8,), generator=gen)
     ws, bs = mlp_params_from_flat(w, sizes)
     eig = mlp_hessian_eigh(ws, bs, x, y)
-    assert eig.dim == p and eig.rank_bound < 600
+    assert eig.dim == p and eig.rank_bound == 20 * 8 + 20 + 200 + 10  # W_0 restricted to the 8 inputs' span
     u = eig.eigenvectors
     torch.testing.assert_close(u.T @ u, torch.eye(u.shape[1], dtype=F64), atol=1e-10, rtol=0)
     h = mlp_hessian(ws, bs, x, y)
