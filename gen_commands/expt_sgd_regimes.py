@@ -8,7 +8,7 @@
 
 This is the original ``python -m grid DIR "python -m edm ..." --dt "[...]"`` workflow:
 ``--set`` fixes keys, every ``--grid`` axis is crossed with the others (last axis
-fastest), and ``--seeds`` are crossed last. Values are Python literals or simple list
+fastest), ``--where "bs <= ptr"`` drops combinations, and ``--seeds`` are crossed last. Values are Python literals or simple list
 comprehensions over ``range`` (``gen_commands.sweep.parse_value``; never ``eval``).
 Without ``--seeds`` every line gets the same run seed, drawn from ``--seed``, so the
 lines of a sweep differ only in the swept keys. Keys are checked against the
@@ -40,6 +40,8 @@ EXCLUSIVE = {"dt": ("temp",), "temp": ("dt",)}  # exactly one of each group reac
 _FC5 = dict(arch="mlp", act="relu", L=5, h=128, alpha=32768.0, pte=32768, loss="hinge", dynamics="sgd",
             bs=16, ckpt_grad_stats=128, max_wall=10000.0)
 _P_SWEEP = "[1024, 2048, 4096, 8192, 16384]"
+_BSTAR = dict(arch="linear", alpha=1.0, dataset="depleted_sign", d=32, pte=8192, loss="hinge", dynamics="sgd",
+              temp=16.0, max_wall=1800.0, dtype="f64")
 
 # name -> (fixed keys, grid axes as text, description)
 PRESETS = {
@@ -79,6 +81,16 @@ PRESETS = {
         {"data_chi": "[0.0, 1.0]", "bs": "[2**i for i in range(14)]", "dt": "[2.0**i for i in range(-6, 5)]"},
         "reference.md §2 small check: bs 2^0..2^13 x dt at χ in {0, 1} (308 runs)",
     ),
+    "bstar_chi0": (
+        dict(_BSTAR, data_chi=0.0),
+        {"ptr": "[128, 256, 512]", "seed": "[0, 1, 2]", "bs": "[2**i for i in range(1, 10)]"},
+        "B* ~ P^γ (closing note of issue 6): perceptron to zero loss at T = 16, χ = 0 (72 runs, minutes each)",
+    ),
+    "bstar_chi1": (
+        dict(_BSTAR, data_chi=1.0),
+        {"ptr": "[128, 256, 512, 1024]", "seed": "[0, 1, 2]", "bs": "[2**i for i in range(1, 11)]"},
+        "the same at χ = 1 (102 runs, seconds to a minute each)",
+    ),
     "demo": (
         dict(arch="linear", alpha=1.0, dataset="depleted_sign", d=32, data_chi=1.0, pte=8192, loss="hinge",
              dynamics="sgd", temp=16.0, max_wall=300.0, dtype="f64"),
@@ -86,6 +98,10 @@ PRESETS = {
         "CPU-sized B* check: perceptron, χ = 1, T = 16, to zero loss (8 runs, seconds to a minute each)",
     ),
 }
+
+
+# Presets whose grids cross bs with ptr keep only the valid lines.
+PRESET_WHERE = {"bstar_chi0": "bs <= ptr", "bstar_chi1": "bs <= ptr"}
 
 
 def config_keys(script: str | Path | None = None) -> set[str]:
@@ -121,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fixed config values, e.g. arch=mlp alpha=1 \"act='gelu'\"")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=[...]",
                    help="a swept key, e.g. dt=\"[2**i for i in range(-3, 1)]\"; repeat to cross several")
+    p.add_argument("--where", metavar="EXPR", help="keep only lines where EXPR holds, e.g. \"bs <= ptr\" "
+                   "(comparisons of keys and numbers joined by 'and'; presets over bs and ptr set it)")
     p.add_argument("--seeds", type=int, nargs="+", help="run seeds crossed with the grid (default: one drawn from --seed)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generator's RNG (default 0)")
     g = p.add_argument_group("line format")
@@ -147,6 +165,42 @@ def _parse_set(specs: list[str]) -> dict:
             value = text  # a bare word such as arch=mlp, as Sacred reads it
         fixed[key] = sweep.canonical(value)
     return fixed
+
+
+_COMPARE = {ast.Lt: lambda a, b: a < b, ast.LtE: lambda a, b: a <= b, ast.Gt: lambda a, b: a > b,
+            ast.GtE: lambda a, b: a >= b, ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b}
+
+
+def where_filter(expr: str):
+    """A predicate on a line's overrides from e.g. ``"bs <= ptr and bs < 512"``; ValueError otherwise."""
+    try:
+        tree = ast.parse(expr.strip(), mode="eval").body
+    except SyntaxError as err:
+        raise ValueError(f"--where {expr!r}: {err.msg}") from None
+
+    def value(node, line):
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return node.value
+        if isinstance(node, ast.Name):
+            if node.id not in line:
+                raise ValueError(f"--where {expr!r}: {node.id!r} is not a key of the sweep's lines")
+            return line[node.id]
+        raise ValueError(f"--where {expr!r}: only keys and numbers can be compared")
+
+    def holds(node, line):
+        if isinstance(node, ast.BoolOp) and isinstance(node.op, ast.And):
+            return all(holds(v, line) for v in node.values)
+        if isinstance(node, ast.Compare) and all(type(op) in _COMPARE for op in node.ops):
+            left = value(node.left, line)
+            for op, comp in zip(node.ops, node.comparators):
+                right = value(comp, line)
+                if not _COMPARE[type(op)](left, right):
+                    return False
+                left = right
+            return True
+        raise ValueError(f"--where {expr!r}: expected comparisons joined by 'and'")
+
+    return lambda line: holds(tree, line)
 
 
 def generate(args: argparse.Namespace) -> list[str]:
@@ -180,11 +234,15 @@ def generate(args: argparse.Namespace) -> list[str]:
     observer = sweep.observer_flag(mongo=args.mongo) if args.mongo else \
         sweep.observer_flag(file_storage=args.file_storage or DEFAULT_RUNS_DIR)
     expt_name = args.expt_name if args.expt_name is not None else args.preset
+    where = args.where if args.where is not None else (PRESET_WHERE.get(args.preset) if args.preset else None)
+    keep = where_filter(where) if where else (lambda line: True)
     lines = []
     for combo in sweep.cartesian(grid):
         overrides = {} if expt_name is None else {"expt_name": expt_name}
         overrides.update(fixed)
         overrides.update(combo)
+        if not keep(overrides):
+            continue
         for seed in seeds:
             run = overrides if seed is None else {**overrides, "seed": seed}
             lines.append(sweep.format_command(SCRIPT, EXPERIMENT, run, observer, args.python))

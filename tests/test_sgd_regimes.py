@@ -278,3 +278,44 @@ def test_figures_from_real_runs(expt, tmp_path):
     assert len(fig.axes[0].get_lines()) == 2
     metrics = load_metrics(str(tmp_path), names=["test/err"])
     assert set(metrics["run_id"]) == set(df["run_id"])
+
+
+def synthetic_bs_sweep(gamma=0.5, chi=1.0, step=1.0):
+    """|w − w₀| = max(plateau, step·bs) with plateau = 28·(P/128)^γ: B*_intersect = plateau/step exactly."""
+    rows = []
+    for P in (128, 256, 512):
+        plateau = 28.0 * (P / 128) ** gamma
+        for seed in (0, 1):
+            for bs in (2, 4, 8, 16, 32, 64, 128):
+                rows.append({"data_chi": chi, "ptr": P, "seed": seed, "batch_size": bs, "T": step / 2, "h": 2,
+                             "init.train.grad_norm": 1.0, "final.weights.delta": max(plateau, step * bs),
+                             "stop_reason": "zero_loss"})
+    return pd.DataFrame(rows)
+
+
+def test_crossover_batch_size_and_its_exponent():
+    from tracking.figures_regimes import crossover_exponents, crossover_table, plot_crossover_vs_P
+
+    df = synthetic_bs_sweep()
+    table = crossover_table(df)
+    assert len(table) == 6 and (table["runs"] == 7).all()
+    first = table.iloc[0]
+    assert first["plateau"] == 28.0 and first["bstar_intersect"] == pytest.approx(28.0)
+    assert first["bstar_threshold"] == pytest.approx(42.0)  # 1.5 x plateau, between bs 32 and 64 on the line bs·step
+    exps = crossover_exponents(table)
+    assert exps.loc[0, "gamma_intersect"] == pytest.approx(0.5) and exps.loc[0, "theory"] == 0.5
+    assert exps.loc[0, "gamma_threshold"] == pytest.approx(0.5, abs=0.1)  # log interpolation near the kink
+    fig = plot_crossover_vs_P(table)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "fit γ = 0.50" in labels and "1/(1+χ) = 0.50" in labels
+    with pytest.warns(UserWarning, match="did not fit their training set"):
+        crossover_table(df.assign(stop_reason=["max_wall"] + ["zero_loss"] * (len(df) - 1)))
+
+
+def test_generator_where_filter(tmp_path, capsys):
+    lines = generate(tmp_path, "--set", "dt=1", "--grid", "ptr=[4, 8]", "--grid", "bs=[2, 4, 8]", "--where", "bs <= ptr and bs > 2")
+    assert [(config_overrides(li)["ptr"], config_overrides(li)["bs"]) for li in lines] == [(4, 4), (8, 4), (8, 8)]
+    assert len(generate(tmp_path, "--preset", "bstar_chi0", name="b.txt")) == 72  # the preset's own 'bs <= ptr'
+    with pytest.raises(SystemExit):
+        gen.main([str(tmp_path / "w.txt"), "--set", "dt=1", "--where", "__import__('os')"])
+    assert "expected comparisons joined by 'and'" in capsys.readouterr().err

@@ -6,6 +6,9 @@
 * ``plot_ntk_change_vs_alpha``: ||K − K₀||_F / ||K₀||_F of the NTK Gram matrix against α, per T
   (lazy training keeps it near 0 at large α).
 * ``regime_table``: the median of any result column over seeds, α down, T across.
+* ``crossover_table``, ``crossover_exponents``, ``plot_crossover_vs_P``: the batch size B* that
+  separates the noise-dominated regime from the first-step one, and its growth B* ~ P^γ
+  (the perceptron's γ = 1/(1+χ)), from bs sweeps at fixed T (generator presets bstar_chi0/1).
 
 Each curve is the median over the runs sharing (hue, x), with a band from the smallest to
 the largest of them. Diverged runs (result ``diverged``) and runs without the column are
@@ -25,6 +28,7 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 
 def _axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
@@ -74,10 +78,22 @@ def _plot_curves(ax: Axes, data: dict, hue: str, cmap: str = "viridis") -> None:
         ax.plot(xs, stats["median"], "o-", color=colour, ms=3.5, label=f"{hue} = {value:g}")
 
 
+def _plain_log_ticks(axis) -> None:
+    """Tick labels as plain numbers (300, not 3×10²); minor ticks labelled at 2 and 5 only."""
+    def minor(v, _):
+        mantissa = round(v / 10 ** np.floor(np.log10(v)), 6) if v > 0 else 0
+        return f"{v:g}" if mantissa in (2.0, 5.0) else ""
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(FuncFormatter(minor))
+
+
 def _finish(ax: Axes, xlabel: str, ylabel: str, logy: bool, title: str | None) -> Figure:
     ax.set_xscale("log")
+    _plain_log_ticks(ax.xaxis)
     if logy:
         ax.set_yscale("log")
+        _plain_log_ticks(ax.yaxis)
     ax.set(xlabel=xlabel, ylabel=ylabel)
     if title is not None:
         ax.set_title(title)
@@ -132,3 +148,89 @@ def regime_table(df: pd.DataFrame, value: str = "final.test.err", index: str = "
     """Median of ``value`` over runs, ``index`` down and ``columns`` across (e.g. the (α, T) phase diagram)."""
     data = _usable(df, [index, columns, value])
     return data.pivot_table(index=index, columns=columns, values=value, aggfunc="median")
+
+
+FINISHED = ("zero_loss", "mind_stop")  # stop reasons of a run that fitted its training set
+
+
+def crossover_table(df: pd.DataFrame, y: str = "final.weights.delta", groups=("data_chi", "ptr", "seed"),
+                    threshold: float = 1.5, small_bs: int = 8) -> pd.DataFrame:
+    """The batch size B* where SGD leaves the noise-dominated regime, per group of a bs sweep at fixed T.
+
+    Within each group (default: χ, P and seed), ``plateau`` is the median of ``y`` (|w − w₀| at
+    the end) over runs with bs <= ``small_bs``, where it depends on T only. Two estimates:
+
+    * ``bstar_threshold``: the bs, interpolated in log-log, where y first reaches
+      ``threshold`` x plateau (NaN when the sweep's largest bs stays below);
+    * ``bstar_intersect``: where the first step's displacement dt·|∇L(w₀)| = T·bs·h·|g₀|
+      reaches the plateau, bs = plateau / (T·h·|g₀|).
+
+    Only runs that fitted their training set (stop_reason in ``FINISHED``) are used.
+
+    Returns:
+        One row per group: the group columns, plateau, bstar_threshold, bstar_intersect, runs.
+    """
+    needed = [*groups, "batch_size", "T", "h", "init.train.grad_norm", y, "stop_reason"]
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise ValueError(f"df lacks columns {missing}")
+    done = df[df["stop_reason"].isin(FINISHED)]
+    if len(done) < len(df):
+        warnings.warn(f"left out {len(df) - len(done)} of {len(df)} runs that did not fit their training set",
+                      stacklevel=2)
+    rows = []
+    for key, group in done.groupby(list(groups), sort=True):
+        g = group.sort_values("batch_size")
+        bs, values = g["batch_size"].to_numpy(float), g[y].to_numpy(float)
+        small = values[bs <= small_bs]
+        if small.size == 0:
+            continue
+        plateau = float(np.median(small))
+        ratio = values / plateau
+        bstar = np.nan
+        for i in range(1, len(bs)):
+            if bs[i] > small_bs and ratio[i] >= threshold > ratio[i - 1]:
+                frac = np.log(threshold / ratio[i - 1]) / np.log(ratio[i] / ratio[i - 1])
+                bstar = float(np.exp(np.log(bs[i - 1]) + frac * np.log(bs[i] / bs[i - 1])))
+                break
+        step = float(g["T"].iloc[0] * g["h"].iloc[0] * g["init.train.grad_norm"].iloc[0])
+        rows.append({**dict(zip(groups, key)), "plateau": plateau, "bstar_threshold": bstar,
+                     "bstar_intersect": plateau / step, "runs": len(g)})
+    return pd.DataFrame(rows)
+
+
+def crossover_exponents(table: pd.DataFrame, x: str = "ptr", by: str = "data_chi") -> pd.DataFrame:
+    """Least-squares slopes γ of log B* against log P per χ (B* averaged over seeds in log), with 1/(1+χ)."""
+    rows = []
+    for chi, group in table.groupby(by, sort=True):
+        row = {by: chi, "theory": 1.0 / (1.0 + chi), "points": group[x].nunique()}
+        for column in ("bstar_threshold", "bstar_intersect", "plateau"):
+            means = np.exp(np.log(group[column]).groupby(group[x]).mean()).dropna()
+            row[f"gamma_{column.removeprefix('bstar_')}"] = (
+                float(np.polyfit(np.log(means.index.to_numpy(float)), np.log(means.to_numpy()), 1)[0])
+                if len(means) > 1 else np.nan)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_crossover_vs_P(table: pd.DataFrame, ax: Axes | None = None, column: str = "bstar_threshold",
+                        x: str = "ptr", by: str = "data_chi", title: str | None = None) -> Figure:
+    """B* against P on log-log axes, one colour per χ: geometric means over seeds with min-max bars,
+    the fitted power law (solid) and the perceptron's P^(1/(1+χ)) through the same centre (dashed)."""
+    ax = _axes(ax, (5, 4))
+    exponents = crossover_exponents(table, x, by).set_index(by)
+    for k, (chi, group) in enumerate(table.groupby(by, sort=True)):
+        logs = np.log(group[column]).groupby(group[x])
+        centre, lo, hi = np.exp(logs.mean()).dropna(), np.exp(logs.min()), np.exp(logs.max())
+        ps = centre.index.to_numpy(float)
+        colour = f"C{k}"
+        ax.errorbar(ps, centre, yerr=[centre - lo[centre.index], hi[centre.index] - centre], fmt="o", color=colour,
+                    capsize=3, label=f"χ = {chi:g}")
+        if len(ps) > 1:
+            gamma = exponents.loc[chi, f"gamma_{column.removeprefix('bstar_')}"]
+            mid_p, mid_b = np.exp(np.log(ps).mean()), np.exp(np.log(centre.to_numpy()).mean())
+            for slope, style, text in ((gamma, "-", f"fit γ = {gamma:.2f}"),
+                                       (1.0 / (1.0 + chi), "--", f"1/(1+χ) = {1.0 / (1.0 + chi):.2f}")):
+                ax.plot(ps, mid_b * (ps / mid_p) ** slope, style, color=colour, lw=1, label=text)
+    ax.set_yscale("log")
+    return _finish(ax, "training points P", f"B* ({column.removeprefix('bstar_')})", True, title)
