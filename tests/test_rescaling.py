@@ -264,10 +264,10 @@ def test_acceptance_preconditioned_lambdahat_is_flat_in_alpha(expt, tmp_path):
     torch.set_num_threads(1)
     r = run(expt, tmp_path, seed=0, layer_sizes=[10, 20, 10], num_training_data=2000,
             alphas=[1e-4, 1e-2, 1.0, 1e2, 1e4],
-            psgld_config=dict(epsilon=0.05, gamma=0.03, num_steps=1500, batch_size=200, num_chains=4,
-                              num_burnin_steps=500),
-            sgld_config=dict(epsilon=3e-6, gamma=1.0, num_steps=1500, batch_size=200, num_chains=4,
-                             num_burnin_steps=500))
+            psgld_config=dict(epsilon=0.05, gamma=0.03, num_steps=3000, batch_size=200, num_chains=4,
+                              num_burnin_steps=1000),
+            sgld_config=dict(epsilon=3e-6, gamma=1.0, num_steps=3000, batch_size=200, num_chains=4,
+                             num_burnin_steps=1000))
     res = r.result
     print("alphas", res["alphas"])
     print("psgld", res["psgld"]["lambdahat"])
