@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision
 from sacred.observers import FileStorageObserver
 from sacred.utils import ConfigAddedError

@@ -18,7 +18,7 @@ from gen_commands.commands import config_overrides
 from models.dln import DeepLinearNetwork
 from tests.conftest import load_experiment
 from tracking.figures_llc import plot_saddle_dynamics
-from tracking.load import load_metrics, load_runs
+from tracking.load import load_metrics
 
 TINY = dict(
     device="cpu", width=3, num_training_data=200, logging_period=20,
