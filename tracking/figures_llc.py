@@ -23,13 +23,20 @@ from matplotlib.figure import Figure
 from tracking.figures import save_figure
 
 __all__ = [
-    "checkpoints_frame", "metrics_wide", "llc_curve_table", "plot_llc_curve", "plot_llc_curves",
+    "checkpoints_frame", "run_keys", "metrics_wide", "llc_curve_table", "plot_llc_curve", "plot_llc_curves",
     "plot_saddle_dynamics", "rescaling_table", "plot_rescaling", "mala_table", "plot_mala_vs_sgld", "save_figure",
 ]
 
 
+def run_keys(df: pd.DataFrame) -> pd.Series:
+    """A run's identity across stores: '<source>#<run_id>' (run ids alone repeat between file stores)."""
+    if "source" in df.columns:
+        return df["source"].astype(str) + "#" + df["run_id"].astype(str)
+    return df["run_id"].astype(str)
+
+
 def metrics_wide(metrics: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
-    """Long metrics -> one row per (run_id, step) with a column per metric.
+    """Long metrics -> one row per (run, step) with a column per metric.
 
     Args:
         metrics: ``load_metrics`` output.
@@ -37,16 +44,17 @@ def metrics_wide(metrics: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
             metric a run did not log is NaN.
 
     Returns:
-        DataFrame with run_id, t (the step) and the named columns, sorted by run and t.
+        DataFrame with run (see :func:`run_keys`), run_id, t (the step) and the named
+        columns, sorted by run and t.
     """
     missing = {"run_id", "name", "step", "value"} - set(metrics.columns)
     if missing:
         raise ValueError(f"metrics lacks columns {sorted(missing)}; pass load_metrics output")
-    part = metrics[metrics["name"].isin(list(names))]
-    wide = part.pivot_table(index=["run_id", "step"], columns="name", values="value", aggfunc="last")
+    part = metrics[metrics["name"].isin(list(names))].assign(run=lambda d: run_keys(d))
+    wide = part.pivot_table(index=["run", "run_id", "step"], columns="name", values="value", aggfunc="last")
     wide = wide.reindex(columns=list(names)).rename(columns=names).reset_index().rename(columns={"step": "t"})
     wide.columns.name = None
-    return wide.sort_values(["run_id", "t"]).reset_index(drop=True)
+    return wide.sort_values(["run", "t"]).reset_index(drop=True)
 
 
 def _axes(ax: Axes | None, figsize) -> Axes:
@@ -95,8 +103,9 @@ def llc_curve_table(runs: pd.DataFrame, metrics: pd.DataFrame, hue: str) -> pd.D
     if hue not in runs.columns:
         raise ValueError(f"hue column {hue!r} is not in runs; e.g. {[c for c in runs.columns if 'config' in c][:8]}")
     wide = metrics_wide(metrics, {"llc/lambdahat": "lambdahat", "test/loss": "test_loss"})
-    labels = runs.set_index("run_id")[hue].map(lambda v: "None" if v is None or (isinstance(v, float) and np.isnan(v)) else v)
-    return wide.assign(hue=wide["run_id"].map(labels)).dropna(subset=["hue"])
+    labels = pd.Series(runs[hue].to_numpy(), index=run_keys(runs)).map(
+        lambda v: "None" if v is None or (isinstance(v, float) and np.isnan(v)) else v)
+    return wide.assign(hue=wide["run"].map(labels)).dropna(subset=["hue"])
 
 
 def plot_llc_curves(runs: pd.DataFrame, metrics: pd.DataFrame, hue: str, title: str | None = None) -> Figure:
@@ -138,12 +147,13 @@ SADDLE_METRICS = {"train/loss": "train_loss", "llc/lambdahat": "lambdahat", "llc
                   "aoyagi/lambda": "true_lambda", "dln/rank": "rank"}
 
 
-def plot_saddle_dynamics(metrics: pd.DataFrame, run_id=None, title: str | None = None) -> Figure:
+def plot_saddle_dynamics(metrics: pd.DataFrame, run=None, title: str | None = None) -> Figure:
     """One saddle-to-saddle run: loss (log) on top; λ̂ and Aoyagi's λ below; rank changes marked.
 
     Args:
         metrics: ``load_metrics`` of dln_saddle_dynamics runs.
-        run_id: the run to draw; None -> the only run in ``metrics``.
+        run: the run to draw, its key '<source>#<run_id>' (:func:`run_keys`) or its run_id;
+            None -> the only run in ``metrics``.
         title: figure title.
 
     Returns:
@@ -151,14 +161,16 @@ def plot_saddle_dynamics(metrics: pd.DataFrame, run_id=None, title: str | None =
         (the first one labelled 'rank change') and a text 'r=<rank>' on the loss axes.
     """
     wide = metrics_wide(metrics, SADDLE_METRICS)
-    ids = wide["run_id"].unique()
-    if run_id is None:
-        if len(ids) != 1:
-            raise ValueError(f"metrics hold runs {list(ids)}; pass run_id")
-        run_id = ids[0]
-    df = wide[wide["run_id"] == run_id]
+    keys = wide["run"].unique()
+    if run is None:
+        if len(keys) != 1:
+            raise ValueError(f"metrics hold runs {list(keys)}; pass run")
+        run = keys[0]
+    df = wide[(wide["run"] == str(run)) | (wide["run_id"].astype(str) == str(run))]
+    if df["run"].nunique() > 1:
+        raise ValueError(f"run_id {run!r} is in several stores {list(df['run'].unique())}; pass '<source>#<run_id>'")
     if df.empty:
-        raise ValueError(f"no saddle metrics for run_id {run_id!r}")
+        raise ValueError(f"no saddle metrics for run {run!r}")
     fig = Figure(figsize=(7, 5), layout="constrained")
     ax_loss, ax_l = fig.subplots(2, 1, sharex=True)
     ax_loss.plot(df["t"], df["train_loss"], color="C1", lw=1.2, label="train loss")
@@ -198,7 +210,7 @@ def _explode(runs: pd.DataFrame, list_columns: dict[str, str], keep: list[str]) 
 
 
 def rescaling_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (run, sampler, α): alpha, sampler, lambdahat (NaN if failed), lambdahat_std, status."""
+    """One row per (run, sampler, α): run, run_id, layer_sizes, alpha, sampler, lambdahat (NaN if failed), lambdahat_std, status."""
     parts = []
     for sampler in ("psgld", "sgld"):
         columns = {"alphas": "alpha", f"{sampler}.lambdahat": "lambdahat",
@@ -206,7 +218,7 @@ def rescaling_table(runs: pd.DataFrame) -> pd.DataFrame:
         if f"{sampler}.lambdahat" not in runs:
             continue
         has = runs[runs[f"{sampler}.lambdahat"].map(lambda v: isinstance(v, (list, tuple)))]
-        part = _explode(has, columns, ["run_id", "layer_sizes"])
+        part = _explode(has.assign(run=run_keys(has)), columns, ["run", "run_id", "layer_sizes"])
         if not part.empty:
             parts.append(part.assign(sampler=sampler))
     if not parts:
@@ -232,7 +244,7 @@ def plot_rescaling(runs: pd.DataFrame, ax: Axes | None = None, title: str | None
     table = rescaling_table(runs)
     ax = _axes(ax, (6, 4))
     styles = {"psgld": dict(marker="o", ls="-"), "sgld": dict(marker="s", ls="--")}
-    for i, ((run_id, sampler), part) in enumerate(table.groupby(["run_id", "sampler"], sort=True)):
+    for i, ((_, sampler), part) in enumerate(table.groupby(["run", "sampler"], sort=True)):
         ok = part[part["lambdahat"].notna()]
         ax.errorbar(ok["alpha"], ok["lambdahat"], yerr=ok["lambdahat_std"].fillna(0), ms=4, lw=1.2, capsize=2,
                     color=f"C{i % 10}", label=f"{sampler} {part['layer_sizes'].iloc[0]}", **styles[sampler])
@@ -250,7 +262,7 @@ def plot_rescaling(runs: pd.DataFrame, ax: Axes | None = None, title: str | None
 # --------------------------------------------------------------- MALA vs SGLD
 
 def mala_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (run, sampler, n): n, sampler, lambdahat, lambdahat_std, time_s, true_lambda."""
+    """One row per (run, sampler, n): run, run_id, n, sampler, lambdahat, lambdahat_std, time_s, true_lambda."""
     parts = []
     for sampler in ("sgld", "mala"):
         columns = {"n": "n", f"{sampler}.lambdahat": "lambdahat", f"{sampler}.lambdahat_std": "lambdahat_std",
@@ -258,7 +270,7 @@ def mala_table(runs: pd.DataFrame) -> pd.DataFrame:
         if f"{sampler}.lambdahat" not in runs:
             continue
         has = runs[runs[f"{sampler}.lambdahat"].map(lambda v: isinstance(v, (list, tuple)))]
-        part = _explode(has, columns, ["run_id", "true_lambda"])
+        part = _explode(has.assign(run=run_keys(has)), columns, ["run", "run_id", "true_lambda"])
         if not part.empty:
             parts.append(part.assign(sampler=sampler))
     if not parts:
@@ -281,17 +293,17 @@ def plot_mala_vs_sgld(runs: pd.DataFrame, title: str | None = None) -> Figure:
         there are several runs) and the exact λ is a dashed line labelled 'Aoyagi λ'.
     """
     table = mala_table(runs)
-    several = table["run_id"].nunique() > 1
+    several = table["run"].nunique() > 1
     fig = Figure(figsize=(10, 3.8), layout="constrained")
     ax_l, ax_t = fig.subplots(1, 2)
-    for i, ((run_id, sampler), part) in enumerate(table.groupby(["run_id", "sampler"], sort=True)):
+    for (run, sampler), part in table.groupby(["run", "sampler"], sort=True):
         part = part.sort_values("n")
-        label = f"{sampler} (run {run_id})" if several else sampler
+        label = f"{sampler} ({run})" if several else sampler
         color = "C0" if sampler == "sgld" else "C3"
         ax_l.errorbar(part["n"], part["lambdahat"], yerr=part["lambdahat_std"].fillna(0), marker="o", ms=4,
                       capsize=2, color=color, label=label)
         ax_t.plot(part["n"], part["time_s"], marker="o", color=color, label=label)
-    for run_id, part in table.groupby("run_id"):
+    for _, part in table.groupby("run"):
         if part["true_lambda"].notna().any():
             ax_l.axhline(part["true_lambda"].iloc[0], color="k", ls="--", lw=1, label="Aoyagi λ")
             break
