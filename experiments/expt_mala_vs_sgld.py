@@ -13,7 +13,7 @@ Step sizes are given as ε·nβ, held fixed across n: the posterior's width in a
 direction of curvature h is 1/sqrt(nβ h), so ε·nβ fixes the step relative to it and
 each sampler behaves the same at every n.
 
-    python experiments/expt_mala_vs_sgld.py with 'num_training_data=[100, 1000, 10000, 100000]'
+    python experiments/expt_mala_vs_sgld.py with 'num_training_data=[100, 1000, 10000]' seed=0
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def cfg():
     layer_widths = [6, 3]  # [H_1, ..., H_L]; the last entry is the output size
     true_param_method = "random"  # random | zero | rand_rank | rand_rank_sv (models.dln.make_true_params)
     input_distribution = "unit_ball"  # 'uniform': U(-10, 10)^d | 'unit_ball'
-    num_training_data = [100, 1000, 10000]  # n values (the paper: 1e2 ... 1e5); nested draws of one dataset
+    num_training_data = [100, 1000, 10000, 100000]  # n values, as in the paper; nested draws of one dataset
 
     # --- samplers (step sizes as ε·nβ, the same at every n) ---
     sgld_config = dict(
