@@ -227,3 +227,22 @@ def test_generator_crosses_the_list_options_and_sacred_accepts_the_keys(tmp_path
             ov["logging_period"]) == (30001, 0.005, 2048, 1000)
     with pytest.raises(SystemExit):
         gen.main([str(tmp_path / "bad.txt"), "--momentum", "1.5"])
+
+
+@pytest.mark.slow
+def test_longer_run_learns_and_every_estimate_is_finite(expt, tmp_path, monkeypatch):
+    """A few hundred SGD steps on a learnable tiny CIFAR-10: the loss falls and λ̂ is finite throughout."""
+    torch.set_num_threads(1)
+    root = tmp_path / "data"
+    write_cifar10(root, n_train=300, n_test=100)
+    allow_tiny_cifar(monkeypatch)
+    r = run(expt, **tiny(root, seed=0, logging_period=50,
+                         model_data_config=dict(model_name="resnet18", layer_width_factor=1 / 16),
+                         training_config=dict(num_steps=150, batch_size=32, learning_rate=0.05, momentum=0.9),
+                         sgld_config=dict(num_steps=60, batch_size=64, num_chains=2, epsilon=1e-5, gamma=1.0)))
+    checkpoints = r.info["checkpoints"]
+    print([(c["t"], round(c["train_loss"], 3), round(c["test_accuracy"], 2), round(c["lambdahat"], 2)) for c in checkpoints])
+    assert [c["t"] for c in checkpoints] == [0, 50, 100, 150]
+    assert all(c["status"] == "ok" and np.isfinite(c["lambdahat"]) for c in checkpoints)
+    assert checkpoints[-1]["train_loss"] < 0.5 * checkpoints[0]["train_loss"]
+    assert checkpoints[-1]["test_accuracy"] > 0.3
