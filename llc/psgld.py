@@ -20,7 +20,7 @@ constant once frozen) is
     w_{t+1} = w_t - (ε/2) D_t ⊙ (g_t + γ (w_t - w*) / m) + sqrt(ε D_t) ⊙ ξ_t.
 
 V is RMSprop's running second moment of the loss gradient (the localiser's gradient
-is left out of it, as in Hitchcock & Hoogland 2025, App. D.3). D is its inverse
+is left out of it, so D measures the loss landscape and does not depend on γ). D is its inverse
 rather than the inverse square root used by RMSprop and Li et al.: under w -> S w
 with S diagonal, g -> S⁻¹ g and V -> S⁻² V, so D -> S² D transforms like a metric;
 with S constant on each tensor m -> S² m too, and the chain seen in the original

@@ -232,7 +232,7 @@ def test_generator_crosses_the_list_options_and_sacred_accepts_the_keys(tmp_path
 @pytest.mark.slow
 def test_longer_run_learns_and_every_estimate_is_finite(expt, tmp_path, monkeypatch):
     """A few hundred SGD steps on a learnable tiny CIFAR-10: the loss falls and λ̂ is finite throughout."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # tiny tensors: one thread is as fast, and immune to oversubscribed CPUs
     root = tmp_path / "data"
     write_cifar10(root, n_train=300, n_test=100)
     allow_tiny_cifar(monkeypatch)

@@ -198,7 +198,7 @@ def test_unknown_key_is_rejected_by_sacred(expt):
 @pytest.mark.slow
 def test_mala_lambdahat_matches_gaussian_closed_form():
     """Quadratic L: the posterior is Gaussian and E[nβ (L - L*)] = ½ tr(nβH (nβH + γ)⁻¹) exactly."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # tiny tensors: one thread is as fast, and immune to oversubscribed CPUs
     loss, w_star, x, y = linear_case(n=500, d=4)
     n = x.shape[0]
     nbeta = n / math.log(n)
@@ -214,7 +214,7 @@ def test_mala_lambdahat_matches_gaussian_closed_form():
 
 @pytest.mark.slow
 def test_acceptance_sgld_agrees_with_mala_within_5_percent(expt, tmp_path):
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # tiny tensors: one thread is as fast, and immune to oversubscribed CPUs
     r = run(expt, tmp_path, seed=0, num_training_data=[100, 1000, 10000],
             sgld_config=dict(epsilon_nbeta=0.05, num_steps=5000, batch_size=100, num_chains=8, num_burnin_steps=1000),
             mala_config=dict(epsilon_nbeta=0.05, num_steps=2500, num_chains=4, num_burnin_steps=1000))

@@ -261,7 +261,7 @@ def test_generator_paper_preset_and_keys_sacred_accepts(tmp_path, expt):
 
 @pytest.mark.slow
 def test_acceptance_preconditioned_lambdahat_is_flat_in_alpha(expt, tmp_path):
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # tiny tensors: one thread is as fast, and immune to oversubscribed CPUs
     r = run(expt, tmp_path, seed=0, layer_sizes=[10, 20, 10], num_training_data=2000,
             alphas=[1e-4, 1e-2, 1.0, 1e2, 1e4],
             psgld_config=dict(epsilon=0.05, gamma=0.03, num_steps=3000, batch_size=200, num_chains=4,
@@ -281,7 +281,7 @@ def test_acceptance_preconditioned_lambdahat_is_flat_in_alpha(expt, tmp_path):
 @pytest.mark.slow
 def test_psgld_with_absolute_localisation_agrees_with_mala():
     """Same target as plain SGLD: λ̂ from the preconditioned chain matches exact MALA on a DLN."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # tiny tensors: one thread is as fast, and immune to oversubscribed CPUs
     _, loss, w, x, y = dln_case(input_dim=3, widths=(4, 2), n=1000, seed=0)
     n = x.shape[0]
     nbeta = n / math.log(n)

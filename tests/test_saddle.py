@@ -130,7 +130,7 @@ def test_generator_presets_order_and_keys_sacred_accepts(tmp_path, expt):
 
 @pytest.mark.slow
 def test_acceptance_rank_climbs_through_plateaus_and_final_lambdahat_matches_aoyagi(expt, tmp_path):
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # tiny tensors: one thread is as fast, and immune to oversubscribed CPUs
     # lr 6e-4 (the paper: 1e-4) runs the same dynamics 6x faster. Plateau lengths depend on the initial
     # weights: with seed 2 the ranks change at t ≈ 100, 350, 650, 1550, 2175, all > 50 steps apart.
     # SGLD ε = 3e-7 rather than the paper's 1e-6, whose step-size bias alone is ~+14% at the trained
