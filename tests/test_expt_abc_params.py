@@ -324,7 +324,9 @@ def test_ntk_features_freeze_and_sp_output_blows_up_with_width(expt, slow_root):
 
 @pytest.mark.slow
 def test_deep_standard_ip_stays_at_chance_and_ipllr_learns(expt, slow_root):
-    common = dict(data_root=slow_root, n_val=100, L=6, width=256, activation="gelu", batch_size=50, n_steps=100,
+    # 200 steps: on this data (two of the ten class centres nearly coincide) IPLLR is at
+    # val 0.43 after 100 steps, 0.75 after 200 and 0.92 after 300; IP does not move at all.
+    common = dict(data_root=slow_root, n_val=100, L=6, width=256, activation="gelu", batch_size=50, n_steps=200,
                   n_trials=1, device="cpu", seed=3)
     ip = run(expt, dict(common, parameterization="standard_ip")).result
     assert ip["val_accuracy"] <= 0.2 and abs(ip["final_train_loss"] - math.log(10)) < 0.01, ip
