@@ -19,9 +19,10 @@ chains do not interact, so that is each chain's own gradient). With
 
 Randomness: chain c owns a ``torch.Generator`` seeded from (seed, c) via numpy's
 SeedSequence, and draws its minibatch indices (with replacement) and its noise
-from it in blocks of K steps, K depending only on the parameter count. Chain c is
-therefore the same whatever the number of chains, and the same seed gives the
-same chains.
+from it in blocks of K steps, K depending only on the parameter count. Chain c
+therefore draws the same batches and noise whatever the number of chains, and the
+same seed gives the same chains. Its trajectory is bit-identical for any two chain
+counts >= 2; one chain runs unvmapped (faster on CPU) and matches to float rounding.
 """
 from __future__ import annotations
 
@@ -262,14 +263,22 @@ def _gather(data: Tensor, idx: Tensor) -> Tensor:
 
 
 def _eager_step(loss_fn: FlatLoss, pull: float, drift: float, noise: float) -> StepFn:
-    """The SGLD step for every chain at once: vmapped forward, one backward."""
+    """The SGLD step for every chain at once: vmapped forward, one backward.
+
+    A single chain skips vmap: on CPU, vmap turns each Linear into a bmm and
+    cross-entropy into a generic batched rule, which cost twice a plain forward
+    for small models; the unbatched call runs the ordinary kernels.
+    """
     batched_loss = vmap(loss_fn)
 
     def step(w, idx, xi, x, y, w_star):
         xb, yb = _gather(x, idx), _gather(y, idx)  # (C, B, ...)
         with torch.enable_grad():
             wg = w.detach().requires_grad_(True)
-            loss = batched_loss(wg, xb, yb)  # (C,)
+            if wg.shape[0] == 1:
+                loss = loss_fn(wg[0], xb[0], yb[0]).reshape(1)  # (1,)
+            else:
+                loss = batched_loss(wg, xb, yb)  # (C,)
             # The chains do not interact, so the gradient of the sum is each chain's own
             # gradient; one backward through the vmapped forward is cheaper than vmap(grad).
             (g,) = torch.autograd.grad(loss.sum(), wg)  # (C, P)
