@@ -49,3 +49,86 @@ def toy_run(observer, value: float = 42.0):
         return value
 
     return ex.run()
+
+
+# --------------------------------------------------------------- one store of every experiment
+
+def _run_into(root, experiment: str, configs: list[dict], command: str = "main") -> None:
+    """Run experiments/expt_<experiment>.py once per config into the file store root/<experiment>."""
+    expt = load_experiment(f"expt_{experiment}")
+    expt.ex.observers[:] = [_file_observer(root / experiment)]
+    try:
+        for config in configs:
+            expt.ex.run(command_name=command, config_updates=config, options={"--loglevel": "ERROR"})
+    finally:
+        expt.ex.observers[:] = []
+
+
+def every_experiment_runs(root, data_root) -> None:
+    """Tiny completed runs of every experiment under ``root/<experiment>/``, for the notebook test.
+
+    ``data_root`` must hold tiny CIFAR-10, MNIST and USPS files (tests.datasets) and the
+    CIFAR md5 check must be off (tests.datasets.allow_tiny_cifar). Each run takes a few
+    seconds on one core; the configurations are the smoke tests' ones.
+    """
+    from pathlib import Path
+
+    root, data = Path(root), str(data_root)
+    dln_runs(_file_observer(root / "dln_lambdahat"), [
+        dict(seed=1),
+        dict(seed=2, layer_widths=[3, 3, 2], true_param_config=dict(method="rand_rank")),
+        dict(seed=3, layer_widths=[4, 3], do_training=True, training_config=dict(num_steps=50, batch_size=20)),
+    ])
+    _run_into(root, "llc_curve", [dict(
+        data_root=data, device="cpu", logging_period=2, seed=seed,
+        model_data_config=dict(model_name="resnet18", layer_width_factor=1 / 32),
+        training_config=dict(num_steps=4, batch_size=8, learning_rate=lr),
+        sgld_config=dict(num_steps=6, batch_size=8, num_chains=2, epsilon=1e-5),
+    ) for seed, lr in ((1, 1e-2), (2, 5e-2))])
+    _run_into(root, "dln_saddle_dynamics", [dict(
+        device="cpu", width=3, num_training_data=200, logging_period=20, seed=1,
+        training_config=dict(num_steps=40, batch_size=20, learning_rate=1e-3),
+        sgld_config=dict(num_steps=10, batch_size=20, num_chains=2),
+    )])
+    _run_into(root, "rescaling_invariance", [dict(
+        device="cpu", layer_sizes=[3, 4, 2], num_training_data=100, alphas=[0.01, 1.0, 100.0], seed=1,
+        psgld_config=dict(num_steps=30, batch_size=20, num_chains=2, num_burnin_steps=15),
+        sgld_config=dict(epsilon=1e-4, num_steps=30, batch_size=20, num_chains=2, num_burnin_steps=15),
+    )])
+    _run_into(root, "mala_vs_sgld", [dict(
+        device="cpu", num_training_data=[50, 100], seed=2,
+        sgld_config=dict(epsilon_nbeta=0.02, num_steps=40, batch_size=20, num_chains=2, num_burnin_steps=20),
+        mala_config=dict(epsilon_nbeta=0.02, num_steps=40, num_chains=2, num_burnin_steps=20),
+    )])
+    regimes = dict(arch="mlp", act="gelu", h=6, L=2, dataset="depleted_sign", d=4, ptr=40, pte=30, bs=8,
+                   max_step=40, ckpt_grad_stats=10, device="cpu", dtype="f64")
+    _run_into(root, "sgd_regimes", [dict(regimes, alpha=alpha, temp=temp, seed=seed) for seed, (alpha, temp)
+                                      in enumerate([(1.0, 0.05), (1.0, 0.2), (4.0, 0.05), (4.0, 0.2)])])
+    chaos = dict(data_root=data, max_steps=12, max_epochs=2, batch_size=8, device="cpu", model=dict(inter_dim=4),
+                 lyapunov=dict(k=8), seed=1)
+    small = dict(chaos, max_steps=6, model=dict(inter_dim=1), lyapunov=dict(k=None))  # every tangent direction
+    _run_into(root, "chaos", [
+        chaos,
+        dict(chaos, optim=dict(name="cgd", prune_set="neg")),
+        dict(small, save_eigenthings=True),
+        dict(small, perturb_strat="all", parallel=5, eigenthings_path=str(root / "chaos" / "3" / "eigenthings.npz"),
+             logging=dict(log_subsim=True)),
+    ])
+    abc = dict(data_root=data, dataset="mnist", n_val=16, L=2, width=32, batch_size=16, n_steps=4, n_trials=1,
+               device="cpu")
+    _run_into(root, "abc_params", [dict(abc, parameterization=p, activation=a, seed=i) for i, (p, a) in
+                                    enumerate([("mup", "relu"), ("ipllr", "gelu"), ("standard_ip", "gelu")])])
+    _run_into(root, "abc_params", [dict(abc, parameterization="mup", seed=5,
+                                         coord_check_config=dict(widths=[16, 32], n_steps=2, n_seeds=1))],
+              command="coord_check")
+    _run_into(root, "basis_decomposition", [dict(
+        data_root=data, data="mnist", model="cnn3", width=2, batch_size=16, num_epoch=2, optimizer="sgd",
+        lr_setting=[0.05, 1, 0.01], decay_stepsize=1, early_points=3, n_basis=3, device="cpu", eval_batch_size=13,
+        grad_indep=True, beta_domin=True, rerun_config=dict(iterations=4, every=2, num_basis=3), seed=1,
+    )])
+
+
+def _file_observer(store):
+    from sacred.observers import FileStorageObserver
+
+    return FileStorageObserver(str(store))

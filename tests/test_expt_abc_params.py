@@ -41,8 +41,7 @@ def expt():
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    # MNIST-format blobs. write_mnist draws fresh class centres for its test split, so only the
-    # validation split (held out of the training split) is a same-distribution accuracy check.
+    # MNIST-format blobs; the train and test splits share their class centres.
     return str(write_mnist(tmp_path_factory.mktemp("mnist"), n_train=N_TRAIN, n_test=N_TEST, seed=0))
 
 

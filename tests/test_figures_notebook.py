@@ -6,12 +6,14 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+from nbclient import NotebookClient
 from matplotlib.collections import LineCollection, PathCollection
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from sacred.observers import FileStorageObserver
 
 from tests.conftest import REPO
+from tests.datasets import allow_tiny_cifar
 from tests.runs_factory import dln_runs
 from tracking.figures import plot_lambdahat_vs_true, plot_relative_error_hist, save_figure
 from tracking.load import load_runs
@@ -125,24 +127,76 @@ def _venv_kernel(tmp_path):
     return KernelManager(kernel_name="dlt-venv", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec_dir.parent)]))
 
 
-def test_plots_final_notebook_runs_headless(store, tmp_path, monkeypatch):
-    from nbclient import NotebookClient
+# Every figure the notebook saves from the store of every_experiment_runs (section by section).
+NOTEBOOK_FIGURES = [
+    "dln_lambdahat_vs_lambda", "dln_relative_error", "dln_trained_lambdahat_vs_lambda",
+    "llc_curve_by_learning_rate", "saddle_run1", "rescaling_lambdahat_vs_alpha", "mala_vs_sgld",
+    "regimes_test_error_vs_T", "regimes_weight_change_vs_T", "regimes_ntk_change_vs_alpha",
+    "chaos_store0_lyapunov", "chaos_store0_hessian_stats", "chaos_store0_accuracy_by_optimizer",
+    "chaos_store0_distances_run4", "chaos_store0_subsim_run4",
+    "abc_training_curves", "abc_test_accuracy_by_activation", "abc_ip_accuracy_vs_width",
+    "abc_coord_check_store0_run4",
+    "basis_beta_store0_run1", "basis_small_init_store0_run1", "basis_grad_indep_store0_run1",
+    "basis_beta_domin_store0_run1",
+]
+EXPERIMENTS = ["dln_lambdahat", "llc_curve", "dln_saddle_dynamics", "rescaling_invariance", "mala_vs_sgld",
+               "sgd_regimes", "chaos", "abc_params", "basis_decomposition"]
 
-    nb = nbformat.read(REPO / "plots_final.ipynb", as_version=4)
-    first = nb.cells[0]
-    assert first.metadata.get("tags") == ["parameters"] and "directory_paths" in first.source
-    assert all(not cell.outputs for cell in nb.cells if cell.cell_type == "code"), "commit the notebook with outputs cleared"
+
+@pytest.fixture(scope="module")
+def every_store(tmp_path_factory):
+    """runs/<experiment>/ with tiny completed runs of all nine experiments."""
+    from tests.datasets import write_cifar10, write_mnist, write_usps
+    from tests.runs_factory import every_experiment_runs
+
+    root = tmp_path_factory.mktemp("every")
+    data = root / "data"
+    write_cifar10(data, n_train=40, n_test=20)
+    write_mnist(data, n_train=64, n_test=32)
+    write_usps(data, n_train=48, n_test=24)
+    with pytest.MonkeyPatch.context() as mp:
+        allow_tiny_cifar(mp)
+        every_experiment_runs(root / "runs", data)
+    return root / "runs"
+
+
+def _execute(nb, directory_paths, tmp_path, monkeypatch):
     figures = tmp_path / "figures"
-    first.source = f"directory_paths = [{str(store)!r}]\nmongo_url = None\ndb = None\nfigures_dir = {str(figures)!r}"
+    nb.cells[0].source = (f"directory_paths = {[str(p) for p in directory_paths]!r}\nmongo_url = None\ndb = None\n"
+                          f"figures_dir = {str(figures)!r}")
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))  # no user profile or startup files
     workdir = tmp_path / "cwd"  # not the repo: the project must import as an installed package
     workdir.mkdir()
     NotebookClient(nb, km=_venv_kernel(tmp_path), timeout=300, resources={"metadata": {"path": str(workdir)}}).execute()
-
-    for name in ["dln_lambdahat_vs_lambda.png", "dln_relative_error.png", "dln_trained_lambdahat_vs_lambda.png"]:
-        png = figures / name
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, name
     printed = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
-    assert "3 completed dln_lambdahat runs" in printed
     images = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 3
+    return figures, printed, images
+
+
+def _notebook():
+    nb = nbformat.read(REPO / "plots_final.ipynb", as_version=4)
+    first = nb.cells[0]
+    assert first.metadata.get("tags") == ["parameters"] and "directory_paths" in first.source
+    assert all(not cell.outputs for cell in nb.cells if cell.cell_type == "code"), "commit the notebook with outputs cleared"
+    return nb
+
+
+def test_plots_final_notebook_draws_every_section_headless(every_store, tmp_path, monkeypatch):
+    figures, printed, images = _execute(_notebook(), [every_store], tmp_path, monkeypatch)
+    for name in NOTEBOOK_FIGURES:
+        png = figures / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, name
+    assert sorted(p.stem for p in figures.glob("*.png")) == sorted(NOTEBOOK_FIGURES)
+    assert len(images) == len(NOTEBOOK_FIGURES)
+    for experiment, count in zip(EXPERIMENTS, [3, 2, 1, 1, 1, 4, 4, 4, 1]):
+        assert f"{count} completed {experiment} runs" in printed, experiment
+    assert "B* skipped" in printed  # no batch-size sweep among the runs
+
+
+def test_plots_final_notebook_with_one_experiment_skips_the_other_sections(store, tmp_path, monkeypatch):
+    figures, printed, images = _execute(_notebook(), [store], tmp_path, monkeypatch)
+    assert sorted(p.name for p in figures.glob("*.png")) == [
+        "dln_lambdahat_vs_lambda.png", "dln_relative_error.png", "dln_trained_lambdahat_vs_lambda.png"]
+    assert "3 completed dln_lambdahat runs" in printed and len(images) == 3
+    for section, experiment in enumerate(EXPERIMENTS[1:], start=2):
+        assert f"no {experiment} runs: section {section} draws nothing" in printed, experiment
