@@ -41,6 +41,17 @@ STDERR_TAIL_LINES = 15
 POLL_SECONDS = 0.1
 
 
+def _child_signals(mask) -> None:
+    """In a child before exec: default SIGINT/SIGTERM handling and the parent's old signal mask.
+
+    A runner started with SIGINT ignored (``cmd &`` in a script) would pass SIG_IGN on, and
+    its lines would then ignore the SIGINT that lets Sacred record them as INTERRUPTED.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 @dataclass
 class Outcome:
     """How one line ended: status is "done", "failed" or "interrupted"."""
@@ -155,7 +166,7 @@ class Runner:
             with open(out_path, "wb") as out, open(err_path, "wb") as err:
                 proc = subprocess.Popen([self.shell, "-c", cmd.text], stdin=subprocess.DEVNULL, stdout=out,
                                         stderr=err, env=self.env, start_new_session=True,
-                                        preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, blocked))
+                                        preexec_fn=lambda: _child_signals(blocked))
             self.running[cmd.lineno] = (proc, time.monotonic(), cmd)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)

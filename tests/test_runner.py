@@ -219,7 +219,15 @@ def test_nonsense_jobs_is_rejected(tmp_path, capsys, jobs):
     assert f"argument -j/--jobs: must be a positive integer; got '{jobs}'" in capsys.readouterr().err
 
 
-def test_ctrl_c_interrupts_children_and_sacred_records_it(tmp_path):
+def _ignore_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("stop, preexec", [(signal.SIGINT, None), (signal.SIGTERM, _ignore_sigint)],
+                         ids=["ctrl-c", "sigterm-to-a-runner-started-with-sigint-ignored"])
+def test_ctrl_c_interrupts_children_and_sacred_records_it(tmp_path, stop, preexec):
+    """Also when the runner was started in the background of a script (SIGINT ignored, inherited by
+    its children unless the runner resets it): the lines must still get SIGINT and record INTERRUPTED."""
     script = tmp_path / "sleepy.py"
     script.write_text(SLEEPY_SACRED)
     root = tmp_path / "store"
@@ -229,14 +237,14 @@ def test_ctrl_c_interrupts_children_and_sacred_records_it(tmp_path):
                             for p in pids))
     proc = subprocess.Popen([sys.executable, "-m", "gen_commands.run", str(cmds), "--jobs", "2", "--grace", "20",
                              "--no-progress"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, preexec_fn=preexec)
     try:
         deadline = time.monotonic() + 60
         while not (pids[0].exists() and pids[1].exists()) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert pids[0].exists() and pids[1].exists(), proc.communicate(timeout=5)[0] if proc.poll() else ""
         time.sleep(0.5)  # let both processes enter sleep()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
