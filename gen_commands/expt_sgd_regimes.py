@@ -227,6 +227,11 @@ def generate(args: argparse.Namespace) -> list[str]:
     given = [k for k in ("dt", "temp") if fixed.get(k) is not None or k in grid]
     if len(given) != 1:
         raise ValueError(f"give exactly one of dt and temp (by --set or --grid); got {given or 'neither'}")
+    if args.seeds is not None and ("seed" in user_fixed or "seed" in user_grid):
+        raise ValueError("give the run seeds once: --seeds or --set/--grid seed=..., not both")
+    if args.seeds is not None and ("seed" in fixed or "seed" in grid):  # --seeds replaces a preset's seeds
+        fixed.pop("seed", None)
+        grid.pop("seed", None)
     if "seed" in fixed or "seed" in grid:
         seeds = [None]
     else:

@@ -102,8 +102,11 @@ def every_experiment_runs(root, data_root) -> None:
     )])
     regimes = dict(arch="mlp", act="gelu", h=6, L=2, dataset="depleted_sign", d=4, ptr=40, pte=30, bs=8,
                    max_step=40, ckpt_grad_stats=10, device="cpu", dtype="f64")
+    bs_sweep = dict(arch="linear", dataset="depleted_sign", d=4, ptr=40, pte=30, alpha=2.0, temp=0.5, data_chi=1.0,
+                    max_wall=60.0, device="cpu", dtype="f64", expt_name="bs_sweep", seed=1)
     _run_into(root, "sgd_regimes", [dict(regimes, alpha=alpha, temp=temp, seed=seed) for seed, (alpha, temp)
-                                      in enumerate([(1.0, 0.05), (1.0, 0.2), (4.0, 0.05), (4.0, 0.2)])])
+                                      in enumerate([(1.0, 0.05), (1.0, 0.2), (4.0, 0.05), (4.0, 0.2)])]
+              + [dict(bs_sweep, bs=bs) for bs in (2, 4, 8, 16, 32)])
     chaos = dict(data_root=data, max_steps=12, max_epochs=2, batch_size=8, device="cpu", model=dict(inter_dim=4),
                  lyapunov=dict(k=8), seed=1)
     small = dict(chaos, max_steps=6, model=dict(inter_dim=1), lyapunov=dict(k=None))  # every tangent direction

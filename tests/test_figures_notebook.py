@@ -132,6 +132,7 @@ NOTEBOOK_FIGURES = [
     "dln_lambdahat_vs_lambda", "dln_relative_error", "dln_trained_lambdahat_vs_lambda",
     "llc_curve_by_learning_rate", "saddle_run1", "rescaling_lambdahat_vs_alpha", "mala_vs_sgld",
     "regimes_test_error_vs_T", "regimes_weight_change_vs_T", "regimes_ntk_change_vs_alpha",
+    "regimes_bstar_vs_P_bs_sweep",
     "chaos_store0_lyapunov", "chaos_store0_hessian_stats", "chaos_store0_accuracy_by_optimizer",
     "chaos_store0_distances_run4", "chaos_store0_subsim_run4",
     "abc_training_curves", "abc_test_accuracy_by_activation", "abc_ip_accuracy_vs_width",
@@ -188,9 +189,9 @@ def test_plots_final_notebook_draws_every_section_headless(every_store, tmp_path
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, name
     assert sorted(p.stem for p in figures.glob("*.png")) == sorted(NOTEBOOK_FIGURES)
     assert len(images) == len(NOTEBOOK_FIGURES)
-    for experiment, count in zip(EXPERIMENTS, [3, 2, 1, 1, 1, 4, 4, 4, 1]):
+    for experiment, count in zip(EXPERIMENTS, [3, 2, 1, 1, 1, 9, 4, 4, 1]):
         assert f"{count} completed {experiment} runs" in printed, experiment
-    assert "B* skipped" in printed  # no batch-size sweep among the runs
+    assert "B* skipped" not in printed  # the bs_sweep runs are one batch-size sweep
 
 
 def test_plots_final_notebook_with_one_experiment_skips_the_other_sections(store, tmp_path, monkeypatch):

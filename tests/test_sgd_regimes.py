@@ -310,6 +310,9 @@ def test_crossover_batch_size_and_its_exponent():
     assert "fit γ = 0.50" in labels and "1/(1+χ) = 0.50" in labels
     with pytest.warns(UserWarning, match="did not fit their training set"):
         crossover_table(df.assign(stop_reason=["max_wall"] + ["zero_loss"] * (len(df) - 1)))
+    stray = df.iloc[:1].assign(T=4.0, batch_size=2)  # another sweep's run at the same χ, P and seed
+    with pytest.raises(ValueError, match=r"not one batch-size sweep: they differ in \{'T'"):
+        crossover_table(pd.concat([df, stray], ignore_index=True))
 
 
 def test_generator_where_filter(tmp_path, capsys):
@@ -319,3 +322,12 @@ def test_generator_where_filter(tmp_path, capsys):
     with pytest.raises(SystemExit):
         gen.main([str(tmp_path / "w.txt"), "--set", "dt=1", "--where", "__import__('os')"])
     assert "expected comparisons joined by 'and'" in capsys.readouterr().err
+
+
+def test_generator_seeds_replace_a_presets_seed_axis(tmp_path):
+    preset = generate(tmp_path, "--preset", "bstar_chi1", name="a.txt")
+    mine = generate(tmp_path, "--preset", "bstar_chi1", "--seeds", "7", "8", name="b.txt")
+    assert {config_overrides(li)["seed"] for li in preset} == {0, 1, 2}
+    assert {config_overrides(li)["seed"] for li in mine} == {7, 8} and len(mine) == len(preset) * 2 // 3
+    with pytest.raises(SystemExit):
+        gen.main([str(tmp_path / "c.txt"), "--set", "dt=1", "--grid", "seed=[1, 2]", "--seeds", "3"])

@@ -153,6 +153,10 @@ def regime_table(df: pd.DataFrame, value: str = "final.test.err", index: str = "
 FINISHED = ("zero_loss", "mind_stop")  # stop reasons of a run that fitted its training set
 
 
+# Settings a batch-size sweep holds fixed: runs that differ in one of them are not one sweep.
+SWEEP_CONSTANTS = ("T", "alpha", "h", "d", "L", "arch", "act", "dataset", "loss", "dynamics")
+
+
 def crossover_table(df: pd.DataFrame, y: str = "final.weights.delta", groups=("data_chi", "ptr", "seed"),
                     threshold: float = 1.5, small_bs: int = 8) -> pd.DataFrame:
     """The batch size B* where SGD leaves the noise-dominated regime, per group of a bs sweep at fixed T.
@@ -169,6 +173,11 @@ def crossover_table(df: pd.DataFrame, y: str = "final.weights.delta", groups=("d
 
     Returns:
         One row per group: the group columns, plateau, bstar_threshold, bstar_intersect, runs.
+
+    Raises:
+        ValueError: missing columns, or a group whose runs differ in a setting of
+            ``SWEEP_CONSTANTS`` (T, α, architecture, ...): pass one batch-size sweep, e.g.
+            ``df[df['expt_name'] == 'bstar_chi1']``.
     """
     needed = [*groups, "batch_size", "T", "h", "init.train.grad_norm", y, "stop_reason"]
     missing = [c for c in needed if c not in df.columns]
@@ -179,7 +188,13 @@ def crossover_table(df: pd.DataFrame, y: str = "final.weights.delta", groups=("d
         warnings.warn(f"left out {len(df) - len(done)} of {len(df)} runs that did not fit their training set",
                       stacklevel=2)
     rows = []
+    constants = [c for c in SWEEP_CONSTANTS if c in done.columns and c not in groups]
     for key, group in done.groupby(list(groups), sort=True):
+        mixed = {c: sorted(group[c].astype(str).unique()) for c in constants if group[c].astype(str).nunique() > 1}
+        if mixed:
+            where = ", ".join(f"{g}={v}" for g, v in zip(groups, key))
+            raise ValueError(f"runs with {where} are not one batch-size sweep: they differ in {mixed}; "
+                             "pass the runs of one sweep, e.g. df[df['expt_name'] == 'bstar_chi1']")
         g = group.sort_values("batch_size")
         bs, values = g["batch_size"].to_numpy(float), g[y].to_numpy(float)
         small = values[bs <= small_bs]
