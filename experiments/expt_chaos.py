@@ -22,6 +22,7 @@ import collections
 import math
 import os
 import tempfile
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -192,6 +193,19 @@ def _int(key, value, lo=0, none_ok=False):
         raise ValueError(f"{key} must be {'None or ' if none_ok else ''}an integer >= {lo}; got {value!r}")
 
 
+# Above this many tracked tangent directions a CPU run is warned that the QR dominates its cost.
+CPU_FRAME_WARN = 512
+
+
+def _group(config, key) -> dict:
+    """A copy of the option group ``config[key]``, with a clear error for Hydra's ``key=value`` group pick."""
+    value = config[key]
+    if not isinstance(value, dict):
+        hint = f" (Hydra's `{key}={value}` is `{key}.name={value}` here)" if key in ("model", "optim") else ""
+        raise ValueError(f"{key} must be a dict of options; got {value!r}{hint}: set its entries as {key}.<entry>=...")
+    return dict(value)
+
+
 def _dict_keys(config, key, allowed):
     unknown = sorted(set(config[key]) - set(allowed))
     if unknown:
@@ -208,16 +222,16 @@ def validate(config: dict) -> Checked:
     _int("num_test", config["num_test"], 1, none_ok=True)
     if config["dtype"] not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}; got {config['dtype']!r}")
-    mcfg = dict(config["model"])
+    mcfg = _group(config, "model")
     _dict_keys(config, "model", {"name", "inter_dim", "base_channels", "block_cnt", "activation"})
     model = build_model(mcfg["name"], (1, IMAGE_SIZE, IMAGE_SIZE), NUM_CLASSES, torch.Generator().manual_seed(0),
                         inter_dim=mcfg["inter_dim"], base_channels=mcfg["base_channels"],
                         block_cnt=mcfg["block_cnt"], activation=mcfg["activation"])
     p = num_parameters(model)
-    optim = build_config(OptimConfig, dict(config["optim"]), "optim")
+    optim = build_config(OptimConfig, _group(config, "optim"), "optim")
     if optim.k is not None and optim.k > p:
         raise ValueError(f"optim.k must be <= the number of parameters ({p}); got {optim.k}")
-    log = dict(config["logging"])
+    log = _group(config, "logging")
     _dict_keys(config, "logging", {"log_eigenthings", "log_lyapunov", "log_subsim", "log_lyapunov_subsim", "log_freq",
                                    "t_lya_subsim", "plot_eigs_every", "save_hessian_dist_every", "plot_mats_every",
                                    "plot_trajectories", "signal_noise_window"})
@@ -231,7 +245,7 @@ def validate(config: dict) -> Checked:
         t_sub = tuple(sorted({int(t) for t in t_sub}))
     if log["log_lyapunov_subsim"] and not t_sub:
         raise ValueError("logging.log_lyapunov_subsim needs logging.t_lya_subsim, e.g. [10, 10000]")
-    lyap = dict(config["lyapunov"])
+    lyap = _group(config, "lyapunov")
     _dict_keys(config, "lyapunov", {"k", "qr_every"})
     _int("lyapunov.qr_every", lyap["qr_every"], 1)
     if config["save_lyapunov_at"] is not None:
@@ -298,7 +312,7 @@ def validate(config: dict) -> Checked:
 
 def _load_checked_eigenthings(config, optim, needed, p):
     """Read the eigenthings named by the config (validated: file exists, run found, P matches)."""
-    path, run = config["eigenthings_path"], dict(config["eigenthings_run"])
+    path, run = config["eigenthings_path"], _group(config, "eigenthings_run")
     _dict_keys(config, "eigenthings_run", {"source", "run_id", "run_key"})
     if path is not None and run["source"] is not None:
         raise ValueError("give eigenthings_path or eigenthings_run.source, not both")
@@ -385,6 +399,11 @@ def _artifact(_run, name, **arrays):
 @ex.main
 def main(_config, _run, _seed):
     checked = validate(_config)
+    if checked.needs_lyapunov and checked.device.type == "cpu" and checked.tangent_k > CPU_FRAME_WARN:
+        warnings.warn(f"tracking {checked.tangent_k:,} Lyapunov directions on the CPU: a {checked.tangent_dim:,} x "
+                      f"{checked.tangent_k:,} frame propagated and QR-factored every lyapunov.qr_every steps, which "
+                      "takes seconds per step; set lyapunov.k (e.g. 32) for the top exponents only, or "
+                      "logging.log_lyapunov=False", RuntimeWarning, stacklevel=2)
     seed_everything(_seed)
     c, log, optim, device = _config, _config["logging"], checked.optim, checked.device
     dtype = resolve_dtype(c["dtype"])

@@ -164,6 +164,8 @@ def test_lyapunov_subspace_similarity(expt, data_root, tmp_path):
     (dict(batch_size=0), "batch_size"),
     (dict(eigenthings_run=dict(source="runs/chaos")), "exactly one of run_id and run_key"),
     (dict(dtype="float16"), "dtype"),
+    (dict(model="cnn"), r"model must be a dict of options; got 'cnn' \(Hydra's `model=cnn` is `model.name=cnn` here\)"),
+    (dict(optim="cgd"), r"optim must be a dict of options; got 'cgd' \(Hydra's `optim=cgd` is `optim.name=cgd`"),
 ])
 def test_bad_config_fails_before_compute_naming_the_key(expt, data_root, updates, key, monkeypatch):
     def no_compute(*a, **k):
