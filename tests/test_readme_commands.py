@@ -1,0 +1,47 @@
+"""Every experiment command in README.md names keys and named configs its experiment has.
+
+Each ``python experiments/expt_*.py [command] [flags] with ...`` line of the README's code
+blocks (backslash continuations joined) is parsed as Sacred parses it and given to
+``print_config``, which fails on an unknown key (ConfigAddedError) or named config. This
+checks the documentation against the code; it runs nothing.
+"""
+import re
+import shlex
+
+import pytest
+from sacred.arg_parser import get_config_updates
+
+from tests.conftest import REPO, load_experiment
+
+PLACEHOLDER = re.compile(r"<[a-z_]+>|\bPATH\b|\bN\b|\.\.\.")  # elided or to be filled in
+
+
+def readme_commands() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S)
+    commands = []
+    for block in blocks:
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            line = line.split("  #")[0].strip()
+            if line.startswith("python experiments/expt_") and " with " in f"{line} ":
+                commands.append(line)
+    return commands
+
+
+COMMANDS = readme_commands()
+
+
+def test_the_readme_has_commands_for_every_experiment():
+    scripts = {shlex.split(c)[1] for c in COMMANDS}
+    assert {f"experiments/{p.name}" for p in (REPO / "experiments").glob("expt_*.py")} <= scripts
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if not PLACEHOLDER.search(c)])
+def test_readme_command_has_only_real_keys(command):
+    tokens = shlex.split(command)
+    script = tokens[1]
+    expt = load_experiment(script.removeprefix("experiments/").removesuffix(".py"))
+    updates, named = get_config_updates(tokens[tokens.index("with") + 1:])
+    # print_config resolves the config and named configs and runs no compute
+    expt.ex.run("print_config", config_updates=updates, named_configs=named, options={"--loglevel": "ERROR"})
