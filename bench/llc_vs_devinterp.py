@@ -189,6 +189,7 @@ def main() -> None:
     p = parse_common(__doc__.splitlines()[0])
     p.add_argument("--workloads", default="a,b,c", help="comma-separated subset of a,b,c")
     p.add_argument("--no-compile", action="store_true", help="skip the compile=True variant")
+    p.add_argument("--seed", type=int, default=SEED, help=f"base seed; repetition r uses seed + r (default {SEED})")
     args = p.parse_args()
     device = setup(args)
     chain_counts = [int(c) for c in args.chains.split(",")]
@@ -233,7 +234,7 @@ def main() -> None:
             for r in range(reps):
                 order = variants[r % len(variants):] + variants[:r % len(variants)]  # alternate who goes first
                 for v in order:
-                    dt, lam = wall(lambda: runners[v](SEED + r), device)
+                    dt, lam = wall(lambda: runners[v](args.seed + r), device)
                     times[v].append(dt / (C * wl.num_steps))
                     lams[v].append(lam)
             ms = {v: median(times[v]) * 1e3 for v in variants}

@@ -83,11 +83,14 @@ def main() -> None:
     targets = []
     for row in rows:
         if row[0] == "8":
-            for label, col in [("eager", 3), ("compiled", 6)]:
-                if col < len(row):
-                    x = float(row[col].rstrip("×"))
-                    targets.append(f"- 8 chains, {label}: vectorised is {x:.1f}× faster than the loop "
-                                   f"(issue 2 target ≥ 3×): {'met' if x >= 3 else 'NOT met'}")
+            x = float(row[3].rstrip("×"))
+            targets.append(f"- 8 chains: the vectorised sampler is {x:.1f}× faster than the loop of single-chain "
+                           f"runs (issue 2 target ≥ 3×): {'met' if x >= 3 else 'NOT met'}")
+            if len(row) > 6:
+                xc = float(row[6].rstrip("×"))
+                targets.append(f"- 8 chains, both compiled (for information, not the issue's criterion): {xc:.1f}×. "
+                               "Compiling removes most per-step overhead from the single-chain loop too, so what "
+                               "is left is compute, which vectorising over chains does not reduce.")
     header = ["chains", "loop ms", "vectorised ms", "speed-up"]
     if True in modes:
         header += ["loop compiled ms", "vectorised compiled ms", "speed-up compiled",
