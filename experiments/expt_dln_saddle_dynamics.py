@@ -76,6 +76,22 @@ def cfg():
     verbose = False  # print one line per checkpoint
 
 
+@ex.named_config
+def paper():
+    """The original README's run: width 500, 50k SGD steps, λ̂ every 100 (the generator's ``paper`` preset)."""
+    width = 500
+    training_config = dict(num_steps=50000)
+    logging_period = 100
+
+
+@ex.named_config
+def cpu():
+    """Width 10: every plateau within minutes on a laptop (the generator's ``cpu`` preset)."""
+    width = 10
+    training_config = dict(learning_rate=3e-4, num_steps=6000)
+    logging_period = 100
+
+
 def _positive_int(key, value, lo=1):
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
         raise ValueError(f"{key} must be an integer >= {lo}; got {value!r}")

@@ -85,6 +85,19 @@ def cfg():
     verbose = False  # print one line per checkpoint
 
 
+@ex.named_config
+def readme():
+    """The original README's run (seed 001): ResNet18, SGD at lr 0.005, batch 512, λ̂ every 1000 of 30001 steps.
+
+    The generator's ``readme`` preset writes the same keys; ``paper_*`` vary one of them.
+    """
+    training_config = dict(optim="sgd", learning_rate=0.005, momentum=None, batch_size=512, num_steps=30001,
+                           l2_regularization=None)
+    logging_period = 1000
+    sgld_config = dict(epsilon=2e-7, gamma=1.0, num_steps=5000, batch_size=2048)
+    force_realisable = False
+
+
 def _positive_int(key, value, lo=1):
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
         raise ValueError(f"{key} must be an integer >= {lo}; got {value!r}")

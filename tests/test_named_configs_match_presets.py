@@ -1,0 +1,39 @@
+"""The LLC-II named configs and the generator presets they mirror resolve to the same config.
+
+``with readme`` (expt_llc_curve) and ``with paper`` / ``with cpu`` (expt_dln_saddle_dynamics)
+must give the run a generated line of the same preset would get, except the run seed and
+the generator's bookkeeping (run key, sweep name).
+"""
+import shlex
+
+import pytest
+from sacred.arg_parser import get_config_updates
+
+from tests.conftest import load_experiment
+
+BOOKKEEPING = {"seed", "run_key", "expt_name", "__doc__"}  # Sacred adds a named config's docstring
+
+
+def resolved(expt, updates=None, named=()):
+    run = expt.ex._create_run(command_name="print_config", config_updates=updates or {}, named_configs=list(named),
+                              options={"--loglevel": "ERROR"})
+    return {k: v for k, v in run.config.items() if k not in BOOKKEEPING}
+
+
+@pytest.mark.parametrize("script, generator, preset", [
+    ("expt_llc_curve", "expt_llc_curve", "readme"),
+    ("expt_dln_saddle_dynamics", "expt_dln_saddle_dynamics", "paper"),
+    ("expt_dln_saddle_dynamics", "expt_dln_saddle_dynamics", "cpu"),
+])
+def test_named_config_equals_the_generator_preset(tmp_path, script, generator, preset):
+    import importlib
+
+    gen = importlib.import_module(f"gen_commands.{generator}")
+    out = tmp_path / "cmds.txt"
+    assert gen.main([str(out), "--preset", preset]) == 0
+    (line,) = out.read_text().splitlines()
+    tokens = shlex.split(line)
+    updates, named = get_config_updates(tokens[tokens.index("with") + 1:])
+    expt = load_experiment(script)
+    assert resolved(expt, named=[preset]) == resolved(expt, updates, named)
+    assert resolved(expt, named=[preset]) != resolved(expt)  # the named config changes something
