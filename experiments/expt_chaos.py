@@ -197,19 +197,19 @@ def _int(key, value, lo=0, none_ok=False):
 CPU_FRAME_WARN = 512
 
 
-def _group(config, key) -> dict:
-    """A copy of the option group ``config[key]``, with a clear error for Hydra's ``key=value`` group pick."""
+def _group(config, key, allowed=None) -> dict:
+    """A copy of the option group ``config[key]``, its entries checked against ``allowed``.
+
+    A non-dict (Hydra's ``model=cnn`` group pick) gets an error naming the Sacred spelling.
+    """
     value = config[key]
     if not isinstance(value, dict):
         hint = f" (Hydra's `{key}={value}` is `{key}.name={value}` here)" if key in ("model", "optim") else ""
         raise ValueError(f"{key} must be a dict of options; got {value!r}{hint}: set its entries as {key}.<entry>=...")
-    return dict(value)
-
-
-def _dict_keys(config, key, allowed):
-    unknown = sorted(set(config[key]) - set(allowed))
+    unknown = sorted(set(value) - set(allowed)) if allowed is not None else []
     if unknown:
         raise ValueError(f"{key} has unknown entries {unknown}; allowed: {sorted(allowed)}")
+    return dict(value)
 
 
 def validate(config: dict) -> Checked:
@@ -222,8 +222,7 @@ def validate(config: dict) -> Checked:
     _int("num_test", config["num_test"], 1, none_ok=True)
     if config["dtype"] not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}; got {config['dtype']!r}")
-    mcfg = _group(config, "model")
-    _dict_keys(config, "model", {"name", "inter_dim", "base_channels", "block_cnt", "activation"})
+    mcfg = _group(config, "model", {"name", "inter_dim", "base_channels", "block_cnt", "activation"})
     model = build_model(mcfg["name"], (1, IMAGE_SIZE, IMAGE_SIZE), NUM_CLASSES, torch.Generator().manual_seed(0),
                         inter_dim=mcfg["inter_dim"], base_channels=mcfg["base_channels"],
                         block_cnt=mcfg["block_cnt"], activation=mcfg["activation"])
@@ -231,8 +230,7 @@ def validate(config: dict) -> Checked:
     optim = build_config(OptimConfig, _group(config, "optim"), "optim")
     if optim.k is not None and optim.k > p:
         raise ValueError(f"optim.k must be <= the number of parameters ({p}); got {optim.k}")
-    log = _group(config, "logging")
-    _dict_keys(config, "logging", {"log_eigenthings", "log_lyapunov", "log_subsim", "log_lyapunov_subsim", "log_freq",
+    log = _group(config, "logging", {"log_eigenthings", "log_lyapunov", "log_subsim", "log_lyapunov_subsim", "log_freq",
                                    "t_lya_subsim", "plot_eigs_every", "save_hessian_dist_every", "plot_mats_every",
                                    "plot_trajectories", "signal_noise_window"})
     _int("logging.log_freq", log["log_freq"], 1)
@@ -245,8 +243,7 @@ def validate(config: dict) -> Checked:
         t_sub = tuple(sorted({int(t) for t in t_sub}))
     if log["log_lyapunov_subsim"] and not t_sub:
         raise ValueError("logging.log_lyapunov_subsim needs logging.t_lya_subsim, e.g. [10, 10000]")
-    lyap = _group(config, "lyapunov")
-    _dict_keys(config, "lyapunov", {"k", "qr_every"})
+    lyap = _group(config, "lyapunov", {"k", "qr_every"})
     _int("lyapunov.qr_every", lyap["qr_every"], 1)
     if config["save_lyapunov_at"] is not None:
         _int("save_lyapunov_at", config["save_lyapunov_at"], 0)
@@ -312,8 +309,7 @@ def validate(config: dict) -> Checked:
 
 def _load_checked_eigenthings(config, optim, needed, p):
     """Read the eigenthings named by the config (validated: file exists, run found, P matches)."""
-    path, run = config["eigenthings_path"], _group(config, "eigenthings_run")
-    _dict_keys(config, "eigenthings_run", {"source", "run_id", "run_key"})
+    path, run = config["eigenthings_path"], _group(config, "eigenthings_run", {"source", "run_id", "run_key"})
     if path is not None and run["source"] is not None:
         raise ValueError("give eigenthings_path or eigenthings_run.source, not both")
     for key, value in (("eigenthings_path", path), ("optim.prune_global_checkpoint", optim.prune_global_checkpoint)):

@@ -1,6 +1,8 @@
 """Tiny real Sacred runs for the tracking and notebook tests."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from sacred import Experiment
 
 from tests.conftest import load_experiment
@@ -71,8 +73,6 @@ def every_experiment_runs(root, data_root) -> None:
     CIFAR md5 check must be off (tests.datasets.allow_tiny_cifar). Each run takes a few
     seconds on one core; the configurations are the smoke tests' ones.
     """
-    from pathlib import Path
-
     root, data = Path(root), str(data_root)
     dln_runs(_file_observer(root / "dln_lambdahat"), [
         dict(seed=1),

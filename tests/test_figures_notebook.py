@@ -6,10 +6,10 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
-from nbclient import NotebookClient
 from matplotlib.collections import LineCollection, PathCollection
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from nbclient import NotebookClient
 from sacred.observers import FileStorageObserver
 
 from tests.conftest import REPO

@@ -15,8 +15,9 @@ BOOKKEEPING = {"seed", "run_key", "expt_name", "__doc__"}  # Sacred adds a named
 
 
 def resolved(expt, updates=None, named=()):
-    run = expt.ex._create_run(command_name="print_config", config_updates=updates or {}, named_configs=list(named),
-                              options={"--loglevel": "ERROR"})
+    # print_config runs no compute; the Run it returns holds the resolved config
+    run = expt.ex.run("print_config", config_updates=updates or {}, named_configs=list(named),
+                      options={"--loglevel": "ERROR"})
     return {k: v for k, v in run.config.items() if k not in BOOKKEEPING}
 
 

@@ -190,7 +190,8 @@ def crossover_table(df: pd.DataFrame, y: str = "final.weights.delta", groups=("d
     rows = []
     constants = [c for c in SWEEP_CONSTANTS if c in done.columns and c not in groups]
     for key, group in done.groupby(list(groups), sort=True):
-        mixed = {c: sorted(group[c].astype(str).unique()) for c in constants if group[c].astype(str).nunique() > 1}
+        values = {c: sorted(group[c].astype(str).unique()) for c in constants}
+        mixed = {c: v for c, v in values.items() if len(v) > 1}
         if mixed:
             where = ", ".join(f"{g}={v}" for g, v in zip(groups, key))
             raise ValueError(f"runs with {where} are not one batch-size sweep: they differ in {mixed}; "
