@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from dynamics.lars import LARS
 
 SCHEDULERS = ("default", "onecycle")
 SCHEDULE_UNITS = ("epoch", "iteration")
@@ -145,20 +147,26 @@ def make_loss(loss_fn: str, k_M: tuple[float, float] | None = None) -> Callable[
 
 # --- optimizers -----------------------------------------------------------------------
 
-def decay_groups(named_params: Iterable[tuple[str, Tensor]], weight_decay: float,
-                 no_decay_names: tuple[str, ...] = ("pos_embed", "cls_token")) -> list[dict]:
-    """Two param groups: weight matrices decayed, biases, norms and embeddings not (train.py's ViT AdamW)."""
+def decay_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Two param groups: the weights of Linear and Conv2d layers decayed, everything else not.
+
+    train.py's ``separate_parameters`` for its ViT's AdamW: biases, LayerNorms, the
+    residual gates and both position tables are not decayed.
+    """
+    decay_ids = {id(m.weight) for m in module.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
     decay, no_decay = [], []
-    for name, p in named_params:
-        (no_decay if p.ndim <= 1 or name.split(".")[-1] in no_decay_names else decay).append(p)
+    for p in module.parameters():
+        (decay if id(p) in decay_ids else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float | None = None) -> torch.optim.Optimizer:
-    """train.py's optimizers; LARS and LAMB are timm's.
+    """train.py's optimizers; LAMB is timm's.
 
     * sgd: momentum 0.9, weight decay 1e-4;
-    * lars: timm ``Lars``, momentum 0.9, weight decay 1e-4, trust coefficient 1e-3;
+    * lars: dynamics.lars.LARS (the original's flash LARS with the trust ratio at every
+      weight decay; timm's ``Lars`` drops it at weight decay 0), momentum 0.9, weight
+      decay 1e-4, trust coefficient 1e-3;
     * lamb: timm ``Lamb`` as the original's LAMB: no weight decay, layer adaptation on
       every tensor (``always_adapt``), no global gradient clipping;
     * adamw: torch's AdamW (weight decay 0.01 unless given, or per group).
@@ -176,10 +184,10 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float | None = No
         return torch.optim.SGD(params, lr=lr, momentum=MOMENTUM, weight_decay=wd)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    from timm.optim import Lamb, Lars
-
     if name == "lars":
-        return Lars(params, lr=lr, momentum=MOMENTUM, weight_decay=wd, trust_coeff=1e-3)
+        return LARS(params, lr=lr, momentum=MOMENTUM, weight_decay=wd, trust_coefficient=1e-3)
+    from timm.optim import Lamb
+
     return Lamb(params, lr=lr, weight_decay=wd, always_adapt=True, max_grad_norm=None)
 
 

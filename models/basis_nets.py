@@ -1,4 +1,4 @@
-"""Architectures of the basis-function decomposition experiments (reference.md §5).
+"""Architectures of the basis-function decomposition experiments (README, "Basis-function decomposition").
 
 Every network is a :class:`BasisNet`: a ``body`` mapping images to penultimate
 features Φ(x) (N, p) and a bias-free linear ``head`` W (C, p), so that
@@ -15,19 +15,28 @@ Models (``MODELS``):
   the stem is removed (ResNet's ``maxpool``, the first max-pool of VGG and AlexNet),
   and the head has no bias. Blocks, forward passes and initialisation are
   torchvision's.
-* ``vit``: timm's VisionTransformer in the ViT-Small configuration (embedding 384,
+* ``vit``: train.py's relative-position ViT (models.relvit): 256 channels, 8 heads of
+  32, depth 8, 2×2 patches, head dropout 0.3.
+* ``vit_timm``: timm's VisionTransformer in the ViT-Small configuration (embedding 384,
   depth 12, 6 heads, MLP ratio 4) with 4×4 patches, class-token pooling and a
-  bias-free head.
-* ``cnn2``, ``cnn3``, ``cnn4``: the 2-, 3- and 4-block CNNs of the original
-  mnist.py: blocks conv3×3 → ReLU → max-pool 2 with 128, 64, 32, 16 channels, then
-  flatten and BatchNorm1d (mnist.py's ``lin_batch``); Φ is the BatchNorm output, the
-  input of the head. The 3-block CNN on 28×28 inputs has p = 32·3·3 = 288.
+  bias-free head (not in the original).
+* ``cnn2``, ``cnn3``, ``cnn4``: mnist.py's ``convnet(layers)``: blocks conv3×3 (bias)
+  → ReLU → max-pool 2 with 256-64, 256-128-64 and 256-128-128-64 channels, then
+  flatten; Φ is the flattened output, p = 3136, 576 and 64 on 28×28 inputs.
+* ``fig2_cnn``: grad_indep.py's ``CNN3`` (``batch_norm=False``, no ``lin_batch``): blocks
+  with 128, 64, 32 channels, Φ the flattened conv3 output (p = 288).
+* ``fig2_cnn_bn1d``: beta_domin.py's and small-init.py's ``CNN3``: the same blocks, then
+  BatchNorm1d(288) (``lin_batch``); Φ is the BatchNorm output.
 
 ``width`` scales every network; 64 is the paper's size for every model. The
 torchvision networks have every channel and hidden count c replaced by c·width/64
-(all of them are multiples of 64, so the counts stay integers); the ViT has
-6 heads of ``width`` channels (embedding 6·width); the CNN blocks have 2w, w, w/2,
-w/4 channels (at least 1).
+(all of them are multiples of 64, so the counts stay integers); timm's ViT has
+6 heads of ``width`` channels; train.py's ViT 8 heads of max(1, width/2) channels
+(stem max(1, width/2)); the CNNs have every channel count c replaced by
+max(1, c·width/64).
+
+Initialisation is each family's own (PyTorch's default for the CNNs); ``init_scale``
+then multiplies the whole state dict, as train.py's ``init_scale`` does.
 """
 from __future__ import annotations
 
@@ -37,9 +46,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from models.relvit import RELVIT, relvit_body
+
 TORCHVISION_MODELS = ("alexnet", "vgg11", "resnet18", "resnet34", "resnet50")
-CNN_BLOCKS = {"cnn2": 2, "cnn3": 3, "cnn4": 4}
-MODELS = TORCHVISION_MODELS + ("vit",) + tuple(CNN_BLOCKS)
+# Block channels at the paper's width and whether a BatchNorm1d follows the flatten.
+CNNS = {
+    "cnn2": ((256, 64), False),  # mnist.py, convnet(2)
+    "cnn3": ((256, 128, 64), False),  # mnist.py, convnet(3)
+    "cnn4": ((256, 128, 128, 64), False),  # mnist.py, convnet(4)
+    "fig2_cnn": ((128, 64, 32), False),  # grad_indep.py's CNN3
+    "fig2_cnn_bn1d": ((128, 64, 32), True),  # beta_domin.py's and small-init.py's CNN3 (lin_batch)
+}
+MODELS = TORCHVISION_MODELS + ("vit", "vit_timm") + tuple(CNNS)
 PAPER_WIDTH = 64  # every model's paper size
 STEM_CHANNELS = 64  # the CIFAR stem's output channels at PAPER_WIDTH
 VIT_SMALL = dict(depth=12, num_heads=6, mlp_ratio=4.0)  # ViT-S/…: embedding 6 heads × 64
@@ -161,14 +179,25 @@ def _torchvision_net(name: str, shape: InputShape, width: int) -> BasisNet:
     return net
 
 
-# --- timm ViT ----------------------------------------------------------------------
+# --- ViTs --------------------------------------------------------------------------
 
-def _vit(shape: InputShape, width: int) -> BasisNet:
+def _relvit_sizes(width: int) -> dict:
+    half = max(1, width // 2)
+    return dict(RELVIT, channels=8 * half, head_channels=half, stem_channels=half)
+
+
+def _relvit(shape: InputShape, width: int) -> BasisNet:
+    sizes = _relvit_sizes(width)
+    body = relvit_body(shape.channels, shape.size, **sizes)
+    return BasisNet(body, sizes["channels"], shape.num_classes)  # head: PyTorch's default init, as train.py
+
+
+def _vit_timm(shape: InputShape, width: int) -> BasisNet:
     from timm.layers import trunc_normal_
     from timm.models.vision_transformer import VisionTransformer
 
     if shape.size % VIT_PATCH:
-        raise ValueError(f"vit needs an image size divisible by the patch size {VIT_PATCH}; got {shape.size}")
+        raise ValueError(f"vit_timm needs an image size divisible by the patch size {VIT_PATCH}; got {shape.size}")
     embed_dim = VIT_SMALL["num_heads"] * width
     # num_classes=0: timm's head is the identity, so the body returns the pooled, normed token (Φ).
     body = VisionTransformer(img_size=shape.size, patch_size=VIT_PATCH, in_chans=shape.channels, num_classes=0,
@@ -178,26 +207,28 @@ def _vit(shape: InputShape, width: int) -> BasisNet:
     return net
 
 
-# --- mnist.py CNNs -------------------------------------------------------------------
+# --- the original MNIST CNNs ---------------------------------------------------------
 
-def cnn_channels(num_blocks: int, width: int) -> list[int]:
-    """Block channels 2w, w, w/2, w/4 (mnist.py: 128 · (1/2)^l at w = 64), at least 1."""
-    return [max(1, (2 * width) >> l) for l in range(num_blocks)]
+def cnn_channels(name: str, width: int) -> list[int]:
+    """Block channels of CNN ``name`` at ``width``: c · width / 64 for the paper's c, at least 1."""
+    return [max(1, c * width // PAPER_WIDTH) for c in CNNS[name][0]]
 
 
 class BlockCNN(nn.Sequential):
-    """mnist.py's CNN body: [conv3×3 → ReLU → max-pool 2] × blocks → flatten → BatchNorm1d."""
+    """[conv3×3 (stride 1, padding 1, bias) → ReLU → max-pool 2] × blocks → flatten [→ BatchNorm1d]."""
 
-    def __init__(self, num_blocks: int, in_chans: int, size: int, width: int):
+    def __init__(self, channels: list[int], in_chans: int, size: int, batch_norm_1d: bool):
         layers: list[nn.Module] = []
         c_prev = in_chans
-        for c in cnn_channels(num_blocks, width):
-            layers += [nn.Conv2d(c_prev, c, 3, 1, 1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        for c in channels:
+            layers += [nn.Conv2d(c_prev, c, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2)]
             c_prev, size = c, size // 2
         if size < 1:
-            raise ValueError(f"a {num_blocks}-block CNN needs images of at least {2 ** num_blocks} pixels")
+            raise ValueError(f"a {len(channels)}-block CNN needs images of at least {2 ** len(channels)} pixels")
         self.feature_dim = c_prev * size * size
-        layers += [nn.Flatten(), nn.BatchNorm1d(self.feature_dim)]
+        layers.append(nn.Flatten())
+        if batch_norm_1d:
+            layers.append(nn.BatchNorm1d(self.feature_dim))
         super().__init__(*layers)
 
 
@@ -219,9 +250,25 @@ def _build(name: str, shape: InputShape, width: int) -> BasisNet:
     if name in TORCHVISION_MODELS:
         return _torchvision_net(name, shape, width)
     if name == "vit":
-        return _vit(shape, width)
-    body = BlockCNN(CNN_BLOCKS[name], shape.channels, shape.size, width)
+        return _relvit(shape, width)
+    if name == "vit_timm":
+        return _vit_timm(shape, width)
+    body = BlockCNN(cnn_channels(name, width), shape.channels, shape.size, CNNS[name][1])
     return BasisNet(body, body.feature_dim, shape.num_classes)
+
+
+@torch.no_grad()
+def scale_state(net: nn.Module, scale: float) -> None:
+    """Multiply every floating-point entry of the state dict by ``scale``, buffers included.
+
+    train.py's ``init_scale`` multiplies every state-dict entry, so BatchNorm running
+    statistics scale with the weights. Integer buffers (BatchNorm's batch counter, 0 at
+    init; the ViT's relative-position index) are left alone: train.py truncated them
+    back to integers, which keeps the counter at 0 but would corrupt the index table.
+    """
+    for t in net.state_dict().values():
+        if t.is_floating_point():
+            t.mul_(scale)
 
 
 def build_model(name: str, shape: InputShape, width: int = PAPER_WIDTH, init_scale: float = 1.0,
@@ -232,8 +279,8 @@ def build_model(name: str, shape: InputShape, width: int = PAPER_WIDTH, init_sca
         name: one of ``MODELS``.
         shape: input channels, image size and number of classes.
         width: size multiplier; 64 is the paper's network.
-        init_scale: θ_0 = init_scale · (the architecture's default init); >= 0. Buffers
-            (BatchNorm running statistics) are not scaled.
+        init_scale: every floating-point state-dict entry (parameters and BatchNorm
+            running statistics) times init_scale, >= 0 (:func:`scale_state`).
         seed: seed of the initialisation (drawn inside a forked RNG, so the caller's global
             RNG is untouched); None uses the global RNG.
 
@@ -252,9 +299,7 @@ def build_model(name: str, shape: InputShape, width: int = PAPER_WIDTH, init_sca
         if seed is not None:
             torch.manual_seed(seed)
         net = _build(name, shape, width)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.mul_(init_scale)
+    scale_state(net, init_scale)
     return net
 
 
@@ -265,8 +310,8 @@ def feature_dim(name: str, shape: InputShape, width: int = PAPER_WIDTH) -> int:
     if name in TORCHVISION_MODELS:
         return _scaled(_cifar_variant(name)[1], width)
     if name == "vit":
+        return _relvit_sizes(width)["channels"]
+    if name == "vit_timm":
         return VIT_SMALL["num_heads"] * width
-    size = shape.size
-    for _ in range(CNN_BLOCKS[name]):
-        size //= 2
-    return cnn_channels(CNN_BLOCKS[name], width)[-1] * size * size
+    channels = cnn_channels(name, width)
+    return channels[-1] * (shape.size >> len(channels)) ** 2

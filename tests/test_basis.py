@@ -284,15 +284,18 @@ def test_loss_errors():
 
 # --- optimizers -----------------------------------------------------------------------------
 
-def test_optimizers_are_train_py_settings_and_timm_lars_lamb():
-    from timm.optim import Lamb, Lars
+def test_optimizers_are_train_py_settings_lars_ours_and_timm_lamb():
+    from timm.optim import Lamb
+
+    from dynamics.lars import LARS
 
     p = [torch.nn.Parameter(torch.ones(3))]
     sgd = make_optimizer("sgd", p, 0.1)
     assert isinstance(sgd, torch.optim.SGD)
     assert sgd.defaults["momentum"] == 0.9 and sgd.defaults["weight_decay"] == 1e-4
     lars = make_optimizer("lars", p, 2.0)
-    assert isinstance(lars, Lars) and lars.defaults["momentum"] == 0.9 and lars.defaults["weight_decay"] == 1e-4
+    assert isinstance(lars, LARS) and lars.defaults["momentum"] == 0.9 and lars.defaults["weight_decay"] == 1e-4
+    assert lars.defaults["trust_coefficient"] == 1e-3  # flash's default, used by every original script
     lamb = make_optimizer("lamb", p, 0.01)
     assert isinstance(lamb, Lamb) and lamb.defaults["weight_decay"] == 0.0
     assert lamb.defaults["always_adapt"] and lamb.defaults["max_grad_norm"] is None
@@ -303,6 +306,79 @@ def test_optimizers_are_train_py_settings_and_timm_lars_lamb():
     assert sgd.param_groups[0]["lr"] == 0.5
     with pytest.raises(ValueError, match="optimizer must be one of"):
         make_optimizer("adam", p, 0.1)
+
+
+# --- LARS ------------------------------------------------------------------------------------
+
+def _lars_reference(w, grads, lr, momentum, wd, eta=1e-3, eps=1e-8):
+    """The LARS update written out per step (flash's formula with the ratio at every λ), float64 lists."""
+    w, v, out = w.clone(), None, []
+    for g in grads:
+        wn, gn = float(w.norm()), float(g.norm())
+        d = eta * wn / (gn + wd * wn + eps) * (g + wd * w) if wn > 0 and gn > 0 else g.clone()
+        v = d.clone() if v is None else momentum * v + d
+        w = w - lr * v
+        out.append(w.clone())
+    return out
+
+
+def test_lars_step_norm_is_trust_ratio_scaled_at_zero_weight_decay():
+    from dynamics.lars import LARS
+
+    gen = torch.Generator().manual_seed(0)
+    w0 = torch.randn(5, 3, dtype=D, generator=gen)
+    g = 40.0 * torch.randn(5, 3, dtype=D, generator=gen)
+    p = torch.nn.Parameter(w0.clone())
+    opt = LARS([p], lr=0.5, momentum=0.9, weight_decay=0.0)
+    p.grad = g.clone()
+    opt.step()
+    # first step: ‖Δw‖ = lr · η ‖w‖ / (‖g‖ + ε) · ‖g‖ = lr · η · ‖w‖ (up to ε/‖g‖ ~ 1e-10), not lr · ‖g‖
+    want = 0.5 * 1e-3 * float(w0.norm()) * float(g.norm()) / (float(g.norm()) + 1e-8)
+    assert math.isclose(float((p.detach() - w0).norm()), want, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("wd", [0.0, 1e-4, 0.3])
+def test_lars_matches_the_update_written_out_over_steps(wd):
+    from dynamics.lars import LARS
+
+    gen = torch.Generator().manual_seed(1)
+    w0 = torch.randn(4, 6, dtype=D, generator=gen)
+    grads = [torch.randn(4, 6, dtype=D, generator=gen) for _ in range(4)]
+    p = torch.nn.Parameter(w0.clone())
+    opt = LARS([p], lr=2.0, momentum=0.9, weight_decay=wd)
+    for g, want in zip(grads, _lars_reference(w0, grads, 2.0, 0.9, wd)):
+        p.grad = g.clone()
+        opt.step()
+        torch.testing.assert_close(p.detach(), want, rtol=1e-12, atol=1e-14)  # float64 round-off of O(1) entries
+
+
+def test_lars_zero_weights_take_the_raw_gradient_step_and_timm_lars_differs_at_zero_decay():
+    from timm.optim import Lars
+
+    from dynamics.lars import LARS
+
+    p = torch.nn.Parameter(torch.zeros(3, dtype=D))
+    opt = LARS([p], lr=0.1, momentum=0.0, weight_decay=1e-4)
+    p.grad = torch.tensor([1.0, -2.0, 0.5], dtype=D)
+    opt.step()
+    torch.testing.assert_close(p.detach(), -0.1 * torch.tensor([1.0, -2.0, 0.5], dtype=D), rtol=0, atol=1e-15)
+    # why not timm: at weight_decay 0 its Lars is momentum SGD (no trust ratio)
+    w0, g = torch.ones(3, dtype=D), torch.full((3,), 10.0, dtype=D)
+    q = torch.nn.Parameter(w0.clone())
+    timm_opt = Lars([q], lr=0.1, momentum=0.9, weight_decay=0.0)
+    q.grad = g.clone()
+    timm_opt.step()
+    torch.testing.assert_close(q.detach(), w0 - 0.1 * g, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(lr=0.0), "lr must be > 0"), (dict(momentum=-1.0), "momentum"),
+                                           (dict(weight_decay=-1.0), "weight_decay"),
+                                           (dict(trust_coefficient=0.0), "trust_coefficient")])
+def test_lars_rejects_bad_hyperparameters(kwargs, match):
+    from dynamics.lars import LARS
+
+    with pytest.raises(ValueError, match=match):
+        LARS([torch.nn.Parameter(torch.ones(2))], **{"lr": 0.1, **kwargs})
 
 
 @pytest.mark.parametrize("name, lr", [("sgd", 0.05), ("lars", 5.0), ("lamb", 0.01), ("adamw", 0.01)])
@@ -320,10 +396,14 @@ def test_each_optimizer_decreases_a_least_squares_loss(name, lr):
     assert float(((lin(x) - y) ** 2).mean().detach()) < first
 
 
-def test_decay_groups_exclude_biases_norms_and_embeddings():
-    named = [("blocks.0.attn.qkv.weight", torch.zeros(6, 2)), ("blocks.0.attn.qkv.bias", torch.zeros(6)),
-             ("norm.weight", torch.zeros(2)), ("pos_embed", torch.zeros(1, 5, 2)), ("cls_token", torch.zeros(1, 1, 2)),
-             ("head.weight", torch.zeros(3, 2))]
-    decay, no_decay = decay_groups(named, 0.1)
+def test_decay_groups_decay_conv_and_linear_weights_only():
+    """train.py's separate_parameters: Linear / Conv2d weights decayed; biases, norms, gates, position tables not."""
+    net = build_model("vit", InputShape(3, 8, 10), width=2, seed=0)
+    decay, no_decay = decay_groups(net, 0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    assert len(decay["params"]) == 2 and len(no_decay["params"]) == 4
+    names = {id(p): n for n, p in net.named_parameters()}
+    got = {names[id(p)] for p in decay["params"]}
+    want = {n for n, m in net.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
+            for n in [f"{n}.weight"]}
+    assert got == want and "head.weight" in got
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(net.parameters()))
