@@ -1,23 +1,26 @@
-"""Basis-function decomposition of training trajectories (reference.md §5).
+"""Basis-function decomposition of training trajectories (README, "Basis-function decomposition").
 
 Ma, Guo & Fattahi (2022): the network's outputs F_t on N evaluation points are
 expanded in the conjugate-kernel basis of the *final* network, and the
 coefficients β_i(θ_t) are learned almost monotonically, in order of the final
 singular values s_i (dynamics.basis).
 
-* Pass 1 trains ``model`` on ``data`` with train.py's recipe (dynamics.schedules)
-  and records F_t on the first ``eval_points`` test images at t = 0, at
-  ``early_points`` log-spaced iterations of the first epoch and at every epoch
-  end; checkpoints are written at those times when ``gradient`` is on or
-  ``checkpoint_dir`` is set.
+* Pass 1 trains ``model`` on ``data`` (dynamics.basis_training, dynamics.schedules)
+  and records F_t on the first ``eval_points`` test images at t = 0 and at the
+  recording times (``early_points``, ``record_*``); checkpoints are written at those
+  times when ``gradient`` is on or ``checkpoint_dir`` is set.
 * Pass 2 builds the basis from the final network's features Φ and head W and
   computes β_i(t) for every recording (and ‖∇_θ β_i(θ_t)‖ from the checkpoints
   with ``gradient``).
 * The paper's Fig. 2 analyses are flags: ``small_init`` (|β_ij(θ_0)| on every
   u_i v_jᵀ), and ``grad_indep`` / ``beta_domin`` (the cosines and norms of ∇β_i
-  along a re-initialised run of ``rerun_config.iterations`` steps).
+  along a re-initialised run, evaluated before each of its first steps).
 
-    python experiments/expt_basis_decomposition.py with mnist fig2 seed=0
+One named config per original script: ``mnist`` (mnist.py, Fig. 3(a–c)), ``grad_indep``,
+``beta_domin`` and ``small_init`` (Fig. 2); the defaults are train.py's.
+
+    python experiments/expt_basis_decomposition.py with mnist model=cnn4
+    python experiments/expt_basis_decomposition.py with beta_domin
     python experiments/expt_basis_decomposition.py with model=alexnet data=cifar10 optimizer=lars \\
         batch_size=512 num_epoch=300 'lr_setting=[2, 0, 0.01]' decay_rate=0.33 decay_stepsize=50
 """
@@ -34,9 +37,10 @@ import torch
 from sacred import Experiment
 
 from data.vision import DATASETS, load_vision_dataset
-from dynamics.basis import beta_gradients, conjugate_kernel_basis, nonnegative_increment_fraction, saturation_times
-from dynamics.schedules import LRSchedule, OPTIMIZERS, decay_groups, make_loss, make_optimizer, set_lr
-from llc.estimate import flat_model_for_module
+from dynamics.basis import conjugate_kernel_basis, nonnegative_increment_fraction, saturation_times
+from dynamics.basis_tracking import checkpoint_gradients, gradients_along_run, record_training
+from dynamics.basis_training import Trainer, eval_outputs, recording_times
+from dynamics.schedules import LRSchedule, OPTIMIZERS, decay_groups, make_loss, make_optimizer
 from models.basis_nets import InputShape, build_model, check_model_name, check_width, feature_dim
 from models.device import derived_seed, resolve_device
 from tracking.sacred_utils import configure_experiment, json_ready, log_series, run_cli, seed_everything
@@ -53,51 +57,56 @@ def cfg():
     expt_name = None  # free label to group runs in plots (e.g. the sweep's name)
 
     # --- model ---
-    model = "resnet18"  # alexnet | vgg11 | resnet18 | resnet34 | resnet50 | vit | cnn2 | cnn3 | cnn4 (mnist.py's CNNs)
+    model = "resnet18"  # alexnet | vgg11 | resnet18 | resnet34 | resnet50 | vit (train.py's) | vit_timm | cnn2 | cnn3 | cnn4 (mnist.py's) | fig2_cnn (grad_indep.py's) | fig2_cnn_bn1d (beta_domin.py's, small-init.py's)
     width = 64  # size multiplier; 64 is the paper's network for every model (models.basis_nets)
-    init_scale = 1.0  # θ_0 = init_scale · default init, every parameter; >= 0
+    init_scale = 1.0  # the whole initial state dict (BatchNorm statistics included) times init_scale; >= 0
 
     # --- data ---
-    data = "cifar10"  # mnist | cifar10 | cifar100, each normalised with its own statistics
+    data = "cifar10"  # mnist | cifar10 | cifar100
+    normalize = True  # subtract each channel's mean, divide by its std (beta_domin.py, small-init.py: False)
     data_root = None  # torchvision's files; None -> $DLT_DATA_ROOT, else ~/.cache/dltheory/datasets
     train_points = None  # train on the first n training images; None -> all
     eval_points = None  # N: the first N test images carry accuracy, Φ and β; None -> all
-    augment = data != "mnist"  # random crop (padding 4) + horizontal flip of training batches (train.py on CIFAR)
+    augment = data != "mnist"  # random crop (padding 4) + horizontal flip of training batches
+    drop_last = False  # drop each epoch's last partial batch (the originals' DataLoaders keep it)
 
     # --- loss ---
     loss_fn = "mse_loss"  # ce_loss | mse_loss
     k_M = [5.0, 5.0] if data == "cifar100" and loss_fn == "mse_loss" else None  # [k, M]: mean (k·onehot + 1)(out − M·onehot)²; None -> MSE on one-hot
 
     # --- optimisation (train.py) ---
-    optimizer = "sgd"  # sgd (momentum 0.9) | lars (timm) | lamb (timm) | adamw
-    weight_decay = None  # None -> sgd/lars 1e-4, lamb 0, adamw 0.01 (vit: 0.1 on weight matrices only)
-    batch_size = 256  # minibatch; the last partial batch of an epoch is dropped
+    optimizer = "sgd"  # sgd (momentum 0.9) | lars (dynamics.lars) | lamb (timm) | adamw
+    weight_decay = None  # None -> sgd/lars 1e-4, lamb 0, adamw 0.01 (vit: 0.1 on conv/linear weights only)
+    batch_size = 256  # minibatch
     num_epoch = 310  # epochs (train.py default)
     lr_setting = [0.1, 5, 0.01]  # [lr_max, epoch_warm, lr_warm]: linear warm-up lr_warm -> lr_max over epoch_warm units, applied once
     decay_rate = 0.33  # step decay factor after the warm-up
     decay_stepsize = 50  # units between decays
-    schedule_unit = "epoch"  # epoch (train.py) | iteration (mnist.py's StepLR, stepped every iteration)
+    schedule_unit = "epoch"  # epoch (train.py, mnist.py, small-init.py) | iteration (grad_indep.py, beta_domin.py: StepLR stepped every iteration)
     scheduler = "default"  # default: warm-up + step decay | onecycle: torch's OneCycleLR per iteration (train.py's vit option)
-    grad_clip = None  # clip every gradient entry to ±grad_clip (mnist.py: 0.1); None -> off
+    grad_clip = None  # clip every gradient entry to ±grad_clip (the MNIST scripts: 0.1); None -> off
 
     # --- recording ---
     n_basis = 5  # β_i logged as metrics for i < n_basis (all k = min(C, rank Φ) go to basis.npz)
-    early_points = 30  # log-spaced recordings in the first epoch, besides t = 0 and every epoch end
-    record_every = None  # also record every this many iterations; None -> off
+    early_points = 0  # log-spaced recordings in the first epoch, besides t = 0
+    record_epoch_ends = True  # record at every epoch end (train.py)
+    record_every = None  # also record every this many iterations; None -> off (mnist.py: 20)
+    record_first = None  # first iteration of the record_every grid; None -> record_every (mnist.py: 1)
+    record_until = None  # no recording after this iteration; None -> the run's end (mnist.py: 2001)
     saturation_level = 0.8  # τ_i = first recording with β_i(t) >= saturation_level · s_i (result summary)
     gradient = False  # also ‖∇_θ β_i(θ_t)‖, i < n_basis, at every recording (one vmapped VJP per checkpoint)
-    log = "essential"  # essential | detail: also every β_ij(t) (basis.npz) and the per-step training loss
+    log = "essential"  # essential | detail: also Φ, every F_t and W (detail.npz), every β_ij(t) and the per-step loss
     checkpoint_dir = None  # keep the checkpoints there; None -> a temporary folder, written only with gradient
     num_run = 0  # repetition index, a label (randomness comes from seed)
 
     # --- paper Fig. 2 analyses ---
     small_init = True  # |β_ij(θ_0)| on every u_i v_jᵀ (free: F_0 is recorded anyway)
-    grad_indep = False  # max_{i≠j} |cos(∇β_i, ∇β_j)|, i, j < rerun_config.num_basis, along a re-initialised run
+    grad_indep = False  # |cos(∇β_i, ∇β_j)|, i, j < rerun_config.num_basis, along a re-initialised run
     beta_domin = False  # log|β_i| against log‖∇β_i‖ along a re-initialised run
     rerun_config = dict(
-        iterations=400 if beta_domin else 100,  # length of the re-initialised run (paper: 400 / 100)
-        every=1 if beta_domin else 10,  # iterations between ∇β evaluations (paper: 1 / 10)
-        num_basis=10,  # ∇β_i for i < num_basis (paper: 10)
+        iterations=400 if beta_domin else 10,  # ∇β evaluated before steps t < iterations (beta_domin.py 400, grad_indep.py 10)
+        every=1,  # iterations between ∇β evaluations (both scripts: 1)
+        num_basis=5 if beta_domin else 10,  # ∇β_i for i < num_basis (beta_domin.py 5, grad_indep.py 10)
     )
 
     # --- runtime ---
@@ -106,11 +115,80 @@ def cfg():
     log_max_points = 2000  # thinning of the per-step training loss (log='detail')
 
 
+# The MNIST scripts share MSE on one-hot targets, LARS (momentum 0.9, weight decay 1e-4),
+# StepLR(50, 0.33), entry-wise clipping at 0.1 and no augmentation; they differ below.
+
 @ex.named_config
 def mnist():
-    """mnist.py: 3-block CNN on MNIST, MSE, LARS at lr 2 decayed ×0.33 every 50 iterations, batch 512, 10 epochs."""
+    """mnist.py (Fig. 3(a–c)): cnn2 / cnn3 / cnn4, lr 0.05, batch 256, 20 epochs, F_t every 20 iterations to 2001."""
     data = "mnist"
-    model = "cnn3"
+    model = "cnn3"  # cnn2 | cnn3 | cnn4
+    normalize = True
+    loss_fn = "mse_loss"
+    optimizer = "lars"
+    batch_size = 256
+    num_epoch = 20
+    lr_setting = [0.05, 0, 0.05]
+    decay_rate = 0.33
+    decay_stepsize = 50
+    schedule_unit = "epoch"  # scheduler.step() once per epoch: no decay within 20 epochs
+    grad_clip = 0.1
+    record_epoch_ends = False
+    record_every = 20
+    record_first = 1  # F recorded after steps 1, 21, ..., 2001
+    record_until = 2001
+    small_init = False
+    seed = 64 if model == "cnn4" else 0  # the original README: seed 64 for the 4-block CNN's figure
+
+
+@ex.named_config
+def grad_indep():
+    """grad_indep.py (Fig. 2(b)): |cos(∇β_i, ∇β_j)|, i, j < 10, before each of the first 10 steps of a fresh run."""
+    data = "mnist"
+    model = "fig2_cnn"
+    normalize = True
+    loss_fn = "mse_loss"
+    optimizer = "lars"
+    batch_size = 512
+    num_epoch = 20
+    lr_setting = [0.05, 0, 0.05]
+    decay_rate = 0.33
+    decay_stepsize = 50
+    schedule_unit = "iteration"
+    grad_clip = 0.1
+    small_init = False
+    grad_indep = True
+    rerun_config = dict(iterations=10, every=1, num_basis=10)
+    seed = 83
+
+
+@ex.named_config
+def beta_domin():
+    """beta_domin.py (Fig. 2(c)): log|β_i| against log‖∇β_i‖, i < 5, before each of the first 400 steps of a fresh run."""
+    data = "mnist"
+    model = "fig2_cnn_bn1d"
+    normalize = False
+    loss_fn = "mse_loss"
+    optimizer = "lars"
+    batch_size = 512
+    num_epoch = 10
+    lr_setting = [0.5, 0, 0.5]
+    decay_rate = 0.33
+    decay_stepsize = 50
+    schedule_unit = "iteration"
+    grad_clip = 0.1
+    small_init = False
+    beta_domin = True
+    rerun_config = dict(iterations=400, every=1, num_basis=5)
+    seed = 0
+
+
+@ex.named_config
+def small_init():
+    """small-init.py (Fig. 2(a)): |β_ij(θ_0)| on the final basis; lr 2, batch 512, 10 epochs, F at t = 0 and the end."""
+    data = "mnist"
+    model = "fig2_cnn_bn1d"
+    normalize = False
     loss_fn = "mse_loss"
     optimizer = "lars"
     batch_size = 512
@@ -118,17 +196,11 @@ def mnist():
     lr_setting = [2.0, 0, 2.0]
     decay_rate = 0.33
     decay_stepsize = 50
-    schedule_unit = "iteration"
+    schedule_unit = "epoch"
     grad_clip = 0.1
-
-
-@ex.named_config
-def fig2():
-    """Paper Fig. 2 (combine with ``mnist``): small_init, grad_indep and beta_domin over 400 iterations."""
+    record_epoch_ends = False
     small_init = True
-    grad_indep = True
-    beta_domin = True
-    rerun_config = dict(iterations=400, every=1, num_basis=10)
+    seed = 1
 
 
 @ex.named_config
@@ -147,7 +219,7 @@ def readme_example():
 
 @ex.named_config
 def vit():
-    """train.py's ViT option: AdamW (0.1 decay on weight matrices) with the one-cycle schedule."""
+    """train.py's ViT option: AdamW (0.1 decay on conv/linear weights) with the one-cycle schedule."""
     model = "vit"
     optimizer = "adamw"
     scheduler = "onecycle"
@@ -199,7 +271,8 @@ def validate(config: dict) -> Checked:
     shape = InputShape(spec.channels, spec.size, spec.num_classes)
     _int("train_points", config["train_points"], none_ok=True)
     _int("eval_points", config["eval_points"], none_ok=True)
-    for key in ("augment", "gradient", "small_init", "grad_indep", "beta_domin"):
+    for key in ("normalize", "augment", "drop_last", "record_epoch_ends", "gradient", "small_init", "grad_indep",
+                "beta_domin"):
         _bool(key, config[key])
     make_loss(config["loss_fn"])  # names loss_fn
     k_M = config["k_M"]
@@ -228,6 +301,11 @@ def validate(config: dict) -> Checked:
     _number("grad_clip", config["grad_clip"], strict=True, none_ok=True)
     _int("early_points", config["early_points"], lo=0)
     _int("record_every", config["record_every"], none_ok=True)
+    _int("record_first", config["record_first"], lo=1, none_ok=True)
+    _int("record_until", config["record_until"], lo=0, none_ok=True)
+    if config["record_first"] is not None and config["record_every"] is None:
+        raise ValueError(f"record_first needs record_every; got record_first={config['record_first']} "
+                         "with record_every=None")
     level = config["saturation_level"]
     if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level <= 1:
         raise ValueError(f"saturation_level must be a number in (0, 1]; got {level!r}")
@@ -263,109 +341,30 @@ INIT, BATCHES, AUGMENT, REINIT, REBATCHES, REAUGMENT = range(6)
 
 # --- training -------------------------------------------------------------------------------
 
-def _crop_flip(x, pad_value, gen):
-    """train.py's CIFAR augmentation on normalised images: random crop with padding 4, random h-flip."""
-    b, c, h, w = x.shape
-    padded = pad_value.view(1, c, 1, 1).expand(b, c, h + 8, w + 8).clone()
-    padded[:, :, 4:4 + h, 4:4 + w] = x
-    oy = torch.randint(0, 9, (b,), generator=gen, device=x.device)
-    ox = torch.randint(0, 9, (b,), generator=gen, device=x.device)
-    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (b, 1, h, 1)
-    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (b, 1, 1, w)
-    out = padded[torch.arange(b, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
-    flip = torch.rand(b, generator=gen, device=x.device) < 0.5
-    return torch.where(flip[:, None, None, None], out.flip(-1), out)
-
-
-class Trainer:
-    """One training run of train.py's loop: shuffled minibatches, scheduled LR, optional clipping.
-
-    Every epoch visits a fresh permutation of the training images in batches of
-    ``batch_size`` (the last partial batch is dropped); each step sets the
-    scheduled learning rate once, then takes one optimizer step.
-    """
-
-    def __init__(self, net, optimizer, schedule, loss_fn, x, y, batch_size, total_steps, grad_clip, batch_gen,
-                 augment_gen, pad_value):
-        self.net, self.optimizer, self.schedule, self.loss_fn = net, optimizer, schedule, loss_fn
-        self.x, self.y, self.batch_size, self.total_steps = x, y, batch_size, total_steps  # x (n, c, h, w), y (n,)
-        self.grad_clip, self.batch_gen, self.augment_gen, self.pad_value = grad_clip, batch_gen, augment_gen, pad_value
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.x.shape[0] // self.batch_size
-
-    def run(self, num_steps, on_step=None):
-        """Take ``num_steps`` steps; ``on_step(t, loss, correct, grad_norm, lr)`` after each (t = steps done)."""
-        spe, t = self.steps_per_epoch, 0
-        while t < num_steps:
-            perm = torch.randperm(self.x.shape[0], generator=self.batch_gen, device=self.batch_gen.device)
-            for b in range(spe):
-                if t >= num_steps:
-                    return
-                idx = perm[b * self.batch_size:(b + 1) * self.batch_size].to(self.x.device)
-                xb, yb = self.x[idx], self.y[idx]
-                if self.augment_gen is not None:
-                    xb = _crop_flip(xb, self.pad_value, self.augment_gen)
-                lr = self.schedule.lr(t, spe, self.total_steps)
-                set_lr(self.optimizer, lr)
-                self.net.train()
-                out = self.net(xb)
-                loss = self.loss_fn(out, yb)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grads = [p.grad for p in self.net.parameters() if p.grad is not None]
-                grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
-                if self.grad_clip is not None:
-                    torch.nn.utils.clip_grad_value_(self.net.parameters(), self.grad_clip)
-                self.optimizer.step()
-                t += 1
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"training diverged: loss {value} at step {t}")
-                if on_step is not None:
-                    on_step(t, value, int((out.argmax(1) == yb).sum()), grad_norm, lr)
-
-
 def _new_trainer(config, checked, x, y, seed, init, batches, augment):
     device = checked.device
     net = build_model(config["model"], checked.shape, config["width"], config["init_scale"],
                       seed=derived_seed(seed, init)).to(device)
     wd = config["weight_decay"]
-    if config["model"] == "vit" and config["optimizer"] == "adamw":
-        params = decay_groups(net.named_parameters(), 0.1 if wd is None else wd)
+    if config["model"] in ("vit", "vit_timm") and config["optimizer"] == "adamw":
+        params = decay_groups(net, 0.1 if wd is None else wd)
     else:
         params = net.parameters()
     opt = make_optimizer(config["optimizer"], params, checked.schedule.lr_max, wd)
     spec = DATASETS[config["data"]]
-    pad = -torch.tensor(spec.mean, device=device) / torch.tensor(spec.std, device=device)  # black, normalised
+    pad = torch.zeros(spec.channels, device=device)  # black
+    if config["normalize"]:
+        pad = -torch.tensor(spec.mean, device=device) / torch.tensor(spec.std, device=device)
     gen = lambda purpose: torch.Generator(device=device).manual_seed(derived_seed(seed, purpose))  # noqa: E731
-    steps = x.shape[0] // config["batch_size"] * config["num_epoch"]
     return Trainer(net, opt, checked.schedule, make_loss(config["loss_fn"], checked.k_M), x, y, config["batch_size"],
-                   steps, config["grad_clip"], gen(batches), gen(augment) if config["augment"] else None, pad)
-
-
-@torch.no_grad()
-def _outputs(net, x, chunk, features=False):
-    """Eval-mode outputs (N, C), or features Φ (N, p), in chunks."""
-    net.eval()
-    fn = net.features if features else net
-    return torch.cat([fn(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
-
-
-def recording_times(steps_per_epoch: int, num_epoch: int, early_points: int, every: int | None = None) -> np.ndarray:
-    """t = 0, ``early_points`` log-spaced iterations in [1, steps_per_epoch], every epoch end, every ``every`` steps."""
-    early = np.geomspace(1, steps_per_epoch, early_points).round().astype(int) if early_points else []
-    total = steps_per_epoch * num_epoch
-    ends = steps_per_epoch * np.arange(1, num_epoch + 1)
-    regular = np.arange(every, total + 1, every) if every else []
-    return np.unique(np.concatenate([[0], early, ends, regular])).astype(int)
+                   config["num_epoch"], config["grad_clip"], gen(batches), gen(augment) if config["augment"] else None,
+                   pad, drop_last=config["drop_last"])
 
 
 # --- main -------------------------------------------------------------------------------------
 
 def _load(config, checked):
-    kw = dict(data_root=config["data_root"])
+    kw = dict(data_root=config["data_root"], normalize=config["normalize"])
     x, y = load_vision_dataset(config["data"], train=True, **kw)
     xe, ye = load_vision_dataset(config["data"], train=False, **kw)
     x, y = x[: config["train_points"]], y[: config["train_points"]]
@@ -388,10 +387,8 @@ def main(_config, _run, _seed):
     x, y, xe, ye = _load(config, checked)
     trainer = _new_trainer(config, checked, x, y, _seed, INIT, BATCHES, AUGMENT)
     spe, n_basis, chunk = trainer.steps_per_epoch, config["n_basis"], config["eval_batch_size"]
-    times = recording_times(spe, config["num_epoch"], config["early_points"], config["record_every"])
-    loss_fn = trainer.loss_fn
-
-    # --- pass 1: train, recording F_t (and checkpoints) ---------------------------------------
+    times = recording_times(spe, config["num_epoch"], config["early_points"], config["record_every"],
+                            config["record_first"], config["record_until"], config["record_epoch_ends"])
     ckpt_tmp = None
     ckpt_dir = config["checkpoint_dir"]
     if ckpt_dir is None and config["gradient"]:
@@ -399,56 +396,25 @@ def main(_config, _run, _seed):
         ckpt_dir = ckpt_tmp.name
     if ckpt_dir is not None:
         os.makedirs(ckpt_dir, exist_ok=True)
-    recorded = set(times.tolist())
-    F_t, eval_loss, eval_acc = [], [], []
-    epoch = dict(loss=0.0, correct=0, grad=0.0, n=0)
-    train_curves = {k: [] for k in ("loss", "accuracy", "grad_norm", "lr")}
-
-    def record(t):
-        out = _outputs(trainer.net, xe, chunk)
-        F_t.append(out.float().cpu())
-        eval_loss.append(float(loss_fn(out, ye)))
-        eval_acc.append(float((out.argmax(1) == ye).float().mean()))
-        _run.log_scalar("eval/loss", eval_loss[-1], t)
-        _run.log_scalar("eval/accuracy", eval_acc[-1], t)
-        if ckpt_dir is not None:
-            torch.save(trainer.net.state_dict(), os.path.join(ckpt_dir, f"ckpt_{t:09d}.pt"))
-
-    step_losses = []
-
-    def on_step(t, loss, correct, grad_norm, lr):
-        epoch["loss"] += loss
-        epoch["correct"] += correct
-        epoch["grad"] += grad_norm
-        epoch["n"] += 1
-        step_losses.append(loss)
-        if t % spe == 0:  # epoch end: train.py's per-epoch train loss and accuracy
-            for name, value in (("loss", epoch["loss"] / epoch["n"]), ("accuracy", epoch["correct"] / (epoch["n"] * config["batch_size"])),
-                                ("grad_norm", epoch["grad"] / epoch["n"]), ("lr", lr)):
-                train_curves[name].append(value)
-                _run.log_scalar(f"train/{name}", value, t)
-            epoch.update(loss=0.0, correct=0, grad=0.0, n=0)
-        if t in recorded:
-            record(t)
-
-    record(0)
-    trainer.run(trainer.total_steps, on_step)
+    rec = record_training(trainer, times, xe, ye, chunk, _run.log_scalar, ckpt_dir)
     if config["log"] == "detail":
-        log_series(_run, "train/step_loss", step_losses, config["log_max_points"], offset=1)
+        log_series(_run, "train/step_loss", rec.step_loss, config["log_max_points"], offset=1)
+    eval_loss, eval_acc, train_curves = rec.eval_loss, rec.eval_accuracy, rec.train
 
     # --- pass 2: basis from the final network, β_i(t) for every recording ----------------------
     net = trainer.net
-    phi = _outputs(net, xe, chunk, features=True)  # (N, p)
-    basis = conjugate_kernel_basis(phi, net.head.weight.detach())
+    phi = eval_outputs(net, xe, chunk, features=True)  # (N, p)
+    W = net.head.weight.detach()  # (C, p)
+    F_final = eval_outputs(net, xe, chunk)  # (N, C)
+    basis = conjugate_kernel_basis(phi, W)
     k = basis.size
     if basis.feature_rank < n_basis:
         warnings.warn(f"Φ has numerical rank {basis.feature_rank} < n_basis = {n_basis}: "
                       "the basis functions beyond the rank are arbitrary")
-    F_all = torch.stack(F_t)  # (T, N, C)
+    F_all = torch.stack(rec.F)  # (T, N, C)
     beta = torch.cat([basis.coefficients(F_all[i:i + 16]) for i in range(0, len(F_all), 16)]).cpu().numpy()  # (T, k)
     residual = torch.cat([basis.relative_residual(F_all[i:i + 16], n_basis)
                           for i in range(0, len(F_all), 16)]).cpu().numpy()  # (T,)
-    final_residual = float(basis.relative_residual(_outputs(net, xe, chunk), k))
     s = basis.s.cpu().numpy()
     for j, t in enumerate(times):
         for i in range(n_basis):
@@ -459,13 +425,23 @@ def main(_config, _run, _seed):
                   train_loss=np.array(train_curves["loss"]), train_accuracy=np.array(train_curves["accuracy"]),
                   train_grad_norm=np.array(train_curves["grad_norm"]), train_lr=np.array(train_curves["lr"]))
     if config["small_init"]:
-        arrays["small_init"] = basis.coefficient_matrix(F_all[0]).abs().cpu().numpy()  # (k, k)
+        beta0 = basis.coefficient_matrix(F_all[0])  # (k, k)
+        arrays["small_init"] = beta0.abs().cpu().numpy()
+        arrays["small_init_signed"] = beta0.cpu().numpy()
+        arrays["final_coefficient_matrix"] = basis.coefficient_matrix(F_final).cpu().numpy()  # diag(s) up to rounding
         _run.info["small_init_diagonal"] = arrays["small_init"].diagonal()[:n_basis].tolist()
     if config["log"] == "detail":
         arrays["coefficient_matrix"] = torch.cat([basis.coefficient_matrix(F_all[i:i + 16])
                                                   for i in range(0, len(F_all), 16)]).cpu().numpy()  # (T, k, k)
+        # train.py's log='detail': Φ, F_out and the head W (torch.save'd there)
+        _add_npz(_run, "detail.npz", dict(times=times, phi=phi.float().cpu().numpy(), F=F_all.numpy(),
+                                          W=W.float().cpu().numpy(), F_final=F_final.float().cpu().numpy()))
     if config["gradient"]:
-        norms, max_cos = _checkpoint_gradients(_run, net, ckpt_dir, times, xe, basis, n_basis, chunk, checked.device)
+        norms, max_cos = checkpoint_gradients(net, ckpt_dir, times, xe, basis, n_basis, chunk, checked.device)
+        for j, t in enumerate(times.tolist()):
+            for i in range(n_basis):
+                _run.log_scalar(f"basis/grad_norm_{i + 1}", float(norms[j, i]), t)
+            _run.log_scalar("basis/grad_max_abs_cos", float(max_cos[j]), t)
         arrays.update(grad_norms=norms, grad_max_abs_cos=max_cos)
     if ckpt_tmp is not None:
         ckpt_tmp.cleanup()
@@ -476,8 +452,8 @@ def main(_config, _run, _seed):
     tau = saturation_times(times, beta[:, :n_basis], s[:n_basis], config["saturation_level"])
     rising_end = saturation_times(times, beta[:, :n_basis], s[:n_basis], RISING_LEVEL)
     result = {
-        "final_test_accuracy": eval_acc[-1],
-        "final_test_loss": eval_loss[-1],
+        "final_test_accuracy": float((F_final.argmax(1) == ye).float().mean()),
+        "final_test_loss": float(trainer.loss_fn(F_final, ye)),
         "final_train_accuracy": train_curves["accuracy"][-1],
         "final_train_loss": train_curves["loss"][-1],
         "steps": trainer.total_steps,
@@ -488,7 +464,7 @@ def main(_config, _run, _seed):
         "feature_rank": basis.feature_rank,
         "singular_values": s[:n_basis],
         "beta_initial": beta[0, :n_basis],
-        "final_relative_residual": final_residual,
+        "final_relative_residual": float(basis.relative_residual(F_final, k)),
         # increments β_i(t_{j+1}) − β_i(t_j) >= 0 from the first step on; and only while β_i is
         # still rising (until it first reaches 0.95 s_i), before the plateau where eval outputs
         # jitter with the minibatch noise (and BatchNorm running statistics)
@@ -511,56 +487,28 @@ def _index_at(times, t) -> int:
     return len(times) - 1 if math.isnan(t) else int(np.searchsorted(times, t))
 
 
-def _checkpoint_gradients(_run, net, ckpt_dir, times, xe, basis, n_basis, chunk, device):
-    """‖∇β_i(θ_t)‖ (T, n_basis) and max |cos| (T,) from the saved checkpoints."""
-    norms, max_cos = [], []
-    for t in times:
-        net.load_state_dict(torch.load(os.path.join(ckpt_dir, f"ckpt_{int(t):09d}.pt"), map_location=device))
-        net.eval()
-        f, w = flat_model_for_module(net, torch.float32, device)
-        g = beta_gradients(f, w, xe, basis, n_basis, chunk)
-        norms.append(g.norms.cpu().numpy())
-        max_cos.append(g.max_offdiag_abs_cosine())
-        for i in range(n_basis):
-            _run.log_scalar(f"basis/grad_norm_{i + 1}", float(norms[-1][i]), int(t))
-        _run.log_scalar("basis/grad_max_abs_cos", max_cos[-1], int(t))
-    return np.array(norms), np.array(max_cos)
-
-
 def _rerun(_run, config, checked, x, y, xe, basis, seed):
     """grad_indep / beta_domin: ∇β_i of the final basis along a freshly initialised run."""
     rc = config["rerun_config"]
     trainer = _new_trainer(config, checked, x, y, seed, REINIT, REBATCHES, REAUGMENT)
-    num, chunk = rc["num_basis"], config["eval_batch_size"]
-    times, betas, norms, cosines = [], [], [], []
-
-    def evaluate(t):
-        trainer.net.eval()
-        f, w = flat_model_for_module(trainer.net, torch.float32, checked.device)
-        g = beta_gradients(f, w, xe, basis, num, chunk)
-        times.append(t)
-        betas.append(g.beta.cpu().numpy())
-        norms.append(g.norms.cpu().numpy())
-        cosines.append(g.cosines.cpu().numpy())
+    num = rc["num_basis"]
+    r = gradients_along_run(trainer, xe, basis, num, rc["iterations"], rc["every"], config["eval_batch_size"],
+                            checked.device)
+    tiny = np.finfo(float).tiny
+    log_beta, log_grad = np.log(np.abs(r["beta"]) + tiny), np.log(r["grad_norms"] + tiny)  # (R, num)
+    for j, t in enumerate(r["times"].tolist()):
         if config["grad_indep"]:
-            _run.log_scalar("grad_indep/max_abs_cos", g.max_offdiag_abs_cosine(), t)
+            _run.log_scalar("grad_indep/max_abs_cos", float(r["max_abs_cos"][j]), t)
         if config["beta_domin"]:
             for i in range(num):
-                _run.log_scalar(f"beta_domin/log_abs_beta_{i + 1}", math.log(abs(float(g.beta[i])) + 1e-300), t)
-                _run.log_scalar(f"beta_domin/log_grad_norm_{i + 1}", math.log(float(norms[-1][i]) + 1e-300), t)
-
-    evaluate(0)
-    trainer.run(rc["iterations"], lambda t, *_: evaluate(t) if t % rc["every"] == 0 else None)
-    cos = np.array(cosines)  # (T, n, n)
-    offdiag = np.abs(cos[:, ~np.eye(num, dtype=bool)]).max(axis=1)  # (T,)
-    _add_npz(_run, "rerun.npz", dict(times=np.array(times), beta=np.array(betas), grad_norms=np.array(norms),
-                                     cosines=cos, max_abs_cos=offdiag))
+                _run.log_scalar(f"beta_domin/log_abs_beta_{i + 1}", float(log_beta[j, i]), t)
+                _run.log_scalar(f"beta_domin/log_grad_norm_{i + 1}", float(log_grad[j, i]), t)
+    _add_npz(_run, "rerun.npz", r)
     out = {}
     if config["grad_indep"]:
-        out["grad_indep_max_abs_cos"] = float(offdiag.max())
+        out["grad_indep_max_abs_cos"] = float(r["max_abs_cos"].max())
     if config["beta_domin"]:
-        b, g = np.log(np.abs(np.array(betas)) + 1e-300), np.log(np.array(norms) + 1e-300)
-        out["beta_domin_corr"] = [float(np.corrcoef(g[:, i], b[:, i])[0, 1]) for i in range(num)]
+        out["beta_domin_corr"] = [float(np.corrcoef(log_grad[:, i], log_beta[:, i])[0, 1]) for i in range(num)]
     return out
 
 

@@ -21,8 +21,8 @@ from tests.conftest import REPO, load_experiment
 from tests.datasets import _class_images, _idx, allow_tiny_cifar, write_cifar10, write_cifar100, write_mnist
 from tracking import figures_basis as figs
 
-# 64 training images, batches of 16: 4 steps per epoch; cnn3 at width 2 has p = 1·3·3 = 9.
-TINY = dict(data="mnist", model="cnn3", width=2, batch_size=16, num_epoch=2, optimizer="sgd",
+# 64 training images, batches of 16: 4 steps per epoch; fig2_cnn_bn1d at width 2 has p = 1·3·3 = 9.
+TINY = dict(data="mnist", model="fig2_cnn_bn1d", width=2, batch_size=16, num_epoch=2, optimizer="sgd",
             lr_setting=[0.05, 1, 0.01], decay_stepsize=1, early_points=3, n_basis=3, device="cpu",
             eval_batch_size=13)
 
@@ -120,14 +120,19 @@ def test_cifar100_vit_defaults_to_the_k_M_loss(expt, tmp_path, monkeypatch):
     r = run(expt, root, data="cifar100", model="vit", width=1, batch_size=10, num_epoch=1, optimizer="lamb",
             lr_setting=[0.01, 0, 0.01], n_basis=2, early_points=0)
     assert r.config["k_M"] == [5.0, 5.0]
-    assert r.result["num_basis_functions"] == 6  # min(C = 100, p = 6 · width)
+    assert r.result["num_basis_functions"] == 8  # min(C = 100, p = 8 heads · max(1, width / 2))
+    r = run(expt, root, data="cifar100", model="vit_timm", width=1, batch_size=10, num_epoch=1, optimizer="adamw",
+            lr_setting=[0.01, 0, 0.01], n_basis=2, early_points=0)
+    assert r.result["num_basis_functions"] == 6  # min(C = 100, p = 6 heads · width)
 
 
-def test_crop_flip_moves_whole_images_only(expt):
+def test_crop_flip_moves_whole_images_only():
+    from dynamics.basis_training import crop_flip
+
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(6, 2, 5, 5, generator=gen)
     pad = torch.tensor([-1.0, -2.0])
-    out = expt._crop_flip(x, pad, gen)
+    out = crop_flip(x, pad, gen)
     padded = torch.cat([pad.view(1, 2, 1, 1).expand(6, 2, 13, 13)], 0).clone()
     padded[:, :, 4:9, 4:9] = x
     for b in range(6):
@@ -138,6 +143,42 @@ def test_crop_flip_moves_whole_images_only(expt):
 def test_recording_times(expt):
     np.testing.assert_array_equal(expt.recording_times(100, 3, 4), [0, 1, 5, 22, 100, 200, 300])
     np.testing.assert_array_equal(expt.recording_times(4, 2, 0, every=3), [0, 3, 4, 6, 8])
+    np.testing.assert_array_equal(expt.recording_times(4, 3, 0, every=3, until=7), [0, 3, 4, 6])
+    # mnist.py's loop: F at t = 0, and after the step of every iteration `it` with it % 20 == 0 and it < 2001,
+    # stored under it + 1; 60000 images in batches of 256 are 235 steps an epoch (last batch partial), 20 epochs
+    want = [0] + [it + 1 for it in range(235 * 20) if it % 20 == 0 and it < 2001]
+    got = expt.recording_times(235, 20, 0, every=20, first=1, until=2001, epoch_ends=False)
+    np.testing.assert_array_equal(got, want)
+    assert got[-1] == 2001 and len(got) == 102
+
+
+def test_partial_last_batch_is_kept_unless_drop_last(expt, mnist_root, tmp_path):
+    """torch's DataLoader (every original script) keeps the last partial batch: 64 images in 24s are 3 steps."""
+    r = run(expt, mnist_root, tmp_path, batch_size=24, num_epoch=1, early_points=0, seed=1)
+    assert r.result["steps_per_epoch"] == 3 and r.result["steps"] == 3
+    metrics = json.loads((tmp_path / "1" / "metrics.json").read_text())
+    acc = metrics["train/accuracy"]["values"][0]
+    assert acc * 64 == pytest.approx(round(acc * 64), abs=1e-9)  # correct / 64 images, not / (3 · 24)
+    assert run(expt, mnist_root, batch_size=24, num_epoch=1, early_points=0, drop_last=True).result["steps"] == 2
+
+
+def test_log_detail_saves_phi_outputs_and_head(expt, mnist_root, tmp_path):
+    run(expt, mnist_root, tmp_path, log="detail", seed=4)
+    d = npz(tmp_path / "1" / "detail.npz")
+    a = npz(tmp_path / "1" / "basis.npz")
+    assert d["phi"].shape == (32, 9) and d["W"].shape == (10, 9) and d["F"].shape == (5, 32, 10)
+    np.testing.assert_array_equal(d["times"], a["times"])
+    # the final outputs are Φ Wᵀ (float32 products of O(1) terms)
+    np.testing.assert_allclose(d["F_final"], d["phi"] @ d["W"].T, rtol=1e-4, atol=1e-5)
+    # train.py's basis from the saved tensors, with numpy: svd(Φ), B = W V S / √N; its singular values are
+    # unique (unlike the vectors of a width-2 net's near-degenerate spectrum), float64 from the same float32 inputs
+    U, S, Vt = np.linalg.svd(d["phi"].astype(float), full_matrices=False)
+    B = d["W"].astype(float) @ Vt.T * S / math.sqrt(32)
+    u, s, vt = np.linalg.svd(B)
+    np.testing.assert_allclose(s[: len(a["s"])], a["s"], rtol=1e-9, atol=1e-12)
+    # β_1 = u_1ᵀ F_0ᵀ U v_1 / √N (s_1 is well separated; its sign is fixed by the pair u_1, v_1)
+    beta1 = u[:, 0] @ (d["F"][0].astype(float).T @ U / math.sqrt(32)) @ vt[0]
+    assert beta1 == pytest.approx(float(a["beta"][0, 0]), rel=1e-6, abs=1e-9)
 
 
 @pytest.mark.filterwarnings("ignore:Φ has numerical rank")  # a width-2 ReLU net may lose features
@@ -195,28 +236,64 @@ def test_unknown_key_is_rejected_by_sacred(expt, mnist_root):
         run(expt, mnist_root, n_bases=3)
 
 
-def test_named_configs_mirror_the_original_scripts(expt):
-    cfg = expt.ex.run("print_config", named_configs=["mnist", "fig2"]).config
-    assert (cfg["data"], cfg["model"], cfg["optimizer"], cfg["batch_size"], cfg["num_epoch"]) == ("mnist", "cnn3", "lars", 512, 10)
-    assert cfg["lr_setting"] == [2.0, 0, 2.0] and cfg["schedule_unit"] == "iteration" and cfg["grad_clip"] == 0.1
-    assert cfg["augment"] is False and cfg["grad_indep"] and cfg["beta_domin"]
-    assert cfg["rerun_config"] == dict(iterations=400, every=1, num_basis=10)
+# The original scripts' settings, read off mnist.py, grad_indep.py, beta_domin.py and small-init.py.
+ORIGINAL_SCRIPTS = {
+    # name: (model, normalize, batch, epochs, lr, decay unit, seed)
+    "mnist": ("cnn3", True, 256, 20, 0.05, "epoch", 0),
+    "grad_indep": ("fig2_cnn", True, 512, 20, 0.05, "iteration", 83),
+    "beta_domin": ("fig2_cnn_bn1d", False, 512, 10, 0.5, "iteration", 0),
+    "small_init": ("fig2_cnn_bn1d", False, 512, 10, 2.0, "epoch", 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ORIGINAL_SCRIPTS))
+def test_named_configs_are_the_original_scripts(expt, name):
+    cfg = expt.ex.run("print_config", named_configs=[name]).config
+    model, normalize, batch, epochs, lr, unit, seed = ORIGINAL_SCRIPTS[name]
+    assert (cfg["model"], cfg["normalize"], cfg["batch_size"], cfg["num_epoch"]) == (model, normalize, batch, epochs)
+    assert cfg["lr_setting"] == [lr, 0, lr] and cfg["schedule_unit"] == unit and cfg["seed"] == seed
+    # shared by all four: MNIST, MSE on one-hot, LARS (momentum 0.9, decay 1e-4), StepLR(50, 0.33), clip 0.1
+    assert (cfg["data"], cfg["loss_fn"], cfg["optimizer"], cfg["weight_decay"]) == ("mnist", "mse_loss", "lars", None)
+    assert (cfg["decay_stepsize"], cfg["decay_rate"], cfg["grad_clip"], cfg["augment"]) == (50, 0.33, 0.1, False)
+    assert not cfg["drop_last"] and cfg["init_scale"] == 1.0
+
+
+def test_named_config_cadences(expt):
+    mnist = expt.ex.run("print_config", named_configs=["mnist"]).config
+    assert (mnist["record_every"], mnist["record_first"], mnist["record_until"], mnist["record_epoch_ends"]) == (20, 1, 2001, False)
+    assert expt.ex.run("print_config", named_configs=["mnist"], config_updates=dict(model="cnn4")).config["seed"] == 64
+    assert expt.ex.run("print_config", named_configs=["mnist"], config_updates=dict(model="cnn2")).config["seed"] == 0
+    gi = expt.ex.run("print_config", named_configs=["grad_indep"]).config
+    assert gi["grad_indep"] and not gi["beta_domin"] and gi["rerun_config"] == dict(iterations=10, every=1, num_basis=10)
+    bd = expt.ex.run("print_config", named_configs=["beta_domin"]).config
+    assert bd["beta_domin"] and not bd["grad_indep"] and bd["rerun_config"] == dict(iterations=400, every=1, num_basis=5)
+    si = expt.ex.run("print_config", named_configs=["small_init"]).config
+    assert si["small_init"] and not si["record_epoch_ends"] and si["early_points"] == 0  # F at t = 0 and the end only
     default = expt.ex.run("print_config").config  # train.py's argparse defaults
     assert (default["model"], default["data"], default["loss_fn"], default["optimizer"]) == ("resnet18", "cifar10", "mse_loss", "sgd")
-    assert default["lr_setting"] == [0.1, 5, 0.01] and default["num_epoch"] == 310 and default["augment"] is True
+    assert default["lr_setting"] == [0.1, 5, 0.01] and default["num_epoch"] == 310 and default["record_epoch_ends"]
     assert expt.ex.run("print_config", config_updates=dict(beta_domin=True)).config["rerun_config"]["iterations"] == 400
+
+
+def test_rerun_evaluates_before_each_of_the_first_steps(expt, mnist_root, tmp_path):
+    """grad_indep.py: ∇β at t = 0, ..., iterations − 1, before each step of the fresh run."""
+    run(expt, mnist_root, tmp_path, grad_indep=True, small_init=False, rerun_config=dict(iterations=4, every=1, num_basis=3))
+    r = npz(tmp_path / "1" / "rerun.npz")
+    np.testing.assert_array_equal(r["times"], [0, 1, 2, 3])
+    np.testing.assert_allclose(r["max_abs_cos_matrix"], np.abs(r["cosines"]).max(axis=0), rtol=0, atol=0)  # a copy
+    assert int(r["num_points"]) == 32
 
 
 @pytest.mark.slow  # a fresh interpreter importing torch, torchvision and timm: ~20 s on a shared CPU
 def test_command_line_with_named_config_records_to_the_default_runs_dir(mnist_root, tmp_path):
     cmd = [sys.executable, str(REPO / "experiments" / "expt_basis_decomposition.py"), "with", "mnist",
-           f"data_root={mnist_root}", "width=2", "batch_size=32", "num_epoch=1", "n_basis=2", "early_points=0",
+           f"data_root={mnist_root}", "width=2", "batch_size=32", "num_epoch=1", "n_basis=2",
            "device=cpu", "seed=3"]
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     run_dir = tmp_path / "runs" / "basis_decomposition" / "1"
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["optimizer"] == "lars" and config["lr_setting"] == [2.0, 0, 2.0] and config["width"] == 2
+    assert config["optimizer"] == "lars" and config["lr_setting"] == [0.05, 0, 0.05] and config["width"] == 2
     assert json.loads((run_dir / "run.json").read_text())["status"] == "COMPLETED"
     assert (run_dir / "basis.npz").exists()
 
@@ -251,9 +328,21 @@ def test_generator_axes_replace_preset_values_and_lr_follows_the_optimizer(tmp_p
     assert parsed[0]["lr_setting"] == gen.OPTIMIZER_LR["lamb"] and parsed[2]["lr_setting"] == gen.OPTIMIZER_LR["adamw"]
     assert " -F runs/x with " in lines[0]
     mnist = [config_overrides(line) for line in generate(tmp_path, "--preset", "mnist_depth")]
-    assert [p["model"] for p in mnist] == ["cnn2", "cnn3", "cnn4"] and mnist[0]["lr_setting"] == [2.0, 0, 2.0]
+    assert [p["model"] for p in mnist] == ["cnn2", "cnn3", "cnn4"] and mnist[0]["lr_setting"] == [0.05, 0, 0.05]
     bare = [config_overrides(line) for line in generate(tmp_path, "--model", "vgg11", "--seeds", "3")]
     assert bare == [{"model": "vgg11", "seed": 3, "run_key": bare[0]["run_key"]}]
+
+
+@pytest.mark.parametrize("preset, named", [("mnist_depth", ["mnist"] * 3),
+                                           ("fig2", ["small_init", "grad_indep", "beta_domin"])])
+def test_script_presets_equal_the_named_configs(expt, tmp_path, preset, named):
+    """Each generated line configures the same run as the named config of its original script (seed aside)."""
+    for line, name in zip(generate(tmp_path, "--preset", preset), named, strict=True):
+        overrides = {k: v for k, v in config_overrides(line).items() if k not in ("run_key", "expt_name", "seed")}
+        got = expt.ex.run("print_config", config_updates=overrides).config
+        want = expt.ex.run("print_config", named_configs=[name], config_updates={"model": overrides["model"]}).config
+        assert {k: v for k, v in got.items() if k not in ("seed", "expt_name", "__doc__")} == \
+            {k: v for k, v in want.items() if k not in ("seed", "expt_name", "__doc__")}, name
 
 
 @pytest.mark.parametrize("args, message", [
@@ -278,17 +367,45 @@ def test_figures_from_recorded_runs(expt, mnist_root, tmp_path):
     assert len(figs.plot_beta_trajectories(a, n=None, x="iterations").axes[0].lines) == 2 * a["beta"].shape[1]
     fig = figs.plot_grad_indep([("seed 1", r), ("again", r)])
     assert len(fig.axes[0].lines) == 2
+    fig = figs.plot_grad_indep_matrix(r)
+    np.testing.assert_array_equal(fig.axes[0].images[0].get_array(), r["max_abs_cos_matrix"])
+    # beta_domin.py's axes: x = log|β_i|, y = log‖∇β_i‖, β = tr(φ_iᵀ F) / N (train.py's β / √N), one axes
     fig = figs.plot_beta_domin(r, n=3)
-    assert len(fig.axes) == 4  # three panels and the colour bar
-    fig = figs.plot_small_init(a, n=3)
-    assert len(fig.axes[0].containers) == 3
+    ax = fig.axes[0]
+    assert len(ax.collections) == 3 and len(fig.axes) == 2  # three scatters and the colour bar
+    shift = math.log(math.sqrt(32))
+    xy = ax.collections[1].get_offsets()
+    # (‖∇β‖ is float32: its log is good to ~1e-7 relative)
+    np.testing.assert_allclose(xy[:, 0], np.log(np.abs(r["beta"][:, 1])) - shift, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(xy[:, 1], np.log(r["grad_norms"][:, 1].astype(float)) - shift, rtol=1e-6, atol=1e-6)
+    xy = figs.plot_beta_domin(r, n=1, scale="basis").axes[0].collections[0].get_offsets()
+    np.testing.assert_allclose(xy[:, 0], np.log(np.abs(r["beta"][:, 0])), rtol=1e-12, atol=1e-12)
+    fig = figs.plot_small_init(a, n=5)
+    ax = fig.axes[0]
+    assert len(ax.patches) == 6 and ax.patches[-1].get_facecolor()[:3] == (1.0, 0.0, 0.0)  # 5 bars, red residual
     with pytest.raises(ValueError, match="n must be in"):
         figs.plot_beta_trajectories(a, n=50)
     with pytest.raises(ValueError, match="small_init"):
-        figs.plot_small_init({k: v for k, v in a.items() if k != "small_init"})
+        figs.plot_small_init({k: v for k, v in a.items() if k != "small_init_signed"})
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     assert buf.getvalue()[:4] == b"\x89PNG"
+
+
+def test_small_init_bars_are_small_init_py():
+    """small-init.py: rank the k² final β_ij (signed, descending), bar |β_ij(θ_0)| there, residual of the rest."""
+    rng = np.random.default_rng(0)
+    k = 4
+    final = np.diag([3.0, 2.0, 1.0, 0.5]) + 1e-9 * rng.standard_normal((k, k))  # diag(s) up to rounding
+    init = 0.1 * rng.standard_normal((k, k))
+    heights, residual, order = figs.small_init_bars(dict(small_init_signed=init, final_coefficient_matrix=final), top=6)
+    spars, spars0 = final.reshape(-1), init.reshape(-1)
+    top = sorted(range(len(spars)), key=lambda i: spars[i], reverse=True)[:6]  # the original's ranking
+    rest = np.linalg.norm(spars0) ** 2 - sum(spars0[i] ** 2 for i in top)
+    np.testing.assert_array_equal(order, top)
+    np.testing.assert_allclose(heights, np.abs(spars0[top]), rtol=0, atol=0)  # the same numbers, copied
+    assert residual == pytest.approx(math.sqrt(rest), rel=1e-12)
+    assert list(order[:4]) == [0, 5, 10, 15]  # the diagonal first, in the order of s_i
 
 
 # --- the paper's claim (slow) -------------------------------------------------------------------

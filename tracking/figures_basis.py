@@ -6,9 +6,12 @@ read them back as dicts of numpy arrays:
 * ``basis.npz``: ``times`` (T,) recording iterations, ``epochs`` (T,), ``beta`` (T, k)
   coefficients β_i(t), ``s`` (k,) final singular values of B, ``residual`` (T,),
   ``eval_loss`` / ``eval_accuracy`` (T,), ``small_init`` (k, k) |β_ij(θ_0)| when
-  recorded, and per-epoch ``train_*`` curves;
+  recorded, with ``small_init_signed`` and ``final_coefficient_matrix`` (k, k), and
+  per-epoch ``train_*`` curves;
 * ``rerun.npz`` (grad_indep / beta_domin): ``times`` (R,), ``beta`` (R, n),
-  ``grad_norms`` (R, n) ‖∇β_i‖, ``cosines`` (R, n, n), ``max_abs_cos`` (R,).
+  ``grad_norms`` (R, n) ‖∇β_i‖, ``cosines`` (R, n, n), ``max_abs_cos`` (R,),
+  ``max_abs_cos_matrix`` (n, n) and ``num_points`` N;
+* ``detail.npz`` (log='detail'): ``phi`` (N, p), ``F`` (T, N, C), ``W`` (C, p), ``F_final``.
 
 Figures are plain ``matplotlib.figure.Figure`` objects built without pyplot, as in
 ``tracking.figures``; save them with ``tracking.figures.save_figure``.
@@ -19,7 +22,8 @@ import io
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.colors import Normalize
+from matplotlib import colormaps
+from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 
 EXPERIMENT = "basis_decomposition"
@@ -113,62 +117,101 @@ def plot_grad_indep(reruns, ax: Axes | None = None, title: str | None = None) ->
     return ax.figure
 
 
-def plot_beta_domin(rerun: dict, n: int | None = 5, fig: Figure | None = None, title: str | None = None) -> Figure:
-    """log|β_i| against log‖∇β_i‖ along a re-initialised run, one panel per i < n, coloured by iteration.
+def plot_grad_indep_matrix(rerun: dict, ax: Axes | None = None, title: str | None = None) -> Figure:
+    """grad_indep.py's figure: max_t |cos(∇β_i, ∇β_j)| as an (n, n) image with a colour bar."""
+    m = np.asarray(rerun["max_abs_cos_matrix"])
+    ax = _axes(ax, (4.5, 3.8))
+    image = ax.imshow(m, vmin=0, vmax=1)
+    ax.figure.colorbar(image, ax=ax, label="correlation")
+    ticks = np.arange(m.shape[0])
+    ax.set_xticks(ticks, [str(i + 1) for i in ticks])
+    ax.set_yticks(ticks, [str(i + 1) for i in ticks])
+    ax.set(xlabel="∇β_j(θ_t)", ylabel="∇β_i(θ_t)")
+    if title is not None:
+        ax.set_title(title)
+    return ax.figure
+
+
+BETA_DOMIN_CMAPS = ("Reds", "Blues", "Greens", "Purples", "Oranges")  # beta_domin.py's colour maps
+
+
+def plot_beta_domin(rerun: dict, n: int | None = 4, ax: Axes | None = None, scale: str = "original",
+                    title: str | None = None) -> Figure:
+    """beta_domin.py's figure: log‖∇β_i‖ (y) against log|β_i| (x) for i < n on one axes, coloured by iteration.
 
     Args:
         rerun: ``rerun_arrays`` of one run with beta_domin.
-        n: number of coefficients (None -> all recorded).
-        fig: figure to draw into (its axes are replaced); None -> a new one.
-        title: figure title; None -> none.
+        n: number of coefficients (beta_domin.py: 4; None -> all recorded, at most 5).
+        ax: axes to draw on; None -> a new figure.
+        scale: 'original': β and ∇β divided by √N, as beta_domin.py's β = tr(φᵀ F) / N
+            does (a shift of both axes by −log √N); 'basis': the coefficients of
+            dynamics.basis (train.py's normalisation).
+        title: axes title; None -> none.
 
     Returns:
-        The figure: n scatter panels sharing one colour bar (iteration).
+        The figure; ``ax.collections`` holds one scatter per coefficient, each with its colour map
+        (light to dark over the iterations), and one colour bar for iteration.
     """
-    beta, norms, t = np.asarray(rerun["beta"]), np.asarray(rerun["grad_norms"]), np.asarray(rerun["times"])
-    n = _num(n, beta.shape[1], "coefficients in the rerun")
-    fig = Figure(figsize=(2.6 * n + 1, 2.8), layout="constrained") if fig is None else fig
-    fig.clear()
-    axes = np.atleast_1d(fig.subplots(1, n))
-    norm = Normalize(t.min(), t.max())
+    if scale not in ("original", "basis"):
+        raise ValueError(f"scale must be 'original' or 'basis'; got {scale!r}")
+    beta, norms, t = np.asarray(rerun["beta"]), np.asarray(rerun["grad_norms"]), np.asarray(rerun["times"]) + 1.0
+    n = _num(n, min(beta.shape[1], len(BETA_DOMIN_CMAPS)), "coefficients in the rerun (at most 5)")
+    shift = 0.5 * np.log(float(rerun["num_points"])) if scale == "original" else 0.0
+    ax = _axes(ax, (5.5, 4))
     tiny = np.finfo(float).tiny
-    for i, ax in enumerate(axes):
-        points = ax.scatter(np.log(norms[:, i] + tiny), np.log(np.abs(beta[:, i]) + tiny), c=t, norm=norm,
-                            cmap="viridis_r", s=8)
-        ax.set(xlabel=f"log‖∇β_{i + 1}‖", ylabel=f"log|β_{i + 1}|" if i == 0 else None)
-    fig.colorbar(points, ax=list(axes), label="iteration")
+    norm = Normalize(t.min(), t.max())
+    for i in range(n):
+        cmap = ListedColormap(colormaps[BETA_DOMIN_CMAPS[i]](np.linspace(0.5, 1.0, 256)))  # the darker half
+        points = ax.scatter(np.log(np.abs(beta[:, i]) + tiny) - shift, np.log(norms[:, i] + tiny) - shift, c=t,
+                            norm=norm, cmap=cmap, s=8, label=f"β_{i + 1}")
+    ax.figure.colorbar(points, ax=ax, label="iteration")
+    ax.set(xlabel="log(|β_i(θ_t)|)", ylabel="log(‖∇β_i(θ_t)‖)")
+    ax.legend(fontsize="small")
     if title is not None:
-        fig.suptitle(title)
-    return fig
+        ax.set_title(title)
+    return ax.figure
 
 
-def plot_small_init(arrays: dict, n: int | None = None, ax: Axes | None = None, title: str | None = None) -> Figure:
-    """Bars of |β_ii(θ_0)| and max_{j≠i} |β_ij(θ_0)| beside the final s_i, for i < n, on a log scale.
+def small_init_bars(arrays: dict, top: int = 20) -> tuple[np.ndarray, float, np.ndarray]:
+    """small-init.py's bars: |β_ij(θ_0)| at the ``top`` largest final β_ij, and the residual.
+
+    The entries (i, j) are ranked by the final coefficient matrix β_ij(θ_T) (signed,
+    descending; diag(s) up to rounding, so the diagonal comes first in the order of s_i and
+    then off-diagonal entries near 0). The residual is √(‖β(θ_0)‖_F² − Σ_top β_ij(θ_0)²),
+    the initial mass outside the shown entries.
+
+    Returns:
+        heights (m,) with m = min(top, k²), the residual, and the ranked flat indices (m,).
+    """
+    for key in ("small_init_signed", "final_coefficient_matrix"):
+        if key not in arrays:
+            raise ValueError(f"arrays has no {key!r} (run the experiment with small_init=True)")
+    b0, bT = np.asarray(arrays["small_init_signed"]).ravel(), np.asarray(arrays["final_coefficient_matrix"]).ravel()
+    order = np.argsort(-bT, kind="stable")[:top]
+    residual = float(np.sqrt(max(np.sum(b0 ** 2) - np.sum(b0[order] ** 2), 0.0)))
+    return np.abs(b0[order]), residual, order
+
+
+def plot_small_init(arrays: dict, n: int = 20, ax: Axes | None = None, title: str | None = None) -> Figure:
+    """small-init.py's figure: bars |β_i(θ_0)| indexed by the final basis, then a red residual bar.
 
     Args:
         arrays: ``basis_arrays`` of a run with small_init.
-        n: number of basis indices (None -> all k).
+        n: number of entries shown (small-init.py: 20), see :func:`small_init_bars`.
         ax: axes to draw on; None -> a new figure.
         title: axes title; None -> none.
 
     Returns:
-        The figure; ``ax.containers`` holds the three bar groups.
+        The figure; ``ax.patches`` holds the bars, the last one the residual.
     """
-    if "small_init" not in arrays:
-        raise ValueError("arrays has no 'small_init' (run the experiment with small_init=True)")
-    m, s = np.abs(np.asarray(arrays["small_init"])), np.asarray(arrays["s"])
-    n = _num(n, m.shape[0], "basis functions")
-    off = np.where(np.eye(m.shape[0], dtype=bool), 0.0, m)
-    idx = np.arange(n)
-    ax = _axes(ax, (max(4.0, 0.45 * n + 2), 3.5))
-    width = 0.28
-    ax.bar(idx - width, np.diag(m)[:n], width, label="|β_i(θ_0)|")
-    ax.bar(idx, off.max(axis=1)[:n], width, label="max$_{j≠i}$ |β_ij(θ_0)|")
-    ax.bar(idx + width, s[:n], width, label="s_i (final)", color="0.6")
-    ax.set_yscale("log")
-    ax.set_xticks(idx, [str(i + 1) for i in idx])
-    ax.set(xlabel="i (index of the final basis)", ylabel="magnitude")
-    ax.legend(fontsize="small")
+    heights, residual, _ = small_init_bars(arrays, n)
+    m = heights.shape[0]
+    ax = _axes(ax, (max(4.0, 0.3 * m + 2), 3.5))
+    bars = ax.bar(np.arange(m + 1), np.append(heights, residual))
+    bars[-1].set_color("r")
+    ticks = list(range(0, m, 2)) + [m]
+    ax.set_xticks(ticks, [str(i + 1) for i in ticks[:-1]] + ["residual"])
+    ax.set(xlabel="index", ylabel="|β_i(θ_0)|")
     if title is not None:
         ax.set_title(title)
     return ax.figure
