@@ -81,7 +81,7 @@ def every_experiment_runs(root, data_root) -> None:
     ])
     _run_into(root, "llc_curve", [dict(
         data_root=data, device="cpu", logging_period=2, seed=seed,
-        model_data_config=dict(model_name="resnet18", layer_width_factor=1 / 32),
+        model_data_config=dict(model_name="resnet18", layer_width_factor=2),
         training_config=dict(num_steps=4, batch_size=8, learning_rate=lr),
         sgld_config=dict(num_steps=6, batch_size=8, num_chains=2, epsilon=1e-5),
     ) for seed, lr in ((1, 1e-2), (2, 5e-2))])
