@@ -121,6 +121,8 @@ def validate(config: dict) -> dict:
         raise ValueError(f"model_data_config.model_name must be one of {tuple(MODEL_NAMES)}; got {md['model_name']!r}")
     if md["data_name"] not in DATA_NAMES:
         raise ValueError(f"model_data_config.data_name must be one of {DATA_NAMES}; got {md['data_name']!r}")
+    if md["label_noise_level"] is None:  # the original's default: no noise
+        md["label_noise_level"] = 0.0
     noise = md["label_noise_level"]
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise <= 1:
         raise ValueError(f"model_data_config.label_noise_level must be a number in [0, 1]; got {noise!r}")
