@@ -22,7 +22,10 @@ class TrainingConfig:
         momentum: SGD momentum in [0, 1) (ignored by Adam); None means 0.
         batch_size: minibatch size, drawn with replacement each step.
         num_steps: optimisation steps.
-        weight_decay: L2 penalty passed to the optimizer; None means 0.
+        weight_decay: decoupled-from-the-loss L2 decay passed to the optimizer; None means 0.
+        l2_regularization: c in the training loss L + c Σ_p ||p||² over all parameters
+            (the original expt_llc_curve's compute_loss); None means 0. For SGD this is
+            weight decay 2c, and the recorded losses include it.
     """
 
     optim: str = "sgd"
@@ -31,6 +34,7 @@ class TrainingConfig:
     batch_size: int = 200
     num_steps: int = 5000
     weight_decay: float | None = None
+    l2_regularization: float | None = None
 
     def __post_init__(self):
         if self.optim not in OPTIMIZERS:
@@ -45,6 +49,9 @@ class TrainingConfig:
                 raise ValueError(f"{key} must be an integer >= 1; got {v!r}")
         if self.weight_decay is not None and not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be None or a number >= 0; got {self.weight_decay!r}")
+        c = self.l2_regularization
+        if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not c >= 0):
+            raise ValueError(f"l2_regularization must be None or a number >= 0; got {c!r}")
 
     def make_optimizer(self, params) -> torch.optim.Optimizer:
         wd = self.weight_decay or 0.0
@@ -64,6 +71,9 @@ def train(
 ) -> np.ndarray:
     """Train ``model`` in place on (x, y); returns the (num_steps,) minibatch losses.
 
+    The loss of a step is ``loss_fn`` on the minibatch plus, with
+    ``config.l2_regularization`` = c, the penalty c Σ_p ||p||² (included in the returned losses).
+
     ``callback(step, loss)`` is called after every step (e.g. to log a metric).
 
     Raises:
@@ -79,6 +89,8 @@ def train(
     for step in range(config.num_steps):
         idx = torch.randint(0, n, (config.batch_size,), generator=gen, device=gen.device)
         loss = loss_fn(model(x[idx]), y[idx])
+        if config.l2_regularization:
+            loss = loss + config.l2_regularization * sum((p * p).sum() for p in model.parameters())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

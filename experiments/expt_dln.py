@@ -6,6 +6,12 @@ SGLD and compares it with Aoyagi's exact λ for the rank of W_L...W_1
 (reference.md §1). With ``do_training`` a fresh network is also trained on the
 data and λ̂ is estimated at the trained parameter.
 
+Weights of `random` / `rand_rank` teachers and of the training init follow Haiku's
+hk.Linear default (truncated normal, std 1/sqrt(fan_in)), as the original does;
+``true_param_config.init='torch'`` gives nn.Linear's default instead (README,
+"expt_dln": at depth it collapses the end-to-end map). Every 20 SGLD steps the run
+records the MALA acceptance probability of the SGLD transition, as the original did.
+
     python experiments/expt_dln.py with layer_widths='[10, 10]' input_dim=10 \\
         true_param_config.method=rand_rank sgld_config.epsilon=2e-07 seed=1
 """
@@ -25,10 +31,14 @@ from dynamics.hessian import hutchinson_trace
 from dynamics.jacobian import functional_rank
 from dynamics.train import TrainingConfig, train
 from llc.aoyagi import dln_learning_coefficient
-from llc.estimate import estimate_llc_flat, flat_model_for_module
-from llc.sgld import SGLDConfig
+from llc.estimate import flat_model_for_module
+from llc.psgld import initial_loss, llc_result
+from llc.sgld import SGLDConfig, mala_acceptance_probability, run_sgld
 from models.device import DTYPES, derived_seed, resolve_device, resolve_dtype
-from models.dln import TRUE_PARAM_METHODS, DeepLinearNetwork, end_to_end_matrix, make_true_params, numerical_rank
+from models.dln import (
+    INIT_SCHEMES, TRUE_PARAM_METHODS, DeepLinearNetwork, end_to_end_matrix, init_params, make_true_params, numerical_rank,
+)
+from tracking.key_aliases import resolve_alias
 from tracking.sacred_utils import build_config, configure_experiment, json_ready, log_series, run_cli, seed_everything
 
 ex = configure_experiment(Experiment("dln_lambdahat"))
@@ -42,13 +52,18 @@ def cfg():
     input_dim = 10  # H_0, input size
     layer_widths = [10, 10]  # [H_1, ..., H_L]; the last entry is the output size
     num_training_data = 10000  # n
+    num_test_data = 100  # fresh teacher points for the Hessian trace and the functional rank
     input_distribution = "uniform"  # 'uniform': U(-10, 10)^d | 'unit_ball'
+    input_dist = None  # deprecated: the original's name of input_distribution
     true_param_config = dict(
         method="random",  # random | zero | rand_rank | rand_rank_sv
         prop_rank_reduce=0.2,  # per-matrix probability of a rank reduction (rand_rank*)
         mean=0.0,  # singular-value mean (rand_rank_sv)
         std=5.0,  # singular-value std (rand_rank_sv)
+        init="haiku",  # random / rand_rank weights: haiku (the original's) | torch (nn.Linear's)
     )
+    param_init = None  # the original's key, unused there as here; only None
+    save_true_param = False  # store w* layer by layer in info['true_param']
 
     # --- SGLD / LLC ---
     sgld_config = dict(
@@ -57,10 +72,13 @@ def cfg():
         num_steps=5000,  # steps per chain, burn-in included
         batch_size=100,  # minibatch per step and chain
         num_chains=4,  # vectorised with vmap; R-hat needs >= 2
-        nbeta=None,  # n·β; None -> n / log n
+        nbeta=None,  # n·β; None -> n·itemp
         num_burnin_steps=None,  # None -> discard the first 90% (keep the last 10%)
     )
+    itemp = None  # inverse temperature β (the original's key); None -> 1 / log n; or set sgld_config.nbeta
     loss_trace_minibatch = True  # average minibatch losses (free) vs full-data losses
+    do_compute_distance = False  # ||w_t - w*||₂ per step and chain (metrics, and the trace artifact)
+    mala_acceptance_every = 20  # MALA acceptance probability of the SGLD step every k steps (original: 20); 0 -> off
 
     # --- training (λ̂ also at the trained parameter) ---
     do_training = False
@@ -70,18 +88,19 @@ def cfg():
         momentum=0.9,  # SGD only; None -> 0
         batch_size=200,
         num_steps=5000,
+        init="haiku",  # initial weights: haiku (the original's) | torch
     )
 
     # --- extra diagnostics at w* (and the trained parameter) ---
     do_hessian_trace = False  # Hutchinson estimate of tr ∇²L_n
     hessian_trace_probes = 32  # Rademacher probes
-    do_functional_rank = False  # numerical rank of d f(w, x) / d w
-    functional_rank_num_data = 100  # inputs used for the Jacobian
+    do_functional_rank = False  # numerical rank of d f(w, x) / d w on the num_test_data points
 
     # --- runtime ---
     device = "auto"  # auto | cpu | cuda
     dtype = "float32"  # float32 | float64
     log_max_points = 2000  # thinning of every logged time series
+    verbose = False  # print the SGLD loss every 200 steps and the exact λ
 
 
 def validate(config: dict) -> dict:
@@ -98,10 +117,14 @@ def validate(config: dict) -> dict:
         positive_int("layer_widths entries", w)
     n = config["num_training_data"]
     positive_int("num_training_data", n, lo=2)
-    if config["input_distribution"] not in INPUT_DISTRIBUTIONS:
-        raise ValueError(f"input_distribution must be one of {INPUT_DISTRIBUTIONS}; got {config['input_distribution']!r}")
+    positive_int("num_test_data", config["num_test_data"])
+    dist = resolve_alias(config, "input_dist", "input_distribution")
+    if dist not in INPUT_DISTRIBUTIONS:
+        raise ValueError(f"input_distribution must be one of {INPUT_DISTRIBUTIONS}; got {dist!r}")
+    if config["param_init"] is not None:
+        raise ValueError(f"param_init is unused (as in the original) and must be None; got {config['param_init']!r}")
     tp = dict(config["true_param_config"])
-    allowed_tp = {"method", "prop_rank_reduce", "mean", "std"}
+    allowed_tp = {"method", "prop_rank_reduce", "mean", "std", "init"}
     if set(tp) - allowed_tp:
         raise ValueError(f"true_param_config has unknown entries {sorted(set(tp) - allowed_tp)}; allowed: {sorted(allowed_tp)}")
     if tp["method"] not in TRUE_PARAM_METHODS:
@@ -110,24 +133,43 @@ def validate(config: dict) -> dict:
         raise ValueError(f"true_param_config.prop_rank_reduce must be in [0, 1]; got {tp['prop_rank_reduce']!r}")
     if not tp["std"] >= 0:
         raise ValueError(f"true_param_config.std must be >= 0; got {tp['std']!r}")
-    sgld = build_config(SGLDConfig, {**config["sgld_config"], "loss_trace_minibatch": config["loss_trace_minibatch"]}, "sgld_config")
+    tp.setdefault("init", "haiku")
+    if tp["init"] not in INIT_SCHEMES:
+        raise ValueError(f"true_param_config.init must be one of {INIT_SCHEMES}; got {tp['init']!r}")
+    sgld_values = {**config["sgld_config"], "loss_trace_minibatch": config["loss_trace_minibatch"]}
+    itemp = config["itemp"]
+    if itemp is not None:
+        if isinstance(itemp, bool) or not isinstance(itemp, (int, float)) or not itemp > 0:
+            raise ValueError(f"itemp must be None or a number > 0; got {itemp!r}")
+        if sgld_values.get("nbeta") is not None:
+            raise ValueError(f"set itemp or sgld_config.nbeta, not both; got itemp={itemp!r}, nbeta={sgld_values['nbeta']!r}")
+        sgld_values["nbeta"] = itemp * n
+    sgld = build_config(SGLDConfig, sgld_values, "sgld_config")
     if sgld.batch_size > n:
         raise ValueError(f"sgld_config.batch_size must be <= num_training_data ({n}); got {sgld.batch_size}")
-    training = None
+    training, train_init = None, "haiku"
     if config["do_training"]:
-        training = build_config(TrainingConfig, dict(config["training_config"]), "training_config")
+        tc = dict(config["training_config"])
+        train_init = tc.pop("init", "haiku")
+        if train_init not in INIT_SCHEMES:
+            raise ValueError(f"training_config.init must be one of {INIT_SCHEMES}; got {train_init!r}")
+        training = build_config(TrainingConfig, tc, "training_config")
         if training.batch_size > n:
             raise ValueError(f"training_config.batch_size must be <= num_training_data ({n}); got {training.batch_size}")
     positive_int("hessian_trace_probes", config["hessian_trace_probes"])
-    positive_int("functional_rank_num_data", config["functional_rank_num_data"])
+    positive_int("mala_acceptance_every", config["mala_acceptance_every"], lo=0)
     positive_int("log_max_points", config["log_max_points"])
+    for key in ("do_compute_distance", "save_true_param", "verbose"):
+        if not isinstance(config[key], bool):
+            raise ValueError(f"{key} must be True or False; got {config[key]!r}")
     if config["dtype"] not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}; got {config['dtype']!r}")
-    return {"sgld": sgld, "training": training, "true_param": tp, "device": resolve_device(config["device"])}
+    return {"sgld": sgld, "training": training, "train_init": train_init, "true_param": tp,
+            "input_distribution": dist, "device": resolve_device(config["device"])}
 
 
 # Independent random streams, all derived from the run's seed (SeedSequence spawn keys).
-TRUE_PARAM, DATA, SGLD_W_STAR, DIAG_W_STAR, INIT, BATCHES, SGLD_TRAINED, DIAG_TRAINED = range(8)
+TRUE_PARAM, DATA, SGLD_W_STAR, DIAG_W_STAR, INIT, BATCHES, SGLD_TRAINED, DIAG_TRAINED, TEST_DATA = range(9)
 
 
 def _stream(seed: int, purpose: int, device="cpu") -> torch.Generator:
@@ -141,14 +183,13 @@ def _mse(out, y):
 
 
 def _diagnostics(_run, prefix, loss, f_flat, w, x, y, config, seed, purpose):
-    """Optional Hessian trace and functional rank at w; singular values go to info."""
+    """Optional Hessian trace and functional rank at w on the test points (x, y); singular values go to info."""
     out = {}
     if config["do_hessian_trace"]:
         est, sem = hutchinson_trace(loss, w, x, y, config["hessian_trace_probes"], _stream(seed, purpose, w.device))
         out["hessian_trace"], out["hessian_trace_sem"] = est, sem
     if config["do_functional_rank"]:
-        m = min(config["functional_rank_num_data"], x.shape[0])
-        rank, sv = functional_rank(f_flat, w, x[:m])
+        rank, sv = functional_rank(f_flat, w, x)
         out["functional_rank"] = rank
         _run.info[f"{prefix}functional_rank_singular_values"] = sv.tolist()
     return out
@@ -166,18 +207,26 @@ def main(_config, _run, _seed):
     # --- true parameter and its exact learning coefficient ---
     w_star = make_true_params(
         input_dim, widths, tp["method"], _stream(_seed, TRUE_PARAM),
-        prop_rank_reduce=tp["prop_rank_reduce"], mean=tp["mean"], std=tp["std"],
+        prop_rank_reduce=tp["prop_rank_reduce"], mean=tp["mean"], std=tp["std"], init=tp["init"],
     )
     true_rank, prod_sv = numerical_rank(end_to_end_matrix(w_star))
     true_lambda, true_mult = dln_learning_coefficient(input_dim, widths, true_rank)
     _run.info["true_param_singular_values"] = {k: torch.linalg.svdvals(v).tolist() for k, v in w_star.items()}
     _run.info["true_end_to_end_singular_values"] = prod_sv.tolist()
+    if _config["save_true_param"]:
+        _run.info["true_param"] = {k: v.tolist() for k, v in w_star.items()}
+    if _config["verbose"]:
+        print(f"true rank {true_rank}, λ = {true_lambda}, multiplicity {true_mult}, "
+              f"σ(W_L...W_1) in [{float(prod_sv[-1]):.3g}, {float(prod_sv[0]):.3g}]")
 
-    # --- data: y = f(w*, x), noiseless ---
+    # --- data: y = f(w*, x), noiseless; fresh test points for the diagnostics ---
     net = DeepLinearNetwork(input_dim, widths)
     f64 = lambda p, x: functional_call(net, p, (x,))  # noqa: E731
-    x, y = teacher_dataset(f64, w_star, n, input_dim, _config["input_distribution"], _stream(_seed, DATA))
+    dist = checked["input_distribution"]
+    x, y = teacher_dataset(f64, w_star, n, input_dim, dist, _stream(_seed, DATA))
     x, y = x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype)
+    x_test, y_test = teacher_dataset(f64, w_star, _config["num_test_data"], input_dim, dist, _stream(_seed, TEST_DATA))
+    x_test, y_test = x_test.to(device=device, dtype=dtype), y_test.to(device=device, dtype=dtype)
 
     net.load_state_dict({k: v.to(dtype) for k, v in w_star.items()})
     net.to(device=device, dtype=dtype)
@@ -187,16 +236,18 @@ def main(_config, _run, _seed):
         return _mse(f_flat(w, xb), yb)
 
     model_dim = w_flat.numel()
-    res = estimate_llc_flat(loss, w_flat, x, y, sgld, seed=derived_seed(_seed, SGLD_W_STAR))
-    _log_traces(_run, "llc", res, _config["log_max_points"])
+    res, extra = _sgld(_run, "llc", loss, w_flat, x, y, sgld, derived_seed(_seed, SGLD_W_STAR), _config)
     result = {
         **res.summary(),
+        **extra,
         "true_lambda": true_lambda,
         "true_multiplicity": true_mult,
         "true_rank": true_rank,
+        "true_end_to_end_sigma_max": float(prod_sv[0]),  # σ_max(W_L...W_1): the teacher map's scale
+        "true_end_to_end_sigma_min": float(prod_sv[-1]),  # smallest of its min(H_0, H_L) singular values
         "model_dim": model_dim,
         "relative_error": (res.lambdahat - true_lambda) / true_lambda if true_lambda > 0 else None,
-        **_diagnostics(_run, "", loss, f_flat, w_flat, x, y, _config, _seed, DIAG_W_STAR),
+        **_diagnostics(_run, "", loss, f_flat, w_flat, x_test, y_test, _config, _seed, DIAG_W_STAR),
     }
     _run.log_scalar("llc/lambdahat", res.lambdahat, 0)
 
@@ -204,7 +255,7 @@ def main(_config, _run, _seed):
     if checked["training"] is not None:
         cfg = checked["training"]
         gen_init = _stream(_seed, INIT)
-        init = make_true_params(input_dim, widths, "random", gen_init)
+        init = init_params(input_dim, widths, gen_init, checked["train_init"])
         trained = DeepLinearNetwork(input_dim, widths)
         trained.load_state_dict({k: v.to(dtype) for k, v in init.items()})
         trained.to(device=device, dtype=dtype)
@@ -217,30 +268,71 @@ def main(_config, _run, _seed):
 
         losses = train(trained, _mse, x, y, cfg, gen_batches, callback=log_train)
         w_trained = torch.cat([p.detach().reshape(-1) for p in trained.parameters()])
-        res_t = estimate_llc_flat(loss, w_trained, x, y, sgld, seed=derived_seed(_seed, SGLD_TRAINED))
-        _log_traces(_run, "trained/llc", res_t, _config["log_max_points"])
+        res_t, extra_t = _sgld(_run, "trained/llc", loss, w_trained, x, y, sgld, derived_seed(_seed, SGLD_TRAINED), _config)
         rank_t, sv_t = numerical_rank(end_to_end_matrix(dict(trained.named_parameters())))
         _run.info["trained_end_to_end_singular_values"] = sv_t.tolist()
         result["trained"] = {
             **res_t.summary(),
+            **extra_t,
             "true_lambda": true_lambda,  # the trained w sits near the true set, of rank true_rank
             "numerical_rank": rank_t,
             "final_train_loss": float(losses[-1]),
             "relative_error": (res_t.lambdahat - true_lambda) / true_lambda if true_lambda > 0 else None,
-            **_diagnostics(_run, "trained_", loss, f_flat, w_trained, x, y, _config, _seed, DIAG_TRAINED),
+            **_diagnostics(_run, "trained_", loss, f_flat, w_trained, x_test, y_test, _config, _seed, DIAG_TRAINED),
         }
         _run.log_scalar("trained/llc/lambdahat", res_t.lambdahat, 0)
     return json_ready(result)
 
 
-def _log_traces(_run, prefix, res, max_points):
-    """Thinned per-chain SGLD traces as metrics; the full (C, T) trace as an .npz artifact."""
-    for c in range(res.loss_trace.shape[0]):
+def _sgld(_run, prefix, loss, w0, x, y, sgld, seed, config):
+    """λ̂ at w0 by SGLD, with the original's per-step records; logs traces, returns (LLCResult, summary).
+
+    Records, as the original's sgld_utils.run_sgld: ||w_t - w0||₂ per step (do_compute_distance)
+    and, every ``mala_acceptance_every`` steps, the MALA acceptance probability of the step
+    w_t -> w_{t+1} on that step's own minibatch (the original used the next step's batch).
+    """
+    C, T = sgld.num_chains, sgld.num_steps
+    nbeta, every = sgld.resolve_nbeta(x.shape[0]), config["mala_acceptance_every"]
+    dist = np.full((C, T), np.nan) if config["do_compute_distance"] else None
+    acc_t, acc_p = [], []
+
+    def callback(t, w_t, w_next, idx):
+        if dist is not None:
+            dist[:, t] = (w_t - w0).norm(dim=1).double().cpu().numpy()
+        if every and t % every == 0:
+            acc_t.append(t)
+            acc_p.append(mala_acceptance_probability(loss, w_t, w_next, x[idx], y[idx], w0, sgld.epsilon, nbeta,
+                                                     sgld.gamma).cpu().numpy())
+        if config["verbose"] and t % 200 == 0:
+            batch_loss = torch.func.vmap(loss)(w_t, x[idx], y[idx])  # (C,)
+            print(f"{prefix} step {t}, loss {[round(float(v), 6) for v in batch_loss]}")
+
+    init = initial_loss(loss, w0, x, y)
+    needed = dist is not None or every > 0 or config["verbose"]
+    trace = run_sgld(loss, w0, x, y, sgld, seed, callback=callback if needed else None)
+    res = llc_result(trace.loss, init, trace.nbeta, trace.burnin, sgld)
+    extra = {}
+    max_points = config["log_max_points"]
+    for c in range(C):
         log_series(_run, f"{prefix}/loss_trace/chain{c}", res.loss_trace[c], max_points)
+        if dist is not None:
+            log_series(_run, f"{prefix}/distance/chain{c}", dist[c], max_points)
+    arrays = dict(loss_trace=res.loss_trace, burnin=res.burnin, lambdahat_per_chain=res.lambdahat_per_chain)
+    if dist is not None:
+        arrays["distance"] = dist  # (C, T)
+        extra["final_distance"] = dist[:, -1].tolist()
+    if acc_t:
+        probs = np.stack(acc_p)  # (K, C)
+        arrays["mala_acceptance_t"], arrays["mala_acceptance_probs"] = np.array(acc_t), probs
+        _run.info[f"{prefix.replace('/', '_')}_mala_acceptance_probs"] = {"t": acc_t, "probs": probs.tolist()}
+        for k, t in enumerate(acc_t):
+            _run.log_scalar(f"{prefix}/mala_acceptance", float(probs[k].mean()), t)
+        extra["mala_acceptance_mean"] = float(probs.mean())
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, f"{prefix.replace('/', '_')}_trace.npz")
-        np.savez_compressed(path, loss_trace=res.loss_trace, burnin=res.burnin, lambdahat_per_chain=res.lambdahat_per_chain)
+        np.savez_compressed(path, **arrays)
         _run.add_artifact(path)
+    return res, extra
 
 
 if __name__ == "__main__":

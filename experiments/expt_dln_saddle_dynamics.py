@@ -10,7 +10,9 @@ drops; at each drop the end-to-end matrix W_L...W_1 gains one singular value.
 Every ``logging_period`` SGD steps (and before the first and after the last) the run
 records the training loss, the end-to-end matrix's singular values and rank, Aoyagi's
 λ and multiplicity at that rank, and λ̂ at the current weights w_t estimated with
-realisable targets y = f(w_t, x), so that w_t is a true parameter.
+realisable targets y = f(w_t, x), so that w_t is a true parameter. Each record keeps
+its SGLD loss trace (``loss_trace``, chains x steps, as the original), and the artifact
+``saddle_traces.npz`` holds all of them; ``do_plot`` saves the curve as an artifact.
 
     python experiments/expt_dln_saddle_dynamics.py with width=500 \\
         training_config.num_steps=50000 logging_period=100 seed=42
@@ -18,7 +20,10 @@ realisable targets y = f(w_t, x), so that w_t is a true parameter.
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 
+import numpy as np
 import torch
 from sacred import Experiment
 
@@ -65,15 +70,18 @@ def cfg():
         num_steps=100,  # steps per chain, burn-in included
         batch_size=128,  # minibatch per step and chain
         num_chains=4,  # vectorised with vmap
-        nbeta=None,  # n·β; None -> n / log n
+        nbeta=None,  # n·β; None -> n·itemp
         num_burnin_steps=None,  # None -> discard the first 90%
     )
+    itemp = None  # inverse temperature β (the original's key); None -> 1 / log n; or set sgld_config.nbeta
     loss_trace_minibatch = True  # average minibatch losses (free) vs full-data losses
 
     # --- runtime ---
     device = "auto"  # auto | cpu | cuda
     dtype = "float32"  # float32 | float64
     verbose = False  # print one line per checkpoint
+    do_plot = False  # save λ̂ and the training loss over t as the artifact saddle_dynamics.png
+    seed = 42  # the original's default
 
 
 @ex.named_config
@@ -114,7 +122,18 @@ def validate(config: dict) -> dict:
     training = build_config(TrainingConfig, dict(config["training_config"]), "training_config")
     if training.batch_size > n:
         raise ValueError(f"training_config.batch_size must be <= num_training_data ({n}); got {training.batch_size}")
-    sgld = build_config(SGLDConfig, {**config["sgld_config"], "loss_trace_minibatch": config["loss_trace_minibatch"]}, "sgld_config")
+    sgld_values = {**config["sgld_config"], "loss_trace_minibatch": config["loss_trace_minibatch"]}
+    itemp = config["itemp"]
+    if itemp is not None:
+        if isinstance(itemp, bool) or not isinstance(itemp, (int, float)) or not itemp > 0:
+            raise ValueError(f"itemp must be None or a number > 0; got {itemp!r}")
+        if sgld_values.get("nbeta") is not None:
+            raise ValueError(f"set itemp or sgld_config.nbeta, not both; got itemp={itemp!r}, nbeta={sgld_values['nbeta']!r}")
+        sgld_values["nbeta"] = itemp * n
+    sgld = build_config(SGLDConfig, sgld_values, "sgld_config")
+    for key in ("do_plot", "verbose"):
+        if not isinstance(config[key], bool):
+            raise ValueError(f"{key} must be True or False; got {config[key]!r}")
     if sgld.batch_size > n:
         raise ValueError(f"sgld_config.batch_size must be <= num_training_data ({n}); got {sgld.batch_size}")
     if config["dtype"] not in DTYPES:
@@ -171,6 +190,7 @@ def main(_config, _run, _seed):
 
     _run.info["teacher_singular_values"] = torch.linalg.svdvals(teacher).tolist()
     _run.info["checkpoints"] = checkpoints = []
+    traces = []
 
     def checkpoint(t: int, batch_loss: float | None) -> None:
         w_t = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
@@ -185,11 +205,13 @@ def main(_config, _run, _seed):
                "true_lambda": true_lambda, "true_multiplicity": true_mult}
         try:
             res = estimate_llc_flat(loss, w_t, x, y_t, sgld, seed=derived_seed(_seed, SGLD, len(checkpoints)))
-            rec.update(status="ok", **res.summary())
+            rec.update(status="ok", **res.summary(), loss_trace=res.loss_trace.tolist())
+            traces.append(res.loss_trace)
             _run.log_scalar("llc/lambdahat", res.lambdahat, t)
             _run.log_scalar("llc/lambdahat_std", res.lambdahat_std, t)
         except (SGLDDivergenceError, FloatingPointError) as err:  # one bad checkpoint: record it, keep training
             rec.update(status="failed", reason=str(err))
+            traces.append(np.full((sgld.num_chains, sgld.num_steps), np.nan))
         _run.log_scalar("train/loss", train_loss, t)
         _run.log_scalar("dln/rank", rank, t)
         _run.log_scalar("dln/numerical_rank", rank_num, t)
@@ -208,6 +230,17 @@ def main(_config, _run, _seed):
 
     checkpoint(0, None)
     train(net, _mse, x, y, training, _stream(_seed, BATCHES, device), callback=callback)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "saddle_traces.npz")
+        np.savez_compressed(path, loss_trace=np.stack(traces), t=np.array([c["t"] for c in checkpoints]))  # (K, C, T)
+        _run.add_artifact(path)
+        if _config["do_plot"]:
+            from tracking.figures_llc import checkpoints_frame, plot_llc_curve, save_figure
+
+            frame = checkpoints_frame([{k: v for k, v in c.items() if k != "loss_trace"} for c in checkpoints])
+            fig = plot_llc_curve(frame, title=f"DLN saddle dynamics: M={_config['num_hidden_layers']}, H={width}, seed {_seed}")
+            _run.add_artifact(str(save_figure(fig, os.path.join(tmp, "saddle_dynamics.png"))))
 
     ranks = [c["rank"] for c in checkpoints]
     final = checkpoints[-1]

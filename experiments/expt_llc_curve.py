@@ -1,15 +1,20 @@
 """λ̂ over SGD training: ResNet18 on CIFAR-10.
 
-Trains a ResNet18 (torchvision's, or its CIFAR-stem variant, with optionally scaled
-widths) on CIFAR-10 and, every ``logging_period`` steps, before the first and after
+Trains a ResNet18 (torchvision's, or its CIFAR-stem variant, with k, 2k, 4k, 8k
+channels for ``layer_width_factor`` = k) on CIFAR-10 and, every ``logging_period`` steps, before the first and after
 the last, estimates the local learning coefficient λ̂(w_t) at the current weights
 with multi-chain SGLD on the mean cross-entropy (reference.md §1). Sampling uses the
 network in eval mode: BatchNorm normalises with its running statistics, which are
 held fixed (they are buffers of the functional model, not parameters), so every
 vmapped chain sees the same deterministic function of its own weights.
 
+As in the original: inputs are pixels / 255 (``input_normalisation``), the training
+loss carries the penalty l2·Σ p² (``training_config.l2_regularization``), and with
+label noise SGD trains on the noisy labels while SGLD uses the clean ones.
+
 At each checkpoint the run records t, the minibatch loss, the full training loss
-and accuracy, the test loss and accuracy, and λ̂ (mean, std, per chain, R-hat, trace
+and accuracy, the test loss and accuracy (losses with the penalty, and ``*_no_reg``
+without), and λ̂ (mean, std, per chain, R-hat, trace
 summary). The time series go to metrics; the per-checkpoint records to
 ``info['checkpoints']``; the SGLD traces to the artifact ``llc_traces.npz``. An
 estimate that diverges is recorded as failed at its checkpoint, with the reason, and
@@ -39,6 +44,7 @@ from tracking.sacred_utils import build_config, configure_experiment, json_ready
 ex = configure_experiment(Experiment("llc_curve"))
 
 DATA_NAMES = ("cifar10", "cifar100")
+INPUT_NORMALISATIONS = ("unit_interval", "standardise")
 
 
 @ex.config
@@ -49,9 +55,10 @@ def cfg():
     model_data_config = dict(
         model_name="resnet18",  # resnet18 (torchvision: 7x7/2 stem + max-pool) | resnet18_cifar (3x3/1 stem)
         data_name="cifar10",  # cifar10 | cifar100 (torchvision files, normalised, downloaded on demand)
-        label_noise_level=0.0,  # fraction of training labels replaced by uniformly random classes, in [0, 1]
-        layer_width_factor=1.0,  # multiplies the channels 64, 128, 256, 512 (> 0)
+        label_noise_level=0.0,  # fraction of training labels given a uniformly random class, in [0, 1]
+        layer_width_factor=64,  # k: stage channels k, 2k, 4k, 8k (integer >= 1)
     )
+    input_normalisation = "unit_interval"  # unit_interval: pixels / 255 (the original) | standardise: also (x - mean) / std
     data_root = None  # torchvision data folder; None -> $DLT_DATA_ROOT, else ~/.cache/dltheory/datasets
 
     # --- training (train mode, minibatches drawn with replacement) ---
@@ -61,7 +68,7 @@ def cfg():
         momentum=None,  # SGD only; None -> 0
         batch_size=128,
         num_steps=20000,
-        l2_regularization=None,  # L2 penalty (weight decay); None -> 0
+        l2_regularization=None,  # adds l2·Σ p² to the training loss (weight decay 2·l2 for SGD); None -> 0
     )
     logging_period = 200  # SGD steps between λ̂ checkpoints (> 0)
 
@@ -83,6 +90,7 @@ def cfg():
     device = "auto"  # auto | cpu | cuda
     do_plot = False  # save λ̂ and losses over training as the artifact llc_curve.png
     verbose = False  # print one line per checkpoint
+    seed = 42  # the original's default
 
 
 @ex.named_config
@@ -113,22 +121,23 @@ def validate(config: dict) -> dict:
         raise ValueError(f"model_data_config.model_name must be one of {tuple(MODEL_NAMES)}; got {md['model_name']!r}")
     if md["data_name"] not in DATA_NAMES:
         raise ValueError(f"model_data_config.data_name must be one of {DATA_NAMES}; got {md['data_name']!r}")
+    if md["label_noise_level"] is None:  # the original's default: no noise
+        md["label_noise_level"] = 0.0
     noise = md["label_noise_level"]
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise <= 1:
         raise ValueError(f"model_data_config.label_noise_level must be a number in [0, 1]; got {noise!r}")
     factor = md["layer_width_factor"]
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
-        raise ValueError(f"model_data_config.layer_width_factor must be a number > 0; got {factor!r}")
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"model_data_config.layer_width_factor (channels of the first stage) must be an integer >= 1; "
+                         f"got {factor!r}")
+    if config["input_normalisation"] not in INPUT_NORMALISATIONS:
+        raise ValueError(f"input_normalisation must be one of {INPUT_NORMALISATIONS}; got {config['input_normalisation']!r}")
     _positive_int("logging_period", config["logging_period"])
     _positive_int("eval_batch_size", config["eval_batch_size"])
     tc = dict(config["training_config"])
     if "weight_decay" in tc:
         raise ValueError("training_config takes l2_regularization (the weight decay), not weight_decay")
-    tc["weight_decay"] = tc.pop("l2_regularization", None)
-    try:
-        training = build_config(TrainingConfig, tc, "training_config")
-    except ValueError as err:  # name the key as the user wrote it
-        raise ValueError(str(err).replace("training_config.weight_decay", "training_config.l2_regularization")) from None
+    training = build_config(TrainingConfig, tc, "training_config")
     sgld = build_config(SGLDConfig, {**config["sgld_config"], "loss_trace_minibatch": config["loss_trace_minibatch"]}, "sgld_config")
     for key in ("force_realisable", "do_plot", "verbose"):
         if not isinstance(config[key], bool):
@@ -149,9 +158,23 @@ INIT, BATCHES, LABEL_NOISE, SGLD = range(4)
 
 
 def noisy_labels(y: torch.Tensor, level: float, num_classes: int, gen: torch.Generator) -> torch.Tensor:
-    """A copy of y with each label, with probability ``level``, replaced by a uniform random class."""
-    flip = torch.rand(y.shape, generator=gen) < level
-    return torch.where(flip, torch.randint(0, num_classes, y.shape, generator=gen), y)
+    """A copy of y with floor(level·n) labels, at distinct random positions, set to a uniform random class.
+
+    As the original's introduce_label_noise: a new label may equal the old one.
+    """
+    n = y.shape[0]
+    pos = torch.randperm(n, generator=gen)[: int(n * level)]
+    out = y.clone()
+    out[pos] = torch.randint(0, num_classes, (pos.numel(),), generator=gen, dtype=y.dtype)
+    return out
+
+
+def l2_penalty(model: torch.nn.Module, c: float | None) -> float:
+    """c Σ_p ||p||² over all parameters (0 for None): the training loss's penalty."""
+    if not c:
+        return 0.0
+    with torch.no_grad():
+        return float(c * sum(float((p.double() ** 2).sum()) for p in model.parameters()))
 
 
 def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
@@ -178,20 +201,22 @@ def main(_config, _run, _seed):
     period, chunk = _config["logging_period"], _config["eval_batch_size"]
 
     # --- data (in memory, normalised) ---
-    x_train, y_train = load_vision_dataset(md["data_name"], train=True, data_root=_config["data_root"])
-    x_test, y_test = load_vision_dataset(md["data_name"], train=False, data_root=_config["data_root"])
+    standardise = _config["input_normalisation"] == "standardise"
+    x_train, y_clean = load_vision_dataset(md["data_name"], train=True, data_root=_config["data_root"], normalize=standardise)
+    x_test, y_test = load_vision_dataset(md["data_name"], train=False, data_root=_config["data_root"], normalize=standardise)
     num_classes = 100 if md["data_name"] == "cifar100" else 10
     check_batch_sizes(training, sgld, x_train.shape[0])
+    y_train = y_clean  # SGD's labels; SGLD's targets are always the clean labels, as in the original
     if md["label_noise_level"] > 0:
-        y_train = noisy_labels(y_train, md["label_noise_level"], num_classes,
+        y_train = noisy_labels(y_clean, md["label_noise_level"], num_classes,
                                torch.Generator().manual_seed(derived_seed(_seed, LABEL_NOISE)))
-    x_train, y_train, x_test, y_test = (t.to(device) for t in (x_train, y_train, x_test, y_test))
+    x_train, y_train, y_clean, x_test, y_test = (t.to(device) for t in (x_train, y_train, y_clean, x_test, y_test))
     n = x_train.shape[0]
 
     # --- model ---
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derived_seed(_seed, INIT))  # module init draws from the global RNG
-        model = build_resnet(md["model_name"], num_classes, md["layer_width_factor"])
+        model = build_resnet(md["model_name"], num_classes, base_channels=md["layer_width_factor"])
     model.to(device)
     _run.info["model_dim"] = sum(p.numel() for p in model.parameters())
     _run.info["checkpoints"] = checkpoints = []
@@ -200,16 +225,18 @@ def main(_config, _run, _seed):
     def checkpoint(t: int, batch_loss: float | None) -> None:
         model.eval()  # BatchNorm: running statistics, not batch statistics, for evaluation and sampling
         try:
-            train_loss, train_acc = evaluate(model, F.cross_entropy, x_train, y_train, y_train, chunk)
-            test_loss, test_acc = evaluate(model, F.cross_entropy, x_test, y_test, y_test, chunk)
+            train_ce, train_acc = evaluate(model, F.cross_entropy, x_train, y_train, y_train, chunk)
+            test_ce, test_acc = evaluate(model, F.cross_entropy, x_test, y_test, y_test, chunk)
+            penalty = l2_penalty(model, training.l2_regularization)
             if _config["force_realisable"]:
                 with torch.no_grad():
                     targets = torch.cat([model(x_train[s:s + chunk]) for s in range(0, n, chunk)])  # (n, classes)
                 loss_fn = soft_cross_entropy
             else:
-                targets, loss_fn = y_train, F.cross_entropy
-            rec = {"t": t, "batch_loss": batch_loss, "train_loss": train_loss, "train_accuracy": train_acc,
-                   "test_loss": test_loss, "test_accuracy": test_acc}
+                targets, loss_fn = y_clean, F.cross_entropy
+            rec = {"t": t, "batch_loss": batch_loss, "train_loss": train_ce + penalty, "train_loss_no_reg": train_ce,
+                   "train_accuracy": train_acc, "test_loss": test_ce + penalty, "test_loss_no_reg": test_ce,
+                   "test_accuracy": test_acc, "l2_penalty": penalty}
             loss, w_t = flat_loss_for_module(model, loss_fn, next(model.parameters()).dtype, device)
             try:
                 res = estimate_llc_flat(loss, w_t, x_train, targets, sgld, seed=derived_seed(_seed, SGLD, len(checkpoints)),
@@ -231,7 +258,7 @@ def main(_config, _run, _seed):
             _run.log_scalar(name, rec[key], t)
         checkpoints.append(json_ready(rec))
         if _config["verbose"]:
-            print(f"t={t} train_loss={train_loss:.4g} test_acc={test_acc:.3f} "
+            print(f"t={t} train_loss={rec['train_loss']:.4g} test_acc={test_acc:.3f} "
                   f"lambdahat={rec.get('lambdahat', float('nan')):.4g} {rec['status']}")
 
     def callback(step: int, batch_loss: float) -> None:

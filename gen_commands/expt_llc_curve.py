@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), help="named sweep; other options override its values")
     g = p.add_argument_group("axes (each a list of values; all lists are crossed; unset -> the experiment's default)")
     g.add_argument("--model", nargs="+", choices=MODELS, help="model_data_config.model_name")
-    g.add_argument("--width-factor", type=float, nargs="+", help="model_data_config.layer_width_factor (> 0)")
+    g.add_argument("--width-factor", type=int, nargs="+", help="model_data_config.layer_width_factor: channels k of the first stage (k, 2k, 4k, 8k; default 64)")
     g.add_argument("--label-noise", type=float, nargs="+", help="model_data_config.label_noise_level in [0, 1]")
     g.add_argument("--optim", nargs="+", choices=OPTIMS, help="training_config.optim")
     g.add_argument("--lr", type=float, nargs="+", help="training_config.learning_rate (> 0)")
@@ -121,7 +121,7 @@ def resolve_settings(args: argparse.Namespace) -> dict:
               ("logging_period", lambda v: v >= 1, ">= 1"), ("sgld_epsilon", lambda v: v > 0, "> 0"),
               ("sgld_gamma", lambda v: v >= 0, ">= 0"), ("sgld_steps", lambda v: v >= 1, ">= 1"),
               ("sgld_batch", lambda v: v >= 1, ">= 1"), ("num_chains", lambda v: v >= 1, ">= 1"),
-              ("width_factor", lambda v: v > 0, "> 0"), ("label_noise", lambda v: 0 <= v <= 1, "in [0, 1]"),
+              ("width_factor", lambda v: v >= 1, ">= 1"), ("label_noise", lambda v: 0 <= v <= 1, "in [0, 1]"),
               ("momentum", lambda v: v is None or 0 <= v < 1, "None or in [0, 1)"),
               ("l2", lambda v: v is None or v >= 0, "None or >= 0")]
     for key, ok, what in checks:

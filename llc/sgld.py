@@ -41,6 +41,7 @@ from torch.func import grad_and_value, vmap
 from models.device import derived_seed
 
 FlatLoss = Callable[[Tensor, Tensor, Tensor], Tensor]  # (w (P,), x (B,...), y (B,...)) -> ()
+StepCallback = Callable[[int, Tensor, Tensor, Tensor], None]  # (t, w_t (C, P), w_{t+1} (C, P), idx_t (C, B))
 
 # Noise is drawn in blocks of K steps per chain; K * P is capped at this many numbers.
 _NOISE_BLOCK_NUMEL = 1 << 20
@@ -172,6 +173,7 @@ def run_sgld(
     config: SGLDConfig,
     seed: int,
     eval_batch_size: int = 4096,
+    callback: StepCallback | None = None,
 ) -> SGLDTrace:
     """Run ``config.num_chains`` SGLD chains started at w*, all in one vectorised step.
 
@@ -182,6 +184,8 @@ def run_sgld(
         config: sampler hyperparameters.
         seed: base seed of the per-chain generators.
         eval_batch_size: chunk size for full-data losses.
+        callback: ``callback(t, w_t (C, P), w_{t+1} (C, P), idx_t (C, B))`` after every
+            step, e.g. for distances or MALA acceptance probabilities (costs a copy of w).
 
     Returns:
         SGLDTrace with the (C, T) loss trace.
@@ -234,11 +238,14 @@ def run_sgld(
                 if not config.loss_trace_minibatch and t >= burnin:
                     trace[:, t] = full_data_loss(loss_fn, w, x, y, eval_batch_size)  # L_n(w_t), before the step
                 args = (w, idx_by_step[j], xi_by_step[j], x, y, w_star)
+                w_t = w.clone() if callback is not None else None
                 if t == 0 and step is not eager:
                     step, loss = _first_compiled_call(step, eager, args)
                 else:
                     loss = step(*args)  # (C,) L_B(w_t); w becomes w_{t+1} in place
                 losses.append(loss)
+                if callback is not None:
+                    callback(t, w_t, w, idx_by_step[j])
             if config.loss_trace_minibatch:
                 trace[:, t0:t0 + k] = torch.stack(losses, 1)
             _check_finite(trace[:, t0:t0 + k], t0, skip_nan_before=None if config.loss_trace_minibatch else burnin)
@@ -246,6 +253,40 @@ def run_sgld(
         bad = int(torch.nonzero(~torch.isfinite(w).all(dim=1))[0])
         raise SGLDDivergenceError(bad, T, float("nan"))
     return SGLDTrace(loss=trace.cpu(), final_w=w, nbeta=nbeta, burnin=burnin)
+
+
+def mala_acceptance_probability(
+    loss_fn: FlatLoss, w: Tensor, w_next: Tensor, xb: Tensor, yb: Tensor, w_star: Tensor,
+    eps: float, nbeta: float, gamma: float,
+) -> Tensor:
+    """MALA acceptance probability of the SGLD transitions w -> w_next, one per chain.
+
+    With the minibatch potential U(w) = nβ L_B(w) + (γ/2)||w - w*||² (the SGLD step's
+    own target, llc/mala.py's U with L_n replaced by L_B) and the Langevin proposal
+    log q(a | b) = -||a - b + (ε/2) ∇U(b)||² / (2ε),
+
+        α = min(1, exp(U(w) - U(w') + log q(w | w') - log q(w' | w))),
+
+    the diagnostic the original's sgld_utils.mala_acceptance_probability records:
+    values near 1 say ε is small enough for the discretisation bias to be small.
+
+    Args:
+        w, w_next: (C, P) states before and after one step.
+        xb, yb: (C, B, ...) each chain's minibatch.
+    Returns:
+        (C,) float64 probabilities.
+    """
+    def potential(wc, xc, yc):
+        diff = wc - w_star
+        return nbeta * loss_fn(wc, xc, yc) + 0.5 * gamma * (diff * diff).sum()
+
+    grad_u = vmap(grad_and_value(potential))
+    g0, u0 = grad_u(w, xb, yb)  # (C, P), (C,)
+    g1, u1 = grad_u(w_next, xb, yb)
+    fwd = w_next - w + 0.5 * eps * g0  # log q(w' | w) residual
+    bwd = w - w_next + 0.5 * eps * g1  # log q(w | w') residual
+    log_alpha = (u0 - u1).double() + ((fwd * fwd).sum(1) - (bwd * bwd).sum(1)).double() / (2 * eps)
+    return torch.exp(torch.clamp(log_alpha, max=0.0))
 
 
 StepFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]

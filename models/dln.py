@@ -14,10 +14,13 @@ import torch
 from torch import Tensor, nn
 
 TRUE_PARAM_METHODS = ("random", "zero", "rand_rank", "rand_rank_sv")
+# Weight init of `random` / `rand_rank` teachers and of training: 'haiku' is the original's
+# (hk.Linear's default, the original dln.py), 'torch' is nn.Linear's default.
+INIT_SCHEMES = ("haiku", "torch")
 
 
 class DeepLinearNetwork(nn.Module):
-    """Bias-free stack of linear maps; the architecture only (init is PyTorch's)."""
+    """Bias-free stack of linear maps; the architecture only (``init_params`` draws weights)."""
 
     def __init__(self, input_dim: int, layer_widths: Sequence[int]):
         super().__init__()
@@ -58,10 +61,29 @@ def numerical_rank(matrix: Tensor, rtol: float | None = None) -> tuple[int, Tens
     return int((sv > rtol * sv[0]).sum()), sv
 
 
-def _uniform_init(shape: tuple[int, int], gen: torch.Generator) -> Tensor:
-    # PyTorch's nn.Linear default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-    bound = 1.0 / math.sqrt(shape[1])
-    return (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+def init_weight(shape: tuple[int, int], gen: torch.Generator, init: str = "haiku") -> Tensor:
+    """One (fan_out, fan_in) weight matrix in float64.
+
+    haiku: hk.Linear's default, TruncatedNormal(stddev=1/sqrt(fan_in)): a standard normal
+        truncated to [-2, 2], times 1/sqrt(fan_in), without haiku VarianceScaling's
+        re-scaling for the truncation (entry std 0.880/sqrt(fan_in)).
+    torch: nn.Linear's default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (entry std 0.577/sqrt(fan_in)).
+
+    The scale matters at depth: σ_max of W_L...W_1 shrinks like (std·sqrt(width))^L.
+    """
+    if init not in INIT_SCHEMES:
+        raise ValueError(f"init must be one of {INIT_SCHEMES}; got {init!r}")
+    scale = 1.0 / math.sqrt(shape[1])
+    if init == "haiku":
+        w = torch.empty(shape, dtype=torch.float64)
+        return torch.nn.init.trunc_normal_(w, mean=0.0, std=1.0, a=-2.0, b=2.0, generator=gen) * scale
+    return (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1) * scale
+
+
+def init_params(input_dim: int, layer_widths: Sequence[int], gen: torch.Generator, init: str = "haiku") -> dict[str, Tensor]:
+    """A fresh DLN parameter dict (float64 on CPU) with ``init_weight`` per layer."""
+    sizes = [input_dim, *layer_widths]
+    return {name: init_weight((sizes[i + 1], sizes[i]), gen, init) for i, name in enumerate(param_names(len(layer_widths)))}
 
 
 def _random_orthogonal(n: int, k: int, gen: torch.Generator) -> Tensor:
@@ -71,7 +93,8 @@ def _random_orthogonal(n: int, k: int, gen: torch.Generator) -> Tensor:
 
 
 def _reduce_rank(w: Tensor, gen: torch.Generator) -> Tensor:
-    """Zero k ~ U{0, ..., rank-1} of the smallest singular values of ``w``."""
+    """Zero k ~ U{0, ..., rank-1} of the smallest singular values of ``w`` (the original's
+    utils.rand_reduce_matrix_rank, for a full-rank ``w``)."""
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
     full = s.numel()
     k = int(torch.randint(0, full, (1,), generator=gen))
@@ -89,19 +112,23 @@ def make_true_params(
     prop_rank_reduce: float = 0.2,
     mean: float = 0.0,
     std: float = 5.0,
+    init: str = "haiku",
 ) -> dict[str, Tensor]:
     """Draw a true parameter w* (float64 on CPU) from the seeded generator ``gen``.
 
-    Methods:
-        random: PyTorch's default Linear init.
+    Methods (the original expt_dln.initialise_expt):
+        random: the ``init`` scheme (``init_weight``).
         zero: all weights zero (end-to-end rank 0).
-        rand_rank: default init; each matrix, with probability ``prop_rank_reduce``,
+        rand_rank: ``init`` scheme; each matrix, with probability ``prop_rank_reduce``,
             has its k ~ U{0..rank-1} smallest singular values zeroed.
-        rand_rank_sv: each matrix is U diag(|N(mean, std)|) V^T with Haar U, V; its
-            rank is reduced as in rand_rank with probability ``prop_rank_reduce``.
+        rand_rank_sv: each (H_out, H_in) matrix is U diag(|N(mean, std)|) V^T with Haar U, V
+            of r columns: r = min(H_out, H_in), or, with probability ``prop_rank_reduce``,
+            r ~ U{0, ..., min(H_out, H_in) - 1}, as the original draws it.
     """
     if method not in TRUE_PARAM_METHODS:
         raise ValueError(f"method must be one of {TRUE_PARAM_METHODS}; got {method!r}")
+    if init not in INIT_SCHEMES:
+        raise ValueError(f"init must be one of {INIT_SCHEMES}; got {init!r}")
     if not 0.0 <= prop_rank_reduce <= 1.0:
         raise ValueError(f"prop_rank_reduce must be in [0, 1]; got {prop_rank_reduce}")
     sizes = [input_dim, *layer_widths]
@@ -111,15 +138,16 @@ def make_true_params(
         if method == "zero":
             w = torch.zeros(shape, dtype=torch.float64)
         elif method in ("random", "rand_rank"):
-            w = _uniform_init(shape, gen)
+            w = init_weight(shape, gen, init)
+            if method == "rand_rank" and float(torch.rand((), generator=gen, dtype=torch.float64)) < prop_rank_reduce:
+                w = _reduce_rank(w, gen)
         else:  # rand_rank_sv
             k = min(shape)
+            if float(torch.rand((), generator=gen, dtype=torch.float64)) < prop_rank_reduce:
+                k = int(torch.randint(0, k, (1,), generator=gen))
             sv = (mean + std * torch.randn(k, generator=gen, dtype=torch.float64)).abs()
             u = _random_orthogonal(shape[0], k, gen)
             v = _random_orthogonal(shape[1], k, gen)
-            w = (u * sv) @ v.T
-        if method in ("rand_rank", "rand_rank_sv"):
-            if float(torch.rand((), generator=gen, dtype=torch.float64)) < prop_rank_reduce:
-                w = _reduce_rank(w, gen)
+            w = (u * sv) @ v.T  # (H_out, H_in), rank k
         params[name] = w
     return params

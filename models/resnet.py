@@ -1,7 +1,7 @@
-"""ResNet18 for 32x32 images: torchvision's architecture, a CIFAR stem, and a width factor.
+"""ResNet18 for 32x32 images: torchvision's architecture, a CIFAR stem, and a channel count.
 
 The blocks are torchvision's own ``BasicBlock``. The module uses torchvision's
-attribute names (conv1, bn1, layer1..layer4, fc), so at ``width_factor=1`` with the
+attribute names (conv1, bn1, layer1..layer4, fc), so at ``base_channels=64`` with the
 ImageNet stem its ``state_dict`` is interchangeable with
 ``torchvision.models.resnet18(num_classes=...)``.
 
@@ -10,8 +10,9 @@ Stems:
     cifar:    3x3 stride-1 conv and no max-pool (He et al. 2016's CIFAR variant),
               which keeps 32x32 inputs at 32x32 into layer1.
 
-``width_factor`` multiplies every stage's channels (64, 128, 256, 512), rounded,
-at least 1, so tests can run a 4-channel ResNet18 in milliseconds.
+``base_channels`` k sets the stages' channels to (k, 2k, 4k, 8k), as the original
+expt_llc_curve's CustomResNet18(k) does (its ``layer_width_factor``, default 64), so
+tests can run a k=4 ResNet18 in milliseconds.
 """
 from __future__ import annotations
 
@@ -21,15 +22,15 @@ from torchvision.models.resnet import BasicBlock, conv1x1
 STEMS = ("imagenet", "cifar")
 # model_name -> stem
 MODEL_NAMES = {"resnet18": "imagenet", "resnet18_cifar": "cifar"}
-BASE_WIDTHS = (64, 128, 256, 512)
+STAGE_MULTIPLIERS = (1, 2, 4, 8)
 RESNET18_BLOCKS = (2, 2, 2, 2)
 
 
-def stage_widths(width_factor: float) -> list[int]:
-    """Channels of the four stages: round(c * width_factor), at least 1."""
-    if not (isinstance(width_factor, (int, float)) and width_factor > 0):
-        raise ValueError(f"width_factor must be a number > 0; got {width_factor!r}")
-    return [max(1, round(c * width_factor)) for c in BASE_WIDTHS]
+def stage_widths(base_channels: int) -> list[int]:
+    """Channels of the four stages: (k, 2k, 4k, 8k) for k = base_channels."""
+    if isinstance(base_channels, bool) or not isinstance(base_channels, int) or base_channels < 1:
+        raise ValueError(f"base_channels must be an integer >= 1; got {base_channels!r}")
+    return [m * base_channels for m in STAGE_MULTIPLIERS]
 
 
 class ResNet(nn.Module):
@@ -39,16 +40,16 @@ class ResNet(nn.Module):
         blocks: BasicBlocks per stage, (2, 2, 2, 2) for ResNet18.
         num_classes: outputs of the final linear layer.
         stem: 'imagenet' or 'cifar' (see the module docstring).
-        width_factor: multiplies every stage's channel count.
+        base_channels: k, the first stage's channels; the stages have (k, 2k, 4k, 8k).
         in_channels: image channels.
     """
 
     def __init__(self, blocks=RESNET18_BLOCKS, num_classes: int = 10, stem: str = "imagenet",
-                 width_factor: float = 1.0, in_channels: int = 3):
+                 base_channels: int = 64, in_channels: int = 3):
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}; got {stem!r}")
-        widths = stage_widths(width_factor)
+        widths = stage_widths(base_channels)
         self.inplanes = widths[0]
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_channels, widths[0], kernel_size=7, stride=2, padding=3, bias=False)
@@ -86,8 +87,8 @@ class ResNet(nn.Module):
         return self.fc(self.avgpool(x).flatten(1))
 
 
-def build_resnet(model_name: str, num_classes: int = 10, width_factor: float = 1.0, in_channels: int = 3) -> ResNet:
+def build_resnet(model_name: str, num_classes: int = 10, base_channels: int = 64, in_channels: int = 3) -> ResNet:
     """'resnet18' (torchvision's stem) or 'resnet18_cifar' (3x3 stride-1 stem, no max-pool)."""
     if model_name not in MODEL_NAMES:
         raise ValueError(f"model_name must be one of {tuple(MODEL_NAMES)}; got {model_name!r}")
-    return ResNet(RESNET18_BLOCKS, num_classes, MODEL_NAMES[model_name], width_factor, in_channels)
+    return ResNet(RESNET18_BLOCKS, num_classes, MODEL_NAMES[model_name], base_channels, in_channels)

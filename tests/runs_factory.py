@@ -77,11 +77,12 @@ def every_experiment_runs(root, data_root) -> None:
     dln_runs(_file_observer(root / "dln_lambdahat"), [
         dict(seed=1),
         dict(seed=2, layer_widths=[3, 3, 2], true_param_config=dict(method="rand_rank")),
-        dict(seed=3, layer_widths=[4, 3], do_training=True, training_config=dict(num_steps=50, batch_size=20)),
+        dict(seed=3, layer_widths=[4, 3], do_training=True,  # Haiku init: 400 steps at lr 3e-3 to get near w*
+             training_config=dict(num_steps=400, batch_size=20, learning_rate=3e-3)),
     ])
     _run_into(root, "llc_curve", [dict(
         data_root=data, device="cpu", logging_period=2, seed=seed,
-        model_data_config=dict(model_name="resnet18", layer_width_factor=1 / 32),
+        model_data_config=dict(model_name="resnet18", layer_width_factor=2),
         training_config=dict(num_steps=4, batch_size=8, learning_rate=lr),
         sgld_config=dict(num_steps=6, batch_size=8, num_chains=2, epsilon=1e-5),
     ) for seed, lr in ((1, 1e-2), (2, 5e-2))])

@@ -33,7 +33,8 @@ def store(tmp_path_factory):
     dln_runs(FileStorageObserver(str(store)), [
         dict(seed=1),
         dict(seed=2, layer_widths=[3, 3, 2], true_param_config=dict(method="rand_rank")),
-        dict(seed=3, layer_widths=[4, 3], do_training=True, training_config=dict(num_steps=50, batch_size=20)),
+        dict(seed=3, layer_widths=[4, 3], do_training=True,  # Haiku init: 400 steps at lr 3e-3 to get near w*
+             training_config=dict(num_steps=400, batch_size=20, learning_rate=3e-3)),
     ])
     return store
 

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from sacred.observers import FileStorageObserver
 from sacred.utils import ConfigAddedError
@@ -16,6 +17,7 @@ from torch.func import vmap
 from gen_commands import expt_llc_curve as gen
 from gen_commands import sweep
 from gen_commands.commands import config_overrides
+from data.vision import load_vision_dataset
 from llc.estimate import flat_model_for_module
 from models.resnet import build_resnet, stage_widths
 from tests.conftest import load_experiment
@@ -35,23 +37,24 @@ def test_resnet18_is_torchvisions_at_width_one():
     torch.testing.assert_close(ours(x), theirs(x))
 
 
-def test_cifar_stem_and_width_factor():
-    net = build_resnet("resnet18_cifar", num_classes=10, width_factor=1 / 16)
-    assert stage_widths(1 / 16) == [4, 8, 16, 32] and stage_widths(1e-3) == [1, 1, 1, 1]
+def test_cifar_stem_and_channel_count():
+    net = build_resnet("resnet18_cifar", num_classes=10, base_channels=4)
+    assert stage_widths(4) == [4, 8, 16, 32] and stage_widths(64) == [64, 128, 256, 512]  # the original's k, 2k, 4k, 8k
     assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1) and isinstance(net.maxpool, torch.nn.Identity)
     assert net.layer1[0].conv1.out_channels == 4 and net.fc.in_features == 32
     feats = net.layer1(net.relu(net.bn1(net.conv1(torch.randn(1, 3, 32, 32)))))
     assert feats.shape == (1, 4, 32, 32)  # no downsampling before layer1
-    imagenet = build_resnet("resnet18", width_factor=1 / 16)
+    imagenet = build_resnet("resnet18", base_channels=4)
     assert imagenet.maxpool(imagenet.conv1(torch.randn(1, 3, 32, 32))).shape[-1] == 8
     with pytest.raises(ValueError, match="model_name"):
         build_resnet("resnet50")
-    with pytest.raises(ValueError, match="width_factor"):
-        stage_widths(0)
+    for bad in (0, 0.5, True):
+        with pytest.raises(ValueError, match="base_channels"):
+            stage_widths(bad)
 
 
 def test_eval_mode_batchnorm_vmaps_over_chains_with_fixed_running_stats():
-    net = build_resnet("resnet18_cifar", num_classes=10, width_factor=1 / 32)
+    net = build_resnet("resnet18_cifar", num_classes=10, base_channels=2)
     net.train()
     net(torch.randn(8, 3, 32, 32))  # move the running statistics away from their init
     net.eval()
@@ -78,7 +81,7 @@ def cifar(tmp_path, monkeypatch):
 def tiny(root, **updates):
     cfg = dict(
         data_root=str(root), device="cpu", logging_period=2,
-        model_data_config=dict(model_name="resnet18", layer_width_factor=1 / 32),
+        model_data_config=dict(model_name="resnet18", layer_width_factor=2),
         training_config=dict(num_steps=4, batch_size=8, learning_rate=1e-2),
         sgld_config=dict(num_steps=6, batch_size=8, num_chains=2, epsilon=1e-5),
     )
@@ -133,7 +136,7 @@ def test_smoke_records_every_checkpoint_and_the_figures_read_it(expt, cifar, tmp
 
 def test_force_realisable_and_label_noise(expt, cifar):
     r = run(expt, **tiny(cifar, force_realisable=True, model_data_config=dict(
-        model_name="resnet18_cifar", layer_width_factor=1 / 32, label_noise_level=0.5)))
+        model_name="resnet18_cifar", layer_width_factor=2, label_noise_level=0.5)))
     first = r.info["checkpoints"][0]
     # Targets are the model's own predictive distribution: L_n(w_t) is its mean entropy, not the CE against labels.
     assert first["status"] == "ok" and first["init_loss"] != pytest.approx(first["train_loss"], rel=1e-3)
@@ -189,7 +192,7 @@ def test_command_line_with_comment_and_the_readme_keys(expt, cifar, tmp_path):
               "logging_period=2", "do_plot=False", "verbose=False", "seed=0"]
     argv = ["expt_llc_curve.py", "--comment", "a note", "-F", str(tmp_path), "with", "expt_name=readme",
             f"data_root={cifar}", "device=cpu", "sgld_config.num_chains=2",
-            "model_data_config.layer_width_factor=0.03125", *readme]
+            "model_data_config.layer_width_factor=2", *readme]
     r = run_cli(expt.ex, argv)
     expt.ex.observers[:] = []
     record = json.loads((tmp_path / "1" / "run.json").read_text())
@@ -237,7 +240,7 @@ def test_longer_run_learns_and_every_estimate_is_finite(expt, tmp_path, monkeypa
     write_cifar10(root, n_train=300, n_test=100)
     allow_tiny_cifar(monkeypatch)
     r = run(expt, **tiny(root, seed=0, logging_period=50,
-                         model_data_config=dict(model_name="resnet18", layer_width_factor=1 / 16),
+                         model_data_config=dict(model_name="resnet18", layer_width_factor=4),
                          training_config=dict(num_steps=150, batch_size=32, learning_rate=0.05, momentum=0.9),
                          sgld_config=dict(num_steps=60, batch_size=64, num_chains=2, epsilon=1e-5, gamma=1.0)))
     checkpoints = r.info["checkpoints"]
@@ -246,3 +249,60 @@ def test_longer_run_learns_and_every_estimate_is_finite(expt, tmp_path, monkeypa
     assert all(c["status"] == "ok" and np.isfinite(c["lambdahat"]) for c in checkpoints)
     assert checkpoints[-1]["train_loss"] < 0.5 * checkpoints[0]["train_loss"]
     assert checkpoints[-1]["test_accuracy"] > 0.3
+
+
+# --------------------------------------------------------------- parity with the original expt_llc_curve
+
+def test_l2_regularization_adds_c_sum_p_squared_to_the_loss():
+    """One SGD step on L + c Σ p²: the gradient gains 2c p and the returned loss includes c Σ p²."""
+    from dynamics.train import TrainingConfig, train
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2).double()
+    x, y = torch.randn(5, 3, dtype=torch.float64), torch.randint(0, 2, (5,))
+    before = [p.detach().clone() for p in model.parameters()]
+    c, lr = 0.3, 0.1
+    cfg = TrainingConfig(optim="sgd", learning_rate=lr, momentum=None, batch_size=5, num_steps=1, l2_regularization=c)
+    gen = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, 5, (5,), generator=torch.Generator().manual_seed(1))  # the batch train() will draw
+    ref = torch.nn.Linear(3, 2).double()
+    ref.load_state_dict(model.state_dict())
+    ce = F.cross_entropy(ref(x[idx]), y[idx])
+    grads = torch.autograd.grad(ce, list(ref.parameters()))
+    losses = train(model, F.cross_entropy, x, y, cfg, gen)
+    penalty = c * sum(float((p ** 2).sum()) for p in before)
+    assert losses[0] == pytest.approx(float(ce.detach()) + penalty, rel=1e-12)
+    for p, p0, g in zip(model.parameters(), before, grads):
+        # float64, one step: agreement to rounding of O(1) numbers.
+        torch.testing.assert_close(p.detach(), p0 - lr * (g + 2 * c * p0), rtol=1e-12, atol=1e-14)
+
+
+def test_noisy_labels_change_exactly_floor_level_n_positions(expt):
+    """The original's introduce_label_noise: int(level·n) distinct positions get a uniform class."""
+    y = torch.zeros(1000, dtype=torch.long)
+    out = expt.noisy_labels(y, 0.3, 10**6, torch.Generator().manual_seed(0))
+    # 300 positions, each new label 0 with probability 1e-6: all 300 differ unless a draw hits 0.
+    assert int((out != y).sum()) == 300 and torch.equal(y, torch.zeros_like(y))
+
+
+def test_sgld_sees_clean_labels_and_unit_interval_pixels_penalty_in_losses(expt, cifar, monkeypatch):
+    seen = {}
+    real = expt.estimate_llc_flat
+
+    def spy(loss, w, x, y, *a, **k):
+        seen.setdefault("x", x), seen.setdefault("y", y)
+        return real(loss, w, x, y, *a, **k)
+
+    monkeypatch.setattr(expt, "estimate_llc_flat", spy)
+    r = run(expt, **tiny(cifar, seed=1, training_config=dict(num_steps=2, batch_size=8, learning_rate=1e-2,
+                                                              l2_regularization=1e-3),
+                         model_data_config=dict(model_name="resnet18", layer_width_factor=2, label_noise_level=1.0)))
+    _, clean = load_vision_dataset("cifar10", train=True, data_root=str(cifar), normalize=False)
+    assert torch.equal(seen["y"], clean)  # noisy labels train SGD only
+    assert float(seen["x"].min()) >= 0 and float(seen["x"].max()) <= 1  # pixels / 255, as the original
+    for c in r.info["checkpoints"]:
+        assert c["l2_penalty"] > 0
+        # penalty in float64, CE in float32: the sum is exact to float64 rounding.
+        assert c["train_loss"] == pytest.approx(c["train_loss_no_reg"] + c["l2_penalty"], rel=1e-12)
+        assert c["test_loss"] == pytest.approx(c["test_loss_no_reg"] + c["l2_penalty"], rel=1e-12)
+    assert r.info["checkpoints"][1]["batch_loss"] > r.info["checkpoints"][1]["l2_penalty"]  # batch loss includes it

@@ -76,6 +76,20 @@ def test_smoke_records_checkpoints_metrics_and_result_and_the_figure_reads_it(ex
     assert [t.get_text() for t in ax_loss.texts][0] == f"r={checkpoints[0]['rank']}"
 
 
+def test_loss_traces_itemp_and_plot(expt, tmp_path):
+    r = run(expt, tmp_path, seed=1, itemp=0.5, do_plot=True)
+    checkpoints = r.info["checkpoints"]
+    traces = np.load(tmp_path / "1" / "saddle_traces.npz")
+    assert traces["loss_trace"].shape == (3, 2, 10) and traces["t"].tolist() == [0, 20, 40]
+    for k, c in enumerate(checkpoints):
+        assert c["nbeta"] == pytest.approx(0.5 * 200)  # nβ = n·itemp
+        np.testing.assert_array_equal(np.array(c["loss_trace"]), traces["loss_trace"][k])  # same numbers, two places
+        # λ̂ = nβ (mean of the kept draws - L_0), recomputed from the stored trace; float64 rounding only.
+        kept = np.array(c["loss_trace"])[:, 9:].mean(1)
+        np.testing.assert_allclose(c["lambdahat_per_chain"], c["nbeta"] * (kept - c["init_loss"]), rtol=1e-9, atol=1e-9)
+    assert (tmp_path / "1" / "saddle_dynamics.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_divergent_checkpoints_are_recorded_and_training_goes_on(expt, tmp_path):
     r = run(expt, tmp_path, sgld_config=dict(num_steps=200, batch_size=20, num_chains=2, epsilon=10.0, gamma=0.0))
     checkpoints = r.info["checkpoints"]
