@@ -1,7 +1,8 @@
-"""The optimisation recipe of train.py (reference.md §5): LR schedules, losses, optimizers.
+"""The optimisation recipe of train.py (README, "Basis-function decomposition"): LR schedules, losses, optimizers.
 
 Learning rate (``scheduler='default'``), at time t counted in epochs (train.py) or
-iterations (mnist.py), with lr_setting = (lr_max, t_warm, lr_warm):
+iterations (grad_indep.py, beta_domin.py: StepLR stepped every iteration), with
+lr_setting = (lr_max, t_warm, lr_warm):
 
     lr(t) = lr_warm + (lr_max − lr_warm) · t / t_warm                    t <  t_warm
     lr(t) = lr_max · decay_rate ^ ⌊(t − t_warm) / decay_stepsize⌋         t >= t_warm
@@ -82,7 +83,7 @@ class LRSchedule:
         decay_rate: factor applied every ``decay_stepsize`` units after the warm-up (> 0).
         decay_stepsize: units between decays (>= 1).
         scheduler: 'default' (warm-up + step decay) or 'onecycle'.
-        unit: 'epoch' (train.py: the rate changes at epoch boundaries) or 'iteration' (mnist.py).
+        unit: 'epoch' (train.py: the rate changes at epoch boundaries) or 'iteration' (grad_indep.py, beta_domin.py).
     """
 
     lr_max: float

@@ -76,7 +76,7 @@ def cfg():
 
     # --- optimisation (train.py) ---
     optimizer = "sgd"  # sgd (momentum 0.9) | lars (dynamics.lars) | lamb (timm) | adamw
-    weight_decay = None  # None -> sgd/lars 1e-4, lamb 0, adamw 0.01 (vit: 0.1 on conv/linear weights only)
+    weight_decay = None  # None -> sgd/lars 1e-4, lamb 0, adamw 0.01 (vit on cifar10: 0.1 on conv/linear weights only)
     batch_size = 256  # minibatch
     num_epoch = 310  # epochs (train.py default)
     lr_setting = [0.1, 5, 0.01]  # [lr_max, epoch_warm, lr_warm]: linear warm-up lr_warm -> lr_max over epoch_warm units, applied once
@@ -346,8 +346,8 @@ def _new_trainer(config, checked, x, y, seed, init, batches, augment):
     net = build_model(config["model"], checked.shape, config["width"], config["init_scale"],
                       seed=derived_seed(seed, init)).to(device)
     wd = config["weight_decay"]
-    if config["model"] in ("vit", "vit_timm") and config["optimizer"] == "adamw":
-        params = decay_groups(net, 0.1 if wd is None else wd)
+    if config["model"] in ("vit", "vit_timm") and config["optimizer"] == "adamw" and config["data"] == "cifar10":
+        params = decay_groups(net, 0.1 if wd is None else wd)  # train.py's get_optimizer (ViT on CIFAR-10 only)
     else:
         params = net.parameters()
     opt = make_optimizer(config["optimizer"], params, checked.schedule.lr_max, wd)
