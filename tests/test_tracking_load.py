@@ -22,7 +22,7 @@ from tracking.load import (
 DLN_UPDATES = [
     dict(seed=1),
     dict(seed=2, layer_widths=[3, 3, 2], true_param_config=dict(method="rand_rank"),
-         do_training=True, training_config=dict(num_steps=50, batch_size=20)),
+         do_training=True, training_config=dict(num_steps=400, batch_size=20, learning_rate=3e-3)),
     dict(seed=3, sgld_config=DIVERGENT_SGLD),
 ]
 TIMES = ["start_time", "stop_time", "heartbeat"]
