@@ -191,6 +191,23 @@ def initial_vectors(state: LyapunovState) -> tuple[Tensor, Tensor]:
     return rates, q0 @ v
 
 
+def expanding_subspace(state: LyapunovState, threshold: float = 0.0) -> Tensor:
+    """Initial directions whose finite-time rate exceeds ``threshold``: (D, n_pos), fastest first.
+
+    These are the right singular vectors of the tangent product M_t = J_t ⋯ J_1 with
+    (1/t) log σ_i > threshold, i.e. the eigenvectors of M_tᵀ M_t with eigenvalue
+    σ_i² > 1 at threshold 0: the subspace the original compares over time
+    (chaotic_neurips22, ``FFNSkeleton.log_subspace_metric``, eigh of YᵀY). It lives at
+    time 0, not at time t like the Benettin frame ``state.q``, whose columns span
+    M_t Q_0 and are not sorted by rate.
+
+    Raises:
+        ValueError: the state was made without ``track_initial`` or no step was taken.
+    """
+    rates, vectors = initial_vectors(state)
+    return vectors[:, rates > threshold]
+
+
 def local_chaos_counts(eigenvalues: Tensor, lr: float, momentum: float = 0.0, zero_threshold: float = 0.0) -> dict[str, int]:
     """Directions where one step expands: λ < −zero_threshold, or lr λ > 2(1 + μ).
 

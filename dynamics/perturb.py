@@ -96,11 +96,17 @@ def _sq_model(t, a, b, d0):
     return a * t + b * t**2 + d0**2
 
 
-def fit_distance(t, d) -> DistanceFit:
-    """Fit d(t)² = a t + b t² + d0² with ``scipy.optimize.curve_fit``.
+def fit_distance(t, d, d0: float | None = None) -> DistanceFit:
+    """Fit d(t)² = a t + b t² + d0² with ``scipy.optimize.curve_fit`` (least squares on d²).
+
+    Args:
+        t, d: steps and distances.
+        d0: if given, d0 is held fixed and only a, b are fitted, as the original's
+            ``fit_theoretical_bound`` (chaotic_neurips22, experiments/utils.py) does with
+            d0 = perturb_eps; None fits d0 too.
 
     Raises:
-        ValueError: fewer than 3 finite points or mismatched lengths.
+        ValueError: fewer finite points than free parameters, or mismatched lengths.
     """
     from scipy.optimize import curve_fit
 
@@ -109,13 +115,19 @@ def fit_distance(t, d) -> DistanceFit:
         raise ValueError(f"t and d must have the same shape; got {t.shape} and {d.shape}")
     keep = np.isfinite(t) & np.isfinite(d)
     t, d = t[keep], d[keep]
-    if t.size < 3:
-        raise ValueError(f"need at least 3 finite points to fit 3 parameters; got {t.size}")
+    free = 3 if d0 is None else 2
+    if t.size < free:
+        raise ValueError(f"need at least {free} finite points to fit {free} parameters; got {t.size}")
     d2 = d**2
     scale_t = max(float(np.max(np.abs(t))), 1.0)
-    p0 = (0.0, 0.0, float(d[0]) if d[0] > 0 else float(np.sqrt(np.mean(d2))))
     # Fit in t / scale_t for conditioning, then scale back.
-    popt, pcov = curve_fit(_sq_model, t / scale_t, d2, p0=p0, maxfev=20000)
+    if d0 is None:
+        p0 = (0.0, 0.0, float(d[0]) if d[0] > 0 else float(np.sqrt(np.mean(d2))))
+        popt, pcov = curve_fit(_sq_model, t / scale_t, d2, p0=p0, maxfev=20000)
+    else:
+        popt, pcov = curve_fit(lambda s, a, b: _sq_model(s, a, b, d0), t / scale_t, d2, p0=(0.0, 0.0), maxfev=20000)
+        popt = np.append(popt, d0)
+        pcov = np.pad(pcov, (0, 1))  # d0 is fixed: zero variance
     errs = np.sqrt(np.diag(pcov)) if np.all(np.isfinite(pcov)) else np.full(3, np.nan)
     a, b, d0 = popt[0] / scale_t, popt[1] / scale_t**2, abs(popt[2])
     rmse = float(np.sqrt(np.mean((_sq_model(t, a, b, d0) - d2) ** 2)))

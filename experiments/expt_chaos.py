@@ -33,7 +33,9 @@ from torch.func import grad_and_value
 from data.vision import check_dataset_name, load_vision_dataset
 from dynamics.cgd import OptimConfig, project_gradient, select_pruned, sgd_step
 from dynamics.hessian import SymEig, check_dense_hessian_size, dense_eigh, dense_hessian
-from dynamics.lyapunov import exponents, init_lyapunov, initial_vectors, local_chaos_counts, propagate, sgd_tangent_map
+from dynamics.lyapunov import (
+    expanding_subspace, exponents, init_lyapunov, initial_vectors, local_chaos_counts, propagate, sgd_tangent_map,
+)
 from dynamics.mlp_hessian import MLP_ACTIVATIONS, mlp_hessian_eigh, mlp_hessian_eigh_nbytes, mlp_params_from_flat
 from dynamics.perturb import (
     NEEDS_LYAPUNOV, STRATEGIES, fit_distance, load_eigenthings, perturbation_direction, random_subspace_baseline,
@@ -48,6 +50,7 @@ ex = configure_experiment(Experiment("chaos"))
 
 IMAGE_SIZE = 16  # USPS is 16x16; FashionMNIST is resized to it
 NUM_CLASSES = 10
+DISTANCE_FIT_D0 = ("fixed", "free")
 POSITIVE_EXPONENT = 1e-10  # χ above this counts as positive (a step that is the identity gives |R_ii| = 1 ± eps)
 
 
@@ -70,8 +73,8 @@ def cfg():
     model = dict(
         name="mlp",  # mlp | cnn
         inter_dim=20,  # mlp: hidden width (256-20-10)
-        base_channels=4,  # cnn: channels of the first block, doubled per block
-        block_cnt=1,  # cnn: conv -> activation -> maxpool blocks
+        base_channels=4,  # cnn: channels c of the full-resolution convs (the tail goes c, 2c, 2c)
+        block_cnt=1,  # cnn: full-resolution conv -> activation blocks before the 4-pool tail (1,158 params at 4, 1)
         activation="relu",  # relu | tanh | sigmoid | elu | linear (structured Hessian: relu, linear)
     )
 
@@ -109,9 +112,7 @@ def cfg():
         run_key=None,  # its run_key (what gen_commands writes)
     )
 
-    # --- saving ---
-    save_eigenthings = False  # after training: artifact eigenthings.npz (needs the full tangent frame for all directions)
-    save_lyapunov_at = None  # epoch (0-based) after which the full Lyapunov spectrum goes to info and an artifact
+    distance_fit_d0 = "fixed"  # d(t)² = a t + b t² + d0²: fixed (d0 = the copy's perturb_eps, original) | free
 
     # --- logging (original: logging group) ---
     logging = dict(
@@ -126,6 +127,8 @@ def cfg():
         plot_mats_every=0,  # store |H| pooled to 256x256 every n steps (artifact hessian_matrices.npz)
         plot_trajectories=False,  # store the copies' trajectories projected on 2 random directions
         signal_noise_window=0,  # gradient signal-to-noise ratio over the last n steps (0: off)
+        save_eigenthings=False,  # after training: artifact eigenthings.npz, exponents and initial vectors (full frame)
+        save_lyapunov_at=None,  # epoch (0-based) after which the same goes to eigenthings_epoch<E>.npz (full frame)
     )
 
     # --- runtime ---
@@ -150,7 +153,7 @@ def cgd_neg():
 
 @ex.named_config
 def lyapunov_save():
-    save_eigenthings = True  # Figure 3, first run: Lyapunov directions for the perturbation run (same seed)
+    logging = dict(save_eigenthings=True)  # Figure 3, first run: Lyapunov directions for the perturbation run (same seed)
 
 
 @ex.named_config
@@ -178,6 +181,7 @@ class Checked(NamedTuple):
     strategies: tuple
     needs_hessian: bool
     needs_lyapunov: bool
+    needs_initial: bool  # the graded R product for initial vectors (subsim, saved eigenthings)
     tangent_dim: int
     tangent_k: int
     t_lya_subsim: tuple
@@ -232,21 +236,23 @@ def validate(config: dict) -> Checked:
         raise ValueError(f"optim.k must be <= the number of parameters ({p}); got {optim.k}")
     log = _group(config, "logging", {"log_eigenthings", "log_lyapunov", "log_subsim", "log_lyapunov_subsim", "log_freq",
                                    "t_lya_subsim", "plot_eigs_every", "save_hessian_dist_every", "plot_mats_every",
-                                   "plot_trajectories", "signal_noise_window"})
+                                   "plot_trajectories", "signal_noise_window", "save_eigenthings", "save_lyapunov_at"})
     _int("logging.log_freq", log["log_freq"], 1)
     for key in ("plot_eigs_every", "save_hessian_dist_every", "plot_mats_every", "signal_noise_window"):
         _int(f"logging.{key}", log[key], 0)
     t_sub = log["t_lya_subsim"]
     if t_sub is not None:
-        if not isinstance(t_sub, (list, tuple)) or not all(isinstance(t, (int, float)) and t >= 0 and float(t).is_integer() for t in t_sub):
-            raise ValueError(f"logging.t_lya_subsim must be None or a list of whole step numbers >= 0; got {t_sub!r}")
+        if not isinstance(t_sub, (list, tuple)) or not all(isinstance(t, (int, float)) and t >= 1 and float(t).is_integer() for t in t_sub):
+            raise ValueError(f"logging.t_lya_subsim must be None or a list of whole step numbers >= 1; got {t_sub!r}")
         t_sub = tuple(sorted({int(t) for t in t_sub}))
     if log["log_lyapunov_subsim"] and not t_sub:
         raise ValueError("logging.log_lyapunov_subsim needs logging.t_lya_subsim, e.g. [10, 10000]")
     lyap = _group(config, "lyapunov", {"k", "qr_every"})
     _int("lyapunov.qr_every", lyap["qr_every"], 1)
-    if config["save_lyapunov_at"] is not None:
-        _int("save_lyapunov_at", config["save_lyapunov_at"], 0)
+    if log["save_lyapunov_at"] is not None:
+        _int("logging.save_lyapunov_at", log["save_lyapunov_at"], 0)
+    if config["distance_fit_d0"] not in DISTANCE_FIT_D0:
+        raise ValueError(f"distance_fit_d0 must be one of {DISTANCE_FIT_D0}; got {config['distance_fit_d0']!r}")
     if config["eps_eigh"] is None or not config["eps_eigh"] >= 0:
         raise ValueError(f"eps_eigh must be a number >= 0; got {config['eps_eigh']!r}")
 
@@ -276,8 +282,8 @@ def validate(config: dict) -> Checked:
             raise ValueError(f"perturb_strat={strat!r} uses {strategy}, but no stored Lyapunov exponent is "
                              f"{'positive' if sign > 0 else 'negative'}")
 
-    needs_lyapunov = bool(log["log_lyapunov"] or log["log_lyapunov_subsim"] or config["save_eigenthings"]
-                          or config["save_lyapunov_at"] is not None)
+    needs_initial = bool(log["log_lyapunov_subsim"] or log["save_eigenthings"] or log["save_lyapunov_at"] is not None)
+    needs_lyapunov = bool(log["log_lyapunov"] or needs_initial)
     needs_hessian = needs_lyapunov or bool(log["log_eigenthings"] or log["log_subsim"] or log["plot_eigs_every"]
                                            or log["save_hessian_dist_every"] or log["plot_mats_every"]
                                            or (optim.prunes and not optim.prune_global))
@@ -286,8 +292,10 @@ def validate(config: dict) -> Checked:
     tangent_k = tangent_dim if lyap["k"] is None else lyap["k"]
     if tangent_k > tangent_dim:
         raise ValueError(f"lyapunov.k must be <= the tangent dimension ({tangent_dim}); got {tangent_k}")
-    if config["save_eigenthings"] and tangent_k != tangent_dim:
-        raise ValueError(f"save_eigenthings needs every tangent direction: lyapunov.k must be None; got {tangent_k}")
+    for key in ("save_eigenthings", "save_lyapunov_at", "log_lyapunov_subsim"):
+        if log[key] is not None and log[key] is not False and tangent_k != tangent_dim:  # save_lyapunov_at=0 is on
+            raise ValueError(f"logging.{key} needs the initial vectors of every tangent direction: lyapunov.k must be "
+                             f"None; got {tangent_k}")
     structured = mcfg["name"] == "mlp" and mcfg["activation"] in MLP_ACTIVATIONS
     max_bytes = float(config["max_memory_gb"]) * 2**30
     if needs_hessian:
@@ -299,12 +307,12 @@ def validate(config: dict) -> Checked:
         else:
             check_dense_hessian_size(p, torch.float64, max_bytes, key="model")
     if needs_lyapunov:
-        need = 3 * 8 * tangent_dim * tangent_k + (3 * 8 * tangent_k**2 if config["save_eigenthings"] else 0)
+        need = 3 * 8 * tangent_dim * tangent_k + (3 * 8 * tangent_k**2 if needs_initial else 0)
         if need > max_bytes:
             raise ValueError(f"lyapunov.k: a tangent frame of {tangent_dim:,} x {tangent_k:,} needs about "
                              f"{need / 2**30:.1f} GiB; max_memory_gb is {config['max_memory_gb']}")
-    return Checked(optim, model, p, structured, strategies, needs_hessian, needs_lyapunov, tangent_dim, tangent_k,
-                   t_sub or (), resolve_device(config["device"]), eigenthings, prune_dirs)
+    return Checked(optim, model, p, structured, strategies, needs_hessian, needs_lyapunov, needs_initial, tangent_dim,
+                   tangent_k, t_sub or (), resolve_device(config["device"]), eigenthings, prune_dirs)
 
 
 def _load_checked_eigenthings(config, optim, needed, p):
@@ -383,6 +391,17 @@ def _pooled_abs(eig: SymEig, size=256) -> np.ndarray:
     return torch.nn.functional.adaptive_avg_pool2d(h[None, None], min(size, eig.dim))[0, 0].cpu().numpy()
 
 
+def _save_eigenthings(_run, name, lyap, p, step):
+    """Artifact ``name``: the initial vectors and rates (eigenthings format) and the Benettin spectrum; returns it."""
+    spectrum = torch.sort(exponents(lyap), descending=True).values.cpu().numpy()
+    rates, vecs = initial_vectors(lyap)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_eigenthings(os.path.join(tmp, name), rates, vecs, p, benettin_exponents=spectrum,
+                                steps=np.int64(step))
+        _run.add_artifact(str(path))
+    return spectrum
+
+
 def _artifact(_run, name, **arrays):
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, name)
@@ -454,7 +473,7 @@ def main(_config, _run, _seed):
     lyap = None
     if checked.needs_lyapunov:
         lyap = init_lyapunov(checked.tangent_dim, checked.tangent_k, _stream(_seed, LYAP), torch.float64, device,
-                             track_initial=c["save_eigenthings"])
+                             track_initial=checked.needs_initial)
 
     gen_batches, gen_cgd = _stream(_seed, BATCHES), _stream(_seed, CGD)
     proj = None
@@ -497,6 +516,8 @@ def main(_config, _run, _seed):
                 if pruned_vecs is not None:  # CGD's map: w' = w − lr (I − V_p V_pᵀ) g (V_p held fixed)
                     hmat = lambda yv, e=eig, v=pruned_vecs: (lambda hy: hy - v @ (v.T @ hy))(e.matmul(yv))  # noqa: E731
                 lyap = propagate(lyap, sgd_tangent_map(hmat, optim.lr, optim.momentum, p), c["lyapunov"]["qr_every"])
+                if log["log_lyapunov_subsim"] and lyap.steps in checked.t_lya_subsim:
+                    fixed_lyap[lyap.steps] = expanding_subspace(lyap, POSITIVE_EXPONENT)  # t0 counts tangent maps
 
             if logging_now:
                 _run.log_scalar("train/loss", float(loss0), step)
@@ -511,7 +532,7 @@ def main(_config, _run, _seed):
                                         random_subspace_baseline(prev_chaotic.shape[1], cur.shape[1], p), step)
                     prev_chaotic = cur
                 if log["log_lyapunov_subsim"] and lyap is not None:
-                    _lyapunov_subsim(_run, step, lyap, checked, p, fixed_lyap)
+                    _lyapunov_subsim(_run, step, lyap, fixed_lyap)
                 if copies:
                     for i, w in enumerate(ws[1:], start=1):
                         d = float((w.double() - ws[0].double()).norm())
@@ -558,10 +579,9 @@ def main(_config, _run, _seed):
         record["epoch_steps"].append(step)
         if not math.isfinite(tr_loss):
             raise FloatingPointError(f"training diverged: train loss {tr_loss} after epoch {epoch} (step {step})")
-        if lyap is not None and c["save_lyapunov_at"] == epoch:
-            spectrum = torch.sort(exponents(lyap), descending=True).values.cpu().numpy()
+        if lyap is not None and log["save_lyapunov_at"] == epoch:
+            spectrum = _save_eigenthings(_run, f"eigenthings_epoch{epoch}.npz", lyap, p, step)
             _run.info[f"lyapunov_spectrum_epoch{epoch}"] = spectrum.tolist()
-            _artifact(_run, f"lyapunov_epoch{epoch}.npz", exponents=spectrum, step=np.int64(step))
         if step >= total_steps:
             break
 
@@ -598,24 +618,28 @@ def _log_curvature(_run, step, eig, g0, optim, log, lyap, checked, record, thr):
         _run.log_scalar("lyapunov/num_pos", int((ex_ > POSITIVE_EXPONENT).sum()), step)
 
 
-def _lyapunov_subsim(_run, step, lyap, checked, p, fixed):
-    """Fix the expanding Lyapunov subspace at each t_0; compare later ones with it."""
-    ex_ = exponents(lyap)
-    n_pos = int((ex_ > POSITIVE_EXPONENT).sum())
-    if n_pos == 0:
+def _lyapunov_subsim(_run, step, lyap, fixed):
+    """Compare the expanding initial subspace now (t = tangent maps applied) with the one fixed at each t0 < t.
+
+    Both are spans of initial directions with positive finite-time exponents (eigenvectors of
+    YᵀY with eigenvalue > 1, as the original's ``chaotic-chaotic`` similarity); with momentum
+    they live in the (δw, δv) tangent space of dimension 2P.
+    """
+    later = {t0: sub for t0, sub in fixed.items() if t0 < lyap.steps and sub.shape[1]}
+    if not later:
         return
-    cur = lyap.q[:p, :n_pos]  # frame columns are ordered by growth; their span is QR-invariant
-    for t0 in checked.t_lya_subsim:
-        if step >= t0 and t0 not in fixed:
-            fixed[t0] = cur.clone()
-        elif t0 in fixed:
-            _run.log_scalar(f"subsim/lyapunov/t{t0}", subspace_similarity(fixed[t0], cur), step)
-            _run.log_scalar(f"subsim/lyapunov/t{t0}_baseline", random_subspace_baseline(fixed[t0].shape[1], n_pos, p), step)
+    cur = expanding_subspace(lyap, POSITIVE_EXPONENT)  # (D, n_pos)
+    _run.log_scalar("subsim/lyapunov/num_pos", cur.shape[1], step)
+    if cur.shape[1] == 0:
+        return
+    for t0, sub in later.items():
+        _run.log_scalar(f"subsim/lyapunov/t{t0}", subspace_similarity(sub, cur), step)
+        _run.log_scalar(f"subsim/lyapunov/t{t0}_baseline", random_subspace_baseline(sub.shape[1], cur.shape[1], cur.shape[0]), step)
 
 
 def _finish(_run, c, checked, record, lyap, copies, step, epoch, p):
     """Artifacts and the run's result."""
-    result = {"model_dim": p, "num_steps": step, "epochs": epoch + 1,
+    result = {"num_params": p, "model_dim": p, "num_steps": step, "epochs": epoch + 1,
               "final_train_loss": record["train_loss"][-1], "final_train_acc": record["train_acc"][-1],
               "final_test_loss": record["test_loss"][-1], "final_test_acc": record["test_acc"][-1],
               "best_test_acc": max(record["test_acc"])}
@@ -628,12 +652,8 @@ def _finish(_run, c, checked, record, lyap, copies, step, epoch, p):
         result["lyapunov"] = {"max": float(spectrum[0]), "min": float(spectrum[-1]),
                               "num_pos": int((spectrum > POSITIVE_EXPONENT).sum()), "k": int(spectrum.size)}
         _artifact(_run, "lyapunov_final.npz", exponents=spectrum, step=np.int64(step))
-        if c["save_eigenthings"]:
-            rates, vecs = initial_vectors(lyap)
-            with tempfile.TemporaryDirectory() as tmp:
-                path = save_eigenthings(os.path.join(tmp, "eigenthings.npz"), rates, vecs, p,
-                                        benettin_exponents=spectrum, steps=np.int64(step))
-                _run.add_artifact(str(path))
+        if c["logging"]["save_eigenthings"]:
+            _save_eigenthings(_run, "eigenthings.npz", lyap, p, step)
     if copies:
         steps = np.asarray(record["dist_steps"], dtype=float)
         fits = {}
@@ -641,8 +661,9 @@ def _finish(_run, c, checked, record, lyap, copies, step, epoch, p):
         for info, d in zip(copies, dist):
             entry = dict(info)
             try:
-                fit = fit_distance(steps, d)
-                entry.update(a=fit.a, b=fit.b, d0=fit.d0, a_err=fit.a_err, b_err=fit.b_err, rmse=fit.rmse)
+                fit = fit_distance(steps, d, d0=info["eps"] if c["distance_fit_d0"] == "fixed" else None)
+                entry.update(a=fit.a, b=fit.b, d0=fit.d0, a_err=fit.a_err, b_err=fit.b_err, d0_err=fit.d0_err,
+                             rmse=fit.rmse, d0_fixed=c["distance_fit_d0"] == "fixed")
             except (ValueError, RuntimeError) as err:  # too few points, or curve_fit did not converge
                 entry["fit_error"] = str(err)
             entry["final_distance"] = float(d[-1])

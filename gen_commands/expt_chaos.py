@@ -39,7 +39,7 @@ DEFAULT_RUNS_DIR = f"runs/{EXPERIMENT}"
 
 COMMON = {"model.name": "mlp", "dataset": "usps", "optim.momentum": 0.0}
 FIG1 = [{"optim.name": "sgd"}] + [{"optim.name": "cgd", "optim.prune_set": s} for s in ("chaotic", "pos", "neg")]
-DATASETS3 = [{"dataset": d, "save_eigenthings": True} for d in ("usps", "fmnist")]
+DATASETS3 = [{"dataset": d, "logging.save_eigenthings": True} for d in ("usps", "fmnist")]
 DISTANCE = {"logging.log_eigenthings": False, "logging.log_lyapunov": False, "perturb_eps": [0.1],
             "perturb_strat": "all", "parallel": 5}
 
@@ -103,7 +103,7 @@ def _lines_for(preset: dict, args, grid: dict, distance: bool, source: str, obse
                 run["seed"] = seed
                 if distance:  # the matching Lyapunov run, found by its run_key
                     key = sweep.run_key(EXPERIMENT, run)
-                    run.pop("save_eigenthings")
+                    run.pop("logging.save_eigenthings")
                     run.update(DISTANCE)
                     run.update({"eigenthings_run.source": source, "eigenthings_run.run_key": key})
                 lines.append(sweep.format_command(SCRIPT, EXPERIMENT, run, observer, args.python))

@@ -2,8 +2,12 @@
 
 * :class:`MLP`: flatten -> Linear(d_in, inter_dim) -> φ -> Linear(inter_dim, classes);
   on 16x16 USPS with inter_dim 20 that is 256-20-10, 5,350 parameters.
-* :class:`CNN`: ``block_cnt`` blocks of Conv3x3(channels) -> φ -> MaxPool2 (channels
-  base_channels · 2^i), then flatten -> Linear to the classes.
+* :class:`CNN`: the original's ``get_cnn`` (chaotic_neurips22, experiments/models/torch.py):
+  a head Conv3x3(1 -> c) -> φ, ``block_cnt`` − 1 more Conv3x3(c -> c) -> φ at full
+  resolution, then a tail that pools four times, MaxPool2 -> Conv3x3(c -> c) -> φ ->
+  MaxPool2 -> Conv3x3(c -> 2c) -> φ -> MaxPool2 -> Conv3x3(2c -> 2c) -> φ -> MaxPool2,
+  and Linear(2c -> classes) on the 1x1 map (c = base_channels; padding 1 everywhere).
+  At c = 4, block_cnt = 1 on 16x16 inputs that is 1,158 parameters.
 
 Parameters are named as ``nn.Sequential`` names them, so the flat order used by
 ``llc.estimate.flat_model_for_module`` is W_0, b_0, W_1, b_1, ... (what
@@ -12,6 +16,7 @@ U(−1/√fan_in, 1/√fan_in) for weights and biases, drawn from an explicit ge
 """
 from __future__ import annotations
 
+import collections
 import math
 
 import torch
@@ -37,26 +42,38 @@ class MLP(nn.Module):
 
 
 class CNN(nn.Module):
-    """``block_cnt`` conv blocks (3x3, padding 1, then φ and 2x2 max-pooling) and a linear head."""
+    """The original's CNN: head conv, ``block_cnt`` − 1 body convs, four pooled tail convs, linear head.
+
+    The original (``get_cnn``) ends with a reshape to (−1, 2c), which is one row per image only when
+    four 2x2 poolings bring the map to 1x1, i.e. for 16x16 inputs; other sizes are refused here.
+    Its ``batch_norm`` option (off in its configs) is not offered.
+    """
 
     def __init__(self, in_channels: int, image_size: int, num_classes: int, base_channels: int = 4,
                  block_cnt: int = 1, activation: str = "relu"):
         super().__init__()
-        if image_size % 2**block_cnt:
-            raise ValueError(f"model.block_cnt={block_cnt} halves the {image_size}-pixel images to a non-integer size")
+        if image_size != 16:
+            raise ValueError(f"model.name=cnn pools four times down to 1x1 and needs 16x16 images; got {image_size}")
         self.activation = activation
-        blocks: list[nn.Module] = []
-        c_in = in_channels
-        for i in range(block_cnt):
-            c_out = base_channels * 2**i
-            blocks += [nn.Conv2d(c_in, c_out, 3, padding=1), ACTIVATIONS[activation](), nn.MaxPool2d(2)]
-            c_in = c_out
-        side = image_size // 2**block_cnt
-        self.features = nn.Sequential(*blocks)
-        self.head = nn.Linear(c_in * side * side, num_classes)
+        c, act = base_channels, ACTIVATIONS[activation]
 
-    def forward(self, x: Tensor) -> Tensor:  # (N, C, H, W) -> (N, classes)
-        return self.head(self.features(x).flatten(1))
+        def conv(c_in, c_out):
+            return nn.Conv2d(c_in, c_out, kernel_size=3, padding=1)
+
+        layers: list[tuple[str, nn.Module]] = [("conv1", conv(in_channels, c)), ("relu1", act())]
+        for i in range(1, block_cnt):  # constant-resolution body
+            layers += [(f"conv{i + 1}", conv(c, c)), (f"relu{i + 1}", act())]
+        layers += [  # downsampling tail: 16 -> 8 -> 4 -> 2 -> 1
+            ("tail_pool1", nn.MaxPool2d(2, 2)), ("tail_conv2", conv(c, c)), ("tail_fn2", act()),
+            ("tail_pool2", nn.MaxPool2d(2, 2)), ("tail_conv3", conv(c, 2 * c)), ("tail_fn3", act()),
+            ("tail_pool3", nn.MaxPool2d(2, 2)), ("tail_conv4", conv(2 * c, 2 * c)), ("tail_fn4", act()),
+            ("tail_pool4", nn.MaxPool2d(2, 2)), ("tail_reshape", nn.Flatten()),
+            ("tail_fc1", nn.Linear(2 * c, num_classes)),
+        ]
+        self.layers = nn.Sequential(collections.OrderedDict(layers))
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, C, 16, 16) -> (N, classes)
+        return self.layers(x)
 
 
 def build_model(

@@ -114,7 +114,7 @@ def every_experiment_runs(root, data_root) -> None:
     _run_into(root, "chaos", [
         chaos,
         dict(chaos, optim=dict(name="cgd", prune_set="neg")),
-        dict(small, save_eigenthings=True),
+        dict(small, logging=dict(save_eigenthings=True)),
         dict(small, perturb_strat="all", parallel=5, eigenthings_path=str(root / "chaos" / "3" / "eigenthings.npz"),
              logging=dict(log_subsim=True)),
     ])

@@ -91,7 +91,8 @@ def test_cnn_fmnist_momentum_and_cgd_neg(expt, data_root, tmp_path):
     # Generic path (dense vmapped Hessian) on a 660-parameter CNN, momentum (tangent state (δw, δv)).
     r = run(expt, tiny(data_root, dataset="fmnist", max_steps=3, model=dict(name="cnn", base_channels=1),
                        optim=dict(name="cgd", prune_set="neg", k=3, prune_start=1, momentum=0.9)), tmp_path)
-    assert r.result["model_dim"] == (9 + 1) + (64 * 10 + 10)
+    # The original's CNN at c = 1: conv1 1->1, tail convs 1->1, 1->2, 2->2, Linear(2, 10).
+    assert r.result["num_params"] == r.result["model_dim"] == 10 + 10 + 20 + 38 + 30
     m = metrics_of(tmp_path)
     assert m["cgd/num_pruned"]["steps"] == [1, 2] and max(m["cgd/num_pruned"]["values"]) <= 3
     assert all(0 <= v <= 1 for v in m["cgd/pruned_grad_frac"]["values"])
@@ -99,13 +100,15 @@ def test_cnn_fmnist_momentum_and_cgd_neg(expt, data_root, tmp_path):
 
 def test_save_eigenthings_then_perturb_and_prune_global(expt, data_root, tmp_path):
     small = dict(model=dict(inter_dim=1), lyapunov=dict(k=None), max_steps=4)  # P = 277, full frame
-    first = run(expt, tiny(data_root, save_eigenthings=True, save_lyapunov_at=0, **small), tmp_path)
+    first = run(expt, tiny(data_root, logging=dict(save_eigenthings=True, save_lyapunov_at=0), **small), tmp_path)
     run_dir = tmp_path / "1"
     saved = np.load(run_dir / "eigenthings.npz")
     assert saved["vectors"].shape == (277, 277) and int(saved["num_params"]) == 277
     assert np.all(np.diff(saved["exponents"]) <= 0)
     info = json.loads((run_dir / "info.json").read_text())
     assert len(info["lyapunov_spectrum_epoch0"]) == 277
+    epoch0 = np.load(run_dir / "eigenthings_epoch0.npz")  # vectors too, in the eigenthings format
+    assert epoch0["vectors"].shape == (277, 277) and int(epoch0["steps"]) == 4
     assert first.result["lyapunov"]["k"] == 277
 
     # By run id from the store: every strategy, one copy each, distances logged and fitted.
@@ -120,7 +123,7 @@ def test_save_eigenthings_then_perturb_and_prune_global(expt, data_root, tmp_pat
     for i in range(1, 6):
         d = m[f"perturb/distance/copy{i}"]["values"]
         assert d[0] == pytest.approx(1e-2, rel=1e-3)  # the initial shift (float32 weights)
-        assert "a" in fits[f"copy{i}"] and fits[f"copy{i}"]["d0"] >= 0
+        assert fits[f"copy{i}"]["d0"] == 1e-2 and fits[f"copy{i}"]["d0_fixed"]  # the original fixes d0 = eps
     dist = np.load(tmp_path / "2" / "distances.npz")
     assert dist["distances"].shape == (5, 4)
     assert np.load(tmp_path / "2" / "trajectories.npz")["projections"].shape == (6, 4, 2)
@@ -134,13 +137,15 @@ def test_save_eigenthings_then_perturb_and_prune_global(expt, data_root, tmp_pat
 
 def test_lyapunov_subspace_similarity(expt, data_root, tmp_path):
     # lr 0.5: expanding directions show up within a few steps (at lr 1e-3 they need hundreds).
-    run(expt, tiny(data_root, max_steps=6, optim=dict(lr=0.5), logging=dict(log_lyapunov_subsim=True, t_lya_subsim=[1, 3.0])),
-        tmp_path)
+    # t0 counts tangent maps: after step index s, s + 1 maps are applied (the original's step counter).
+    run(expt, tiny(data_root, max_steps=6, optim=dict(lr=0.5), model=dict(inter_dim=1), lyapunov=dict(k=None),
+                   logging=dict(log_lyapunov_subsim=True, t_lya_subsim=[1, 3.0])), tmp_path)
     m = metrics_of(tmp_path)
-    assert m["subsim/lyapunov/t1"]["steps"] == [2, 3, 4, 5]
-    assert m["subsim/lyapunov/t3"]["steps"] == [4, 5]
+    assert m["subsim/lyapunov/t1"]["steps"] == [1, 2, 3, 4, 5]
+    assert m["subsim/lyapunov/t3"]["steps"] == [3, 4, 5]
     assert all(0 <= v <= 1 + 1e-9 for v in m["subsim/lyapunov/t1"]["values"])
-    assert m["subsim/lyapunov/t1_baseline"]["values"][0] <= 8 / 1078 + 1e-12
+    n_pos = m["subsim/lyapunov/num_pos"]["values"]
+    assert all(v <= 277 for v in n_pos)
 
 
 @pytest.mark.parametrize("updates,key", [
@@ -148,7 +153,7 @@ def test_lyapunov_subspace_similarity(expt, data_root, tmp_path):
     (dict(optim=dict(name="cgd", k=10**6)), r"optim.k must be <= the number of parameters \(1078\)"),
     (dict(optim=dict(name="adam")), "optim.name"),
     (dict(model=dict(name="cnn", base_channels=64, block_cnt=1), max_memory_gb=1.0),
-     r"model: the exact Hessian of 41,610 parameters needs about 38\.7 GiB"),
+     r"model: the exact Hessian of 260,298 parameters needs about 1514\.4 GiB"),
     (dict(model=dict(inter_dim=5000), max_memory_gb=0.5), r"exact Hessian of 1,335,010 parameters needs about"),
     (dict(eigenthings_path="/nonexistent/eigenthings.npz"), "eigenthings_path.*does not exist"),
     (dict(perturb_strat="max_chaos"), "need Lyapunov directions"),
@@ -160,7 +165,11 @@ def test_lyapunov_subspace_similarity(expt, data_root, tmp_path):
     (dict(logging=dict(log_freq=0)), "logging.log_freq"),
     (dict(logging=dict(log_lyapunov_subsim=True)), "t_lya_subsim"),
     (dict(lyapunov=dict(k=5000)), r"lyapunov.k must be <= the tangent dimension \(1078\)"),
-    (dict(save_eigenthings=True), "lyapunov.k must be None"),
+    (dict(logging=dict(save_eigenthings=True)), "logging.save_eigenthings needs .* lyapunov.k must be None"),
+    (dict(logging=dict(save_lyapunov_at=0)), "logging.save_lyapunov_at needs .* lyapunov.k must be None"),
+    (dict(logging=dict(log_lyapunov_subsim=True, t_lya_subsim=[2])), "log_lyapunov_subsim needs .* lyapunov.k"),
+    (dict(logging=dict(t_lya_subsim=[0])), "t_lya_subsim"),
+    (dict(distance_fit_d0="loose"), "distance_fit_d0"),
     (dict(batch_size=0), "batch_size"),
     (dict(eigenthings_run=dict(source="runs/chaos")), "exactly one of run_id and run_key"),
     (dict(dtype="float16"), "dtype"),
@@ -270,7 +279,7 @@ def test_distance_and_subsim_figures(expt, data_root, tmp_path):
     from tracking import figures_chaos as fc
 
     small = dict(model=dict(inter_dim=1), lyapunov=dict(k=None), max_steps=6)
-    run(expt, tiny(data_root, save_eigenthings=True, **small), tmp_path)
+    run(expt, tiny(data_root, logging=dict(save_eigenthings=True), **small), tmp_path)
     run(expt, tiny(data_root, perturb_strat="all", parallel=5, eigenthings_path=str(tmp_path / "1" / "eigenthings.npz"),
                    logging=dict(log_subsim=True), **small), tmp_path)
     fig = fc.plot_distances(tmp_path, run_id=2, lyapunov_run_id=1)
@@ -297,3 +306,27 @@ def test_acceptance_usps_mlp_is_locally_and_globally_chaotic(expt, tmp_path_fact
     m = metrics_of(tmp_path)
     assert min(m["chaos/num_neg"]["values"]) > 0
     assert res["final_train_acc"] > 0.2  # it learns while being chaotic
+
+
+def test_cnn_is_the_originals_layers_and_parameter_count():
+    # chaotic_neurips22 get_cnn at base_channels c, block_cnt n: conv1 (1->c), n−1 convs (c->c), then
+    # pool, conv (c->c), pool, conv (c->2c), pool, conv (2c->2c), pool, Linear(2c, 10); 3x3 convs with bias.
+    from models.chaos_nets import build_model, num_parameters
+
+    def count(c, n):
+        conv = lambda i, o: 9 * i * o + o  # noqa: E731
+        return conv(1, c) + (n - 1) * conv(c, c) + conv(c, c) + conv(c, 2 * c) + conv(2 * c, 2 * c) + 2 * c * 10 + 10
+
+    gen = torch.Generator().manual_seed(0)
+    assert num_parameters(build_model("cnn", (1, 16, 16), 10, gen)) == count(4, 1) == 1158
+    assert num_parameters(build_model("cnn", (1, 16, 16), 10, gen, base_channels=3, block_cnt=3)) == count(3, 3)
+    net = build_model("cnn", (1, 16, 16), 10, gen, block_cnt=2)
+    layers = [(name, type(m).__name__, getattr(m, "out_channels", None)) for name, m in net.layers.named_children()]
+    assert layers == [("conv1", "Conv2d", 4), ("relu1", "ReLU", None), ("conv2", "Conv2d", 4), ("relu2", "ReLU", None),
+                      ("tail_pool1", "MaxPool2d", None), ("tail_conv2", "Conv2d", 4), ("tail_fn2", "ReLU", None),
+                      ("tail_pool2", "MaxPool2d", None), ("tail_conv3", "Conv2d", 8), ("tail_fn3", "ReLU", None),
+                      ("tail_pool3", "MaxPool2d", None), ("tail_conv4", "Conv2d", 8), ("tail_fn4", "ReLU", None),
+                      ("tail_pool4", "MaxPool2d", None), ("tail_reshape", "Flatten", None), ("tail_fc1", "Linear", None)]
+    assert net(torch.randn(2, 1, 16, 16, generator=gen)).shape == (2, 10)
+    with pytest.raises(ValueError, match="16x16"):
+        build_model("cnn", (1, 28, 28), 10, gen)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dynamics.lyapunov import (
-    exponents, init_lyapunov, initial_vectors, local_chaos_counts, max_steps_between_qr, propagate,
+    expanding_subspace, exponents, init_lyapunov, initial_vectors, local_chaos_counts, max_steps_between_qr, propagate,
     quadratic_exponents, sgd_tangent_map,
 )
 from dynamics.perturb import (
@@ -125,6 +125,45 @@ def test_graded_initial_vectors_on_a_long_horizon():
     assert float(cos.min()) > 1 - 1e-9
 
 
+def test_expanding_subspace_is_the_unstable_eigenspace_off_the_axes():
+    # Fixed H = U diag(λ) Uᵀ, U a random rotation: the tangent product (I − lr H)^t has right singular
+    # vectors U at every t, and the expanding ones are U[:, λ < 0] (|1 − lr λ| > 1 at lr 0.01).
+    # At t = 10 and lr 0.01 the Benettin frame is still close to the identity, so its first columns
+    # span roughly the first coordinate axes, far from this subspace (similarity near n_pos / P).
+    lam = torch.tensor([-2.0, -1.0, 0.5, 1.0, 2.0, 3.0], dtype=F64)
+    u, _ = torch.linalg.qr(torch.randn(6, 6, dtype=F64, generator=torch.Generator().manual_seed(4)))
+    h = u @ torch.diag(lam) @ u.T
+    unstable = u[:, :2]
+    for steps in (10, 60):
+        state = run_quadratic(h, 0.01, steps, track_initial=True)
+        sub = expanding_subspace(state)
+        assert sub.shape == (6, 2)
+        # Exact SVD branch in float64: the similarity is 1 to rounding (~1e-15 per entry).
+        assert subspace_similarity(sub, unstable) == pytest.approx(1.0, abs=1e-9)
+        if steps == 10:  # the frame at time t is not it (it only turns towards it as t grows)
+            frame = state.q[:, :int((exponents(state) > 0).sum())]  # what logging.log_lyapunov_subsim used
+            assert frame.shape[1] != 2 or subspace_similarity(frame, unstable) < 0.99
+
+
+def test_expanding_subspace_matches_the_eigh_of_the_explicit_product():
+    # The original's formula written out: eigenvectors of YᵀY (Y the explicit tangent product) whose
+    # eigenvalues, raised to 1/t, exceed 1. Non-symmetric, time-varying maps: left ≠ right vectors.
+    maps = random_maps(steps=6, seed=2)
+    state = init_lyapunov(5, track_initial=True)
+    y = torch.eye(5, dtype=F64)
+    for a in maps:
+        state = propagate(state, lambda v, a=a: a @ v)
+        y = a @ y
+    w, v = torch.linalg.eigh(y.T @ y)
+    rates = w.log() / (2 * len(maps))
+    assert float(rates.abs().min()) > 1e-3  # no rate near the threshold: the count is unambiguous
+    ref = v[:, w ** (1 / len(maps)) > 1]
+    sub = expanding_subspace(state)
+    assert sub.shape[1] == ref.shape[1] >= 1
+    assert subspace_similarity(sub, ref) == pytest.approx(1.0, abs=1e-9)  # float64 SVD vs eigh, well separated
+    assert subspace_similarity(state.q[:, :ref.shape[1]], ref) < 0.99  # the frame spans M Q0, not this
+
+
 def test_long_horizon_does_not_overflow_and_too_rare_qr_raises():
     h = torch.diag(torch.tensor([-100.0, 1.0, 300.0], dtype=F64))  # growth 11x and 29x per step at lr 0.1
     state = run_quadratic(h, LR, 5000)
@@ -181,6 +220,12 @@ def test_distance_fit_recovers_parameters():
     assert lo[-1] < d0 < hi[-1]
     with pytest.raises(ValueError, match="3 finite points"):
         fit_distance([0, 1], [1, 1])
+    # d0 fixed (the original's fit_theoretical_bound): exact data give a, b exactly; a wrong d0 shifts them.
+    fixed = fit_distance(t, d, d0=d0)
+    assert (fixed.a, fixed.b, fixed.d0, fixed.d0_err) == pytest.approx((a, b, d0, 0.0), rel=1e-6)
+    assert fit_distance(t, d, d0=2 * d0).a != pytest.approx(a, rel=1e-2)
+    with pytest.raises(ValueError, match="2 finite points"):
+        fit_distance([0], [1], d0=1.0)
 
 
 def test_subspace_similarity_and_random_baseline():
