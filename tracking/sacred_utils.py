@@ -7,8 +7,13 @@ docstring) and ends with ``run_cli(ex)``, so that:
 
 * with no observer flag (``-F``, ``-m``, ``-u``, ...), runs are recorded by a
   FileStorageObserver in ``./runs/<experiment name>/``;
-* ``-F DIR`` and ``-m host:port:db`` behave as in stock Sacred (MongoObserver
-  runs are what Omniboard reads);
+* ``-F DIR`` behaves as in stock Sacred. ``-m host:port:db`` (or ``-m
+  mongodb://[user:password@]host:port/db``) is taken here, not by Sacred: the server
+  is pinged first, so an unreachable one fails within about 5 s, before any compute,
+  with a message naming host:port; then a ``tracking.mongo_observer``
+  FailSafeMongoObserver records the run (the documents Omniboard reads), with
+  failure_dir ``./runs/_mongo_failed/<experiment name>/``. The argument never reaches
+  Sacred's ``meta`` record, so credentials in it are not stored;
 * every experiment has a ``run_key`` config entry, set by ``gen_commands`` to a
   stable hash of the experiment and its config, so finished runs can be found.
 """
@@ -19,6 +24,7 @@ import math
 import os
 import random
 import sys
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -62,12 +68,61 @@ def default_observer_needed(argv: Sequence[str]) -> bool:
     return command not in UNOBSERVED_COMMANDS and not _has_observer_flag(args)
 
 
+MONGO_FLAGS = ("-m", "--mongo_db")
+
+
+def take_mongo_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(``argv`` without its ``-m X`` / ``--mongo_db[=]X`` options before ``with``, the X values)."""
+    rest, values, i = [], [], 0
+    argv = list(argv)
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "with":
+            return rest + argv[i:], values
+        if arg in MONGO_FLAGS:
+            if i + 1 >= len(argv) or argv[i + 1] == "with":
+                raise SystemExit(f"error: {arg} needs a value: host:port:db or mongodb://host:port/db")
+            values.append(argv[i + 1])
+            i += 2
+            continue
+        if arg.startswith("--mongo_db="):
+            values.append(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, values
+
+
+def mongo_observer(ex: Experiment, value: str, runs_dir: str | None = None):
+    """The FailSafeMongoObserver for ``-m value``, after a ping; SystemExit with a clear message if unreachable."""
+    from tracking.mongo import MongoUnreachable, connect, default_failure_root, parse_target, redact
+    from tracking.mongo_observer import FailSafeMongoObserver
+
+    try:
+        target = parse_target(value)
+        client = connect(target)
+    except ValueError as err:
+        raise SystemExit(f"error: -m {redact(value)!r}: {err}") from None
+    except MongoUnreachable as err:
+        raise SystemExit(f"error: {err}") from None
+    root = Path(runs_dir) / "_mongo_failed" if runs_dir else default_failure_root()
+    return FailSafeMongoObserver(target, root / ex.path, client=client)
+
+
 def run_cli(ex: Experiment, argv: Sequence[str] | None = None, runs_dir: str | None = None):
-    """Run ``ex`` from the command line, adding ./runs/<name> when no observer is named."""
+    """Run ``ex`` from the command line, adding ./runs/<name> when no observer is named.
+
+    ``-m`` is handled here (see the module docstring); every other flag goes to Sacred.
+    """
     argv = list(sys.argv if argv is None else argv)
-    if default_observer_needed(argv):
+    observed = default_observer_needed(argv)
+    if observed:
         root = runs_dir or os.environ.get("DLT_RUNS_DIR", DEFAULT_RUNS_DIR)
         ex.observers.append(FileStorageObserver(os.path.join(root, ex.path)))
+    argv, mongo_values = take_mongo_flags(argv)
+    command = next((a for a in argv[1:] if not a.startswith("-")), None)
+    if mongo_values and command not in UNOBSERVED_COMMANDS:
+        ex.observers.extend(mongo_observer(ex, value, runs_dir) for value in mongo_values)
     return ex.run_commandline(argv)
 
 
