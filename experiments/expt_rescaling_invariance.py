@@ -7,11 +7,19 @@ realisable data y = f(w*, x), checks that every rescaled w*_α gives the same ou
 to float tolerance, and estimates λ̂(w*_α) over a sweep of α with each sampler in
 ``samplers``:
 
+    psgld_fixed: the original notebook's sampler (rescaling_invariance.ipynb): SGLD with
+           the fixed per-tensor preconditioner D = α² (layer l), 1/α² (layer l+1's weight),
+           1 elsewhere (models.relu_mlp.layer_preconditioner), run with ``sgld_config``;
     sgld:  plain SGLD (llc.sgld), whose step is not equivariant: at α the two layers
            see effective step sizes ε/α² and εα², and the localisation γ is isotropic
            in w, so λ̂ drifts with α (or the chain diverges);
-    psgld: SGLD with an RMSprop-style diagonal preconditioner (llc.psgld), which is
-           equivariant under per-tensor rescaling, so λ̂ is flat in α.
+    psgld: SGLD with an adaptive RMSprop-style diagonal preconditioner (llc.psgld), also
+           equivariant under per-tensor rescaling, run with ``psgld_config``.
+
+The teacher is the notebook's (models.relu_mlp.notebook_teacher): Haiku's init, hidden
+biases N(0, 1), first-layer units 1-5 and 8 copies of unit 0. Every α has its own
+chains' seed, so flatness in α is measured, not built in. Named configs
+``paper_small``, ``paper_medium``, ``paper_large`` are the paper's three networks.
 
 Every estimate is recorded with the sampler's name; a diverging chain is recorded as
 a failed estimate at that α and the sweep goes on.
@@ -28,15 +36,15 @@ from torch.func import functional_call
 
 from data.synthetic import INPUT_DISTRIBUTIONS, sample_inputs
 from llc.estimate import estimate_llc_flat, flat_model_for_module
-from llc.psgld import PSGLDConfig, estimate_llc_psgld
+from llc.psgld import PSGLDConfig, estimate_llc_psgld, estimate_llc_psgld_traced
 from llc.sgld import SGLDConfig, SGLDDivergenceError
 from models.device import DTYPES, derived_seed, resolve_device, resolve_dtype
-from models.relu_mlp import ReLUMLP, default_init, rescale_params
+from models.relu_mlp import INITS, ReLUMLP, layer_preconditioner, notebook_teacher, rescale_params
 from tracking.sacred_utils import build_config, configure_experiment, json_ready, run_cli, seed_everything
 
 ex = configure_experiment(Experiment("rescaling_invariance"))
 
-SAMPLERS = ("psgld", "sgld")
+SAMPLERS = ("psgld_fixed", "psgld", "sgld")
 PSGLD_KEYS = ("rho", "delta", "kappa", "adapt_steps", "localisation")
 
 
@@ -44,15 +52,19 @@ PSGLD_KEYS = ("rho", "delta", "kappa", "adapt_steps", "localisation")
 def cfg():
     expt_name = None  # free label to group runs in plots
 
-    # --- network, teacher and data ---
+    # --- network, teacher and data (rescaling_invariance.ipynb) ---
     layer_sizes = [10, 20, 10]  # [input, hidden..., output] of the ReLU MLP (the paper: [10,20,10], [20,30,20], [30,40,30])
+    teacher_init = "haiku"  # haiku: hk.Linear's truncated normal, std 1/sqrt(fan_in), zero biases (original) | torch
+    hidden_bias_std = 1.0  # hidden layers' biases redrawn from N(0, s²) (original: 1); 0 keeps the init's
+    degenerate_units = [1, 2, 3, 4, 5, 8]  # first-layer units made copies of unit 0 (original); [] for none
     num_training_data = 10000  # n
     input_distribution = "uniform"  # x: 'uniform' U(-10, 10)^d | 'unit_ball'
     rescale_layer = 0  # Linear l (weight, bias) × α and Linear l+1's weight × 1/α; 0 <= l <= len(layer_sizes) - 3
     alphas = [10 ** (k / 2) for k in range(-8, 9)]  # α values: 10^-4 ... 10^4, 17 values
 
-    # --- samplers: each runs at every α and is recorded by name ---
-    samplers = ["psgld", "sgld"]  # psgld | sgld
+    # --- samplers: each runs at every α, with its own seed per α, and is recorded by name ---
+    samplers = ["psgld_fixed"]  # psgld_fixed (the notebook's, sgld_config) | psgld (adaptive, psgld_config) | sgld
+    mala_acceptance_every = 20  # MALA acceptance probability of every k-th psgld_fixed/sgld step (original: 20); None: off
     psgld_config = dict(
         epsilon=0.05,  # step size ε, dimensionless (D ≈ (nβ ∇²L)⁻¹: every direction relaxes at ~ε/2 per step)
         gamma=0.03,  # localisation strength γ, relative to each tensor's mean(w*²): 0.03 ≈ absolute γ = 1 at PyTorch's init
@@ -67,16 +79,16 @@ def cfg():
         adapt_steps=None,  # None -> the burn-in
         localisation="relative",  # relative: γ/2 Σ_s ||w_s - w*_s||² / mean(w*_s²) (equivariant) | absolute: γ/2 ||w - w*||²
     )
-    sgld_config = dict(
-        epsilon=3e-6,  # step size ε
-        gamma=1.0,  # localisation strength γ, isotropic in w
-        num_steps=3000,
-        batch_size=200,
-        num_chains=4,
-        nbeta=None,
-        num_burnin_steps=1000,
+    sgld_config = dict(  # psgld_fixed and plain sgld (the notebook's values)
+        epsilon=1e-5,  # step size ε
+        gamma=0.0,  # localisation strength γ, isotropic in w (original: 0, no localisation)
+        num_steps=10000,  # steps per chain
+        batch_size=500,  # minibatch per step and chain
+        num_chains=5,  # the notebook's num_runs, vectorised with vmap
+        nbeta=None,  # None -> n / log n (original itemp = 1 / log n)
+        num_burnin_steps=0,  # original: every draw is averaged
     )
-    loss_trace_minibatch = True  # average minibatch losses (free) vs full-data losses
+    loss_trace_minibatch = False  # False: full-data L_n at every draw (original) | True: minibatch losses (20x cheaper)
 
     # --- runtime ---
     device = "auto"  # auto | cpu | cuda
@@ -89,6 +101,24 @@ def _positive_int(key, value, lo=1):
         raise ValueError(f"{key} must be an integer >= {lo}; got {value!r}")
 
 
+@ex.named_config
+def paper_small():
+    # The paper's 10 -> 20 -> 10 network (published λ̂ ≈ 166, data/llc_rescaling_results.json).
+    layer_sizes = [10, 20, 10]  # noqa: F841
+
+
+@ex.named_config
+def paper_medium():
+    # The paper's 20 -> 30 -> 20 network (published λ̂ ≈ 537, data/llc_rescaling_results_2.json).
+    layer_sizes = [20, 30, 20]  # noqa: F841
+
+
+@ex.named_config
+def paper_large():
+    # The paper's 30 -> 40 -> 30 network (published λ̂ ≈ 1111, data/llc_rescaling_results_3.json).
+    layer_sizes = [30, 40, 30]  # noqa: F841
+
+
 def validate(config: dict) -> dict:
     """Check every user-facing key before any compute; returns the built dataclasses."""
     sizes = config["layer_sizes"]
@@ -96,6 +126,18 @@ def validate(config: dict) -> dict:
         raise ValueError(f"layer_sizes must list [input, hidden..., output] with >= 1 hidden layer; got {sizes!r}")
     for s in sizes:
         _positive_int("layer_sizes entries", s)
+    if config["teacher_init"] not in INITS:
+        raise ValueError(f"teacher_init must be one of {INITS}; got {config['teacher_init']!r}")
+    hb = config["hidden_bias_std"]
+    if isinstance(hb, bool) or not isinstance(hb, (int, float)) or not math.isfinite(hb) or hb < 0:
+        raise ValueError(f"hidden_bias_std must be a finite number >= 0; got {hb!r}")
+    units = config["degenerate_units"]
+    if not isinstance(units, (list, tuple)) or any(isinstance(u, bool) or not isinstance(u, int)
+                                                   or not 1 <= u < sizes[1] for u in units):
+        raise ValueError(f"degenerate_units must be a list of integers in [1, {sizes[1] - 1}]; got {units!r}")
+    every = config["mala_acceptance_every"]
+    if every is not None:
+        _positive_int("mala_acceptance_every", every)
     n = config["num_training_data"]
     _positive_int("num_training_data", n, lo=2)
     if config["input_distribution"] not in INPUT_DISTRIBUTIONS:
@@ -113,11 +155,12 @@ def validate(config: dict) -> dict:
     psgld_values = dict(config["psgld_config"])
     precond = build_config(PSGLDConfig, {k: psgld_values.pop(k) for k in PSGLD_KEYS if k in psgld_values}, "psgld_config")
     trace = {"loss_trace_minibatch": config["loss_trace_minibatch"]}
+    sgld = build_config(SGLDConfig, {**config["sgld_config"], **trace}, "sgld_config")
     configs = {"psgld": build_config(SGLDConfig, {**psgld_values, **trace}, "psgld_config"),
-               "sgld": build_config(SGLDConfig, {**config["sgld_config"], **trace}, "sgld_config")}
+               "sgld": sgld, "psgld_fixed": sgld}
     for name in samplers:
         if configs[name].batch_size > n:
-            raise ValueError(f"{name}_config.batch_size must be <= num_training_data ({n}); got {configs[name].batch_size}")
+            raise ValueError(f"{'sgld' if name == 'psgld_fixed' else name}_config.batch_size must be <= num_training_data ({n}); got {configs[name].batch_size}")
     if config["dtype"] not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}; got {config['dtype']!r}")
     return {"configs": configs, "precond": precond, "device": resolve_device(config["device"])}
@@ -141,7 +184,8 @@ def main(_config, _run, _seed):
 
     # --- teacher w* and realisable data y = f(w*, x) ---
     net = ReLUMLP(sizes)
-    w_star = default_init(sizes, torch.Generator().manual_seed(derived_seed(_seed, TEACHER)))
+    w_star = notebook_teacher(sizes, torch.Generator().manual_seed(derived_seed(_seed, TEACHER)),
+                              _config["teacher_init"], _config["hidden_bias_std"], _config["degenerate_units"])
     x = sample_inputs(n, sizes[0], _config["input_distribution"], torch.Generator().manual_seed(derived_seed(_seed, DATA)))
     with torch.no_grad():
         y = functional_call(net, w_star, (x,))
@@ -154,7 +198,10 @@ def main(_config, _run, _seed):
     def loss(w, xb, yb):
         return _mse(f_flat(w, xb), yb)
 
-    table = {name: {"lambdahat": [], "lambdahat_std": [], "rhat": [], "status": [], "reason": []} for name in samplers}
+    keys = ("lambdahat", "lambdahat_std", "rhat", "status", "reason", "mala_acceptance")
+    table = {name: {k: [] for k in keys} for name in samplers}
+    every = _config["mala_acceptance_every"]
+    absolute = PSGLDConfig(localisation="absolute")
     output_diffs = []
     for i, alpha in enumerate(alphas):
         w_alpha = rescale_params(w_star, layer, alpha)
@@ -165,19 +212,28 @@ def main(_config, _run, _seed):
         assert diff < (1e-9 if dtype == torch.float64 else 1e-4), f"rescaling by α={alpha} changed the function ({diff})"
         _run.log_scalar("rescaling/log10_alpha", math.log10(alpha), i)
         for name in samplers:
-            seed = derived_seed(_seed, SAMPLING)  # the same chains' randomness at every α
+            seed = derived_seed(_seed, SAMPLING, i)  # each α its own chains: flatness is measured, not built in
             row = table[name]
+            accept = None
             try:
                 if name == "psgld":
                     res = estimate_llc_psgld(loss, w_flat, x, y, checked["configs"][name], checked["precond"], seed, segments)
+                elif name == "psgld_fixed" or every is not None:  # plain SGLD is the fixed D = 1
+                    factors = layer_preconditioner(sizes, layer, alpha) if name == "psgld_fixed" else [1.0] * len(segments)
+                    d = torch.repeat_interleave(torch.tensor(factors, dtype=dtype), torch.tensor(segments)).to(device)
+                    res, trace = estimate_llc_psgld_traced(loss, w_flat, x, y, checked["configs"][name], absolute, seed,
+                                                           segments, preconditioner=d, accept_every=every)
+                    accept = float(trace.mala_acceptance.mean()) if trace.mala_acceptance.size else None
                 else:
                     res = estimate_llc_flat(loss, w_flat, x, y, checked["configs"][name], seed)
-                values = (res.lambdahat, res.lambdahat_std, None if math.isnan(res.rhat) else res.rhat, "ok", None)
+                values = (res.lambdahat, res.lambdahat_std, None if math.isnan(res.rhat) else res.rhat, "ok", None, accept)
                 _run.log_scalar(f"{name}/lambdahat", res.lambdahat, i)
                 _run.log_scalar(f"{name}/lambdahat_std", res.lambdahat_std, i)
+                if accept is not None:
+                    _run.log_scalar(f"{name}/mala_acceptance", accept, i)
             except (SGLDDivergenceError, FloatingPointError) as err:
-                values = (None, None, None, "failed", str(err))
-            for key, value in zip(("lambdahat", "lambdahat_std", "rhat", "status", "reason"), values):
+                values = (None, None, None, "failed", str(err), None)
+            for key, value in zip(keys, values):
                 row[key].append(value)
             if _config["verbose"]:
                 print(f"alpha={alpha:.3g} {name}: lambdahat={values[0]} {values[3]}")
@@ -195,6 +251,9 @@ def main(_config, _run, _seed):
             # (max - min) / mean over the α values where the estimate succeeded
             "relative_spread": (max(ok) - min(ok)) / mean if ok and mean else None,
         }
+    first = result[samplers[0]]  # the headline numbers: the first sampler's (default: the notebook's)
+    result.update(sampler=samplers[0], lambdahat_per_alpha=first["lambdahat"],
+                  lambdahat_std_per_alpha=first["lambdahat_std"], spread=first["relative_spread"])
     return json_ready(result)
 
 

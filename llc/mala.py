@@ -161,6 +161,37 @@ def full_data_value_and_grad(
     return value, grad
 
 
+def mala_log_ratio(
+    w: Tensor, prop: Tensor, u: Tensor, u_p: Tensor, grad_u: Tensor, grad_p: Tensor, eps: Tensor | float,
+    d: Tensor | None = None,
+) -> Tensor:
+    """log of the Metropolis-Hastings ratio of a Langevin proposal w -> w', in float64, (C,).
+
+    With the proposal q(w' | w) = N(w - (ε/2) D ∇U(w), ε D) (D diagonal; None means I),
+
+        log r = U(w) - U(w') + log q(w | w') - log q(w' | w),
+        log q(a | b) = -Σ (a - b + (ε/2) D ∇U(b))² / (2 ε D)  (up to a constant that cancels).
+
+    The acceptance probability is min(1, exp(log r)). The original notebooks evaluate it
+    every 20 SGLD steps on the step's minibatch (their ``mala_acceptance_probability``,
+    D = I), as a diagnostic of the SGLD step size.
+
+    Args:
+        w, prop: (C, P) current and proposed states.
+        u, u_p: (C,) potentials U(w), U(w').
+        grad_u, grad_p: (C, P) their gradients.
+        eps: step size, a float or broadcastable to (C, P) (e.g. (C, 1) per chain).
+        d: (C, P) or (P,) diagonal preconditioner, or None.
+    """
+    scale = eps if d is None else eps * d  # ε D
+
+    def log_q(to, frm, grad_frm):
+        r = to - frm + 0.5 * scale * grad_frm
+        return -(r * r / (2 * scale)).sum(1)
+
+    return (u - u_p + log_q(w, prop, grad_p) - log_q(prop, w, grad_u)).double()
+
+
 def run_mala(
     loss_fn: FlatLoss,
     w_star: Tensor,
@@ -201,10 +232,6 @@ def run_mala(
         diff = w - w_star
         return nbeta * loss + 0.5 * gamma * (diff * diff).sum(1), nbeta * g + gamma * diff, loss
 
-    def log_q(to, frm, grad_frm, eps):  # log q(to | frm) up to a constant, (C,)
-        r = to - frm + 0.5 * eps[:, None] * grad_frm
-        return -(r * r).sum(1) / (2 * eps)
-
     w_star = w_star.detach()
     w = w_star.expand(C, P).clone()  # (C, P)
     log_eps = torch.full((C,), math.log(config.epsilon), dtype=torch.float64, device=device)
@@ -230,7 +257,7 @@ def run_mala(
                 eps = log_eps.exp().to(w.dtype)  # (C,)
                 prop = w - 0.5 * eps[:, None] * grad_u + eps.sqrt()[:, None] * xi[:, j]
                 u_p, grad_p, loss_p = potential(prop)
-                log_alpha = (u - u_p + log_q(w, prop, grad_p, eps) - log_q(prop, w, grad_u, eps)).double()
+                log_alpha = mala_log_ratio(w, prop, u, u_p, grad_u, grad_p, eps[:, None])
                 log_alpha = torch.where(torch.isfinite(log_alpha), log_alpha, torch.full_like(log_alpha, -math.inf))
                 accept = log_unif[:, j] < log_alpha  # (C,)
                 a_prob = log_alpha.clamp(max=0).exp()

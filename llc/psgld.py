@@ -30,6 +30,16 @@ is not. Because D ≈ (nβ ∇²L)⁻¹ at equilibrium, ε is dimensionless here
 direction relaxes at about ε/2 per step, so ε ~ 1e-2 where plain SGLD needs
 ε ~ 1/(nβ · largest curvature). With D ≡ 1 and m ≡ 1 the step is llc.sgld's.
 
+A fixed preconditioner instead (``run_psgld(..., preconditioner=D)``) skips V: D is the
+given (P,) vector throughout. rescaling_invariance.ipynb uses D = S² with S the rescaling
+map (models.relu_mlp.layer_preconditioner), under which the chain at α is the α = 1
+chain rescaled; D ≡ 1 with ``localisation='absolute'`` is plain SGLD.
+
+With ``accept_every = k`` the run also records, every k-th step, the probability
+with which MALA would accept that SGLD transition w_t -> w_{t+1}, on the step's own
+minibatch (llc.mala.mala_log_ratio with this step's D): the diagnostic the original
+notebooks print every 20 steps. It costs one more minibatch gradient per k steps.
+
 Adaptation runs for ``adapt_steps`` steps (default: the burn-in), then D is frozen,
 so every kept draw comes from one fixed Markov kernel.
 
@@ -112,6 +122,8 @@ class PSGLDTrace:
         preconditioner: (C, P) the frozen D of each chain.
         nbeta: the n·β used.
         burnin: number of discarded leading draws.
+        mala_acceptance: (C, K) MALA acceptance probability of every ``accept_every``-th
+            transition (steps k-1, 2k-1, ...), float64 on CPU; None when not recorded.
     """
 
     loss: Tensor
@@ -119,6 +131,7 @@ class PSGLDTrace:
     preconditioner: Tensor
     nbeta: float
     burnin: int
+    mala_acceptance: np.ndarray | None = None
 
 
 def segment_ids(sizes: Sequence[int] | None, num_params: int, device: torch.device) -> Tensor:
@@ -156,6 +169,8 @@ def run_psgld(
     seed: int,
     segments: Sequence[int] | None = None,
     eval_batch_size: int = 4096,
+    preconditioner: Tensor | None = None,
+    accept_every: int | None = None,
 ) -> PSGLDTrace:
     """Run ``config.num_chains`` preconditioned SGLD chains from w*, vectorised over chains.
 
@@ -170,14 +185,20 @@ def run_psgld(
         segments: numel of each parameter tensor in w's order (the unit of the floor,
             of D_0 and of the relative localiser); None treats w as one tensor.
         eval_batch_size: chunk size for full-data losses.
+        preconditioner: (P,) fixed diagonal D (> 0); None adapts D as above (``precond``'s
+            rho, delta, kappa and adapt_steps are then unused, its localisation is used).
+        accept_every: record the MALA acceptance probability of every k-th transition; None: not.
 
     Returns:
         PSGLDTrace with the (C, T) loss trace and each chain's frozen D.
 
     Raises:
-        ValueError: batch_size > n, or segments that do not add up to P.
+        ValueError: batch_size > n, segments that do not add up to P, a preconditioner
+            that is not (P,) and positive, or accept_every < 1.
         SGLDDivergenceError: a chain's loss became NaN or inf.
     """
+    from llc.mala import mala_log_ratio  # llc.mala imports this module's llc_result
+
     n = x.shape[0]
     if config.batch_size > n:
         raise ValueError(f"batch_size must be <= the number of data points ({n}); got {config.batch_size}")
@@ -185,7 +206,11 @@ def run_psgld(
         raise ValueError(f"w_star must be a flat (P,) vector; got shape {tuple(w_star.shape)}")
     device, C, T, P, B = w_star.device, config.num_chains, config.num_steps, w_star.numel(), config.batch_size
     nbeta, burnin, eps, gamma = config.resolve_nbeta(n), config.burnin(), config.epsilon, config.gamma
-    adapt = precond.resolve_adapt_steps(config)
+    adapt = precond.resolve_adapt_steps(config) if preconditioner is None else 0
+    if preconditioner is not None and (preconditioner.shape != (P,) or not bool((preconditioner > 0).all())):
+        raise ValueError(f"preconditioner must be a positive ({P},) vector; got shape {tuple(preconditioner.shape)}")
+    if accept_every is not None and (isinstance(accept_every, bool) or not isinstance(accept_every, int) or accept_every < 1):
+        raise ValueError(f"accept_every must be None or an integer >= 1; got {accept_every!r}")
     seg = segment_ids(segments, P, device)
     counts = torch.bincount(seg).to(w_star.dtype)
     gens = chain_generators(seed, C, device)
@@ -198,10 +223,13 @@ def run_psgld(
     loc = gamma / m if precond.localisation == "relative" else torch.full_like(m, gamma)  # (P,) γ / m
     v = (1.0 / (precond.kappa * m)).expand(C, P).clone()  # (C, P) running E[g²], V_0 = 1 / (κ m)
     d = 1.0 / (v + precond.delta * _segment_mean(v, seg, counts))  # (C, P) preconditioner D
+    if preconditioner is not None:
+        d = preconditioner.to(device=device, dtype=w.dtype).expand(C, P).clone()
     noise_scale = torch.sqrt(eps * d)
     trace = torch.full((C, T), float("nan"), dtype=torch.float64, device=device)
     idx = torch.empty(C, block, B, dtype=torch.long, device=device)  # (C, K, B)
     xi = torch.empty(C, block, P, dtype=w.dtype, device=device)  # (C, K, P)
+    accept_probs = []  # (C,) per recorded transition
     with torch.no_grad():
         for t0 in range(0, T, block):
             k = min(block, T - t0)
@@ -225,14 +253,37 @@ def run_psgld(
                     d = 1.0 / (v + precond.delta * _segment_mean(v, seg, counts))
                     noise_scale = torch.sqrt(eps * d)
                 drift = grad.add_(loc * (w - w_star))  # ∇U = nβ ∇L_B + γ (w - w*) / m
+                check = accept_every is not None and (t + 1) % accept_every == 0
+                if check:
+                    w_old, u_old, drift_old = w.clone(), _potential(loss.detach(), w, w_star, loc, nbeta), drift.clone()
                 w.addcmul_(d, drift, value=-eps / 2).addcmul_(noise_scale, xi[:, j])
+                if check:
+                    with torch.enable_grad():
+                        wg = w.detach().requires_grad_(True)
+                        loss_new = batched_loss(wg, xb, yb)  # (C,) L_B(w_{t+1}) on the same batch
+                        (grad_new,) = torch.autograd.grad(loss_new.sum(), wg)
+                    u_new = _potential(loss_new.detach(), w, w_star, loc, nbeta)
+                    grad_new = grad_new * nbeta + loc * (w - w_star)
+                    log_r = mala_log_ratio(w_old, w, u_old, u_new, drift_old, grad_new, eps, d)
+                    log_r = torch.where(torch.isnan(log_r), torch.full_like(log_r, -math.inf), log_r)
+                    accept_probs.append(log_r.clamp(max=0).exp())
                 if config.loss_trace_minibatch:
                     trace[:, t] = loss.detach()
             _check_finite(trace[:, t0:t0 + k], t0, None if config.loss_trace_minibatch else burnin)
     if not torch.isfinite(w).all():
         bad = int(torch.nonzero(~torch.isfinite(w).all(dim=1))[0])
         raise SGLDDivergenceError(bad, T, float("nan"))
-    return PSGLDTrace(loss=trace.cpu(), final_w=w, preconditioner=d, nbeta=nbeta, burnin=burnin)
+    accept = torch.stack(accept_probs, 1).cpu().numpy() if accept_every is not None and accept_probs else None
+    if accept_every is not None and accept is None:
+        accept = np.zeros((C, 0))
+    return PSGLDTrace(loss=trace.cpu(), final_w=w, preconditioner=d, nbeta=nbeta, burnin=burnin,
+                      mala_acceptance=accept)
+
+
+def _potential(loss: Tensor, w: Tensor, w_star: Tensor, loc: Tensor, nbeta: float) -> Tensor:
+    """U_B(w) = nβ L_B(w) + ½ Σ loc (w - w*)², (C,), the minibatch potential the chain follows."""
+    diff = w - w_star
+    return nbeta * loss + 0.5 * (loc * diff * diff).sum(1)
 
 
 def _check_finite(block: Tensor, t0: int, skip_nan_before: int | None) -> None:
@@ -283,12 +334,32 @@ def estimate_llc_psgld(
     seed: int,
     segments: Sequence[int] | None = None,
     eval_batch_size: int = 4096,
+    preconditioner: Tensor | None = None,
 ) -> LLCResult:
     """λ̂ = nβ (E_t[L(w_t)] - L_n(w*)) from preconditioned SGLD; arguments as for :func:`run_psgld`.
 
     Raises:
         SGLDDivergenceError: a chain diverged (names the chain and step).
     """
+    return estimate_llc_psgld_traced(loss_fn, w_star, x, y, config, precond, seed, segments, eval_batch_size,
+                                     preconditioner)[0]
+
+
+def estimate_llc_psgld_traced(
+    loss_fn: FlatLoss,
+    w_star: Tensor,
+    x: Tensor,
+    y: Tensor,
+    config: SGLDConfig,
+    precond: PSGLDConfig,
+    seed: int,
+    segments: Sequence[int] | None = None,
+    eval_batch_size: int = 4096,
+    preconditioner: Tensor | None = None,
+    accept_every: int | None = None,
+) -> tuple[LLCResult, PSGLDTrace]:
+    """As :func:`estimate_llc_psgld`, also returning the raw trace (D, MALA acceptance probabilities)."""
     init = initial_loss(loss_fn, w_star, x, y, eval_batch_size)
-    trace = run_psgld(loss_fn, w_star, x, y, config, precond, seed, segments, eval_batch_size)
-    return llc_result(trace.loss, init, trace.nbeta, trace.burnin, config)
+    trace = run_psgld(loss_fn, w_star, x, y, config, precond, seed, segments, eval_batch_size, preconditioner,
+                      accept_every)
+    return llc_result(trace.loss, init, trace.nbeta, trace.burnin, config), trace

@@ -78,3 +78,80 @@ def rescale_params(params: dict[str, Tensor], layer: int, alpha: float) -> dict[
     out = dict(params)
     out[w1], out[b1], out[w2] = params[w1] * alpha, params[b1] * alpha, params[w2] / alpha
     return out
+
+
+INITS = ("haiku", "torch")
+
+
+def haiku_init(layer_sizes: Sequence[int], gen: torch.Generator, dtype: torch.dtype = torch.float64) -> dict[str, Tensor]:
+    """Parameters as Haiku's ``hk.Linear`` default, which the original notebooks used.
+
+    Weights are s · z with z a standard normal truncated to [-2, 2] and s = 1/sqrt(fan_in)
+    (``hk.initializers.TruncatedNormal(stddev=1/sqrt(fan_in))``; the truncation is not
+    corrected, so the weights' std is about 0.88 s). Biases are zero.
+    """
+    sizes = list(layer_sizes)
+    params = {}
+    for layer in range(len(sizes) - 1):
+        w, b = linear_names(layer)
+        z = torch.empty(sizes[layer + 1], sizes[layer], dtype=dtype)  # (out, in), nn.Linear's layout
+        torch.nn.init.trunc_normal_(z, 0.0, 1.0, -2.0, 2.0, generator=gen)
+        params[w] = z / math.sqrt(sizes[layer])
+        params[b] = torch.zeros(sizes[layer + 1], dtype=dtype)
+    return params
+
+
+def notebook_teacher(
+    layer_sizes: Sequence[int],
+    gen: torch.Generator,
+    init: str = "haiku",
+    hidden_bias_std: float = 1.0,
+    degenerate_units: Sequence[int] = (),
+    dtype: torch.dtype = torch.float64,
+) -> dict[str, Tensor]:
+    """The true parameter w* of the original rescaling_invariance / MALA_vs_SGLD notebooks.
+
+    1. every weight and bias from ``init`` ('haiku': :func:`haiku_init`; 'torch': :func:`default_init`);
+    2. the bias of every hidden layer redrawn from N(0, hidden_bias_std²) (the output bias
+       keeps its init; the notebooks: N(0, 1) and Haiku's zero output bias);
+    3. every first-hidden-layer unit in ``degenerate_units`` made a copy of unit 0 (its
+       incoming weights and bias), a degenerate w* (rescaling_invariance.ipynb: units
+       1, 2, 3, 4, 5 and 8; MALA_vs_SGLD.ipynb: none).
+
+    Raises:
+        ValueError: an unknown init, a negative std, or a unit outside 1..d_1 - 1.
+    """
+    sizes = list(layer_sizes)
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}; got {init!r}")
+    if not (isinstance(hidden_bias_std, (int, float)) and math.isfinite(hidden_bias_std) and hidden_bias_std >= 0):
+        raise ValueError(f"hidden_bias_std must be a finite number >= 0; got {hidden_bias_std!r}")
+    units = list(degenerate_units)
+    if any(isinstance(u, bool) or not isinstance(u, int) or not 1 <= u < sizes[1] for u in units):
+        raise ValueError(f"degenerate_units must be integers in [1, {sizes[1] - 1}] (units of the first hidden layer "
+                         f"other than unit 0); got {units!r}")
+    params = (haiku_init if init == "haiku" else default_init)(sizes, gen, dtype)
+    for layer in range(len(sizes) - 2):  # hidden layers only
+        _, b = linear_names(layer)
+        params[b] = torch.randn(sizes[layer + 1], generator=gen, dtype=dtype) * hidden_bias_std
+    w1, b1 = linear_names(0)
+    for u in units:
+        params[w1][u] = params[w1][0]
+        params[b1][u] = params[b1][0]
+    return params
+
+
+def layer_preconditioner(layer_sizes: Sequence[int], layer: int, alpha: float) -> list[float]:
+    """Per-tensor factors of the notebook's fixed preconditioner at rescaling α, in parameter order.
+
+    Linear ``layer`` (weight and bias) gets α², Linear ``layer + 1``'s weight 1/α², every
+    other tensor 1 (rescaling_invariance.ipynb's ``preconditioning``). With w = S u, S the
+    rescaling map, SGLD in u with identity preconditioner is SGLD in w with D = S², so the
+    chain at α is the chain at α = 1 rescaled.
+    """
+    factors = []
+    for i in range(len(layer_sizes) - 1):
+        w = alpha ** 2 if i == layer else alpha ** -2 if i == layer + 1 else 1.0
+        b = alpha ** 2 if i == layer else 1.0
+        factors += [w, b]
+    return factors

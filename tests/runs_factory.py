@@ -93,6 +93,7 @@ def every_experiment_runs(root, data_root) -> None:
     )])
     _run_into(root, "rescaling_invariance", [dict(
         device="cpu", layer_sizes=[3, 4, 2], num_training_data=100, alphas=[0.01, 1.0, 100.0], seed=1,
+        samplers=["psgld_fixed", "psgld", "sgld"], degenerate_units=[2],
         psgld_config=dict(num_steps=30, batch_size=20, num_chains=2, num_burnin_steps=15),
         sgld_config=dict(epsilon=1e-4, num_steps=30, batch_size=20, num_chains=2, num_burnin_steps=15),
     )])

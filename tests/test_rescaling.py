@@ -164,6 +164,7 @@ def test_psgld_config_validation_names_the_field(kwargs, match):
 
 TINY = dict(
     device="cpu", layer_sizes=[3, 4, 2], num_training_data=100, alphas=[0.01, 1.0, 100.0],
+    samplers=["psgld_fixed", "psgld", "sgld"], degenerate_units=[2], mala_acceptance_every=10,
     psgld_config=dict(num_steps=30, batch_size=20, num_chains=2, num_burnin_steps=15),
     sgld_config=dict(epsilon=1e-4, num_steps=30, batch_size=20, num_chains=2, num_burnin_steps=15),
 )
@@ -185,10 +186,18 @@ def run(expt, tmp_path=None, **updates):
 def test_experiment_records_each_sampler_per_alpha_and_the_figure_reads_it(expt, tmp_path):
     r = run(expt, tmp_path, seed=1)
     res = r.result
-    assert res["alphas"] == [0.01, 1.0, 100.0] and res["samplers"] == ["psgld", "sgld"]
+    assert res["alphas"] == [0.01, 1.0, 100.0] and res["samplers"] == ["psgld_fixed", "psgld", "sgld"]
     assert res["output_max_relative_difference"] < 1e-12
-    psgld = res["psgld"]
-    assert psgld["status"] == ["ok"] * 3 and psgld["relative_spread"] < 1e-8  # equivariant: identical chains
+    fixed = res["psgld_fixed"]
+    assert fixed["status"] == ["ok"] * 3 and res["sampler"] == "psgld_fixed"
+    assert res["lambdahat_per_alpha"] == fixed["lambdahat"] and res["lambdahat_std_per_alpha"] == fixed["lambdahat_std"]
+    lam = np.array(fixed["lambdahat"])
+    assert res["spread"] == pytest.approx((lam.max() - lam.min()) / lam.mean(), rel=1e-12)
+    # every α has its own seed: the chains differ, so the spread is not zero by construction
+    assert res["spread"] > 1e-6
+    # 30 steps, every 10th recorded: a probability per α
+    assert all(0 <= a <= 1 for a in fixed["mala_acceptance"])
+    assert res["psgld"]["status"] == ["ok"] * 3 and res["psgld"]["mala_acceptance"] == [None] * 3
     assert len(res["sgld"]["status"]) == 3 and res["sgld"]["num_failed"] == res["sgld"]["status"].count("failed")
     metrics = json.loads((tmp_path / "1" / "metrics.json").read_text())
     assert metrics["psgld/lambdahat"]["steps"] == [0, 1, 2]
@@ -196,7 +205,7 @@ def test_experiment_records_each_sampler_per_alpha_and_the_figure_reads_it(expt,
 
     runs = load_runs(tmp_path, experiment="rescaling_invariance")
     table = rescaling_table(runs)
-    assert set(table["sampler"]) == {"psgld", "sgld"} and len(table) == 6
+    assert set(table["sampler"]) == {"psgld_fixed", "psgld", "sgld"} and len(table) == 9
     ax = plot_rescaling(runs).axes[0]
     assert ax.get_xscale() == "log"
     assert any(label.startswith("psgld [3, 4, 2]") for label in ax.get_legend_handles_labels()[1])

@@ -212,7 +212,7 @@ def _explode(runs: pd.DataFrame, list_columns: dict[str, str], keep: list[str]) 
 def rescaling_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (run, sampler, α): run, run_id, layer_sizes, alpha, sampler, lambdahat (NaN if failed), lambdahat_std, status."""
     parts = []
-    for sampler in ("psgld", "sgld"):
+    for sampler in ("psgld_fixed", "psgld", "sgld"):
         columns = {"alphas": "alpha", f"{sampler}.lambdahat": "lambdahat",
                    f"{sampler}.lambdahat_std": "lambdahat_std", f"{sampler}.status": "status"}
         if f"{sampler}.lambdahat" not in runs:
@@ -243,7 +243,8 @@ def plot_rescaling(runs: pd.DataFrame, ax: Axes | None = None, title: str | None
     """
     table = rescaling_table(runs)
     ax = _axes(ax, (6, 4))
-    styles = {"psgld": dict(marker="o", ls="-"), "sgld": dict(marker="s", ls="--")}
+    styles = {"psgld_fixed": dict(marker="o", ls="-"), "psgld": dict(marker="^", ls=":"),
+              "sgld": dict(marker="s", ls="--")}
     for i, ((_, sampler), part) in enumerate(table.groupby(["run", "sampler"], sort=True)):
         ok = part[part["lambdahat"].notna()]
         ax.errorbar(ok["alpha"], ok["lambdahat"], yerr=ok["lambdahat_std"].fillna(0), ms=4, lw=1.2, capsize=2,
