@@ -1,9 +1,9 @@
-"""Width parameterizations: NTK, muP, IP, standard IP, IPLLR and SP on MNIST / grey CIFAR-10.
+"""Width parameterizations: NTK, muP, IP, standard IP, IPLLR (with and without bias) and SP on MNIST / grey CIFAR-10.
 
 Trains a fully connected network with L hidden layers of width m under an abc-parameterization
 (models/abc.py, reference.md §4) for ``n_trials`` independent inits, evaluating each on a
 held-out validation split and on the test set. The original code validated on a copy of the
-training set; here ``n_val`` training examples are held out by a seeded split.
+training set (``n_val=0``); by default ``n_val`` training examples are held out by a seeded split.
 
     python experiments/expt_abc_params.py with parameterization=ipllr activation=gelu seed=1
     python experiments/expt_abc_params.py with mnist_ipllr_gelu
@@ -14,6 +14,7 @@ The original jobs' flags map one to one: --activation, --n_steps, --base_lr, --b
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import tempfile
@@ -25,9 +26,10 @@ from sacred import Experiment
 from torch import Tensor
 
 from data.vision import DATASETS, load_vision_dataset
-from models.abc import (
-    ACTIVATIONS, PARAMETERIZATIONS, ABCNet, ABCNetSpec, CoordCheckConfig, StepRecord, calibrate_warmup_lrs,
-    coordinate_check, evaluate, make_parameterization, train_abc,
+from models.abc import ACTIVATIONS, INPUT_SCALINGS, PARAMETERIZATIONS, ABCNet, ABCNetSpec, make_parameterization
+from models.abc_train import (
+    CALIBRATIONS, CoordCheckConfig, StepRecord, calibrate_warmup_lrs, coordinate_check, evaluate, train_abc,
+    warmup_base_lrs,
 )
 from models.device import derived_seed, resolve_device
 from tracking.sacred_utils import build_config, configure_experiment, json_ready, run_cli, seed_everything
@@ -42,19 +44,23 @@ def cfg():
     expt_name = None  # free label to group runs in plots (e.g. the sweep's name)
 
     # --- parameterization (models/abc.py) ---
-    parameterization = "mup"  # ntk | mup | ip | standard_ip | ipllr | sp | custom
+    parameterization = "mup"  # ntk | mup | ip | standard_ip | ipllr | ipllr_bias | sp | custom
     ip_c = 0.0  # ip only: lr exponents c_l, one number for every layer or a list of L+1
     custom_exponents = dict(a=None, b=None, c=None)  # custom only: lists of L+1 exponents, input layer first
     base_width = 1  # m_0: scales relative to sp at m_0 (every parameterization is sp there); 1 -> m^-a
-    n_warmup_steps = 1  # ipllr: SGD steps with the large warm-up lrs, then standard IP
-    calibrate = True  # ipllr: warm-up base lr of each layer from the first step's update size (<= 500)
+    input_scaling = "init"  # 1/sqrt(d+1): init (in U_0's std, original) | multiplier | multiplier_lr | none
+    init_mean = 0.0  # mean of U_1..U_L (1.0: the original's non-centred IP); U_0 and biases centred
+    n_warmup_steps = 1  # ipllr(_bias): SGD steps with the large warm-up lrs, then standard IP
+    calibration = None  # ipllr warm-up base lrs: original | all_layers | default (1.0) | none (base_lr); None -> original (ipllr_bias: none)
 
     # --- network ---
     L = 6  # hidden layers (L + 1 weight matrices)
     width = 1024  # m, width of every hidden layer
     activation = "relu"  # relu | gelu | elu | tanh | sigmoid
-    bias = False  # biases in every layer
-    scale_bias = True  # True: h = m^-a (W z + b); False: h = m^-a W z + b, with b = 0 at init
+    input_bias = True  # the input layer's bias (the original always has one)
+    bias = None  # biases in the hidden and output layers; None -> False (ipllr_bias: True)
+    scale_bias = None  # init b = m^-b v (True) or v (False); None -> True (ipllr_bias: False)
+    scale_bias_lr = True  # ipllr_bias only: width-scaled bias lrs (False -> base_lr)
 
     # --- training: plain SGD, cross-entropy (batch mean) ---
     base_lr = 0.01  # β in η_l = β m^-c_l
@@ -64,7 +70,7 @@ def cfg():
 
     # --- data ---
     dataset = "mnist"  # mnist | cifar10 (grey, flattened to 1024)
-    n_val = 10000  # training examples held out for validation (seeded split; test set untouched)
+    n_val = 10000  # training examples held out for validation (seeded split); 0 -> validate on the training set (original)
     data_root = None  # None -> $DLT_DATA_ROOT, else ~/.cache/dltheory/datasets
 
     # --- coordinate check (the coord_check command; ignores width and n_trials) ---
@@ -96,6 +102,19 @@ def cifar10_mup_relu():
 
 
 @ex.named_config
+def ip_non_centered():
+    """The original's fc_ip_non_centered job: standard IP with U_1..U_L of mean 1 (init_mean = 1.0)."""
+    parameterization = "standard_ip"  # noqa: F841
+    init_mean = 1.0  # noqa: F841
+
+
+@ex.named_config
+def ipllr_bias():
+    """The original's fc_ip_bias job: IPLLR with unscaled biases and their own lr exponents, not calibrated."""
+    parameterization = "ipllr_bias"  # noqa: F841
+
+
+@ex.named_config
 def vanishing_ip():
     """IP with its standard lrs at depth L = 6: starts at a stationary point and stays at chance."""
     parameterization = "standard_ip"  # noqa: F841
@@ -117,11 +136,27 @@ def validate(config: dict) -> dict:
     if config["dataset"] not in ABC_DATASETS:
         raise ValueError(f"dataset must be one of {ABC_DATASETS}; got {config['dataset']!r}")
     for key, lo in [("L", 1), ("width", 1), ("base_width", 1), ("n_warmup_steps", 0), ("batch_size", 1),
-                    ("n_steps", 1), ("n_trials", 1), ("n_val", 1), ("log_max_points", 1)]:
+                    ("n_steps", 1), ("n_trials", 1), ("n_val", 0), ("log_max_points", 1)]:
         _int(key, config[key], lo)
-    for key in ("bias", "scale_bias", "calibrate"):
+    if config["input_scaling"] not in INPUT_SCALINGS:
+        raise ValueError(f"input_scaling must be one of {INPUT_SCALINGS}; got {config['input_scaling']!r}")
+    for key in ("input_bias", "scale_bias_lr"):
         if not isinstance(config[key], bool):
             raise ValueError(f"{key} must be True or False; got {config[key]!r}")
+    for key in ("bias", "scale_bias"):
+        if config[key] is not None and not isinstance(config[key], bool):
+            raise ValueError(f"{key} must be None, True or False; got {config[key]!r}")
+    if not config["scale_bias_lr"] and name != "ipllr_bias":
+        raise ValueError(f"scale_bias_lr is only read with parameterization='ipllr_bias'; got False with {name!r}")
+    calibration = _calibration(config)
+    if calibration not in CALIBRATIONS:
+        raise ValueError(f"calibration must be None or one of {CALIBRATIONS}; got {calibration!r}")
+    if name == "ipllr_bias" and calibration != "none":
+        raise ValueError(f"calibration must be 'none' with ipllr_bias (the original never calibrates it); "
+                         f"got {calibration!r}")
+    init_mean = config["init_mean"]
+    if isinstance(init_mean, bool) or not isinstance(init_mean, (int, float)) or not math.isfinite(init_mean):
+        raise ValueError(f"init_mean must be a finite number; got {init_mean!r}")
     lr = config["base_lr"]
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"base_lr must be a finite number > 0; got {lr!r}")
@@ -129,11 +164,21 @@ def validate(config: dict) -> dict:
     if name != "custom" and any(v is not None for v in custom.values()):
         raise ValueError(f"custom_exponents is only read with parameterization='custom'; got {custom!r} with {name!r}")
     p = make_parameterization(name, config["L"], ip_c=config["ip_c"], n_warmup_steps=config["n_warmup_steps"],
-                              custom_exponents=custom)
-    spec = ABCNetSpec(p, DATASETS[config["dataset"]].size ** 2, config["width"], DATASETS[config["dataset"]].num_classes,
-                      config["activation"], config["bias"], config["scale_bias"], config["base_width"])
+                              custom_exponents=custom, scale_bias_lr=config["scale_bias_lr"])
+    is_bias = name == "ipllr_bias"  # the original's ipllr_bias: unscaled biases everywhere
+    bias = is_bias if config["bias"] is None else config["bias"]
+    scale_bias = (not is_bias) if config["scale_bias"] is None else config["scale_bias"]
+    data = DATASETS[config["dataset"]]
+    spec = ABCNetSpec(p, data.size ** 2, config["width"], data.num_classes, config["activation"], bias, scale_bias,
+                      config["base_width"], config["input_scaling"], float(init_mean), config["input_bias"])
     coord = build_config(CoordCheckConfig, dict(config["coord_check_config"]), "coord_check_config")
-    return {"spec": spec, "coord": coord, "device": resolve_device(config["device"])}
+    return {"spec": spec, "coord": coord, "calibration": calibration, "device": resolve_device(config["device"])}
+
+
+def _calibration(config: dict):
+    if config["calibration"] is None:
+        return "none" if config["parameterization"] == "ipllr_bias" else "original"
+    return config["calibration"]
 
 
 # Independent random streams, all derived from the run's seed (SeedSequence spawn keys).
@@ -167,12 +212,17 @@ def load_splits(config: dict, seed: int, device) -> Splits:
     n, n_val = x.shape[0], config["n_val"]
     if n_val > n - 2:
         raise ValueError(f"n_val must leave at least 2 training examples (training split has {n}); got {n_val}")
+    flat = lambda t: t.flatten(1).to(device)  # noqa: E731  (N, 1, H, W) -> (N, H·W)
+    if n_val == 0:  # the original: "validation" on a copy of the training set
+        if config["batch_size"] > n:
+            raise ValueError(f"batch_size must be <= the training examples ({n}); got {config['batch_size']}")
+        xf, yd = flat(x), y.to(device)
+        return Splits(xf, yd, xf, yd, flat(x_test), y_test.to(device))
     if config["batch_size"] > n - n_val:
         raise ValueError(f"batch_size must be <= the training examples left after n_val ({n - n_val}); "
                          f"got {config['batch_size']}")
     perm = torch.randperm(n, generator=_generator(seed, SPLIT))
     val, train = perm[:n_val], perm[n_val:]
-    flat = lambda t: t.flatten(1).to(device)  # noqa: E731  (N, 1, H, W) -> (N, H·W)
     return Splits(flat(x[train]), y[train].to(device), flat(x[val]), y[val].to(device), flat(x_test), y_test.to(device))
 
 
@@ -196,7 +246,8 @@ def main(_config, _run, _seed):
     spec, device = checked["spec"], checked["device"]
     p = spec.parameterization
     data = load_splits(_config, _seed, device)
-    _run.info["exponents"] = json_ready({"a": p.a, "b": p.b, "c": p.c, "warmup_c": p.warmup_c})
+    _run.info["exponents"] = json_ready({"a": p.a, "b": p.b, "c": p.c, "warmup_c": p.warmup_c, "bias_c": p.bias_c,
+                                         "warmup_bias_c": p.warmup_bias_c})
     _run.info["split_sizes"] = {"train": data.x_train.shape[0], "val": data.x_val.shape[0], "test": data.x_test.shape[0]}
     n_steps = _config["n_steps"]
     every = max(1, math.ceil(n_steps / _config["log_max_points"]))
@@ -205,10 +256,10 @@ def main(_config, _run, _seed):
     warmup_lrs = []
     for k in range(_config["n_trials"]):
         net = ABCNet(spec, _generator(_seed, INIT, k)).to(device)
-        betas = None
-        if p.in_warmup(0) and _config["calibrate"]:
-            betas = calibrate_warmup_lrs(net, *_calibration_batches(data, _config["batch_size"],
-                                                                     _generator(_seed, CALIBRATION, k, device=device)))
+        betas = warmup_base_lrs(net, checked["calibration"], _config["base_lr"],
+                                *_calibration_batches(data, _config["batch_size"],
+                                                      _generator(_seed, CALIBRATION, k, device=device)))
+        if betas is not None:
             warmup_lrs.append(list(betas))
 
         def log_step(r: StepRecord, k=k):  # logged as training goes, so an interrupted run keeps it
@@ -217,6 +268,9 @@ def main(_config, _run, _seed):
             _run.log_scalar(f"train/output_abs_mean/trial{k}", r.output_abs_mean, r.step)
             for l, lr in enumerate(r.lrs):
                 _run.log_scalar(f"lr/layer{l}/trial{k}", lr, r.step)
+            if spec.parameterization.bias_c is not None:
+                for l, lr in enumerate(r.bias_lrs):
+                    _run.log_scalar(f"lr/bias{l}/trial{k}", lr, r.step)
             for l, h in enumerate(r.h_abs_mean):
                 _run.log_scalar(f"coord/h{l}/trial{k}", h, r.step)
 
@@ -251,11 +305,10 @@ def coord_check(_config, _run, _seed):
     spec, cc, device = checked["spec"], checked["coord"], checked["device"]
     data = load_splits(_config, _seed, device)
     probe = data.x_val[:_config["batch_size"]]
-    specs = [ABCNetSpec(spec.parameterization, spec.input_dim, m, spec.num_classes, spec.activation, spec.bias,
-                        spec.scale_bias, spec.base_width) for m in cc.widths]
+    specs = [dataclasses.replace(spec, width=m) for m in cc.widths]
     seeds = [derived_seed(_seed, COORD, s) for s in range(cc.n_seeds)]
     out = coordinate_check(specs, data.x_train, data.y_train, probe, cc.n_steps, _config["batch_size"],
-                           _config["base_lr"], seeds, _config["calibrate"], device)
+                           _config["base_lr"], seeds, checked["calibration"], device)
     table = {"parameterization": spec.parameterization.name, "activation": spec.activation, "L": spec.L,
              "widths": list(cc.widths), "steps": list(range(cc.n_steps + 1)), "layers": list(range(spec.L))}
     for k in ("h_abs", "dh_abs", "f_abs", "df_abs"):  # seed means (W, T+1[, L]); NaN after a blow-up

@@ -14,12 +14,17 @@ the same validation split and the same per-trial seeds (``n_trials`` inits per r
 
 Presets:
 
-* ``paper``: the original server scripts' grid, every named parameterization × relu, gelu,
-  elu, tanh × MNIST, grey CIFAR-10 at L = 6, m = 1024, base lr 0.01, batch 512, 600 steps, 5 trials;
-* ``vanishing_ip``: IP with its standard lrs (``standard_ip``) at base lr 0.01 over depth
+* ``paper``: the original server scripts' grid (wide-networks scripts/server_scripts/abc_params/
+  training and non_centered), L = 6, m = 1024, base lr 0.01, batch 512, 5 trials, validation on the
+  training set (n_val=0), MNIST 600 steps and CIFAR-10 1200: the jobs fc_mup, fc_ipllr, fc_ip_non_centered
+  and fc_ipllr_bias × relu, gelu, elu, tanh × both datasets, standard_fc_ip on MNIST only; muP.py's
+  muP / renorm / renorm_scale_lr (input_scaling none / multiplier / multiplier_lr) × the four and
+  sigmoid × both; non_centered/training.py's IP non-centred and renorm_scale_lr × five activations
+  (MNIST 400 steps there). Not ported: its calibrated standard IP variant;
+* ``vanishing_ip`` (not the original's): IP with its standard lrs (``standard_ip``) at base lr 0.01 over depth
   L ∈ {2..6} × width m ∈ {128..2048} on MNIST: IP stops learning at L >= 4 as m grows;
-* ``coord_check``: the ``coord_check`` command (widths 64..4096) for ntk, mup and sp;
-* ``demo``: mup and ipllr with gelu on MNIST at L = 4, m = 256, small enough for a laptop CPU.
+* ``coord_check`` (not the original's): the ``coord_check`` command (widths 64..4096) for ntk, mup and sp;
+* ``demo`` (not the original's): mup and ipllr with gelu on MNIST at L = 4, m = 256, laptop-sized.
 """
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ SCRIPT = "experiments/expt_abc_params.py"
 DEFAULT_RUNS_DIR = f"runs/{EXPERIMENT}"
 COMMANDS = ("main", "coord_check")
 # Kept in step with models/abc.py and the experiment (tested); no torch import here.
-PARAMETERIZATIONS = ("ntk", "mup", "ip", "standard_ip", "ipllr", "sp")
+PARAMETERIZATIONS = ("ntk", "mup", "ip", "standard_ip", "ipllr", "ipllr_bias", "sp")
 ACTIVATIONS = ("relu", "gelu", "elu", "tanh", "sigmoid")
 DATASETS = ("mnist", "cifar10")
 
@@ -47,12 +52,33 @@ BASE = dict(
     base_lr=None, batch_size=None, n_steps=None, n_trials=None,
 )
 
+ACTS4, ACTS5 = ["relu", "gelu", "elu", "tanh"], ["relu", "gelu", "elu", "tanh", "sigmoid"]
+
+
+def _paper() -> list[dict]:
+    """The original server scripts' runs, one sub-grid per (script, dataset); ``fixed`` keys go on every line."""
+    common = dict(depths=[6], widths=[1024], base_lr=[0.01], batch_size=[512], n_trials=[5])
+    steps = {"mnist": 600, "cifar10": 1200}
+    out = []
+    for ds in ("mnist", "cifar10"):
+        for p, fixed in [("mup", {}), ("ipllr", {}), ("standard_ip", {"init_mean": 1.0}), ("ipllr_bias", {})]:
+            out.append(dict(common, parameterizations=[p], activations=ACTS4, datasets=[ds], n_steps=[steps[ds]],
+                            fixed=dict(fixed, n_val=0)))
+        if ds == "mnist":
+            out.append(dict(common, parameterizations=["standard_ip"], activations=ACTS4, datasets=[ds],
+                            n_steps=[600], fixed=dict(n_val=0)))
+        for scaling in ("none", "multiplier", "multiplier_lr"):  # training/muP.py
+            out.append(dict(common, parameterizations=["mup"], activations=ACTS5, datasets=[ds], n_steps=[steps[ds]],
+                            fixed=dict(n_val=0, input_scaling=scaling)))
+        for scaling in ("none", "multiplier_lr"):  # non_centered/training.py
+            out.append(dict(common, parameterizations=["standard_ip"], activations=ACTS5, datasets=[ds],
+                            n_steps=[400 if ds == "mnist" else 1200],
+                            fixed=dict(n_val=0, init_mean=1.0, input_scaling=scaling)))
+    return out
+
+
 PRESETS = {
-    "paper": dict(
-        parameterizations=list(PARAMETERIZATIONS), activations=["relu", "gelu", "elu", "tanh"],
-        datasets=["mnist", "cifar10"], depths=[6], widths=[1024], base_lr=[0.01], batch_size=[512],
-        n_steps=[600], n_trials=[5],
-    ),
+    "paper": _paper(),
     "vanishing_ip": dict(
         parameterizations=["standard_ip"], activations=["relu"], datasets=["mnist"], depths=[2, 3, 4, 5, 6],
         widths=[128, 256, 512, 1024, 2048], base_lr=[0.01], batch_size=[512], n_steps=[600], n_trials=[5],
@@ -116,11 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_settings(args: argparse.Namespace) -> dict:
-    """BASE, then the preset, then explicit options; validated. Raises ValueError."""
-    s = dict(BASE)
-    if args.preset:
-        s.update(PRESETS[args.preset])
+def resolve_settings(args: argparse.Namespace) -> list[dict]:
+    """BASE, then each of the preset's sub-grids, then explicit options; validated. Raises ValueError."""
+    preset = PRESETS[args.preset] if args.preset else {}
+    return [_resolve(args, sub) for sub in (preset if isinstance(preset, list) else [preset])]
+
+
+def _resolve(args: argparse.Namespace, preset: dict) -> dict:
+    s = dict(BASE, fixed={})
+    s.update(preset)
     for key in BASE:
         value = getattr(args, key, None)
         if value is not None:
@@ -141,19 +171,25 @@ def resolve_settings(args: argparse.Namespace) -> dict:
 
 def generate(args: argparse.Namespace) -> list[str]:
     """The command lines, in a deterministic order (settings crossed, then seeds)."""
-    s = resolve_settings(args)
     grid = sweep.parse_grid(args.grid)
     if sweep.RUN_KEY in grid:
         raise ValueError("--grid cannot set run_key: the generator computes it")
     observer = sweep.observer_flag(mongo=args.mongo) if args.mongo else \
         sweep.observer_flag(file_storage=args.file_storage or DEFAULT_RUNS_DIR)
-    axes = {key: s[opt] for opt, key in SETTING_KEYS.items() if s[opt] is not None}
-    axes.update(grid)  # a --grid axis replaces the option's values, keeping the key's position
     seeds = args.seeds if args.seeds is not None else [sweep.sample_seed(sweep.make_rng(args.seed))]
     expt_name = args.expt_name if args.expt_name is not None else args.preset
+    lines = []
+    for s in resolve_settings(args):
+        lines += _lines(s, grid, seeds, expt_name, observer, args)
+    return lines
+
+
+def _lines(s: dict, grid: dict, seeds: list, expt_name, observer: str, args) -> list[str]:
+    axes = {key: s[opt] for opt, key in SETTING_KEYS.items() if s[opt] is not None}
+    axes.update({k: [v] for k, v in s["fixed"].items() if k not in grid})
+    axes.update(grid)  # a --grid axis replaces the option's values, keeping the key's position
     # A coord_check line gets its own run key, so it never counts as the main run of the same config.
     experiment, command = (EXPERIMENT, "") if s["command"] == "main" else (f"{EXPERIMENT}/{s['command']}", f"{s['command']} ")
-
     lines = []
     for combo in sweep.cartesian(axes):
         overrides = {} if expt_name is None else {"expt_name": expt_name}

@@ -1,4 +1,5 @@
-"""models.abc: exponent tables against reference.md §4, width scales, forward pass against a float64
+"""models.abc and models.abc_train: exponent tables against the original's (wide-networks), width scales,
+the input-layer convention and the first SGD step by hand, biases, forward pass against a float64
 reference, muP = SP at the base width, the IPLLR switch and its calibration."""
 import math
 
@@ -7,8 +8,11 @@ import pytest
 import torch
 
 from models.abc import (
-    ACTIVATIONS, CALIBRATION_CAP, INIT_VARIANCE, ABCNet, ABCNetSpec, CoordCheckConfig, Parameterization,
-    abc_forward, batch_indices, calibrate_warmup_lrs, coordinate_check, evaluate, make_parameterization, train_abc,
+    ACTIVATIONS, INIT_VARIANCE, ABCNet, ABCNetSpec, Parameterization, abc_forward, make_parameterization,
+)
+from models.abc_train import (
+    CALIBRATION_CAP, CoordCheckConfig, batch_indices, calibrate_warmup_lrs, coordinate_check, evaluate,
+    make_optimizer, sgd_step, train_abc, warmup_base_lrs,
 )
 
 @pytest.fixture(autouse=True)
@@ -28,6 +32,7 @@ REFERENCE = {
     "standard_ip": dict(a=(0, 1, 1), b=(0, 0, 0), c=(-1, -2, -1)),
     "ipllr": dict(a=(0, 1, 1), b=(0, 0, 0), c=(-1, -2, -1)),
     "sp": dict(a=(0, 0, 0), b=(0, 0.5, 0.5), c=(0, 0, 0)),
+    "ipllr_bias": dict(a=(0, 1, 1), b=(0, 0, 0), c=(-1, -2, -1)),
 }
 
 
@@ -36,6 +41,8 @@ def per_layer(first, hidden, last, L):
 
 
 def spec(name="mup", L=3, width=64, d=12, k=5, activation="relu", n_warmup_steps=1, **kw):
+    if name == "ipllr_bias":
+        kw = dict(dict(bias=True, scale_bias=False), **kw)
     return ABCNetSpec(make_parameterization(name, L, n_warmup_steps=n_warmup_steps), d, width, k, activation, **kw)
 
 
@@ -52,6 +59,8 @@ def test_exponents_match_reference_table(name, L):
         assert getattr(p, key) == per_layer(*REFERENCE[name][key], L), key
     if name == "ipllr":
         assert p.warmup_c == per_layer(-(L + 1) / 2, -(L + 2) / 2, -(L + 1) / 2, L) and p.n_warmup_steps == 1
+    elif name == "ipllr_bias":
+        assert p.warmup_c[0] == -(L + 1) / 2 and p.warmup_c[-1] == -1
     else:
         assert p.warmup_c is None
 
@@ -62,8 +71,12 @@ def test_multipliers_init_and_lrs_are_powers_of_width(name):
     s = spec(name, L=L, width=m, d=d)
     p = s.parameterization
     mu = s.multipliers()
-    np.testing.assert_allclose(mu[0], m ** -p.a[0] / math.sqrt(d + 1))  # input layer over fan-in d + 1
-    np.testing.assert_allclose(mu[1:], [m ** -a for a in p.a[1:]])
+    np.testing.assert_allclose(mu, [m ** -a for a in p.a])  # the original: no input multiplier
+    assert s.input_std_factor() == 1 / math.sqrt(d + 1)  # 1/sqrt(d+1) sits in U_0's std
+    if name != "sp":
+        renorm = spec(name, L=L, width=m, d=d, input_scaling="multiplier")
+        np.testing.assert_allclose(renorm.multipliers()[0], m ** -p.a[0] / math.sqrt(d + 1))
+        assert renorm.input_std_factor() == 1.0
     np.testing.assert_allclose(s.init_scales(), [m ** -b for b in p.b])
     np.testing.assert_allclose(s.learning_rates(base_lr, step=10), [base_lr * m ** -c for c in p.c])
     if name == "ipllr":  # step 0 is the warm-up: base_lr · m^((L+1)/2) etc.
@@ -75,27 +88,30 @@ def test_init_is_width_power_times_width_independent_gaussian(activation):
     s = spec("mup", L=2, width=512, d=300, activation=activation)
     net = ABCNet(s, torch.Generator().manual_seed(0))
     sigma = math.sqrt(INIT_VARIANCE[activation])
-    for l, (scale, std) in enumerate(zip(s.init_scales(), [sigma, sigma, 1.0])):
+    for l, (scale, std) in enumerate(zip(s.init_scales(), [sigma / math.sqrt(301), sigma, 1.0])):
         W = getattr(net, f"W{l}")
         assert abs(W.std().item() / (scale * std) - 1) < 0.03, (l, W.std().item(), scale * std)
     assert tuple(net.W0.shape) == (512, 300) and tuple(net.W2.shape) == (5, 512)
+    # The input layer always has a bias, v_0 ~ N(0, σ²) (not over sqrt(d+1)), scaled by m^-b_0 = 512^-1/2.
+    assert [n for n, _ in net.named_parameters()] == ["W0", "W1", "W2", "b0"]
+    assert abs(net.b0.std().item() / (sigma / math.sqrt(512)) - 1) < 0.15  # 512 draws: std error ~3%
 
 
-@pytest.mark.parametrize("scale_bias", [True, False])
-def test_forward_matches_float64_reference(scale_bias):
-    s = spec("standard_ip", L=3, width=16, d=7, activation="tanh", bias=True, scale_bias=scale_bias)
+@pytest.mark.parametrize("name", ["standard_ip", "ipllr_bias"])
+def test_forward_matches_float64_reference(name):
+    """Biases inside the multiplier, h = μ (W z + b), except ipllr_bias: h = μ W z + b (the original's forwards)."""
+    kw = dict(bias=True, scale_bias=False) if name == "ipllr_bias" else dict(bias=True)
+    s = spec(name, L=3, width=16, d=7, activation="tanh", **kw)
     net = ABCNet(s, torch.Generator().manual_seed(1)).double()
-    with torch.no_grad():  # non-zero biases in both cases, so their placement matters
-        for l in range(4):
-            getattr(net, f"b{l}").copy_(torch.linspace(-1, 1, getattr(net, f"b{l}").numel()))
     x = torch.randn(9, 7, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     f, hs = abc_forward(dict(net.named_parameters()), x, s)
     W = [getattr(net, f"W{l}").detach().numpy() for l in range(4)]
     b = [getattr(net, f"b{l}").detach().numpy() for l in range(4)]
-    mu = [1 / math.sqrt(8), 16.0 ** -1, 16.0 ** -1, 16.0 ** -1]
+    assert all(np.abs(v).mean() > 0.1 for v in b)  # v_l drawn (not zero) in both cases, so placement matters
+    mu = [1.0, 16.0 ** -1, 16.0 ** -1, 16.0 ** -1]  # a = 0 / 1 / 1, no input multiplier
     z, ref = x.numpy(), []
     for l in range(4):
-        h = mu[l] * (z @ W[l].T + b[l]) if scale_bias else mu[l] * (z @ W[l].T) + b[l]
+        h = mu[l] * (z @ W[l].T + b[l]) if name == "standard_ip" else mu[l] * (z @ W[l].T) + b[l]
         ref.append(h)
         z = np.tanh(h)
     # atol: a pre-activation near 0 (cancellation) carries float64 rounding of its O(1) terms.
@@ -103,6 +119,104 @@ def test_forward_matches_float64_reference(scale_bias):
     for h, r in zip(hs, ref[:-1]):
         np.testing.assert_allclose(h.detach().numpy(), r, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(net(x).detach().numpy(), ref[-1], rtol=1e-12, atol=1e-15)
+
+
+def test_bias_flags_follow_the_original():
+    s = spec("mup", bias=False)
+    assert s.param_names() == ("W0", "W1", "W2", "W3", "b0")  # bias=False keeps the input layer's bias
+    assert spec("mup", bias=True).param_names()[4:] == ("b0", "b1", "b2", "b3")
+    net = ABCNet(spec("ntk", bias=True, scale_bias=False, width=64), torch.Generator().manual_seed(0))
+    assert abs(net.b1.std().item() / math.sqrt(2) - 1) < 0.3  # unscaled init: v_l itself, N(0, 2) for relu
+    with pytest.raises(ValueError, match="scale_bias=False"):
+        spec("ipllr_bias", bias=False)
+    with pytest.raises(ValueError, match="input_scaling must be 'init' with sp"):
+        spec("sp", input_scaling="multiplier")
+
+
+def _manual_grads(W, b, x, y, mu):
+    """Backprop by hand, float64 numpy: relu net h_l = μ_l (W_l z + b_l), mean cross-entropy."""
+    zs, hs, z = [x], [], x
+    for l in range(len(W)):
+        h = mu[l] * (z @ W[l].T + (b[l] if b[l] is not None else 0))
+        hs.append(h)
+        z = np.maximum(h, 0) if l < len(W) - 1 else h
+        zs.append(z)
+    p = np.exp(hs[-1] - hs[-1].max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    g = (p - np.eye(p.shape[1])[y]) / len(y)  # dL/df
+    gW, gb = [None] * len(W), [None] * len(W)
+    for l in reversed(range(len(W))):
+        gW[l], gb[l] = mu[l] * g.T @ zs[l], mu[l] * g.sum(0)
+        if l:
+            g = (mu[l] * g @ W[l]) * (hs[l - 1] > 0)
+    return gW, gb
+
+
+@pytest.mark.parametrize("name", ["mup", "ntk", "standard_ip"])
+def test_first_sgd_step_of_the_input_layer_by_hand(name):
+    """The original's convention: U_0 ~ N(0, σ²/(d+1)), h_0 = m^-a_0 (W_0 x + b_0), lr_0 = base_lr m^-c_0;
+    the input layer's feature update μ_0 ΔW_0 x is then (d+1)x that of the multiplier convention."""
+    L, m, d, k, lr = 2, 16, 6, 3, 0.1
+    s = spec(name, L=L, width=m, d=d, k=k)
+    net = ABCNet(s, torch.Generator().manual_seed(0)).double()
+    x, y = data(n=8, d=d, k=k)
+    x = x.double()
+    p = s.parameterization
+    W = [getattr(net, f"W{l}").detach().numpy().copy() for l in range(L + 1)]
+    b = [net.b0.detach().numpy().copy(), None, None]
+    mu = [m ** -a for a in p.a]
+    gW, gb = _manual_grads(W, b, x.numpy(), y.numpy(), mu)
+    eta0 = lr * m ** -p.c[0]
+    sgd_step(net, make_optimizer(net), s.param_learning_rates(lr, 0), x, y)
+    # Tolerance: float64 throughout; the weights are O(1/sqrt(d)), rounding ~1e-16 of them.
+    np.testing.assert_allclose(net.W0.detach().numpy(), W[0] - eta0 * gW[0], rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(net.b0.detach().numpy(), b[0] - eta0 * gb[0], rtol=1e-10, atol=1e-13)
+    # Same forward under the multiplier convention (U_0 sqrt(d+1) larger, μ_0 / sqrt(d+1)): its gradient
+    # on W_0 is μ_0 times smaller, and so its update of h_0 is (d+1)x smaller.
+    r = spec(name, L=L, width=m, d=d, k=k, input_scaling="multiplier")
+    net_r = ABCNet(r, torch.Generator().manual_seed(0)).double()
+    with torch.no_grad():  # the weights before net's step
+        for l in range(1, L + 1):
+            getattr(net_r, f"W{l}").copy_(torch.as_tensor(W[l]))
+        net_r.W0.copy_(torch.as_tensor(W[0]) * math.sqrt(d + 1))
+        net_r.b0.copy_(torch.as_tensor(b[0]) * math.sqrt(d + 1))
+    before = abc_forward(dict(net_r.named_parameters()), x, r)[1][0].detach()
+    np.testing.assert_allclose(before.numpy(), mu[0] * (x.numpy() @ W[0].T + b[0]), rtol=1e-10, atol=1e-13)
+    sgd_step(net_r, make_optimizer(net_r), r.param_learning_rates(lr, 0), x, y)
+    dh_orig = mu[0] * (x.numpy() @ (-eta0 * gW[0]).T - eta0 * gb[0])
+    dh_renorm = abc_forward(dict(net_r.named_parameters()), x, r)[1][0].detach().numpy() - before.numpy()
+    np.testing.assert_allclose(dh_renorm * (d + 1), dh_orig, rtol=1e-8, atol=1e-12)
+
+
+def test_input_scaling_multiplier_lr_scales_the_input_lr_after_the_warmup():
+    d, m = 12, 32
+    s = spec("ipllr", L=3, width=m, d=d, input_scaling="multiplier_lr")
+    ref = spec("ipllr", L=3, width=m, d=d)
+    assert s.learning_rates(0.01, 0) == ref.learning_rates(0.01, 0)  # warm-up untouched (β_0 carries d+1)
+    np.testing.assert_allclose(s.learning_rates(0.01, 1), np.array(ref.learning_rates(0.01, 1)) * [d + 1, 1, 1, 1])
+    np.testing.assert_allclose(spec("mup", d=d, input_scaling="multiplier_lr").learning_rates(0.1, 0)[0],
+                               (d + 1) * spec("mup", d=d).learning_rates(0.1, 0)[0])
+
+
+def test_ipllr_bias_exponents_match_the_original():
+    """wide-networks base_ipllr_bias.py at L = 4: weights warm-up [-5/2, -3, -5/2, -2, -1]; biases
+    warm-up [-5/2, -2, -3/2, -1, 0], then [-1, -1, -1, -1, 0]; all 0 without scale_bias_lr."""
+    p = make_parameterization("ipllr_bias", 4)
+    assert p.warmup_c == (-2.5, -3.0, -2.5, -2.0, -1.0) and p.c == (-1, -2, -2, -2, -1)
+    assert p.warmup_bias_c == (-2.5, -2.0, -1.5, -1.0, 0.0)
+    assert p.bias_c == (-1, -1, -1, -1, 0)
+    q = make_parameterization("ipllr_bias", 4, scale_bias_lr=False)
+    assert q.warmup_bias_c == q.bias_c == (0,) * 5
+    s = spec("ipllr_bias", L=4, width=64, bias=True, scale_bias=False)
+    np.testing.assert_allclose(s.bias_learning_rates(0.01, 0, (9.0,) * 5), [0.01 * 64 ** -c for c in p.warmup_bias_c])
+    np.testing.assert_allclose(s.bias_learning_rates(0.01, 3), [0.01 * 64 ** -c for c in p.bias_c])
+
+
+def test_non_centred_init_shifts_hidden_and_output_weights_only():
+    net = ABCNet(spec("standard_ip", L=2, width=256, init_mean=1.0), torch.Generator().manual_seed(0))
+    assert abs(net.W0.mean().item()) < 0.05  # U_0 centred: mean of 256·12 N(0, 2/13) draws, std error ~0.007
+    assert abs(net.W1.mean().item() - 1) < 0.05 and abs(net.W2.mean().item() - 1) < 0.1
+    assert abs(net.b0.mean().item()) < 0.5  # biases centred (256 N(0, 2) draws: std error ~0.09)
 
 
 def test_mup_at_base_width_equals_sp_and_differs_elsewhere():
@@ -166,19 +280,30 @@ def test_calibration_is_finite_capped_and_follows_its_formula():
     assert len(betas) == 4 and all(math.isfinite(b) and 0 < b <= CALIBRATION_CAP for b in betas)
     for k, v in net.named_parameters():  # the mock step ran on a copy
         assert torch.equal(v, before[k])
-    # First layer by hand: one SGD step with torch.optim at lr m^(-c_0), then 1 / mean |μ_0 ΔW_0 x_probe|.
+    # By hand, the original's calibrate_base_lr: one torch.optim SGD step at lr m^(-c_l) (biases with their
+    # layer), then β_0 = base_lr; β_1 = 1 / mean|μ_1 ΔW_1 z_0| with z_0 = φ(h_0 + β_0 μ_0 (ΔW_0 x + Δb_0)).
     copy = ABCNet(s, torch.Generator().manual_seed(0)).double()
-    opt = torch.optim.SGD([{"params": [getattr(copy, f"W{l}")], "lr": lr} for l, lr in enumerate(s.learning_rates(1.0, 0))])
+    lrs = s.param_learning_rates(1.0, 0)
+    opt = torch.optim.SGD([{"params": [v], "lr": lrs[n]} for n, v in copy.named_parameters()])
+    init = {n: v.detach().clone() for n, v in copy.named_parameters()}
     torch.nn.functional.cross_entropy(copy(x[:64].double()), y[:64]).backward()
-    W0 = copy.W0.detach().clone()
     opt.step()
-    update = s.multipliers()[0] * (x[64:].double() @ (copy.W0.detach() - W0).T)
-    np.testing.assert_allclose(betas[0], 1.0 / update.abs().mean().item(), rtol=1e-3)
+    mu, xp = s.multipliers(), x[64:].double()
+    d0 = mu[0] * (xp @ (copy.W0.detach() - init["W0"]).T + (copy.b0.detach() - init["b0"]))
+    z0 = torch.nn.functional.gelu(mu[0] * (xp @ init["W0"].T + init["b0"]) + 0.01 * d0)
+    d1 = mu[1] * (z0 @ (copy.W1.detach() - init["W1"]).T)
+    assert betas[0] == 0.01  # base_lr, not calibrated
+    # rtol: the mock step ran in float32 here, float64 in the reference.
+    np.testing.assert_allclose(betas[1], min(1.0 / d1.abs().mean().item(), CALIBRATION_CAP), rtol=1e-3)
+    today = calibrate_warmup_lrs(net, x[:64], y[:64], x[64:], mode="all_layers")
+    np.testing.assert_allclose(today[0], 1.0 / d0.abs().mean().item(), rtol=1e-3)  # today's: input calibrated too
+    assert warmup_base_lrs(net, "default", 0.01, x, y, x) == (1.0,) * 4
+    assert warmup_base_lrs(net, "none", 0.01, x, y, x) is None
     # No gradient reaches the hidden layers when the output weights are zero: every hidden β is the cap.
     with torch.no_grad():
         net.W3.zero_()
     capped = calibrate_warmup_lrs(net, x[:64], y[:64], x[64:])
-    assert capped[:3] == (CALIBRATION_CAP,) * 3 and math.isfinite(capped[3])
+    assert capped[1:3] == (CALIBRATION_CAP,) * 2 and capped[0] == 0.01 and math.isfinite(capped[3])
     with pytest.raises(ValueError, match="warm-up"):
         calibrate_warmup_lrs(ABCNet(spec("mup")), x[:8], y[:8], x[8:16])
 

@@ -1,0 +1,264 @@
+"""Training abc-networks (models/abc.py): plain per-parameter SGD, IPLLR's warm-up base lrs, the coordinate check.
+
+IPLLR calibration (wide-networks pytorch/schedulers.py, ``WarmupSwitchLR.calibrate_base_lr``): one
+SGD step with base lr 1 and the warm-up exponents is taken on a copy, and measured layer by layer
+on a second batch. ``calibration`` chooses the warm-up base lrs β_l:
+
+    original    β_0 = base_lr (×(d+1) with the multiplier input scalings, as the server scripts'
+                normalize_first calibration); β_l = min(1 / mean|μ_l ΔW_l z|, 500) for hidden layers and
+                min(0.1 / mean|μ_L ΔW_L z|, 500) at the output, the next layer seeing the *uncapped* update;
+    all_layers  every layer, the input included, calibrated to the targets above, the capped value propagated;
+    default     β_l = 1 (the original's default_calibration);
+    none        β_l = base_lr (calibrate_base_lr=False).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from models.abc import ACTIVATIONS, ABCNet, ABCNetSpec, _is_int, _layer, abc_forward
+
+CALIBRATIONS = ("original", "all_layers", "default", "none")
+CALIBRATION_CAP = 500.0  # upper bound on every calibrated IPLLR warm-up base lr (the original's MAX_BASE_LR)
+# Target mean |Δh| of the first update: order one in hidden layers, small at the output.
+CALIBRATION_TARGET_HIDDEN, CALIBRATION_TARGET_OUTPUT = 1.0, 0.1
+DEFAULT_CALIBRATED_BASE_LR = 1.0  # the original's DEFAULT_CALIBRATED_INITIAL_BASE_LR
+
+
+def calibrate_warmup_lrs(net: ABCNet, x_step: Tensor, y_step: Tensor, x_probe: Tensor, mode: str = "original",
+                         base_lr: float = 0.01, cap: float = CALIBRATION_CAP) -> tuple[float, ...]:
+    """IPLLR's per-layer warm-up base lrs β_l from the size of a first SGD step (module docstring).
+
+    Args:
+        net: the network (not modified: the mock step runs on a copy).
+        x_step, y_step: batch of the mock step; x_probe: batch it is measured on.
+        mode: "original" or "all_layers" (module docstring).
+        base_lr: the run's base lr (β_0 in "original").
+        cap: upper bound of every calibrated β_l.
+
+    Returns:
+        (β_0, ..., β_L), each finite and > 0.
+
+    Raises:
+        ValueError: the net's parameterization has no warm-up step, or mode is not a calibration.
+    """
+    spec = net.spec
+    p = spec.parameterization
+    if not p.in_warmup(0):
+        raise ValueError(f"calibration needs a warm-up step (ipllr, n_warmup_steps >= 1); got {p.name!r} "
+                         f"with n_warmup_steps={p.n_warmup_steps}")
+    if mode not in ("original", "all_layers"):
+        raise ValueError(f"calibration mode must be 'original' or 'all_layers'; got {mode!r}")
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in net.named_parameters()}
+    f, _ = abc_forward(params, x_step, spec)
+    grads = torch.autograd.grad(F.cross_entropy(f, y_step), list(params.values()))
+    lrs = spec.param_learning_rates(1.0, 0, None)  # base lr 1, warm-up exponents
+    delta = {name: -lrs[name] * g for name, g in zip(params, grads)}
+    params = {k: v.detach() for k, v in params.items()}
+    mu, phi, betas, z = spec.multipliers(), ACTIVATIONS[spec.activation], [], x_probe
+    first_lr = base_lr * (spec.input_dim + 1 if spec.input_scaling in ("multiplier", "multiplier_lr") else 1)
+    with torch.no_grad():
+        for l in range(spec.L + 1):
+            init = _layer(params, l, z, mu[l], spec.bias_in_multiplier)
+            # The original's update: μ_0 (ΔW_0 x + Δb_0) at the input, μ_l ΔW_l z above (no Δb).
+            step = delta if (l == 0 or mode == "all_layers") else {f"W{l}": delta[f"W{l}"]}
+            update = _layer(step, l, z, mu[l], spec.bias_in_multiplier)
+            if mode == "original" and l == 0:
+                beta = scale = first_lr
+            else:
+                size = update.abs().mean().item()
+                target = CALIBRATION_TARGET_OUTPUT if l == spec.L else CALIBRATION_TARGET_HIDDEN
+                scale = target / size if size > 0 and math.isfinite(target / size) else cap
+                beta = min(scale, cap)
+                if mode == "all_layers":
+                    scale = beta  # today's variant propagates the capped value
+            betas.append(float(beta))
+            z = phi(init + scale * update)
+    return tuple(betas)
+
+
+def warmup_base_lrs(net: ABCNet, calibration: str, base_lr: float, x_step: Tensor, y_step: Tensor,
+                    x_probe: Tensor) -> tuple[float, ...] | None:
+    """β_l of the warm-up under ``calibration`` (module docstring); None -> base_lr (no warm-up, or "none")."""
+    if calibration not in CALIBRATIONS:
+        raise ValueError(f"calibration must be one of {CALIBRATIONS}; got {calibration!r}")
+    if not net.spec.parameterization.in_warmup(0) or calibration == "none":
+        return None
+    if calibration == "default":
+        return (DEFAULT_CALIBRATED_BASE_LR,) * (net.spec.L + 1)
+    return calibrate_warmup_lrs(net, x_step, y_step, x_probe, calibration, base_lr)
+
+
+def make_optimizer(net: ABCNet) -> torch.optim.SGD:
+    """Plain SGD with one parameter group per tensor (``spec.param_names``); the lrs are set before every step."""
+    groups = [{"params": [getattr(net, n)], "lr": 0.0, "name": n} for n in net.spec.param_names()]
+    return torch.optim.SGD(groups, lr=0.0)
+
+
+def sgd_step(net: ABCNet, optimizer: torch.optim.SGD, lrs: dict[str, float], x: Tensor, y: Tensor):
+    """One SGD step on the batch (x, y) with per-tensor lrs (by name); returns (loss, logits, hidden
+    pre-activations) before it."""
+    for group in optimizer.param_groups:
+        group["lr"] = lrs[group["name"]]
+    f, hs = abc_forward(dict(net.named_parameters()), x, net.spec)
+    loss = F.cross_entropy(f, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), f.detach(), [h.detach() for h in hs]
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator, drop_last: bool = False) -> Iterator[Tensor]:
+    """Endless minibatches without replacement: a fresh permutation each epoch; the last partial batch is
+    kept (as the original's DataLoader(shuffle=True)) unless ``drop_last``."""
+    if not 1 <= batch_size <= n:
+        raise ValueError(f"batch_size must be in [1, number of training examples = {n}]; got {batch_size}")
+    end = n - batch_size + 1 if drop_last else n
+    while True:
+        perm = torch.randperm(n, generator=generator, device=generator.device)
+        for i in range(0, end, batch_size):
+            yield perm[i:i + batch_size]
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What training records at one step, measured on that step's batch before its update."""
+
+    step: int
+    loss: float
+    accuracy: float
+    output_abs_mean: float  # mean |f(x)| over batch and classes
+    h_abs_mean: tuple[float, ...]  # mean |h_l|, l = 0..L-1: the coordinate scale
+    lrs: tuple[float, ...]  # η_l of the weights used by the step
+    bias_lrs: tuple[float, ...]  # η_l of the biases (equal to lrs unless ipllr_bias)
+
+
+def train_abc(net: ABCNet, x: Tensor, y: Tensor, n_steps: int, batch_size: int, base_lr: float,
+              generator: torch.Generator, warmup_base_lrs: Sequence[float] | None = None,
+              callback: Callable[[StepRecord], None] | None = None, record_every: int = 1) -> list[float]:
+    """Train ``net`` in place with per-layer SGD: one loop for every parameterization.
+
+    Args:
+        net: the network (its spec sets the per-layer, per-step lrs).
+        x, y: (n, d) training inputs and (n,) labels.
+        n_steps: SGD steps.
+        batch_size: minibatch size (epochs without replacement).
+        base_lr: β in η_l = β m^(-c_l).
+        generator: batch order.
+        warmup_base_lrs: IPLLR: calibrated β_l of the warm-up steps; None -> base_lr.
+        callback: called with a :class:`StepRecord` every ``record_every`` steps and at the last.
+        record_every: recording period.
+
+    Returns:
+        The minibatch loss of every step.
+
+    Raises:
+        FloatingPointError: the loss became NaN or inf (names the step).
+    """
+    optimizer, batches, losses = make_optimizer(net), batch_indices(x.shape[0], batch_size, generator), []
+    for step in range(n_steps):
+        idx = next(batches)
+        lrs = net.spec.param_learning_rates(base_lr, step, warmup_base_lrs)
+        loss, f, hs = sgd_step(net, optimizer, lrs, x[idx], y[idx])
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"training diverged: loss {value} at step {step}")
+        losses.append(value)
+        if callback is not None and (step % record_every == 0 or step == n_steps - 1):
+            callback(StepRecord(step, value, (f.argmax(1) == y[idx]).float().mean().item(), f.abs().mean().item(),
+                                tuple(h.abs().mean().item() for h in hs),
+                                net.spec.learning_rates(base_lr, step, warmup_base_lrs),
+                                net.spec.bias_learning_rates(base_lr, step, warmup_base_lrs)))
+    return losses
+
+
+@torch.no_grad()
+def evaluate(net: ABCNet, x: Tensor, y: Tensor, batch_size: int = 4096) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``net`` on (x, y)."""
+    loss, correct = 0.0, 0
+    for i in range(0, x.shape[0], batch_size):
+        f = net(x[i:i + batch_size])
+        loss += F.cross_entropy(f, y[i:i + batch_size], reduction="sum").item()
+        correct += int((f.argmax(1) == y[i:i + batch_size]).sum())
+    return loss / x.shape[0], correct / x.shape[0]
+
+
+@dataclass(frozen=True)
+class CoordCheckConfig:
+    """Coordinate check: widths trained side by side for a few steps.
+
+    Attributes:
+        widths: at least two distinct widths m.
+        n_steps: SGD steps T after init (>= 1).
+        n_seeds: inits (and batch orders) averaged per width.
+    """
+
+    widths: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096)
+    n_steps: int = 5
+    n_seeds: int = 3
+
+    def __post_init__(self):
+        if (not isinstance(self.widths, (list, tuple)) or len(set(self.widths)) < 2
+                or not all(_is_int(m) and m >= 1 for m in self.widths)):
+            raise ValueError(f"widths must list at least two distinct integers >= 1; got {self.widths!r}")
+        object.__setattr__(self, "widths", tuple(sorted(set(self.widths))))
+        for key in ("n_steps", "n_seeds"):
+            if not _is_int(getattr(self, key)) or getattr(self, key) < 1:
+                raise ValueError(f"{key} must be an integer >= 1; got {getattr(self, key)!r}")
+
+
+@torch.no_grad()
+def _probe(net: ABCNet, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    return abc_forward(dict(net.named_parameters()), x, net.spec)
+
+
+def coordinate_check(specs: Sequence[ABCNetSpec], x: Tensor, y: Tensor, x_probe: Tensor, n_steps: int,
+                     batch_size: int, base_lr: float, seeds: Sequence[int], calibration: str = "original",
+                     device: torch.device | str = "cpu") -> dict[str, Tensor]:
+    """Train each spec (one per width) for ``n_steps`` and measure coordinate sizes on a fixed probe batch.
+
+    Every spec and seed sees the same batch order (seeded by the seed), so widths differ only in m.
+    A net whose loss turns NaN or inf stops there (a blow-up is a result here, not an error): its
+    later entries are NaN and ``diverged`` is set.
+
+    Returns:
+        ``h_abs`` (W, S, T+1, L): mean |h_l| on ``x_probe`` after t = 0..T steps;
+        ``dh_abs`` (W, S, T+1, L): mean |h_l(t) − h_l(0)|; ``f_abs`` and ``df_abs`` (W, S, T+1): the same for
+        the logits; ``warmup_base_lrs`` (W, S, L+1) (NaN where nothing was calibrated); ``diverged`` (W, S).
+    """
+    W, S, L, nan = len(specs), len(seeds), specs[0].L, float("nan")
+    out = {k: torch.full((W, S, n_steps + 1, L), nan) for k in ("h_abs", "dh_abs")}
+    out.update({k: torch.full((W, S, n_steps + 1), nan) for k in ("f_abs", "df_abs")})
+    out["warmup_base_lrs"] = torch.full((W, S, L + 1), nan)
+    out["diverged"] = torch.zeros(W, S, dtype=torch.bool)
+    for i, spec in enumerate(specs):
+        for j, seed in enumerate(seeds):
+            net = ABCNet(spec, torch.Generator().manual_seed(seed)).to(device)
+            gen = torch.Generator(device=device).manual_seed(seed + 1)
+            batches, optimizer = batch_indices(x.shape[0], batch_size, gen), make_optimizer(net)
+            betas = None
+            if calibration in ("original", "all_layers") and spec.parameterization.in_warmup(0):
+                i0, i1 = next(batches), next(batches)
+                betas = calibrate_warmup_lrs(net, x[i0], y[i0], x[i1], calibration, base_lr)
+            else:
+                betas = warmup_base_lrs(net, calibration, base_lr, x[:1], y[:1], x[:1])
+            if betas is not None:
+                out["warmup_base_lrs"][i, j] = torch.tensor(betas)
+            f0, h0 = _probe(net, x_probe)
+            for t in range(n_steps + 1):
+                f, hs = (f0, h0) if t == 0 else _probe(net, x_probe)
+                out["h_abs"][i, j, t] = torch.stack([h.abs().mean() for h in hs]).cpu()
+                out["dh_abs"][i, j, t] = torch.stack([(h - g).abs().mean() for h, g in zip(hs, h0)]).cpu()
+                out["f_abs"][i, j, t], out["df_abs"][i, j, t] = f.abs().mean().cpu(), (f - f0).abs().mean().cpu()
+                if t < n_steps:
+                    idx = next(batches)
+                    loss, _, _ = sgd_step(net, optimizer, spec.param_learning_rates(base_lr, t, betas), x[idx], y[idx])
+                    if not math.isfinite(loss.item()):
+                        out["diverged"][i, j] = True
+                        break
+    return out
