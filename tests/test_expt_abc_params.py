@@ -348,7 +348,7 @@ def test_deep_standard_ip_stays_at_chance(expt, slow_root):
 
 @pytest.mark.slow
 @pytest.mark.xfail(reason="open: with the original's calibration (input β_0 = base_lr) IPLLR at m = 256 stays at "
-                          "val 0.2 after 200 steps on this synthetic data; not yet re-tuned", strict=False)
+                          "val 0.2 after 200 steps on this synthetic data; not yet re-tuned", strict=True)
 def test_deep_ipllr_learns(expt, slow_root):
     ipllr = run(expt, dict(DEEP, data_root=slow_root, parameterization="ipllr")).result
     assert ipllr["val_accuracy"] >= 0.5 and ipllr["final_train_loss"] < 1.5, ipllr
