@@ -31,7 +31,7 @@ def test_lambdahat_tracks_aoyagi_on_random_rank_reduced_dlns():
     for input_dim, widths, seed in _architectures():
         res = expt.ex.run(config_updates=dict(
             layer_widths=widths, input_dim=input_dim, num_training_data=N, device="cpu", dtype="float32",
-            true_param_config=dict(method="rand_rank", prop_rank_reduce=0.5), sgld_config=SGLD, seed=seed,
+            true_param_config=dict(method="rand_rank", prop_rank_reduce=0.5, init="torch"), sgld_config=SGLD, seed=seed,
         )).result
         rows.append((input_dim, widths, res["true_rank"], res["true_lambda"], res["lambdahat"], res["relative_error"]))
     for row in rows:
