@@ -5,8 +5,13 @@ Two stores are read directly, in the layout Sacred writes:
 * FileStorageObserver (``-F DIR``): ``DIR/<id>/run.json`` has ``"status"``
   (QUEUED, RUNNING, COMPLETED, FAILED, INTERRUPTED, TIMEOUT) and
   ``DIR/<id>/config.json`` has ``"run_key"``.
-* MongoObserver (``-m [host:port:]db[.collection]``): documents of
-  ``db.runs`` (or ``db.<collection>``) with ``"status"`` and ``"config.run_key"``.
+* MongoObserver (``-m [host:port:]db[.collection]`` or ``-m mongodb://[user@]host/db``,
+  parsed by ``tracking.mongo``): documents of ``db.runs`` (or ``db.<collection>``) with
+  ``"status"`` and ``"config.run_key"``, plus the runs that failed over to
+  ``./runs/_mongo_failed`` (``$DLT_MONGO_FAILURE_DIR``) aimed at that database and not
+  yet uploaded by ``tracking.sync_mongo``: they are finished, so they are not rerun.
+  An unreachable server fails within ``$DLT_MONGO_TIMEOUT_S`` (5) s; messages never
+  show a password.
 
 A run key is COMPLETED when at least one run with that key finished with
 status COMPLETED.
@@ -15,20 +20,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
 from typing import Iterable
 
+from tracking.mongo import MongoUnreachable, connect, default_failure_root, failed_over_runs, parse_target, redact
+
 COMPLETED = "COMPLETED"
-# Sacred's -m syntax: [host:port:]db_name[.collection][!priority] (overwrite ids ignored).
-_MONGO_RE = re.compile(
-    r"^(?:(?P<host>[0-9A-Za-z.\-]+):(?P<port>\d{1,5}):)?"
-    r"(?P<db>[_A-Za-z][0-9A-Za-z#%&'()+\-;=@\[\]^_{}]{0,63})"
-    r"(?:\.(?P<collection>[_A-Za-z][0-9A-Za-z#%&'()+\-;=@\[\]^_{}]{0,63})(?::\d{1,12})?)?"
-    r"(?:!-?\d+)?$"
-)
-_MONGO_HOST_ONLY_RE = re.compile(r"^(?P<host>[0-9A-Za-z.\-]+):(?P<port>\d{1,5})$")
-MONGO_TIMEOUT_MS = 10_000
 
 
 class StoreError(RuntimeError):
@@ -50,13 +47,16 @@ class Store:
                 raise ValueError("-F needs a directory")
             return cls("file", value)
         if kind == "mongo":
-            if not (_MONGO_RE.match(value) or _MONGO_HOST_ONLY_RE.match(value)):
-                raise ValueError(f"-m expects [host:port:]db_name[.collection] (Sacred's syntax); got {value!r}")
+            try:
+                parse_target(value)
+            except ValueError:
+                raise ValueError("-m expects [host:port:]db_name[.collection] (Sacred's syntax) or "
+                                 f"mongodb://[user@]host[:port]/db; got {redact(value)!r}") from None
             return cls("mongo", value)
         raise ValueError(f"store kind must be 'file' or 'mongo'; got {kind!r}")
 
     def describe(self) -> str:
-        return f"-F {self.location}" if self.kind == "file" else f"-m {self.location}"
+        return f"-F {self.location}" if self.kind == "file" else f"-m {redact(self.location)}"
 
     def statuses(self, keys: Iterable[str] | None = None) -> dict[str, set[str]]:
         """run_key -> the set of statuses of the runs recorded with it (restricted to ``keys``)."""
@@ -99,38 +99,36 @@ def _file_statuses(root: str, wanted: set[str] | None) -> dict[str, set[str]]:
     return out
 
 
-def mongo_client(url: str | None):
-    """A pymongo client (tests replace this function with a mongomock one)."""
-    import pymongo
-
-    return pymongo.MongoClient(url, serverSelectionTimeoutMS=MONGO_TIMEOUT_MS)
+def mongo_client(target):
+    """A connected pymongo client for a ``tracking.mongo.MongoTarget`` (tests replace this function)."""
+    return connect(target)
 
 
-def parse_mongo_arg(value: str) -> tuple[str, str, str]:
-    """``[host:port:]db[.collection]`` -> (url, db, collection), with Sacred's defaults."""
-    m = _MONGO_HOST_ONLY_RE.match(value)
-    if m:
-        return f"{m['host']}:{m['port']}", "sacred", "runs"
-    m = _MONGO_RE.match(value)
-    if not m:
-        raise ValueError(f"-m expects [host:port:]db_name[.collection]; got {value!r}")
-    url = f"{m['host']}:{m['port']}" if m["host"] else "localhost:27017"
-    return url, m["db"], m["collection"] or "runs"
+def _failed_over_statuses(target, wanted: set[str] | None, out: dict[str, set[str]]) -> None:
+    for run_dir, _ in failed_over_runs(default_failure_root(), target, synced=False):
+        run, config = _read_json(os.path.join(run_dir, "run.json")), _read_json(os.path.join(run_dir, "config.json"))
+        if isinstance(run, dict) and isinstance(config, dict) and config.get("run_key") is not None:
+            key = str(config["run_key"])
+            if wanted is None or key in wanted:
+                out.setdefault(key, set()).add(str(run.get("status")))
 
 
 def _mongo_statuses(value: str, wanted: set[str] | None) -> dict[str, set[str]]:
-    url, db, collection = parse_mongo_arg(value)
+    target = parse_target(value)
     query = {"config.run_key": {"$in": sorted(wanted)} if wanted is not None else {"$ne": None}}
     out: dict[str, set[str]] = {}
     try:
-        client = mongo_client(url)
-        for doc in client[db][collection].find(query, {"config.run_key": 1, "status": 1}):
+        client = mongo_client(target)
+        for doc in client[target.db_name][target.collection].find(query, {"config.run_key": 1, "status": 1}):
             key = str(doc.get("config", {}).get("run_key"))
             out.setdefault(key, set()).add(str(doc.get("status")))
-    except Exception as err:  # pymongo's errors (unreachable server, auth) all end here
+    except MongoUnreachable as err:
+        raise StoreError(f"cannot read Mongo store {redact(value)!r}: {err}") from None
+    except Exception as err:  # pymongo's errors (lost server, auth) all end here
         if err.__class__.__module__.split(".")[0] not in ("pymongo", "mongomock"):
             raise
-        raise StoreError(f"cannot read Mongo store {value!r} ({url}, db {db!r}): {err}") from None
+        raise StoreError(f"cannot read Mongo store {redact(value)!r} ({target.public}): {redact(str(err))}") from None
+    _failed_over_statuses(target, wanted, out)
     return out
 
 

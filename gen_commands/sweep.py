@@ -32,6 +32,7 @@ import operator
 import os
 import re
 import shlex
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -284,11 +285,21 @@ def _parses_as_literal(text: str) -> bool:
 
 
 def observer_flag(file_storage: str | None = None, mongo: str | None = None) -> str:
-    """``-F DIR`` or ``-m host:port:db`` (exactly one of the two)."""
+    """``-F DIR`` or ``-m host:port:db`` / ``-m mongodb://user@host/db`` (exactly one of the two).
+
+    A password in a Mongo URL is left out (commands files are shared and logged): the
+    runs read it from ``$DLT_MONGO_PASSWORD`` (``tracking.mongo``).
+    """
+    from tracking.mongo import PASSWORD_ENV, without_password
+
     if (file_storage is None) == (mongo is None):
         raise ValueError("give exactly one of file_storage (-F DIR) and mongo (-m host:port:db)")
     if mongo is not None:
-        return f"-m {shlex.quote(mongo)}"
+        safe = without_password(mongo)
+        if safe != mongo:
+            print(f"note: the Mongo password is not written into the commands; set ${PASSWORD_ENV} "
+                  "where the runs execute", file=sys.stderr)
+        return f"-m {shlex.quote(safe)}"
     return f"-F {shlex.quote(str(file_storage))}"
 
 

@@ -195,20 +195,32 @@ def _mongo_label(url: str | None, db_name: str) -> str:
     return f"mongodb://{hosts}/{db_name}"
 
 
-def _mongo_store(source: MongoSource, stack: contextlib.ExitStack) -> _MongoStore:
-    """Connect to ``source`` (a client opened here is closed with ``stack``)."""
+def _mongo_store(source: MongoSource, stack: contextlib.ExitStack, failed_over=True) -> list:
+    """Connect to ``source`` (a client opened here is closed with ``stack``); plus its failed-over runs.
+
+    ``failed_over``: True reads ``tracking.mongo.default_failure_root()``, a path reads
+    that failure root, False none (see ``tracking.load_failed``).
+    """
     if not isinstance(source.client, str):
         db = source.client[source.db_name or "sacred"]
-        return _MongoStore(db, source, _mongo_label(None, db.name))
+        return [_MongoStore(db, source, _mongo_label(None, db.name))]
     import pymongo
 
     client = stack.enter_context(pymongo.MongoClient(source.client, serverSelectionTimeoutMS=5000))
     db = client[source.db_name] if source.db_name else client.get_default_database("sacred")
-    return _MongoStore(db, source, _mongo_label(source.client, db.name))
+    stores = [_MongoStore(db, source, _mongo_label(source.client, db.name))]
+    if failed_over is not False:
+        from tracking.load_failed import FailedOverStore, target_of
+        from tracking.mongo import default_failure_root
+
+        target = target_of(source.client, db.name, source.runs_collection)
+        extra = target and FailedOverStore(default_failure_root() if failed_over is True else failed_over, target)
+        stores += [extra] if extra else []
+    return stores
 
 
 @contextlib.contextmanager
-def _open(source) -> Iterator[list]:
+def _open(source, failed_over=True) -> Iterator[list]:
     """The stores named by ``source``, a single source or a list of them."""
     with contextlib.ExitStack() as stack:
         stores = []
@@ -218,7 +230,7 @@ def _open(source) -> Iterator[list]:
             ):
                 item = MongoSource.from_spec(item)
             if isinstance(item, MongoSource):
-                stores.append(_mongo_store(item, stack))
+                stores += _mongo_store(item, stack, failed_over)
             elif callable(getattr(item, "list_collection_names", None)):  # a pymongo/mongomock Database
                 stores.append(_MongoStore(item, MongoSource(item.client, item.name), _mongo_label(None, item.name)))
             elif isinstance(item, (str, os.PathLike)):
@@ -305,7 +317,7 @@ def apply_filters(df: pd.DataFrame, filters: Mapping[str, Any | Callable[[Any], 
     return df[keep].reset_index(drop=True)
 
 
-def load_runs(source, experiment=None, filters=None, status=None) -> pd.DataFrame:
+def load_runs(source, experiment=None, filters=None, status=None, failed_over=True) -> pd.DataFrame:
     """One row per Sacred run, config and result flattened into dotted columns.
 
     Args:
@@ -316,6 +328,10 @@ def load_runs(source, experiment=None, filters=None, status=None) -> pd.DataFram
         filters: ``{dotted column: value or predicate}``, e.g.
             ``{'sgld_config.epsilon': 1e-5, 'layer_widths': [10, 10], 'seed': lambda s: s < 5}``.
         status: status(es) to keep, among ``STATUSES``; None keeps all.
+        failed_over: for a Mongo source given by URL or spec, also the runs that failed
+            over to disk when its server was lost and are not yet synced (run_id
+            ``'<experiment>/<n>'``): True looks in ``./runs/_mongo_failed`` (or
+            ``$DLT_MONGO_FAILURE_DIR``), a path looks there, False leaves them out.
 
     Returns:
         DataFrame with ``RUN_COLUMNS`` (times as UTC Timestamps, ``source`` the store
@@ -329,7 +345,7 @@ def load_runs(source, experiment=None, filters=None, status=None) -> pd.DataFram
     """
     experiments = _names(experiment, "experiment")
     statuses = _names(status, "status", STATUSES)
-    with _open(source) as stores:
+    with _open(source, failed_over) as stores:
         rows = [_row(run_id, entry, config, store.label)
                 for store in stores for run_id, entry, config in store.runs(experiments, statuses)]
     config_cols = sorted({c for _, cols, _ in rows for c in cols})
@@ -340,7 +356,7 @@ def load_runs(source, experiment=None, filters=None, status=None) -> pd.DataFram
     return apply_filters(df, filters or {})
 
 
-def load_metrics(source, experiment=None, run_ids=None, names=None) -> pd.DataFrame:
+def load_metrics(source, experiment=None, run_ids=None, names=None, failed_over=True) -> pd.DataFrame:
     """Logged metrics in long form, one row per (run, name, step).
 
     Args:
@@ -348,6 +364,7 @@ def load_metrics(source, experiment=None, run_ids=None, names=None) -> pd.DataFr
         experiment: experiment name(s) to keep; None keeps all.
         run_ids: run ids to keep (ints for file stores and default Mongo ids); None keeps all.
         names: metric names or glob patterns, e.g. ``['train/loss', 'llc/loss_trace/*']``.
+        failed_over: as for ``load_runs``.
 
     Returns:
         DataFrame with ``METRIC_COLUMNS``: step int, value float, timestamp UTC.
@@ -356,7 +373,7 @@ def load_metrics(source, experiment=None, run_ids=None, names=None) -> pd.DataFr
     names = _names(names, "names")
     wanted_ids = None if run_ids is None else set(run_ids)
     parts = []
-    with _open(source) as stores:
+    with _open(source, failed_over) as stores:
         for store in stores:
             for run_id, exp, name, series in store.metrics(experiments, wanted_ids, names):
                 n = len(series["steps"])

@@ -41,6 +41,7 @@ _SPEC_RE = re.compile(
 )
 _HOST_ONLY_RE = re.compile(rf"^(?P<host>{_HOST}):(?P<port>\d{{1,5}})$")
 _URL_CREDENTIALS_RE = re.compile(r"(mongodb(?:\+srv)?://)[^@/\s'\"]*@")
+_URL_PASSWORD_RE = re.compile(r"(mongodb(?:\+srv)?://)([^@/:\s'\"]*):[^@/\s'\"]*@")
 
 
 class MongoUnreachable(ConnectionError):
@@ -50,6 +51,14 @@ class MongoUnreachable(ConnectionError):
 def redact(text: str) -> str:
     """``text`` with the ``user:password@`` part of every MongoDB URL removed."""
     return _URL_CREDENTIALS_RE.sub(r"\1", text)
+
+
+def without_password(text: str) -> str:
+    """``text`` with the password of every MongoDB URL removed (the user stays).
+
+    What commands files carry: the run takes the password from ``$DLT_MONGO_PASSWORD``.
+    """
+    return _URL_PASSWORD_RE.sub(r"\1\2@", text)
 
 
 def timeout_s() -> float:
@@ -227,12 +236,13 @@ def _read(path: Path):
         return None
 
 
-def failed_over_runs(root: str | os.PathLike | None = None, target: MongoTarget | None = None
-                     ) -> Iterator[tuple[Path, dict]]:
+def failed_over_runs(root: str | os.PathLike | None = None, target: MongoTarget | None = None,
+                     synced: bool = True) -> Iterator[tuple[Path, dict]]:
     """(run folder, its ``mongo.json``) of every failed-over run under ``root`` aimed at ``target``.
 
     ``root`` is a failure root (``runs/_mongo_failed``), one experiment's folder under it,
-    or a run folder; None is :func:`default_failure_root`. Folders are yielded sorted.
+    or a run folder; None is :func:`default_failure_root`. ``synced=False`` leaves out
+    runs that ``tracking.sync_mongo`` has uploaded. Folders are yielded sorted.
     """
     root = Path(default_failure_root() if root is None else root)
     if not root.is_dir():
@@ -242,5 +252,5 @@ def failed_over_runs(root: str | os.PathLike | None = None, target: MongoTarget 
     for run_dir in candidates:
         record = _read(run_dir / SIDECAR)
         if isinstance(record, dict) and (run_dir / "run.json").is_file() and (
-                target is None or target.same_database(record)):
+                target is None or target.same_database(record)) and (synced or "synced" not in record):
             yield run_dir, record
