@@ -14,10 +14,10 @@ from tracking.sync_mongo import sync
 
 def _toy(artifact_dir):
     ex = Experiment("toy_sync")
-    ex.add_config(width=3)
+    ex.add_config(width=3, run_key="k1")
 
     @ex.main
-    def main(_run, width):
+    def main(_run, width, run_key):
         for i in range(4):
             _run.log_scalar("loss", 1.0 / (i + 1), i)
         _run.info["note"] = "hello"
@@ -115,3 +115,29 @@ def test_sync_command_line_reports_and_fails_fast(tmp_path, capsys, monkeypatch)
     with pytest.raises(SystemExit):
         sync_main([str(tmp_path), "not a target"])
     assert "host:port" in capsys.readouterr().err
+
+
+def test_failed_over_runs_count_as_finished_until_synced(tmp_path, mock_db, monkeypatch, capsys):
+    import mongomock
+    import pymongo
+
+    from gen_commands import pending, store
+
+    obs = failed_over_run(tmp_path, mock_db, monkeypatch, target="h:1:db")
+    monkeypatch.setenv("DLT_MONGO_FAILURE_DIR", str(tmp_path / "failed"))
+    monkeypatch.setattr(pymongo, "MongoClient", lambda url, **kw: mongomock.MongoClient(url, _store=mock_db._store))
+    monkeypatch.setattr(store, "mongo_client", lambda target: mock_db)
+    df = load_runs("h:1:db", status="COMPLETED")
+    assert df["run_id"].tolist() == ["toy_sync/1"] and df["source"].tolist() == [f"failed-over:{tmp_path / 'failed'}"]
+    assert load_metrics("h:1:db", names="loss")["value"].tolist() == [1.0, 1 / 2, 1 / 3, 1 / 4]
+    assert load_runs("h:1:db", status="COMPLETED", failed_over=False).empty  # the server has only a RUNNING stale
+    assert load_runs("h:1:db.other", status="COMPLETED").empty  # another collection
+    cmds = tmp_path / "cmds.txt"
+    cmds.write_text("python a.py -m h:1:db with run_key=k1\npython a.py -m h:1:db with run_key=k2\n")
+    capsys.readouterr()
+    assert pending.main([str(cmds)]) == 0
+    assert capsys.readouterr().out.strip() == "2"  # k1 finished on disk: not rerun
+    sync(tmp_path / "failed", "h:1:db", db=mock_db["db"])
+    df = load_runs("h:1:db", status="COMPLETED")
+    assert df["run_id"].tolist() == [obs.run_entry["_id"]]  # once, now from the server
+    assert pending.main([str(cmds)]) == 0 and capsys.readouterr().out.strip() == "2"
