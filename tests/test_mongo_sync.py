@@ -131,6 +131,7 @@ def test_failed_over_runs_count_as_finished_until_synced(tmp_path, mock_db, monk
     assert df["run_id"].tolist() == ["toy_sync/1"] and df["source"].tolist() == [f"failed-over:{tmp_path / 'failed'}"]
     assert load_metrics("h:1:db", names="loss")["value"].tolist() == [1.0, 1 / 2, 1 / 3, 1 / 4]
     assert load_runs("h:1:db", status="COMPLETED", failed_over=False).empty  # the server has only a RUNNING stale
+    assert load_runs("h:1:db")["status"].tolist() == ["COMPLETED"]  # the failed-over copy replaces the stale one
     assert load_runs("h:1:db.other", status="COMPLETED").empty  # another collection
     cmds = tmp_path / "cmds.txt"
     cmds.write_text("python a.py -m h:1:db with run_key=k1\npython a.py -m h:1:db with run_key=k2\n")

@@ -127,6 +127,7 @@ class _MongoStore:
     def __init__(self, db, source: MongoSource, label: str):
         self.db, self.label = db, label
         self.runs_coll, self.metrics_coll = db[source.runs_collection], db[source.metrics_collection]
+        self.exclude_uids: list[str] = []  # runs read from their failed-over copy instead
 
     def runs(self, experiments, statuses, run_ids=None) -> Iterator[tuple[Any, dict, dict]]:
         query = {}
@@ -136,6 +137,8 @@ class _MongoStore:
             query["status"] = {"$in": list(statuses)}
         if run_ids is not None:
             query["_id"] = {"$in": list(run_ids)}
+        if self.exclude_uids:
+            query["run_uid"] = {"$nin": self.exclude_uids}
         for doc in self.runs_coll.find(query, {"captured_out": 0, "info": 0}).sort("_id", 1):
             doc["result"] = _restore(doc.get("result"))
             yield doc["_id"], doc, _restore(doc.get("config") or {})
@@ -215,7 +218,8 @@ def _mongo_store(source: MongoSource, stack: contextlib.ExitStack, failed_over=T
 
         target = target_of(source.client, db.name, source.runs_collection)
         extra = target and FailedOverStore(default_failure_root() if failed_over is True else failed_over, target)
-        stores += [extra] if extra else []
+        if extra:  # the failed-over copy replaces the stale (RUNNING) document of the same run
+            stores[0].exclude_uids, stores = extra.uids, stores + [extra]
     return stores
 
 

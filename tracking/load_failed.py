@@ -4,7 +4,8 @@ A run whose MongoDB server was lost lies in ``<failure root>/<experiment>/<n>/``
 ``tracking.sync_mongo`` uploads it. ``load_runs('host:port:db')`` adds the runs not yet
 uploaded that were aimed at that database, so a table (and a sweep deciding what to
 rerun) counts them as the finished runs they are. Their ``run_id`` is
-``'<experiment folder>/<n>'`` and their ``source`` is ``failed-over:<root>``.
+``'<experiment folder>/<n>'`` and their ``source`` is ``failed-over:<root>``; the stale
+document the server may hold for the same run (same ``run_uid``, still RUNNING) is left out.
 """
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ class FailedOverStore:
     def __init__(self, root, target: MongoTarget):
         self.root = Path(root)
         self.label = f"failed-over:{self.root}"
-        self.dirs = {f"{d.parent.name}/{d.name}": d for d, _ in failed_over_runs(self.root, target, synced=False)}
+        found = list(failed_over_runs(self.root, target, synced=False))
+        self.dirs = {f"{d.parent.name}/{d.name}": d for d, _ in found}
+        self.uids = [record["run_uid"] for _, record in found if "run_uid" in record]
 
     def __bool__(self):
         return bool(self.dirs)
