@@ -35,6 +35,7 @@ from pathlib import Path
 
 from gen_commands.commands import Command, CommandsFileError, read_commands
 from gen_commands.store import Store, StoreError, completed_lines
+from tracking.mongo import redact  # failures files and messages never show a Mongo password
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 STDERR_TAIL_LINES = 15
@@ -176,7 +177,7 @@ class Runner:
         code = proc.returncode
         status = status or ("done" if code == 0 else "failed")
         _, err_path = self._log_paths(cmd)
-        outcome = Outcome(line=lineno, command=cmd.text, status=status, exit_code=code,
+        outcome = Outcome(line=lineno, command=redact(cmd.text), status=status, exit_code=code,
                           seconds=round(time.monotonic() - start, 1), log=str(err_path),
                           stderr_tail=stderr_tail(err_path) if status != "done" else [])
         self.outcomes.append(outcome)
@@ -277,7 +278,7 @@ def _select(args, commands: list[Command]) -> tuple[list[Command], set[int], lis
         recorded = load_failures(args.commands)
         by_line = {c.lineno: c for c in commands}
         for lineno, entry in recorded.items():
-            if lineno not in by_line or by_line[lineno].text != entry.get("command"):
+            if lineno not in by_line or redact(by_line[lineno].text) != entry.get("command"):
                 raise CommandsFileError(f"{args.commands}:{lineno} changed since it failed; "
                                         "rerun without --retry-failed")
         commands = [by_line[n] for n in sorted(recorded)]
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         selected = done | {c.lineno for c in to_run}
         for c in commands:
             if c.lineno in selected:
-                print(f"{c.lineno}\t{'skip' if c.lineno in done else 'run'}\t{c.text}")
+                print(f"{c.lineno}\t{'skip' if c.lineno in done else 'run'}\t{redact(c.text)}")
         return 0
 
     log_dir = Path(args.log_dir or str(args.commands) + ".logs")

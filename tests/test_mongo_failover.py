@@ -77,3 +77,21 @@ def test_lost_server_leaves_a_complete_run_in_the_failure_dir(tmp_path, monkeypa
     assert metrics["loss"]["steps"] == [0, 1, 2]
     side = json.loads((run_dir / "mongo.json").read_text())
     assert side["hosts"] == ["h:1"] and side["run_uid"] == obs.uid
+
+
+def test_commands_files_and_failure_records_hold_no_password(tmp_path, capsys, monkeypatch):
+    from gen_commands import run, sweep
+    from gen_commands.store import Store
+
+    url = "mongodb://alice:pw-XYZ@127.0.0.1:1/db?authSource=admin"
+    flag = sweep.observer_flag(mongo=url)
+    assert flag == "-m 'mongodb://alice@127.0.0.1:1/db?authSource=admin'" and "$DLT_MONGO_PASSWORD" in capsys.readouterr().err
+    assert "pw-XYZ" not in Store.parse("mongo", url).describe()
+    cmds = tmp_path / "cmds.txt"  # a hand-written file that does hold a password
+    cmds.write_text(f"python -c 'raise SystemExit(3)' -m {url}\n")
+    monkeypatch.setenv("DLT_MONGO_TIMEOUT_S", "1")
+    assert run.main([str(cmds), "--jobs", "1", "--no-progress"]) == run.EXIT_FAILED
+    out = capsys.readouterr()
+    record = (tmp_path / "cmds.txt.failures.json").read_text()
+    assert "pw-XYZ" not in record + out.out + out.err and "alice" not in record
+    assert run.main([str(cmds), "--jobs", "1", "--no-progress", "--retry-failed"]) == run.EXIT_FAILED  # the record still matches the line

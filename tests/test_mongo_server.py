@@ -41,7 +41,7 @@ def main(_run, width, go_file):
         time.sleep(0.1)  # the test kills the server meanwhile
     for i in range(1, 4):
         _run.log_scalar("loss", 1.0 / (i + 1), i)
-    out = Path(go_file).with_name("weights.txt")
+    out = Path("weights.txt")  # in the run's cwd
     out.write_text("w" * width)
     _run.add_artifact(str(out), "weights.txt")
     return {"lambdahat": 1.5}
@@ -119,4 +119,56 @@ def test_run_survives_a_killed_server_and_syncs_after_restart(tmp_path):
         with pymongo.MongoClient(server.address, serverSelectionTimeoutMS=5000) as client:
             assert client.outage.metrics.count_documents({}) == 1 and client.outage.runs.count_documents({}) == 1
     finally:
+        server.stop()
+
+
+def _all_text(client, db_name) -> str:
+    db = client[db_name]
+    return json.dumps({name: list(db[name].find()) for name in db.list_collection_names()}, default=str)
+
+
+def test_credentials_work_and_are_never_written(tmp_path, capsys):
+    import pymongo
+
+    from gen_commands.sweep import observer_flag
+
+    secret = "s3cret-Pw"
+    db_path = tmp_path / "mongo.sqlite"
+    server = mongo_server.start(db_path=db_path, user=f"alice:{secret}")
+    url = f"mongodb://alice:{secret}@{server.address}/creds?authSource=admin&authMechanism=SCRAM-SHA-256"
+    script = tmp_path / "toy_outage.py"
+    script.write_text(TOY)
+    try:
+        with pymongo.MongoClient(url, serverSelectionTimeoutMS=5000) as client:
+            ok = subprocess.run([sys.executable, str(script), "-m", url], cwd=tmp_path, env=_env(tmp_path),
+                                capture_output=True, text=True, timeout=180)
+            assert ok.returncode == 0, ok.stderr[-2000:]
+            df = load_runs(url)
+            assert df["status"].tolist() == ["COMPLETED"] and df.loc[0, "lambdahat"] == 1.5
+            assert "alice" not in df.loc[0, "source"] and secret not in df.to_csv()
+            assert secret not in _all_text(client, "creds") + ok.stdout + ok.stderr
+            # a user without a password in the URL reads it from $DLT_MONGO_PASSWORD
+            user_only = f"mongodb://alice@{server.address}/creds?authSource=admin&authMechanism=SCRAM-SHA-256"
+            assert observer_flag(mongo=url) == f"-m '{user_only}'"  # what commands files carry
+            wrong = subprocess.run([sys.executable, str(script), "-m", user_only], cwd=tmp_path,
+                                   env=_env(tmp_path, DLT_MONGO_PASSWORD="wrong-Pw"), capture_output=True, text=True,
+                                   timeout=120)
+            assert wrong.returncode != 0 and server.address in wrong.stderr and "-F DIR" in wrong.stderr
+            assert "first half done" not in wrong.stdout and "wrong-Pw" not in wrong.stdout + wrong.stderr
+            # an outage with credentials: nothing under the failure directory holds the password
+            out, err = _run_through_an_outage(tmp_path, server, url, client, "creds")
+        assert secret not in out + err
+        files = [p for p in (tmp_path / "failed").rglob("*") if p.is_file()]
+        assert any(p.name == "mongo.json" for p in files)
+        assert not [p for p in files if secret.encode() in p.read_bytes() or b"alice" in p.read_bytes()]
+    finally:
+        server.stop()
+    server = mongo_server.start(port=server.port, db_path=db_path, user=f"alice:{secret}")
+    try:
+        os.environ["DLT_MONGO_PASSWORD"] = secret
+        assert sync_main([str(tmp_path / "failed"), user_only]) == 0
+        assert secret not in capsys.readouterr().out
+        assert load_runs(url, failed_over=False)["status"].tolist() == ["COMPLETED", "COMPLETED"]
+    finally:
+        os.environ.pop("DLT_MONGO_PASSWORD", None)
         server.stop()

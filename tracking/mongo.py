@@ -84,6 +84,7 @@ class MongoTarget:
         collection: the runs collection (Sacred's ``collection``; metrics go to ``metrics``).
         overwrite, priority: Sacred's ``db.collection:ID`` and ``!priority``.
         has_credentials: the URL carries a user.
+        user, options: the user name and the URL's ``?query`` (no password), for :attr:`spec`.
     """
 
     url: str = field(repr=False)
@@ -93,6 +94,8 @@ class MongoTarget:
     overwrite: int | None = None
     priority: int | None = None
     has_credentials: bool = False
+    user: str = field(default="", repr=False)
+    options: str = ""
 
     @property
     def address(self) -> str:
@@ -107,11 +110,16 @@ class MongoTarget:
 
     @property
     def spec(self) -> str:
-        """A credential-free argument for ``-m`` / ``sync_mongo`` naming the same database."""
+        """A password-free argument for ``-m`` / ``sync_mongo`` naming the same database.
+
+        With a user it is ``mongodb://user@host/db?options``: the password then comes
+        from ``$DLT_MONGO_PASSWORD``.
+        """
         suffix = "" if self.collection == "runs" else f".{self.collection}"
-        if len(self.hosts) == 1 and not self.has_credentials and ":" in self.hosts[0]:
+        if len(self.hosts) == 1 and not self.has_credentials and not self.options and ":" in self.hosts[0]:
             return f"{self.hosts[0]}:{self.db_name}{suffix}"
-        return f"mongodb://{self.address}/{self.db_name}{suffix}"
+        user = f"{quote(self.user, safe='')}@" if self.user else ""
+        return f"mongodb://{user}{self.address}/{self.db_name}{suffix}" + (f"?{self.options}" if self.options else "")
 
     def same_database(self, record: dict) -> bool:
         """True when a ``mongo.json`` record names this server, database and collection."""
@@ -158,7 +166,8 @@ def _parse_url(value: str) -> MongoTarget:
         credentials = quote(unquote(user), safe="") + (f":{quote(unquote(password), safe='')}" if password else "") + "@"
     url = f"{scheme}://{credentials}{hostpart}/{quote(db)}" + (f"?{query}" if query else "")
     hosts = tuple(_host_port(h, srv) for h in hostpart.split(","))
-    return MongoTarget(url, hosts, db, collection, has_credentials=bool(user))
+    options = "&".join(o for o in query.split("&") if o and "password" not in o.lower())
+    return MongoTarget(url, hosts, db, collection, has_credentials=bool(user), user=unquote(user), options=options)
 
 
 def parse_target(value: str) -> MongoTarget:
