@@ -9,7 +9,8 @@ Runs under the interpreter of .ci/mongoeco-venv (Python >= 3.13, built by
 Binds 127.0.0.1 only. With --db-path the data lives in a SQLite file, so a server
 killed and restarted on the same file finds what was written before (the outage
 test relies on this); without it the data are in memory. --user turns on SCRAM
-authentication for that user (authSource admin). When it listens, the chosen
+authentication for that user (authSource admin; clients must ask for
+authMechanism=SCRAM-SHA-256: mongoeco 4.11.0's SCRAM-SHA-1 rejects correct passwords). When it listens, the chosen
 port is written to PORTFILE (atomically) and to stdout. SIGTERM/SIGINT stop it.
 """
 import argparse
