@@ -119,9 +119,12 @@ def _mongo_statuses(value: str, wanted: set[str] | None) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     try:
         client = mongo_client(target)
-        for doc in client[target.db_name][target.collection].find(query, {"config.run_key": 1, "status": 1}):
-            key = str(doc.get("config", {}).get("run_key"))
-            out.setdefault(key, set()).add(str(doc.get("status")))
+        try:
+            for doc in client[target.db_name][target.collection].find(query, {"config.run_key": 1, "status": 1}):
+                key = str(doc.get("config", {}).get("run_key"))
+                out.setdefault(key, set()).add(str(doc.get("status")))
+        finally:
+            client.close()
     except MongoUnreachable as err:
         raise StoreError(f"cannot read Mongo store {redact(value)!r}: {err}") from None
     except Exception as err:  # pymongo's errors (lost server, auth) all end here
