@@ -95,3 +95,12 @@ def test_commands_files_and_failure_records_hold_no_password(tmp_path, capsys, m
     record = (tmp_path / "cmds.txt.failures.json").read_text()
     assert "pw-XYZ" not in record + out.out + out.err and "alice" not in record
     assert run.main([str(cmds), "--jobs", "1", "--no-progress", "--retry-failed"]) == run.EXIT_FAILED  # the record still matches the line
+
+
+def test_pending_names_an_unreachable_server_and_hides_the_password(monkeypatch):
+    from gen_commands.store import Store, StoreError
+
+    monkeypatch.setenv("DLT_MONGO_TIMEOUT_S", "1")
+    with pytest.raises(StoreError) as err:
+        Store.parse("mongo", "mongodb://alice:pw-XYZ@127.0.0.1:1/db").completed(["k1"])
+    assert "127.0.0.1:1" in str(err.value) and "-F DIR" in str(err.value) and "pw-XYZ" not in str(err.value)
