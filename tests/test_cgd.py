@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from dynamics.cgd import OptimConfig, project_gradient, prune_candidates, select_pruned, sgd_step
+from dynamics.cgd import OptimConfig, project_gradient, sgd_step
+from dynamics.cgd_select import prune_candidates, select_pruned
 
 F64 = torch.float64
 LAM = torch.tensor([-2.0, -0.5, 0.0, 0.3, 1.0, 30.0], dtype=F64)  # lr 0.1: 2/lr = 20
@@ -30,12 +31,12 @@ def test_candidate_sets():
 def test_selection_by_k_and_rule():
     gen = torch.Generator().manual_seed(0)
     cfg = OptimConfig(name="cgd", lr=0.1, prune_set="pos", k=2)
-    assert sorted(select_pruned(LAM, cfg, gen).tolist()) == [4, 5]  # top |λ| among λ > 0
-    assert sorted(select_pruned(LAM, OptimConfig(name="cgd", lr=0.1, prune_set="pos"), gen).tolist()) == [3, 4, 5]
-    picks = {tuple(sorted(select_pruned(LAM, OptimConfig(name="cgd", lr=0.1, prune_set="pos", k=1, prune_k="rand"), gen).tolist()))
+    assert sorted(select_pruned(LAM, cfg, gen).idx.tolist()) == [4, 5]  # top |λ| among λ > 0
+    assert sorted(select_pruned(LAM, OptimConfig(name="cgd", lr=0.1, prune_set="pos"), gen).idx.tolist()) == [3, 4, 5]
+    picks = {tuple(sorted(select_pruned(LAM, OptimConfig(name="cgd", lr=0.1, prune_set="pos", k=1, prune_k="rand"), gen).idx.tolist()))
              for _ in range(60)}
     assert picks == {(3,), (4,), (5,)}
-    assert select_pruned(LAM, OptimConfig(name="cgd", lr=0.1, prune_set="neg", k=10), gen).tolist() == [0, 1]
+    assert select_pruned(LAM, OptimConfig(name="cgd", lr=0.1, prune_set="neg", k=10), gen).idx.tolist() == [0, 1]
 
 
 def test_projection_removes_exactly_the_pruned_components():
@@ -82,7 +83,7 @@ def test_pruning_neg_keeps_a_saddle_escape_direction_frozen():
     for _ in range(50):
         evals, evecs = torch.linalg.eigh(h)
         w_sgd, _ = sgd_step(w_sgd, None, h @ w_sgd, cfg.lr, 0.0)
-        g, _ = project_gradient(h @ w_cgd, evecs, select_pruned(evals, cfg, gen))
+        g, _ = project_gradient(h @ w_cgd, evecs, select_pruned(evals, cfg, gen).idx)
         w_cgd, _ = sgd_step(w_cgd, None, g, cfg.lr, 0.0)
     assert abs(float(w_sgd[1])) > 0.1
     assert float(w_cgd[1]) == 1e-3
@@ -90,7 +91,7 @@ def test_pruning_neg_keeps_a_saddle_escape_direction_frozen():
     h_pos = torch.diag(torch.tensor([1.0, 2.0], dtype=F64))
     evals, evecs = torch.linalg.eigh(h_pos)
     w = torch.tensor([1.0, 1.0], dtype=F64)
-    g, _ = project_gradient(h_pos @ w, evecs, select_pruned(evals, cfg, gen))
+    g, _ = project_gradient(h_pos @ w, evecs, select_pruned(evals, cfg, gen).idx)
     torch.testing.assert_close(g, h_pos @ w)
 
 
