@@ -134,6 +134,41 @@ def test_save_eigenthings_then_perturb_and_prune_global(expt, data_root, tmp_pat
     assert third.result["num_steps"] == 4
     assert metrics_of(tmp_path, 3)["cgd/num_pruned"]["values"] == [2, 2, 2, 2]
 
+    # The original's global rule: the Hessian sets on the stored σ² = e^{2tχ} (t = 4 steps). pos prunes every σ²
+    # above float resolution of the largest (σ² <= P·eps·max σ² is a numerical zero, kept); neg prunes none.
+    chi = saved["exponents"].astype(np.float64)
+    s2 = np.exp(2 * int(saved["steps"]) * chi)  # t·χ is O(1) here: no overflow
+    expected = int((s2 > 277 * np.finfo(np.float64).eps * s2.max()).sum())
+    for prune_set, count in (("pos", expected), ("neg", 0)):
+        r = run(expt, tiny(data_root, eigenthings_path=str(run_dir / "eigenthings.npz"), cgd=dict(global_rule="hessian"),
+                           optim=dict(name="cgd", prune_global=True, prune_set=prune_set), **small), tmp_path)
+        assert metrics_of(tmp_path, r._id)["cgd/num_pruned"]["values"] == [count] * 4
+    # Its save_lyapunov_at file held (σ²)^{1/t} = e^{2χ}: chaotic needs e^{2χ} > 2/lr = 2000, i.e. χ > 3.8.
+    r = run(expt, tiny(data_root, eigenthings_path=str(run_dir / "eigenthings_epoch0.npz"),
+                       cgd=dict(global_rule="hessian"), optim=dict(name="cgd", prune_global=True), **small), tmp_path)
+    assert metrics_of(tmp_path, r._id)["cgd/num_pruned"]["values"] == [int((np.exp(2 * epoch0["exponents"]) > 2e3).sum())] * 4
+
+
+def test_cgd_zeros_pool_prunes_the_null_space_as_the_original(expt, data_root, tmp_path):
+    # The structured MLP Hessian is range-only (rank <= 8·10 + … < P). Under zeros=pool the neg set is
+    # λ <= 0 as in the original: every eigenvalue that is not positive, P − num_pos of them; by default
+    # only the negative ones. cgd_original sets every original rule.
+    base = dict(optim=dict(name="cgd", prune_set="neg"), lyapunov=dict(k=4))
+    run(expt, tiny(data_root, **base), tmp_path)
+    expt.ex.observers[:] = [FileStorageObserver(str(tmp_path))]
+    try:
+        r = expt.ex.run(config_updates=tiny(data_root, optim=dict(name="cgd", prune_set="neg", noise=True, noise_fac=1e-3),
+                                            lyapunov=dict(k=4)), named_configs=["cgd_original"])
+    finally:
+        expt.ex.observers[:] = []
+    assert r.config["cgd"] == dict(zeros="pool", rand_draws="replacement", rank="growth", band="plain",
+                                   global_rule="hessian")
+    fixed, original = metrics_of(tmp_path, 1), metrics_of(tmp_path, 2)
+    p = r.result["num_params"]
+    assert fixed["cgd/num_pruned"]["values"] == fixed["hessian/num_neg"]["values"]
+    assert original["cgd/num_pruned"]["values"] == [p - n for n in original["hessian/num_pos"]["values"]]
+    assert all(v > 0.5 * p for v in original["cgd/num_pruned"]["values"])  # mostly null space
+
 
 def test_lyapunov_subspace_similarity(expt, data_root, tmp_path):
     # lr 0.5: expanding directions show up within a few steps (at lr 1e-3 they need hundreds).
@@ -170,6 +205,9 @@ def test_lyapunov_subspace_similarity(expt, data_root, tmp_path):
     (dict(logging=dict(log_lyapunov_subsim=True, t_lya_subsim=[2])), "log_lyapunov_subsim needs .* lyapunov.k"),
     (dict(logging=dict(t_lya_subsim=[0])), "t_lya_subsim"),
     (dict(distance_fit_d0="loose"), "distance_fit_d0"),
+    (dict(cgd=dict(zeros="drop")), "cgd.zeros must be one of"),
+    (dict(cgd=dict(global_rule="sign")), "cgd.global_rule must be one of"),
+    (dict(cgd="original"), "cgd must be a dict"),
     (dict(batch_size=0), "batch_size"),
     (dict(eigenthings_run=dict(source="runs/chaos")), "exactly one of run_id and run_key"),
     (dict(dtype="float16"), "dtype"),
