@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from dynamics.cgd import PRUNE_SETS, OptimConfig
+from dynamics.hessian import SymEig
 
 ZERO_RULES = ("keep", "pool")
 DRAW_RULES = ("distinct", "replacement")
@@ -203,3 +204,28 @@ def null_basis(range_vectors: Tensor, m: int, gen: torch.Generator) -> Tensor:
     for _ in range(2):  # twice: one projection leaves O(eps·‖z‖) along U
         z = z - u @ (u.T @ z)
     return torch.linalg.qr(z).Q
+
+
+def pruned_directions(eig: SymEig, global_dirs: tuple | None, config: OptimConfig, rules: CgdRules,
+                      gen: torch.Generator, zero_threshold: float) -> tuple[Tensor, Tensor | None]:
+    """One step's pruned directions V_p (P, m), and U when the whole null space of H = UΛUᵀ is pruned too.
+
+    Args:
+        eig: the minibatch Hessian (range-only for the structured MLP).
+        global_dirs: (exponents (K,), vectors (P, K), steps) for prune_global, else None.
+        zero_threshold: |λ| at or below which an eigenvalue counts as 0.
+
+    Null-space directions never change the tangent map: (I − V_pV_pᵀ) H y = H y for V_p ⊥ span U.
+    """
+    if global_dirs is not None:
+        values, vectors, steps = global_dirs
+        idx = select_global(values, config, gen, rules, steps)
+        return (torch.linalg.qr(vectors[:, idx]).Q if idx.numel() else vectors[:, :0]), None
+    null_dim = eig.dim - eig.rank_bound
+    sel = select_pruned(eig.eigenvalues, config, gen, zero_threshold, rules, implicit_zeros=null_dim)
+    vecs = eig.eigenvectors[:, sel.idx]
+    if sel.null == 0:
+        return vecs, None
+    if sel.null == null_dim:
+        return vecs, eig.eigenvectors
+    return torch.cat([vecs, null_basis(eig.eigenvectors, sel.null, gen)], dim=1), None

@@ -29,7 +29,7 @@ from torch.func import grad_and_value
 
 from data.vision import load_vision_dataset
 from dynamics.cgd import project_gradient, sgd_step
-from dynamics.cgd_select import null_basis, select_global, select_pruned
+from dynamics.cgd_select import pruned_directions
 from dynamics.hessian import SymEig, dense_eigh, dense_hessian
 from dynamics.lyapunov import expanding_subspace, init_lyapunov, propagate, sgd_tangent_map
 from dynamics.mlp_hessian import mlp_hessian_eigh, mlp_params_from_flat
@@ -212,25 +212,6 @@ def _load_data(config, dtype, device):
     return x.to(device), y.to(device), xt.to(device), yt.to(device)
 
 
-def _cgd_directions(eig, global_dirs, optim, rules, gen, thr):
-    """This step's pruned directions V_p (P, m), and U when the whole null space of H = UΛUᵀ is pruned too.
-
-    Null-space directions never change the tangent map ((I − V_pV_pᵀ)H y = H y for V_p ⊥ span U).
-    """
-    if global_dirs is not None:
-        values, vectors, steps = global_dirs
-        idx = select_global(values, optim, gen, rules, steps)
-        return (torch.linalg.qr(vectors[:, idx]).Q if idx.numel() else vectors[:, :0]), None
-    null_dim = eig.dim - eig.rank_bound
-    sel = select_pruned(eig.eigenvalues, optim, gen, thr, rules, implicit_zeros=null_dim)
-    vecs = eig.eigenvectors[:, sel.idx]
-    if sel.null == 0:
-        return vecs, None
-    if sel.null == null_dim:
-        return vecs, eig.eigenvectors
-    return torch.cat([vecs, null_basis(eig.eigenvectors, sel.null, gen)], dim=1), None
-
-
 # ----------------------------------------------------------------------------- main
 
 @ex.main
@@ -326,7 +307,7 @@ def main(_config, _run, _seed):
             # --- CGD: which directions this step removes ---
             pruned_vecs, null_of = None, None  # (P, m); U whose whole complement is pruned too
             if optim.prunes and step >= optim.prune_start:
-                pruned_vecs, null_of = _cgd_directions(eig, global_dirs, optim, rules, gen_cgd, thr)
+                pruned_vecs, null_of = pruned_directions(eig, global_dirs, optim, rules, gen_cgd, thr)
 
             # --- Lyapunov: tangent map of this step at w_t ---
             if lyap is not None:

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from dynamics.cgd import OptimConfig, project_gradient, sgd_step
-from dynamics.cgd_select import CgdRules, null_basis, prune_candidates, select_global, select_pruned
+from dynamics.cgd_select import CgdRules, null_basis, prune_candidates, pruned_directions, select_global, select_pruned
+from dynamics.hessian import SymEig
 
 F64 = torch.float64
 LAM = torch.tensor([-2.0, -0.5, 0.0, 0.3, 1.0, 30.0], dtype=F64)  # lr 0.1: 2/lr = 20
@@ -258,6 +259,28 @@ def test_null_basis_is_orthonormal_and_orthogonal_to_the_range():
     # float64 Householder QR and two projections: O(P·eps) ≈ 1e-14 in every inner product.
     torch.testing.assert_close(n.T @ n, torch.eye(6, dtype=F64), atol=1e-13, rtol=0)
     torch.testing.assert_close(u.T @ n, torch.zeros(10, 6, dtype=F64), atol=1e-13, rtol=0)
+
+
+def test_pruned_directions_on_a_range_only_hessian():
+    # H = U diag(−1, 0.5, 2) Uᵀ in R⁶: three implicit zeros. neg under zeros=pool is {−1} ∪ null space.
+    gen = torch.Generator().manual_seed(8)
+    u, _ = torch.linalg.qr(torch.randn(6, 3, dtype=F64, generator=gen))
+    eig = SymEig(torch.tensor([-1.0, 0.5, 2.0], dtype=F64), u, 6)
+    pool = CgdRules(zeros="pool")
+    vecs, null_of = pruned_directions(eig, None, OptimConfig(name="cgd", prune_set="neg"), CgdRules(), gen, 1e-12)
+    assert null_of is None and torch.equal(vecs, u[:, :1])
+    vecs, null_of = pruned_directions(eig, None, OptimConfig(name="cgd", prune_set="neg"), pool, gen, 1e-12)
+    assert torch.equal(vecs, u[:, :1]) and null_of is u  # the whole null space, by projection
+    # k = 3 by top_abs: λ = −1, then two of the three zeros, drawn in the null space.
+    vecs, null_of = pruned_directions(eig, None, OptimConfig(name="cgd", prune_set="neg", k=3), pool, gen, 1e-12)
+    assert null_of is None and vecs.shape == (6, 3) and torch.equal(vecs[:, 0], u[:, 0])
+    torch.testing.assert_close(vecs.T @ vecs, torch.eye(3, dtype=F64), atol=1e-13, rtol=0)  # float64 QR: ~P·eps
+    # prune_global: the stored vectors of the selected exponents, re-orthonormalised.
+    stored = (torch.tensor([0.2, -0.1, 0.05], dtype=F64), u, 10.0)
+    vecs, null_of = pruned_directions(eig, stored, OptimConfig(name="cgd", prune_set="pos", prune_global=True),
+                                      CgdRules(), gen, 0.0)
+    assert null_of is None and vecs.shape == (6, 2)
+    torch.testing.assert_close(vecs @ vecs.T, u[:, [0, 2]] @ u[:, [0, 2]].T, atol=1e-13, rtol=0)  # same span
 
 
 @pytest.mark.parametrize("key,value", [("zeros", "drop"), ("rand_draws", "twice"), ("rank", "sq"), ("band", "wide"),

@@ -244,7 +244,8 @@ def test_subspace_similarity_and_random_baseline():
     v = torch.randn(50, 3, dtype=F64, generator=gen)
     # Same span: ‖VᵀW‖²/3 of float64 orthonormal bases, 1 to ~1e-15.
     assert subspace_similarity(v, v @ torch.randn(3, 3, dtype=F64, generator=gen)) == pytest.approx(1.0, abs=1e-12)
-    assert subspace_similarity(torch.eye(50, dtype=F64)[:, :3], torch.eye(50, dtype=F64)[:, 3:10]) == pytest.approx(0.0, abs=1e-15)  # disjoint axes: exactly 0
+    disjoint = subspace_similarity(torch.eye(50, dtype=F64)[:, :3], torch.eye(50, dtype=F64)[:, 3:10])
+    assert disjoint == pytest.approx(0.0, abs=1e-15)  # disjoint axes: products of 0 and 1, exactly 0
     assert subspace_similarity(torch.eye(50, dtype=F64)[:, :2], torch.eye(50, dtype=F64)[:, :10]) == pytest.approx(1.0, abs=1e-12)
     sims = [subspace_similarity(torch.randn(50, 4, dtype=F64, generator=gen), torch.randn(50, 8, dtype=F64, generator=gen))
             for _ in range(400)]
