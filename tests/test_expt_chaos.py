@@ -271,6 +271,12 @@ def test_generator_writes_the_figure_table(tmp_path):
     assert [("optim.prune_start=" + s) in line for s, line in zip(["", "2000", "5000", "10000"], fig2)][1:] == [True] * 3
     with pytest.raises(SystemExit):  # refuses to overwrite without --force
         gen.main([str(out), "--preset", "fig1"])
+    # --cgd-rules original: the keys of the named config cgd_original, on every line.
+    orig = gen.generate(gen.build_parser().parse_args([str(tmp_path / "y"), "--preset", "fig1", "--cgd-rules", "original"]))
+    from dynamics.cgd_select import CgdRules
+
+    keys = " ".join(f"cgd.{k}={v}" for k, v in sorted(vars(CgdRules.original()).items()))
+    assert all(all(kv in line for kv in keys.split()) for line in orig) and not any("cgd." in line for line in lines)
 
 
 def test_generator_lines_run_through_sacred():
