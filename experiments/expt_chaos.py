@@ -1,10 +1,10 @@
 """Chaotic dynamics of SGD: exact minibatch Hessians, Lyapunov spectra, CGD pruning, perturbed copies.
 
 Trains a small classifier (MLP 256-20-10 or a small CNN) on USPS or FashionMNIST at
-16x16 with batch 8 (reference.md §3). At every step it takes the exact minibatch
+16x16 with batch 8 (README, "Chaotic dynamics of SGD"). At every step it takes the exact minibatch
 Hessian H_t (layer-structured for ReLU MLPs, ``dynamics.mlp_hessian``; vmapped HVPs
 otherwise) and, per the logging flags, records its spectrum, the local chaos counts
-(λ < 0 or λ > 2/lr), the cosine of the gradient with its extreme eigenvectors, and
+(λ < 0 or λ > 2(1+μ)/lr), the cosine of the gradient with its extreme eigenvectors, and
 propagates a tangent frame through Y ← (I − lr H_t) Y (momentum: the velocity is
 part of the tangent state) with QR re-orthonormalisation for the Lyapunov
 exponents. ``optim.name=cgd`` removes the gradient's components along a chosen set
@@ -19,6 +19,7 @@ Options keep the original's names; Hydra's groups become config dicts:
         logging.log_lyapunov=True lyapunov.k=50 seed=42
 """
 from __future__ import annotations
+
 import collections
 import math
 import warnings
