@@ -5,13 +5,10 @@ Lyapunov vectors with ``prune_global``) and a pruned subset V_p of them, the ste
 
     g' = g − V_p V_pᵀ g  (+ noise_fac · V_p ξ,  ξ ~ N(0, I), with ``noise``)
 
-i.e. the projection onto the kept directions (eigenvectors of zero eigenvalues are
-always kept). The pruned set (reference.md §3): ``prune_set`` chaotic (locally
-expanding, λ < 0 or λ > 2(1 + μ)/lr), pos (λ > 0) or neg (λ < 0); of those, ``k``
-(None: all) chosen by ``prune_k`` top_abs (largest |λ|) or rand (uniformly at
-random). For Lyapunov vectors the sets are chaotic and pos: χ > 0, neg: χ < 0.
-Pruning starts at step ``prune_start``; the update is PyTorch's SGD with momentum
-(v ← μ v + g', w ← w − lr v).
+i.e. the projection onto the kept directions. Which directions form V_p (the prune sets
+chaotic, pos, neg; k of them by top_abs or rand; and the original's rules) is
+``dynamics.cgd_select``. Pruning starts at step ``prune_start``; the update is PyTorch's
+SGD with momentum (v ← μ v + g', w ← w − lr v).
 """
 from __future__ import annotations
 
@@ -80,36 +77,9 @@ class OptimConfig:
         return self.name == "cgd"
 
 
-def prune_candidates(values: Tensor, prune_set: str, lr: float, momentum: float = 0.0,
-                     zero_threshold: float = 0.0, lyapunov: bool = False) -> Tensor:
-    """Boolean mask of the directions in ``prune_set`` given eigenvalues λ (or exponents χ if ``lyapunov``)."""
-    if prune_set not in PRUNE_SETS:
-        raise ValueError(f"prune_set must be one of {PRUNE_SETS}; got {prune_set!r}")
-    if lyapunov:
-        return values < 0 if prune_set == "neg" else values > 0
-    if prune_set == "pos":
-        return values > zero_threshold
-    if prune_set == "neg":
-        return values < -zero_threshold
-    return (values < -zero_threshold) | (values > 2 * (1 + momentum) / lr)
-
-
-def select_pruned(values: Tensor, config: OptimConfig, gen: torch.Generator, zero_threshold: float = 0.0,
-                  lyapunov: bool = False) -> Tensor:
-    """Indices of the pruned directions: the candidates, or k of them by |value| or at random."""
-    mask = prune_candidates(values, config.prune_set, config.lr, config.momentum, zero_threshold, lyapunov)
-    idx = torch.nonzero(mask).flatten()
-    if config.k is None or config.k >= idx.numel():
-        return idx
-    if config.prune_k == "top_abs":
-        return idx[torch.argsort(values[idx].abs(), descending=True)[:config.k]]
-    perm = torch.randperm(idx.numel(), generator=gen, device=gen.device).to(idx.device)
-    return idx[perm[:config.k]]
-
-
 def project_gradient(g: Tensor, vectors: Tensor, pruned: Tensor, noise_fac: float | None = None,
-                     gen: torch.Generator | None = None) -> tuple[Tensor, float]:
-    """g' = g − V_p V_pᵀ g (+ noise_fac · V_p ξ); also the fraction ‖V_pᵀ g‖² / ‖g‖² removed.
+                     gen: torch.Generator | None = None, null_of: Tensor | None = None) -> tuple[Tensor, float]:
+    """g' = g − V_p V_pᵀ g (+ noise_fac · V_p ξ); also the fraction of ‖g‖² removed.
 
     Args:
         g: (P,) gradient.
@@ -117,17 +87,28 @@ def project_gradient(g: Tensor, vectors: Tensor, pruned: Tensor, noise_fac: floa
         pruned: indices into the columns of ``vectors``.
         noise_fac: if not None, add noise_fac · N(0, 1) along each pruned direction.
         gen: generator for the noise.
+        null_of: (P, r') orthonormal U; if given, the whole complement of span(U) is pruned too
+            (g − UUᵀg removed; its noise is the projection of N(0, I_P), isotropic there),
+            without building a basis of it.
     """
-    if pruned.numel() == 0:
+    if pruned.numel() == 0 and null_of is None:
         return g, 0.0
     vp = vectors[:, pruned].to(g.dtype)
     coef = vp.T @ g  # (k,)
     out = g - vp @ coef
+    removed = float(coef @ coef)
+    if null_of is not None:
+        u = null_of.to(g.dtype)
+        perp = out - u @ (u.T @ out)  # (P,) the part of g outside span(U) (V_p lies in span(U))
+        out, removed = out - perp, removed + float(perp @ perp)
     if noise_fac is not None:
         xi = torch.randn(pruned.numel(), generator=gen, dtype=g.dtype, device=gen.device).to(g.device)
         out = out + noise_fac * (vp @ xi)
+        if null_of is not None:
+            zeta = torch.randn(g.shape[0], generator=gen, dtype=g.dtype, device=gen.device).to(g.device)
+            out = out + noise_fac * (zeta - u @ (u.T @ zeta))
     norm2 = float(g @ g)
-    return out, float(coef @ coef) / norm2 if norm2 > 0 else 0.0
+    return out, removed / norm2 if norm2 > 0 else 0.0
 
 
 def sgd_step(w: Tensor, buf: Tensor | None, g: Tensor, lr: float, momentum: float) -> tuple[Tensor, Tensor | None]:

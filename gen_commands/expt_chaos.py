@@ -19,6 +19,9 @@ without momentum unless stated:
 * subsim: CNN, similarity of the expanding Lyapunov subspace fixed at steps 10 and 10000.
 * demo: fig1 at CPU size (1000 training points, 3 epochs, 16 tangent directions).
 
+``--cgd-rules original`` writes the five ``cgd.*`` keys that restore the original's
+pruning rules on every line (the named config ``cgd_original``); the default writes none.
+
 Every line carries an explicit seed and a run_key; the same call writes the same file.
 This module imports no torch.
 """
@@ -42,6 +45,10 @@ FIG1 = [{"optim.name": "sgd"}] + [{"optim.name": "cgd", "optim.prune_set": s} fo
 DATASETS3 = [{"dataset": d, "logging.save_eigenthings": True} for d in ("usps", "fmnist")]
 DISTANCE = {"logging.log_eigenthings": False, "logging.log_lyapunov": False, "perturb_eps": [0.1],
             "perturb_strat": "all", "parallel": 5}
+
+# The original's CGD pruning rules (experiments/expt_chaos.py: cgd_original; dynamics.cgd_select.CgdRules.original).
+CGD_ORIGINAL = {"cgd.zeros": "pool", "cgd.rand_draws": "replacement", "cgd.rank": "growth", "cgd.band": "plain",
+                "cgd.global_rule": "hessian"}
 
 PRESETS = {
     "fig1": dict(runs=FIG1, seeds=[0]),
@@ -68,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra axis over any config key, e.g. \"optim.lr=[1e-3, 1e-2]\"; crossed with the runs")
     p.add_argument("--expt-name", help="expt_name config entry (default: the preset's name)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="device config entry (default: not written)")
+    p.add_argument("--cgd-rules", choices=("fixed", "original"), default="fixed",
+                   help="original: write the cgd.* keys restoring the original's pruning rules (default fixed: none)")
     obs = p.add_mutually_exclusive_group()
     obs.add_argument("-F", "--file-storage", metavar="DIR", help=f"FileStorageObserver directory (default {DEFAULT_RUNS_DIR})")
     obs.add_argument("-m", "--mongo", metavar="HOST:PORT:DB", help="record with a MongoObserver instead")
@@ -99,6 +108,8 @@ def _lines_for(preset: dict, args, grid: dict, distance: bool, source: str, obse
                 run = {"expt_name": expt_name, **COMMON, **spec, **preset.get("extra", {}), **_options(args)}
                 if args.device is not None:
                     run["device"] = args.device
+                if args.cgd_rules == "original":
+                    run.update(CGD_ORIGINAL)
                 run.update(combo)
                 run["seed"] = seed
                 if distance:  # the matching Lyapunov run, found by its run_key

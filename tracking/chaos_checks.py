@@ -1,0 +1,210 @@
+"""Validation of an ``expt_chaos`` config: every key checked before any data is loaded or computed.
+
+``validate`` builds the optimiser and CGD-rule dataclasses, decides which curvature
+objects the run needs (exact Hessian, tangent frame, initial vectors), checks their
+memory against ``max_memory_gb``, and reads the stored Lyapunov directions that the
+perturbation strategies or ``prune_global`` need (README, "Chaotic dynamics of SGD").
+"""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import torch
+
+from data.vision import check_dataset_name
+from dynamics.cgd import OptimConfig
+from dynamics.cgd_select import CgdRules
+from dynamics.hessian import check_dense_hessian_size
+from dynamics.mlp_hessian import MLP_ACTIVATIONS, mlp_hessian_eigh_nbytes
+from dynamics.perturb import NEEDS_LYAPUNOV, STRATEGIES, load_eigenthings
+from models.chaos_nets import build_model, num_parameters
+from models.device import DTYPES, resolve_device
+from tracking.sacred_utils import build_config
+
+IMAGE_SIZE = 16  # USPS is 16x16; FashionMNIST is resized to it
+NUM_CLASSES = 10
+DISTANCE_FIT_D0 = ("fixed", "free")
+
+
+class Checked(NamedTuple):
+    """What validate() built and decided."""
+
+    optim: OptimConfig
+    rules: CgdRules  # the CGD choices where the original differs (config group cgd)
+    model: torch.nn.Module
+    num_params: int
+    structured: bool
+    strategies: tuple
+    needs_hessian: bool
+    needs_lyapunov: bool
+    needs_initial: bool  # the graded R product for initial vectors (subsim, saved eigenthings)
+    tangent_dim: int
+    tangent_k: int
+    t_lya_subsim: tuple
+    device: torch.device
+    eigenthings: dict | None  # Lyapunov exponents / initial vectors for the perturbations
+    prune_dirs: dict | None  # the same for prune_global
+
+
+def _int(key, value, lo=0, none_ok=False):
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ValueError(f"{key} must be {'None or ' if none_ok else ''}an integer >= {lo}; got {value!r}")
+
+
+# Above this many tracked tangent directions a CPU run is warned that the QR dominates its cost.
+CPU_FRAME_WARN = 512
+
+
+def _group(config, key, allowed=None) -> dict:
+    """A copy of the option group ``config[key]``, its entries checked against ``allowed``.
+
+    A non-dict (Hydra's ``model=cnn`` group pick) gets an error naming the Sacred spelling.
+    """
+    value = config[key]
+    if not isinstance(value, dict):
+        hint = f" (Hydra's `{key}={value}` is `{key}.name={value}` here)" if key in ("model", "optim") else ""
+        raise ValueError(f"{key} must be a dict of options; got {value!r}{hint}: set its entries as {key}.<entry>=...")
+    unknown = sorted(set(value) - set(allowed)) if allowed is not None else []
+    if unknown:
+        raise ValueError(f"{key} has unknown entries {unknown}; allowed: {sorted(allowed)}")
+    return dict(value)
+
+
+def validate(config: dict) -> Checked:
+    """Check every user-facing key before any compute (data loading included)."""
+    check_dataset_name(config["dataset"], "dataset")
+    _int("batch_size", config["batch_size"], 1)
+    _int("max_epochs", config["max_epochs"], 1)
+    _int("max_steps", config["max_steps"], 1, none_ok=True)
+    _int("num_train", config["num_train"], 1, none_ok=True)
+    _int("num_test", config["num_test"], 1, none_ok=True)
+    if config["dtype"] not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}; got {config['dtype']!r}")
+    mcfg = _group(config, "model", {"name", "inter_dim", "base_channels", "block_cnt", "activation"})
+    model = build_model(mcfg["name"], (1, IMAGE_SIZE, IMAGE_SIZE), NUM_CLASSES, torch.Generator().manual_seed(0),
+                        inter_dim=mcfg["inter_dim"], base_channels=mcfg["base_channels"],
+                        block_cnt=mcfg["block_cnt"], activation=mcfg["activation"])
+    p = num_parameters(model)
+    optim = build_config(OptimConfig, _group(config, "optim"), "optim")
+    rules = build_config(CgdRules, _group(config, "cgd"), "cgd")
+    if optim.k is not None and optim.k > p:
+        raise ValueError(f"optim.k must be <= the number of parameters ({p}); got {optim.k}")
+    log = _group(config, "logging", {"log_eigenthings", "log_lyapunov", "log_subsim", "log_lyapunov_subsim", "log_freq",
+                                   "t_lya_subsim", "plot_eigs_every", "save_hessian_dist_every", "plot_mats_every",
+                                   "plot_trajectories", "signal_noise_window", "save_eigenthings", "save_lyapunov_at"})
+    _int("logging.log_freq", log["log_freq"], 1)
+    for key in ("plot_eigs_every", "save_hessian_dist_every", "plot_mats_every", "signal_noise_window"):
+        _int(f"logging.{key}", log[key], 0)
+    t_sub = log["t_lya_subsim"]
+    if t_sub is not None:
+        if not isinstance(t_sub, (list, tuple)) or not all(isinstance(t, (int, float)) and t >= 1 and float(t).is_integer() for t in t_sub):
+            raise ValueError(f"logging.t_lya_subsim must be None or a list of whole step numbers >= 1; got {t_sub!r}")
+        t_sub = tuple(sorted({int(t) for t in t_sub}))
+    if log["log_lyapunov_subsim"] and not t_sub:
+        raise ValueError("logging.log_lyapunov_subsim needs logging.t_lya_subsim, e.g. [10, 10000]")
+    lyap = _group(config, "lyapunov", {"k", "qr_every"})
+    _int("lyapunov.qr_every", lyap["qr_every"], 1)
+    if log["save_lyapunov_at"] is not None:
+        _int("logging.save_lyapunov_at", log["save_lyapunov_at"], 0)
+    if config["distance_fit_d0"] not in DISTANCE_FIT_D0:
+        raise ValueError(f"distance_fit_d0 must be one of {DISTANCE_FIT_D0}; got {config['distance_fit_d0']!r}")
+    if config["eps_eigh"] is None or not config["eps_eigh"] >= 0:
+        raise ValueError(f"eps_eigh must be a number >= 0; got {config['eps_eigh']!r}")
+
+    # perturbation
+    strat = config["perturb_strat"]
+    strategies = ()
+    if strat is not None:
+        if strat != "all" and strat not in STRATEGIES:
+            raise ValueError(f"perturb_strat must be None, 'all' or one of {STRATEGIES}; got {strat!r}")
+        strategies = STRATEGIES if strat == "all" else (strat,)
+        eps = config["perturb_eps"]
+        if not isinstance(eps, (list, tuple)) or not eps or not all(isinstance(e, (int, float)) and e > 0 for e in eps):
+            raise ValueError(f"perturb_eps must be a non-empty list of numbers > 0; got {eps!r}")
+        combos = len(strategies) * len(eps)
+        _int("parallel", config["parallel"], 1)
+        if config["parallel"] < combos:
+            raise ValueError(f"parallel must be >= {combos} (one copy per strategy and eps) for perturb_strat={strat!r} "
+                             f"and perturb_eps={list(eps)}; got {config['parallel']}")
+        if optim.prunes and not optim.prune_global:
+            raise ValueError("perturbed copies need optim.name='sgd' or prune_global (CGD would need each copy's Hessian)")
+    else:
+        _int("parallel", config["parallel"], 1)
+    needs_eigenthings = any(s in NEEDS_LYAPUNOV for s in strategies) or (optim.prunes and optim.prune_global)
+    eigenthings, prune_dirs = _load_checked_eigenthings(config, optim, needs_eigenthings, p)
+    for strategy, sign in (("randn_chaos", 1), ("randn_convergence", -1)):
+        if strategy in strategies and not bool((sign * eigenthings["exponents"] > 0).any()):
+            raise ValueError(f"perturb_strat={strat!r} uses {strategy}, but no stored Lyapunov exponent is "
+                             f"{'positive' if sign > 0 else 'negative'}")
+
+    needs_initial = bool(log["log_lyapunov_subsim"] or log["save_eigenthings"] or log["save_lyapunov_at"] is not None)
+    needs_lyapunov = bool(log["log_lyapunov"] or needs_initial)
+    needs_hessian = needs_lyapunov or bool(log["log_eigenthings"] or log["log_subsim"] or log["plot_eigs_every"]
+                                           or log["save_hessian_dist_every"] or log["plot_mats_every"]
+                                           or (optim.prunes and not optim.prune_global))
+    tangent_dim = p if optim.momentum == 0 else 2 * p
+    _int("lyapunov.k", lyap["k"], 1, none_ok=True)
+    tangent_k = tangent_dim if lyap["k"] is None else lyap["k"]
+    if tangent_k > tangent_dim:
+        raise ValueError(f"lyapunov.k must be <= the tangent dimension ({tangent_dim}); got {tangent_k}")
+    for key in ("save_eigenthings", "save_lyapunov_at", "log_lyapunov_subsim"):
+        if log[key] is not None and log[key] is not False and tangent_k != tangent_dim:  # save_lyapunov_at=0 is on
+            raise ValueError(f"logging.{key} needs the initial vectors of every tangent direction: lyapunov.k must be "
+                             f"None; got {tangent_k}")
+    structured = mcfg["name"] == "mlp" and mcfg["activation"] in MLP_ACTIVATIONS
+    max_bytes = float(config["max_memory_gb"]) * 2**30
+    if needs_hessian:
+        if structured:
+            need = mlp_hessian_eigh_nbytes(model.sizes, config["batch_size"])
+            if need > max_bytes:
+                raise ValueError(f"model: the exact Hessian of {p:,} parameters needs about {need / 2**30:.1f} GiB at "
+                                 f"batch {config['batch_size']}; max_memory_gb is {config['max_memory_gb']}")
+        else:
+            check_dense_hessian_size(p, torch.float64, max_bytes, key="model")
+    if needs_lyapunov:
+        need = 3 * 8 * tangent_dim * tangent_k + (3 * 8 * tangent_k**2 if needs_initial else 0)
+        if need > max_bytes:
+            raise ValueError(f"lyapunov.k: a tangent frame of {tangent_dim:,} x {tangent_k:,} needs about "
+                             f"{need / 2**30:.1f} GiB; max_memory_gb is {config['max_memory_gb']}")
+    if optim.prunes and optim.prune_global and rules.global_rule == "hessian" and "steps" not in prune_dirs:
+        raise ValueError("cgd.global_rule='hessian' needs the number of steps of the stored spectrum; the "
+                         "prune_global eigenthings file has no 'steps' array (write it again with this code)")
+    return Checked(optim, rules, model, p, structured, strategies, needs_hessian, needs_lyapunov, needs_initial, tangent_dim,
+                   tangent_k, t_sub or (), resolve_device(config["device"]), eigenthings, prune_dirs)
+
+
+def _load_checked_eigenthings(config, optim, needed, p):
+    """Read the eigenthings named by the config (validated: file exists, run found, P matches)."""
+    path, run = config["eigenthings_path"], _group(config, "eigenthings_run", {"source", "run_id", "run_key"})
+    if path is not None and run["source"] is not None:
+        raise ValueError("give eigenthings_path or eigenthings_run.source, not both")
+    for key, value in (("eigenthings_path", path), ("optim.prune_global_checkpoint", optim.prune_global_checkpoint)):
+        if value is not None and not os.path.isfile(value):
+            raise ValueError(f"{key} {value!r} does not exist (cwd: {os.getcwd()})")
+    if run["source"] is not None and (run["run_id"] is None) == (run["run_key"] is None):
+        raise ValueError(f"eigenthings_run needs exactly one of run_id and run_key; got {run}")
+    if needed and path is None and run["source"] is None and optim.prune_global_checkpoint is None:
+        raise ValueError("these perturbation strategies / prune_global need Lyapunov directions: set eigenthings_path "
+                         "(or eigenthings_run.source and .run_id) to the eigenthings.npz of a run with save_eigenthings=True")
+    if not needed:
+        return None, None
+    shared = None
+    if path is not None:
+        shared = load_eigenthings(path, p)
+    elif run["source"] is not None:
+        from tracking.load import load_artifact, load_runs
+
+        run_id = run["run_id"]
+        if run_id is None:
+            found = load_runs(run["source"], experiment="chaos", status="COMPLETED", filters={"run_key": run["run_key"]})
+            if len(found) != 1:
+                raise ValueError(f"eigenthings_run.run_key {run['run_key']!r}: {len(found)} completed chaos runs in "
+                                 f"{run['source']!r}; expected exactly 1")
+            run_id = found["run_id"].iloc[0]
+        shared = load_eigenthings(load_artifact(run["source"], run_id, "eigenthings.npz", experiment="chaos"), p)
+    pruning = load_eigenthings(optim.prune_global_checkpoint, p) if optim.prune_global_checkpoint else shared
+    return shared, pruning if optim.prunes and optim.prune_global else None
+
