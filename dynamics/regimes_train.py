@@ -19,23 +19,34 @@ Dynamics (``gen`` drives every random draw):
 * ``sgd``: a fresh batch of ``bs`` distinct points every step.
 * ``sgd_only_unfit``: the batch is drawn among the points with α·pred·y < 1, topped up
   with random fitted points when fewer than ``bs`` are unfitted.
-* ``gd_sde``: the full-batch gradient plus Gaussian noise with exactly the covariance of the
-  minibatch gradient of sgd (``bs`` points without replacement out of P):
-  ξ = c Σ_i (ζ_i − ζ̄) g_i, ζ ~ N(0, I_P), g_i = ∇ℓ_α(pred_i, y_i), c² = (P − bs) / (bs (P − 1) P),
-  so Cov ξ = (P − bs)/(bs (P − 1)) · (1/P) Σ_i (g_i − ḡ)(g_i − ḡ)ᵀ. One backward pass: the noise
-  is ∇_w Σ_i c (ζ_i − ζ̄) ℓ'_i pred_i with ℓ'_i held fixed.
+* ``gd_sde``: the full-batch gradient plus Gaussian noise, ζ ~ N(0, I_P), in one of two forms
+  (``sde_noise``):
+  - ``original`` (default; the original's ``edm/dynamics.py:gd_sde``): ξ = σ ∇_w (1/P) Σ_i ζ_i f(w, x_i)
+    with σ² = (1/bs − 1/P) Σ_i ℓ'_i², noise over every point whatever its ℓ'_i;
+  - ``minibatch``: exactly the covariance of sgd's mean gradient over ``bs`` of the P points drawn
+    without replacement: ξ = c Σ_i (ζ_i − ζ̄) g_i, g_i = ∇ℓ_α(pred_i, y_i), c² = (P − bs)/(bs (P − 1) P),
+    so Cov ξ = (P − bs)/(bs (P − 1)) · (1/P) Σ_i (g_i − ḡ)(g_i − ḡ)ᵀ.
+  Both are one backward pass with ℓ'_i held fixed.
+* ``gd_sde_only_unfit``: gd_sde on the n unfitted points only (α·pred·y < 1), P replaced by n;
+  when n <= bs the noise is 0 (the original's σ² = (1/bs − 1/n)·Σℓ'² is negative there, a NaN).
 * ``gd``: the full batch.
 
-Checkpoints are taken when the training loss leaves its bracket on a ladder of fractions
-of the initial loss L₀ (``fast_ladder``), at the first and last step, and at steps 1, 2, 4, ...
-up to ``ckpt_save_mult``. The NTK observables run on a coarser ladder (``slow_ladder``).
+``regularizer`` adds to the objective (the original's ``edm/regularizer.py``, on the batch):
+``l2`` regu_scale·|w|²/2, ``l1`` regu_scale·|w|₁, ``norm_grad_loss`` regu_scale·|∇_w L_batch|²,
+``norm_grad_net`` regu_scale·|∇_w mean_batch pred|².
+
+Checkpoints are taken when the training loss leaves its bracket on the fast ladder of
+fractions of the initial loss L₀, at the first and last step, and at steps 1, 2, 4, ... below
+``ckpt_save_mult``; the NTK and gradient observables on the slow ladder, consulted at checkpoints
+only (``dynamics.regimes_ladders``, both as in the original).
 Between full evaluations the training loss is tracked by L̃ ← ((P − bs) L̃ + bs·L_batch)/P
 (sgd) or by the exact loss of the previous step (the full-batch dynamics and sgd_only_unfit,
 which see every prediction); the true loss is computed when L̃ leaves the bracket and at
 least once an epoch, and every stopping rule is checked then.
 
-Training stops at zero training loss, α·min_i(pred_i·y_i) ≥ ``mind_stop``, a non-finite
-loss (recorded as a divergence), ``max_wall`` seconds or ``max_step`` steps.
+Training stops at zero training loss, for mse at α·L < 1e-9 (as the original), at
+α·min_i(pred_i·y_i) ≥ ``mind_stop``, a non-finite loss (recorded as a divergence), ``max_wall``
+seconds or ``max_step`` steps.
 """
 from __future__ import annotations
 
@@ -51,10 +62,15 @@ from torch.func import functional_call
 
 from data.regimes import BinaryDataset
 from dynamics.ntk import NTK_METHODS, empirical_ntk, kernel_observables
+from dynamics.regimes_ladders import FastLadder, SlowLadder, early_step, fast_ladder, slow_ladder
+from dynamics.regimes_observables import gradient_stats, linear_observables, prediction_stats
 
 LOSSES = ("hinge", "quadhinge", "softhinge", "mse")
-DYNAMICS = ("sgd", "sgd_only_unfit", "gd_sde", "gd")
-STOP_REASONS = ("diverged", "zero_loss", "mind_stop", "max_step", "max_wall")
+DYNAMICS = ("sgd", "sgd_only_unfit", "gd_sde", "gd_sde_only_unfit", "gd")
+SDE_NOISES = ("original", "minibatch")
+REGULARIZERS = ("norm_grad_loss", "norm_grad_net", "l2", "l1")  # or None
+STOP_REASONS = ("diverged", "zero_loss", "mse_converged", "mind_stop", "max_step", "max_wall")
+MSE_STOP = 1e-9  # the original stops an mse run at α·L below this
 FULL_BATCH_EVAL_EVERY = 100  # steps between full evaluations when the tracked loss is exact
 
 
@@ -95,6 +111,9 @@ class RegimesConfig:
         ckpt_grad_stats: number of train (and test) points for the NTK observables (0: none).
         ckpt_kernels: keep the NTK Gram matrices of every slow checkpoint.
         ntk_method: one of ``dynamics.ntk.NTK_METHODS``.
+        sde_noise: gd_sde's noise form, one of ``SDE_NOISES``.
+        regularizer: one of ``REGULARIZERS`` or None; regu_scale its weight (>= 0).
+        ckpt_save_pred: keep predictions and labels at every slow checkpoint (the last is always kept).
         eval_chunk: points per forward pass in full evaluations.
     """
 
@@ -111,6 +130,10 @@ class RegimesConfig:
     ckpt_grad_stats: int = 0
     ckpt_kernels: bool = False
     ntk_method: str = "auto"
+    sde_noise: str = "original"
+    regularizer: str | None = None
+    regu_scale: float = 0.0
+    ckpt_save_pred: bool = False
     eval_chunk: int = 4096
 
     def __post_init__(self):
@@ -136,6 +159,7 @@ class RegimesConfig:
         number("dt", 0)
         number("max_wall", 0)
         number("mind_stop", none_ok=True)
+        number("regu_scale", 0, strict=False)
         integer("bs", 1)
         integer("max_step", 1, none_ok=True)
         integer("ckpt_modulo", 1)
@@ -146,54 +170,14 @@ class RegimesConfig:
             raise ValueError(f"loss must be one of {LOSSES}; got {self.loss!r}")
         if self.dynamics not in DYNAMICS:
             raise ValueError(f"dynamics must be one of {DYNAMICS}; got {self.dynamics!r}")
+        if self.sde_noise not in SDE_NOISES:
+            raise ValueError(f"sde_noise must be one of {SDE_NOISES}; got {self.sde_noise!r}")
+        if self.regularizer is not None and self.regularizer not in REGULARIZERS:
+            raise ValueError(f"regularizer must be None or one of {REGULARIZERS}; got {self.regularizer!r}")
+        if not isinstance(self.ckpt_save_pred, bool):
+            raise ValueError(f"ckpt_save_pred must be True or False; got {self.ckpt_save_pred!r}")
         if self.ntk_method not in NTK_METHODS:
             raise ValueError(f"ntk_method must be one of {NTK_METHODS}; got {self.ntk_method!r}")
-
-
-def fast_ladder(modulo: int = 1) -> np.ndarray:
-    """Fractions of L₀ whose crossing triggers a checkpoint: 4 per octave down to 2⁻²⁴,
-    1 − 2^(−k/2) close below 1, and 1 + 2^(k/2 − 5) above (a loss that grows); every ``modulo``-th kept."""
-    below = 2.0 ** (-np.arange(1, 97) / 4)
-    near_one = 1.0 - 2.0 ** (-np.arange(4, 21) / 2)
-    above = 1.0 + 2.0 ** (np.arange(0, 31) / 2 - 5)
-    rungs = np.unique(np.concatenate([below, near_one, above]))
-    return rungs[::modulo]
-
-
-def slow_ladder() -> np.ndarray:
-    """Fractions of L₀ for the expensive observables: one per octave down to 2⁻²⁴, and 3/4."""
-    return np.unique(np.concatenate([2.0 ** -np.arange(1, 25, dtype=float), [0.75]]))
-
-
-class LossLadder:
-    """Where a loss sits on a ladder of rungs: the bracket (below, above) of its nearest rungs.
-
-    ``update(loss)`` is True when ``loss`` left the bracket. A fall removes the rungs between
-    the new loss and ``ceiling`` (the initial loss), so that noise around a level does not
-    trigger again: below the ceiling only new lows count, above it every crossing does.
-    """
-
-    def __init__(self, rungs: np.ndarray, loss: float, ceiling: float | None = None):
-        self.rungs = np.sort(np.asarray(rungs, dtype=float))
-        self.ceiling = loss if ceiling is None else ceiling
-        self._bracket(loss)
-
-    def _bracket(self, loss: float) -> None:
-        lower, upper = self.rungs[self.rungs < loss], self.rungs[self.rungs > loss]
-        self.below = float(lower[-1]) if lower.size else 0.0
-        self.above = float(upper[0]) if upper.size else math.inf
-
-    def outside(self, loss: float) -> bool:
-        return not (self.below < loss < self.above)
-
-    def update(self, loss: float) -> bool:
-        if not self.outside(loss):
-            return False
-        if loss <= self.below:
-            self.rungs = self.rungs[(self.rungs < loss) | (self.rungs >= self.ceiling)]
-        if math.isfinite(loss):
-            self._bracket(loss)
-        return True
 
 
 @dataclass
@@ -205,18 +189,39 @@ class RegimesRun:
         stop_reason: one of ``STOP_REASONS``.
         params: the final parameters.
         kernels: with ``ckpt_kernels``, one {step, train, test} dict of Gram matrices per slow checkpoint.
+        predictions: {step, train_pred, train_label, test_pred, test_label} (CPU tensors) at the
+            stop, and at every slow checkpoint with ``ckpt_save_pred``.
     """
 
     checkpoints: list[dict]
     stop_reason: str
     params: dict[str, Tensor]
     kernels: list[dict] = field(default_factory=list)
+    predictions: list[dict] = field(default_factory=list)
 
 
-def loss_and_grad(f, lossf, params, x, y, out0, extra=None) -> tuple[float, dict[str, Tensor]]:
+def regularizer_term(name: str | None, scale: float) -> Callable | None:
+    """The penalty R(leaves, pred) added to the objective for ``regularizer`` (module docstring); None for none."""
+    if name is None:
+        return None
+    if name == "l2":
+        return lambda leaves, pred, loss: 0.5 * scale * sum((v ** 2).sum() for v in leaves.values())
+    if name == "l1":
+        return lambda leaves, pred, loss: scale * sum(v.abs().sum() for v in leaves.values())
+
+    def grad_norm2(leaves, pred, loss):
+        target = loss if name == "norm_grad_loss" else pred.mean()
+        grads = torch.autograd.grad(target, list(leaves.values()), create_graph=True)
+        return scale * sum((g ** 2).sum() for g in grads)
+
+    return grad_norm2
+
+
+def loss_and_grad(f, lossf, params, x, y, out0, extra=None, regu=None) -> tuple[float, dict[str, Tensor]]:
     """Mean α-loss of the centred prediction on (x, y) and its gradient in ``params``.
 
-    ``extra(pred, per_sample_loss)`` is added to the objective (not to the returned loss).
+    ``extra(pred, per_sample_loss)`` and ``regu(leaves, pred, loss)`` are added to the objective
+    (not to the returned loss).
     """
     leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
     with torch.enable_grad():
@@ -224,6 +229,8 @@ def loss_and_grad(f, lossf, params, x, y, out0, extra=None) -> tuple[float, dict
         per_sample = lossf(pred, y)
         loss = per_sample.mean()
         objective = loss if extra is None else loss + extra(pred, per_sample)
+        if regu is not None:
+            objective = objective + regu(leaves, pred, loss)
         grads = torch.autograd.grad(objective, list(leaves.values()))
     return float(loss.detach()), dict(zip(leaves, grads))
 
@@ -235,20 +242,29 @@ def unfit_first_batch(pred: Tensor, y: Tensor, alpha: float, perm: Tensor, bs: i
     return torch.cat([perm[unfit], perm[~unfit]])[:bs]
 
 
-def gd_sde_gradient(f, lossf, params, x, y, out0, bs: int, zeta: Tensor) -> tuple[float, dict[str, Tensor]]:
-    """Full-batch gradient plus the SGD-covariance noise ξ = c Σ_i (ζ_i − ζ̄) g_i for given ζ (P,).
+def gd_sde_gradient(f, lossf, params, x, y, out0, bs: int, zeta: Tensor, noise: str = "original",
+                    regu=None) -> tuple[float, dict[str, Tensor]]:
+    """Full-batch gradient on the n points (x, y) plus the noise of ``noise`` for given ζ (n,).
 
-    c² = (P − bs) / (bs (P − 1) P), so for ζ ~ N(0, I) Cov ξ is exactly the covariance of the
-    mean gradient over ``bs`` of the P points drawn without replacement.
+    ``original``: σ ∇_w (1/n) Σ_i ζ_i f(w, x_i), σ² = max(0, 1/bs − 1/n) Σ_i ℓ'_i².
+    ``minibatch``: c Σ_i (ζ_i − ζ̄) g_i with c² = max(0, n − bs) / (bs (n − 1) n), so for ζ ~ N(0, I)
+    Cov ξ is exactly the covariance of the mean gradient over ``bs`` of the n points drawn
+    without replacement.
     """
-    P = x.shape[0]
-    c = math.sqrt((P - bs) / (bs * (P - 1) * P)) if P > 1 else 0.0
+    n = x.shape[0]
+    if noise not in SDE_NOISES:
+        raise ValueError(f"sde_noise must be one of {SDE_NOISES}; got {noise!r}")
 
-    def noise(pred, per_sample):
+    def extra(pred, per_sample):
         (dl,) = torch.autograd.grad(per_sample.sum(), pred, retain_graph=True)  # ℓ'_i
-        return (c * (zeta - zeta.mean()) * dl.detach() * pred).sum()
+        dl = dl.detach()
+        if noise == "original":
+            sigma = math.sqrt(max(0.0, 1.0 / bs - 1.0 / n) * float((dl ** 2).sum()))
+            return sigma * (zeta * pred).mean()  # ∇ pred = ∇ f: f(w₀, x) is a constant
+        c = math.sqrt(max(0, n - bs) / (bs * (n - 1) * n)) if n > 1 else 0.0
+        return (c * (zeta - zeta.mean()) * dl * pred).sum()
 
-    return loss_and_grad(f, lossf, params, x, y, out0, extra=noise)
+    return loss_and_grad(f, lossf, params, x, y, out0, extra=extra, regu=regu)
 
 
 def _chunked(f, params, x, chunk):
