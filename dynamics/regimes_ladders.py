@@ -4,7 +4,8 @@ Both are fractions of the initial training loss L₀.
 
 * Fast ladder (every checkpoint): 2^k for k = −24, −23.5, …, −9.5; the multiples of 2⁻⁹
   in (0, 1); 1 − 2^k for the same k; and 1 + 2^k for k = −5, −4.5, …, 9.5. That is 601
-  distinct rungs; ``ckpt_modulo`` keeps every k-th of them (sorted ascending).
+  distinct rungs in float64 and 600 in float32; ``ckpt_modulo`` keeps every k-th of them
+  (sorted ascending, from the lowest).
 * Slow ladder (the NTK and gradient observables): 2^k for k = −20, −19.5, …, −2.5; 1/4 + j/16
   for j = 0 … 11; and 1 − 2⁻²⁰. That is 49 rungs; ``ckpt_modulo`` does not thin it.
 
@@ -25,19 +26,26 @@ import math
 import numpy as np
 
 
-def fast_ladder(modulo: int = 1) -> np.ndarray:
-    """The fast rungs (fractions of L₀), ascending, every ``modulo``-th kept; 601 at modulo 1."""
-    k = np.arange(-24.0, -9.0, 0.5)  # (30,)
-    rungs = np.concatenate([2.0 ** k, np.arange(2.0 ** -9, 1.0, 2.0 ** -9), 1.0 - 2.0 ** k[::-1],
-                            1.0 + 2.0 ** np.arange(-5.0, 10.0, 0.5)])
-    return np.unique(rungs)[::modulo]  # np.unique sorts
+def fast_ladder(modulo: int = 1, dtype=np.float64) -> np.ndarray:
+    """The fast rungs (fractions of L₀) in ``dtype``, ascending, every ``modulo``-th kept.
+
+    601 distinct rungs in float64; 600 in float32 (the original's default precision), where
+    1 − 2^−23.5 rounds onto 1 − 2^−24.
+    """
+    two = dtype(2.0)
+    k = np.arange(-24.0, -9.0, 0.5).astype(dtype)  # (30,)
+    low = two ** k
+    rungs = np.concatenate([low, np.arange(2.0 ** -9, 1.0, 2.0 ** -9).astype(dtype), dtype(1.0) - low[::-1],
+                            dtype(1.0) + two ** np.arange(-5.0, 10.0, 0.5).astype(dtype)])
+    return np.unique(rungs.astype(dtype))[::modulo]  # np.unique sorts
 
 
-def slow_ladder() -> np.ndarray:
-    """The slow rungs (fractions of L₀), ascending; 49 of them."""
-    rungs = np.concatenate([2.0 ** np.arange(-20.0, -2.0, 0.5), np.arange(2.0 ** -2, 1.0, 2.0 ** -4),
-                            [1.0 - 2.0 ** -20]])
-    return np.unique(rungs)
+def slow_ladder(dtype=np.float64) -> np.ndarray:
+    """The slow rungs (fractions of L₀) in ``dtype``, ascending; 49 of them."""
+    two = dtype(2.0)
+    rungs = np.concatenate([two ** np.arange(-20.0, -2.0, 0.5).astype(dtype),
+                            np.arange(2.0 ** -2, 1.0, 2.0 ** -4).astype(dtype), [dtype(1.0) - two ** dtype(-20.0)]])
+    return np.unique(rungs.astype(dtype))
 
 
 def neighbours(rungs: np.ndarray, loss: float) -> tuple[float, float]:
@@ -92,6 +100,8 @@ class SlowLadder:
         return True
 
 
-def early_step(step: int, save_mult: int) -> bool:
-    """The original's log-spaced checkpoints: steps 1, 2, 4, … strictly below ``ckpt_save_mult``."""
-    return 0 < step < save_mult and step & (step - 1) == 0
+def next_early_step(step: int, save_mult: int) -> int | None:
+    """The step of the next log-spaced checkpoint after one at ``step``: step + max(1, step) while
+    step < ``ckpt_save_mult`` (so 1, 2, 4, … from step 0), else None. The original runs
+    max(1, step) steps after a checkpoint at step < ckpt_save_mult."""
+    return step + max(1, step) if step < save_mult else None
