@@ -2,10 +2,10 @@
 
 A network f(w, x) is trained on the centred prediction f(w, x) − f(w₀, x) with the
 α-scaled loss ℓ(α·pred, y)/α (large α: lazy; small α: feature learning) by SGD at
-temperature T = dt/(bs·h), until the training set is fitted (reference.md §2; the
-original's `python -m edm` parameters, under the same names). Checkpoints follow a
-ladder of fractions of the initial loss; with ``ckpt_grad_stats`` the empirical NTK
-Gram matrix is tracked on a coarser ladder.
+temperature T = dt/(bs·h), until the training set is fitted (README "Regimes of SGD"; the
+original's `python -m edm` parameters, under the same names and defaults, with the
+exceptions listed there). Checkpoints follow the original's ladder of fractions of the
+initial loss; the NTK, gradient statistics and drifts are taken on its coarser slow ladder.
 
     python experiments/expt_sgd_regimes.py with dataset=mnist_parity ptr=1024 pte=2048 \\
         arch=mlp act=gelu h=64 L=8 dynamics=sgd alpha=1 dt=0.1 bs=64 max_wall=120

@@ -274,3 +274,15 @@ def test_evaluation_of_an_external_dataset_object():
     tiny = BinaryDataset(data.xtr[:5], data.ytr[:5], data.xte[:3], data.yte[:3])
     out = run(model, params, tiny, alpha=1.0, dt=1.0, bs=5, max_step=3)
     assert out.checkpoints[-1]["test"]["unfit"] <= 3
+
+
+def test_slow_checkpoints_are_checkpoints_whatever_ckpt_modulo():
+    """The original's slow rungs are not all fast rungs (2^-8.5 is not a multiple of 2^-9), so a slow
+    checkpoint is decided only where a fast one is taken: with ckpt_modulo = 8 slow ones still appear
+    between the start and the stop."""
+    assert not np.isin(slow_ladder(), fast_ladder()).all() and 2.0 ** -8.5 not in fast_ladder()
+    model, params, data = perceptron_case(ptr=30, d=4, chi=3.0)
+    out = run(model, params, data, alpha=4.0, dt=0.5, bs=5, ckpt_modulo=8, ckpt_grad_stats=4, mind_stop=None)
+    slow = [c for c in out.checkpoints if c["slow"]]
+    assert len(slow) > 2 and all(c["ntk"] is not None for c in slow)
+    assert all(c["ntk"] is None for c in out.checkpoints if not c["slow"])
