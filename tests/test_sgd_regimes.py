@@ -92,7 +92,7 @@ def test_cifar_animal_convnets(expt, tmp_path, monkeypatch, arch):
     assert (res["ntk"] is None) == (grad_stats == 0)
 
 
-@pytest.mark.parametrize("dynamics", ["sgd_only_unfit", "gd"])
+@pytest.mark.parametrize("dynamics", ["sgd_only_unfit", "gd_sde", "gd_sde_only_unfit", "gd"])
 def test_other_dynamics_run(expt, dynamics):
     res = run(expt, **{**PERCEPTRON, "bs": None if dynamics == "gd" else 8}, dynamics=dynamics, dt=1.0,
               max_step=50, seed=0).result

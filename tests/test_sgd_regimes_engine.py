@@ -240,7 +240,7 @@ def test_divergence_is_recorded_not_raised():
                for k, v in flat_metrics(out.checkpoints[0]).items())
 
 
-@pytest.mark.parametrize("dynamics", ["sgd", "sgd_only_unfit", "gd_sde", "gd"])
+@pytest.mark.parametrize("dynamics", ["sgd", "sgd_only_unfit", "gd_sde", "gd_sde_only_unfit", "gd"])
 def test_every_dynamics_reduces_the_loss_and_is_reproducible(dynamics):
     model, params, data = mlp_case()
     cfg = dict(alpha=1.0, dt=2.0, bs=24 if dynamics == "gd" else 6, dynamics=dynamics, max_step=60)
