@@ -1,4 +1,4 @@
-"""Binary classification datasets of the SGD-regimes experiment (reference.md §2), labels y = ±1.
+"""Binary classification datasets of the SGD-regimes experiment (README "Regimes of SGD"), labels y = ±1.
 
 * ``mnist_parity``: MNIST, y = +1 for even digits, -1 for odd ones.
 * ``cifar_animal``: CIFAR-10, y = -1 for vehicles (airplane, automobile, ship, truck), +1 for animals.
@@ -98,6 +98,17 @@ def _images(name, ptr, pte, seed_trainset, seed_testset, data_root) -> tuple[Ten
     return x[train], y[train], x[test], y[test]
 
 
+def teacher_vector(name: str, d: int, seed_trainset: int) -> np.ndarray:
+    """The unit teacher t (d,) of a synthetic dataset: e₁ for sign / depleted_sign (y = sign(x₁)),
+    the random unit vector drawn from ``seed_trainset`` for random_sign."""
+    if name == "random_sign":
+        w = np.random.default_rng(derived_seed(seed_trainset, _TEACHER)).standard_normal(d)
+        return w / np.linalg.norm(w)
+    if name not in SYNTHETIC_DATASETS:
+        raise ValueError(f"teacher_vector needs one of {SYNTHETIC_DATASETS}; got {name!r}")
+    return np.eye(d)[0]
+
+
 def build_dataset(
     name: str,
     ptr: int,
@@ -140,10 +151,7 @@ def build_dataset(
         raise ValueError(f"d must be an integer >= 1 for dataset={name!r}; got {d!r}")
     if not (isinstance(chi, (int, float)) and chi > -1):
         raise ValueError(f"data_chi must be a number > -1 (p(x_1) ∝ |x_1|^χ must be normalisable); got {chi!r}")
-    teacher = None
-    if name == "random_sign":
-        w = np.random.default_rng(derived_seed(seed_trainset, _TEACHER)).standard_normal(d)
-        teacher = w / np.linalg.norm(w)
+    teacher = teacher_vector(name, d, seed_trainset) if name == "random_sign" else None
     xtr, ytr = _synthetic(name, ptr, d, chi, seed_trainset, _TRAIN_INPUTS, teacher)
     xte, yte = _synthetic(name, pte, d, chi, seed_testset, _TEST_INPUTS, teacher)
     return BinaryDataset(xtr, ytr, xte, yte).to(dtype=dtype)

@@ -1,17 +1,7 @@
-"""The SGD-regimes training engine (reference.md §2; Sclocchi, Geiger & Wyart's setup).
+"""The SGD-regimes training engine (the original's ``edm/train.py:train``; Sclocchi, Geiger & Wyart).
 
-The network is trained on the centred prediction and an α-scaled loss:
-
-    pred(w, x) = f(w, x) − f(w₀, x),        ℓ_α(pred, y) = ℓ(α·pred, y) / α,
-    L(w) = mean over the batch of ℓ_α,      w ← w − dt ∇L(w),       T = dt / (bs·h),
-
-with ℓ(o, y) one of (margin m = o·y)
-
-    hinge      max(0, 1 − m)
-    quadhinge  max(0, 1 − m)²
-    softhinge  s(1 − m), s(u) = u·exp(−1/(2u)) for u > 0, else 0 (smooth, and exactly 0 once m ≥ 1)
-    mse        (o − y)² / 2.
-
+The network f(w, x) is trained on pred = f(w, x) − f(w₀, x) with the α-scaled loss
+ℓ(α·pred, y)/α (``dynamics.regimes_steps``): w ← w − dt ∇(L + R), T = dt / (bs·h).
 Large α is the lazy regime (pred must only move by 1/α), small α feature learning.
 
 Dynamics (``gen`` drives every random draw):
@@ -19,29 +9,30 @@ Dynamics (``gen`` drives every random draw):
 * ``sgd``: a fresh batch of ``bs`` distinct points every step.
 * ``sgd_only_unfit``: the batch is drawn among the points with α·pred·y < 1, topped up
   with random fitted points when fewer than ``bs`` are unfitted.
-* ``gd_sde``: the full-batch gradient plus Gaussian noise with exactly the covariance of the
-  minibatch gradient of sgd (``bs`` points without replacement out of P):
-  ξ = c Σ_i (ζ_i − ζ̄) g_i, ζ ~ N(0, I_P), g_i = ∇ℓ_α(pred_i, y_i), c² = (P − bs) / (bs (P − 1) P),
-  so Cov ξ = (P − bs)/(bs (P − 1)) · (1/P) Σ_i (g_i − ḡ)(g_i − ḡ)ᵀ. One backward pass: the noise
-  is ∇_w Σ_i c (ζ_i − ζ̄) ℓ'_i pred_i with ℓ'_i held fixed.
-* ``gd``: the full batch.
+* ``gd_sde``: the full-batch gradient plus Gaussian noise (``sde_noise``, see
+  ``regimes_steps.gd_sde_gradient``): ``original`` σ² = (1/bs − 1/P)·Σℓ'² with noise over every
+  point (default), or ``minibatch`` with exactly the covariance of a bs-batch mean gradient.
+* ``gd_sde_only_unfit``: gd_sde on the n unfitted points only, P replaced by n (noise 0 when n <= bs).
+* ``gd``: the full batch (the original reaches it as sgd with bs = P).
 
-Checkpoints are taken when the training loss leaves its bracket on a ladder of fractions
-of the initial loss L₀ (``fast_ladder``), at the first and last step, and at steps 1, 2, 4, ...
-up to ``ckpt_save_mult``. The NTK observables run on a coarser ladder (``slow_ladder``).
+Checkpoints (``dynamics.regimes_ladders``, as in the original): when the training loss leaves
+its bracket on the fast ladder of fractions of L₀, at the first and last step, and at the
+log-spaced steps below ``ckpt_save_mult``. A checkpoint is *slow* when the slow ladder says so
+(consulted at checkpoints only), at the start and at the stop; slow checkpoints add the NTK,
+gradient statistics, train–test gradient overlaps, drifts and (``ckpt_save_pred``) predictions.
 Between full evaluations the training loss is tracked by L̃ ← ((P − bs) L̃ + bs·L_batch)/P
-(sgd) or by the exact loss of the previous step (the full-batch dynamics and sgd_only_unfit,
-which see every prediction); the true loss is computed when L̃ leaves the bracket and at
-least once an epoch, and every stopping rule is checked then.
+(sgd, as the original) or by the exact loss of the previous step (the other dynamics); the
+true loss is computed when L̃ leaves the bracket and at least once an epoch (sgd) or every
+100 steps, and every stopping rule is checked then.
 
-Training stops at zero training loss, α·min_i(pred_i·y_i) ≥ ``mind_stop``, a non-finite
-loss (recorded as a divergence), ``max_wall`` seconds or ``max_step`` steps.
+Training stops at zero training loss, for mse at α·L < 1e-9 (as the original),
+at α·min_i(pred_i·y_i) >= ``mind_stop``, a non-finite loss (recorded as a divergence),
+``max_wall`` seconds or ``max_step`` steps.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -50,209 +41,29 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from data.regimes import BinaryDataset
-from dynamics.ntk import NTK_METHODS, empirical_ntk, kernel_observables
+from dynamics.ntk import empirical_ntk, kernel_observables
+from dynamics.regimes_config import DYNAMICS, STOP_REASONS, RegimesConfig, RegimesRun
+from dynamics.regimes_drift import drifts
+from dynamics.regimes_ladders import FastLadder, SlowLadder, fast_ladder, next_early_step, slow_ladder
+from dynamics.regimes_observables import gradient_stats, linear_observables, prediction_stats
+from dynamics.regimes_steps import (LOSSES, REGULARIZERS, SDE_NOISES, alpha_loss, flatten, gd_sde_gradient,
+                                    loss_and_grad, regularizer_term, unfit_first_batch)
 
-LOSSES = ("hinge", "quadhinge", "softhinge", "mse")
-DYNAMICS = ("sgd", "sgd_only_unfit", "gd_sde", "gd")
-STOP_REASONS = ("diverged", "zero_loss", "mind_stop", "max_step", "max_wall")
+__all__ = ["DYNAMICS", "LOSSES", "REGULARIZERS", "SDE_NOISES", "STOP_REASONS", "RegimesConfig", "RegimesRun",
+           "alpha_loss", "flat_metrics", "gd_sde_gradient", "loss_and_grad", "train_regimes", "unfit_first_batch",
+           "fast_ladder", "slow_ladder"]
+
+MSE_STOP = 1e-9  # the original stops an mse run once α·L < this
 FULL_BATCH_EVAL_EVERY = 100  # steps between full evaluations when the tracked loss is exact
-
-
-def _srelu(u: Tensor) -> Tensor:
-    positive = u > 0
-    safe = torch.where(positive, u, torch.ones_like(u))  # keeps the unused branch finite (and its gradient)
-    return torch.where(positive, u * torch.exp(-0.5 / safe), torch.zeros_like(u))
-
-
-def alpha_loss(name: str, alpha: float) -> Callable[[Tensor, Tensor], Tensor]:
-    """Per-sample ℓ_α(pred, y) = ℓ(α·pred, y) / α (see the module docstring); shapes (N,), (N,) -> (N,)."""
-    if name not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}; got {name!r}")
-    base = {
-        "hinge": lambda o, y: torch.relu(1.0 - o * y),
-        "quadhinge": lambda o, y: torch.relu(1.0 - o * y) ** 2,
-        "softhinge": lambda o, y: _srelu(1.0 - o * y),
-        "mse": lambda o, y: 0.5 * (o - y) ** 2,
-    }[name]
-    return lambda pred, y: base(alpha * pred, y) / alpha
-
-
-@dataclass(frozen=True)
-class RegimesConfig:
-    """One training run.
-
-    Attributes:
-        alpha: output scale α > 0 (the hinge margin on the raw output is 1/α).
-        dt: step size > 0.
-        bs: batch size, 1 <= bs <= P (full-batch dynamics use it for the noise scale only).
-        loss: one of ``LOSSES``.
-        dynamics: one of ``DYNAMICS``.
-        max_wall: stop after this many seconds (> 0), checkpoints included.
-        max_step: stop after this many steps; None for no limit.
-        mind_stop: stop once α·min(pred·y) >= mind_stop; None disables the rule.
-        ckpt_modulo: keep every k-th rung of the fast ladder (>= 1).
-        ckpt_save_mult: also checkpoint at steps 1, 2, 4, ... <= ckpt_save_mult (0: none).
-        ckpt_grad_stats: number of train (and test) points for the NTK observables (0: none).
-        ckpt_kernels: keep the NTK Gram matrices of every slow checkpoint.
-        ntk_method: one of ``dynamics.ntk.NTK_METHODS``.
-        eval_chunk: points per forward pass in full evaluations.
-    """
-
-    alpha: float
-    dt: float
-    bs: int
-    loss: str = "hinge"
-    dynamics: str = "sgd"
-    max_wall: float = 3600.0
-    max_step: int | None = None
-    mind_stop: float | None = 1.0
-    ckpt_modulo: int = 1
-    ckpt_save_mult: int = 0
-    ckpt_grad_stats: int = 0
-    ckpt_kernels: bool = False
-    ntk_method: str = "auto"
-    eval_chunk: int = 4096
-
-    def __post_init__(self):
-        def number(key, lo=None, strict=True, none_ok=False):
-            v = getattr(self, key)
-            if v is None and none_ok:
-                return
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            if ok and lo is not None:
-                ok = v > lo if strict else v >= lo
-            if not ok:
-                bound = "" if lo is None else f" {'>' if strict else '>='} {lo}"
-                raise ValueError(f"{key} must be a finite number{bound}{' or None' if none_ok else ''}; got {v!r}")
-
-        def integer(key, lo, none_ok=False):
-            v = getattr(self, key)
-            if v is None and none_ok:
-                return
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"{key} must be an integer >= {lo}{' or None' if none_ok else ''}; got {v!r}")
-
-        number("alpha", 0)
-        number("dt", 0)
-        number("max_wall", 0)
-        number("mind_stop", none_ok=True)
-        integer("bs", 1)
-        integer("max_step", 1, none_ok=True)
-        integer("ckpt_modulo", 1)
-        integer("ckpt_save_mult", 0)
-        integer("ckpt_grad_stats", 0)
-        integer("eval_chunk", 1)
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}; got {self.loss!r}")
-        if self.dynamics not in DYNAMICS:
-            raise ValueError(f"dynamics must be one of {DYNAMICS}; got {self.dynamics!r}")
-        if self.ntk_method not in NTK_METHODS:
-            raise ValueError(f"ntk_method must be one of {NTK_METHODS}; got {self.ntk_method!r}")
-
-
-def fast_ladder(modulo: int = 1) -> np.ndarray:
-    """Fractions of L₀ whose crossing triggers a checkpoint: 4 per octave down to 2⁻²⁴,
-    1 − 2^(−k/2) close below 1, and 1 + 2^(k/2 − 5) above (a loss that grows); every ``modulo``-th kept."""
-    below = 2.0 ** (-np.arange(1, 97) / 4)
-    near_one = 1.0 - 2.0 ** (-np.arange(4, 21) / 2)
-    above = 1.0 + 2.0 ** (np.arange(0, 31) / 2 - 5)
-    rungs = np.unique(np.concatenate([below, near_one, above]))
-    return rungs[::modulo]
-
-
-def slow_ladder() -> np.ndarray:
-    """Fractions of L₀ for the expensive observables: one per octave down to 2⁻²⁴, and 3/4."""
-    return np.unique(np.concatenate([2.0 ** -np.arange(1, 25, dtype=float), [0.75]]))
-
-
-class LossLadder:
-    """Where a loss sits on a ladder of rungs: the bracket (below, above) of its nearest rungs.
-
-    ``update(loss)`` is True when ``loss`` left the bracket. A fall removes the rungs between
-    the new loss and ``ceiling`` (the initial loss), so that noise around a level does not
-    trigger again: below the ceiling only new lows count, above it every crossing does.
-    """
-
-    def __init__(self, rungs: np.ndarray, loss: float, ceiling: float | None = None):
-        self.rungs = np.sort(np.asarray(rungs, dtype=float))
-        self.ceiling = loss if ceiling is None else ceiling
-        self._bracket(loss)
-
-    def _bracket(self, loss: float) -> None:
-        lower, upper = self.rungs[self.rungs < loss], self.rungs[self.rungs > loss]
-        self.below = float(lower[-1]) if lower.size else 0.0
-        self.above = float(upper[0]) if upper.size else math.inf
-
-    def outside(self, loss: float) -> bool:
-        return not (self.below < loss < self.above)
-
-    def update(self, loss: float) -> bool:
-        if not self.outside(loss):
-            return False
-        if loss <= self.below:
-            self.rungs = self.rungs[(self.rungs < loss) | (self.rungs >= self.ceiling)]
-        if math.isfinite(loss):
-            self._bracket(loss)
-        return True
-
-
-@dataclass
-class RegimesRun:
-    """What ``train_regimes`` returns.
-
-    Attributes:
-        checkpoints: one record per checkpoint (see ``flat_metrics`` for the fields).
-        stop_reason: one of ``STOP_REASONS``.
-        params: the final parameters.
-        kernels: with ``ckpt_kernels``, one {step, train, test} dict of Gram matrices per slow checkpoint.
-    """
-
-    checkpoints: list[dict]
-    stop_reason: str
-    params: dict[str, Tensor]
-    kernels: list[dict] = field(default_factory=list)
-
-
-def loss_and_grad(f, lossf, params, x, y, out0, extra=None) -> tuple[float, dict[str, Tensor]]:
-    """Mean α-loss of the centred prediction on (x, y) and its gradient in ``params``.
-
-    ``extra(pred, per_sample_loss)`` is added to the objective (not to the returned loss).
-    """
-    leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-    with torch.enable_grad():
-        pred = f(leaves, x) - out0  # (B,)
-        per_sample = lossf(pred, y)
-        loss = per_sample.mean()
-        objective = loss if extra is None else loss + extra(pred, per_sample)
-        grads = torch.autograd.grad(objective, list(leaves.values()))
-    return float(loss.detach()), dict(zip(leaves, grads))
-
-
-def unfit_first_batch(pred: Tensor, y: Tensor, alpha: float, perm: Tensor, bs: int) -> Tensor:
-    """sgd_only_unfit's batch: the first ``bs`` of the permutation ``perm`` with the unfitted
-    points (α·pred·y < 1) moved to the front, so fitted points only top up a short batch."""
-    unfit = (alpha * pred * y < 1)[perm]
-    return torch.cat([perm[unfit], perm[~unfit]])[:bs]
-
-
-def gd_sde_gradient(f, lossf, params, x, y, out0, bs: int, zeta: Tensor) -> tuple[float, dict[str, Tensor]]:
-    """Full-batch gradient plus the SGD-covariance noise ξ = c Σ_i (ζ_i − ζ̄) g_i for given ζ (P,).
-
-    c² = (P − bs) / (bs (P − 1) P), so for ζ ~ N(0, I) Cov ξ is exactly the covariance of the
-    mean gradient over ``bs`` of the P points drawn without replacement.
-    """
-    P = x.shape[0]
-    c = math.sqrt((P - bs) / (bs * (P - 1) * P)) if P > 1 else 0.0
-
-    def noise(pred, per_sample):
-        (dl,) = torch.autograd.grad(per_sample.sum(), pred, retain_graph=True)  # ℓ'_i
-        return (c * (zeta - zeta.mean()) * dl.detach() * pred).sum()
-
-    return loss_and_grad(f, lossf, params, x, y, out0, extra=noise)
 
 
 def _chunked(f, params, x, chunk):
     return torch.cat([f(params, x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
+
+
+def _abs_summary(delta: Tensor) -> dict[str, float]:
+    a = delta.abs().double()
+    return {"min": float(a.min()), "max": float(a.max()), "median": float(a.quantile(0.5))}
 
 
 def train_regimes(
@@ -262,6 +73,7 @@ def train_regimes(
     config: RegimesConfig,
     gen: torch.Generator,
     callback: Callable[[dict], None] | None = None,
+    teacher: Tensor | None = None,
 ) -> RegimesRun:
     """Train f(w, x) = functional_call(model, w, (x,)) from ``params0`` under ``config``.
 
@@ -272,6 +84,8 @@ def train_regimes(
         config: alpha, loss, dynamics, dt, bs, stopping and checkpoint settings.
         gen: generator for batches and noise, on the data's device.
         callback: called with every checkpoint record as soon as it is taken.
+        teacher: the unit teacher (d,) of a perceptron (one weight tensor): adds its
+            ``linear_observables`` to every checkpoint, as the original does for arch linear.
 
     Returns:
         A ``RegimesRun``; a non-finite loss ends training with stop_reason 'diverged'.
@@ -285,6 +99,7 @@ def train_regimes(
     if B > P:
         raise ValueError(f"bs must be <= ptr ({P}); got {B}")
     lossf = alpha_loss(cfg.loss, cfg.alpha)
+    regu = regularizer_term(cfg.regularizer, cfg.regu_scale)
 
     def f(params, x):
         return functional_call(model, params, (x,))
@@ -294,63 +109,84 @@ def train_regimes(
     with torch.no_grad():
         out0tr, out0te = _chunked(f, w0, xtr, cfg.eval_chunk), _chunked(f, w0, xte, cfg.eval_chunk)
 
-    def evaluate(params, x, y, out0) -> dict:
+    def evaluate(params, x, y, out0) -> tuple[dict, Tensor]:
         with torch.no_grad():
             pred = _chunked(f, params, x, cfg.eval_chunk) - out0  # (N,)
         margin = pred * y
+        loss = float(lossf(pred, y).mean())
         return {
-            "loss": float(lossf(pred, y).mean()),
-            "err": float(((margin <= 0) | ~torch.isfinite(pred)).double().mean()),
+            "loss": loss,
+            "aloss": cfg.alpha * loss,
+            "err": float((margin <= 0).double().mean()),
             "margin_min": float(cfg.alpha * margin.min()),
             "unfit": int((cfg.alpha * margin < 1).sum()),
-        }
+            **prediction_stats(pred, y, cfg.alpha),
+        }, pred
 
-    def full_grad_norm(params) -> float:
+    def full_grad(params) -> dict[str, Tensor]:
         total = None
         for i in range(0, P, cfg.eval_chunk):
             sl = slice(i, i + cfg.eval_chunk)
             _, g = loss_and_grad(f, lossf, params, xtr[sl], ytr[sl], out0tr[sl])
             part = {k: v * (xtr[sl].shape[0] / P) for k, v in g.items()}
             total = part if total is None else {k: total[k] + part[k] for k in total}
-        return float(torch.sqrt(sum((v.double() ** 2).sum() for v in total.values())))
+        return total
 
-    def step(params):
-        """One update; returns (new params, loss before it: the batch's, or the full loss when known)."""
+    def gradient(params, generator) -> tuple[dict[str, Tensor], float]:
+        """The update direction (dt·it is subtracted) and the loss before it: the batch's, or the full loss."""
         if cfg.dynamics == "gd" or (cfg.dynamics == "sgd" and B == P):
-            loss, g = loss_and_grad(f, lossf, params, xtr, ytr, out0tr)
+            loss, g = loss_and_grad(f, lossf, params, xtr, ytr, out0tr, regu=regu)
         elif cfg.dynamics == "sgd":
-            idx = torch.randperm(P, generator=gen, device=gen.device)[:B]
-            loss, g = loss_and_grad(f, lossf, params, xtr[idx], ytr[idx], out0tr[idx])
+            idx = torch.randperm(P, generator=generator, device=generator.device)[:B]
+            loss, g = loss_and_grad(f, lossf, params, xtr[idx], ytr[idx], out0tr[idx], regu=regu)
         elif cfg.dynamics == "sgd_only_unfit":
             with torch.no_grad():
                 pred = f(params, xtr) - out0tr
             loss = float(lossf(pred, ytr).mean())
-            idx = unfit_first_batch(pred, ytr, cfg.alpha, torch.randperm(P, generator=gen, device=gen.device), B)
-            _, g = loss_and_grad(f, lossf, params, xtr[idx], ytr[idx], out0tr[idx])
-        else:  # gd_sde
-            zeta = torch.randn(P, generator=gen, device=gen.device, dtype=xtr.dtype)
-            loss, g = gd_sde_gradient(f, lossf, params, xtr, ytr, out0tr, B, zeta)
-        with torch.no_grad():
-            return {k: v - cfg.dt * g[k] for k, v in params.items()}, loss
+            perm = torch.randperm(P, generator=generator, device=generator.device)
+            idx = unfit_first_batch(pred, ytr, cfg.alpha, perm, B)
+            _, g = loss_and_grad(f, lossf, params, xtr[idx], ytr[idx], out0tr[idx], regu=regu)
+        elif cfg.dynamics == "gd_sde":
+            zeta = torch.randn(P, generator=generator, device=generator.device, dtype=xtr.dtype)
+            loss, g = gd_sde_gradient(f, lossf, params, xtr, ytr, out0tr, B, zeta, cfg.sde_noise, regu)
+        else:  # gd_sde_only_unfit
+            with torch.no_grad():
+                pred = f(params, xtr) - out0tr
+            loss = float(lossf(pred, ytr).mean())
+            idx = torch.nonzero(cfg.alpha * pred * ytr < 1).flatten()
+            zeta = torch.randn(idx.shape[0], generator=generator, device=generator.device, dtype=xtr.dtype)
+            _, g = gd_sde_gradient(f, lossf, params, xtr[idx], ytr[idx], out0tr[idx], B, zeta, cfg.sde_noise, regu)
+        return g, loss
 
-    ntk_n_tr = min(cfg.ckpt_grad_stats, P)
-    ntk_n_te = min(cfg.ckpt_grad_stats, xte.shape[0])
-    kernels0 = {}
+    n_tr, n_te = min(cfg.ckpt_grad_stats, P), min(cfg.ckpt_grad_stats, xte.shape[0])
+    kernels0: dict[str, Tensor] = {}
     kept: list[dict] = []
 
-    def ntk_observables(params, step_i) -> dict | None:
-        if cfg.ckpt_grad_stats == 0:
-            return None
-        out = {}
-        grams = {}
-        for split, x, y, n in (("train", xtr, ytr, ntk_n_tr), ("test", xte, yte, ntk_n_te)):
+    def slow_observables(params, step_i) -> dict:
+        """NTK observables, gradient statistics and their train–test overlaps (ckpt_grad_stats > 0)."""
+        ntk, grads, means, grams = {}, {}, {}, {}
+        for split, x, y, out0, n in (("train", xtr, ytr, out0tr, n_tr), ("test", xte, yte, out0te, n_te)):
             K = empirical_ntk(model, params, x[:n], method=cfg.ntk_method).detach()  # (n, n)
             kernels0.setdefault(split, K)
-            out[split] = kernel_observables(K, y[:n], kernels0[split])
+            ntk[split] = kernel_observables(K, y[:n], kernels0[split])
             grams[split] = K.cpu()
+            grads[split], g_f, g_l = gradient_stats(model, params, x[:n], y[:n], out0[:n], lossf)
+            means[split] = (g_f.double(), g_l.double())
         if cfg.ckpt_kernels:
             kept.append({"step": step_i, **grams})
-        return out
+        overlap = {"grad_f_overlap": float(means["train"][0] @ means["test"][0]),
+                   "grad_l_overlap": float(means["train"][1] @ means["test"][1])}
+        return {"ntk": ntk, "grads": grads, "train_test": overlap}
+
+    def delta_pred(params) -> dict:
+        """One step of the dynamics from ``params`` on a copy of the generator (training is unaffected)."""
+        probe = torch.Generator(device=gen.device)
+        probe.set_state(gen.get_state())
+        g, _ = gradient(params, probe)
+        moved = {k: v - cfg.dt * g[k] for k, v in params.items()}
+        with torch.no_grad():
+            return {split: _abs_summary(_chunked(f, moved, x, cfg.eval_chunk) - _chunked(f, params, x, cfg.eval_chunk))
+                    for split, x in (("train", xtr), ("test", xte))}
 
     def weights(params) -> dict:
         layers = {k: {"norm": float(v.double().norm()), "delta": float((v - w0[k]).double().norm())}
@@ -362,54 +198,90 @@ def train_regimes(
         }
 
     checkpoints: list[dict] = []
+    predictions: list[dict] = []
+    parameters: list[dict] = []
+    state = {"tot_grad": None, "g_norm": 0.0}
 
-    def checkpoint(params, step_i, trigger, train_eval, slow) -> None:
+    def checkpoint(params, step_i, trigger, train_eval, pred_tr, slow, stop) -> None:
+        finite = math.isfinite(train_eval["loss"])
+        test_eval, pred_te = evaluate(params, xte, yte, out0te)
         record = {
             "step": step_i,
             "t": step_i * cfg.dt,
             "trigger": trigger,
-            "train": {**train_eval, "grad_norm": full_grad_norm(params) if math.isfinite(train_eval["loss"]) else math.nan},
-            "test": evaluate(params, xte, yte, out0te),
+            "slow": slow,
+            "train": {**train_eval, "g_norm": state["g_norm"],
+                      "grad_norm": float(flatten(full_grad(params)).double().norm()) if finite else math.nan},
+            "test": test_eval,
             "weights": weights(params),
-            "ntk": ntk_observables(params, step_i) if slow and math.isfinite(train_eval["loss"]) else None,
+            "ntk": None, "grads": None, "train_test": None, "drift": None, "delta_pred": None, "linear": None,
         }
+        if slow and finite and cfg.ckpt_grad_stats:
+            record.update(slow_observables(params, step_i))
+        if slow and finite and cfg.ckpt_drift:
+            probe = torch.Generator(device=gen.device)  # a copy: the drift batches leave training's draws alone
+            probe.set_state(gen.get_state())
+            perm = torch.randperm(P, generator=probe, device=gen.device)
+            record["drift"] = drifts(f, lossf, params, xtr, ytr, out0tr, cfg.dt, B, cfg.ckpt_drift_n0, perm,
+                                     cfg.gf_tol, cfg.gf_mindt, cfg.gf_maxdt, cfg.gf_first_stage)
+        if cfg.ckpt_delta_pred and finite:
+            record["delta_pred"] = delta_pred(params)
+        if teacher is not None:
+            record["linear"] = linear_observables(flatten(params), flatten(w0), teacher, xtr, ytr, pred_tr, cfg.alpha)
+        if stop or (cfg.ckpt_save_pred and slow):
+            predictions.append({"step": step_i, "train_pred": pred_tr.cpu(), "train_label": ytr.cpu(),
+                                "test_pred": pred_te.cpu(), "test_label": yte.cpu()})
+        if cfg.ckpt_save_parameters and (step_i == 0 or stop):
+            parameters.append({"step": step_i, "params": {k: v.detach().cpu().clone() for k, v in params.items()}})
+        if cfg.ckpt_save_gradoverlap and finite:
+            n = max(1, n_tr)
+            state["tot_grad"] = flatten(loss_and_grad(f, lossf, params, xtr[:n], ytr[:n], out0tr[:n])[1]).double()
+        state["g_norm"] = 0.0
         record["wall"] = time.perf_counter() - wall0
         checkpoints.append(record)
         if callback is not None:
             callback(record)
 
     params = {k: v.detach().clone() for k, v in params0.items()}
-    first = evaluate(params, xtr, ytr, out0tr)
+    first, pred_tr = evaluate(params, xtr, ytr, out0tr)
     l0 = first["loss"]
-    fast = LossLadder(fast_ladder(cfg.ckpt_modulo) * l0, l0)
-    slow_rungs = LossLadder(slow_ladder() * l0, l0)
-    checkpoint(params, 0, "start", first, slow=True)
+    ladder_dtype = np.float32 if xtr.dtype in (torch.float32, torch.float16, torch.bfloat16) else np.float64
+    fast = FastLadder(fast_ladder(cfg.ckpt_modulo, ladder_dtype) * l0, l0)
+    slow_rungs = SlowLadder(slow_ladder(ladder_dtype) * l0, l0, cfg.ckpt_save_mult)
+    slow_rungs.due(l0, 0)
+    checkpoint(params, 0, "start", first, pred_tr, slow=True, stop=False)
+    early_at = next_early_step(0, cfg.ckpt_save_mult)
 
     exact_tracking = cfg.dynamics != "sgd" or B == P
     eval_every = FULL_BATCH_EVAL_EVERY if exact_tracking else math.ceil(P / B)
     tracked, since_eval, step_i = l0, 0, 0
     while True:
-        params, batch_loss = step(params)
+        g, batch_loss = gradient(params, gen)
+        with torch.no_grad():
+            if state["tot_grad"] is not None:
+                state["g_norm"] += float(state["tot_grad"] @ (-cfg.dt * flatten(g)).double())
+            params = {k: v - cfg.dt * g[k] for k, v in params.items()}
         step_i += 1
         since_eval += 1
         tracked = batch_loss if exact_tracking else ((P - B) * tracked + B * batch_loss) / P
-        early = step_i <= cfg.ckpt_save_mult and step_i & (step_i - 1) == 0
+        early = early_at is not None and step_i >= early_at
         out_of_time = time.perf_counter() - wall0 > cfg.max_wall
         at_max = cfg.max_step is not None and step_i >= cfg.max_step
         if not (early or out_of_time or at_max or since_eval >= eval_every
                 or fast.outside(tracked) or not math.isfinite(tracked)):
             continue
         since_eval = 0
-        ev = evaluate(params, xtr, ytr, out0tr)
+        ev, pred_tr = evaluate(params, xtr, ytr, out0tr)
         reason = _stop_reason(ev, cfg, out_of_time, at_max)
         crossed = fast.update(ev["loss"])
         if crossed or early or reason:
-            slow = slow_rungs.update(ev["loss"]) or early or reason is not None
+            slow = slow_rungs.due(ev["loss"], step_i) or reason is not None
             trigger = "stop" if reason else ("early" if early and not crossed else "ladder")
-            checkpoint(params, step_i, trigger, ev, slow)
+            checkpoint(params, step_i, trigger, ev, pred_tr, slow, stop=reason is not None)
+            early_at = next_early_step(step_i, cfg.ckpt_save_mult)
         tracked = ev["loss"]
         if reason:
-            return RegimesRun(checkpoints, reason, params, kept)
+            return RegimesRun(checkpoints, reason, params, kept, predictions, parameters)
 
 
 def _stop_reason(ev: dict, cfg: RegimesConfig, out_of_time: bool, at_max: bool) -> str | None:
@@ -417,6 +289,8 @@ def _stop_reason(ev: dict, cfg: RegimesConfig, out_of_time: bool, at_max: bool) 
         return "diverged"
     if ev["loss"] == 0.0:
         return "zero_loss"
+    if cfg.loss == "mse" and cfg.alpha * ev["loss"] < MSE_STOP:
+        return "mse_converged"
     if cfg.mind_stop is not None and ev["margin_min"] >= cfg.mind_stop:
         return "mind_stop"
     if at_max:
@@ -428,7 +302,9 @@ def _stop_reason(ev: dict, cfg: RegimesConfig, out_of_time: bool, at_max: bool) 
 
 def flat_metrics(record: dict) -> dict[str, float]:
     """A checkpoint record as namespaced scalars: ``train/loss``, ``test/err``, ``time/t``,
-    ``weights/delta``, ``weights/norm/<param>``, ``ntk/train/rel_change``, ``ntk/test/eig_0``, ..."""
+    ``weights/delta``, ``weights/norm/<param>``, ``ntk/train/rel_change``, ``ntk/test/eig_0``,
+    ``grads/train/grad_l_norm``, ``train_test/grad_l_overlap``, ``drift/gd_gf``,
+    ``delta_pred/train/median``, ``linear/w_para``, ..."""
     out = {"time/t": record["t"], "time/wall": record["wall"]}
     for split in ("train", "test"):
         out.update({f"{split}/{k}": v for k, v in record[split].items()})
@@ -442,4 +318,13 @@ def flat_metrics(record: dict) -> dict[str, float]:
                 out.update({f"ntk/{split}/eig_{i}": e for i, e in enumerate(v)})
             else:
                 out[f"ntk/{split}/{k}"] = v
+    for split, obs in (record["grads"] or {}).items():
+        out.update({f"grads/{split}/{k}": v for k, v in obs.items()})
+    out.update({f"train_test/{k}": v for k, v in (record["train_test"] or {}).items()})
+    for k, per_param in (record["drift"] or {}).items():
+        if per_param is not None:
+            out[f"drift/{k}"] = sum(per_param.values())
+    for split, obs in (record["delta_pred"] or {}).items():
+        out.update({f"delta_pred/{split}/{k}": v for k, v in obs.items()})
+    out.update({f"linear/{k}": v for k, v in (record["linear"] or {}).items()})
     return {k: float(v) for k, v in out.items()}

@@ -2,10 +2,10 @@
 
 A network f(w, x) is trained on the centred prediction f(w, x) − f(w₀, x) with the
 α-scaled loss ℓ(α·pred, y)/α (large α: lazy; small α: feature learning) by SGD at
-temperature T = dt/(bs·h), until the training set is fitted (reference.md §2; the
-original's `python -m edm` parameters, under the same names). Checkpoints follow a
-ladder of fractions of the initial loss; with ``ckpt_grad_stats`` the empirical NTK
-Gram matrix is tracked on a coarser ladder.
+temperature T = dt/(bs·h), until the training set is fitted (README "Regimes of SGD"; the
+original's `python -m edm` parameters, under the same names and defaults, with the
+exceptions listed there). Checkpoints follow the original's ladder of fractions of the
+initial loss; the NTK, gradient statistics and drifts are taken on its coarser slow ladder.
 
     python experiments/expt_sgd_regimes.py with dataset=mnist_parity ptr=1024 pte=2048 \\
         arch=mlp act=gelu h=64 L=8 dynamics=sgd alpha=1 dt=0.1 bs=64 max_wall=120
@@ -20,8 +20,10 @@ import numpy as np
 import torch
 from sacred import Experiment
 
-from data.regimes import DATASETS, IMAGE_DATASETS, build_dataset
+from data.regimes import DATASETS, IMAGE_DATASETS, build_dataset, teacher_vector
 from dynamics.ntk import NTK_METHODS
+from dynamics.regimes_drift import GF_FIRST_STAGES
+from dynamics.regimes_steps import REGULARIZERS, SDE_NOISES
 from dynamics.regimes_train import DYNAMICS, LOSSES, RegimesConfig, flat_metrics, train_regimes
 from models.device import derived_seed, resolve_device, resolve_dtype
 from models.regimes import ACTIVATIONS, ARCHS, CONV_ARCHS, DEEP_ARCHS, build_model
@@ -32,6 +34,7 @@ ex = configure_experiment(Experiment("sgd_regimes"))
 DTYPE_NAMES = {"f32": "float32", "f64": "float64", "float32": "float32", "float64": "float64"}
 IMAGE_SHAPES = {"mnist_parity": (1, 28, 28), "cifar_animal": (3, 32, 32)}
 SEED_KEYS = ("seed_init", "seed_batch", "seed_trainset", "seed_testset")
+FLAG_KEYS = ("ckpt_save_parameters", "ckpt_save_pred", "ckpt_save_gradoverlap", "ckpt_delta_pred", "ckpt_drift")
 
 
 @ex.config
@@ -47,7 +50,7 @@ def cfg():
     data_root = None  # MNIST / CIFAR-10 files; None -> $DLT_DATA_ROOT, else ~/.cache/dltheory/datasets
 
     # --- network (every weight starts N(0, 1)) ---
-    arch = "mlp"  # mlp | mlp_bias | linear | simple_cnn | vgg11
+    arch = "mlp"  # mlp | mlp_bias | linear | simple_cnn | vgg11 (models/regimes.py ARCHS)
     act = "relu"  # relu | gelu | silu | tanh, normalised to E[φ(z)²] = 1
     h = 1 if arch == "linear" else 64  # width (first conv block's channels for CNNs); enters T
     L = 8 if arch in ("mlp", "mlp_bias") else None  # hidden layers (mlp and mlp_bias only)
@@ -57,10 +60,13 @@ def cfg():
     loss = "hinge"  # hinge | quadhinge | softhinge | mse
 
     # --- dynamics ---
-    dynamics = "sgd"  # sgd | sgd_only_unfit | gd_sde | gd
+    dynamics = "sgd"  # sgd | sgd_only_unfit | gd_sde | gd_sde_only_unfit | gd
     bs = None  # batch size; None -> ptr (full batch)
     dt = None  # step size; give exactly one of dt and temp
     temp = None  # temperature T = dt / (bs·h), i.e. dt = T·bs·h
+    sde_noise = "original"  # gd_sde noise: original (σ² = (1/bs − 1/P)Σℓ'², noise on all points) | minibatch (exact)
+    regularizer = None  # None | l2 | l1 | norm_grad_loss | norm_grad_net (added to the batch objective)
+    regu_scale = 0.0  # the regularizer's weight
 
     # --- stopping (zero training loss always stops) ---
     max_wall = 120.0  # seconds, checkpoints included
@@ -73,6 +79,16 @@ def cfg():
     ckpt_grad_stats = 0  # train (and test) points for the NTK observables; 0 off, -1 -> ptr
     ckpt_kernels = False  # save the NTK Gram matrices of every slow checkpoint (npz artifact)
     ntk_method = "auto"  # auto | structured | jacobian | ntvp (dynamics/ntk.py)
+    ckpt_save_parameters = 0  # 1: save the parameters at the start and the stop (artifact parameters.pt)
+    ckpt_save_pred = 0  # 1: save predictions and labels at every slow checkpoint (the stop's always are)
+    ckpt_save_gradoverlap = 0  # 1: train/g_norm = Σ ∇L(w_ckpt)·Δw since the last checkpoint (needs ckpt_grad_stats)
+    ckpt_delta_pred = 0  # 1: min/max/median |Δf| of one extra step at every checkpoint
+    ckpt_drift = 0  # 1: drifts gd–gf, sgd–gf, gd–sgd over 2·dt at slow checkpoints
+    ckpt_drift_n0 = 16  # batches averaged in the sgd drift
+    gf_tol = 1e-5  # gradient-flow (drift) tolerance on outputs; on losses gf_tol·ℓ_α(0, 1)
+    gf_mindt = 1e-10  # gradient-flow smallest step (forced through)
+    gf_maxdt = 1.0  # gradient-flow largest step
+    gf_first_stage = "fixed"  # fixed | original (the original's FSAL sign flip, see dynamics/regimes_drift.py)
 
     # --- seeds (None -> derived from `seed`) ---
     seed_init = None  # initial weights
@@ -87,7 +103,7 @@ def cfg():
 
 @ex.named_config
 def tutorial():
-    """The original README's single run: parity MNIST, 8-layer GELU MLP, SGD."""
+    """The original README's single run ("Tuto: execute a single training"): parity MNIST, 8-layer GELU MLP, SGD."""
     dataset = "mnist_parity"
     ptr = 1024
     pte = 2048
@@ -104,7 +120,25 @@ def tutorial():
 
 @ex.named_config
 def perceptron():
-    """reference.md §2 small check: the perceptron on depleted_sign; sweep data_chi, bs and dt."""
+    """The fixed keys of the generator preset ``perceptron`` (Sclocchi, Geiger & Wyart 2023, "Dissecting the
+    effects of SGD noise in distinct regimes of deep learning": the lazy depleted perceptron; figure not
+    pinned); sweep seed_init, data_chi, d, ptr and dt."""
+    arch = "linear"
+    dataset = "depleted_sign"
+    pte = 32768
+    alpha = 32768.0
+    loss = "hinge"
+    dynamics = "sgd"
+    bs = 2
+    ckpt_grad_stats = 512
+    max_wall = 10000.0
+    ckpt_save_mult = 1000000
+
+
+@ex.named_config
+def perceptron_bs():
+    """The original README's "Phase diagrams learning rate - batch size" perceptron (d=128, ptr=8192, α=128);
+    sweep data_chi, bs and dt."""
     arch = "linear"
     dataset = "depleted_sign"
     d = 128
@@ -113,11 +147,13 @@ def perceptron():
     alpha = 128.0
     loss = "hinge"
     dynamics = "sgd"
+    max_wall = 3600.0
 
 
 @ex.named_config
 def mnist_fc5():
-    """Paper: 5-hidden-layer ReLU MLP on parity MNIST at lazy α; sweep ptr, temp and seed_init."""
+    """The fixed keys of the generator preset ``mnist_fc5`` (Sclocchi, Geiger & Wyart 2023: 5-hidden-layer
+    ReLU MLP on parity MNIST at lazy α; figure not pinned); sweep ptr, temp and seed_init."""
     arch = "mlp"
     act = "relu"
     L = 5
@@ -133,8 +169,9 @@ def mnist_fc5():
 
 
 @ex.named_config
-def phase_diagram():
-    """Paper: the (α, dt) phase diagram, 5-hidden-layer GELU MLP on parity MNIST; sweep alpha and dt."""
+def mnist_alpha_dt():
+    """The fixed keys of the generator preset ``mnist_alpha_dt`` (Sclocchi, Geiger & Wyart 2023: the (α, T)
+    phase diagram, 5-hidden-layer GELU MLP on parity MNIST; figure not pinned); sweep alpha, dt, seed_init."""
     arch = "mlp"
     act = "gelu"
     L = 5
@@ -226,14 +263,23 @@ def validate(config: dict, seed: int) -> dict:
     for k, key in enumerate(SEED_KEYS):
         value = _integer(key, config[key], 0, none_ok=True)
         seeds[key] = derived_seed(seed, k) if value is None else value
-    if not isinstance(config["ckpt_kernels"], bool):
-        raise ValueError(f"ckpt_kernels must be True or False; got {config['ckpt_kernels']!r}")
+    flags = {}
+    for key in ("ckpt_kernels",) + FLAG_KEYS:  # the original's 0/1 integers, or booleans
+        if config[key] not in (0, 1) or isinstance(config[key], float):
+            raise ValueError(f"{key} must be 0 or 1 (or False / True); got {config[key]!r}")
+        flags[key] = bool(config[key])
+    choice("sde_noise", SDE_NOISES)
+    choice("regularizer", (None,) + REGULARIZERS)
+    choice("gf_first_stage", GF_FIRST_STAGES)
     # RegimesConfig checks the remaining keys, naming them.
     train = RegimesConfig(
         alpha=_positive("alpha", config["alpha"]), dt=dt, bs=bs, loss=config["loss"], dynamics=config["dynamics"],
         max_wall=_positive("max_wall", config["max_wall"]), max_step=_integer("max_step", config["max_step"], 1, none_ok=True),
         mind_stop=config["mind_stop"], ckpt_modulo=config["ckpt_modulo"], ckpt_save_mult=config["ckpt_save_mult"],
-        ckpt_grad_stats=gs, ckpt_kernels=config["ckpt_kernels"], ntk_method=config["ntk_method"],
+        ckpt_grad_stats=gs, ntk_method=config["ntk_method"], ckpt_drift_n0=_integer("ckpt_drift_n0", config["ckpt_drift_n0"], 0),
+        sde_noise=config["sde_noise"], regularizer=config["regularizer"], regu_scale=config["regu_scale"],
+        gf_tol=config["gf_tol"], gf_mindt=config["gf_mindt"], gf_maxdt=config["gf_maxdt"],
+        gf_first_stage=config["gf_first_stage"], **flags,
     )
     return {"train": train, "bs": bs, "dt": dt, "temp": temp, "seeds": seeds, "ckpt_grad_stats": gs,
             "dtype": resolve_dtype(DTYPE_NAMES[config["dtype"]]), "device": resolve_device(config["device"])}
@@ -272,9 +318,22 @@ def main(_config, _run, _seed):
         print(_progress(record, cfg.alpha), flush=True)
 
     gen_batch = torch.Generator(device=device).manual_seed(seeds["seed_batch"])
-    run = train_regimes(model, params0, data, cfg, gen_batch, callback=log)
+    teacher = None  # the perceptron's linear observables, as the original records them for arch linear
+    if _config["arch"] == "linear" and dataset not in IMAGE_DATASETS:
+        teacher = torch.as_tensor(teacher_vector(dataset, _config["d"], seeds["seed_trainset"]), dtype=dtype, device=device)
+    run = train_regimes(model, params0, data, cfg, gen_batch, callback=log, teacher=teacher)
 
     _run.info["checkpoints"] = json_ready(run.checkpoints)
+    with tempfile.TemporaryDirectory() as tmp:  # predictions and labels at the stop (and slow checkpoints)
+        path = os.path.join(tmp, "predictions.npz")
+        np.savez_compressed(path, steps=np.array([p["step"] for p in run.predictions]),
+                            **{k: np.stack([p[k].numpy() for p in run.predictions])
+                               for k in ("train_pred", "train_label", "test_pred", "test_label")})
+        _run.add_artifact(path)
+        if run.parameters:
+            path = os.path.join(tmp, "parameters.pt")
+            torch.save(run.parameters, path)
+            _run.add_artifact(path)
     if run.kernels:
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "ntk_kernels.npz")
@@ -303,6 +362,7 @@ def main(_config, _run, _seed):
         "final": {"train": last["train"], "test": last["test"],
                   "weights": {"norm": last["weights"]["norm"], "delta": last["weights"]["delta"]}},
         "ntk": ntk_final,
+        "linear": last["linear"],
     })
 
 

@@ -15,7 +15,8 @@ lines of a sweep differ only in the swept keys. Keys are checked against the
 experiment's config scope (read with ``ast``, without importing torch), and a sweep
 that gives neither or both of dt and temp is refused.
 
-Presets are the original README's sweeps (paper figures) plus a CPU-sized ``demo``;
+Each preset's description names its source: the original README's sweeps (key for key), a named
+paper, or this project (CPU-sized checks such as ``demo``);
 ``--set`` and ``--grid`` override a preset's keys (``temp`` replaces a preset's ``dt``).
 """
 from __future__ import annotations
@@ -49,53 +50,90 @@ PRESETS = {
         dict(dataset="mnist_parity", ptr=1024, pte=2048, arch="mlp", act="gelu", h=64, L=8,
              dynamics="sgd", alpha=1.0, bs=64, max_wall=120.0),
         {"dt": "[2**i for i in range(-3, 1)]"},
-        "the original README's dt sweep (4 runs)",
+        "the original README, 'Tuto: sweeping over many parameters': its dt sweep (4 runs)",
     ),
     "mnist_fc5": (
         dict(_FC5, dataset="mnist_parity"),
         {"seed_init": "[i for i in range(5)]", "ptr": _P_SWEEP, "temp": "[2**i for i in range(-13, 3)]"},
-        "5-layer ReLU MLP, parity MNIST, lazy α: test error vs T and P (400 runs)",
+        "Sclocchi, Geiger & Wyart 2023 (figure not pinned): 5-layer ReLU MLP, parity MNIST, lazy α, error vs T and P (400 runs)",
     ),
     "cifar_fc5": (
         dict(_FC5, dataset="cifar_animal"),
         {"seed_init": "[i for i in range(5)]", "ptr": _P_SWEEP, "temp": "[2**i for i in range(-13, 3)]"},
-        "5-layer ReLU MLP, CIFAR animals vs vehicles, lazy α (400 runs)",
+        "Sclocchi, Geiger & Wyart 2023 (figure not pinned): the same on CIFAR animals vs vehicles (400 runs)",
     ),
     "mnist_alpha_dt": (
         dict(arch="mlp", act="gelu", L=5, h=128, dataset="mnist_parity", ptr=1024, pte=32768, loss="hinge",
              dynamics="sgd", bs=16, ckpt_grad_stats=1024, max_wall=14400.0),
         {"seed_init": "[i for i in range(9)]", "alpha": "[2.0**i for i in range(-14, 12)]",
          "dt": "[2**i for i in range(-15, 16)]"},
-        "the (α, dt) phase diagram, 5-layer GELU MLP on parity MNIST (7254 runs)",
+        "Sclocchi, Geiger & Wyart 2023 (figure not pinned): the (α, dt) phase diagram, 5-layer GELU MLP, parity MNIST (7254 runs)",
     ),
     "perceptron": (
         dict(arch="linear", alpha=32768.0, dataset="depleted_sign", pte=32768, loss="hinge", dynamics="sgd",
              bs=2, ckpt_grad_stats=512, max_wall=10000.0, ckpt_save_mult=1000000),
         {"seed_init": "[i for i in range(5)]", "data_chi": "[3.0, 1.0, 0.0]", "d": "[16, 32, 64, 128]",
          "ptr": _P_SWEEP, "dt": "[2**i for i in range(-15, 3)]"},
-        "the depleted perceptron of the paper (5400 runs)",
+        "Sclocchi, Geiger & Wyart 2023 (figure not pinned): the lazy depleted perceptron (5400 runs)",
     ),
     "perceptron_bs": (
         dict(arch="linear", alpha=128.0, dataset="depleted_sign", d=128, ptr=8192, pte=32768, loss="hinge",
              dynamics="sgd", max_wall=3600.0),
         {"data_chi": "[0.0, 1.0]", "bs": "[2**i for i in range(14)]", "dt": "[2.0**i for i in range(-6, 5)]"},
-        "reference.md §2 small check: bs 2^0..2^13 x dt at χ in {0, 1} (308 runs)",
+        "this project's CPU-sized cut of the original README's perceptron phase diagrams: bs 2^0..2^13 x dt, χ in {0, 1} (308 runs)",
     ),
     "bstar_chi0": (
         dict(_BSTAR, data_chi=0.0),
         {"ptr": "[128, 256, 512]", "seed": "[0, 1, 2]", "bs": "[2**i for i in range(1, 10)]"},
-        "B* ~ P^γ (closing note of issue 6): perceptron to zero loss at T = 16, χ = 0 (72 runs, minutes each)",
+        "this project (issue 6), for B* ~ P^γ of Sclocchi & Wyart 2024: perceptron to zero loss at T = 16, χ = 0 (72 runs, minutes each)",
     ),
     "bstar_chi1": (
         dict(_BSTAR, data_chi=1.0),
         {"ptr": "[128, 256, 512, 1024]", "seed": "[0, 1, 2]", "bs": "[2**i for i in range(1, 11)]"},
-        "the same at χ = 1 (102 runs, seconds to a minute each)",
+        "this project: the same at χ = 1 (102 runs, seconds to a minute each)",
+    ),
+    # the original README's "Phase diagrams learning rate - batch size" sweeps, key for key
+    "perceptron_chi0": (
+        dict(arch="linear", alpha=128.0, dataset="depleted_sign", pte=32768, loss="hinge", dynamics="sgd",
+             max_wall=10000.0, data_chi=0.0, d=128, ptr=8192),
+        {"seed_init": "[i for i in range(5)]", "bs": "[2**i for i in range(0, 14)]", "dt": "[2**i for i in range(-5, 14)]"},
+        "the original README, perceptron_chi0: Gaussian perceptron, bs x dt (1330 runs)",
+    ),
+    "perceptron_chi1": (
+        dict(arch="linear", alpha=128.0, dataset="depleted_sign", pte=32768, loss="hinge", dynamics="sgd",
+             max_wall=10000.0, data_chi=1.0, d=128, ptr=8192),
+        {"seed_init": "[i for i in range(5)]", "bs": "[2**i for i in range(0, 14)]", "dt": "[2**i for i in range(-10, 13)]"},
+        "the original README, perceptron_chi1: depleted perceptron χ = 1, bs x dt (1610 runs)",
+    ),
+    "fc_small_margin": (
+        dict(dataset="mnist_parity", pte=32768, arch="mlp", act="gelu", L=5, h=128, max_wall=40000.0, loss="hinge",
+             dynamics="sgd", alpha=32768.0, ptr=32768, ckpt_grad_stats=128),
+        {"seed_init": "[i for i in range(5)]", "bs": "[2**i for i in range(11)]", "dt": "[2**i for i in range(-11, 12)]"},
+        "the original README, FC_small_margin: 5-layer GELU MLP on parity MNIST, α = 32768 (1265 runs)",
+    ),
+    "fc_margin_one": (
+        dict(dataset="mnist_parity", pte=32768, arch="mlp", act="gelu", L=5, h=128, max_wall=40000.0, loss="hinge",
+             dynamics="sgd", ckpt_grad_stats=128, alpha=1.0, ptr=16384),
+        {"seed_init": "[i for i in range(5)]", "bs": "[2**i for i in range(0, 13)]", "dt": "[2**i for i in range(-5, 8)]"},
+        "the original README, FC_margin_one: the same at α = 1, ptr 16384 (845 runs)",
+    ),
+    "cnn_small_margin": (
+        dict(dataset="cifar_animal", pte=32768, arch="mnas", act="relu", h=32, max_wall=80000.0, loss="hinge",
+             dynamics="sgd", ckpt_grad_stats=128, alpha=32768.0, ptr=16384),
+        {"seed_init": "[i for i in range(5)]", "bs": "[2**i for i in range(11)]", "dt": "[2**i for i in range(-6, 11)]"},
+        "the original README, CNN_small_margin: mnas on CIFAR animals, α = 32768 (935 runs; needs arch mnas)",
+    ),
+    "cnn_margin_one": (
+        dict(dataset="cifar_animal", pte=32768, arch="mnas", act="relu", h=32, max_wall=160000.0, loss="hinge",
+             dynamics="sgd", ckpt_grad_stats=128, alpha=1.0, ptr=16384),
+        {"seed_init": "[i for i in range(5)]", "bs": "[2**i for i in range(12)]", "dt": "[2**i for i in range(-7, 10)]"},
+        "the original README, CNN_margin_one: the same at α = 1 (1020 runs; needs arch mnas)",
     ),
     "demo": (
         dict(arch="linear", alpha=1.0, dataset="depleted_sign", d=32, data_chi=1.0, pte=8192, loss="hinge",
              dynamics="sgd", temp=16.0, max_wall=300.0, dtype="f64"),
         {"ptr": "[256, 1024]", "bs": "[2, 8, 32, 128]"},
-        "CPU-sized B* check: perceptron, χ = 1, T = 16, to zero loss (8 runs, seconds to a minute each)",
+        "this project: CPU-sized B* check, perceptron, χ = 1, T = 16, to zero loss (8 runs, seconds to a minute each)",
     ),
 }
 

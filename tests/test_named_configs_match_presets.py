@@ -38,3 +38,22 @@ def test_named_config_equals_the_generator_preset(tmp_path, script, generator, p
     expt = load_experiment(script)
     assert resolved(expt, named=[preset]) == resolved(expt, updates, named)
     assert resolved(expt, named=[preset]) != resolved(expt)  # the named config changes something
+
+
+@pytest.mark.parametrize("preset", ["tutorial", "perceptron", "perceptron_bs", "mnist_fc5", "mnist_alpha_dt"])
+def test_sgd_regimes_named_config_is_the_presets_fixed_keys(tmp_path, preset):
+    """sgd_regimes presets are grids: ``with <preset>`` plus a line's swept keys must resolve like the line."""
+    from gen_commands import expt_sgd_regimes as gen
+
+    fixed, grid, _ = gen.PRESETS[preset]
+    out = tmp_path / "cmds.txt"
+    assert gen.main([str(out), "--preset", preset]) == 0
+    lines = out.read_text().splitlines()
+    expt = load_experiment("expt_sgd_regimes")
+    named_alone = resolved(expt, named=[preset])
+    assert {k: named_alone[k] for k in fixed} == fixed  # the named config sets every fixed key as the preset does
+    for line in (lines[0], lines[-1]):
+        tokens = shlex.split(line)
+        updates, named = get_config_updates(tokens[tokens.index("with") + 1:])
+        swept = {k: v for k, v in updates.items() if k in grid}
+        assert resolved(expt, swept, [preset]) == resolved(expt, updates, named)

@@ -56,6 +56,11 @@ def test_perceptron_run_records_result_metrics_and_info(expt, tmp_path):
     assert len(info["checkpoints"]) == res["num_checkpoints"] and info["checkpoints"][-1]["trigger"] == "stop"
     with np.load(run_dir / "ntk_kernels.npz") as kernels:
         assert kernels["train"].shape[1:] == (10, 10) and kernels["steps"][0] == 0
+    with np.load(run_dir / "predictions.npz") as preds:  # the stop's, always saved as in the original
+        assert preds["steps"].tolist() == [res["steps"]] and preds["train_pred"].shape == (1, PERCEPTRON["ptr"])
+        margins = PERCEPTRON["alpha"] * preds["train_pred"][0] * preds["train_label"][0]
+        assert margins.min() == pytest.approx(res["final"]["train"]["margin_min"], rel=1e-12) and margins.min() >= 1.0
+    assert res["linear"]["w_para"] > 0 and "mean_x1_unfit" in res["linear"]  # arch linear: linear observables
 
 
 def test_dt_and_temp_are_two_spellings_of_one_step(expt):
@@ -87,7 +92,7 @@ def test_cifar_animal_convnets(expt, tmp_path, monkeypatch, arch):
     assert (res["ntk"] is None) == (grad_stats == 0)
 
 
-@pytest.mark.parametrize("dynamics", ["sgd_only_unfit", "gd"])
+@pytest.mark.parametrize("dynamics", ["sgd_only_unfit", "gd_sde", "gd_sde_only_unfit", "gd"])
 def test_other_dynamics_run(expt, dynamics):
     res = run(expt, **{**PERCEPTRON, "bs": None if dynamics == "gd" else 8}, dynamics=dynamics, dt=1.0,
               max_step=50, seed=0).result
@@ -127,7 +132,17 @@ def test_divergence_is_recorded_not_failed(expt, tmp_path):
     (dict(mind_stop="x"), "mind_stop must be a finite number or None"),
     (dict(ckpt_modulo=0), "ckpt_modulo must be an integer >= 1"),
     (dict(ntk_method="loop"), "ntk_method must be one of"),
-    (dict(ckpt_kernels=1), "ckpt_kernels must be True or False"),
+    (dict(ckpt_kernels=2), r"ckpt_kernels must be 0 or 1 \(or False / True\)"),
+    (dict(ckpt_drift=0.5), "ckpt_drift must be 0 or 1"),
+    (dict(ckpt_save_pred="yes"), "ckpt_save_pred must be 0 or 1"),
+    (dict(ckpt_save_gradoverlap=1), "ckpt_save_gradoverlap needs ckpt_grad_stats > 0"),
+    (dict(ckpt_drift_n0=-1), "ckpt_drift_n0 must be an integer >= 0"),
+    (dict(sde_noise="exact"), "sde_noise must be one of"),
+    (dict(regularizer="l3"), "regularizer must be one of"),
+    (dict(regu_scale=-1.0), "regu_scale must be a finite number >= 0"),
+    (dict(gf_tol=0.0), "gf_tol must be a finite number > 0"),
+    (dict(gf_mindt=2.0), "gf_mindt must be <= gf_maxdt"),
+    (dict(gf_first_stage="flipped"), "gf_first_stage must be one of"),
 ])
 def test_bad_config_fails_before_compute(expt, monkeypatch, updates, key):
     def no_compute(*a, **k):
@@ -149,7 +164,8 @@ def test_named_configs_and_derived_defaults(expt):
     tutorial = expt.ex.run("print_config", named_configs=["tutorial"], options={"--loglevel": "ERROR"}).config
     assert (tutorial["dt"], tutorial["bs"], tutorial["act"], tutorial["L"], tutorial["h"]) == (0.1, 64, "gelu", 8, 64)
     perceptron = expt.ex.run("print_config", named_configs=["perceptron"], options={"--loglevel": "ERROR"}).config
-    assert perceptron["h"] == 1 and perceptron["L"] is None and perceptron["alpha"] == 128.0  # derived in the scope
+    assert perceptron["h"] == 1 and perceptron["L"] is None and perceptron["alpha"] == 32768.0  # derived in the scope
+    assert (perceptron["sde_noise"], perceptron["gf_tol"], perceptron["ckpt_drift_n0"]) == ("original", 1e-5, 16)
 
 
 def test_command_line_like_the_original(tmp_path):

@@ -8,7 +8,8 @@ import torch
 from torch.func import functional_call
 
 from data.regimes import BinaryDataset, build_dataset
-from dynamics.regimes_train import (LossLadder, RegimesConfig, alpha_loss, fast_ladder, flat_metrics,
+from dynamics.regimes_ladders import FastLadder, SlowLadder, next_early_step
+from dynamics.regimes_train import (RegimesConfig, alpha_loss, fast_ladder, flat_metrics,
                                     gd_sde_gradient, loss_and_grad, slow_ladder, train_regimes, unfit_first_batch)
 from models.regimes import build_model
 
@@ -109,7 +110,7 @@ def test_unfit_first_batch():
     assert sorted(unfit_first_batch(pred, y, 0.1, perm, 6).tolist()) == list(range(6))  # α = 0.1: all unfit
 
 
-def test_gd_sde_noise_has_exactly_the_minibatch_covariance():
+def test_gd_sde_minibatch_noise_has_exactly_the_minibatch_covariance():
     """ξ is linear in ζ: its covariance over ζ ~ N(0, I) is Nᵀ N with N's rows the responses to e_k,
     equal to the covariance of the mean gradient over all C(P, bs) batches (closed form, float64)."""
     model, params, data = mlp_case(ptr=7, h=3, L=1)
@@ -124,10 +125,10 @@ def test_gd_sde_noise_has_exactly_the_minibatch_covariance():
               for k, v in params.items()}
     flat = lambda g: torch.cat([v.reshape(-1) for v in g.values()])  # noqa: E731
     P, bs = 7, 3
-    _, drift = gd_sde_gradient(f, lossf, params, data.xtr, data.ytr, out0, bs, torch.zeros(P, dtype=F64))
+    _, drift = gd_sde_gradient(f, lossf, params, data.xtr, data.ytr, out0, bs, torch.zeros(P, dtype=F64), "minibatch")
     _, full = loss_and_grad(f, lossf, params, data.xtr, data.ytr, out0)
     torch.testing.assert_close(flat(drift), flat(full))
-    N = torch.stack([flat(gd_sde_gradient(f, lossf, params, data.xtr, data.ytr, out0, bs, e)[1]) - flat(drift)
+    N = torch.stack([flat(gd_sde_gradient(f, lossf, params, data.xtr, data.ytr, out0, bs, e, "minibatch")[1]) - flat(drift)
                      for e in torch.eye(P, dtype=F64)])  # (P, num_params)
     batches = [flat(loss_and_grad(f, lossf, params, data.xtr[list(b)], data.ytr[list(b)], out0[list(b)])[1])
                for b in itertools.combinations(range(P), bs)]
@@ -137,23 +138,69 @@ def test_gd_sde_noise_has_exactly_the_minibatch_covariance():
 
 # --- ladders -----------------------------------------------------------------------------------
 
-def test_ladders():
-    fast = fast_ladder()
-    assert fast.min() == pytest.approx(2.0**-24) and (fast < 1).sum() > 90 and (fast > 1).sum() == 31
-    assert len(fast_ladder(4)) == len(fast[::4])
-    slow = slow_ladder()
-    assert len(slow) < len(fast) / 4 and slow.max() < 1
+def original_fast_fractions() -> list[float]:
+    """The original's fast ladder, written out in exact binary fractions (float64)."""
+    low = [2.0 ** (k / 2) for k in range(-48, -18)]  # 2^-24 ... 2^-9.5
+    return sorted(set(low + [j / 512 for j in range(1, 512)] + [1 - v for v in low]
+                      + [1 + 2.0 ** (k / 2) for k in range(-10, 20)]))  # 1 + 2^-5 ... 1 + 2^9.5
 
 
-def test_loss_ladder_counts_new_lows_and_rises_above_the_start():
-    ladder = LossLadder(np.array([0.25, 0.5, 0.75, 1.5, 2.0]), 1.0)
+def test_fast_ladder_is_the_originals():
+    ref = np.array(original_fast_fractions())
+    assert len(ref) == 601
+    # the half-integer powers come from np.power here and math.pow above: equal to a few ulps
+    np.testing.assert_allclose(fast_ladder(), ref, rtol=4e-16, atol=0)
+    f32 = fast_ladder(dtype=np.float32)
+    assert f32.dtype == np.float32 and len(f32) == 600  # float32 (the original's default): 1 - 2^-23.5 -> 1 - 2^-24
+    assert set(ref.astype(np.float32).tolist()) == set(f32.tolist())
+    for m in (2, 4, 7):  # every m-th rung from the lowest, as ckpt_loss_fast[::ckpt_modulo]
+        assert fast_ladder(m).tolist() == fast_ladder()[::m].tolist()
+    assert len(fast_ladder(4, np.float32)) == 150
+
+
+def test_slow_ladder_is_the_originals():
+    ref = sorted([2.0 ** (k / 2) for k in range(-40, -4)] + [0.25 + j / 16 for j in range(12)] + [1 - 2.0 ** -20])
+    assert len(ref) == 49
+    np.testing.assert_allclose(slow_ladder(), ref, rtol=4e-16, atol=0)
+    assert len(slow_ladder(np.float32)) == 49
+
+
+def test_fast_ladder_follows_the_originals_bracket_rules():
+    """The original: a checkpoint when the loss leaves (below, above); a fall drops the rungs >= below."""
+    ladder = FastLadder(np.array([0.25, 0.5, 0.75, 1.5, 2.0]), 1.0)
     assert (ladder.below, ladder.above) == (0.75, 1.5)
-    assert not ladder.update(0.9)
-    assert ladder.update(0.4)  # crossed 0.75 and 0.5
-    assert not ladder.update(0.6) and not ladder.update(0.3)  # noise between rungs already passed: ignored
-    assert ladder.update(0.2)
-    assert ladder.update(1.6)  # back above the starting loss: every rung there counts
-    assert not ladder.update(1.7) and ladder.update(2.5)
+    trace = [(0.9, False, (0.75, 1.5)), (0.4, True, (0.25, 0.5)), (0.45, False, (0.25, 0.5)),
+             (0.6, True, (0.5, math.inf)),  # 0.5 survived the fall from (0.75, 1.5): a rise over it counts
+             (0.3, True, (0.25, math.inf)), (0.2, True, (0.0, 0.25)), (1.6, True, (0.25, math.inf)),
+             (1.7, False, (0.25, math.inf))]
+    for loss, due, bracket in trace:
+        assert ladder.update(loss) is due, loss
+        assert (ladder.below, ladder.above) == bracket, loss
+
+
+def test_slow_ladder_follows_the_originals_rules():
+    """Closed bracket [below, above] starting at [L0, L0]; rungs in (below, above] dropped; below
+    ckpt_save_mult: due when step >= 2x the last slow step."""
+    ladder = SlowLadder(np.array([0.25, 0.5, 0.75]), 1.0)
+    assert ladder.due(1.0, 0)  # step 0 <= save_mult 0: 0 - 0 >= 0
+    assert (ladder.below, ladder.above) == (0.75, math.inf)
+    assert not ladder.due(0.8, 5)
+    assert ladder.due(0.6, 9) and (ladder.below, ladder.above) == (0.5, 0.75)  # nothing in (0.75, inf] to drop
+    assert not ladder.due(0.75, 10)  # closed bracket
+    assert ladder.due(0.1, 11) and ladder.rungs.tolist() == [0.25, 0.5] and (ladder.below, ladder.above) == (0.0, 0.25)
+    early = SlowLadder(np.array([0.5]), 1.0, save_mult=10)
+    assert [s for s in (0, 1, 2, 3, 5, 8, 9, 10) if early.due(1.0, s)] == [0, 1, 2, 5, 10]
+
+
+def test_early_checkpoints_double_the_step_like_the_original():
+    # dt = 1e-12: the loss moves by ~1e-12 L0 over the run, below the finest rung (1 - 2^-24): no ladder checkpoint
+    model, params, data = perceptron_case()
+    out = run(model, params, data, alpha=1.0, dt=1e-12, bs=40, dynamics="gd", max_step=20, ckpt_save_mult=10,
+              ckpt_grad_stats=4)
+    assert [c["step"] for c in out.checkpoints] == [0, 1, 2, 4, 8, 16, 20]  # 8 < 10 still runs 8 more steps
+    assert [c["step"] for c in out.checkpoints if c["slow"]] == [0, 1, 2, 4, 8, 20]
+    assert all((c["ntk"] is not None) == c["slow"] for c in out.checkpoints)
+    assert [next_early_step(s, 10) for s in (0, 1, 4, 9, 10)] == [1, 2, 8, 18, None]
 
 
 # --- whole runs: stopping, checkpoints, observables ------------------------------------------------
@@ -193,7 +240,7 @@ def test_divergence_is_recorded_not_raised():
                for k, v in flat_metrics(out.checkpoints[0]).items())
 
 
-@pytest.mark.parametrize("dynamics", ["sgd", "sgd_only_unfit", "gd_sde", "gd"])
+@pytest.mark.parametrize("dynamics", ["sgd", "sgd_only_unfit", "gd_sde", "gd_sde_only_unfit", "gd"])
 def test_every_dynamics_reduces_the_loss_and_is_reproducible(dynamics):
     model, params, data = mlp_case()
     cfg = dict(alpha=1.0, dt=2.0, bs=24 if dynamics == "gd" else 6, dynamics=dynamics, max_step=60)
@@ -227,3 +274,15 @@ def test_evaluation_of_an_external_dataset_object():
     tiny = BinaryDataset(data.xtr[:5], data.ytr[:5], data.xte[:3], data.yte[:3])
     out = run(model, params, tiny, alpha=1.0, dt=1.0, bs=5, max_step=3)
     assert out.checkpoints[-1]["test"]["unfit"] <= 3
+
+
+def test_slow_checkpoints_are_checkpoints_whatever_ckpt_modulo():
+    """The original's slow rungs are not all fast rungs (2^-8.5 is not a multiple of 2^-9), so a slow
+    checkpoint is decided only where a fast one is taken: with ckpt_modulo = 8 slow ones still appear
+    between the start and the stop."""
+    assert not np.isin(slow_ladder(), fast_ladder()).all() and 2.0 ** -8.5 not in fast_ladder()
+    model, params, data = perceptron_case(ptr=30, d=4, chi=3.0)
+    out = run(model, params, data, alpha=4.0, dt=0.5, bs=5, ckpt_modulo=8, ckpt_grad_stats=4, mind_stop=None)
+    slow = [c for c in out.checkpoints if c["slow"]]
+    assert len(slow) > 2 and all(c["ntk"] is not None for c in slow)
+    assert all(c["ntk"] is None for c in out.checkpoints if not c["slow"])
