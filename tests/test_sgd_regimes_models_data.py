@@ -138,6 +138,31 @@ def test_simple_cnn_layers_and_forward_by_hand():
     assert bool((z < 0).any()) and not torch.allclose(model(x), (relu(z) @ linears[1].weight.T)[:, 0] / (32 * h))
 
 
+def test_vgg11_forward_by_hand():
+    """vgg11 keeps φ after both dense(64h) layers (unlike simple_cnn); SAME max pools pad the end with −inf."""
+    h = 1
+    model = _model("vgg11", (1, 8, 8), h=h, act="silu").double()
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    phi = NormalisedActivation("silu")
+
+    def pool(z):  # Haiku's max_pool(window 2, stride 2, "SAME"): odd sizes get one −inf row/column at the end
+        return F.max_pool2d(F.pad(z, (0, z.shape[-1] % 2, 0, z.shape[-2] % 2), value=-math.inf), 2)
+
+    z = torch.randn(2, 1, 8, 8, dtype=F64)
+    x = z
+    k = 0
+    for n_convs in (1, 1, 2, 2, 2):  # 8 -> 4 -> 2 -> 1 -> 1 -> 1
+        for _ in range(n_convs):
+            c = convs[k]
+            z = phi(_conv(z, c.weight, c.bias, pad=(1, 1)) / math.sqrt(9 * c.in_channels + 1))
+            k += 1
+        z = pool(z)
+    z = z.flatten(1)  # (2, 8h)
+    for lin in model.dense:
+        z = phi((z @ lin.weight.T + lin.bias) / math.sqrt(lin.in_features + 1))
+    torch.testing.assert_close(model(x), (z @ model.readout.weight.T)[:, 0] / (64 * h))
+
+
 def test_same_padding_is_tensorflows():
     """Stride 1: torch's padding='same' (also extra at the end for even k); stride 2: TF's documented totals, by hand."""
     for k in (1, 2, 3, 4, 5):
