@@ -4,9 +4,11 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from data.regimes import CIFAR_VEHICLES, build_dataset, depleted_gaussian, image_labels
-from models.regimes import ACTIVATIONS, ARCHS, NormalisedActivation, activation_norm, build_model
+from models.regimes import (ACTIVATIONS, ARCHS, CONV_ARCHS, DEEP_ARCHS, NormalisedActivation, activation_norm,
+                            build_model, check_act_beta, same_padding)
 from tests.datasets import allow_tiny_cifar, write_cifar10, write_mnist
 
 F64 = torch.float64
@@ -35,12 +37,23 @@ def test_unknown_activation():
 # --- architectures -------------------------------------------------------------------
 
 def _model(arch, shape=(6,), h=4, L=2, seed=0, act="relu"):
-    return build_model(arch, shape, h, act, L if arch.startswith("mlp") else None, torch.Generator().manual_seed(seed))
+    return build_model(arch, shape, h, act, L if arch in DEEP_ARCHS else None, torch.Generator().manual_seed(seed))
+
+
+def _mnas_count(c, h):
+    """The original's mnas, counted by hand: bias-free convs (k²·C_in·C_out, depthwise k²·C), readout 20h + 1."""
+    def inverted_residual(c_in, c_out):  # expand to 3 c_in, depthwise 5x5, project
+        return c_in * 3 * c_in + 25 * 3 * c_in + 3 * c_in * c_out
+    stem = 25 * c * 4 * h + 25 * 4 * h + 4 * h * 2 * h
+    blocks = (inverted_residual(2 * h, h) + inverted_residual(h, h) + inverted_residual(h, 3 * h)
+              + inverted_residual(3 * h, 3 * h))
+    return stem + blocks + 3 * h * 20 * h + 20 * h + 1
 
 
 def test_parameter_counts_and_output_shapes():
     counts = {
         "linear": 6,
+        "simple_diagonal_linear": 6,
         "mlp": 6 * 4 + 4 * 4 + 4,
         "mlp_bias": (6 * 4 + 4) + (4 * 4 + 4) + 4,
     }
@@ -48,9 +61,15 @@ def test_parameter_counts_and_output_shapes():
         model = _model(arch)
         assert sum(p.numel() for p in model.parameters()) == count
         assert model(torch.randn(3, 6)).shape == (3,)
-    for arch, shape in [("simple_cnn", (1, 28, 28)), ("vgg11", (1, 28, 28)), ("vgg11", (3, 32, 32))]:
+    for arch, shape in [("simple_cnn", (1, 28, 28)), ("vgg11", (1, 28, 28)), ("vgg11", (3, 32, 32)),
+                        ("mnas", (1, 28, 28)), ("mnas", (3, 32, 32))]:
         model = _model(arch, shape, h=2)
         assert model(torch.randn(2, *shape)).shape == (2,)
+    # simple_cnn: conv 5x5 (C_in 1 -> 2, bias), conv 5x5 (2 -> 4, bias), dense 4·7·7 -> 64 (bias), readout 64
+    assert sum(p.numel() for p in _model("simple_cnn", (1, 28, 28), h=2).parameters()) == (
+        25 * 2 + 2 + 25 * 2 * 4 + 4 + 4 * 7 * 7 * 64 + 64 + 64)
+    for shape, h in [((1, 28, 28), 2), ((3, 32, 32), 3)]:
+        assert sum(p.numel() for p in _model("mnas", shape, h=h).parameters()) == _mnas_count(shape[0], h)
     # vgg11 widths: h, 2h, 4h, 4h, 8h, 8h, 8h, 8h, then 64h, 64h; pools round up to 1x1
     vgg = _model("vgg11", (1, 28, 28), h=1)
     convs = [m.out_channels for m in vgg.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -74,6 +93,135 @@ def test_mlp_forward_is_the_stated_parameterization():
     torch.testing.assert_close(lin(x), (x @ lin.readout.weight.T)[:, 0] / math.sqrt(6))
 
 
+@pytest.mark.parametrize("L", [1, 2, 3])
+def test_simple_diagonal_linear_is_the_originals(L):
+    """f = Σ_i x_i w_i^L / sqrt(d), one weight per input, starting at ones (Haiku's Constant(1.0)): a loop by hand."""
+    model = _model("simple_diagonal_linear", shape=(5,), L=L).double()
+    x = torch.randn(4, 5, dtype=F64)
+    assert torch.equal(model.weight, torch.ones(5, dtype=F64))
+    torch.testing.assert_close(model(x), x.sum(1) / math.sqrt(5))
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([0.5, -1.5, 2.0, -0.3, 1.1]))
+    w = model.weight.tolist()
+    by_hand = [sum(x[n, i].item() * w[i] ** L for i in range(5)) / math.sqrt(5) for n in range(4)]
+    torch.testing.assert_close(model(x), torch.tensor(by_hand, dtype=F64))
+    # images are flattened, as the original's reshape
+    img = _model("simple_diagonal_linear", shape=(1, 2, 3), L=L).double()
+    x6 = torch.randn(4, 1, 2, 3, dtype=F64)
+    torch.testing.assert_close(img(x6), x6.sum(dim=(1, 2, 3)) / math.sqrt(6))
+
+
+def _conv(x, weight, bias=None, stride=1, pad=(0, 0), groups=1):
+    """Cross-correlation with zero padding pad = (before, after) on both spatial dims."""
+    return F.conv2d(F.pad(x, (pad[0], pad[1], pad[0], pad[1])), weight, bias, stride=stride, groups=groups)
+
+
+def test_simple_cnn_layers_and_forward_by_hand():
+    """The original's simple_cnn: φ(conv5x5(h)), pool, φ(conv5x5(2h)), pool, dense(32h) with NO φ, readout / 32h."""
+    h = 2
+    model = _model("simple_cnn", (1, 28, 28), h=h, act="relu").double()
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(1, h, (5, 5)), (h, 2 * h, (5, 5))]
+    assert [(m.in_features, m.out_features, m.bias is not None) for m in linears] == [
+        (2 * h * 7 * 7, 32 * h, True), (32 * h, 1, False)]
+    x = torch.randn(3, 1, 28, 28, dtype=F64)
+    relu = lambda z: torch.relu(z) * math.sqrt(2.0)  # noqa: E731  E[relu(z)²] = 1/2
+    z = relu(_conv(x, convs[0].weight, convs[0].bias, pad=(2, 2)) / math.sqrt(25 * 1 + 1))
+    z = F.max_pool2d(z, 2)  # 28 -> 14, even: no rounding
+    z = relu(_conv(z, convs[1].weight, convs[1].bias, pad=(2, 2)) / math.sqrt(25 * h + 1))
+    z = F.max_pool2d(z, 2).flatten(1)  # (3, 2h·7·7)
+    z = (z @ linears[0].weight.T + linears[0].bias) / math.sqrt(2 * h * 49 + 1)  # no activation here
+    expected = (z @ linears[1].weight.T)[:, 0] / (32 * h)
+    torch.testing.assert_close(model(x), expected)
+    # the missing φ matters: the dense pre-activations have both signs, so relu would change the output
+    assert bool((z < 0).any()) and not torch.allclose(model(x), (relu(z) @ linears[1].weight.T)[:, 0] / (32 * h))
+
+
+def test_vgg11_forward_by_hand():
+    """vgg11 keeps φ after both dense(64h) layers (unlike simple_cnn); SAME max pools pad the end with −inf."""
+    h = 1
+    model = _model("vgg11", (1, 8, 8), h=h, act="silu").double()
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    phi = NormalisedActivation("silu")
+
+    def pool(z):  # Haiku's max_pool(window 2, stride 2, "SAME"): odd sizes get one −inf row/column at the end
+        return F.max_pool2d(F.pad(z, (0, z.shape[-1] % 2, 0, z.shape[-2] % 2), value=-math.inf), 2)
+
+    z = torch.randn(2, 1, 8, 8, dtype=F64)
+    x = z
+    k = 0
+    for n_convs in (1, 1, 2, 2, 2):  # 8 -> 4 -> 2 -> 1 -> 1 -> 1
+        for _ in range(n_convs):
+            c = convs[k]
+            z = phi(_conv(z, c.weight, c.bias, pad=(1, 1)) / math.sqrt(9 * c.in_channels + 1))
+            k += 1
+        z = pool(z)
+    z = z.flatten(1)  # (2, 8h)
+    for lin in model.dense:
+        z = phi((z @ lin.weight.T + lin.bias) / math.sqrt(lin.in_features + 1))
+    torch.testing.assert_close(model(x), (z @ model.readout.weight.T)[:, 0] / (64 * h))
+
+
+def test_same_padding_is_tensorflows():
+    """Stride 1: torch's padding='same' (also extra at the end for even k); stride 2: TF's documented totals, by hand."""
+    for k in (1, 2, 3, 4, 5):
+        x, w = torch.randn(1, 1, 9, 9, dtype=F64), torch.randn(1, 1, k, k, dtype=F64)
+        torch.testing.assert_close(_conv(x, w, pad=same_padding(9, k, 1)), F.conv2d(x, w, padding="same"))
+    # out = ceil(n/2); total = (out − 1)·2 + k − n; before = total // 2
+    assert same_padding(28, 5, 2) == (1, 2) and same_padding(14, 5, 2) == (1, 2)
+    assert same_padding(7, 5, 2) == (2, 2) and same_padding(32, 5, 2) == (1, 2) and same_padding(7, 1, 2) == (0, 0)
+
+
+def test_mnas_forward_by_hand():
+    """The original's mnas on 28x28, written out layer by layer with the paddings worked out by hand.
+
+    Full convs divide by k·sqrt(C_in), depthwise ones by k; residuals where the shapes agree (blocks 2 and 4).
+    """
+    h = 2
+    model = _model("mnas", (1, 28, 28), h=h, act="gelu").double()
+    w = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]  # construction order
+    assert [tuple(t.shape) for t in w] == [
+        (8, 1, 5, 5), (8, 1, 5, 5), (4, 8, 1, 1),  # stem: conv 5x5/2 (4h), depthwise 5x5, conv 1x1 (2h)
+        (12, 4, 1, 1), (12, 1, 5, 5), (2, 12, 1, 1),  # IR(h, stride 2), expansion 3
+        (6, 2, 1, 1), (6, 1, 5, 5), (2, 6, 1, 1),  # IR(h, stride 1)
+        (6, 2, 1, 1), (6, 1, 5, 5), (6, 6, 1, 1),  # IR(3h, stride 2)
+        (18, 6, 1, 1), (18, 1, 5, 5), (6, 18, 1, 1),  # IR(3h, stride 1)
+        (40, 6, 1, 1)]  # conv 1x1 (20h)
+    assert all(m.bias is None for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    phi = NormalisedActivation("gelu")
+
+    def full(z, t, stride=1, pad=(0, 0)):
+        return _conv(z, t, stride=stride, pad=pad) / (t.shape[-1] * math.sqrt(z.shape[1]))
+
+    def dw(z, t, stride, pad):
+        return _conv(z, t, stride=stride, pad=pad, groups=z.shape[1]) / t.shape[-1]
+
+    def block(z, i, stride, pad, residual):
+        out = full(phi(dw(phi(full(z, w[i])), w[i + 1], stride, pad)), w[i + 2])
+        return (out + z) / math.sqrt(2) if residual else out
+
+    x = torch.randn(3, 1, 28, 28, dtype=F64)
+    z = phi(full(x, w[0], 2, (1, 2)))  # 28 -> 14
+    z = phi(full(phi(dw(z, w[1], 1, (2, 2))), w[2]))
+    z = block(z, 3, 2, (1, 2), False)  # 14 -> 7, 2h -> h channels
+    z = block(z, 6, 1, (2, 2), True)
+    z = block(z, 9, 2, (2, 2), False)  # 7 -> 4, h -> 3h
+    z = block(z, 12, 1, (2, 2), True)
+    z = phi(full(z, w[15])).mean(dim=(2, 3))  # (3, 20h)
+    expected = (z @ model.readout.weight[0] + model.readout.bias[0]) / (20 * h)
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_act_beta_is_the_originals_unused_default():
+    assert check_act_beta(1.0) == 1.0 and check_act_beta(1) == 1.0
+    for bad in (2.0, 0.5, True, "1"):
+        with pytest.raises(ValueError, match="act_beta must be 1.0"):
+            check_act_beta(bad)
+    with pytest.raises(ValueError, match="act_beta must be 1.0"):
+        build_model("mlp", (6,), 4, "relu", 2, torch.Generator(), act_beta=5.0)
+
+
 def test_init_is_standard_normal_and_seeded():
     model = _model("mlp", shape=(200,), h=200, L=2)
     w = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -88,6 +236,8 @@ def test_init_is_standard_normal_and_seeded():
     (dict(act="elu"), "act must be one of"),
     (dict(arch="mlp", L=None), "L must be an integer >= 1 for arch='mlp'"),
     (dict(arch="linear", L=3), "L applies to arch in"),
+    (dict(arch="simple_diagonal_linear", L=None), "L must be an integer >= 1 for arch='simple_diagonal_linear'"),
+    (dict(arch="mnas", L=None), r"needs image inputs \(C, H, W\)"),
     (dict(arch="simple_cnn", L=None), r"needs image inputs \(C, H, W\)"),
     (dict(h=0), "h must be an integer >= 1"),
 ])
@@ -96,7 +246,8 @@ def test_build_model_errors(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         build_model(**args)
-    assert set(ARCHS) == {"mlp", "mlp_bias", "linear", "simple_cnn", "vgg11"}
+    assert set(ARCHS) == {"mlp", "mlp_bias", "linear", "simple_diagonal_linear", "simple_cnn", "vgg11", "mnas"}
+    assert set(CONV_ARCHS) == {"simple_cnn", "vgg11", "mnas"}
 
 
 # --- synthetic data ---------------------------------------------------------------------
