@@ -252,7 +252,8 @@ def main(_config, _run, _seed):
     n_steps = _config["n_steps"]
     every = max(1, math.ceil(n_steps / _config["log_max_points"]))
 
-    trials = {k: [] for k in ("val_loss", "val_accuracy", "test_loss", "test_accuracy", "final_train_loss")}
+    trials = {k: [] for k in ("val_loss", "val_accuracy", "val_likelihood", "test_loss", "test_accuracy",
+                              "test_likelihood", "final_train_loss")}
     warmup_lrs = []
     for k in range(_config["n_trials"]):
         net = ABCNet(spec, _generator(_seed, INIT, k)).to(device)
@@ -266,6 +267,8 @@ def main(_config, _run, _seed):
             _run.log_scalar(f"train/loss/trial{k}", r.loss, r.step)
             _run.log_scalar(f"train/accuracy/trial{k}", r.accuracy, r.step)
             _run.log_scalar(f"train/output_abs_mean/trial{k}", r.output_abs_mean, r.step)
+            _run.log_scalar(f"train/likelihood/trial{k}", r.likelihood, r.step)  # the original's training/likelihood
+            _run.log_scalar(f"train/pred_proba/trial{k}", r.pred_proba, r.step)  # and predicted_label_proba
             for l, lr in enumerate(r.lrs):
                 _run.log_scalar(f"lr/layer{l}/trial{k}", lr, r.step)
             if spec.parameterization.bias_c is not None:
@@ -277,11 +280,10 @@ def main(_config, _run, _seed):
         losses = train_abc(net, data.x_train, data.y_train, n_steps, _config["batch_size"], _config["base_lr"],
                            _generator(_seed, BATCHES, k, device=device), betas, log_step, every)
         for split, x, y in (("val", data.x_val, data.y_val), ("test", data.x_test, data.y_test)):
-            loss, acc = evaluate(net, x, y)
-            trials[f"{split}_loss"].append(loss)
-            trials[f"{split}_accuracy"].append(acc)
-            _run.log_scalar(f"{split}/loss", loss, k)
-            _run.log_scalar(f"{split}/accuracy", acc, k)
+            loss, acc, likelihood = evaluate(net, x, y, with_likelihood=True)
+            for what, value in (("loss", loss), ("accuracy", acc), ("likelihood", likelihood)):
+                trials[f"{split}_{what}"].append(value)
+                _run.log_scalar(f"{split}/{what}", value, k)
         trials["final_train_loss"].append(losses[-1])
 
     result = {}

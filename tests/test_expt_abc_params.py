@@ -63,7 +63,7 @@ def test_smoke_records_result_metrics_and_info(expt, data_root, tmp_path):
     r = run(expt, tiny(data_root, parameterization="ipllr", activation="gelu", n_warmup_steps=2), tmp_path)
     res = r.result
     for split in ("val", "test"):
-        for what in ("loss", "accuracy"):
+        for what in ("loss", "accuracy", "likelihood"):
             key = f"{split}_{what}"
             assert len(res[f"{key}_per_trial"]) == 2
             assert res[key] == pytest.approx(np.mean(res[f"{key}_per_trial"]))
@@ -75,12 +75,16 @@ def test_smoke_records_result_metrics_and_info(expt, data_root, tmp_path):
     run_dir = tmp_path / "1"
     assert json.loads((run_dir / "run.json").read_text())["status"] == "COMPLETED"
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    for name in ("train/loss", "train/accuracy", "train/output_abs_mean", "lr/layer0", "lr/layer2", "coord/h0", "coord/h1"):
+    for name in ("train/loss", "train/accuracy", "train/likelihood", "train/pred_proba", "train/output_abs_mean",
+                 "lr/layer0", "lr/layer2", "coord/h0", "coord/h1"):
         for k in (0, 1):
             assert metrics[f"{name}/trial{k}"]["steps"] == list(range(12)), name
     assert metrics["test/accuracy"]["steps"] == [0, 1]
     lr1 = metrics["lr/layer1/trial0"]["values"]  # warm-up: β_1 m^((L+2)/2) for 2 steps, then base_lr m^2
     assert lr1[0] == lr1[1] == pytest.approx(betas[0, 1] * 32 ** 2) and lr1[2:] == [pytest.approx(0.01 * 32 ** 2)] * 10
+    for k in (0, 1):  # the likelihood of the label never exceeds that of the predicted (most probable) class
+        lik, pred = (np.array(metrics[f"train/{n}/trial{k}"]["values"]) for n in ("likelihood", "pred_proba"))
+        assert np.all((0 < lik) & (lik <= pred + 1e-7) & (pred <= 1)) and np.all(pred >= 0.1 - 1e-7)  # k = 10 classes
     info = json.loads((run_dir / "info.json").read_text())
     assert info["split_sizes"] == {"train": N_TRAIN - N_VAL, "val": N_VAL, "test": N_TEST}
     assert info["exponents"]["warmup_c"] == [-1.5, -2.0, -1.5]
@@ -279,8 +283,13 @@ def test_figures_from_real_runs(expt, data_root, tmp_path):
     for i, (p, act) in enumerate([("mup", "relu"), ("ipllr", "gelu"), ("mup", "gelu")]):
         run(expt, tiny(data_root, parameterization=p, activation=act, seed=i, n_trials=1, n_steps=4), tmp_path)
     runs = load_runs(tmp_path, experiment="abc_params")
-    metrics = load_metrics(tmp_path, names=["train/*"])
-    for fig in (figures_abc.plot_training_curves(metrics, runs, metric="train/accuracy"),
+    metrics = load_metrics(tmp_path, names=["train/*", "lr/*"])
+    lr_fig = figures_abc.plot_training_curves(metrics, runs, metric="lr/layer1", log_y=True)
+    lines = {line.get_label(): line.get_ydata() for line in lr_fig.axes[0].get_lines()}
+    np.testing.assert_allclose(lines["mup"], [0.01] * 4)  # muP's hidden lr is base_lr at every width
+    np.testing.assert_allclose(lines["ipllr"][1:], [0.01 * 32 ** 2] * 3)  # after the warm-up: base_lr m^2
+    assert lines["ipllr"][0] > 0.01 * 32 ** 2  # the warm-up step's β_1 m^4
+    for fig in (lr_fig, figures_abc.plot_training_curves(metrics, runs, metric="train/accuracy"),
                 figures_abc.plot_accuracy_by_activation(runs, metric="val_accuracy"),
                 figures_abc.plot_accuracy_vs_width(runs, metric="val_accuracy")):
         assert isinstance(fig, Figure)
