@@ -346,18 +346,31 @@ def test_ntk_features_freeze_and_sp_output_blows_up_with_width(expt, slow_root):
     assert np.all(np.array(sp["df_ratio"]) > 4), sp["df_ratio"]  # SP: the output's update grows with width
 
 
-DEEP = dict(n_val=100, L=6, width=256, activation="gelu", batch_size=50, n_steps=200, n_trials=1, device="cpu", seed=3)
+# The original's IPLLR runs (fc_ipllr job, server scripts): L = 6, base lr 0.01, batch 512, 300-600 steps on MNIST,
+# width 1024. Here width 256 (CPU time) and 200 steps on 3000 MNIST-format training blobs: batch 512 matters, because
+# the real first step is taken on another batch than the calibration's mock step (as in the original's job), and at
+# batch 50 its per-layer size misses the target by factors 0.3-4 that compound over the layers: there IPLLR's val
+# accuracy after 200 steps was 0.20 / 0.51 / 0.99 over three inits (0.69 / 0.71 / 1.00 after 600), while at batch 512
+# it was 0.90 / 0.90 / 1.00 (SP 0.98, muP 1.00, standard IP 0.03 at loss log 10). README "IPLLR: warm-up and calibration".
+DEEP = dict(n_val=100, L=6, width=256, activation="gelu", batch_size=512, n_steps=200, n_trials=2, device="cpu", seed=3)
+
+
+@pytest.fixture(scope="module")
+def deep_root(tmp_path_factory):
+    return str(write_mnist(tmp_path_factory.mktemp("mnist_deep"), seed=1, n_train=3100, n_test=100))
 
 
 @pytest.mark.slow
-def test_deep_standard_ip_stays_at_chance(expt, slow_root):
-    ip = run(expt, dict(DEEP, data_root=slow_root, parameterization="standard_ip")).result
-    assert ip["val_accuracy"] <= 0.2 and abs(ip["final_train_loss"] - math.log(10)) < 0.01, ip
+def test_deep_standard_ip_stays_at_chance(expt, deep_root):
+    ip = run(expt, dict(DEEP, data_root=deep_root, parameterization="standard_ip")).result
+    # A stationary point: the loss stays at log 10 (measured 2.3026) in every trial, the accuracy at chance level.
+    assert all(abs(v - math.log(10)) < 0.01 for v in ip["final_train_loss_per_trial"]), ip
+    assert all(v <= 0.2 for v in ip["val_accuracy_per_trial"]), ip
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="open: with the original's calibration (input β_0 = base_lr) IPLLR at m = 256 stays at "
-                          "val 0.2 after 200 steps on this synthetic data; not yet re-tuned", strict=True)
-def test_deep_ipllr_learns(expt, slow_root):
-    ipllr = run(expt, dict(DEEP, data_root=slow_root, parameterization="ipllr")).result
-    assert ipllr["val_accuracy"] >= 0.5 and ipllr["final_train_loss"] < 1.5, ipllr
+def test_deep_ipllr_learns(expt, deep_root):
+    ipllr = run(expt, dict(DEEP, data_root=deep_root, parameterization="ipllr")).result
+    # Every trial learns: measured val accuracy 0.90 and 0.90, final minibatch loss 0.11 and 0.17 (chance: 0.1, 2.30).
+    assert all(v >= 0.5 for v in ipllr["val_accuracy_per_trial"]), ipllr
+    assert all(v < 1.0 for v in ipllr["final_train_loss_per_trial"]), ipllr
