@@ -37,6 +37,7 @@ from tracking.sacred_utils import build_config, configure_experiment, json_ready
 ex = configure_experiment(Experiment("abc_params"))
 
 ABC_DATASETS = ("mnist", "cifar10")  # CIFAR-10 in grey, flattened to 32·32 = 1024 inputs
+FIRST_STEP_BATCHES = ("fresh", "calibration")
 
 
 @ex.config
@@ -52,6 +53,7 @@ def cfg():
     init_mean = 0.0  # mean of U_1..U_L (1.0: the original's non-centred IP); U_0 and biases centred
     n_warmup_steps = 1  # ipllr(_bias): SGD steps with the large warm-up lrs, then standard IP
     calibration = None  # ipllr warm-up base lrs: original | all_layers | default (1.0) | none (base_lr); None -> original (ipllr_bias: none)
+    first_step_batch = "fresh"  # ipllr's first SGD step: fresh (a new minibatch, the fc_ipllr job) | calibration (the mock step's batch, training/ipllr.py)
 
     # --- network ---
     L = 6  # hidden layers (L + 1 weight matrices)
@@ -154,6 +156,13 @@ def validate(config: dict) -> dict:
     if name == "ipllr_bias" and calibration != "none":
         raise ValueError(f"calibration must be 'none' with ipllr_bias (the original never calibrates it); "
                          f"got {calibration!r}")
+    if config["first_step_batch"] not in FIRST_STEP_BATCHES:
+        raise ValueError(f"first_step_batch must be one of {FIRST_STEP_BATCHES}; got {config['first_step_batch']!r}")
+    if config["first_step_batch"] == "calibration" and (
+            name != "ipllr" or config["n_warmup_steps"] < 1 or calibration not in ("original", "all_layers")):
+        raise ValueError(f"first_step_batch='calibration' needs a calibrated warm-up (ipllr, n_warmup_steps >= 1, "
+                         f"calibration original or all_layers); got {name!r}, n_warmup_steps="
+                         f"{config['n_warmup_steps']!r}, calibration={calibration!r}")
     init_mean = config["init_mean"]
     if isinstance(init_mean, bool) or not isinstance(init_mean, (int, float)) or not math.isfinite(init_mean):
         raise ValueError(f"init_mean must be a finite number; got {init_mean!r}")
@@ -257,9 +266,10 @@ def main(_config, _run, _seed):
     warmup_lrs = []
     for k in range(_config["n_trials"]):
         net = ABCNet(spec, _generator(_seed, INIT, k)).to(device)
-        betas = warmup_base_lrs(net, checked["calibration"], _config["base_lr"],
-                                *_calibration_batches(data, _config["batch_size"],
-                                                      _generator(_seed, CALIBRATION, k, device=device)))
+        x_step, y_step, x_probe = _calibration_batches(data, _config["batch_size"],
+                                                       _generator(_seed, CALIBRATION, k, device=device))
+        betas = warmup_base_lrs(net, checked["calibration"], _config["base_lr"], x_step, y_step, x_probe)
+        first = (x_step, y_step) if _config["first_step_batch"] == "calibration" else None
         if betas is not None:
             warmup_lrs.append(list(betas))
 
@@ -278,7 +288,7 @@ def main(_config, _run, _seed):
                 _run.log_scalar(f"coord/h{l}/trial{k}", h, r.step)
 
         losses = train_abc(net, data.x_train, data.y_train, n_steps, _config["batch_size"], _config["base_lr"],
-                           _generator(_seed, BATCHES, k, device=device), betas, log_step, every)
+                           _generator(_seed, BATCHES, k, device=device), betas, log_step, every, first)
         for split, x, y in (("val", data.x_val, data.y_val), ("test", data.x_test, data.y_test)):
             loss, acc, likelihood = evaluate(net, x, y, with_likelihood=True)
             for what, value in (("loss", loss), ("accuracy", acc), ("likelihood", likelihood)):

@@ -148,7 +148,8 @@ def likelihoods(f: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 
 def train_abc(net: ABCNet, x: Tensor, y: Tensor, n_steps: int, batch_size: int, base_lr: float,
               generator: torch.Generator, warmup_base_lrs: Sequence[float] | None = None,
-              callback: Callable[[StepRecord], None] | None = None, record_every: int = 1) -> list[float]:
+              callback: Callable[[StepRecord], None] | None = None, record_every: int = 1,
+              first_batch: tuple[Tensor, Tensor] | None = None) -> list[float]:
     """Train ``net`` in place with per-layer SGD: one loop for every parameterization.
 
     Args:
@@ -161,6 +162,8 @@ def train_abc(net: ABCNet, x: Tensor, y: Tensor, n_steps: int, batch_size: int, 
         warmup_base_lrs: IPLLR: calibrated β_l of the warm-up steps; None -> base_lr.
         callback: called with a :class:`StepRecord` every ``record_every`` steps and at the last.
         record_every: recording period.
+        first_batch: (x, y) of step 0 instead of the first minibatch (the calibration's mock-step batch, as
+            wide-networks' training/ipllr.py); the minibatch order after it is unchanged.
 
     Returns:
         The minibatch loss of every step.
@@ -170,16 +173,16 @@ def train_abc(net: ABCNet, x: Tensor, y: Tensor, n_steps: int, batch_size: int, 
     """
     optimizer, batches, losses = make_optimizer(net), batch_indices(x.shape[0], batch_size, generator), []
     for step in range(n_steps):
-        idx = next(batches)
+        xb, yb = first_batch if step == 0 and first_batch is not None else (x[idx := next(batches)], y[idx])
         lrs = net.spec.param_learning_rates(base_lr, step, warmup_base_lrs)
-        loss, f, hs = sgd_step(net, optimizer, lrs, x[idx], y[idx])
+        loss, f, hs = sgd_step(net, optimizer, lrs, xb, yb)
         value = loss.item()
         if not math.isfinite(value):
             raise FloatingPointError(f"training diverged: loss {value} at step {step}")
         losses.append(value)
         if callback is not None and (step % record_every == 0 or step == n_steps - 1):
-            correct, predicted = likelihoods(f, y[idx])
-            callback(StepRecord(step, value, (f.argmax(1) == y[idx]).float().mean().item(), f.abs().mean().item(),
+            correct, predicted = likelihoods(f, yb)
+            callback(StepRecord(step, value, (f.argmax(1) == yb).float().mean().item(), f.abs().mean().item(),
                                 tuple(h.abs().mean().item() for h in hs),
                                 net.spec.learning_rates(base_lr, step, warmup_base_lrs),
                                 net.spec.bias_learning_rates(base_lr, step, warmup_base_lrs),

@@ -428,6 +428,22 @@ def test_likelihoods_are_softmax_probabilities_and_evaluate_reports_them():
     assert evaluate(net, x, y, batch_size=10) == (loss, acc)
 
 
+def test_train_first_batch_replaces_step_0_only():
+    x, y = data(n=64)
+    s = spec("mup")
+    first = (x[:5] * 2, y[:5])
+    records, ref = [], []
+    train_abc(ABCNet(s, torch.Generator().manual_seed(1)), x, y, 3, 16, 0.1, torch.Generator().manual_seed(2),
+              callback=records.append, first_batch=first)
+    # By hand: one step on `first`, then the batches the generator gives, from its first one on.
+    net = ABCNet(s, torch.Generator().manual_seed(1))
+    opt, batches = make_optimizer(net), batch_indices(64, 16, torch.Generator().manual_seed(2))
+    for t in range(3):
+        xb, yb = first if t == 0 else (x[(idx := next(batches))], y[idx])
+        ref.append(sgd_step(net, opt, s.param_learning_rates(0.1, t), xb, yb)[0].item())
+    assert [r.loss for r in records] == ref
+
+
 def test_batches_are_epochs_without_replacement():
     it = batch_indices(10, 3, torch.Generator().manual_seed(0))
     epoch = torch.cat([next(it) for _ in range(3)])

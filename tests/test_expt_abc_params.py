@@ -90,6 +90,31 @@ def test_smoke_records_result_metrics_and_info(expt, data_root, tmp_path):
     assert info["exponents"]["warmup_c"] == [-1.5, -2.0, -1.5]
 
 
+def test_first_step_batch_calibration_takes_step_0_on_the_mock_steps_batch(expt, data_root, monkeypatch):
+    seen = {}
+    real_calib, real_train = expt._calibration_batches, expt.train_abc
+
+    def calib(*a):
+        seen["mock"] = real_calib(*a)
+        return seen["mock"]
+
+    def train(net, x, y, n_steps, batch_size, base_lr, generator, betas, callback, every, first):
+        seen["first"] = first
+        return real_train(net, x, y, n_steps, batch_size, base_lr, generator, betas, callback, every, first)
+
+    monkeypatch.setattr(expt, "_calibration_batches", calib)
+    monkeypatch.setattr(expt, "train_abc", train)
+    losses = {}
+    for mode in ("fresh", "calibration"):
+        r = run(expt, tiny(data_root, parameterization="ipllr", n_trials=1, n_steps=3, first_step_batch=mode))
+        losses[mode] = r.result["final_train_loss"]
+        if mode == "fresh":
+            assert seen["first"] is None
+        else:
+            assert seen["first"][0] is seen["mock"][0] and seen["first"][1] is seen["mock"][1]
+    assert losses["fresh"] != losses["calibration"]
+
+
 def test_grey_cifar10_is_flattened_to_1024_inputs(expt, tmp_path, monkeypatch):
     allow_tiny_cifar(monkeypatch)
     root = str(write_cifar10(tmp_path, n_train=60, n_test=20))
@@ -136,6 +161,9 @@ def test_same_seed_same_result_and_trials_differ(expt, data_root):
         (dict(parameterization="ipllr_bias", calibration="original"), "calibration"),
         (dict(parameterization="ipllr_bias", bias=False), "bias"),
         (dict(input_scaling="mu"), "input_scaling"),
+        (dict(first_step_batch="mock"), "first_step_batch"),
+        (dict(first_step_batch="calibration"), "first_step_batch"),  # mup: no warm-up step to take on it
+        (dict(parameterization="ipllr", calibration="default", first_step_batch="calibration"), "first_step_batch"),
         (dict(parameterization="sp", input_scaling="multiplier"), "input_scaling"),
         (dict(scale_bias_lr=False), "scale_bias_lr"),
         (dict(init_mean="1"), "init_mean"),
@@ -347,11 +375,10 @@ def test_ntk_features_freeze_and_sp_output_blows_up_with_width(expt, slow_root):
 
 
 # The original's IPLLR runs (fc_ipllr job, server scripts): L = 6, base lr 0.01, batch 512, 300-600 steps on MNIST,
-# width 1024. Here width 256 (CPU time) and 200 steps on 3000 MNIST-format training blobs: batch 512 matters, because
-# the real first step is taken on another batch than the calibration's mock step (as in the original's job), and at
-# batch 50 its per-layer size misses the target by factors 0.3-4 that compound over the layers: there IPLLR's val
-# accuracy after 200 steps was 0.20 / 0.51 / 0.99 over three inits (0.69 / 0.71 / 1.00 after 600), while at batch 512
-# it was 0.90 / 0.90 / 1.00 (SP 0.98, muP 1.00, standard IP 0.03 at loss log 10). README "IPLLR: warm-up and calibration".
+# width 1024. Here width 256 (CPU time) and 200 steps on 3000 MNIST-format training blobs at the original's batch 512.
+# At batch 50 IPLLR's val accuracy after 200 steps was 0.20 / 0.51 / 0.99 over three inits (500 blobs; 0.71 / 0.44 /
+# 0.90 on these 3000), at batch 512 0.90 / 0.90 / 1.00 (SP 0.98, muP 1.00, standard IP 0.03 at loss log 10).
+# README "IPLLR: warm-up and calibration".
 DEEP = dict(n_val=100, L=6, width=256, activation="gelu", batch_size=512, n_steps=200, n_trials=2, device="cpu", seed=3)
 
 
