@@ -53,7 +53,7 @@ def cfg():
     init_mean = 0.0  # mean of U_1..U_L (1.0: the original's non-centred IP); U_0 and biases centred
     n_warmup_steps = 1  # ipllr(_bias): SGD steps with the large warm-up lrs, then standard IP
     calibration = None  # ipllr warm-up base lrs: original | all_layers | default (1.0) | none (base_lr); None -> original (ipllr_bias: none)
-    first_step_batch = "fresh"  # ipllr's first SGD step: fresh (a new minibatch, the fc_ipllr job) | calibration (the mock step's batch, training/ipllr.py)
+    first_step_batch = "fresh"  # ipllr: first step on a fresh minibatch (fc_ipllr job) | calibration (mock step's batch)
 
     # --- network ---
     L = 6  # hidden layers (L + 1 weight matrices)

@@ -173,7 +173,11 @@ def train_abc(net: ABCNet, x: Tensor, y: Tensor, n_steps: int, batch_size: int, 
     """
     optimizer, batches, losses = make_optimizer(net), batch_indices(x.shape[0], batch_size, generator), []
     for step in range(n_steps):
-        xb, yb = first_batch if step == 0 and first_batch is not None else (x[idx := next(batches)], y[idx])
+        if step == 0 and first_batch is not None:
+            xb, yb = first_batch
+        else:
+            idx = next(batches)
+            xb, yb = x[idx], y[idx]
         lrs = net.spec.param_learning_rates(base_lr, step, warmup_base_lrs)
         loss, f, hs = sgd_step(net, optimizer, lrs, xb, yb)
         value = loss.item()
