@@ -37,6 +37,7 @@ from tracking.sacred_utils import build_config, configure_experiment, json_ready
 ex = configure_experiment(Experiment("abc_params"))
 
 ABC_DATASETS = ("mnist", "cifar10")  # CIFAR-10 in grey, flattened to 32·32 = 1024 inputs
+FIRST_STEP_BATCHES = ("fresh", "calibration")
 
 
 @ex.config
@@ -52,6 +53,7 @@ def cfg():
     init_mean = 0.0  # mean of U_1..U_L (1.0: the original's non-centred IP); U_0 and biases centred
     n_warmup_steps = 1  # ipllr(_bias): SGD steps with the large warm-up lrs, then standard IP
     calibration = None  # ipllr warm-up base lrs: original | all_layers | default (1.0) | none (base_lr); None -> original (ipllr_bias: none)
+    first_step_batch = "fresh"  # ipllr: first step on a fresh minibatch (fc_ipllr job) | calibration (mock step's batch)
 
     # --- network ---
     L = 6  # hidden layers (L + 1 weight matrices)
@@ -154,6 +156,13 @@ def validate(config: dict) -> dict:
     if name == "ipllr_bias" and calibration != "none":
         raise ValueError(f"calibration must be 'none' with ipllr_bias (the original never calibrates it); "
                          f"got {calibration!r}")
+    if config["first_step_batch"] not in FIRST_STEP_BATCHES:
+        raise ValueError(f"first_step_batch must be one of {FIRST_STEP_BATCHES}; got {config['first_step_batch']!r}")
+    if config["first_step_batch"] == "calibration" and (
+            name != "ipllr" or config["n_warmup_steps"] < 1 or calibration not in ("original", "all_layers")):
+        raise ValueError(f"first_step_batch='calibration' needs a calibrated warm-up (ipllr, n_warmup_steps >= 1, "
+                         f"calibration original or all_layers); got {name!r}, n_warmup_steps="
+                         f"{config['n_warmup_steps']!r}, calibration={calibration!r}")
     init_mean = config["init_mean"]
     if isinstance(init_mean, bool) or not isinstance(init_mean, (int, float)) or not math.isfinite(init_mean):
         raise ValueError(f"init_mean must be a finite number; got {init_mean!r}")
@@ -252,13 +261,15 @@ def main(_config, _run, _seed):
     n_steps = _config["n_steps"]
     every = max(1, math.ceil(n_steps / _config["log_max_points"]))
 
-    trials = {k: [] for k in ("val_loss", "val_accuracy", "test_loss", "test_accuracy", "final_train_loss")}
+    trials = {k: [] for k in ("val_loss", "val_accuracy", "val_likelihood", "test_loss", "test_accuracy",
+                              "test_likelihood", "final_train_loss")}
     warmup_lrs = []
     for k in range(_config["n_trials"]):
         net = ABCNet(spec, _generator(_seed, INIT, k)).to(device)
-        betas = warmup_base_lrs(net, checked["calibration"], _config["base_lr"],
-                                *_calibration_batches(data, _config["batch_size"],
-                                                      _generator(_seed, CALIBRATION, k, device=device)))
+        x_step, y_step, x_probe = _calibration_batches(data, _config["batch_size"],
+                                                       _generator(_seed, CALIBRATION, k, device=device))
+        betas = warmup_base_lrs(net, checked["calibration"], _config["base_lr"], x_step, y_step, x_probe)
+        first = (x_step, y_step) if _config["first_step_batch"] == "calibration" else None
         if betas is not None:
             warmup_lrs.append(list(betas))
 
@@ -266,6 +277,8 @@ def main(_config, _run, _seed):
             _run.log_scalar(f"train/loss/trial{k}", r.loss, r.step)
             _run.log_scalar(f"train/accuracy/trial{k}", r.accuracy, r.step)
             _run.log_scalar(f"train/output_abs_mean/trial{k}", r.output_abs_mean, r.step)
+            _run.log_scalar(f"train/likelihood/trial{k}", r.likelihood, r.step)  # the original's training/likelihood
+            _run.log_scalar(f"train/pred_proba/trial{k}", r.pred_proba, r.step)  # and predicted_label_proba
             for l, lr in enumerate(r.lrs):
                 _run.log_scalar(f"lr/layer{l}/trial{k}", lr, r.step)
             if spec.parameterization.bias_c is not None:
@@ -275,13 +288,12 @@ def main(_config, _run, _seed):
                 _run.log_scalar(f"coord/h{l}/trial{k}", h, r.step)
 
         losses = train_abc(net, data.x_train, data.y_train, n_steps, _config["batch_size"], _config["base_lr"],
-                           _generator(_seed, BATCHES, k, device=device), betas, log_step, every)
+                           _generator(_seed, BATCHES, k, device=device), betas, log_step, every, first)
         for split, x, y in (("val", data.x_val, data.y_val), ("test", data.x_test, data.y_test)):
-            loss, acc = evaluate(net, x, y)
-            trials[f"{split}_loss"].append(loss)
-            trials[f"{split}_accuracy"].append(acc)
-            _run.log_scalar(f"{split}/loss", loss, k)
-            _run.log_scalar(f"{split}/accuracy", acc, k)
+            loss, acc, likelihood = evaluate(net, x, y, with_likelihood=True)
+            for what, value in (("loss", loss), ("accuracy", acc), ("likelihood", likelihood)):
+                trials[f"{split}_{what}"].append(value)
+                _run.log_scalar(f"{split}/{what}", value, k)
         trials["final_train_loss"].append(losses[-1])
 
     result = {}

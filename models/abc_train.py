@@ -136,11 +136,20 @@ class StepRecord:
     h_abs_mean: tuple[float, ...]  # mean |h_l|, l = 0..L-1: the coordinate scale
     lrs: tuple[float, ...]  # η_l of the weights used by the step
     bias_lrs: tuple[float, ...]  # η_l of the biases (equal to lrs unless ipllr_bias)
+    likelihood: float  # mean softmax probability of the correct label (the original's training/likelihood)
+    pred_proba: float  # mean softmax probability of the predicted label (training/predicted_label_proba)
+
+
+def likelihoods(f: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Per example (N,): the softmax probability of the label y and of the predicted (argmax) class; f (N, k)."""
+    probas = f.softmax(dim=1)
+    return probas.gather(1, y[:, None])[:, 0], probas.max(dim=1).values
 
 
 def train_abc(net: ABCNet, x: Tensor, y: Tensor, n_steps: int, batch_size: int, base_lr: float,
               generator: torch.Generator, warmup_base_lrs: Sequence[float] | None = None,
-              callback: Callable[[StepRecord], None] | None = None, record_every: int = 1) -> list[float]:
+              callback: Callable[[StepRecord], None] | None = None, record_every: int = 1,
+              first_batch: tuple[Tensor, Tensor] | None = None) -> list[float]:
     """Train ``net`` in place with per-layer SGD: one loop for every parameterization.
 
     Args:
@@ -153,6 +162,8 @@ def train_abc(net: ABCNet, x: Tensor, y: Tensor, n_steps: int, batch_size: int, 
         warmup_base_lrs: IPLLR: calibrated β_l of the warm-up steps; None -> base_lr.
         callback: called with a :class:`StepRecord` every ``record_every`` steps and at the last.
         record_every: recording period.
+        first_batch: (x, y) of step 0 instead of the first minibatch (the calibration's mock-step batch, as
+            wide-networks' training/ipllr.py); the minibatch order after it is unchanged.
 
     Returns:
         The minibatch loss of every step.
@@ -162,30 +173,39 @@ def train_abc(net: ABCNet, x: Tensor, y: Tensor, n_steps: int, batch_size: int, 
     """
     optimizer, batches, losses = make_optimizer(net), batch_indices(x.shape[0], batch_size, generator), []
     for step in range(n_steps):
-        idx = next(batches)
+        if step == 0 and first_batch is not None:
+            xb, yb = first_batch
+        else:
+            idx = next(batches)
+            xb, yb = x[idx], y[idx]
         lrs = net.spec.param_learning_rates(base_lr, step, warmup_base_lrs)
-        loss, f, hs = sgd_step(net, optimizer, lrs, x[idx], y[idx])
+        loss, f, hs = sgd_step(net, optimizer, lrs, xb, yb)
         value = loss.item()
         if not math.isfinite(value):
             raise FloatingPointError(f"training diverged: loss {value} at step {step}")
         losses.append(value)
         if callback is not None and (step % record_every == 0 or step == n_steps - 1):
-            callback(StepRecord(step, value, (f.argmax(1) == y[idx]).float().mean().item(), f.abs().mean().item(),
+            correct, predicted = likelihoods(f, yb)
+            callback(StepRecord(step, value, (f.argmax(1) == yb).float().mean().item(), f.abs().mean().item(),
                                 tuple(h.abs().mean().item() for h in hs),
                                 net.spec.learning_rates(base_lr, step, warmup_base_lrs),
-                                net.spec.bias_learning_rates(base_lr, step, warmup_base_lrs)))
+                                net.spec.bias_learning_rates(base_lr, step, warmup_base_lrs),
+                                correct.mean().item(), predicted.mean().item()))
     return losses
 
 
 @torch.no_grad()
-def evaluate(net: ABCNet, x: Tensor, y: Tensor, batch_size: int = 4096) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``net`` on (x, y)."""
-    loss, correct = 0.0, 0
+def evaluate(net: ABCNet, x: Tensor, y: Tensor, batch_size: int = 4096, with_likelihood: bool = False):
+    """Mean cross-entropy and accuracy of ``net`` on (x, y), and with ``with_likelihood`` the mean softmax
+    probability of the correct label (the original's val/likelihood)."""
+    loss, correct, likelihood = 0.0, 0, 0.0
     for i in range(0, x.shape[0], batch_size):
-        f = net(x[i:i + batch_size])
-        loss += F.cross_entropy(f, y[i:i + batch_size], reduction="sum").item()
-        correct += int((f.argmax(1) == y[i:i + batch_size]).sum())
-    return loss / x.shape[0], correct / x.shape[0]
+        f, yb = net(x[i:i + batch_size]), y[i:i + batch_size]
+        loss += F.cross_entropy(f, yb, reduction="sum").item()
+        correct += int((f.argmax(1) == yb).sum())
+        likelihood += likelihoods(f, yb)[0].sum().item()
+    n = x.shape[0]
+    return (loss / n, correct / n, likelihood / n) if with_likelihood else (loss / n, correct / n)
 
 
 @dataclass(frozen=True)

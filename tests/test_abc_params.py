@@ -1,6 +1,7 @@
 """models.abc and models.abc_train: exponent tables against the original's (wide-networks), width scales,
 the input-layer convention and the first SGD step by hand, biases, forward pass against a float64
 reference, muP = SP at the base width, the IPLLR switch and its calibration."""
+import copy
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ from models.abc import (
 )
 from models.abc_train import (
     CALIBRATION_CAP, CoordCheckConfig, batch_indices, calibrate_warmup_lrs, coordinate_check, evaluate,
-    make_optimizer, sgd_step, train_abc, warmup_base_lrs,
+    likelihoods, make_optimizer, sgd_step, train_abc, warmup_base_lrs,
 )
 
 @pytest.fixture(autouse=True)
@@ -308,6 +309,85 @@ def test_calibration_is_finite_capped_and_follows_its_formula():
         calibrate_warmup_lrs(ABCNet(spec("mup")), x[:8], y[:8], x[8:16])
 
 
+def _original_ipllr(layers, L, m, base_lr, xs, ys, xp):
+    """wide-networks' FcIPLLR + WarmupSwitchLR.calibrate_base_lr, written independently: nn.Linear layers with
+    forward m^(-a_l) layer(z) (a = 0, 1, ..., 1); a mock SGD step at lr m^(-c_l) (warm-up c); then on the probe
+    batch β_0 = base_lr, β_l = min(target / mean|m^(-a_l) ΔW_l z|, 500) (target 1, 0.1 at the output), z propagated
+    with the *uncapped* value. Returns the β_l and the warm-up and later lr exponents."""
+    warm_c = [-(L + 1) / 2] + [-(L + 2) / 2] * (L - 1) + [-(L + 1) / 2]
+    c = [-1] + [-2] * (L - 1) + [-1]
+    a = [0] + [1] * L
+    mock = copy.deepcopy(layers)
+    opt = torch.optim.SGD([{"params": lay.parameters(), "lr": m ** -cw} for lay, cw in zip(mock, warm_c)], lr=1.0)
+    torch.nn.functional.cross_entropy(_original_forward(mock, a, m, xs), ys).backward()
+    opt.step()
+    betas, z = [], xp
+    with torch.no_grad():
+        for l, (new, old) in enumerate(zip(mock, layers)):
+            init = m ** -a[l] * old(z)
+            db = m ** -a[l] * (new.bias - old.bias) if l == 0 else None
+            update = torch.nn.functional.linear(z, m ** -a[l] * (new.weight - old.weight), db)
+            if l == 0:
+                beta = scale = base_lr
+            else:
+                scale = (0.1 if l == L else 1.0) / update.abs().mean().item()
+                beta = min(scale, 500.0)
+            betas.append(beta)
+            z = torch.nn.functional.gelu(init + scale * update)
+    return betas, a, warm_c, c
+
+
+def _original_forward(layers, a, m, x):
+    for l, lay in enumerate(layers[:-1]):
+        x = torch.nn.functional.gelu(m ** -a[l] * lay(x))
+    return m ** -a[-1] * layers[-1](x)
+
+
+@pytest.mark.parametrize("output_scale", [1.0, 1e-3])
+def test_ipllr_calibration_and_training_equal_the_originals_step_by_step(output_scale):
+    """Our IPLLR (calibration 'original' + train_abc) against the original's layers, scheduler and torch SGD
+    (one group per layer, β_l m^(-c_l) for the first step, base_lr m^(-c_l) after), same init and batches.
+    output_scale 1e-3 shrinks the hidden layers' gradients so that some β_l hit the cap of 500: then the next
+    layer must see the uncapped value."""
+    L, m, d, k, base_lr, bs = 4, 48, 12, 5, 0.01, 32
+    x, y = data(n=128, d=d, k=k, seed=3)
+    x = x.double()
+    s = spec("ipllr", L=L, width=m, d=d, k=k, activation="gelu")
+    net = ABCNet(s, torch.Generator().manual_seed(2)).double()
+    with torch.no_grad():
+        net.W4.mul_(output_scale)
+    layers = [torch.nn.Linear(d, m)] + [torch.nn.Linear(m, m, bias=False) for _ in range(L - 1)] + \
+             [torch.nn.Linear(m, k, bias=False)]
+    layers = [lay.double() for lay in layers]
+    with torch.no_grad():
+        for l, lay in enumerate(layers):
+            lay.weight.copy_(getattr(net, f"W{l}"))
+        layers[0].bias.copy_(net.b0)
+    xs, ys, xp = x[:bs], y[:bs], x[bs:2 * bs]
+    expected, a, warm_c, c = _original_ipllr(layers, L, m, base_lr, xs, ys, xp)
+    betas = calibrate_warmup_lrs(net, xs, ys, xp, base_lr=base_lr)
+    # float64 on both sides, the same operations up to summation order: measured agreement 1e-13 (the capped
+    # case) or better; 1e-9 leaves margin and still fails any different formula.
+    np.testing.assert_allclose(betas, expected, rtol=1e-9)
+    assert (max(betas[1:]) == CALIBRATION_CAP) == (output_scale < 1)  # the second case does exercise the cap
+    n_steps = 8
+    ours = train_abc(net, x, y, n_steps, bs, base_lr, torch.Generator().manual_seed(4), warmup_base_lrs=betas)
+    opt = torch.optim.SGD([{"params": lay.parameters(), "lr": b * m ** -cw} for lay, b, cw in zip(layers, expected, warm_c)])
+    theirs, batches = [], batch_indices(x.shape[0], bs, torch.Generator().manual_seed(4))
+    for t in range(n_steps):
+        idx = next(batches)
+        loss = torch.nn.functional.cross_entropy(_original_forward(layers, a, m, x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        theirs.append(loss.item())
+        if t == 0:  # WarmupSwitchLR.step after the first step: base_lr times the standard IP scales
+            for group, cl in zip(opt.param_groups, c):
+                group["lr"] = base_lr * m ** -cl
+    # float64; the first step's lrs (up to ~4e8 here) amplify rounding, measured agreement still 1e-16.
+    np.testing.assert_allclose(ours, theirs, rtol=1e-9)
+
+
 def test_deep_ip_vanishes_at_init_and_ipllr_first_step_restores_order_one_features():
     """IP's h_l shrinks like m^(-l/2) at init (a stationary point); one calibrated IPLLR step brings Θ(1)."""
     x, y = data(n=256, d=12, k=5)
@@ -332,6 +412,36 @@ def test_train_is_reproducible_and_evaluate_counts():
     assert runs[0] == runs[1]
     loss, acc = runs[0][1]
     assert 0 <= acc <= 1 and loss > 0 and (acc * 64) == round(acc * 64)
+
+
+def test_likelihoods_are_softmax_probabilities_and_evaluate_reports_them():
+    f = torch.tensor([[0.0, math.log(2), 0.0], [math.log(3), 0.0, 0.0]])  # softmax rows (1, 2, 1)/4 and (3, 1, 1)/5
+    correct, predicted = likelihoods(f, torch.tensor([0, 2]))
+    np.testing.assert_allclose(correct, [0.25, 0.2], rtol=1e-6)  # float32 softmax
+    np.testing.assert_allclose(predicted, [0.5, 0.6], rtol=1e-6)
+    x, y = data(k=5)
+    net = ABCNet(spec("mup", k=5), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        net.W3.zero_()  # no output bias: f = 0, every class has probability 1/k
+    loss, acc, likelihood = evaluate(net, x, y, batch_size=10, with_likelihood=True)
+    assert likelihood == pytest.approx(0.2) and loss == pytest.approx(math.log(5))
+    assert evaluate(net, x, y, batch_size=10) == (loss, acc)
+
+
+def test_train_first_batch_replaces_step_0_only():
+    x, y = data(n=64)
+    s = spec("mup")
+    first = (x[:5] * 2, y[:5])
+    records, ref = [], []
+    train_abc(ABCNet(s, torch.Generator().manual_seed(1)), x, y, 3, 16, 0.1, torch.Generator().manual_seed(2),
+              callback=records.append, first_batch=first)
+    # By hand: one step on `first`, then the batches the generator gives, from its first one on.
+    net = ABCNet(s, torch.Generator().manual_seed(1))
+    opt, batches = make_optimizer(net), batch_indices(64, 16, torch.Generator().manual_seed(2))
+    for t in range(3):
+        xb, yb = first if t == 0 else (x[(idx := next(batches))], y[idx])
+        ref.append(sgd_step(net, opt, s.param_learning_rates(0.1, t), xb, yb)[0].item())
+    assert [r.loss for r in records] == ref
 
 
 def test_batches_are_epochs_without_replacement():

@@ -63,7 +63,7 @@ def test_smoke_records_result_metrics_and_info(expt, data_root, tmp_path):
     r = run(expt, tiny(data_root, parameterization="ipllr", activation="gelu", n_warmup_steps=2), tmp_path)
     res = r.result
     for split in ("val", "test"):
-        for what in ("loss", "accuracy"):
+        for what in ("loss", "accuracy", "likelihood"):
             key = f"{split}_{what}"
             assert len(res[f"{key}_per_trial"]) == 2
             assert res[key] == pytest.approx(np.mean(res[f"{key}_per_trial"]))
@@ -75,15 +75,44 @@ def test_smoke_records_result_metrics_and_info(expt, data_root, tmp_path):
     run_dir = tmp_path / "1"
     assert json.loads((run_dir / "run.json").read_text())["status"] == "COMPLETED"
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    for name in ("train/loss", "train/accuracy", "train/output_abs_mean", "lr/layer0", "lr/layer2", "coord/h0", "coord/h1"):
+    for name in ("train/loss", "train/accuracy", "train/likelihood", "train/pred_proba", "train/output_abs_mean",
+                 "lr/layer0", "lr/layer2", "coord/h0", "coord/h1"):
         for k in (0, 1):
             assert metrics[f"{name}/trial{k}"]["steps"] == list(range(12)), name
     assert metrics["test/accuracy"]["steps"] == [0, 1]
     lr1 = metrics["lr/layer1/trial0"]["values"]  # warm-up: β_1 m^((L+2)/2) for 2 steps, then base_lr m^2
     assert lr1[0] == lr1[1] == pytest.approx(betas[0, 1] * 32 ** 2) and lr1[2:] == [pytest.approx(0.01 * 32 ** 2)] * 10
+    for k in (0, 1):  # the likelihood of the label never exceeds that of the predicted (most probable) class
+        lik, pred = (np.array(metrics[f"train/{n}/trial{k}"]["values"]) for n in ("likelihood", "pred_proba"))
+        assert np.all((0 < lik) & (lik <= pred + 1e-7) & (pred <= 1)) and np.all(pred >= 0.1 - 1e-7)  # k = 10 classes
     info = json.loads((run_dir / "info.json").read_text())
     assert info["split_sizes"] == {"train": N_TRAIN - N_VAL, "val": N_VAL, "test": N_TEST}
     assert info["exponents"]["warmup_c"] == [-1.5, -2.0, -1.5]
+
+
+def test_first_step_batch_calibration_takes_step_0_on_the_mock_steps_batch(expt, data_root, monkeypatch):
+    seen = {}
+    real_calib, real_train = expt._calibration_batches, expt.train_abc
+
+    def calib(*a):
+        seen["mock"] = real_calib(*a)
+        return seen["mock"]
+
+    def train(net, x, y, n_steps, batch_size, base_lr, generator, betas, callback, every, first):
+        seen["first"] = first
+        return real_train(net, x, y, n_steps, batch_size, base_lr, generator, betas, callback, every, first)
+
+    monkeypatch.setattr(expt, "_calibration_batches", calib)
+    monkeypatch.setattr(expt, "train_abc", train)
+    losses = {}
+    for mode in ("fresh", "calibration"):
+        r = run(expt, tiny(data_root, parameterization="ipllr", n_trials=1, n_steps=3, first_step_batch=mode))
+        losses[mode] = r.result["final_train_loss"]
+        if mode == "fresh":
+            assert seen["first"] is None
+        else:
+            assert seen["first"][0] is seen["mock"][0] and seen["first"][1] is seen["mock"][1]
+    assert losses["fresh"] != losses["calibration"]
 
 
 def test_grey_cifar10_is_flattened_to_1024_inputs(expt, tmp_path, monkeypatch):
@@ -132,6 +161,9 @@ def test_same_seed_same_result_and_trials_differ(expt, data_root):
         (dict(parameterization="ipllr_bias", calibration="original"), "calibration"),
         (dict(parameterization="ipllr_bias", bias=False), "bias"),
         (dict(input_scaling="mu"), "input_scaling"),
+        (dict(first_step_batch="mock"), "first_step_batch"),
+        (dict(first_step_batch="calibration"), "first_step_batch"),  # mup: no warm-up step to take on it
+        (dict(parameterization="ipllr", calibration="default", first_step_batch="calibration"), "first_step_batch"),
         (dict(parameterization="sp", input_scaling="multiplier"), "input_scaling"),
         (dict(scale_bias_lr=False), "scale_bias_lr"),
         (dict(init_mean="1"), "init_mean"),
@@ -279,8 +311,13 @@ def test_figures_from_real_runs(expt, data_root, tmp_path):
     for i, (p, act) in enumerate([("mup", "relu"), ("ipllr", "gelu"), ("mup", "gelu")]):
         run(expt, tiny(data_root, parameterization=p, activation=act, seed=i, n_trials=1, n_steps=4), tmp_path)
     runs = load_runs(tmp_path, experiment="abc_params")
-    metrics = load_metrics(tmp_path, names=["train/*"])
-    for fig in (figures_abc.plot_training_curves(metrics, runs, metric="train/accuracy"),
+    metrics = load_metrics(tmp_path, names=["train/*", "lr/*"])
+    lr_fig = figures_abc.plot_training_curves(metrics, runs, metric="lr/layer1", log_y=True)
+    lines = {line.get_label(): line.get_ydata() for line in lr_fig.axes[0].get_lines()}
+    np.testing.assert_allclose(lines["mup"], [0.01] * 4)  # muP's hidden lr is base_lr at every width
+    np.testing.assert_allclose(lines["ipllr"][1:], [0.01 * 32 ** 2] * 3)  # after the warm-up: base_lr m^2
+    assert lines["ipllr"][0] > 0.01 * 32 ** 2  # the warm-up step's β_1 m^4
+    for fig in (lr_fig, figures_abc.plot_training_curves(metrics, runs, metric="train/accuracy"),
                 figures_abc.plot_accuracy_by_activation(runs, metric="val_accuracy"),
                 figures_abc.plot_accuracy_vs_width(runs, metric="val_accuracy")):
         assert isinstance(fig, Figure)
@@ -337,18 +374,30 @@ def test_ntk_features_freeze_and_sp_output_blows_up_with_width(expt, slow_root):
     assert np.all(np.array(sp["df_ratio"]) > 4), sp["df_ratio"]  # SP: the output's update grows with width
 
 
-DEEP = dict(n_val=100, L=6, width=256, activation="gelu", batch_size=50, n_steps=200, n_trials=1, device="cpu", seed=3)
+# The original's IPLLR runs (fc_ipllr job, server scripts): L = 6, base lr 0.01, batch 512, 300-600 steps on MNIST,
+# width 1024. Here width 256 (CPU time) and 200 steps on 3000 MNIST-format training blobs at the original's batch 512.
+# At batch 50 IPLLR's val accuracy after 200 steps was 0.20 / 0.51 / 0.99 over three inits (500 blobs; 0.71 / 0.44 /
+# 0.90 on these 3000), at batch 512 0.90 / 0.90 / 1.00 (SP 0.98, muP 1.00, standard IP 0.03 at loss log 10).
+# README "IPLLR: warm-up and calibration".
+DEEP = dict(n_val=100, L=6, width=256, activation="gelu", batch_size=512, n_steps=200, n_trials=2, device="cpu", seed=3)
+
+
+@pytest.fixture(scope="module")
+def deep_root(tmp_path_factory):
+    return str(write_mnist(tmp_path_factory.mktemp("mnist_deep"), seed=1, n_train=3100, n_test=100))
 
 
 @pytest.mark.slow
-def test_deep_standard_ip_stays_at_chance(expt, slow_root):
-    ip = run(expt, dict(DEEP, data_root=slow_root, parameterization="standard_ip")).result
-    assert ip["val_accuracy"] <= 0.2 and abs(ip["final_train_loss"] - math.log(10)) < 0.01, ip
+def test_deep_standard_ip_stays_at_chance(expt, deep_root):
+    ip = run(expt, dict(DEEP, data_root=deep_root, parameterization="standard_ip")).result
+    # A stationary point: the loss stays at log 10 (measured 2.3026) in every trial, the accuracy at chance level.
+    assert all(abs(v - math.log(10)) < 0.01 for v in ip["final_train_loss_per_trial"]), ip
+    assert all(v <= 0.2 for v in ip["val_accuracy_per_trial"]), ip
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="open: with the original's calibration (input β_0 = base_lr) IPLLR at m = 256 stays at "
-                          "val 0.2 after 200 steps on this synthetic data; not yet re-tuned", strict=True)
-def test_deep_ipllr_learns(expt, slow_root):
-    ipllr = run(expt, dict(DEEP, data_root=slow_root, parameterization="ipllr")).result
-    assert ipllr["val_accuracy"] >= 0.5 and ipllr["final_train_loss"] < 1.5, ipllr
+def test_deep_ipllr_learns(expt, deep_root):
+    ipllr = run(expt, dict(DEEP, data_root=deep_root, parameterization="ipllr")).result
+    # Every trial learns: measured val accuracy 0.90 and 0.90, final minibatch loss 0.11 and 0.17 (chance: 0.1, 2.30).
+    assert all(v >= 0.5 for v in ipllr["val_accuracy_per_trial"]), ipllr
+    assert all(v < 1.0 for v in ipllr["final_train_loss_per_trial"]), ipllr
