@@ -45,7 +45,7 @@ from dynamics.ntk import empirical_ntk, kernel_observables
 from dynamics.regimes_config import DYNAMICS, STOP_REASONS, RegimesConfig, RegimesRun
 from dynamics.regimes_drift import drifts
 from dynamics.regimes_ladders import FastLadder, SlowLadder, fast_ladder, next_early_step, slow_ladder
-from dynamics.regimes_observables import gradient_stats, linear_observables, prediction_stats
+from dynamics.regimes_observables import diagonal_observables, gradient_stats, linear_observables, prediction_stats
 from dynamics.regimes_steps import (LOSSES, REGULARIZERS, SDE_NOISES, alpha_loss, flatten, gd_sde_gradient,
                                     loss_and_grad, regularizer_term, unfit_first_batch)
 
@@ -74,6 +74,7 @@ def train_regimes(
     gen: torch.Generator,
     callback: Callable[[dict], None] | None = None,
     teacher: Tensor | None = None,
+    diag_power: int | None = None,
 ) -> RegimesRun:
     """Train f(w, x) = functional_call(model, w, (x,)) from ``params0`` under ``config``.
 
@@ -86,6 +87,8 @@ def train_regimes(
         callback: called with every checkpoint record as soon as it is taken.
         teacher: the unit teacher (d,) of a perceptron (one weight tensor): adds its
             ``linear_observables`` to every checkpoint, as the original does for arch linear.
+        diag_power: with ``teacher``, the model is simple_diagonal_linear with effective weights
+            w^diag_power: records ``diagonal_observables`` as ``diag_lin`` instead (the original's record).
 
     Returns:
         A ``RegimesRun``; a non-finite loss ends training with stop_reason 'diverged'.
@@ -214,7 +217,7 @@ def train_regimes(
                       "grad_norm": float(flatten(full_grad(params)).double().norm()) if finite else math.nan},
             "test": test_eval,
             "weights": weights(params),
-            "ntk": None, "grads": None, "train_test": None, "drift": None, "delta_pred": None, "linear": None,
+            "ntk": None, "grads": None, "train_test": None, "drift": None, "delta_pred": None, "linear": None, "diag_lin": None,
         }
         if slow and finite and cfg.ckpt_grad_stats:
             record.update(slow_observables(params, step_i))
@@ -226,7 +229,9 @@ def train_regimes(
                                      cfg.gf_tol, cfg.gf_mindt, cfg.gf_maxdt, cfg.gf_first_stage)
         if cfg.ckpt_delta_pred and finite:
             record["delta_pred"] = delta_pred(params)
-        if teacher is not None:
+        if teacher is not None and diag_power is not None:
+            record["diag_lin"] = diagonal_observables(flatten(params), flatten(w0), teacher, diag_power)
+        elif teacher is not None:
             record["linear"] = linear_observables(flatten(params), flatten(w0), teacher, xtr, ytr, pred_tr, cfg.alpha)
         if stop or (cfg.ckpt_save_pred and slow):
             predictions.append({"step": step_i, "train_pred": pred_tr.cpu(), "train_label": ytr.cpu(),
@@ -327,4 +332,5 @@ def flat_metrics(record: dict) -> dict[str, float]:
     for split, obs in (record["delta_pred"] or {}).items():
         out.update({f"delta_pred/{split}/{k}": v for k, v in obs.items()})
     out.update({f"linear/{k}": v for k, v in (record["linear"] or {}).items()})
+    out.update({f"diag_lin/{k}": v for k, v in (record["diag_lin"] or {}).items()})
     return {k: float(v) for k, v in out.items()}

@@ -26,7 +26,7 @@ from dynamics.regimes_drift import GF_FIRST_STAGES
 from dynamics.regimes_steps import REGULARIZERS, SDE_NOISES
 from dynamics.regimes_train import DYNAMICS, LOSSES, RegimesConfig, flat_metrics, train_regimes
 from models.device import derived_seed, resolve_device, resolve_dtype
-from models.regimes import ACTIVATIONS, ARCHS, CONV_ARCHS, DEEP_ARCHS, build_model
+from models.regimes import ACT_BETA, ACTIVATIONS, ARCHS, CONV_ARCHS, DEEP_ARCHS, build_model, check_act_beta
 from tracking.sacred_utils import configure_experiment, json_ready, run_cli, seed_everything
 
 ex = configure_experiment(Experiment("sgd_regimes"))
@@ -50,10 +50,11 @@ def cfg():
     data_root = None  # MNIST / CIFAR-10 files; None -> $DLT_DATA_ROOT, else ~/.cache/dltheory/datasets
 
     # --- network (every weight starts N(0, 1)) ---
-    arch = "mlp"  # mlp | mlp_bias | linear | simple_cnn | vgg11 (models/regimes.py ARCHS)
+    arch = "mlp"  # mlp | mlp_bias | linear | simple_diagonal_linear | simple_cnn | vgg11 | mnas (models/regimes.py)
     act = "relu"  # relu | gelu | silu | tanh, normalised to E[φ(z)²] = 1
-    h = 1 if arch == "linear" else 64  # width (first conv block's channels for CNNs); enters T
-    L = 8 if arch in ("mlp", "mlp_bias") else None  # hidden layers (mlp and mlp_bias only)
+    act_beta = ACT_BETA  # the original's --act_beta: declared with default 1.0 and never read; only 1.0 accepted
+    h = 1 if arch in ("linear", "simple_diagonal_linear") else 64  # width (first conv block's channels); enters T
+    L = 8 if arch in ("mlp", "mlp_bias") else (2 if arch == "simple_diagonal_linear" else None)  # hidden layers (mlp, mlp_bias); the power w^L (simple_diagonal_linear)
 
     # --- loss ---
     alpha = 1.0  # α > 0: loss ℓ(α·pred, y)/α, hinge margin 1/α on the raw output
@@ -221,6 +222,7 @@ def validate(config: dict, seed: int) -> dict:
     choice("dynamics", DYNAMICS)
     choice("ntk_method", NTK_METHODS)
     choice("dtype", DTYPE_NAMES)
+    check_act_beta(config["act_beta"])
     dataset, arch = config["dataset"], config["arch"]
     ptr, pte = _integer("ptr", config["ptr"], 1), _integer("pte", config["pte"], 1)
     h = _integer("h", config["h"], 1)
@@ -306,7 +308,7 @@ def main(_config, _run, _seed):
     ).to(device=device)
     in_shape = IMAGE_SHAPES.get(dataset, (_config["d"],))
     model = build_model(_config["arch"], in_shape, _config["h"], _config["act"], _config["L"],
-                        torch.Generator().manual_seed(seeds["seed_init"]))
+                        torch.Generator().manual_seed(seeds["seed_init"]), act_beta=float(_config["act_beta"]))
     model.to(device=device, dtype=dtype)
     params0 = {k: v.detach() for k, v in model.named_parameters()}
 
@@ -318,10 +320,12 @@ def main(_config, _run, _seed):
         print(_progress(record, cfg.alpha), flush=True)
 
     gen_batch = torch.Generator(device=device).manual_seed(seeds["seed_batch"])
-    teacher = None  # the perceptron's linear observables, as the original records them for arch linear
-    if _config["arch"] == "linear" and dataset not in IMAGE_DATASETS:
+    # the perceptron's linear observables (arch linear) and the diagonal network's diag_lin record, as the original
+    teacher, diag_power = None, None
+    if _config["arch"] in ("linear", "simple_diagonal_linear") and dataset not in IMAGE_DATASETS:
         teacher = torch.as_tensor(teacher_vector(dataset, _config["d"], seeds["seed_trainset"]), dtype=dtype, device=device)
-    run = train_regimes(model, params0, data, cfg, gen_batch, callback=log, teacher=teacher)
+        diag_power = _config["L"] if _config["arch"] == "simple_diagonal_linear" else None
+    run = train_regimes(model, params0, data, cfg, gen_batch, callback=log, teacher=teacher, diag_power=diag_power)
 
     _run.info["checkpoints"] = json_ready(run.checkpoints)
     with tempfile.TemporaryDirectory() as tmp:  # predictions and labels at the stop (and slow checkpoints)
@@ -363,6 +367,7 @@ def main(_config, _run, _seed):
                   "weights": {"norm": last["weights"]["norm"], "delta": last["weights"]["delta"]}},
         "ntk": ntk_final,
         "linear": last["linear"],
+        "diag_lin": last["diag_lin"],
     })
 
 

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from sacred.observers import FileStorageObserver
 from sacred.utils import ConfigAddedError
 
@@ -61,6 +62,24 @@ def test_perceptron_run_records_result_metrics_and_info(expt, tmp_path):
         margins = PERCEPTRON["alpha"] * preds["train_pred"][0] * preds["train_label"][0]
         assert margins.min() == pytest.approx(res["final"]["train"]["margin_min"], rel=1e-12) and margins.min() >= 1.0
     assert res["linear"]["w_para"] > 0 and "mean_x1_unfit" in res["linear"]  # arch linear: linear observables
+
+
+def test_diagonal_linear_run_records_diag_lin_of_the_final_weights(tmp_path, expt):
+    """arch simple_diagonal_linear: f = x·w^L/√d from w = 1; the recorded diag_lin at the stop is that of the
+    saved final weights, recomputed here from its definition (β = w^L split along the teacher e₁)."""
+    L, d = 2, 4
+    r = run(expt, tmp_path, **{**PERCEPTRON, "arch": "simple_diagonal_linear", "L": L}, dt=0.5, seed=2,
+            ckpt_save_parameters=True, max_step=200)
+    res, run_dir = r.result, tmp_path / "1"
+    assert res["linear"] is None and res["model_dim"] == d
+    w = torch.load(run_dir / "parameters.pt", weights_only=True)[-1]["params"]
+    w = next(iter(w.values())).double()  # (d,)
+    beta = w ** L
+    assert res["diag_lin"]["w_para"] == pytest.approx(float(beta[0]), rel=1e-12, abs=1e-12)  # float64 rounding only
+    assert res["diag_lin"]["w_perp"] == pytest.approx(float(beta[1:].norm()), rel=1e-12, abs=1e-12)
+    assert res["diag_lin"]["dw_para"] == pytest.approx(float(w[0] - 1.0) ** 2, rel=1e-12, abs=1e-12)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"diag_lin/ampli_factor", "diag_lin/w_para", "diag_lin/dw_perp"} <= set(metrics)
 
 
 def test_dt_and_temp_are_two_spellings_of_one_step(expt):
@@ -143,6 +162,7 @@ def test_divergence_is_recorded_not_failed(expt, tmp_path):
     (dict(gf_tol=0.0), "gf_tol must be a finite number > 0"),
     (dict(gf_mindt=2.0), "gf_mindt must be <= gf_maxdt"),
     (dict(gf_first_stage="flipped"), "gf_first_stage must be one of"),
+    (dict(act_beta=2.0), "act_beta must be 1.0"),
 ])
 def test_bad_config_fails_before_compute(expt, monkeypatch, updates, key):
     def no_compute(*a, **k):
