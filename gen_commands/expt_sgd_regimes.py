@@ -121,13 +121,13 @@ PRESETS = {
         dict(dataset="cifar_animal", pte=32768, arch="mnas", act="relu", h=32, max_wall=80000.0, loss="hinge",
              dynamics="sgd", ckpt_grad_stats=128, alpha=32768.0, ptr=16384),
         {"seed_init": "[i for i in range(5)]", "bs": "[2**i for i in range(11)]", "dt": "[2**i for i in range(-6, 11)]"},
-        "the original README, CNN_small_margin: mnas on CIFAR animals, α = 32768 (935 runs; needs arch mnas)",
+        "the original README, CNN_small_margin: mnas on CIFAR animals, α = 32768 (935 runs)",
     ),
     "cnn_margin_one": (
         dict(dataset="cifar_animal", pte=32768, arch="mnas", act="relu", h=32, max_wall=160000.0, loss="hinge",
              dynamics="sgd", ckpt_grad_stats=128, alpha=1.0, ptr=16384),
         {"seed_init": "[i for i in range(5)]", "bs": "[2**i for i in range(12)]", "dt": "[2**i for i in range(-7, 10)]"},
-        "the original README, CNN_margin_one: the same at α = 1 (1020 runs; needs arch mnas)",
+        "the original README, CNN_margin_one: the same at α = 1 (1020 runs)",
     ),
     "demo": (
         dict(arch="linear", alpha=1.0, dataset="depleted_sign", d=32, data_chi=1.0, pte=8192, loss="hinge",
