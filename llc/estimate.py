@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from llc.diagnostics import split_rhat
+from llc.diagnostics import Diagnostics, diagnose, split_rhat
 from llc.sgld import FlatLoss, SGLDConfig, full_data_loss, run_sgld
 from models.device import resolve_device, resolve_dtype
 
@@ -35,9 +35,12 @@ class LLCResult:
         rhat: split-R-hat of the post-burn-in traces (NaN for one chain).
         init_loss: L_n(w*), the full-data loss at the centre.
         nbeta: the n·β used.
-        loss_trace: (C, T) float64 trace (NaN where not recorded).
+        loss_trace: (C, T) float64 trace (NaN where not recorded); each chain's trace.
         burnin: discarded leading draws.
         config: the sampler configuration.
+        diagnostics: rank R-hat, bulk/tail ESS, trend p-values and the ``healthy``
+            flag with its reasons (llc.diagnostics.diagnose), computed from the
+            post-burn-in trace when the result is built; also as properties.
     """
 
     lambdahat: float
@@ -49,6 +52,36 @@ class LLCResult:
     loss_trace: np.ndarray
     burnin: int
     config: SGLDConfig = field(repr=False)
+    diagnostics: Diagnostics = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.diagnostics = diagnose(self.loss_trace[:, self.burnin:], self.lambdahat)
+
+    @property
+    def rhat_rank(self) -> float:
+        """Rank-normalised split-R-hat (Vehtari et al. 2021); ``rhat`` stays the classic split-R-hat."""
+        return self.diagnostics.rhat_rank
+
+    @property
+    def ess_bulk(self) -> float:
+        return self.diagnostics.ess_bulk
+
+    @property
+    def ess_tail(self) -> float:
+        return self.diagnostics.ess_tail
+
+    @property
+    def healthy(self) -> bool:
+        """R-hat <= 1.05, bulk and tail ESS >= 100, λ̂ >= 0 and no chain trending after burn-in."""
+        return self.diagnostics.healthy
+
+    @property
+    def health_reasons(self) -> list[str]:
+        return self.diagnostics.reasons
+
+    def lambdahat_trace(self) -> np.ndarray:
+        """(C, T) per-draw λ̂ contributions nβ (L(w_t) − L_n(w*)); their post-burn-in mean is λ̂ per chain."""
+        return self.nbeta * (self.loss_trace - self.init_loss)
 
     def summary(self) -> dict:
         """JSON-ready scalars for a Sacred result or a DataFrame row."""
@@ -62,7 +95,16 @@ class LLCResult:
             "nbeta": self.nbeta,
             "trace_mean_per_chain": [float(v) for v in post.mean(axis=1)],
             "trace_std_per_chain": [float(v) for v in post.std(axis=1)],
+            "rhat_rank": _json_float(self.rhat_rank),
+            "ess_bulk": _json_float(self.ess_bulk),
+            "ess_tail": _json_float(self.ess_tail),
+            "healthy": bool(self.healthy),
+            "health_reasons": list(self.health_reasons),
         }
+
+
+def _json_float(v: float) -> float | None:
+    return None if not math.isfinite(v) else float(v)
 
 
 def llc_from_trace(loss_trace: Tensor, init_loss: float, nbeta: float, burnin: int) -> np.ndarray:
