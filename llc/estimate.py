@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from llc.diagnostics import Diagnostics, diagnose, split_rhat
+from llc.restricted import ParamMask, flat_param_mask, restrict_loss
 from llc.sgld import FlatLoss, SGLDConfig, full_data_loss, run_sgld
 from models.device import resolve_device, resolve_dtype
 
@@ -199,6 +200,7 @@ def estimate_llc(
     device: str = "auto",
     dtype: str | None = None,
     eval_batch_size: int = 4096,
+    param_mask: ParamMask | None = None,
 ) -> LLCResult:
     """Estimate the local learning coefficient λ̂ at the model's current weights.
 
@@ -225,12 +227,17 @@ def estimate_llc(
         device: 'auto', 'cpu' or 'cuda'.
         dtype: 'float32' or 'float64'; None keeps the model's parameter dtype.
         eval_batch_size: chunk size for full-data losses.
+        param_mask: None samples every parameter. Otherwise the restricted λ̂:
+            only the named coordinates are sampled, the rest held at w*
+            (names, or a dict of names to True or to boolean masks of the
+            parameter's shape; see llc.restricted).
 
     Returns:
         LLCResult.
 
     Raises:
-        ValueError: invalid hyperparameters, batch_size > n, or mismatched data.
+        ValueError: invalid hyperparameters, batch_size > n, mismatched data, or a
+            param_mask naming an unknown parameter or selecting nothing / everything.
         SGLDDivergenceError: a chain diverged (names the chain and step).
     """
     config = SGLDConfig(
@@ -250,6 +257,8 @@ def estimate_llc(
     try:
         # functional_call swaps in w's views and the cast buffers: the module itself stays put.
         loss, w_star = flat_loss_for_module(model, loss_fn, dt, dev)
+        if param_mask is not None:
+            loss, w_star = restrict_loss(loss, w_star, flat_param_mask(model, param_mask, dev))
         x = x.to(device=dev, dtype=dt if x.is_floating_point() else x.dtype)
         y = y.to(device=dev, dtype=dt if y.is_floating_point() else y.dtype)
         return estimate_llc_flat(loss, w_star, x, y, config, seed, eval_batch_size)
