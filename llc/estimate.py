@@ -17,11 +17,13 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
 from torch.func import functional_call
 
 from llc.diagnostics import Diagnostics, diagnose, split_rhat
 from llc.restricted import ParamMask, flat_param_mask, restrict_loss
 from llc.sgld import FlatLoss, SGLDConfig, full_data_loss, run_sgld
+from llc.streaming import HostData, check_loss_on_items, run_sgld_streamed, streamed_full_data_loss
 from models.device import resolve_device, resolve_dtype
 
 
@@ -133,6 +135,30 @@ def estimate_llc_flat(
     if not math.isfinite(init_loss):
         raise FloatingPointError(f"L_n(w*) is not finite ({init_loss}); cannot estimate the LLC there")
     trace = run_sgld(loss_fn, w_star, x, y, config, seed, eval_batch_size)
+    return result_from_trace(trace, init_loss, config)
+
+
+def estimate_llc_streamed(
+    loss_fn: FlatLoss,
+    w_star: Tensor,
+    data: HostData,
+    config: SGLDConfig,
+    seed: int,
+    eval_batch_size: int = 4096,
+    prefetch: bool | None = None,
+) -> LLCResult:
+    """:func:`estimate_llc_flat` with the data on the host (llc.streaming); same draws, same λ̂."""
+    check_loss_on_items(loss_fn, w_star, data)
+    with torch.no_grad():
+        init_loss = float(streamed_full_data_loss(loss_fn, w_star[None], data, eval_batch_size)[0])
+    if not math.isfinite(init_loss):
+        raise FloatingPointError(f"L_n(w*) is not finite ({init_loss}); cannot estimate the LLC there")
+    trace = run_sgld_streamed(loss_fn, w_star, data, config, seed, eval_batch_size, prefetch)
+    return result_from_trace(trace, init_loss, config)
+
+
+def result_from_trace(trace, init_loss: float, config) -> LLCResult:
+    """LLCResult from an SGLDTrace and L_n(w*)."""
     per_chain = llc_from_trace(trace.loss, init_loss, trace.nbeta, trace.burnin)
     post = trace.loss[:, trace.burnin:].numpy()
     return LLCResult(
@@ -186,7 +212,7 @@ def flat_loss_for_module(
 def estimate_llc(
     model: nn.Module,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
-    data: tuple[Tensor, Tensor],
+    data: tuple[Tensor, Tensor] | Dataset | DataLoader,
     *,
     epsilon: float = 1e-5,
     gamma: float = 10.0,
@@ -201,6 +227,7 @@ def estimate_llc(
     dtype: str | None = None,
     eval_batch_size: int = 4096,
     param_mask: ParamMask | None = None,
+    prefetch: bool | None = None,
 ) -> LLCResult:
     """Estimate the local learning coefficient λ̂ at the model's current weights.
 
@@ -214,7 +241,10 @@ def estimate_llc(
         model: any module mapping a batch x to outputs; its parameters are w*.
         loss_fn: mean loss over a batch, loss_fn(outputs, y) -> scalar, e.g.
             ``torch.nn.functional.mse_loss`` or ``cross_entropy``.
-        data: (x, y) tensors holding all n training points (first dimension n).
+        data: (x, y) tensors holding all n training points (first dimension n), or a
+            torch Dataset / DataLoader of (x, y) items that stays on the host: each
+            step's minibatches are gathered and streamed to the device
+            (llc.streaming), with the same draws and the same λ̂ as the tensors.
         epsilon: SGLD step size ε.
         gamma: localisation strength γ.
         num_steps: steps per chain, burn-in included.
@@ -231,6 +261,8 @@ def estimate_llc(
             only the named coordinates are sampled, the rest held at w*
             (names, or a dict of names to True or to boolean masks of the
             parameter's shape; see llc.restricted).
+        prefetch: with a Dataset, gather the next step's rows in a background
+            thread (pinned memory, asynchronous copies); None means on CUDA only.
 
     Returns:
         LLCResult.
@@ -244,9 +276,13 @@ def estimate_llc(
         epsilon=epsilon, gamma=gamma, num_steps=num_steps, batch_size=batch_size, num_chains=num_chains,
         nbeta=nbeta, num_burnin_steps=num_burnin_steps, loss_trace_minibatch=loss_trace_minibatch,
     )
-    x, y = data
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"data x and y must have the same first dimension; got {x.shape[0]} and {y.shape[0]}")
+    streamed = isinstance(data, (Dataset, DataLoader))
+    if not streamed:
+        if not (isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, Tensor) for d in data)):
+            raise ValueError(f"data must be (x, y) tensors, a Dataset or a DataLoader; got {type(data).__name__}")
+        x, y = data
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"data x and y must have the same first dimension; got {x.shape[0]} and {y.shape[0]}")
     dev = resolve_device(device)
     param_dtype = next(model.parameters()).dtype
     dt = param_dtype if dtype is None else resolve_dtype(dtype)
@@ -259,8 +295,11 @@ def estimate_llc(
         loss, w_star = flat_loss_for_module(model, loss_fn, dt, dev)
         if param_mask is not None:
             loss, w_star = restrict_loss(loss, w_star, flat_param_mask(model, param_mask, dev))
-        x = x.to(device=dev, dtype=dt if x.is_floating_point() else x.dtype)
-        y = y.to(device=dev, dtype=dt if y.is_floating_point() else y.dtype)
-        return estimate_llc_flat(loss, w_star, x, y, config, seed, eval_batch_size)
+        def cast(t: Tensor) -> Tensor:
+            return t.to(device=dev, dtype=dt if t.is_floating_point() else t.dtype)
+
+        if streamed:
+            return estimate_llc_streamed(loss, w_star, HostData(data, cast), config, seed, eval_batch_size, prefetch)
+        return estimate_llc_flat(loss, w_star, cast(x), cast(y), config, seed, eval_batch_size)
     finally:
         model.train(was_training)
