@@ -130,6 +130,11 @@ def diagnose(post: np.ndarray, lambdahat: float) -> Diagnostics:
     One chain gives no R-hat; that alone is not counted as a failure.
     """
     post = _check_draws(post)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # exploding traces: reported, not warned
+        return _diagnose(post, lambdahat)
+
+
+def _diagnose(post: np.ndarray, lambdahat: float) -> Diagnostics:
     chains, m = post.shape
     reasons: list[str] = []
     if m < 4:

@@ -43,3 +43,32 @@ def plot_llc_trace(result, title: str | None = None) -> Figure:
            f"ESS bulk {result.ess_bulk:.0f} / tail {result.ess_tail:.0f} — {state}"
     fig.suptitle(head if title is None else f"{title}\n{head}", fontsize=9)
     return fig
+
+
+def plot_calibration(calibration) -> Figure:
+    """λ̂ (± std over chains) and the noise share of the step against ε, one curve per (nβ, γ).
+
+    Diverged settings are marked with an x on the ε axis; the recommended (largest
+    stable) ε of each curve is a dashed vertical line. ``calibration`` is an
+    ``llc.calibrate.Calibration``.
+    """
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    ax_l, ax_n = fig.subplots(1, 2)
+    for (nbeta, gamma), best in calibration.recommended.items():
+        rows = [r for r in calibration.rows if (r.nbeta, r.gamma) == (nbeta, gamma)]
+        eps = np.array([r.epsilon for r in rows])
+        lam = np.array([r.lambdahat for r in rows])
+        std = np.array([r.lambdahat_std for r in rows])
+        label = f"nβ={nbeta:.3g}, γ={gamma:.3g}"
+        (line,) = ax_l.plot(eps, lam, "o-", label=label)
+        ax_l.fill_between(eps, lam - std, lam + std, color=line.get_color(), alpha=0.2)
+        ax_n.plot(eps, [r.noise_fraction for r in rows], "o-", color=line.get_color(), label=label)
+        bad = eps[[r.divergence_rate > 0 for r in rows]]
+        for ax in (ax_l, ax_n):
+            ax.plot(bad, np.zeros_like(bad), "x", color=line.get_color(), ms=8)
+            if best is not None:
+                ax.axvline(best, color=line.get_color(), ls="--", lw=1)
+    ax_l.set(xscale="log", xlabel="ε", ylabel="λ̂", title="λ̂ per ε (x: diverged, dashed: recommended)")
+    ax_n.set(xscale="log", xlabel="ε", ylabel="εP / E‖Δw‖²", title="noise share of the step", ylim=(0, 1.05))
+    ax_l.legend(fontsize=7)
+    return fig
