@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torch.func import functional_call
 
+from llc.callbacks import step_callback
 from llc.diagnostics import Diagnostics, diagnose, split_rhat
 from llc.restricted import ParamMask, flat_param_mask, restrict_loss
 from llc.sgld import FlatLoss, SGLDConfig, full_data_loss, run_sgld
@@ -124,17 +125,24 @@ def estimate_llc_flat(
     config: SGLDConfig,
     seed: int,
     eval_batch_size: int = 4096,
+    callbacks: list | None = None,
+    callback_every: int = 1,
 ) -> LLCResult:
     """λ̂ at a flat parameter vector w* (P,), for a loss over flat parameters.
 
     The functional core behind :func:`estimate_llc`; see llc.sgld.run_sgld for the
-    arguments. Raises SGLDDivergenceError if any chain diverges.
+    arguments and llc.callbacks for ``callbacks``. Raises SGLDDivergenceError if any
+    chain diverges.
     """
     with torch.no_grad():
         init_loss = float(full_data_loss(loss_fn, w_star[None], x, y, eval_batch_size)[0])
     if not math.isfinite(init_loss):
         raise FloatingPointError(f"L_n(w*) is not finite ({init_loss}); cannot estimate the LLC there")
-    trace = run_sgld(loss_fn, w_star, x, y, config, seed, eval_batch_size)
+    hook = None
+    if callbacks:
+        hook = step_callback(list(callbacks), callback_every, loss_fn, w_star, x, y,
+                             config.resolve_nbeta(x.shape[0]), config.burnin(), init_loss)
+    trace = run_sgld(loss_fn, w_star, x, y, config, seed, eval_batch_size, callback=hook)
     return result_from_trace(trace, init_loss, config)
 
 
@@ -228,6 +236,8 @@ def estimate_llc(
     eval_batch_size: int = 4096,
     param_mask: ParamMask | None = None,
     prefetch: bool | None = None,
+    callbacks: list | None = None,
+    callback_every: int = 1,
 ) -> LLCResult:
     """Estimate the local learning coefficient λ̂ at the model's current weights.
 
@@ -263,6 +273,10 @@ def estimate_llc(
             parameter's shape; see llc.restricted).
         prefetch: with a Dataset, gather the next step's rows in a background
             thread (pinned memory, asynchronous copies); None means on CUDA only.
+        callbacks: callables of an llc.callbacks.ChainState (e.g. OnlineLLC,
+            WeightDistance, GradientNorm), called with every chain's state after
+            draws t with (t + 1) % callback_every == 0. None: no hook at all.
+            Tensor data only for now.
 
     Returns:
         LLCResult.
@@ -277,6 +291,8 @@ def estimate_llc(
         nbeta=nbeta, num_burnin_steps=num_burnin_steps, loss_trace_minibatch=loss_trace_minibatch,
     )
     streamed = isinstance(data, (Dataset, DataLoader))
+    if streamed and callbacks:
+        raise ValueError("callbacks are supported with (x, y) tensors only, not yet with a Dataset/DataLoader")
     if not streamed:
         if not (isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, Tensor) for d in data)):
             raise ValueError(f"data must be (x, y) tensors, a Dataset or a DataLoader; got {type(data).__name__}")
@@ -300,6 +316,7 @@ def estimate_llc(
 
         if streamed:
             return estimate_llc_streamed(loss, w_star, HostData(data, cast), config, seed, eval_batch_size, prefetch)
-        return estimate_llc_flat(loss, w_star, cast(x), cast(y), config, seed, eval_batch_size)
+        return estimate_llc_flat(loss, w_star, cast(x), cast(y), config, seed, eval_batch_size,
+                                 callbacks, callback_every)
     finally:
         model.train(was_training)
