@@ -11,6 +11,7 @@ curvature); far below 1 the drift dominates and discretisation bias grows.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
@@ -57,13 +58,16 @@ class Calibration:
 
 
 def _check_grid(name: str, values, lo: float, allow_none: bool, strict: bool) -> list:
-    vals = list(values) if isinstance(values, (list, tuple)) else [values]
+    vals = [values] if values is None or isinstance(values, numbers.Real) else list(values)
     if not vals:
         raise ValueError(f"{name} must not be empty")
-    bad = [v for v in vals if not (
-        (allow_none and v is None)
-        or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > lo if strict else v >= lo))
-    )]
+    def ok(v) -> bool:
+        if v is None:
+            return allow_none
+        number = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+        return number and (v > lo if strict else v >= lo)
+
+    bad = [v for v in vals if not ok(v)]
     if bad:
         op = ">" if strict else ">="
         raise ValueError(f"{name} must hold finite numbers {op} {lo:g}{' or None' if allow_none else ''}; bad: {bad}")
@@ -115,7 +119,7 @@ def calibrate_epsilon(
     dev = resolve_device(device)
     dt = next(model.parameters()).dtype if dtype is None else resolve_dtype(dtype)
     configs = [
-        SGLDConfig(epsilon=float(e), gamma=float(g), nbeta=nb, num_steps=num_steps, batch_size=batch_size,
+        SGLDConfig(epsilon=float(e), gamma=float(g), nbeta=None if nb is None else float(nb), num_steps=num_steps, batch_size=batch_size,
                    num_chains=num_chains, num_burnin_steps=burnin)
         for nb in nb_grid for g in g_grid for e in eps_grid
     ]  # built first: every invalid setting fails before any compute
