@@ -119,8 +119,8 @@ def calibrate_epsilon(
     dev = resolve_device(device)
     dt = next(model.parameters()).dtype if dtype is None else resolve_dtype(dtype)
     configs = [
-        SGLDConfig(epsilon=float(e), gamma=float(g), nbeta=None if nb is None else float(nb), num_steps=num_steps, batch_size=batch_size,
-                   num_chains=num_chains, num_burnin_steps=burnin)
+        SGLDConfig(epsilon=float(e), gamma=float(g), nbeta=None if nb is None else float(nb), num_steps=num_steps,
+                   batch_size=batch_size, num_chains=num_chains, num_burnin_steps=burnin)
         for nb in nb_grid for g in g_grid for e in eps_grid
     ]  # built first: every invalid setting fails before any compute
     was_training = model.training
