@@ -122,6 +122,36 @@ class GradientNorm:
         self.values.append(torch.linalg.vector_norm(g, dim=1).double().cpu().numpy())
 
 
+BatchHook = Callable[[int, Tensor, Tensor, Tensor, Tensor], None]  # (t, w_t, w_{t+1}, xb (C, B, ...), yb)
+
+
+def batch_hook(
+    callbacks: list[Callable[[ChainState], None]],
+    loss_fn: FlatLoss,
+    w_star: Tensor,
+    n: int,
+    nbeta: float,
+    burnin: int,
+    init_loss: float,
+) -> BatchHook:
+    """hook(t, w_t, w_next, xb, yb) that builds the ChainState and calls every callback."""
+    if not all(callable(cb) for cb in callbacks):
+        raise ValueError("callbacks must be callables taking an llc.callbacks.ChainState")
+
+    def hook(t, w_t, w_next, xb, yb):
+        state = ChainState(t, w_t, w_next, xb, yb, loss_fn, w_star, n, nbeta, burnin, init_loss)
+        for cb in callbacks:
+            cb(state)
+
+    return hook
+
+
+def check_every(every) -> int:
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"callback_every must be an integer >= 1; got {every!r}")
+    return every
+
+
 def step_callback(
     callbacks: list[Callable[[ChainState], None]],
     every: int,
@@ -134,11 +164,8 @@ def step_callback(
     init_loss: float,
 ) -> StepCallback:
     """The ``run_sgld`` hook that calls ``callbacks`` after draws t with (t + 1) % every == 0."""
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ValueError(f"callback_every must be an integer >= 1; got {every!r}")
-    if not all(callable(cb) for cb in callbacks):
-        raise ValueError("callbacks must be callables taking an llc.callbacks.ChainState")
-    n = x.shape[0]
+    every = check_every(every)
+    call = batch_hook(callbacks, loss_fn, w_star, x.shape[0], nbeta, burnin, init_loss)
 
     def hook(t: int, w_t: Tensor, w_next: Tensor, idx: Tensor) -> None:
         if (t + 1) % every:
@@ -146,8 +173,6 @@ def step_callback(
         flat = idx.reshape(-1)
         xb = x.index_select(0, flat).view(*idx.shape, *x.shape[1:])  # (C, B, ...)
         yb = y.index_select(0, flat).view(*idx.shape, *y.shape[1:])
-        state = ChainState(t, w_t, w_next, xb, yb, loss_fn, w_star, n, nbeta, burnin, init_loss)
-        for cb in callbacks:
-            cb(state)
+        call(t, w_t, w_next, xb, yb)
 
     return hook

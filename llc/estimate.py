@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torch.func import functional_call
 
-from llc.callbacks import step_callback
+from llc.callbacks import batch_hook, check_every, step_callback
 from llc.diagnostics import Diagnostics, diagnose, split_rhat
 from llc.restricted import ParamMask, flat_param_mask, restrict_loss
 from llc.sgld import FlatLoss, SGLDConfig, full_data_loss, run_sgld
@@ -154,6 +154,8 @@ def estimate_llc_streamed(
     seed: int,
     eval_batch_size: int = 4096,
     prefetch: bool | None = None,
+    callbacks: list | None = None,
+    callback_every: int = 1,
 ) -> LLCResult:
     """:func:`estimate_llc_flat` with the data on the host (llc.streaming); same draws, same λ̂."""
     check_loss_on_items(loss_fn, w_star, data)
@@ -161,7 +163,12 @@ def estimate_llc_streamed(
         init_loss = float(streamed_full_data_loss(loss_fn, w_star[None], data, eval_batch_size)[0])
     if not math.isfinite(init_loss):
         raise FloatingPointError(f"L_n(w*) is not finite ({init_loss}); cannot estimate the LLC there")
-    trace = run_sgld_streamed(loss_fn, w_star, data, config, seed, eval_batch_size, prefetch)
+    hook = None
+    if callbacks:
+        check_every(callback_every)
+        hook = batch_hook(list(callbacks), loss_fn, w_star, data.n, config.resolve_nbeta(data.n), config.burnin(),
+                          init_loss)
+    trace = run_sgld_streamed(loss_fn, w_star, data, config, seed, eval_batch_size, prefetch, hook, callback_every)
     return result_from_trace(trace, init_loss, config)
 
 
@@ -276,7 +283,6 @@ def estimate_llc(
         callbacks: callables of an llc.callbacks.ChainState (e.g. OnlineLLC,
             WeightDistance, GradientNorm), called with every chain's state after
             draws t with (t + 1) % callback_every == 0. None: no hook at all.
-            Tensor data only for now.
 
     Returns:
         LLCResult.
@@ -291,8 +297,6 @@ def estimate_llc(
         nbeta=nbeta, num_burnin_steps=num_burnin_steps, loss_trace_minibatch=loss_trace_minibatch,
     )
     streamed = isinstance(data, (Dataset, DataLoader))
-    if streamed and callbacks:
-        raise ValueError("callbacks are supported with (x, y) tensors only, not yet with a Dataset/DataLoader")
     if not streamed:
         if not (isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, Tensor) for d in data)):
             raise ValueError(f"data must be (x, y) tensors, a Dataset or a DataLoader; got {type(data).__name__}")
@@ -315,7 +319,8 @@ def estimate_llc(
             return t.to(device=dev, dtype=dt if t.is_floating_point() else t.dtype)
 
         if streamed:
-            return estimate_llc_streamed(loss, w_star, HostData(data, cast), config, seed, eval_batch_size, prefetch)
+            return estimate_llc_streamed(loss, w_star, HostData(data, cast), config, seed, eval_batch_size, prefetch,
+                                         callbacks, callback_every)
         return estimate_llc_flat(loss, w_star, cast(x), cast(y), config, seed, eval_batch_size,
                                  callbacks, callback_every)
     finally:

@@ -101,10 +101,14 @@ def run_sgld_streamed(
     seed: int,
     eval_batch_size: int = 4096,
     prefetch: bool | None = None,
+    hook: Callable[[int, Tensor, Tensor, Tensor, Tensor], None] | None = None,
+    every: int = 1,
 ) -> SGLDTrace:
     """:func:`llc.sgld.run_sgld` with minibatches streamed from ``data``; same draws, same trace.
 
     prefetch: gather the next step's rows in a background thread; None means on CUDA only.
+    hook: ``hook(t, w_t, w_{t+1}, xb (C, B, ...), yb)`` after draws t with (t + 1) % every == 0
+        (llc.callbacks.batch_hook); w is copied only on those draws.
     """
     n = data.n
     if config.batch_size > n:
@@ -154,11 +158,14 @@ def run_sgld_streamed(
                     if not config.loss_trace_minibatch and t >= burnin:
                         trace[:, t] = streamed_full_data_loss(loss_fn, w, data, eval_batch_size)
                     args = (w, local, xi_by_step[j], xb, yb, w_star)
+                    w_t = w.clone() if hook is not None and (t + 1) % every == 0 else None
                     if t == 0 and step is not eager:
                         step, loss = _sgld._first_compiled_call(step, eager, args)
                     else:
                         loss = step(*args)  # (C,) L_B(w_t); w becomes w_{t+1} in place
                     losses.append(loss)
+                    if w_t is not None:
+                        hook(t, w_t, w, xb.view(C, B, *xb.shape[1:]), yb.view(C, B, *yb.shape[1:]))
                 if config.loss_trace_minibatch:
                     trace[:, t0:t0 + k] = torch.stack(losses, 1)
                 _sgld._check_finite(trace[:, t0:t0 + k], t0,
