@@ -48,7 +48,8 @@ class HostData:
     def rows(self, idx: Tensor) -> tuple[Tensor, Tensor]:
         """Rows idx (m,) as host tensors (m, ...), (m, ...)."""
         if self.tensors is not None:
-            return self.tensors[0].index_select(0, idx), self.tensors[1].index_select(0, idx)
+            x, y = self.tensors
+            return x.index_select(0, idx.to(x.device)), y.index_select(0, idx.to(y.device))
         batch = self.collate([self.dataset[i] for i in idx.tolist()])
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(b, Tensor) for b in batch)):
             raise ValueError(
@@ -59,6 +60,7 @@ class HostData:
         return batch[0], batch[1]
 
     def to_device(self, xb: Tensor, yb: Tensor, device: torch.device, pin: bool) -> tuple[Tensor, Tensor]:
+        pin = pin and xb.device.type == "cpu" and yb.device.type == "cpu"  # a Dataset may already hold CUDA tensors
         if pin:
             xb, yb = xb.pin_memory(), yb.pin_memory()
         return self.cast(xb.to(device, non_blocking=pin)), self.cast(yb.to(device, non_blocking=pin))
