@@ -250,7 +250,8 @@ def estimate_llc(
 
     Runs ``num_chains`` SGLD chains (vectorised with vmap) on
     p(w) ∝ exp(-nβ L_n(w) - γ/2 ||w - w*||²), w* = the model's parameters, and
-    returns λ̂ = nβ (E[L(w)] - L_n(w*)) per chain, with mean, std and R-hat.
+    returns λ̂ = nβ (E[L(w)] - L_n(w*)) per chain, with mean, std, R-hats, ESS
+    and a ``healthy`` flag (llc.diagnostics).
     The model is evaluated in eval mode (BatchNorm statistics fixed, dropout off);
     it is not modified.
 
@@ -315,6 +316,7 @@ def estimate_llc(
         loss, w_star = flat_loss_for_module(model, loss_fn, dt, dev)
         if param_mask is not None:
             loss, w_star = restrict_loss(loss, w_star, flat_param_mask(model, param_mask, dev))
+
         def cast(t: Tensor) -> Tensor:
             return t.to(device=dev, dtype=dt if t.is_floating_point() else t.dtype)
 
