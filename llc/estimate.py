@@ -17,10 +17,14 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
 from torch.func import functional_call
 
-from llc.diagnostics import split_rhat
+from llc.callbacks import batch_hook, check_every, step_callback
+from llc.diagnostics import Diagnostics, diagnose, split_rhat
+from llc.restricted import ParamMask, flat_param_mask, restrict_loss
 from llc.sgld import FlatLoss, SGLDConfig, full_data_loss, run_sgld
+from llc.streaming import HostData, check_loss_on_items, run_sgld_streamed, streamed_full_data_loss
 from models.device import resolve_device, resolve_dtype
 
 
@@ -35,9 +39,12 @@ class LLCResult:
         rhat: split-R-hat of the post-burn-in traces (NaN for one chain).
         init_loss: L_n(w*), the full-data loss at the centre.
         nbeta: the n·β used.
-        loss_trace: (C, T) float64 trace (NaN where not recorded).
+        loss_trace: (C, T) float64 trace (NaN where not recorded); each chain's trace.
         burnin: discarded leading draws.
         config: the sampler configuration.
+        diagnostics: rank R-hat, bulk/tail ESS, trend p-values and the ``healthy``
+            flag with its reasons (llc.diagnostics.diagnose), computed from the
+            post-burn-in trace when the result is built; also as properties.
     """
 
     lambdahat: float
@@ -49,6 +56,36 @@ class LLCResult:
     loss_trace: np.ndarray
     burnin: int
     config: SGLDConfig = field(repr=False)
+    diagnostics: Diagnostics = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.diagnostics = diagnose(self.loss_trace[:, self.burnin:], self.lambdahat)
+
+    @property
+    def rhat_rank(self) -> float:
+        """Rank-normalised split-R-hat (Vehtari et al. 2021); ``rhat`` stays the classic split-R-hat."""
+        return self.diagnostics.rhat_rank
+
+    @property
+    def ess_bulk(self) -> float:
+        return self.diagnostics.ess_bulk
+
+    @property
+    def ess_tail(self) -> float:
+        return self.diagnostics.ess_tail
+
+    @property
+    def healthy(self) -> bool:
+        """R-hat <= 1.05, bulk and tail ESS >= 100, λ̂ >= 0 and no chain trending after burn-in."""
+        return self.diagnostics.healthy
+
+    @property
+    def health_reasons(self) -> list[str]:
+        return self.diagnostics.reasons
+
+    def lambdahat_trace(self) -> np.ndarray:
+        """(C, T) per-draw λ̂ contributions nβ (L(w_t) − L_n(w*)); their post-burn-in mean is λ̂ per chain."""
+        return self.nbeta * (self.loss_trace - self.init_loss)
 
     def summary(self) -> dict:
         """JSON-ready scalars for a Sacred result or a DataFrame row."""
@@ -62,7 +99,16 @@ class LLCResult:
             "nbeta": self.nbeta,
             "trace_mean_per_chain": [float(v) for v in post.mean(axis=1)],
             "trace_std_per_chain": [float(v) for v in post.std(axis=1)],
+            "rhat_rank": _json_float(self.rhat_rank),
+            "ess_bulk": _json_float(self.ess_bulk),
+            "ess_tail": _json_float(self.ess_tail),
+            "healthy": bool(self.healthy),
+            "health_reasons": list(self.health_reasons),
         }
+
+
+def _json_float(v: float) -> float | None:
+    return None if not math.isfinite(v) else float(v)
 
 
 def llc_from_trace(loss_trace: Tensor, init_loss: float, nbeta: float, burnin: int) -> np.ndarray:
@@ -79,17 +125,55 @@ def estimate_llc_flat(
     config: SGLDConfig,
     seed: int,
     eval_batch_size: int = 4096,
+    callbacks: list | None = None,
+    callback_every: int = 1,
 ) -> LLCResult:
     """λ̂ at a flat parameter vector w* (P,), for a loss over flat parameters.
 
     The functional core behind :func:`estimate_llc`; see llc.sgld.run_sgld for the
-    arguments. Raises SGLDDivergenceError if any chain diverges.
+    arguments and llc.callbacks for ``callbacks``. Raises SGLDDivergenceError if any
+    chain diverges.
     """
     with torch.no_grad():
         init_loss = float(full_data_loss(loss_fn, w_star[None], x, y, eval_batch_size)[0])
     if not math.isfinite(init_loss):
         raise FloatingPointError(f"L_n(w*) is not finite ({init_loss}); cannot estimate the LLC there")
-    trace = run_sgld(loss_fn, w_star, x, y, config, seed, eval_batch_size)
+    hook = None
+    if callbacks:
+        hook = step_callback(list(callbacks), callback_every, loss_fn, w_star, x, y,
+                             config.resolve_nbeta(x.shape[0]), config.burnin(), init_loss)
+    trace = run_sgld(loss_fn, w_star, x, y, config, seed, eval_batch_size, callback=hook)
+    return result_from_trace(trace, init_loss, config)
+
+
+def estimate_llc_streamed(
+    loss_fn: FlatLoss,
+    w_star: Tensor,
+    data: HostData,
+    config: SGLDConfig,
+    seed: int,
+    eval_batch_size: int = 4096,
+    prefetch: bool | None = None,
+    callbacks: list | None = None,
+    callback_every: int = 1,
+) -> LLCResult:
+    """:func:`estimate_llc_flat` with the data on the host (llc.streaming); same draws, same λ̂."""
+    check_loss_on_items(loss_fn, w_star, data)
+    with torch.no_grad():
+        init_loss = float(streamed_full_data_loss(loss_fn, w_star[None], data, eval_batch_size)[0])
+    if not math.isfinite(init_loss):
+        raise FloatingPointError(f"L_n(w*) is not finite ({init_loss}); cannot estimate the LLC there")
+    hook = None
+    if callbacks:
+        check_every(callback_every)
+        hook = batch_hook(list(callbacks), loss_fn, w_star, data.n, config.resolve_nbeta(data.n), config.burnin(),
+                          init_loss)
+    trace = run_sgld_streamed(loss_fn, w_star, data, config, seed, eval_batch_size, prefetch, hook, callback_every)
+    return result_from_trace(trace, init_loss, config)
+
+
+def result_from_trace(trace, init_loss: float, config) -> LLCResult:
+    """LLCResult from an SGLDTrace and L_n(w*)."""
     per_chain = llc_from_trace(trace.loss, init_loss, trace.nbeta, trace.burnin)
     post = trace.loss[:, trace.burnin:].numpy()
     return LLCResult(
@@ -143,7 +227,7 @@ def flat_loss_for_module(
 def estimate_llc(
     model: nn.Module,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
-    data: tuple[Tensor, Tensor],
+    data: tuple[Tensor, Tensor] | Dataset | DataLoader,
     *,
     epsilon: float = 1e-5,
     gamma: float = 10.0,
@@ -157,12 +241,17 @@ def estimate_llc(
     device: str = "auto",
     dtype: str | None = None,
     eval_batch_size: int = 4096,
+    param_mask: ParamMask | None = None,
+    prefetch: bool | None = None,
+    callbacks: list | None = None,
+    callback_every: int = 1,
 ) -> LLCResult:
     """Estimate the local learning coefficient λ̂ at the model's current weights.
 
     Runs ``num_chains`` SGLD chains (vectorised with vmap) on
     p(w) ∝ exp(-nβ L_n(w) - γ/2 ||w - w*||²), w* = the model's parameters, and
-    returns λ̂ = nβ (E[L(w)] - L_n(w*)) per chain, with mean, std and R-hat.
+    returns λ̂ = nβ (E[L(w)] - L_n(w*)) per chain, with mean, std, R-hats, ESS
+    and a ``healthy`` flag (llc.diagnostics).
     The model is evaluated in eval mode (BatchNorm statistics fixed, dropout off);
     it is not modified.
 
@@ -170,7 +259,10 @@ def estimate_llc(
         model: any module mapping a batch x to outputs; its parameters are w*.
         loss_fn: mean loss over a batch, loss_fn(outputs, y) -> scalar, e.g.
             ``torch.nn.functional.mse_loss`` or ``cross_entropy``.
-        data: (x, y) tensors holding all n training points (first dimension n).
+        data: (x, y) tensors holding all n training points (first dimension n), or a
+            torch Dataset / DataLoader of (x, y) items that stays on the host: each
+            step's minibatches are gathered and streamed to the device
+            (llc.streaming), with the same draws and the same λ̂ as the tensors.
         epsilon: SGLD step size ε.
         gamma: localisation strength γ.
         num_steps: steps per chain, burn-in included.
@@ -183,21 +275,35 @@ def estimate_llc(
         device: 'auto', 'cpu' or 'cuda'.
         dtype: 'float32' or 'float64'; None keeps the model's parameter dtype.
         eval_batch_size: chunk size for full-data losses.
+        param_mask: None samples every parameter. Otherwise the restricted λ̂:
+            only the named coordinates are sampled, the rest held at w*
+            (names, or a dict of names to True or to boolean masks of the
+            parameter's shape; see llc.restricted).
+        prefetch: with a Dataset, gather the next step's rows in a background
+            thread (pinned memory, asynchronous copies); None means on CUDA only.
+        callbacks: callables of an llc.callbacks.ChainState (e.g. OnlineLLC,
+            WeightDistance, GradientNorm), called with every chain's state after
+            draws t with (t + 1) % callback_every == 0. None: no hook at all.
 
     Returns:
         LLCResult.
 
     Raises:
-        ValueError: invalid hyperparameters, batch_size > n, or mismatched data.
+        ValueError: invalid hyperparameters, batch_size > n, mismatched data, or a
+            param_mask naming an unknown parameter or selecting nothing / everything.
         SGLDDivergenceError: a chain diverged (names the chain and step).
     """
     config = SGLDConfig(
         epsilon=epsilon, gamma=gamma, num_steps=num_steps, batch_size=batch_size, num_chains=num_chains,
         nbeta=nbeta, num_burnin_steps=num_burnin_steps, loss_trace_minibatch=loss_trace_minibatch,
     )
-    x, y = data
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"data x and y must have the same first dimension; got {x.shape[0]} and {y.shape[0]}")
+    streamed = isinstance(data, (Dataset, DataLoader))
+    if not streamed:
+        if not (isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, Tensor) for d in data)):
+            raise ValueError(f"data must be (x, y) tensors, a Dataset or a DataLoader; got {type(data).__name__}")
+        x, y = data
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"data x and y must have the same first dimension; got {x.shape[0]} and {y.shape[0]}")
     dev = resolve_device(device)
     param_dtype = next(model.parameters()).dtype
     dt = param_dtype if dtype is None else resolve_dtype(dtype)
@@ -208,8 +314,16 @@ def estimate_llc(
     try:
         # functional_call swaps in w's views and the cast buffers: the module itself stays put.
         loss, w_star = flat_loss_for_module(model, loss_fn, dt, dev)
-        x = x.to(device=dev, dtype=dt if x.is_floating_point() else x.dtype)
-        y = y.to(device=dev, dtype=dt if y.is_floating_point() else y.dtype)
-        return estimate_llc_flat(loss, w_star, x, y, config, seed, eval_batch_size)
+        if param_mask is not None:
+            loss, w_star = restrict_loss(loss, w_star, flat_param_mask(model, param_mask, dev))
+
+        def cast(t: Tensor) -> Tensor:
+            return t.to(device=dev, dtype=dt if t.is_floating_point() else t.dtype)
+
+        if streamed:
+            return estimate_llc_streamed(loss, w_star, HostData(data, cast), config, seed, eval_batch_size, prefetch,
+                                         callbacks, callback_every)
+        return estimate_llc_flat(loss, w_star, cast(x), cast(y), config, seed, eval_batch_size,
+                                 callbacks, callback_every)
     finally:
         model.train(was_training)
