@@ -7,6 +7,7 @@
 # Env: PYTHON (project interpreter; default .venv/bin/python, else python3),
 #      DOCS_VENV (default .docs-build/venv; created when missing).
 set -euo pipefail
+export NO_MKDOCS_2_WARNING=1  # mkdocs-material prints an end-of-life notice otherwise
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
