@@ -170,13 +170,16 @@ def render(script: str, sacred_name: str, study_page: str, module) -> str:
             lines.append(f"| `{key}` | {cell(fmt(cfg[key]))} | {cell(text)} |")
     extra = [k for k in cfg if k not in documented and k != "seed"]
     for key in extra:
-        lines.append(f"| `{key}` | {cell(fmt(cfg[key]))} | (set outside the config scope) |")
+        lines.append(f"| `{key}` | {cell(fmt(cfg[key]))} | added to every experiment by `tracking.sacred_utils.configure_experiment`: the sweep line's run key, None for runs started by hand |")
     lines += ["", "`seed` is Sacred's run seed; without `with seed=N` Sacred draws one and records it.", ""]
     if ex.named_configs:
         lines += ["## Named configs", "", "| name | what | keys it sets |", "|---|---|---|"]
         for name, scope in ex.named_configs.items():
             func = getattr(scope, "_func", None)
             doc = (inspect.getdoc(func) or "").split("\n\n")[0] if func else ""
+            if func and not doc:  # no docstring: the scope's own comments say what it is
+                notes = line_comments(textwrap.dedent(inspect.getsource(func))).values()
+                doc = "; ".join(c for c in notes if c and not c.startswith(("noqa", "---")))
             keys = ", ".join(f"`{k}`" for k in assigned_keys(func)) if func else "(a dict)"
             lines.append(f"| `{name}` | {cell(doc)} | {cell(keys)} |")
         lines.append("")
