@@ -21,6 +21,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+import yaml  # pinned in requirements.txt
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -214,3 +215,25 @@ def test_api_page_lists_every_module(package):
     assert not rendered & prose
     for module in prose:
         assert f"## {module}" in text, f"docs/api/{package}.md must say why {module} is not rendered"
+
+
+def nav_pages(node) -> list[str]:
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [p for v in node.values() for p in nav_pages(v)]
+    return [p for v in node for p in nav_pages(v)]
+
+
+def test_every_experiment_has_a_config_page_in_the_nav():
+    spec = importlib.util.spec_from_file_location("gen_config_keys", DOCS / "gen_config_keys.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    scripts = {p.stem for p in (ROOT / "experiments").glob("expt_*.py")}
+    assert {script for script, _, _ in gen.EXPERIMENTS} == scripts
+    nav = set(nav_pages(yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))["nav"]))
+    assert generated_pages() <= nav, sorted(generated_pages() - nav)
+    written = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md") if "generated" not in p.parts}
+    assert written <= nav, f"pages missing from mkdocs.yml's nav: {sorted(written - nav)}"
+    for script, _, study in gen.EXPERIMENTS:
+        assert (DOCS / study).is_file(), f"{script}: study page docs/{study} does not exist"
