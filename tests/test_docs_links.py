@@ -34,7 +34,7 @@ TEXT_SUFFIXES = {".py", ".md", ".txt", ".toml", ".yml", ".yaml", ".sh", ".cfg", 
 TEXT_NAMES = {"Makefile", "Pipfile", "run"}
 
 # docs/<page>.md with an optional #anchor, anywhere in a file (docstrings, comments, links).
-REPO_REF = re.compile(r"(?<![\w./-])docs/((?:[\w-]+/)*[\w-]+\.md)(?:#([\w-]+))?")
+REPO_REF = re.compile(r"(?<![\w./-])(?:\./)?docs/((?:[\w-]+/)*[\w-]+\.md)(?:#([\w-]+))?")
 # A relative Markdown link inside a docs page: ](page.md#anchor) or ](#anchor).
 DOCS_LINK = re.compile(r"\]\(((?:\.\./|[\w-]+/)*[\w-]+\.md)?(?:#([\w-]+))?\)")
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
@@ -159,6 +159,13 @@ def test_slug_rule_matches_hand_computed_ids():
         "rescaling-invariance-expt_rescaling_invariancepy"
     assert slugify("Mixed -- hyphens   and  spaces") == "mixed-hyphens-and-spaces"
     assert plain_text("The **bold** `a_b*` [link](x.md)") == "The bold a_b* link"
+
+
+def test_reference_pattern():
+    found = [m.groups() for m in REPO_REF.finditer(
+        "see docs/notes/llc.md#sgld-estimator, [a](./docs/index.md) and docs/llc.md; "
+        "not other/docs/x.md#y nor docs/<page>.md#<anchor>")]
+    assert found == [("notes/llc.md", "sgld-estimator"), ("index.md", None), ("llc.md", None)]
 
 
 def test_heading_ids_explicit_duplicates_and_fences():
