@@ -32,7 +32,7 @@ BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 
 
 def mse(out: Tensor, y: Tensor) -> Tensor:
-    """Mean squared error over batch and outputs, no 1/2 (reference.md section 1)."""
+    """Mean squared error over batch and outputs, no 1/2 (docs/notes/llc.md#conventions)."""
     return ((out - y) ** 2).mean()
 
 

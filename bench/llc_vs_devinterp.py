@@ -55,7 +55,7 @@ def make_workloads(device: torch.device, quick: bool) -> dict[str, Workload]:
     t_b, b_b = steps(100)
     t_c, b_c = steps(500)
     return {
-        # reference.md sections 1 and 6: widths 5-50, n = 1e5, batch 500, ε = 5e-7, γ = 1.
+        # docs/notes/llc.md#dln: widths 5-50, n = 1e5, batch 500, ε = 5e-7, γ = 1.
         "a": lambda: dln_workload("a", 7, [9, 6, 8], 100_000, epsilon=5e-7, gamma=1.0,
                                   num_steps=t_a, num_burnin_steps=b_a, device=device),
         "b": lambda: dln_workload("b", 50, [200, 200, 200, 50], 100_000, epsilon=1e-6, gamma=1.0,

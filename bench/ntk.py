@@ -148,7 +148,7 @@ def main(argv=None) -> int:
             "the table is for). Medians over alternated repetitions, float32.\n\n" + "\n\n".join(sections)
             + f"\n\n- Target (issue 6): >= 10x over the per-sample loop on workload a: {verdict} "
             f"(structured: {speedup:.0f}x).\n- `jacobian` materialises J (n, P); `structured` never forms it, "
-            "which is why it wins on MLPs (reference.md section 6). `auto` falls back to `jacobian` on the CNN.")
+            "which is why it wins on MLPs. `auto` falls back to `jacobian` on the CNN.")
     if not args.no_write:
         write_section(body)
         print(f"wrote the ntk section of {BENCHMARKS_MD}", file=sys.stderr)

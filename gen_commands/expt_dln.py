@@ -11,7 +11,7 @@ of the ``--grid`` axes, and per seed. Without ``--seeds`` each architecture gets
 one seed drawn from the generator's RNG, shared by its combinations, so they
 see the same true parameter w*. ``--seed`` makes the whole file reproducible.
 
-Presets reproduce the paper's six DLN sweeps (reference.md §1: all rand_rank,
+Presets reproduce the paper's six DLN sweeps (docs/notes/llc.md#published-results: all rand_rank,
 SGLD batch 500, trained first) and a small ``demo``; explicit options override
 a preset's values.
 """
@@ -43,7 +43,7 @@ BASE = dict(
 
 
 def _paper(widths, layers, n, eps, steps, num_runs=100):
-    # reference.md §1: rand_rank, batch 500, trained first. γ = 1, prop_rank_reduce 0.5
+    # docs/notes/llc.md#published-results: rand_rank, batch 500, trained first. γ = 1, prop_rank_reduce 0.5
     # and the training settings follow the original README's example command.
     return dict(
         num_runs=num_runs, widths=widths, layers=layers, n=[n], epsilon=[eps], gamma=[1.0],

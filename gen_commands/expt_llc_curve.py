@@ -10,7 +10,7 @@ is an axis; the generator writes the cartesian product of the axes, then of the
 is a value of --momentum and --l2 (no momentum, no penalty).
 
 Presets: ``readme`` is the original README's single example command; the
-``paper_*`` presets are the paper's sweeps (reference.md §1), each varying one of
+``paper_*`` presets are the paper's sweeps (docs/notes/llc.md#published-results), each varying one of
 the learning rate, batch size, momentum and L2 penalty around the README's settings,
 over five seeds. Explicit options override a preset's values.
 """

@@ -1,7 +1,7 @@
 """SGLD on the localized, tempered posterior, vectorised over chains with vmap.
 
 The target is (Lau et al., "Quantifying degeneracy in singular models via the
-learning coefficient"; reference.md section 1)
+learning coefficient"; docs/notes/llc.md#sgld-estimator)
 
     p(w) ∝ exp(-nβ L_n(w) - (γ/2) ||w - w*||²)
 

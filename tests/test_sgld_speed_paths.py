@@ -52,7 +52,7 @@ def test_failed_compile_warns_and_matches_eager(monkeypatch):
 def test_float32_localisation_has_no_bias():
     """With a zero loss, step 2 is w1 + Δ with E[Δ - sqrt(ε) ξ | w1] = -(εγ/2) w1.
 
-    At ε = 5e-7, γ = 1 (reference.md section 6), 1 - εγ/2 is not a float32 number:
+    At ε = 5e-7, γ = 1 (the paper's DLN setting, docs/notes/llc.md#dln), 1 - εγ/2 is not a float32 number:
     scaling w by it would make γ 4.6% weaker. Regressing the pull on w1 over many
     coordinates must give -εγ/2 within 1%.
     """
