@@ -71,11 +71,15 @@ def write_checkpoint(directory: str | os.PathLike, step: int, payload: dict, kee
     data = buf.getvalue()
     final = d / f"ckpt-{int(step):012d}.pt"
     tmp = d / f".{final.name}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(MAGIC + hashlib.sha256(data).digest() + data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(MAGIC + hashlib.sha256(data).digest() + data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # the previous checkpoints stay as they were
+        raise
     _fsync_dir(d)
     for old in checkpoint_files(d)[keep:]:
         old.unlink(missing_ok=True)
