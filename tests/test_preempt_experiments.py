@@ -115,3 +115,31 @@ def test_llc_curve_resumes_bit_for_bit(tmp_path, monkeypatch, cifar):
     expt = load_experiment("expt_llc_curve")
     dirs = interrupted_then_resumed(expt, tmp_path, monkeypatch, llc_config(cifar), 3, "SIGTERM")
     assert_resumed_equals_uninterrupted(*dirs, 3, "SIGTERM")
+
+
+def test_runner_retry_failed_resumes_the_interrupted_line(tmp_path, monkeypatch, capsys):
+    """gen_commands.run: a line stopped by a signal is retried with --retry-failed and resumes, same result."""
+    import shlex
+
+    from gen_commands import run as runner
+    from tests.conftest import REPO
+
+    overrides = ["device=cpu", "width=3", "num_training_data=200", "logging_period=20", "training_config.num_steps=40",
+                 "training_config.batch_size=20", "training_config.learning_rate=0.001", "sgld_config.num_steps=10", "sgld_config.batch_size=20",
+                 "sgld_config.num_chains=2"]
+    script = shlex.quote(str(REPO / "experiments" / "expt_dln_saddle_dynamics.py"))
+    line = lambda store, key: f"python {script} -F {store} with {' '.join(overrides)} run_key={key}\n"  # noqa: E731
+    cmds = tmp_path / "cmds.txt"
+    cmds.write_text(line(tmp_path / "cut", "a"))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv(TEST_ENV, "27:SIGTERM")  # the line stops at step 27, as on a SIGTERM there
+    assert runner.main([str(cmds), "--no-progress"]) == runner.EXIT_FAILED
+    assert "FAILED line 1" in capsys.readouterr().out
+    monkeypatch.delenv(TEST_ENV)
+    assert runner.main([str(cmds), "--no-progress", "--retry-failed"]) == 0
+    assert "1 line(s): 1 done" in capsys.readouterr().out
+    cut, resumed = read(tmp_path / "cut" / "1"), read(tmp_path / "cut" / "2")
+    assert cut["run"]["status"] == "INTERRUPTED" and resumed["info"]["resumed_from"]["step"] == 27
+    full = run(load_experiment("expt_dln_saddle_dynamics"), tmp_path / "full",
+               {k: v for k, v in SADDLE.items() if k != "run_key"})  # the same config, in-process, uninterrupted
+    assert resumed["run"]["result"] == full.result
