@@ -25,8 +25,10 @@ One mechanism for every experiment (README, "Preemption, checkpoints and resume"
 The resumed run is a new store entry; ``info['resumed_from']`` names the interrupted
 run (its id and directory) and the checkpoint.
 
-Test hook: the environment variable ``DLT_PREEMPT_TEST_SIGNAL=<step>[:<SIGNAME>]``
-makes the process send itself the signal (default SIGTERM) at that boundary, once.
+Test hooks: the environment variable ``DLT_PREEMPT_TEST_SIGNAL=<step>[:<SIGNAME>]``
+makes the process send itself the signal (default SIGTERM) at that boundary, once;
+``DLT_PREEMPT_TEST_SLOW=<seconds>`` sleeps that long at every boundary, so that a
+tiny run outlasts a real SLURM time limit on any machine (tests/test_slurm.py).
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ from tracking.checkpoint import (
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 TEST_ENV = "DLT_PREEMPT_TEST_SIGNAL"
+SLOW_ENV = "DLT_PREEMPT_TEST_SLOW"
 # Keys that may change between the interrupted run and its resumption.
 RESUME_FREE_KEYS = ("checkpoint_every", "checkpoint_dir", "keep_checkpoints", "resume_from", "verbose")
 _SESSION_INFO = ("interrupted", "resumed_from", "checkpoint_dir", "checkpoint_warnings")
@@ -162,6 +165,7 @@ class Session:
         self._old_handlers: dict = {}
         self._sources: list[Path] = []
         self._test = self._parse_test_hook()
+        self._slow = float(os.environ.get(SLOW_ENV) or 0)
 
     # --- where checkpoints live ---
     def _own_dir(self) -> Path:
@@ -273,6 +277,8 @@ class Session:
 
     def boundary(self, step: int, capture: Callable[[], dict], force: bool = False) -> None:
         """A step boundary: save if a signal is pending (then raise Preempted), a save is due, or ``force``."""
+        if self._slow > 0:
+            time.sleep(self._slow)  # test hook; a signal meanwhile runs the handler, then the sleep goes on
         if self._test is not None and self._test[0] == step:
             sig = self._test[1]
             self._test = None
