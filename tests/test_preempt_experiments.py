@@ -143,3 +143,17 @@ def test_runner_retry_failed_resumes_the_interrupted_line(tmp_path, monkeypatch,
     full = run(load_experiment("expt_dln_saddle_dynamics"), tmp_path / "full",
                {k: v for k, v in SADDLE.items() if k != "run_key"})  # the same config, in-process, uninterrupted
     assert resumed["run"]["result"] == full.result
+
+
+def test_saddle_dynamics_interrupted_twice_still_equals_the_uninterrupted_run(tmp_path, monkeypatch):
+    expt = load_experiment("expt_dln_saddle_dynamics")
+    full = run(expt, tmp_path / "full", SADDLE)
+    for step in (13, 27):  # the second cut comes after the first resume: replayed metrics must be kept again
+        monkeypatch.setenv(TEST_ENV, str(step))
+        with pytest.raises(Preempted):
+            run(expt, tmp_path / "store", SADDLE)
+    monkeypatch.delenv(TEST_ENV)
+    resumed = run(expt, tmp_path / "store", SADDLE)
+    assert resumed.info["resumed_from"]["run_dir"] == str(tmp_path / "store" / "2")
+    assert_resumed_equals_uninterrupted(tmp_path / "full" / str(full._id), tmp_path / "store" / "2",
+                                        tmp_path / "store" / str(resumed._id), 27, "SIGTERM")

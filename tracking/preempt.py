@@ -223,13 +223,13 @@ class Session:
                                          "checkpoint": str(path), "step": self.resumed_step}
         if warnings:
             self.run.info["checkpoint_warnings"] = warnings
-        for name, value, step in json.loads(payload["metrics"]):
-            self._log_scalar(name, value, step)
+        for name, value, step in json.loads(payload["metrics"]):  # recorded again: a second resume keeps them
+            self._record_scalar(name, value, step)
         with tempfile.TemporaryDirectory() as tmp:
             for name, data in payload["artifacts"].items():
                 p = Path(tmp) / name
                 p.write_bytes(data.numpy().tobytes())
-                self._add_artifact(str(p), name)
+                self._record_artifact(str(p), name)
 
     # --- bookkeeping of what has been logged ---
     def _record_scalar(self, name, value, step=None):
