@@ -298,7 +298,8 @@ def test_task_at_its_time_limit_checkpoints_requeues_and_resumes_to_the_same_res
     task_log = tmp_path / "logs" / f"dlt-sweep_{job_id}_1.log"
     _wait_for(done, JOB_TIMEOUT_S, f"job {job_id} to complete after its requeue(s)", [task_log, *slurm_cluster["logs"]])
     log = "".join(p.read_text() for p in (tmp_path / "logs").glob("*.log"))
-    assert "received SIGUSR1" in log and "requeueing job" in log, log[-3000:]
+    assert "received SIGUSR1" in log and "requeueing job" in log and "requeue failed" not in log, log[-3000:]
+    assert "(restart 1)" in log  # the same array task, started again by SLURM
     statuses = Store("file", str(store)).statuses([key])[key]
     assert "INTERRUPTED" in statuses and "COMPLETED" in statuses, (statuses, log[-3000:])
     (final,) = [json.loads((d / "run.json").read_text()) for d in store.iterdir()
