@@ -61,14 +61,14 @@ time.sleep(60)
 '''
 
 
-def signalled_job(tmp_path, sig, env_extra=None):
+def signalled_job(tmp_path, sig, env_extra=None, child_written=False):
     """Run job.slurm on a line that waits for a signal; send ``sig`` to the script once the line runs."""
     import os
-    import signal
     import sys
     import time
 
-    (tmp_path / "child.py").write_text(CHILD)
+    if not child_written:
+        (tmp_path / "child.py").write_text(CHILD)
     (tmp_path / "cmds.txt").write_text(f"{sys.executable} {tmp_path / 'child.py'} {tmp_path}\n")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -118,3 +118,14 @@ def test_requeue_can_be_turned_off_and_is_capped(tmp_path, env, message):
 def test_script_asks_for_the_warning_signal_and_requeueing():
     text = (REPO / "job.slurm").read_text()
     assert "#SBATCH --signal=B:USR1@" in text and "#SBATCH --requeue" in text
+
+
+def test_a_line_without_a_usr1_handler_runs_on_through_the_warning(tmp_path):
+    """The line inherits USR1 ignored: a program that does not checkpoint is not killed by the time-limit warning."""
+    import signal
+
+    (tmp_path / "child.py").write_text(
+        "import pathlib, sys, time\nhere = pathlib.Path(sys.argv[1])\n(here / 'ready').write_text('')\n"
+        "time.sleep(2)\n(here / 'got').write_text('finished')\n")
+    code, got, calls, log = signalled_job(tmp_path, signal.SIGUSR1, child_written=True)
+    assert got == "finished" and code == 0 and calls == ""  # it completed: nothing to requeue
