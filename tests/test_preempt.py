@@ -307,3 +307,71 @@ def test_command_line_run_is_recorded_interrupted_then_resumed(tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     assert json.loads((tmp_path / "2" / "run.json").read_text())["status"] == "COMPLETED"
     assert not (tmp_path / "_checkpoints").exists()
+
+
+# ------------------------------------------------------------------ dynamics.train's state capture
+
+@pytest.mark.parametrize("optim, extra", [("sgd", dict(momentum=0.9, l2_regularization=1e-3)), ("adam", {})])
+def test_train_resumed_from_its_captured_state_equals_the_uninterrupted_run(optim, extra, tmp_path):
+    from dynamics.train import TrainingConfig, train
+
+    gen_data = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 3, generator=gen_data), torch.randn(64, 2, generator=gen_data)
+    cfg = TrainingConfig(optim=optim, learning_rate=1e-2, batch_size=8, num_steps=10, **extra)
+    mse = lambda out, t: ((out - t) ** 2).mean()  # noqa: E731
+
+    def fresh():
+        torch.manual_seed(1)
+        return torch.nn.Linear(3, 2), torch.Generator().manual_seed(2)
+
+    model, gen = fresh()
+    full = train(model, mse, x, y, cfg, gen)
+    captured = {}
+
+    class Stop(Exception):
+        pass
+
+    def boundary(done, capture):
+        if done == 4:
+            captured.update(capture())
+            raise Stop
+
+    cut, gen_cut = fresh()
+    with pytest.raises(Stop):
+        train(cut, mse, x, y, cfg, gen_cut, boundary=boundary)
+    state = ckpt.read_checkpoint(ckpt.write_checkpoint(tmp_path, 4, {"state": captured}))["state"]  # via the file
+    resumed, gen_new = fresh()  # a new process: fresh model, optimizer and generator, then the saved state
+    rest = train(resumed, mse, x, y, cfg, gen_new, resume=state)
+    np.testing.assert_array_equal(rest, full)  # losses of all 10 steps, the first 4 restored
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_a_signal_outside_any_loop_records_the_run_interrupted(tmp_path):
+    """The issue's report: kill -TERM left run.json RUNNING forever. expt_dln without training has no loop to
+    checkpoint; the run is now recorded INTERRUPTED with the signal."""
+    import time
+
+    line = [sys.executable, "experiments/expt_dln.py", "-F", str(tmp_path), "with", "device=cpu", "input_dim=3",
+            "layer_widths=[3, 2]", "num_training_data=200", "sgld_config.num_steps=10000000",
+            "sgld_config.batch_size=20", "sgld_config.num_chains=2", "mala_acceptance_every=0"]
+    proc = subprocess.Popen(line, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run_json, info_json = tmp_path / "1" / "run.json", tmp_path / "1" / "info.json"
+
+    def handlers_in_place():  # info.checkpoint_dir is set once they are, and reaches info.json at a heartbeat
+        try:
+            return "checkpoint_dir" in json.loads(info_json.read_text())
+        except (OSError, ValueError):
+            return False
+
+    for _ in range(1800):  # wait (up to 3 min): not a timing assertion
+        if handlers_in_place() or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert json.loads(run_json.read_text())["status"] == "RUNNING"  # RUNNING forever, before this change
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert json.loads(run_json.read_text())["status"] == "INTERRUPTED", err[-2000:]
+    assert json.loads((tmp_path / "1" / "info.json").read_text())["interrupted"]["signal"] == "SIGTERM"

@@ -324,12 +324,12 @@ class Session:
         except BaseException:
             self._restore_run()
             raise
-        self.run.info["checkpoint_dir"] = str(self.dir)
         try:
             for sig in SIGNALS:
                 self._old_handlers[sig] = signal.signal(sig, self._handler)
         except ValueError:  # not the main thread: signals keep their handlers
             self._old_handlers.clear()
+        self.run.info["checkpoint_dir"] = str(self.dir)  # after the handlers: its presence says they are in place
         return self
 
     def _restore_run(self):
