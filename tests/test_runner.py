@@ -286,4 +286,3 @@ def test_real_expt_dln_lines_run_and_a_typo_fails_through_sacred(tmp_path, capsy
             for part in k.split("."):
                 node = node[part]
             assert node == v, k
-

@@ -247,4 +247,3 @@ def test_job_array_runs_every_line_and_pending_names_the_failure(slurm_cluster, 
     job2 = again.stdout.strip().split(";")[0]
     _wait_for(lambda: not _squeue(job2, env), JOB_TIMEOUT_S, f"array job {job2}", slurm_cluster["logs"])
     assert [p.name for p in (tmp_path / "logs").glob(f"*_{job2}_*.log")] == [f"dlt-sweep_{job2}_3.log"]
-
