@@ -28,7 +28,7 @@ run (its id and directory) and the checkpoint.
 Test hooks: the environment variable ``DLT_PREEMPT_TEST_SIGNAL=<step>[:<SIGNAME>]``
 makes the process send itself the signal (default SIGTERM) at that boundary, once;
 ``DLT_PREEMPT_TEST_SLOW=<seconds>`` sleeps that long at every boundary, so that a
-tiny run outlasts a real SLURM time limit on any machine (tests/test_slurm.py).
+tiny run outlasts a real SLURM time limit on any machine (tests/test_preempt_slurm.py).
 """
 from __future__ import annotations
 
