@@ -68,6 +68,8 @@ def train(
     config: TrainingConfig,
     gen: torch.Generator,
     callback: Callable[[int, float], None] | None = None,
+    boundary: Callable[[int, Callable[[], dict]], None] | None = None,
+    resume: dict | None = None,
 ) -> np.ndarray:
     """Train ``model`` in place on (x, y); returns the (num_steps,) minibatch losses.
 
@@ -75,6 +77,9 @@ def train(
     ``config.l2_regularization`` = c, the penalty c Σ_p ||p||² (included in the returned losses).
 
     ``callback(step, loss)`` is called after every step (e.g. to log a metric).
+    ``boundary(steps_done, capture)`` is called after it (tracking.preempt's step boundary):
+    ``capture()`` returns :func:`train_state`'s dict, and training given ``resume=`` that dict
+    continues from it exactly (model, optimizer, batch generator, losses so far).
 
     Raises:
         ValueError: batch_size > n.
@@ -85,8 +90,15 @@ def train(
         raise ValueError(f"batch_size must be <= the number of data points ({n}); got {config.batch_size}")
     opt = config.make_optimizer(model.parameters())
     losses = np.empty(config.num_steps)
+    start = 0
+    if resume is not None:
+        start = load_train_state(resume, model, opt, gen, losses)
     model.train()
-    for step in range(config.num_steps):
+
+    def capture() -> dict:
+        return train_state(model, opt, gen, losses, step + 1)
+
+    for step in range(start, config.num_steps):
         idx = torch.randint(0, n, (config.batch_size,), generator=gen, device=gen.device)
         loss = loss_fn(model(x[idx]), y[idx])
         if config.l2_regularization:
@@ -100,4 +112,25 @@ def train(
         losses[step] = value
         if callback is not None:
             callback(step, value)
+        if boundary is not None:
+            boundary(step + 1, capture)
     return losses
+
+
+def train_state(model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator, losses: np.ndarray,
+                steps_done: int) -> dict:
+    """Everything :func:`train` needs to continue after ``steps_done`` steps (tensors, for a weights-only load)."""
+    return {"steps_done": int(steps_done), "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "optimizer": opt.state_dict(), "generator": gen.get_state(),
+            "losses": torch.from_numpy(losses[:steps_done].copy())}
+
+
+def load_train_state(state: dict, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+                     losses: np.ndarray) -> int:
+    """Inverse of :func:`train_state`, in place; returns the number of steps already done."""
+    done = int(state["steps_done"])
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    gen.set_state(state["generator"])
+    losses[:done] = state["losses"].numpy()
+    return done

@@ -17,6 +17,7 @@ records the MALA acceptance probability of the SGLD transition, as the original 
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -39,9 +40,10 @@ from models.dln import (
     INIT_SCHEMES, TRUE_PARAM_METHODS, DeepLinearNetwork, end_to_end_matrix, init_params, make_true_params, numerical_rank,
 )
 from tracking.key_aliases import resolve_alias
+from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import build_config, configure_experiment, json_ready, log_series, run_cli, seed_everything
 
-ex = configure_experiment(Experiment("dln_lambdahat"))
+ex = add_checkpoint_config(configure_experiment(Experiment("dln_lambdahat")))
 
 
 @ex.config
@@ -198,6 +200,11 @@ def _diagnostics(_run, prefix, loss, f_flat, w, x, y, config, seed, purpose):
 @ex.main
 def main(_config, _run, _seed):
     checked = validate(_config)
+    with checkpointing(_run, _config) as ck:  # with training: checkpoints at its steps, resume (tracking.preempt)
+        return _main(_config, _run, _seed, checked, ck)
+
+
+def _main(_config, _run, _seed, checked, ck):
     seed_everything(_seed)
     sgld, device = checked["sgld"], checked["device"]
     dtype = resolve_dtype(_config["dtype"])
@@ -236,20 +243,23 @@ def main(_config, _run, _seed):
         return _mse(f_flat(w, xb), yb)
 
     model_dim = w_flat.numel()
-    res, extra = _sgld(_run, "llc", loss, w_flat, x, y, sgld, derived_seed(_seed, SGLD_W_STAR), _config)
-    result = {
-        **res.summary(),
-        **extra,
-        "true_lambda": true_lambda,
-        "true_multiplicity": true_mult,
-        "true_rank": true_rank,
-        "true_end_to_end_sigma_max": float(prod_sv[0]),  # σ_max(W_L...W_1): the teacher map's scale
-        "true_end_to_end_sigma_min": float(prod_sv[-1]),  # smallest of its min(H_0, H_L) singular values
-        "model_dim": model_dim,
-        "relative_error": (res.lambdahat - true_lambda) / true_lambda if true_lambda > 0 else None,
-        **_diagnostics(_run, "", loss, f_flat, w_flat, x_test, y_test, _config, _seed, DIAG_W_STAR),
-    }
-    _run.log_scalar("llc/lambdahat", res.lambdahat, 0)
+    if ck.state is not None:  # resumed during or after training: the λ̂ at w* is in the checkpoint
+        result = json.loads(ck.state["result"])
+    else:
+        res, extra = _sgld(_run, "llc", loss, w_flat, x, y, sgld, derived_seed(_seed, SGLD_W_STAR), _config)
+        result = {
+            **res.summary(),
+            **extra,
+            "true_lambda": true_lambda,
+            "true_multiplicity": true_mult,
+            "true_rank": true_rank,
+            "true_end_to_end_sigma_max": float(prod_sv[0]),  # σ_max(W_L...W_1): the teacher map's scale
+            "true_end_to_end_sigma_min": float(prod_sv[-1]),  # smallest of its min(H_0, H_L) singular values
+            "model_dim": model_dim,
+            "relative_error": (res.lambdahat - true_lambda) / true_lambda if true_lambda > 0 else None,
+            **_diagnostics(_run, "", loss, f_flat, w_flat, x_test, y_test, _config, _seed, DIAG_W_STAR),
+        }
+        _run.log_scalar("llc/lambdahat", res.lambdahat, 0)
 
     # --- optional: train from a fresh init, then λ̂ at the trained parameter ---
     if checked["training"] is not None:
@@ -266,7 +276,13 @@ def main(_config, _run, _seed):
             if step % every == 0 or step == cfg.num_steps - 1:
                 _run.log_scalar("train/loss", value, step)
 
-        losses = train(trained, _mse, x, y, cfg, gen_batches, callback=log_train)
+        def boundary(steps_done, capture):  # the last one always saves: λ̂ at w_trained then resumes without retraining
+            ck.boundary(steps_done, lambda: {"train": capture(), "result": json.dumps(json_ready(result))},
+                        force=steps_done == cfg.num_steps)
+
+        with ck.deferring():
+            losses = train(trained, _mse, x, y, cfg, gen_batches, callback=log_train, boundary=boundary,
+                           resume=ck.state["train"] if ck.state else None)
         w_trained = torch.cat([p.detach().reshape(-1) for p in trained.parameters()])
         res_t, extra_t = _sgld(_run, "trained/llc", loss, w_trained, x, y, sgld, derived_seed(_seed, SGLD_TRAINED), _config)
         rank_t, sv_t = numerical_rank(end_to_end_matrix(dict(trained.named_parameters())))

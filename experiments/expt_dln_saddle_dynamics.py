@@ -33,9 +33,10 @@ from llc.estimate import estimate_llc_flat, flat_model_for_module
 from llc.sgld import SGLDConfig, SGLDDivergenceError
 from models.device import DTYPES, derived_seed, resolve_device, resolve_dtype
 from models.dln import DeepLinearNetwork, end_to_end_matrix, numerical_rank
+from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import build_config, configure_experiment, json_ready, run_cli, seed_everything
 
-ex = configure_experiment(Experiment("dln_saddle_dynamics"))
+ex = add_checkpoint_config(configure_experiment(Experiment("dln_saddle_dynamics")))
 
 
 @ex.config
@@ -171,6 +172,11 @@ def small_init(net: DeepLinearNetwork, width: int, exponent: float, gen: torch.G
 @ex.main
 def main(_config, _run, _seed):
     checked = validate(_config)
+    with checkpointing(_run, _config) as ck:  # SIGTERM/SIGUSR1/SIGINT -> checkpoint at a step boundary; resume
+        return _main(_config, _run, _seed, checked, ck)
+
+
+def _main(_config, _run, _seed, checked, ck):
     seed_everything(_seed)
     training, sgld, device = checked["training"], checked["sgld"], checked["device"]
     dtype = resolve_dtype(_config["dtype"])
@@ -189,8 +195,8 @@ def main(_config, _run, _seed):
         return _mse(f_flat(w, xb), yb)
 
     _run.info["teacher_singular_values"] = torch.linalg.svdvals(teacher).tolist()
-    _run.info["checkpoints"] = checkpoints = []
-    traces = []
+    checkpoints = _run.info.setdefault("checkpoints", [])  # restored on resume
+    traces = [t.numpy() for t in ck.state["traces"]] if ck.state else []  # (C, T) each
 
     def checkpoint(t: int, batch_loss: float | None) -> None:
         w_t = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
@@ -228,8 +234,14 @@ def main(_config, _run, _seed):
             _run.log_scalar("train/batch_loss", batch_loss, t)
             checkpoint(t, batch_loss)
 
-    checkpoint(0, None)
-    train(net, _mse, x, y, training, _stream(_seed, BATCHES, device), callback=callback)
+    def boundary(steps_done, train_capture):
+        ck.boundary(steps_done, lambda: {"train": train_capture(), "traces": [torch.from_numpy(t) for t in traces]})
+
+    if ck.state is None:
+        checkpoint(0, None)
+    with ck.deferring():
+        train(net, _mse, x, y, training, _stream(_seed, BATCHES, device), callback=callback, boundary=boundary,
+              resume=ck.state["train"] if ck.state else None)
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "saddle_traces.npz")

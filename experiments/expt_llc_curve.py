@@ -39,9 +39,10 @@ from llc.estimate import estimate_llc_flat, flat_loss_for_module
 from llc.sgld import SGLDConfig, SGLDDivergenceError
 from models.device import derived_seed, resolve_device
 from models.resnet import MODEL_NAMES, build_resnet
+from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import build_config, configure_experiment, json_ready, run_cli, seed_everything
 
-ex = configure_experiment(Experiment("llc_curve"))
+ex = add_checkpoint_config(configure_experiment(Experiment("llc_curve")))
 
 DATA_NAMES = ("cifar10", "cifar100")
 INPUT_NORMALISATIONS = ("unit_interval", "standardise")
@@ -196,6 +197,11 @@ def evaluate(model, loss_fn, x, y, labels, chunk: int) -> tuple[float, float]:
 @ex.main
 def main(_config, _run, _seed):
     checked = validate(_config)
+    with checkpointing(_run, _config) as ck:  # SIGTERM/SIGUSR1/SIGINT -> checkpoint at a step boundary; resume
+        return _main(_config, _run, _seed, checked, ck)
+
+
+def _main(_config, _run, _seed, checked, ck):
     seed_everything(_seed)
     md, training, sgld, device = checked["model_data"], checked["training"], checked["sgld"], checked["device"]
     period, chunk = _config["logging_period"], _config["eval_batch_size"]
@@ -219,8 +225,8 @@ def main(_config, _run, _seed):
         model = build_resnet(md["model_name"], num_classes, base_channels=md["layer_width_factor"])
     model.to(device)
     _run.info["model_dim"] = sum(p.numel() for p in model.parameters())
-    _run.info["checkpoints"] = checkpoints = []
-    traces = []
+    checkpoints = _run.info.setdefault("checkpoints", [])  # restored on resume
+    traces = [t.numpy() for t in ck.state["traces"]] if ck.state else []  # (C, T) each
 
     def checkpoint(t: int, batch_loss: float | None) -> None:
         model.eval()  # BatchNorm: running statistics, not batch statistics, for evaluation and sampling
@@ -266,9 +272,15 @@ def main(_config, _run, _seed):
         if t % period == 0 or t == training.num_steps:
             checkpoint(t, batch_loss)
 
-    checkpoint(0, None)
-    train(model, F.cross_entropy, x_train, y_train, training,
-          torch.Generator(device=device).manual_seed(derived_seed(_seed, BATCHES)), callback=callback)
+    def boundary(steps_done, train_capture):
+        ck.boundary(steps_done, lambda: {"train": train_capture(), "traces": [torch.from_numpy(t) for t in traces]})
+
+    if ck.state is None:
+        checkpoint(0, None)
+    with ck.deferring():
+        train(model, F.cross_entropy, x_train, y_train, training,
+              torch.Generator(device=device).manual_seed(derived_seed(_seed, BATCHES)), callback=callback,
+              boundary=boundary, resume=ck.state["train"] if ck.state else None)
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "llc_traces.npz")

@@ -13,10 +13,14 @@
 * A progress bar shows done / failed / skipped / running. At the end the
   failures (line number, exit code, last stderr lines) are printed and written
   to ``CMDS.failures.json``; the exit status is 1 if any line failed.
-  ``--retry-failed`` reruns only the lines recorded there.
+  ``--retry-failed`` reruns only the lines recorded there. A line whose run was
+  stopped by a signal left a checkpoint under its run_key, so its rerun (with
+  ``--retry-failed`` or a plain rerun) resumes from it rather than restarting
+  (README, "Preemption, checkpoints and resume").
 * Ctrl-C (or SIGTERM) stops launching, sends SIGINT to every running line's
-  process group so Sacred records the run as INTERRUPTED, then SIGTERM and
-  SIGKILL after ``--grace`` seconds; the exit status is 130.
+  process group so Sacred records the run as INTERRUPTED (a checkpointing
+  experiment first saves at its next step boundary), then SIGTERM and SIGKILL
+  after ``--grace`` seconds; the exit status is 130.
 """
 from __future__ import annotations
 
