@@ -66,9 +66,9 @@ def rank_truncation_losses(matrix: Tensor, x: Tensor, rank: int) -> Tensor:
 
     Entry k-1 is the mean (over the n points and the H_L outputs) squared error between
     ``matrix`` and its best rank-(k-1) approximation (drop σ_k, σ_{k+1}, ...) on the
-    inputs x: (1/H_L) Σ_{j>=k} σ_j² mean_i (v_j·x_i)². Times nβ it is the tempered
-    loss gap that separates w* from the lower-rank teachers; where it is not large
-    against λ, the tempered posterior at this n cannot tell the rank apart.
+    inputs x: (1/H_L) Σ_{j>=k} σ_j² mean_i (v_j·x_i)². Times nβ it says how far w* is
+    from the lower-rank teachers in units of the tempered posterior's temperature, a
+    diagnostic for deep teachers whose end-to-end singular values are spread out.
 
     Args: matrix (H_L, H_0), x (n, H_0); returns (rank,) float64, decreasing.
     """
