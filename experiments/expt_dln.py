@@ -38,6 +38,7 @@ from llc.sgld import SGLDConfig, mala_acceptance_probability, run_sgld
 from models.device import DTYPES, derived_seed, resolve_device, resolve_dtype
 from models.dln import (
     INIT_SCHEMES, TRUE_PARAM_METHODS, DeepLinearNetwork, end_to_end_matrix, init_params, make_true_params, numerical_rank,
+    rank_truncation_losses,
 )
 from tracking.key_aliases import resolve_alias
 from tracking.preempt import add_checkpoint_config, checkpointing
@@ -231,6 +232,10 @@ def _main(_config, _run, _seed, checked, ck):
     f64 = lambda p, x: functional_call(net, p, (x,))  # noqa: E731
     dist = checked["input_distribution"]
     x, y = teacher_dataset(f64, w_star, n, input_dim, dist, _stream(_seed, DATA))
+    # nβ·L_n of w*'s end-to-end map truncated to rank k-1, k = 1..r: how far, in units of the
+    # posterior's temperature, w* is from the lower-rank teachers (README, "The DLN experiment").
+    rank_gaps = sgld.resolve_nbeta(n) * rank_truncation_losses(end_to_end_matrix(w_star), x, true_rank)
+    _run.info["true_rank_truncation_gaps"] = rank_gaps.tolist()
     x, y = x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype)
     x_test, y_test = teacher_dataset(f64, w_star, _config["num_test_data"], input_dim, dist, _stream(_seed, TEST_DATA))
     x_test, y_test = x_test.to(device=device, dtype=dtype), y_test.to(device=device, dtype=dtype)
@@ -255,6 +260,7 @@ def _main(_config, _run, _seed, checked, ck):
             "true_rank": true_rank,
             "true_end_to_end_sigma_max": float(prod_sv[0]),  # σ_max(W_L...W_1): the teacher map's scale
             "true_end_to_end_sigma_min": float(prod_sv[-1]),  # smallest of its min(H_0, H_L) singular values
+            "true_rank_gap": float(rank_gaps[-1]) if true_rank > 0 else None,  # nβ L_n(rank r-1 truncation)
             "model_dim": model_dim,
             "relative_error": (res.lambdahat - true_lambda) / true_lambda if true_lambda > 0 else None,
             **_diagnostics(_run, "", loss, f_flat, w_flat, x_test, y_test, _config, _seed, DIAG_W_STAR),

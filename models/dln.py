@@ -61,6 +61,23 @@ def numerical_rank(matrix: Tensor, rtol: float | None = None) -> tuple[int, Tens
     return int((sv > rtol * sv[0]).sum()), sv
 
 
+def rank_truncation_losses(matrix: Tensor, x: Tensor, rank: int) -> Tensor:
+    """L_n of the teacher x -> matrix @ x truncated to rank k-1, for k = 1..rank.
+
+    Entry k-1 is the mean (over the n points and the H_L outputs) squared error between
+    ``matrix`` and its best rank-(k-1) approximation (drop σ_k, σ_{k+1}, ...) on the
+    inputs x: (1/H_L) Σ_{j>=k} σ_j² mean_i (v_j·x_i)². Times nβ it says how far w* is
+    from the lower-rank teachers in units of the tempered posterior's temperature, a
+    diagnostic for deep teachers whose end-to-end singular values are spread out.
+
+    Args: matrix (H_L, H_0), x (n, H_0); returns (rank,) float64, decreasing.
+    """
+    u, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
+    z = x.double() @ vh[:rank].T  # (n, rank): v_j·x_i
+    per_sv = s[:rank] ** 2 * (z ** 2).mean(0) / matrix.shape[0]  # (rank,)
+    return per_sv.flip(0).cumsum(0).flip(0)
+
+
 def init_weight(shape: tuple[int, int], gen: torch.Generator, init: str = "haiku") -> Tensor:
     """One (fan_out, fan_in) weight matrix in float64.
 
