@@ -5,11 +5,15 @@
         --epsilon 1e-6 5e-7 --grid "sgld_config.gamma=[1.0, 10.0]" -F runs/dln_lambdahat
 
 For each of ``--num-runs`` random architectures (number of layers, each width and
-the input dim drawn uniformly from their closed ranges) the generator writes one
+the input dim drawn uniformly from their ranges LO..HI) the generator writes one
 line per combination of the list-valued options (``--n``, ``--epsilon``, ...) and
 of the ``--grid`` axes, and per seed. Without ``--seeds`` each architecture gets
 one seed drawn from the generator's RNG, shared by its combinations, so they
 see the same true parameter w*. ``--seed`` makes the whole file reproducible.
+
+Ranges are half-open, [LO, HI), by default: the original generator drew with
+``np.random.randint(LO, HI)``, so its sweep labelled "layers 2-5" has 2 to 4 layers;
+``--range-upper inclusive`` includes HI.
 
 Presets reproduce the paper's six DLN sweeps (docs/notes/llc.md#published-results: all rand_rank,
 SGLD batch 500, trained first) and a small ``demo``; explicit options override
@@ -36,6 +40,7 @@ OPTIMS = ("sgd", "adam")
 BASE = dict(
     num_runs=10,
     widths=(5, 50), layers=(2, 5), input_dim=None,  # input_dim None -> the widths range
+    range_upper="exclusive",  # exclusive: [LO, HI) as the original's np.random.randint; inclusive: [LO, HI]
     n=[10000], epsilon=[1e-5], gamma=[1.0], steps=[5000], burnin=None, batch=[100], num_chains=[4],
     method=["rand_rank"], prop_rank_reduce=[0.5],
     training=False, train_steps=[5000], train_lr=[0.01], train_batch=[200], train_optim=["sgd"],
@@ -65,7 +70,7 @@ PRESETS = {
     # λ̂ = 53 for λ = 119.5 (R-hat 1.9, not yet equilibrated), 1e-5 gave 93, 2e-5 111
     # and 3e-5 131. With ε = 2e-5, 1000 steps of burn-in then 1000 draws suffice.
     "demo": dict(
-        num_runs=8, widths=(5, 20), layers=(2, 4), input_dim=(5, 20),
+        num_runs=8, widths=(5, 21), layers=(2, 5), input_dim=(5, 21),  # [LO, HI): widths 5-20, 2-4 layers
         n=[10000], epsilon=[2e-5], gamma=[1.0], steps=[2000], burnin=[1000], batch=[500], num_chains=[4],
         method=["rand_rank"], prop_rank_reduce=[0.5], training=False,
     ),
@@ -110,10 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), help="named sweep; other options override its values")
     p.add_argument("--num-runs", type=int, help=f"random architectures to draw (default {BASE['num_runs']})")
     p.add_argument("--seed", type=int, default=0, help="seed of the generator's RNG (default 0)")
-    g = p.add_argument_group("architecture (closed ranges LO HI, sampled uniformly)")
+    g = p.add_argument_group("architecture (ranges LO HI, sampled uniformly; HI excluded unless --range-upper inclusive)")
     g.add_argument("--widths", type=int, nargs=2, metavar=("LO", "HI"), help="width of every layer, output included (default 5 50)")
     g.add_argument("--layers", type=int, nargs=2, metavar=("LO", "HI"), help="number of layers = len(layer_widths) (default 2 5)")
     g.add_argument("--input-dim", type=int, nargs=2, metavar=("LO", "HI"), help="input dim H_0 (default: the --widths range)")
+    g.add_argument("--range-upper", choices=("exclusive", "inclusive"),
+                   help="exclusive (default): [LO, HI), as the original generator's np.random.randint; inclusive: [LO, HI]")
     g = p.add_argument_group("settings (each a list of values; all lists are crossed)")
     g.add_argument("--n", type=int, nargs="+", help="num_training_data (default 10000)")
     g.add_argument("--epsilon", type=float, nargs="+", help="sgld_config.epsilon, SGLD step size (default 1e-5)")
@@ -157,10 +164,14 @@ def resolve_settings(args: argparse.Namespace) -> dict:
             s[key] = value
     if s["num_runs"] < 1:
         raise ValueError(f"--num-runs must be >= 1; got {s['num_runs']}")
-    sweep.check_range("--widths", *s["widths"], minimum=1)
-    sweep.check_range("--layers", *s["layers"], minimum=1)
     s["input_dim"] = s["input_dim"] or s["widths"]
-    sweep.check_range("--input-dim", *s["input_dim"], minimum=1)
+    for opt, key in (("--widths", "widths"), ("--layers", "layers"), ("--input-dim", "input_dim")):
+        lo, hi = s[key]
+        sweep.check_range(opt, lo, hi, minimum=1)
+        if s["range_upper"] == "exclusive":
+            if hi <= lo:
+                raise ValueError(f"{opt} expects LO < HI with --range-upper exclusive (HI is excluded); got {lo} {hi}")
+            s[key] = (lo, hi - 1)  # the closed range actually drawn
     for opt, lo in [("n", 2), ("steps", 1), ("batch", 1), ("num_chains", 1), ("train_steps", 1), ("train_batch", 1)]:
         if min(s[opt]) < lo:
             raise ValueError(f"--{opt.replace('_', '-')} values must be >= {lo}; got {s[opt]}")

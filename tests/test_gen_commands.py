@@ -214,9 +214,30 @@ def test_grid_replaces_a_sampled_key(tmp_path):
     assert all(overrides_of(x)["seed"] == 7 for x in lines)
 
 
+def test_ranges_are_half_open_like_the_original_generator(tmp_path):
+    """The original drew with np.random.randint(LO, HI): HI excluded, so "layers 2-5" is 2..4 layers.
+    400 draws see every value of each small range (miss probability < 3·(2/3)^400), and never HI."""
+    def drawn(*extra):
+        lines = generate(tmp_path, "--num-runs", "400", "--widths", "2", "5", "--layers", "1", "4", *extra, "--force")
+        ov = [overrides_of(x) for x in lines]
+        return ({len(o["layer_widths"]) for o in ov}, {w for o in ov for w in o["layer_widths"]},
+                {o["input_dim"] for o in ov})
+    assert drawn() == ({1, 2, 3}, {2, 3, 4}, {2, 3, 4})
+    assert drawn("--range-upper", "inclusive") == ({1, 2, 3, 4}, {2, 3, 4, 5}, {2, 3, 4, 5})
+
+
+def test_paper_preset_draws_the_original_ranges(tmp_path):
+    lines = generate(tmp_path, "--preset", "paper1", "--num-runs", "300")
+    ov = [overrides_of(x) for x in lines]
+    assert {len(o["layer_widths"]) for o in ov} == {2, 3, 4}  # the original's "layer2-5"
+    widths = [w for o in ov for w in o["layer_widths"]] + [o["input_dim"] for o in ov]
+    assert min(widths) == 5 and max(widths) == 49  # "width5-50"; ~1200 draws hit both ends (miss < 1e-10)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--widths", "5", "2"], "--widths expects LO <= HI"),
     (["--layers", "0", "2"], "--layers values must be >= 1"),
+    (["--layers", "3", "3"], "--layers expects LO < HI with --range-upper exclusive"),
     (["--prop-rank-reduce", "1.5"], "--prop-rank-reduce values must be in [0, 1]"),
     (["--batch", "500", "--n", "100"], "--batch must be <= every --n"),
     (["--epsilon", "0"], "--epsilon values must be > 0"),
