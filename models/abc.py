@@ -6,7 +6,7 @@ A network with L hidden layers of width m maps x ∈ R^d to logits f(x) ∈ R^k:
 
 with layer multipliers μ_l = m^(-a_l), init W_l = m^(-b_l) U_l and SGD learning rates
 η_l = base_lr · m^(-c_l). U_l sits at a width-independent scale: entries N(0, σ_φ²) for
-0 < l < L (σ_φ² = 2 relu, 4 gelu, 1 elu / tanh / sigmoid), N(0, 1) for the output layer, and
+0 < l < L (σ_φ² = 2 relu, 4 gelu, 1 elu / tanh, 2 sigmoid), N(0, 1) for the output layer, and
 for the input layer N(0, σ_φ²/(d+1)): the 1/sqrt(d+1) sits in U_0's init, with no input
 multiplier (wide-networks, base_abc_param.py ``_generate_standard_gaussians``; the README's
 "Width parameterizations" section lists the other ``input_scaling`` conventions).
@@ -53,8 +53,9 @@ from torch import Tensor, nn
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu, "gelu": F.gelu, "elu": F.elu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
 }
-# Var U_l for l < L: keeps E φ(h)² of order one at init (the original's relu 2, gelu 4, elu 1).
-INIT_VARIANCE = {"relu": 2.0, "gelu": 4.0, "elu": 1.0, "tanh": 1.0, "sigmoid": 1.0}
+# Var U_l for l < L, as in the original's _set_init_std: relu 2, gelu 4, elu and tanh 1, and its default 2
+# for any other activation (sigmoid).
+INIT_VARIANCE = {"relu": 2.0, "gelu": 4.0, "elu": 1.0, "tanh": 1.0, "sigmoid": 2.0}
 PARAMETERIZATIONS = ("ntk", "mup", "ip", "standard_ip", "standard_ip_calibrated", "ipllr", "ipllr_bias", "sp",
                      "custom")
 # Where the input layer's 1/sqrt(d+1) goes:

@@ -87,11 +87,16 @@ def test_multipliers_init_and_lrs_are_powers_of_width(name):
         np.testing.assert_allclose(s.learning_rates(base_lr, step=0), [base_lr * m ** -c for c in p.warmup_c])
 
 
+# wide-networks base_abc_param.py _set_init_std: relu 2, gelu 4, elu / tanh 1, every other activation its default 2.
+ORIGINAL_INIT_VARIANCE = {"relu": 2.0, "gelu": 4.0, "elu": 1.0, "tanh": 1.0, "sigmoid": 2.0}
+
+
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 def test_init_is_width_power_times_width_independent_gaussian(activation):
     s = spec("mup", L=2, width=512, d=300, activation=activation)
     net = ABCNet(s, torch.Generator().manual_seed(0))
-    sigma = math.sqrt(INIT_VARIANCE[activation])
+    sigma = math.sqrt(ORIGINAL_INIT_VARIANCE[activation])
+    assert INIT_VARIANCE[activation] == ORIGINAL_INIT_VARIANCE[activation]
     for l, (scale, std) in enumerate(zip(s.init_scales(), [sigma / math.sqrt(301), sigma, 1.0])):
         W = getattr(net, f"W{l}")
         assert abs(W.std().item() / (scale * std) - 1) < 0.03, (l, W.std().item(), scale * std)
