@@ -1,8 +1,8 @@
 """Width parameterizations: NTK, muP, IP, standard IP, IPLLR (with and without bias) and SP on MNIST / grey CIFAR-10.
 
 Trains a fully connected network with L hidden layers of width m under an abc-parameterization
-(models/abc.py; docs/notes/width_parameterizations.md#abc) for ``n_trials`` independent inits, evaluating each on a
-held-out validation split and on the test set. The original code validated on a copy of the
+(models/abc.py; docs/notes/width_parameterizations.md#abc) for ``n_trials`` independent inits,
+evaluating each on a held-out validation split and on the test set. The original code validated on a copy of the
 training set (``n_val=0``); by default ``n_val`` training examples are held out by a seeded split.
 
     python experiments/expt_abc_params.py with parameterization=ipllr activation=gelu seed=1
@@ -94,7 +94,8 @@ def cfg():
 
 @ex.named_config
 def mnist_ipllr_gelu():
-    """Published: IPLLR with gelu reaches test accuracy ≈ 0.95 on MNIST (docs/notes/width_parameterizations.md#published)."""
+    """Published: IPLLR with gelu reaches test accuracy ≈ 0.95 on MNIST
+    (docs/notes/width_parameterizations.md#published)."""
     parameterization = "ipllr"  # noqa: F841
     activation = "gelu"  # noqa: F841
     dataset = "mnist"  # noqa: F841
@@ -102,7 +103,8 @@ def mnist_ipllr_gelu():
 
 @ex.named_config
 def cifar10_mup_relu():
-    """Published: muP with relu reaches test accuracy ≈ 0.41 on grey CIFAR-10 (docs/notes/width_parameterizations.md#published)."""
+    """Published: muP with relu reaches test accuracy ≈ 0.41 on grey CIFAR-10
+    (docs/notes/width_parameterizations.md#published)."""
     parameterization = "mup"  # noqa: F841
     activation = "relu"  # noqa: F841
     dataset = "cifar10"  # noqa: F841
