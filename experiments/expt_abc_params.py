@@ -55,9 +55,9 @@ def cfg():
     base_width = 1  # m_0: scales relative to sp at m_0 (every parameterization is sp there); 1 -> m^-a
     input_scaling = "init"  # 1/sqrt(d+1): init (in U_0's std, original) | multiplier | multiplier_lr | none
     init_mean = 0.0  # mean of U_1..U_L (1.0: the original's non-centred IP); U_0 and biases centred
-    n_warmup_steps = 1  # ipllr(_bias), standard_ip_calibrated: SGD steps with the large warm-up lrs, then standard IP
-    calibration = None  # ipllr warm-up base lrs: original | all_layers | default (1.0) | none (base_lr); None -> original (ipllr_bias: none)
-    first_step_batch = "fresh"  # ipllr: first step on a fresh minibatch (fc_ipllr job) | calibration (mock step's batch)
+    n_warmup_steps = 1  # ipllr(_bias), standard_ip_calibrated: SGD steps with the warm-up lrs, then standard IP
+    calibration = None  # ipllr / standard_ip_calibrated warm-up base lrs: original | all_layers | default (1.0) | none (base_lr); None -> original (ipllr_bias: none)
+    first_step_batch = "fresh"  # calibrated warm-ups: first step on a fresh minibatch (fc_ipllr job) | calibration (mock step's batch)
 
     # --- network ---
     L = 6  # hidden layers (L + 1 weight matrices)
