@@ -1,8 +1,8 @@
 """Width parameterizations: NTK, muP, IP, standard IP, IPLLR (with and without bias) and SP on MNIST / grey CIFAR-10.
 
 Trains a fully connected network with L hidden layers of width m under an abc-parameterization
-(models/abc.py, reference.md §4) for ``n_trials`` independent inits, evaluating each on a
-held-out validation split and on the test set. The original code validated on a copy of the
+(models/abc.py; docs/notes/width_parameterizations.md#abc) for ``n_trials`` independent inits,
+evaluating each on a held-out validation split and on the test set. The original code validated on a copy of the
 training set (``n_val=0``); by default ``n_val`` training examples are held out by a seeded split.
 
     python experiments/expt_abc_params.py with parameterization=ipllr activation=gelu seed=1
@@ -28,8 +28,8 @@ from torch import Tensor
 from data.vision import DATASETS, load_vision_dataset
 from models.abc import ACTIVATIONS, INPUT_SCALINGS, PARAMETERIZATIONS, ABCNet, ABCNetSpec, make_parameterization
 from models.abc_train import (
-    CALIBRATIONS, CoordCheckConfig, StepRecord, calibrate_warmup_lrs, coordinate_check, evaluate, train_abc,
-    warmup_base_lrs,
+    CALIBRATIONS, CoordCheckConfig, StepRecord, calibrate_warmup_lrs, coordinate_check, evaluate, fixed_batch_list,
+    train_abc, warmup_base_lrs,
 )
 from models.device import derived_seed, resolve_device
 from tracking.sacred_utils import build_config, configure_experiment, json_ready, run_cli, seed_everything
@@ -38,6 +38,10 @@ ex = configure_experiment(Experiment("abc_params"))
 
 ABC_DATASETS = ("mnist", "cifar10")  # CIFAR-10 in grey, flattened to 32·32 = 1024 inputs
 FIRST_STEP_BATCHES = ("fresh", "calibration")
+# fresh: a new permutation every epoch, per trial (the jobs' Lightning loader); fixed_list: one epoch's batches
+# drawn once per run, shared by all trials and cycled (the server scripts' collect_training_losses)
+BATCH_ORDERS = ("fresh", "fixed_list")
+CALIBRATED = ("ipllr", "standard_ip_calibrated")  # warm-ups whose base lrs can be calibrated
 
 
 @ex.config
@@ -45,15 +49,15 @@ def cfg():
     expt_name = None  # free label to group runs in plots (e.g. the sweep's name)
 
     # --- parameterization (models/abc.py) ---
-    parameterization = "mup"  # ntk | mup | ip | standard_ip | ipllr | ipllr_bias | sp | custom
+    parameterization = "mup"  # ntk | mup | ip | standard_ip | standard_ip_calibrated | ipllr | ipllr_bias | sp | custom
     ip_c = 0.0  # ip only: lr exponents c_l, one number for every layer or a list of L+1
     custom_exponents = dict(a=None, b=None, c=None)  # custom only: lists of L+1 exponents, input layer first
     base_width = 1  # m_0: scales relative to sp at m_0 (every parameterization is sp there); 1 -> m^-a
     input_scaling = "init"  # 1/sqrt(d+1): init (in U_0's std, original) | multiplier | multiplier_lr | none
     init_mean = 0.0  # mean of U_1..U_L (1.0: the original's non-centred IP); U_0 and biases centred
-    n_warmup_steps = 1  # ipllr(_bias): SGD steps with the large warm-up lrs, then standard IP
-    calibration = None  # ipllr warm-up base lrs: original | all_layers | default (1.0) | none (base_lr); None -> original (ipllr_bias: none)
-    first_step_batch = "fresh"  # ipllr: first step on a fresh minibatch (fc_ipllr job) | calibration (mock step's batch)
+    n_warmup_steps = 1  # ipllr(_bias), standard_ip_calibrated: SGD steps with the warm-up lrs, then standard IP
+    calibration = None  # ipllr / standard_ip_calibrated warm-up base lrs: original | all_layers | default (1.0) | none (base_lr); None -> original (ipllr_bias: none)
+    first_step_batch = "fresh"  # calibrated warm-ups: first step on a fresh minibatch (fc_ipllr job) | calibration (mock step's batch)
 
     # --- network ---
     L = 6  # hidden layers (L + 1 weight matrices)
@@ -67,6 +71,7 @@ def cfg():
     # --- training: plain SGD, cross-entropy (batch mean) ---
     base_lr = 0.01  # β in η_l = β m^-c_l
     batch_size = 512  # minibatch, epochs without replacement
+    batch_order = "fresh"  # fresh (reshuffled each epoch, per trial: the jobs) | fixed_list (server scripts)
     n_steps = 600  # SGD steps per trial
     n_trials = 5  # independent inits and batch orders; seeds derived from the run seed
 
@@ -89,7 +94,8 @@ def cfg():
 
 @ex.named_config
 def mnist_ipllr_gelu():
-    """Published: IPLLR with gelu reaches test accuracy ≈ 0.95 on MNIST (reference.md §4)."""
+    """Published: IPLLR with gelu reaches test accuracy ≈ 0.95 on MNIST
+    (docs/notes/width_parameterizations.md#published)."""
     parameterization = "ipllr"  # noqa: F841
     activation = "gelu"  # noqa: F841
     dataset = "mnist"  # noqa: F841
@@ -97,7 +103,8 @@ def mnist_ipllr_gelu():
 
 @ex.named_config
 def cifar10_mup_relu():
-    """Published: muP with relu reaches test accuracy ≈ 0.41 on grey CIFAR-10 (reference.md §4)."""
+    """Published: muP with relu reaches test accuracy ≈ 0.41 on grey CIFAR-10
+    (docs/notes/width_parameterizations.md#published)."""
     parameterization = "mup"  # noqa: F841
     activation = "relu"  # noqa: F841
     dataset = "cifar10"  # noqa: F841
@@ -108,6 +115,16 @@ def ip_non_centered():
     """The original's fc_ip_non_centered job: standard IP with U_1..U_L of mean 1 (init_mean = 1.0)."""
     parameterization = "standard_ip"  # noqa: F841
     init_mean = 1.0  # noqa: F841
+
+
+@ex.named_config
+def ip_non_centered_calibrated():
+    """non_centered/training.py's calibrated run: standard IP with U_1..U_L of mean 1, its first step with
+    calibrated base lrs, the input layer renormalised and its later lr × (d+1), on the script's fixed batch list."""
+    parameterization = "standard_ip_calibrated"  # noqa: F841
+    init_mean = 1.0  # noqa: F841
+    input_scaling = "multiplier_lr"  # noqa: F841
+    batch_order = "fixed_list"  # noqa: F841
 
 
 @ex.named_config
@@ -158,9 +175,15 @@ def validate(config: dict) -> dict:
                          f"got {calibration!r}")
     if config["first_step_batch"] not in FIRST_STEP_BATCHES:
         raise ValueError(f"first_step_batch must be one of {FIRST_STEP_BATCHES}; got {config['first_step_batch']!r}")
+    if config["batch_order"] not in BATCH_ORDERS:
+        raise ValueError(f"batch_order must be one of {BATCH_ORDERS}; got {config['batch_order']!r}")
+    if config["batch_order"] == "fixed_list" and config["first_step_batch"] != "fresh":
+        raise ValueError(f"first_step_batch must be 'fresh' with batch_order='fixed_list' (the list's first batch "
+                         f"is already the calibration's); got {config['first_step_batch']!r}")
     if config["first_step_batch"] == "calibration" and (
-            name != "ipllr" or config["n_warmup_steps"] < 1 or calibration not in ("original", "all_layers")):
-        raise ValueError(f"first_step_batch='calibration' needs a calibrated warm-up (ipllr, n_warmup_steps >= 1, "
+            name not in CALIBRATED or config["n_warmup_steps"] < 1 or calibration not in ("original", "all_layers")):
+        raise ValueError(f"first_step_batch='calibration' needs a calibrated warm-up ({' or '.join(CALIBRATED)}, "
+                         f"n_warmup_steps >= 1, "
                          f"calibration original or all_layers); got {name!r}, n_warmup_steps="
                          f"{config['n_warmup_steps']!r}, calibration={calibration!r}")
     init_mean = config["init_mean"]
@@ -263,11 +286,18 @@ def main(_config, _run, _seed):
 
     trials = {k: [] for k in ("val_loss", "val_accuracy", "val_likelihood", "test_loss", "test_accuracy",
                               "test_likelihood", "final_train_loss")}
-    warmup_lrs = []
+    warmup_lrs, batch_list = [], None
+    if _config["batch_order"] == "fixed_list":  # one list for the run, as the scripts' batches = list(loader)
+        batch_list = fixed_batch_list(data.x_train.shape[0], _config["batch_size"],
+                                      _generator(_seed, BATCHES, device=device))
     for k in range(_config["n_trials"]):
         net = ABCNet(spec, _generator(_seed, INIT, k)).to(device)
-        x_step, y_step, x_probe = _calibration_batches(data, _config["batch_size"],
-                                                       _generator(_seed, CALIBRATION, k, device=device))
+        if batch_list is None:
+            x_step, y_step, x_probe = _calibration_batches(data, _config["batch_size"],
+                                                           _generator(_seed, CALIBRATION, k, device=device))
+        else:  # the scripts' calibrate_base_lr: mock step on batches[0], measured on batches[1]
+            x_step, y_step = data.x_train[batch_list[0]], data.y_train[batch_list[0]]
+            x_probe = data.x_train[batch_list[1 % len(batch_list)]]
         betas = warmup_base_lrs(net, checked["calibration"], _config["base_lr"], x_step, y_step, x_probe)
         first = (x_step, y_step) if _config["first_step_batch"] == "calibration" else None
         if betas is not None:
@@ -288,7 +318,7 @@ def main(_config, _run, _seed):
                 _run.log_scalar(f"coord/h{l}/trial{k}", h, r.step)
 
         losses = train_abc(net, data.x_train, data.y_train, n_steps, _config["batch_size"], _config["base_lr"],
-                           _generator(_seed, BATCHES, k, device=device), betas, log_step, every, first)
+                           _generator(_seed, BATCHES, k, device=device), betas, log_step, every, first, batch_list)
         for split, x, y in (("val", data.x_val, data.y_val), ("test", data.x_test, data.y_test)):
             loss, acc, likelihood = evaluate(net, x, y, with_likelihood=True)
             for what, value in (("loss", loss), ("accuracy", acc), ("likelihood", likelihood)):

@@ -19,8 +19,10 @@ Presets:
   training set (n_val=0), MNIST 600 steps and CIFAR-10 1200: the jobs fc_mup, fc_ipllr, fc_ip_non_centered
   and fc_ipllr_bias × relu, gelu, elu, tanh × both datasets, standard_fc_ip on MNIST only; muP.py's
   muP / renorm / renorm_scale_lr (input_scaling none / multiplier / multiplier_lr) × the four and
-  sigmoid × both; non_centered/training.py's IP non-centred and renorm_scale_lr × five activations
-  (MNIST 400 steps there). Not ported: its calibrated standard IP variant;
+  sigmoid × both; training/ipllr.py's calib / calib_renorm / calib_renorm_scale_lr (the same three
+  scalings) × the four × both; non_centered/training.py's IP non-centred, renorm_scale_lr and
+  renorm_scale_lr_calib (standard_ip_calibrated) × five activations (MNIST 400 steps there); the
+  scripts' lines cycle one fixed batch list (batch_order=fixed_list), the jobs' reshuffle (120 runs);
 * ``vanishing_ip`` (not the original's): IP with its standard lrs (``standard_ip``) at base lr 0.01 over depth
   L ∈ {2..6} × width m ∈ {128..2048} on MNIST: IP stops learning at L >= 4 as m grows;
 * ``coord_check`` (not the original's): the ``coord_check`` command (widths 64..4096) for ntk, mup and sp;
@@ -42,7 +44,7 @@ SCRIPT = "experiments/expt_abc_params.py"
 DEFAULT_RUNS_DIR = f"runs/{EXPERIMENT}"
 COMMANDS = ("main", "coord_check")
 # Kept in step with models/abc.py and the experiment (tested); no torch import here.
-PARAMETERIZATIONS = ("ntk", "mup", "ip", "standard_ip", "ipllr", "ipllr_bias", "sp")
+PARAMETERIZATIONS = ("ntk", "mup", "ip", "standard_ip", "standard_ip_calibrated", "ipllr", "ipllr_bias", "sp")
 ACTIVATIONS = ("relu", "gelu", "elu", "tanh", "sigmoid")
 DATASETS = ("mnist", "cifar10")
 
@@ -67,13 +69,19 @@ def _paper() -> list[dict]:
         if ds == "mnist":
             out.append(dict(common, parameterizations=["standard_ip"], activations=ACTS4, datasets=[ds],
                             n_steps=[600], fixed=dict(n_val=0)))
+        # The server scripts cycle one fixed list of batches (batch_order=fixed_list).
+        script = dict(n_val=0, batch_order="fixed_list")
         for scaling in ("none", "multiplier", "multiplier_lr"):  # training/muP.py
             out.append(dict(common, parameterizations=["mup"], activations=ACTS5, datasets=[ds], n_steps=[steps[ds]],
-                            fixed=dict(n_val=0, input_scaling=scaling)))
-        for scaling in ("none", "multiplier_lr"):  # non_centered/training.py
-            out.append(dict(common, parameterizations=["standard_ip"], activations=ACTS5, datasets=[ds],
+                            fixed=dict(script, input_scaling=scaling)))
+        for scaling in ("none", "multiplier", "multiplier_lr"):  # training/ipllr.py: calib, renorm, renorm_scale_lr
+            out.append(dict(common, parameterizations=["ipllr"], activations=ACTS4, datasets=[ds], n_steps=[steps[ds]],
+                            fixed=dict(script, input_scaling=scaling)))
+        for p, scaling in [("standard_ip", "none"), ("standard_ip", "multiplier_lr"),  # non_centered/training.py
+                           ("standard_ip_calibrated", "multiplier_lr")]:
+            out.append(dict(common, parameterizations=[p], activations=ACTS5, datasets=[ds],
                             n_steps=[400 if ds == "mnist" else 1200],
-                            fixed=dict(n_val=0, init_mean=1.0, input_scaling=scaling)))
+                            fixed=dict(script, init_mean=1.0, input_scaling=scaling)))
     return out
 
 

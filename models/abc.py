@@ -6,7 +6,7 @@ A network with L hidden layers of width m maps x ∈ R^d to logits f(x) ∈ R^k:
 
 with layer multipliers μ_l = m^(-a_l), init W_l = m^(-b_l) U_l and SGD learning rates
 η_l = base_lr · m^(-c_l). U_l sits at a width-independent scale: entries N(0, σ_φ²) for
-0 < l < L (σ_φ² = 2 relu, 4 gelu, 1 elu / tanh / sigmoid), N(0, 1) for the output layer, and
+0 < l < L (σ_φ² = 2 relu, 4 gelu, 1 elu / tanh, 2 sigmoid), N(0, 1) for the output layer, and
 for the input layer N(0, σ_φ²/(d+1)): the 1/sqrt(d+1) sits in U_0's init, with no input
 multiplier (wide-networks, base_abc_param.py ``_generate_standard_gaussians``; the README's
 "Width parameterizations" section lists the other ``input_scaling`` conventions).
@@ -17,6 +17,8 @@ A parameterization is nothing but its exponent table (README, "The network and i
     mup          −½ / 0 / ½                    ½                0
     ip           0 / 1 / 1                     0                user-set (ip_c)
     standard_ip  as ip                         0                −1 / −2 / −1
+    standard_ip_calibrated  as ip              0                −1 / −2 / −1, the first n_warmup_steps with
+                                                                calibrated base lrs (non_centered/training.py)
     ipllr        as ip                         0                −(L+1)/2 / −(L+2)/2 / −(L+1)/2 for the
                                                                 first n_warmup_steps, then standard_ip
     ipllr_bias   as ip                         0                weights −(L+1)/2 / −(L−l+3)/2 / −1, then
@@ -51,9 +53,11 @@ from torch import Tensor, nn
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu, "gelu": F.gelu, "elu": F.elu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
 }
-# Var U_l for l < L: keeps E φ(h)² of order one at init (the original's relu 2, gelu 4, elu 1).
-INIT_VARIANCE = {"relu": 2.0, "gelu": 4.0, "elu": 1.0, "tanh": 1.0, "sigmoid": 1.0}
-PARAMETERIZATIONS = ("ntk", "mup", "ip", "standard_ip", "ipllr", "ipllr_bias", "sp", "custom")
+# Var U_l for l < L, as in the original's _set_init_std: relu 2, gelu 4, elu and tanh 1, and its default 2
+# for any other activation (sigmoid).
+INIT_VARIANCE = {"relu": 2.0, "gelu": 4.0, "elu": 1.0, "tanh": 1.0, "sigmoid": 2.0}
+PARAMETERIZATIONS = ("ntk", "mup", "ip", "standard_ip", "standard_ip_calibrated", "ipllr", "ipllr_bias", "sp",
+                     "custom")
 # Where the input layer's 1/sqrt(d+1) goes:
 #   init           U_0 ~ N(0, σ²/(d+1)), μ_0 = m^-a_0 (the original, wide-networks HEAD);
 #   multiplier     U_0 ~ N(0, σ²), μ_0 = m^-a_0 / sqrt(d+1) (the server scripts' "renorm", normalize_first);
@@ -140,7 +144,7 @@ def make_parameterization(name: str, L: int, ip_c=0.0, n_warmup_steps: int = 1, 
         name: one of PARAMETERIZATIONS.
         L: hidden layers (>= 1).
         ip_c: ``ip`` only: its learning-rate exponents, one number or L+1.
-        n_warmup_steps: ``ipllr`` only: steps with the warm-up exponents.
+        n_warmup_steps: ``ipllr``, ``ipllr_bias``, ``standard_ip_calibrated`` only: warm-up steps.
         custom_exponents: ``custom`` only: dict with lists a, b, c of L+1 numbers each.
         scale_bias_lr: ``ipllr_bias`` only: width-scaled bias lrs (True, the original's default) or base_lr.
 
@@ -162,6 +166,9 @@ def make_parameterization(name: str, L: int, ip_c=0.0, n_warmup_steps: int = 1, 
         return Parameterization(name, ip_a, zeros, _exponents("ip_c", ip_c, L))
     if name == "standard_ip":
         return Parameterization(name, ip_a, zeros, _table(L, -1, -2, -1))
+    if name == "standard_ip_calibrated":  # a warm-up with standard IP's own exponents: only its base lrs differ
+        standard = _table(L, -1, -2, -1)
+        return Parameterization(name, ip_a, zeros, standard, standard, n_warmup_steps)
     if name == "ipllr":
         warmup = _table(L, -(L + 1) / 2, -(L + 2) / 2, -(L + 1) / 2)
         return Parameterization(name, ip_a, zeros, _table(L, -1, -2, -1), warmup, n_warmup_steps)

@@ -13,6 +13,7 @@ on a second batch. ``calibration`` chooses the warm-up base lrs β_l:
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -125,6 +126,13 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator, drop_last
             yield perm[i:i + batch_size]
 
 
+def fixed_batch_list(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+    """One epoch of minibatch indices from one permutation, the last partial batch kept: the server scripts'
+    ``batches = list(DataLoader(shuffle=True))``, which ``collect_training_losses`` cycles (step i: batch i mod len)."""
+    batches = batch_indices(n, batch_size, generator)
+    return [next(batches) for _ in range(math.ceil(n / batch_size))]
+
+
 @dataclass(frozen=True)
 class StepRecord:
     """What training records at one step, measured on that step's batch before its update."""
@@ -149,7 +157,8 @@ def likelihoods(f: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 def train_abc(net: ABCNet, x: Tensor, y: Tensor, n_steps: int, batch_size: int, base_lr: float,
               generator: torch.Generator, warmup_base_lrs: Sequence[float] | None = None,
               callback: Callable[[StepRecord], None] | None = None, record_every: int = 1,
-              first_batch: tuple[Tensor, Tensor] | None = None) -> list[float]:
+              first_batch: tuple[Tensor, Tensor] | None = None,
+              batch_list: Sequence[Tensor] | None = None) -> list[float]:
     """Train ``net`` in place with per-layer SGD: one loop for every parameterization.
 
     Args:
@@ -164,6 +173,8 @@ def train_abc(net: ABCNet, x: Tensor, y: Tensor, n_steps: int, batch_size: int, 
         record_every: recording period.
         first_batch: (x, y) of step 0 instead of the first minibatch (the calibration's mock-step batch, as
             wide-networks' training/ipllr.py); the minibatch order after it is unchanged.
+        batch_list: index tensors cycled in order (step i uses batch_list[i % len], ``fixed_batch_list``)
+            instead of fresh epochs drawn with ``generator``.
 
     Returns:
         The minibatch loss of every step.
@@ -171,7 +182,13 @@ def train_abc(net: ABCNet, x: Tensor, y: Tensor, n_steps: int, batch_size: int, 
     Raises:
         FloatingPointError: the loss became NaN or inf (names the step).
     """
-    optimizer, batches, losses = make_optimizer(net), batch_indices(x.shape[0], batch_size, generator), []
+    if batch_list is not None and first_batch is not None:
+        raise ValueError("give first_batch or batch_list, not both (a fixed list's first batch is its step 0)")
+    if batch_list is not None:
+        batches = itertools.cycle(batch_list)
+    else:
+        batches = batch_indices(x.shape[0], batch_size, generator)
+    optimizer, losses = make_optimizer(net), []
     for step in range(n_steps):
         if step == 0 and first_batch is not None:
             xb, yb = first_batch

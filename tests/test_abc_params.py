@@ -12,7 +12,7 @@ from models.abc import (
     ACTIVATIONS, INIT_VARIANCE, ABCNet, ABCNetSpec, Parameterization, abc_forward, make_parameterization,
 )
 from models.abc_train import (
-    CALIBRATION_CAP, CoordCheckConfig, batch_indices, calibrate_warmup_lrs, coordinate_check, evaluate,
+    CALIBRATION_CAP, CoordCheckConfig, batch_indices, calibrate_warmup_lrs, coordinate_check, evaluate, fixed_batch_list,
     likelihoods, make_optimizer, sgd_step, train_abc, warmup_base_lrs,
 )
 
@@ -25,12 +25,13 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-# reference.md §4, written out per layer (input, hidden, output) for L hidden layers.
+# docs/notes/width_parameterizations.md#exponents, written out per layer (input, hidden, output) for L hidden layers.
 REFERENCE = {
     "ntk": dict(a=(0, 0.5, 0.5), b=(0, 0, 0), c=(0, 0, 0)),
     "mup": dict(a=(-0.5, 0, 0.5), b=(0.5, 0.5, 0.5), c=(0, 0, 0)),
     "ip": dict(a=(0, 1, 1), b=(0, 0, 0), c=(0, 0, 0)),  # c user-set: ip_c = 0 by default
     "standard_ip": dict(a=(0, 1, 1), b=(0, 0, 0), c=(-1, -2, -1)),
+    "standard_ip_calibrated": dict(a=(0, 1, 1), b=(0, 0, 0), c=(-1, -2, -1)),
     "ipllr": dict(a=(0, 1, 1), b=(0, 0, 0), c=(-1, -2, -1)),
     "sp": dict(a=(0, 0, 0), b=(0, 0.5, 0.5), c=(0, 0, 0)),
     "ipllr_bias": dict(a=(0, 1, 1), b=(0, 0, 0), c=(-1, -2, -1)),
@@ -62,6 +63,8 @@ def test_exponents_match_reference_table(name, L):
         assert p.warmup_c == per_layer(-(L + 1) / 2, -(L + 2) / 2, -(L + 1) / 2, L) and p.n_warmup_steps == 1
     elif name == "ipllr_bias":
         assert p.warmup_c[0] == -(L + 1) / 2 and p.warmup_c[-1] == -1
+    elif name == "standard_ip_calibrated":  # non_centered/training.py: initial_lrs = warm_lrs = lr_scales
+        assert p.warmup_c == per_layer(-1, -2, -1, L) and p.n_warmup_steps == 1
     else:
         assert p.warmup_c is None
 
@@ -84,11 +87,16 @@ def test_multipliers_init_and_lrs_are_powers_of_width(name):
         np.testing.assert_allclose(s.learning_rates(base_lr, step=0), [base_lr * m ** -c for c in p.warmup_c])
 
 
+# wide-networks base_abc_param.py _set_init_std: relu 2, gelu 4, elu / tanh 1, every other activation its default 2.
+ORIGINAL_INIT_VARIANCE = {"relu": 2.0, "gelu": 4.0, "elu": 1.0, "tanh": 1.0, "sigmoid": 2.0}
+
+
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 def test_init_is_width_power_times_width_independent_gaussian(activation):
     s = spec("mup", L=2, width=512, d=300, activation=activation)
     net = ABCNet(s, torch.Generator().manual_seed(0))
-    sigma = math.sqrt(INIT_VARIANCE[activation])
+    sigma = math.sqrt(ORIGINAL_INIT_VARIANCE[activation])
+    assert INIT_VARIANCE[activation] == ORIGINAL_INIT_VARIANCE[activation]
     for l, (scale, std) in enumerate(zip(s.init_scales(), [sigma / math.sqrt(301), sigma, 1.0])):
         W = getattr(net, f"W{l}")
         assert abs(W.std().item() / (scale * std) - 1) < 0.03, (l, W.std().item(), scale * std)
@@ -197,6 +205,22 @@ def test_input_scaling_multiplier_lr_scales_the_input_lr_after_the_warmup():
     np.testing.assert_allclose(s.learning_rates(0.01, 1), np.array(ref.learning_rates(0.01, 1)) * [d + 1, 1, 1, 1])
     np.testing.assert_allclose(spec("mup", d=d, input_scaling="multiplier_lr").learning_rates(0.1, 0)[0],
                                (d + 1) * spec("mup", d=d).learning_rates(0.1, 0)[0])
+
+
+def test_calibrated_standard_ip_lrs_follow_non_centered_training_py():
+    """non_centered/training.py, renorm_scale_lr_calib: warm-up lr β_l m^(-c_l) with standard IP's c = (-1, -2, -1)
+    (its scheduler set the group lrs before warm_lrs[0] *= d+1), afterwards base_lr m^(-c_l), the input's × (d+1)."""
+    d, m, L, base_lr = 12, 32, 3, 0.01
+    s = spec("standard_ip_calibrated", L=L, width=m, d=d, input_scaling="multiplier_lr", init_mean=1.0)
+    betas = (0.01 * (d + 1), 7.0, 8.0, 9.0)
+    np.testing.assert_allclose(s.learning_rates(base_lr, 0, betas), [betas[0] * m, 7.0 * m ** 2, 8.0 * m ** 2, 9.0 * m])
+    for step in (1, 5):
+        np.testing.assert_allclose(s.learning_rates(base_lr, step, betas),
+                                   [base_lr * m * (d + 1), base_lr * m ** 2, base_lr * m ** 2, base_lr * m])
+    # Without calibration it is standard IP, step for step (input_scaling init: no (d+1) anywhere).
+    plain, calib = spec("standard_ip", L=L, width=m, d=d), spec("standard_ip_calibrated", L=L, width=m, d=d)
+    for step in (0, 1, 4):
+        assert calib.learning_rates(base_lr, step) == plain.learning_rates(base_lr, step)
 
 
 def test_ipllr_bias_exponents_match_the_original():
@@ -309,13 +333,14 @@ def test_calibration_is_finite_capped_and_follows_its_formula():
         calibrate_warmup_lrs(ABCNet(spec("mup")), x[:8], y[:8], x[8:16])
 
 
-def _original_ipllr(layers, L, m, base_lr, xs, ys, xp):
+def _original_ipllr(layers, L, m, base_lr, xs, ys, xp, standard_warmup=False):
     """wide-networks' FcIPLLR + WarmupSwitchLR.calibrate_base_lr, written independently: nn.Linear layers with
     forward m^(-a_l) layer(z) (a = 0, 1, ..., 1); a mock SGD step at lr m^(-c_l) (warm-up c); then on the probe
     batch β_0 = base_lr, β_l = min(target / mean|m^(-a_l) ΔW_l z|, 500) (target 1, 0.1 at the output), z propagated
-    with the *uncapped* value. Returns the β_l and the warm-up and later lr exponents."""
-    warm_c = [-(L + 1) / 2] + [-(L + 2) / 2] * (L - 1) + [-(L + 1) / 2]
+    with the *uncapped* value. Returns the β_l and the warm-up and later lr exponents. standard_warmup: the
+    scheduler of non_centered/training.py's calibrated standard IP, whose warm-up lrs are standard IP's own."""
     c = [-1] + [-2] * (L - 1) + [-1]
+    warm_c = list(c) if standard_warmup else [-(L + 1) / 2] + [-(L + 2) / 2] * (L - 1) + [-(L + 1) / 2]
     a = [0] + [1] * L
     mock = copy.deepcopy(layers)
     opt = torch.optim.SGD([{"params": lay.parameters(), "lr": m ** -cw} for lay, cw in zip(mock, warm_c)], lr=1.0)
@@ -343,16 +368,18 @@ def _original_forward(layers, a, m, x):
     return m ** -a[-1] * layers[-1](x)
 
 
-@pytest.mark.parametrize("output_scale", [1.0, 1e-3])
-def test_ipllr_calibration_and_training_equal_the_originals_step_by_step(output_scale):
+@pytest.mark.parametrize("name,output_scale,init_mean",
+                         [("ipllr", 1.0, 0.0), ("ipllr", 1e-3, 0.0), ("standard_ip_calibrated", 1.0, 1.0)])
+def test_ipllr_calibration_and_training_equal_the_originals_step_by_step(name, output_scale, init_mean):
     """Our IPLLR (calibration 'original' + train_abc) against the original's layers, scheduler and torch SGD
     (one group per layer, β_l m^(-c_l) for the first step, base_lr m^(-c_l) after), same init and batches.
     output_scale 1e-3 shrinks the hidden layers' gradients so that some β_l hit the cap of 500: then the next
-    layer must see the uncapped value."""
+    layer must see the uncapped value. standard_ip_calibrated with init_mean 1: non_centered/training.py's
+    calibrated non-centred standard IP (its scheduler's warm-up lrs are standard IP's)."""
     L, m, d, k, base_lr, bs = 4, 48, 12, 5, 0.01, 32
     x, y = data(n=128, d=d, k=k, seed=3)
     x = x.double()
-    s = spec("ipllr", L=L, width=m, d=d, k=k, activation="gelu")
+    s = spec(name, L=L, width=m, d=d, k=k, activation="gelu", init_mean=init_mean)
     net = ABCNet(s, torch.Generator().manual_seed(2)).double()
     with torch.no_grad():
         net.W4.mul_(output_scale)
@@ -364,12 +391,13 @@ def test_ipllr_calibration_and_training_equal_the_originals_step_by_step(output_
             lay.weight.copy_(getattr(net, f"W{l}"))
         layers[0].bias.copy_(net.b0)
     xs, ys, xp = x[:bs], y[:bs], x[bs:2 * bs]
-    expected, a, warm_c, c = _original_ipllr(layers, L, m, base_lr, xs, ys, xp)
+    expected, a, warm_c, c = _original_ipllr(layers, L, m, base_lr, xs, ys, xp, name == "standard_ip_calibrated")
     betas = calibrate_warmup_lrs(net, xs, ys, xp, base_lr=base_lr)
     # float64 on both sides, the same operations up to summation order: measured agreement 1e-13 (the capped
     # case) or better; 1e-9 leaves margin and still fails any different formula.
     np.testing.assert_allclose(betas, expected, rtol=1e-9)
-    assert (max(betas[1:]) == CALIBRATION_CAP) == (output_scale < 1)  # the second case does exercise the cap
+    if name == "ipllr":
+        assert (max(betas[1:]) == CALIBRATION_CAP) == (output_scale < 1)  # the second case does exercise the cap
     n_steps = 8
     ours = train_abc(net, x, y, n_steps, bs, base_lr, torch.Generator().manual_seed(4), warmup_base_lrs=betas)
     opt = torch.optim.SGD([{"params": lay.parameters(), "lr": b * m ** -cw} for lay, b, cw in zip(layers, expected, warm_c)])
@@ -450,6 +478,26 @@ def test_batches_are_epochs_without_replacement():
     assert len(set(epoch.tolist())) == 9  # 3 full batches from one permutation; the partial batch is dropped
     with pytest.raises(ValueError, match="batch_size"):
         next(batch_indices(10, 11, torch.Generator()))
+
+
+def test_fixed_batch_list_is_one_epoch_cycled_in_order():
+    """The server scripts: batches = list(DataLoader(shuffle=True)) (one permutation, the partial last batch kept),
+    step i trains on batches[i % len(batches)]."""
+    batches = fixed_batch_list(10, 4, torch.Generator().manual_seed(0))
+    assert [len(b) for b in batches] == [4, 4, 2] and sorted(torch.cat(batches).tolist()) == list(range(10))
+    x, y = data(n=10)
+    s = spec("mup")
+    records = []
+    train_abc(ABCNet(s, torch.Generator().manual_seed(1)), x, y, 7, 4, 0.1, torch.Generator().manual_seed(9),
+              callback=records.append, batch_list=batches)
+    net, ref = ABCNet(s, torch.Generator().manual_seed(1)), []
+    opt = make_optimizer(net)
+    for t in range(7):
+        idx = batches[t % 3]
+        ref.append(sgd_step(net, opt, s.param_learning_rates(0.1, t), x[idx], y[idx])[0].item())
+    assert [r.loss for r in records] == ref  # the same float ops in the same order: exact
+    with pytest.raises(ValueError, match="not both"):
+        train_abc(ABCNet(s), x, y, 1, 4, 0.1, torch.Generator(), first_batch=(x[:2], y[:2]), batch_list=batches)
 
 
 def test_divergence_raises_with_step():

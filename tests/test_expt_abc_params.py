@@ -98,8 +98,9 @@ def test_first_step_batch_calibration_takes_step_0_on_the_mock_steps_batch(expt,
         seen["mock"] = real_calib(*a)
         return seen["mock"]
 
-    def train(net, x, y, n_steps, batch_size, base_lr, generator, betas, callback, every, first):
+    def train(net, x, y, n_steps, batch_size, base_lr, generator, betas, callback, every, first, batch_list):
         seen["first"] = first
+        assert batch_list is None  # batch_order fresh (default)
         return real_train(net, x, y, n_steps, batch_size, base_lr, generator, betas, callback, every, first)
 
     monkeypatch.setattr(expt, "_calibration_batches", calib)
@@ -113,6 +114,41 @@ def test_first_step_batch_calibration_takes_step_0_on_the_mock_steps_batch(expt,
         else:
             assert seen["first"][0] is seen["mock"][0] and seen["first"][1] is seen["mock"][1]
     assert losses["fresh"] != losses["calibration"]
+
+
+def test_fixed_list_is_drawn_once_calibrates_on_its_first_two_batches_and_trains_on_it(expt, data_root, monkeypatch):
+    """The server scripts: batches = list(loader) once per run, shared by every trial; calibrate_base_lr's mock step
+    on batches[0], measured on batches[1]; collect_training_losses trains on batches[i % len]."""
+    seen = {"lists": [], "calib": []}
+    real_train, real_warmup = expt.train_abc, expt.warmup_base_lrs
+
+    def warmup(net, calibration, base_lr, x_step, y_step, x_probe):
+        seen["calib"].append((x_step, y_step, x_probe))
+        return real_warmup(net, calibration, base_lr, x_step, y_step, x_probe)
+
+    def train(net, x, y, n_steps, batch_size, base_lr, generator, betas, callback, every, first, batch_list):
+        seen["lists"].append(batch_list)
+        seen["x"], seen["y"] = x, y
+        assert first is None
+        return real_train(net, x, y, n_steps, batch_size, base_lr, generator, betas, callback, every, first,
+                          batch_list)
+
+    monkeypatch.setattr(expt, "train_abc", train)
+    monkeypatch.setattr(expt, "warmup_base_lrs", warmup)
+    r = run(expt, tiny(data_root, parameterization="standard_ip_calibrated", init_mean=1.0,
+                       input_scaling="multiplier_lr", batch_order="fixed_list", batch_size=64))
+    first, second = seen["lists"]
+    assert first is second  # one list for the run
+    n = N_TRAIN - N_VAL
+    assert [len(b) for b in first] == [64] * (n // 64) + [n % 64]  # one epoch, partial batch kept (300 = 4·64 + 44)
+    assert sorted(torch.cat(first).tolist()) == list(range(n))
+    for x_step, y_step, x_probe in seen["calib"]:
+        assert torch.equal(x_step, seen["x"][first[0]]) and torch.equal(y_step, seen["y"][first[0]])
+        assert torch.equal(x_probe, seen["x"][first[1]])
+    betas = np.array(r.result["warmup_base_lrs_per_trial"])
+    assert betas.shape == (2, 3) and betas[:, 0].tolist() == [0.01 * 785] * 2  # β_0 = base_lr (d+1): renorm
+    # calibrated on the same batches, the two trials differ only by their init
+    assert betas[0, 1] != betas[1, 1]
 
 
 def test_grey_cifar10_is_flattened_to_1024_inputs(expt, tmp_path, monkeypatch):
@@ -162,6 +198,8 @@ def test_same_seed_same_result_and_trials_differ(expt, data_root):
         (dict(parameterization="ipllr_bias", bias=False), "bias"),
         (dict(input_scaling="mu"), "input_scaling"),
         (dict(first_step_batch="mock"), "first_step_batch"),
+        (dict(batch_order="epochs"), "batch_order"),
+        (dict(parameterization="ipllr", batch_order="fixed_list", first_step_batch="calibration"), "first_step_batch"),
         (dict(first_step_batch="calibration"), "first_step_batch"),  # mup: no warm-up step to take on it
         (dict(parameterization="ipllr", calibration="default", first_step_batch="calibration"), "first_step_batch"),
         (dict(parameterization="sp", input_scaling="multiplier"), "input_scaling"),
@@ -204,7 +242,8 @@ def test_coord_check_command_records_table_figure_and_ratios(expt, data_root, tm
 
 def test_named_configs_and_print_config(expt):
     for name, expected in [("mnist_ipllr_gelu", ("ipllr", "gelu", "mnist")), ("cifar10_mup_relu", ("mup", "relu", "cifar10")),
-                           ("vanishing_ip", ("standard_ip", "relu", "mnist"))]:
+                           ("vanishing_ip", ("standard_ip", "relu", "mnist")),
+                           ("ip_non_centered_calibrated", ("standard_ip_calibrated", "relu", "mnist"))]:
         config = expt.ex.run("print_config", named_configs=[name], options={"--loglevel": "ERROR"}).config
         assert (config["parameterization"], config["activation"], config["dataset"]) == expected
 
@@ -213,8 +252,9 @@ def test_named_configs_and_print_config(expt):
 
 
 def test_generator_presets_write_valid_deterministic_lines(tmp_path, expt):
-    # paper: 4 jobs x 4 acts x 2 datasets + standard_fc_ip 4 (MNIST) + muP.py 3 x 5 x 2 + non_centered 2 x 5 x 2
-    sizes = {"paper": 32 + 4 + 30 + 20, "vanishing_ip": 5 * 5, "coord_check": 3 * 2, "demo": 2}
+    # paper: 4 jobs x 4 acts x 2 datasets + standard_fc_ip 4 (MNIST) + muP.py 3 x 5 x 2 + ipllr.py 3 x 4 x 2
+    # + non_centered 3 x 5 x 2
+    sizes = {"paper": 32 + 4 + 30 + 24 + 30, "vanishing_ip": 5 * 5, "coord_check": 3 * 2, "demo": 2}
     for preset, n in sizes.items():
         out = tmp_path / f"{preset}.txt"
         assert gen.main([str(out), "--preset", preset]) == 0
@@ -234,6 +274,13 @@ def test_generator_presets_write_valid_deterministic_lines(tmp_path, expt):
     assert {(o["dataset"], o["n_steps"]) for o in paper} == {("mnist", 600), ("cifar10", 1200), ("mnist", 400)}
     assert all(o["n_trials"] == 5 and o["n_val"] == 0 and o["L"] == 6 and o["width"] == 1024 for o in paper)
     assert sum(o["parameterization"] == "ipllr_bias" for o in paper) == 8
+    # the scripts (every line with an input_scaling) cycle a fixed batch list, the jobs reshuffle
+    assert all(("input_scaling" in o) == (o.get("batch_order") == "fixed_list") for o in paper)
+    calibrated = [o for o in paper if o["parameterization"] == "standard_ip_calibrated"]
+    assert len(calibrated) == 10 and all(o["init_mean"] == 1.0 and o["input_scaling"] == "multiplier_lr"
+                                         for o in calibrated)
+    assert {o["input_scaling"] for o in paper if o["parameterization"] == "ipllr" and "input_scaling" in o} == \
+        {"none", "multiplier", "multiplier_lr"}
     assert {o.get("input_scaling", "init") for o in paper if o["parameterization"] == "mup"} == \
         {"init", "none", "multiplier", "multiplier_lr"}
     vanishing = [config_overrides(line) for line in (tmp_path / "vanishing_ip.txt").read_text().splitlines()]
