@@ -7,8 +7,8 @@ Lyapunov vectors with ``prune_global``) and a pruned subset V_p of them, the ste
 
 i.e. the projection onto the kept directions; ``noise_fac=None`` scales the noise by
 mean_i |g_i| of the unprojected gradient, each step (the original's default). The step
-then uses (1 − γ) g + γ g' (``gamma``, 1 by default: g' alone; the original's CGD argument). Which directions form V_p (the prune sets
-chaotic, pos, neg; k of them by top_abs or rand; and the original's rules) is
+then uses (1 − γ) g + γ g' (``gamma``, 1 by default: g' alone; the original's CGD argument).
+Which directions form V_p (the prune sets chaotic, pos, neg; k of them by top_abs or rand; and the original's rules) is
 ``dynamics.cgd_select``. Pruning starts at step ``prune_start``; the update is PyTorch's
 SGD with momentum (v ← μ v + g', w ← w − lr v).
 """
