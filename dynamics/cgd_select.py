@@ -6,8 +6,9 @@ exponents χ), the pruned set is (README, "CGD and other differences from the or
 - ``neg``: λ < 0; ``pos``: λ > 0; ``chaotic``: the locally expanding λ < 0 or λ > band;
 - of those, ``k`` (None: all) by ``top_abs`` (largest |λ|) or ``rand`` (uniformly at random).
 
-:class:`CgdRules` holds the five choices where this code and the original
-(chaotic_neurips22, ``optim/cgd.py: calc_update``) differ; ``CgdRules.original()``
+:class:`CgdRules` holds the six choices where this code and the original
+(chaotic_neurips22, ``optim/cgd.py: calc_update``; the tangent map in
+``models/skeletons.py: training_step``) differ; ``CgdRules.original()``
 restores all of them:
 
 ============  ======================================  ==========================================
@@ -19,7 +20,7 @@ rank          abs: top_abs ranks chaotic by |λ|        growth: by (1 − lr λ)
 band          momentum: λ > 2(1 + μ)/lr                plain: λ > 2/lr, μ ignored
 global_rule   exponent_sign: χ > 0 (chaotic, pos),     hessian: the rules above on the stored
               χ < 0 (neg)                              σ² = e^{2tχ} (eigenvalues of YᵀY)
-tangent       derivative: H ↦ (I − γ V_pV_pᵀ) H,        projected: P_kept H P_kept,
+tangent       derivative: H ↦ (I − γ V_pV_pᵀ) H,       projected: P_kept H P_kept,
               the Jacobian of the CGD step             P_kept = I − V_pV_pᵀ, γ ignored
 ============  ======================================  ==========================================
 
