@@ -5,8 +5,10 @@ Lyapunov vectors with ``prune_global``) and a pruned subset V_p of them, the ste
 
     g' = g − V_p V_pᵀ g  (+ noise_fac · V_p ξ,  ξ ~ N(0, I), with ``noise``)
 
-i.e. the projection onto the kept directions. Which directions form V_p (the prune sets
-chaotic, pos, neg; k of them by top_abs or rand; and the original's rules) is
+i.e. the projection onto the kept directions; ``noise_fac=None`` scales the noise by
+mean_i |g_i| of the unprojected gradient, each step (the original's default). The step
+then uses (1 − γ) g + γ g' (``gamma``, 1 by default: g' alone; the original's CGD argument).
+Which directions form V_p (the prune sets chaotic, pos, neg; k of them by top_abs or rand; and the original's rules) is
 ``dynamics.cgd_select``. Pruning starts at step ``prune_start``; the update is PyTorch's
 SGD with momentum (v ← μ v + g', w ← w − lr v).
 """
@@ -35,7 +37,8 @@ class OptimConfig:
         prune_k: 'top_abs' | 'rand'.
         prune_start: first step that prunes (earlier steps are plain SGD).
         noise: replace the pruned components by noise_fac · N(0, 1) along them.
-        noise_fac: noise scale (required with noise).
+        noise_fac: noise scale (None: mean |g_i| of that step's gradient, as the original).
+        gamma: the step uses (1 − gamma) g + gamma g', gamma in [0, 1] (the original's CGD ``gamma``).
         prune_global: prune fixed stored Lyapunov vectors instead of Hessian eigenvectors.
         prune_global_checkpoint: eigenthings file for prune_global (None: the run's eigenthings source).
     """
@@ -49,6 +52,7 @@ class OptimConfig:
     prune_start: int = 0
     noise: bool = False
     noise_fac: float | None = None
+    gamma: float = 1.0
     prune_global: bool = False
     prune_global_checkpoint: str | None = None
 
@@ -67,10 +71,13 @@ class OptimConfig:
             raise ValueError(f"prune_k must be one of {PRUNE_K}; got {self.prune_k!r}")
         if isinstance(self.prune_start, bool) or not isinstance(self.prune_start, int) or self.prune_start < 0:
             raise ValueError(f"prune_start must be an integer >= 0; got {self.prune_start!r}")
-        if self.noise and (self.noise_fac is None or not self.noise_fac >= 0):
-            raise ValueError(f"noise_fac must be a number >= 0 when noise is on; got {self.noise_fac!r}")
-        if self.name == "sgd" and (self.prune_global or self.noise):
-            raise ValueError("prune_global and noise need name='cgd'")
+        if self.noise_fac is not None and (isinstance(self.noise_fac, bool) or not isinstance(self.noise_fac, (int, float))
+                                           or not self.noise_fac >= 0):
+            raise ValueError(f"noise_fac must be None (mean |g|) or a number >= 0; got {self.noise_fac!r}")
+        if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float)) or not 0 <= self.gamma <= 1:
+            raise ValueError(f"gamma must be a number in [0, 1]; got {self.gamma!r}")
+        if self.name == "sgd" and (self.prune_global or self.noise or self.gamma != 1):
+            raise ValueError("prune_global, noise and gamma need name='cgd'")
 
     @property
     def prunes(self) -> bool:
@@ -96,19 +103,41 @@ def project_gradient(g: Tensor, vectors: Tensor, pruned: Tensor, noise_fac: floa
     vp = vectors[:, pruned].to(g.dtype)
     coef = vp.T @ g  # (k,)
     out = g - vp @ coef
-    removed = float(coef @ coef)
+    removed = float((coef @ coef).detach())
     if null_of is not None:
         u = null_of.to(g.dtype)
         perp = out - u @ (u.T @ out)  # (P,) the part of g outside span(U) (V_p lies in span(U))
-        out, removed = out - perp, removed + float(perp @ perp)
+        out, removed = out - perp, removed + float((perp @ perp).detach())
     if noise_fac is not None:
         xi = torch.randn(pruned.numel(), generator=gen, dtype=g.dtype, device=gen.device).to(g.device)
         out = out + noise_fac * (vp @ xi)
         if null_of is not None:
             zeta = torch.randn(g.shape[0], generator=gen, dtype=g.dtype, device=gen.device).to(g.device)
             out = out + noise_fac * (zeta - u @ (u.T @ zeta))
-    norm2 = float(g @ g)
+    norm2 = float((g @ g).detach())
     return out, removed / norm2 if norm2 > 0 else 0.0
+
+
+def noise_scale(g: Tensor, noise_fac: float | None) -> float:
+    """The noise scale of one step: noise_fac, or the original's default mean_i |g_i| (g (P,) unprojected)."""
+    return float(g.abs().mean()) if noise_fac is None else float(noise_fac)
+
+
+def cgd_gradient(g: Tensor, vectors: Tensor, config: OptimConfig, gen: torch.Generator | None = None,
+                 null_of: Tensor | None = None) -> tuple[Tensor, float]:
+    """The CGD step direction (1 − γ) g + γ g' with g' from :func:`project_gradient`, and the fraction of ‖g‖² removed.
+
+    Args:
+        g: (P,) gradient.
+        vectors: (P, m) the pruned directions V_p (orthonormal), all of them pruned.
+        config: noise, noise_fac, gamma.
+        null_of: as in :func:`project_gradient`.
+    """
+    fac = noise_scale(g, config.noise_fac) if config.noise else None
+    out, frac = project_gradient(g, vectors, torch.arange(vectors.shape[1], device=vectors.device), fac, gen, null_of)
+    if config.gamma != 1:
+        out = (1 - config.gamma) * g + config.gamma * out
+    return out, frac
 
 
 def sgd_step(w: Tensor, buf: Tensor | None, g: Tensor, lr: float, momentum: float) -> tuple[Tensor, Tensor | None]:

@@ -6,8 +6,9 @@ exponents χ), the pruned set is (README, "CGD and other differences from the or
 - ``neg``: λ < 0; ``pos``: λ > 0; ``chaotic``: the locally expanding λ < 0 or λ > band;
 - of those, ``k`` (None: all) by ``top_abs`` (largest |λ|) or ``rand`` (uniformly at random).
 
-:class:`CgdRules` holds the five choices where this code and the original
-(chaotic_neurips22, ``optim/cgd.py: calc_update``) differ; ``CgdRules.original()``
+:class:`CgdRules` holds the six choices where this code and the original
+(chaotic_neurips22, ``optim/cgd.py: calc_update``; the tangent map in
+``models/skeletons.py: training_step``) differ; ``CgdRules.original()``
 restores all of them:
 
 ============  ======================================  ==========================================
@@ -19,7 +20,13 @@ rank          abs: top_abs ranks chaotic by |λ|        growth: by (1 − lr λ)
 band          momentum: λ > 2(1 + μ)/lr                plain: λ > 2/lr, μ ignored
 global_rule   exponent_sign: χ > 0 (chaotic, pos),     hessian: the rules above on the stored
               χ < 0 (neg)                              σ² = e^{2tχ} (eigenvalues of YᵀY)
+tangent       derivative: H ↦ (I − γ V_pV_pᵀ) H,       projected: P_kept H P_kept,
+              the Jacobian of the CGD step             P_kept = I − V_pV_pᵀ, γ ignored
 ============  ======================================  ==========================================
+
+``tangent`` is the Hessian factor of the Lyapunov tangent map I − lr·(·) under CGD
+(:func:`cgd_tangent_hessian`). For per-step Hessian eigenvectors at γ = 1 both agree,
+since V_p commutes with H; with ``prune_global`` (fixed Lyapunov vectors) or γ < 1 they differ.
 
 A structured (range-only) Hessian has ``implicit_zeros`` = P − r eigenvalues that are exactly
 0 with no stored vectors. Under ``zeros=pool`` they are pool members ranked after every
@@ -43,6 +50,7 @@ DRAW_RULES = ("distinct", "replacement")
 RANK_RULES = ("abs", "growth")
 BAND_RULES = ("momentum", "plain")
 GLOBAL_RULES = ("exponent_sign", "hessian")
+TANGENT_RULES = ("derivative", "projected")
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,7 @@ class CgdRules:
         band: 'momentum' (chaotic above 2(1 + μ)/lr) | 'plain' (original: above 2/lr).
         global_rule: 'exponent_sign' (prune_global by the sign of χ) | 'hessian' (original: the
             Hessian rules on the stored σ² = e^{2tχ}).
+        tangent: 'derivative' (the CGD step's Jacobian) | 'projected' (original: P_kept H P_kept).
     """
 
     zeros: str = "keep"
@@ -63,16 +72,18 @@ class CgdRules:
     rank: str = "abs"
     band: str = "momentum"
     global_rule: str = "exponent_sign"
+    tangent: str = "derivative"
 
     def __post_init__(self):
         for key, allowed in (("zeros", ZERO_RULES), ("rand_draws", DRAW_RULES), ("rank", RANK_RULES),
-                             ("band", BAND_RULES), ("global_rule", GLOBAL_RULES)):
+                             ("band", BAND_RULES), ("global_rule", GLOBAL_RULES), ("tangent", TANGENT_RULES)):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}; got {getattr(self, key)!r}")
 
     @classmethod
     def original(cls) -> "CgdRules":
-        return cls(zeros="pool", rand_draws="replacement", rank="growth", band="plain", global_rule="hessian")
+        return cls(zeros="pool", rand_draws="replacement", rank="growth", band="plain", global_rule="hessian",
+                   tangent="projected")
 
 
 DEFAULT_RULES = CgdRules()
@@ -229,3 +240,22 @@ def pruned_directions(eig: SymEig, global_dirs: tuple | None, config: OptimConfi
     if sel.null == null_dim:
         return vecs, eig.eigenvectors
     return torch.cat([vecs, null_basis(eig.eigenvectors, sel.null, gen)], dim=1), None
+
+
+def cgd_tangent_hessian(hmat, pruned: Tensor, gamma: float = 1.0, rules: CgdRules = DEFAULT_RULES):
+    """Y -> the Hessian factor of CGD's tangent map Y -> Y − lr·(that), V_p (P, m) held fixed.
+
+    ``derivative``: (I − γ V_pV_pᵀ) H Y, the Jacobian of w − lr((1 − γ) g + γ(I − V_pV_pᵀ) g).
+    ``projected`` (the original's ``Pg H Pg``): P H P Y with P = I − V_pV_pᵀ, γ ignored.
+    Null-space pruning (``null_of``) changes neither: H vanishes there.
+
+    Args:
+        hmat: Y (P, K) -> H Y.
+        pruned: (P, m) orthonormal pruned directions.
+    """
+    def kept(y: Tensor) -> Tensor:
+        return y - pruned @ (pruned.T @ y)
+
+    if rules.tangent == "projected":
+        return lambda y: kept(hmat(kept(y)))
+    return lambda y: (lambda hy: hy - gamma * (pruned @ (pruned.T @ hy)))(hmat(y))

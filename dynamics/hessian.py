@@ -20,9 +20,7 @@ spectral densities (SLQ) in ``dynamics.spectral``.
 """
 from __future__ import annotations
 
-import math
 import warnings
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -30,6 +28,7 @@ from torch import Tensor, nn
 from torch.func import grad, jvp, vmap
 
 from dynamics.mlp_hessian import MLP_ACTIVATIONS, STRUCTURED_LOSSES, mlp_hessian, mlp_hessian_eigh  # noqa: F401
+from dynamics.symeig import EPS_EIGH_MODES, SymEig, dense_eigh  # noqa: F401
 
 FlatLoss = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -138,73 +137,3 @@ def warn_if_stochastic_layers(model: nn.Module) -> None:
                 "computation; call model.eval() for BatchNorm running statistics and no dropout",
                 stacklevel=2,
             )
-
-
-# ----------------------------------------------------------------------------- eigendecompositions
-
-@dataclass(frozen=True)
-class SymEig:
-    """Eigendecomposition of a symmetric P x P matrix, possibly truncated to its range.
-
-    H = U diag(λ) Uᵀ exactly, where U (P, r) has orthonormal columns; every eigenvalue
-    of the (P − r)-dimensional complement of U is exactly 0 (r = P for dense
-    decompositions).
-
-    Attributes:
-        eigenvalues: (r,) ascending.
-        eigenvectors: (P, r), column i belongs to eigenvalues[i].
-        dim: P.
-    """
-
-    eigenvalues: Tensor
-    eigenvectors: Tensor
-    dim: int
-
-    @property
-    def rank_bound(self) -> int:
-        return self.eigenvalues.numel()
-
-    def matmul(self, y: Tensor) -> Tensor:
-        """H y for y (P,) or (P, K)."""
-        u = self.eigenvectors
-        coef = u.T @ y
-        return u @ (self.eigenvalues.reshape(-1, *([1] * (y.ndim - 1))) * coef)
-
-    def zero_threshold(self, rtol: float | None = None) -> float:
-        """|λ| at or below which an eigenvalue counts as 0: rtol · max|λ|, rtol = P · eps by default."""
-        if self.eigenvalues.numel() == 0:
-            return 0.0
-        if rtol is None:
-            rtol = self.dim * torch.finfo(self.eigenvalues.dtype).eps
-        return float(rtol * self.eigenvalues.abs().max())
-
-    def all_eigenvalues(self) -> Tensor:
-        """All P eigenvalues, ascending (the implicit zeros included)."""
-        zeros = self.eigenvalues.new_zeros(self.dim - self.rank_bound)
-        return torch.sort(torch.cat([self.eigenvalues, zeros])).values
-
-    def counts(self, rtol: float | None = None) -> dict[str, int]:
-        """Numbers of positive, negative and zero eigenvalues (|λ| <= zero_threshold is zero)."""
-        thr = self.zero_threshold(rtol)
-        pos = int((self.eigenvalues > thr).sum())
-        neg = int((self.eigenvalues < -thr).sum())
-        return {"num_pos": pos, "num_neg": neg, "num_zero": self.dim - pos - neg}
-
-
-def dense_eigh(h: Tensor, eps_eigh: float = 0.0) -> SymEig:
-    """Full eigendecomposition of a symmetric (P, P) matrix.
-
-    Args:
-        h: the matrix (symmetrised here).
-        eps_eigh: if > 0, decompose h + eps_eigh·I (better-conditioned for some LAPACK
-            drivers) and subtract eps_eigh from the eigenvalues again.
-    """
-    if h.ndim != 2 or h.shape[0] != h.shape[1]:
-        raise ValueError(f"h must be a square matrix (P, P); got shape {tuple(h.shape)}")
-    if eps_eigh < 0 or not math.isfinite(eps_eigh):
-        raise ValueError(f"eps_eigh must be a finite number >= 0; got {eps_eigh}")
-    sym = 0.5 * (h + h.T)
-    if eps_eigh > 0:
-        sym = sym + eps_eigh * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-    evals, evecs = torch.linalg.eigh(sym)
-    return SymEig(evals - eps_eigh, evecs, h.shape[0])

@@ -8,7 +8,7 @@ v_{t+1} = μ v_t + ∇L, w_{t+1} = w_t − lr v_{t+1}, has the tangent state (δ
 
 The exponents χ_i = lim (1/t) log σ_i(J_t ⋯ J_1) (natural log, per step) come from
 Benettin's method: propagate an orthonormal K-frame Q, re-orthonormalise Q ← qr(Q)
-every ``qr_every`` steps and accumulate log|diag R| (reference.md §3; the original's
+every ``qr_every`` steps and accumulate log|diag R| (docs/notes/chaos.md#lyapunov; the original's
 eigh(YᵀY) of the raw product overflows). χ_i = (Σ log|R_ii|) / t.
 
 For a quadratic loss with fixed H = U diag(λ) Uᵀ and no momentum, χ_i = log|1 − lr λ_i|.

@@ -33,6 +33,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from dynamics.symeig import SymEig, add_to_all_entries, dense_eigh
+
 MLP_ACTIVATIONS = ("relu", "linear")  # φ'' = 0: the structured formulas are exact
 STRUCTURED_LOSSES = ("cross_entropy", "mse")
 
@@ -206,7 +208,7 @@ def mlp_hessian(
 
 def mlp_hessian_eigh(
     weights: Sequence[Tensor], biases: Sequence[Tensor | None], x: Tensor, y: Tensor,
-    activation: str = "relu", loss: str = "cross_entropy", eps_eigh: float = 0.0,
+    activation: str = "relu", loss: str = "cross_entropy", eps_eigh: float = 0.0, eps_eigh_mode: str = "identity",
 ):
     """Exact eigendecomposition of the MLP Hessian, computed in the span of the batch's inputs.
 
@@ -218,20 +220,23 @@ def mlp_hessian_eigh(
     :func:`mlp_hessian`, decomposed densely, and its eigenvectors are mapped back
     (W_0 part v -> v Qᵀ).
 
-    Args: as :func:`mlp_hessian`; eps_eigh as in ``dynamics.hessian.dense_eigh``.
+    Args: as :func:`mlp_hessian`; eps_eigh and eps_eigh_mode as ``mode`` in ``dynamics.symeig.dense_eigh``
+        (``all_entries`` shifts the full P x P Hessian by eps·11ᵀ, via ``add_to_all_entries``).
 
     Returns:
-        ``dynamics.hessian.SymEig`` with P' <= P orthonormal columns; the other eigenvalues are 0.
+        ``dynamics.symeig.SymEig`` with P' <= P (P' + 1 under ``all_entries``) orthonormal columns; the
+        other eigenvalues are 0.
     """
-    from dynamics.hessian import SymEig, dense_eigh
-
+    if eps_eigh_mode == "all_entries":
+        return add_to_all_entries(mlp_hessian_eigh(weights, biases, x, y, activation, loss), eps_eigh)
     x = x.reshape(x.shape[0], -1)
     q = input_span(x)  # (d_0, k)
     d1, d0 = weights[0].shape
     k = q.shape[1]
     if k == d0:  # the inputs span every feature: nothing to reduce
-        return dense_eigh(mlp_hessian(weights, biases, x, y, activation, loss), eps_eigh)
-    reduced = dense_eigh(mlp_hessian([weights[0] @ q, *weights[1:]], biases, x @ q, y, activation, loss), eps_eigh)
+        return dense_eigh(mlp_hessian(weights, biases, x, y, activation, loss), eps_eigh, eps_eigh_mode)
+    reduced = dense_eigh(mlp_hessian([weights[0] @ q, *weights[1:]], biases, x @ q, y, activation, loss), eps_eigh,
+                         eps_eigh_mode)
     v = reduced.eigenvectors  # (P', r)
     head = v[:d1 * k].T.reshape(-1, d1, k) @ q.T  # W_0 part back in the full input space, (r, d1, d0)
     full = torch.cat([head.reshape(v.shape[1], -1).T, v[d1 * k:]])  # (P, r)

@@ -1,4 +1,4 @@
-"""Perturbed copies, the distance fit and subspace similarity (reference.md §3).
+"""Perturbed copies, the distance fit and subspace similarity (docs/notes/chaos.md#perturbation).
 
 * :func:`perturbation_direction`: a unit vector along which a copy of w_0 is shifted:
   the fastest-growing (``max_chaos``) or fastest-shrinking (``max_convergence``)

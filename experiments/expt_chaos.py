@@ -29,8 +29,8 @@ from sacred import Experiment
 from torch.func import grad_and_value
 
 from data.vision import load_vision_dataset
-from dynamics.cgd import project_gradient, sgd_step
-from dynamics.cgd_select import pruned_directions
+from dynamics.cgd import cgd_gradient, sgd_step
+from dynamics.cgd_select import cgd_tangent_hessian, pruned_directions
 from dynamics.hessian import SymEig, dense_eigh, dense_hessian
 from dynamics.lyapunov import expanding_subspace, init_lyapunov, propagate, sgd_tangent_map
 from dynamics.mlp_hessian import mlp_hessian_eigh, mlp_params_from_flat
@@ -81,7 +81,8 @@ def cfg():
         prune_k="top_abs",  # cgd: which k of the set: top_abs (largest |λ|) | rand
         prune_start=0,  # cgd: first step that prunes
         noise=False,  # cgd: replace pruned components by noise_fac · N(0, 1)
-        noise_fac=None,  # cgd: noise scale (needed with noise)
+        noise_fac=None,  # cgd: noise scale (None: mean |g_i| of each step's gradient, the original's default)
+        gamma=1.0,  # cgd: step along (1 − gamma) g + gamma g' (the original's CGD gamma; 1: pruned gradient only)
         prune_global=False,  # cgd: prune fixed stored Lyapunov vectors (χ > 0: chaotic/pos, χ < 0: neg)
         prune_global_checkpoint=None,  # cgd: eigenthings .npz for prune_global (None: eigenthings_path/_run)
     )
@@ -92,10 +93,12 @@ def cfg():
         rank="abs",  # top_abs on chaotic: abs (|λ|) | growth ((1 − lr λ)², the original)
         band="momentum",  # chaotic above 2(1+μ)/lr | plain: above 2/lr (the original, momentum ignored)
         global_rule="exponent_sign",  # prune_global: exponent_sign (χ > 0 / χ < 0) | hessian (the original's rules on σ²)
+        tangent="derivative",  # Lyapunov map under cgd: derivative ((I − γ V_pV_pᵀ) H) | projected (P_kept H P_kept, the original)
     )
 
     # --- curvature ---
     eps_eigh = 0.0  # eigh of H + eps·I (eigenvalues shifted back)
+    eps_eigh_mode = "identity"  # identity (H + eps·I) | all_entries (H + eps on every entry, not shifted back: the original's code)
     lyapunov = dict(
         k=None,  # tangent directions tracked (None: all P, or 2P with momentum; cost ~ P·K per step)
         qr_every=1,  # steps between QR re-orthonormalisations (Benettin)
@@ -154,7 +157,8 @@ def cgd_neg():
 
 @ex.named_config
 def cgd_original():
-    cgd = dict(zeros="pool", rand_draws="replacement", rank="growth", band="plain", global_rule="hessian")
+    cgd = dict(zeros="pool", rand_draws="replacement", rank="growth", band="plain", global_rule="hessian",
+               tangent="projected")
 
 
 @ex.named_config
@@ -246,8 +250,9 @@ def main(_config, _run, _seed):
         w64, x64 = w.double(), xb.double()
         if checked.structured:
             ws, bs = mlp_params_from_flat(w64, model.sizes)
-            return mlp_hessian_eigh(ws, bs, x64.flatten(1), yb, model.activation, "cross_entropy", c["eps_eigh"])
-        return dense_eigh(dense_hessian(loss64, w64, x64, yb), c["eps_eigh"])
+            return mlp_hessian_eigh(ws, bs, x64.flatten(1), yb, model.activation, "cross_entropy", c["eps_eigh"],
+                                    c["eps_eigh_mode"])
+        return dense_eigh(dense_hessian(loss64, w64, x64, yb), c["eps_eigh"], c["eps_eigh_mode"])
 
     def loss_acc(w, xb, yb):
         z = f(w, xb)
@@ -313,8 +318,8 @@ def main(_config, _run, _seed):
             # --- Lyapunov: tangent map of this step at w_t ---
             if lyap is not None:
                 hmat = eig.matmul
-                if pruned_vecs is not None:  # CGD's map: w' = w − lr (I − V_p V_pᵀ) g (V_p held fixed)
-                    hmat = lambda yv, e=eig, v=pruned_vecs: (lambda hy: hy - v @ (v.T @ hy))(e.matmul(yv))  # noqa: E731
+                if pruned_vecs is not None:  # CGD's map: w' = w − lr (I − γ V_p V_pᵀ) g (V_p held fixed)
+                    hmat = cgd_tangent_hessian(eig.matmul, pruned_vecs, optim.gamma, rules)
                 lyap = propagate(lyap, sgd_tangent_map(hmat, optim.lr, optim.momentum, p), c["lyapunov"]["qr_every"])
                 if log["log_lyapunov_subsim"] and lyap.steps in checked.t_lya_subsim:
                     fixed_lyap[lyap.steps] = expanding_subspace(lyap, POSITIVE_EXPONENT)  # t0 counts tangent maps
@@ -363,9 +368,7 @@ def main(_config, _run, _seed):
             # --- the update, identical batches for every copy ---
             for i, (g, _) in enumerate(out):
                 if pruned_vecs is not None and (i == 0 or global_dirs is not None):
-                    noise_fac = optim.noise_fac if optim.noise else None
-                    g, frac = project_gradient(g.double(), pruned_vecs, torch.arange(pruned_vecs.shape[1], device=device),
-                                               noise_fac, gen_cgd, null_of)
+                    g, frac = cgd_gradient(g.double(), pruned_vecs, optim, gen_cgd, null_of)
                     g = g.to(dtype)
                     if i == 0 and logging_now:
                         _run.log_scalar("cgd/pruned_grad_frac", frac, step)

@@ -19,7 +19,7 @@ without momentum unless stated:
 * subsim: CNN, similarity of the expanding Lyapunov subspace fixed at steps 10 and 10000.
 * demo: fig1 at CPU size (1000 training points, 3 epochs, 16 tangent directions).
 
-``--cgd-rules original`` writes the five ``cgd.*`` keys that restore the original's
+``--cgd-rules original`` writes the six ``cgd.*`` keys that restore the original's
 pruning rules on every line (the named config ``cgd_original``); the default writes none.
 
 Every line carries an explicit seed and a run_key; the same call writes the same file.
@@ -48,7 +48,7 @@ DISTANCE = {"logging.log_eigenthings": False, "logging.log_lyapunov": False, "pe
 
 # The original's CGD pruning rules (experiments/expt_chaos.py: cgd_original; dynamics.cgd_select.CgdRules.original).
 CGD_ORIGINAL = {"cgd.zeros": "pool", "cgd.rand_draws": "replacement", "cgd.rank": "growth", "cgd.band": "plain",
-                "cgd.global_rule": "hessian"}
+                "cgd.global_rule": "hessian", "cgd.tangent": "projected"}
 
 PRESETS = {
     "fig1": dict(runs=FIG1, seeds=[0]),

@@ -1,4 +1,4 @@
-"""The small classifiers of the chaotic-dynamics experiments (reference.md §3).
+"""The small classifiers of the chaotic-dynamics experiments (docs/notes/chaos.md#setup).
 
 * :class:`MLP`: flatten -> Linear(d_in, inter_dim) -> φ -> Linear(inter_dim, classes);
   on 16x16 USPS with inter_dim 20 that is 256-20-10, 5,350 parameters.

@@ -4,8 +4,10 @@ import math
 import pytest
 import torch
 
-from dynamics.cgd import OptimConfig, project_gradient, sgd_step
-from dynamics.cgd_select import CgdRules, null_basis, prune_candidates, pruned_directions, select_global, select_pruned
+from dynamics.cgd import OptimConfig, cgd_gradient, project_gradient, sgd_step
+from dynamics.cgd_select import (
+    CgdRules, cgd_tangent_hessian, null_basis, prune_candidates, pruned_directions, select_global, select_pruned,
+)
 from dynamics.hessian import SymEig
 
 F64 = torch.float64
@@ -109,7 +111,10 @@ def test_pruning_neg_keeps_a_saddle_escape_direction_frozen():
     (dict(name="cgd", prune_set="zero"), "prune_set"),
     (dict(name="cgd", prune_k="bottom"), "prune_k"),
     (dict(name="cgd", prune_start=-1), "prune_start"),
-    (dict(name="cgd", noise=True), "noise_fac"),
+    (dict(name="cgd", noise=True, noise_fac=-0.1), "noise_fac"),
+    (dict(name="cgd", gamma=1.5), "gamma"),
+    (dict(name="cgd", gamma=-0.1), "gamma"),
+    (dict(gamma=0.5), "gamma"),
     (dict(prune_global=True), "cgd"),
 ])
 def test_config_errors_name_the_field(updates, key):
@@ -284,7 +289,74 @@ def test_pruned_directions_on_a_range_only_hessian():
 
 
 @pytest.mark.parametrize("key,value", [("zeros", "drop"), ("rand_draws", "twice"), ("rank", "sq"), ("band", "wide"),
-                                       ("global_rule", "sign")])
+                                       ("global_rule", "sign"), ("tangent", "jacobian")])
 def test_rules_errors_name_the_field(key, value):
     with pytest.raises(ValueError, match=key):
         CgdRules(**{key: value})
+
+
+# ----------------------------------------------------------------------------- noise_fac=None, gamma, tangent map
+
+def _originals_project_grads(grads, v, keep, noise_fac, xi):
+    """The original's project_grads written out: V_k V_kᵀ g + fac · V_d ξ, fac = mean|g| if None."""
+    fac = grads.abs().mean() if noise_fac is None else noise_fac
+    vk, vd = v[:, keep], v[:, ~keep]
+    return vk @ (vk.T @ grads) + fac * (vd @ xi)
+
+
+def test_noise_fac_none_scales_the_noise_by_mean_abs_gradient_as_the_original():
+    gen = torch.Generator().manual_seed(3)
+    v, _ = torch.linalg.qr(torch.randn(6, 6, dtype=F64, generator=gen))  # a full eigenbasis, as the original's
+    g = torch.randn(6, dtype=F64, generator=gen)
+    keep = torch.tensor([True, False, True, True, False, True])
+    cfg = OptimConfig(name="cgd", noise=True)  # noise_fac=None is now valid: the original's default
+    out, _ = cgd_gradient(g, v[:, ~keep], cfg, gen=torch.Generator().manual_seed(7))
+    xi = torch.randn(2, dtype=F64, generator=torch.Generator().manual_seed(7))
+    # float64, 6-term products of O(1) numbers: ulps (~1e-15), bounded by 1e-13.
+    torch.testing.assert_close(out, _originals_project_grads(g, v, keep, None, xi), atol=1e-13, rtol=0)
+    assert abs(float(g.abs().mean()) - 1) > 0.1  # the scale differs from a unit noise_fac here: the check can fail
+    fixed, _ = cgd_gradient(g, v[:, ~keep], OptimConfig(name="cgd", noise=True, noise_fac=0.25),
+                            gen=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(fixed, _originals_project_grads(g, v, keep, 0.25, xi), atol=1e-13, rtol=0)
+
+
+def test_gamma_mixes_the_gradient_and_the_pruned_gradient_as_the_original():
+    gen = torch.Generator().manual_seed(4)
+    v, _ = torch.linalg.qr(torch.randn(6, 6, dtype=F64, generator=gen))
+    g = torch.randn(6, dtype=F64, generator=gen)
+    keep = torch.tensor([True, True, False, True, False, False])
+    for gamma in (0.0, 0.3, 1.0):
+        out, _ = cgd_gradient(g, v[:, ~keep], OptimConfig(name="cgd", gamma=gamma))
+        # The original's step: d_p = (1 − γ) p.grad + γ · projection (noise off).
+        ref = (1 - gamma) * g + gamma * (v[:, keep] @ (v[:, keep].T @ g))
+        torch.testing.assert_close(out, ref, atol=1e-13, rtol=0)  # ulps of O(1) values, as above
+    assert OptimConfig(name="cgd").gamma == 1.0  # the original's default: the pruned gradient alone
+
+
+def test_cgd_tangent_map_derivative_and_the_originals_projected_form():
+    # A quadratic loss L = ½ wᵀHw and fixed pruned directions that are NOT eigenvectors of H (prune_global).
+    gen = torch.Generator().manual_seed(5)
+    b = torch.randn(5, 5, dtype=F64, generator=gen)
+    h = b @ b.T - 2 * torch.eye(5, dtype=F64)
+    vp, _ = torch.linalg.qr(torch.randn(5, 2, dtype=F64, generator=gen))
+    lr, eye = 0.1, torch.eye(5, dtype=F64)
+    for gamma in (1.0, 0.4):
+        cfg = OptimConfig(name="cgd", lr=lr, gamma=gamma)
+
+        def step(w):  # the CGD update, differentiated independently by autograd
+            return w - lr * cgd_gradient(h @ w, vp, cfg)[0]
+
+        jac = torch.autograd.functional.jacobian(step, torch.randn(5, dtype=F64, generator=gen))
+        derivative = eye - lr * cgd_tangent_hessian(lambda y: h @ y, vp, gamma)(eye)
+        torch.testing.assert_close(derivative, jac, atol=1e-13, rtol=0)  # exact up to float64 ulps of O(1) entries
+    # The original's Pg H Pg with Pg = Vg[:, kept] Vg[:, kept]ᵀ for a full orthonormal basis Vg.
+    vg, _ = torch.linalg.qr(torch.cat([vp, torch.randn(5, 3, dtype=F64, generator=gen)], dim=1))  # vg[:, :2] spans vp
+    pg = vg[:, 2:] @ vg[:, 2:].T
+    projected = cgd_tangent_hessian(lambda y: h @ y, vp, 0.4, CgdRules(tangent="projected"))(eye)
+    torch.testing.assert_close(projected, pg @ h @ pg, atol=1e-13, rtol=0)  # γ ignored, as the original
+    assert (projected - cgd_tangent_hessian(lambda y: h @ y, vp, 1.0)(eye)).abs().max() > 0.1  # the two differ here
+    assert CgdRules.original().tangent == "projected" and CgdRules().tangent == "derivative"
+    # For per-step eigenvectors of H (γ = 1) the two coincide: V_p commutes with H.
+    lam, u = torch.linalg.eigh(h)
+    both = [cgd_tangent_hessian(lambda y: h @ y, u[:, :2], 1.0, CgdRules(tangent=t))(eye) for t in ("derivative", "projected")]
+    torch.testing.assert_close(both[0], both[1], atol=1e-12, rtol=0)

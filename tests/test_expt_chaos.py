@@ -134,6 +134,12 @@ def test_save_eigenthings_then_perturb_and_prune_global(expt, data_root, tmp_pat
                            optim=dict(name="cgd", prune_global=True, prune_set="chaotic", k=2), **small), tmp_path)
     assert third.result["num_steps"] == 4
     assert metrics_of(tmp_path, 3)["cgd/num_pruned"]["values"] == [2, 2, 2, 2]
+    # The original's tangent map P_kept H P_kept: the same pruning and weights, other exponents (the stored
+    # directions are not eigenvectors of H_t, so the two maps differ; tests/test_cgd.py checks both by hand).
+    proj = run(expt, tiny(data_root, eigenthings_path=str(run_dir / "eigenthings.npz"), cgd=dict(tangent="projected"),
+                          optim=dict(name="cgd", prune_global=True, prune_set="chaotic", k=2), **small), tmp_path)
+    assert proj.result["final_train_loss"] == third.result["final_train_loss"]
+    assert proj.result["lyapunov"]["max"] != third.result["lyapunov"]["max"]
 
     # The original's global rule: the Hessian sets on the stored σ² = e^{2tχ} (t = 4 steps). pos prunes every σ²
     # above float resolution of the largest (σ² <= P·eps·max σ² is a numerical zero, kept); neg prunes none.
@@ -158,12 +164,13 @@ def test_cgd_zeros_pool_prunes_the_null_space_as_the_original(expt, data_root, t
     run(expt, tiny(data_root, **base), tmp_path)
     expt.ex.observers[:] = [FileStorageObserver(str(tmp_path))]
     try:
-        r = expt.ex.run(config_updates=tiny(data_root, optim=dict(name="cgd", prune_set="neg", noise=True, noise_fac=1e-3),
+        # noise_fac=None: the original's default noise scale, mean |g_i| of each step's gradient.
+        r = expt.ex.run(config_updates=tiny(data_root, optim=dict(name="cgd", prune_set="neg", noise=True),
                                             lyapunov=dict(k=4)), named_configs=["cgd_original"])
     finally:
         expt.ex.observers[:] = []
     assert r.config["cgd"] == dict(zeros="pool", rand_draws="replacement", rank="growth", band="plain",
-                                   global_rule="hessian")
+                                   global_rule="hessian", tangent="projected")
     fixed, original = metrics_of(tmp_path, 1), metrics_of(tmp_path, 2)
     p = r.result["num_params"]
     assert fixed["cgd/num_pruned"]["values"] == fixed["hessian/num_neg"]["values"]
@@ -208,6 +215,10 @@ def test_lyapunov_subspace_similarity(expt, data_root, tmp_path):
     (dict(distance_fit_d0="loose"), "distance_fit_d0"),
     (dict(cgd=dict(zeros="drop")), "cgd.zeros must be one of"),
     (dict(cgd=dict(global_rule="sign")), "cgd.global_rule must be one of"),
+    (dict(cgd=dict(tangent="jacobian")), "cgd.tangent must be one of"),
+    (dict(eps_eigh_mode="diagonal"), "eps_eigh_mode must be one of"),
+    (dict(optim=dict(name="cgd", gamma=2.0)), "gamma must be a number in"),
+    (dict(optim=dict(name="cgd", noise=True, noise_fac=-1.0)), "noise_fac must be None"),
     (dict(cgd="original"), "cgd must be a dict"),
     (dict(batch_size=0), "batch_size"),
     (dict(eigenthings_run=dict(source="runs/chaos")), "exactly one of run_id and run_key"),

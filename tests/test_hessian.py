@@ -173,6 +173,46 @@ def test_dense_eigh_shift_and_counts():
     torch.testing.assert_close(low.all_eigenvalues(), torch.tensor([-1.0, 0.0, 0.0, 2.0], dtype=F64))
 
 
+def test_eps_eigh_all_entries_is_the_originals_hessian_plus_eps():
+    # The original's code: eigh(hessian + eps_eigh), a scalar added to every entry, no shift back.
+    gen = torch.Generator().manual_seed(5)
+    b = torch.randn(6, 6, generator=gen, dtype=F64)
+    h = b + b.T
+    eps = 0.3
+    ref = torch.linalg.eigvalsh(h + eps * torch.ones(6, 6, dtype=F64))  # written out independently
+    orig = dense_eigh(h, eps_eigh=eps, mode="all_entries")
+    torch.testing.assert_close(orig.eigenvalues, ref, rtol=1e-12, atol=1e-12)  # O(eps_64 · ‖H‖) eigh round-off
+    # The default (identity, shifted back) keeps the eigenvalues of H itself.
+    torch.testing.assert_close(dense_eigh(h, eps_eigh=eps).eigenvalues, torch.linalg.eigvalsh(h), rtol=1e-12, atol=1e-12)
+    assert (orig.eigenvalues - torch.linalg.eigvalsh(h)).abs().max() > 0.05  # the two modes differ here
+    with pytest.raises(ValueError, match="eps_eigh_mode"):
+        dense_eigh(h, eps_eigh=eps, mode="diag")
+
+
+def test_eps_eigh_all_entries_on_the_structured_mlp_matches_the_dense_shift():
+    # Range-only route (n = 3 < d_0): the rank-one update in span(U, 1) equals eigh of the full H + eps·11ᵀ.
+    loss_fn, w, x, y, sizes = mlp_case(sizes=(6, 5, 3), n=3, seed=4)
+    ws, bs = mlp_params_from_flat(w, sizes)
+    eps = 0.05
+    full = reference_hessian(loss_fn, w, x, y) + eps * torch.ones(w.numel(), w.numel(), dtype=F64)
+    eig = mlp_hessian_eigh(ws, bs, x, y, eps_eigh=eps, eps_eigh_mode="all_entries")
+    assert eig.rank_bound == 5 * 3 + 5 + 3 * 5 + 3 + 1  # the range plus the part of 1 outside it
+    torch.testing.assert_close(eig.matmul(torch.eye(w.numel(), dtype=F64)), full, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(eig.all_eigenvalues(), torch.linalg.eigvalsh(full), rtol=1e-9, atol=1e-11)
+
+
+def test_hessian_modules_import_without_a_cycle():
+    # dynamics.mlp_hessian must not import dynamics.hessian (which re-exports it), not even lazily in
+    # mlp_hessian_eigh: load and use it alone in a fresh interpreter.
+    import subprocess
+    import sys
+    code = ("import sys, torch; from dynamics.mlp_hessian import mlp_hessian_eigh; "
+            "e = mlp_hessian_eigh([torch.ones(2, 3, dtype=torch.float64), torch.ones(2, 2, dtype=torch.float64)], "
+            "[None, None], torch.ones(1, 3, dtype=torch.float64), torch.tensor([0])); "
+            "assert 'dynamics.hessian' not in sys.modules, 'cycle'; import dynamics.hessian")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_too_large_dense_hessian_is_refused_with_size_and_memory():
     with pytest.raises(ValueError, match=r"1,000,000 parameters needs about 22351\.7 GiB"):
         check_dense_hessian_size(1_000_000, F64, 8 * 2**30, key="model")

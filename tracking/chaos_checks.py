@@ -16,6 +16,7 @@ from data.vision import check_dataset_name
 from dynamics.cgd import OptimConfig
 from dynamics.cgd_select import CgdRules
 from dynamics.hessian import check_dense_hessian_size
+from dynamics.symeig import EPS_EIGH_MODES
 from dynamics.mlp_hessian import MLP_ACTIVATIONS, mlp_hessian_eigh_nbytes
 from dynamics.perturb import NEEDS_LYAPUNOV, STRATEGIES, load_eigenthings
 from models.chaos_nets import build_model, num_parameters
@@ -113,6 +114,8 @@ def validate(config: dict) -> Checked:
         raise ValueError(f"distance_fit_d0 must be one of {DISTANCE_FIT_D0}; got {config['distance_fit_d0']!r}")
     if config["eps_eigh"] is None or not config["eps_eigh"] >= 0:
         raise ValueError(f"eps_eigh must be a number >= 0; got {config['eps_eigh']!r}")
+    if config["eps_eigh_mode"] not in EPS_EIGH_MODES:
+        raise ValueError(f"eps_eigh_mode must be one of {EPS_EIGH_MODES}; got {config['eps_eigh_mode']!r}")
 
     # perturbation
     strat = config["perturb_strat"]
