@@ -102,7 +102,7 @@ def cfg():
 
 @ex.named_config
 def paper():
-    """MALA_vs_SGLD.ipynb: its 7 n, ε = 1e-5 at every n, 5 chains of 10000 draws each."""
+    # MALA_vs_SGLD.ipynb: its 7 n, ε = 1e-5 at every n, 5 chains of 10000 draws each, every draw averaged.
     num_training_data = list(PAPER_NS)  # noqa: F841
     epsilon = 1e-5  # noqa: F841
     epsilon_scaling = "fixed"  # noqa: F841
