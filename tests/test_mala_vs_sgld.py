@@ -195,20 +195,23 @@ def test_generator_imports_no_torch():
 
 @pytest.mark.slow
 def test_acceptance_sgld_agrees_with_mala_within_5_percent(expt):
-    """The notebook's set-up (ε = 1e-5 at every n, no burn-in) at n = 1000 and 3162, 4 chains of 4000 draws.
+    """The notebook's set-up and draws at n = 1000: ε = 1e-5, 5 chains × 10000 draws, no burn-in.
 
-    The 5% bound is the issue's. It is meaningful only if it is several standard errors of the
-    difference: the test asserts 5% >= 3 SE (SE from the measured per-chain spread of both samplers),
-    so a sampler with a real 5% bias fails, and chance alone fails it in < 0.3% of runs.
+    The 5% bound is the issue's. It means something only if it is several standard errors of
+    the difference: the test asserts 5% >= 3 SE, with SE from the measured per-chain spread
+    of both samplers, so a sampler with a real 5% bias fails and chain noise alone fails it
+    in < 0.3% of seeds. Fewer draws do not pass that guard: at 4 chains × 4000 draws the SE
+    was 3.0% (the per-chain spread of a transient average shrinks with the draws); at 10000
+    draws it is 1.4% (SGLD std 2.0, MALA std 3.8 on λ̂ ≈ 135, seed 0).
     """
-    res = run(expt, device="cpu", input_dim=10, layer_widths=[20, 20, 10], num_training_data=[1000, 3162],
-              epsilon=1e-5, num_steps=4000, num_chains=4, sgld_config=dict(batch_size=32),
+    res = run(expt, device="cpu", input_dim=10, layer_widths=[20, 20, 10], num_training_data=[1000],
+              epsilon=1e-5, num_steps=10000, num_chains=5, sgld_config=dict(batch_size=32),
               mala_acceptance_every=None, seed=0).result
     print("SGLD", res["sgld"]["lambdahat"], "±", res["sgld"]["lambdahat_std"], "MALA", res["mala"]["lambdahat"], "±",
           res["mala"]["lambdahat_std"], "relative difference", res["relative_difference"], "time ratio",
           res["time_ratio"], "MALA acceptance", res["mala"]["acceptance_rate"])
-    for i, n in enumerate(res["n"]):
-        s, m = res["sgld"], res["mala"]
-        se = math.sqrt((s["lambdahat_std"][i] ** 2 + m["lambdahat_std"][i] ** 2) / 4) / m["lambdahat"][i]
-        assert 3 * se <= 0.05, (n, se)  # the bound is not swamped by chain noise
-        assert abs(res["relative_difference"][i]) < 0.05, (n, res["relative_difference"][i], se)
+    s, m = res["sgld"], res["mala"]
+    se = math.sqrt((s["lambdahat_std"][0] ** 2 + m["lambdahat_std"][0] ** 2) / 5) / m["lambdahat"][0]
+    assert 3 * se <= 0.05, se  # the bound is not swamped by chain noise
+    assert abs(res["relative_difference"][0]) < 0.05, (res["relative_difference"], se)
+    assert m["acceptance_rate"][0] > 0.9  # ε = 1e-5 is a small step at n = 1000 (the notebook: 1.00)
