@@ -30,7 +30,7 @@ import time
 
 import torch
 from sacred import Experiment
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
 from data.synthetic import INPUT_DISTRIBUTIONS, teacher_dataset
 from llc.estimate import flat_model_for_module
@@ -45,6 +45,7 @@ from tracking.sacred_utils import build_config, configure_experiment, json_ready
 ex = configure_experiment(Experiment("mala_vs_sgld"))
 
 SAMPLERS = ("sgld", "mala")
+SGLD_TRACES = ("pre_step", "post_step")
 EPSILON_SCALINGS = ("fixed", "nbeta")
 PAPER_NS = [100, 316, 1000, 3162, 10000, 31623, 100000]  # np.round(10 ** np.linspace(2, 5, 7))
 # Means over the notebook's 5 runs, per n in PAPER_NS (data/mala_v_sgld_results.json of the original).
@@ -86,6 +87,7 @@ def cfg():
         target_acceptance=0.574,  # the tuning's target (Roberts & Rosenthal 1998), with adapt_step_size
     )
     mala_acceptance_every = 20  # SGLD's MALA acceptance probability every k-th step (original: 20); None: off
+    sgld_trace = "pre_step"  # pre_step: L_B(w_t) on step t's batch (unbiased) | post_step: L_B(w_{t+1}) (original; biased low)
 
     # --- the notebook's names (deprecated aliases; None: unset) ---
     step_size = None  # -> epsilon
@@ -185,6 +187,10 @@ def validate(config: dict) -> dict:
     every = config["mala_acceptance_every"]
     if every is not None:
         _positive_int("mala_acceptance_every", every)
+    if config["sgld_trace"] not in SGLD_TRACES:
+        raise ValueError(f"sgld_trace must be one of {SGLD_TRACES}; got {config['sgld_trace']!r}")
+    if config["sgld_trace"] == "post_step" and not sgld.get("loss_trace_minibatch", True):
+        raise ValueError("sgld_trace='post_step' is a minibatch trace; it needs sgld_config.loss_trace_minibatch=True")
     if config["dtype"] not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}; got {config['dtype']!r}")
     return {"ns": ns, "epsilon": eps, "sgld": sgld, "mala": mala, "device": resolve_device(config["device"])}
@@ -201,21 +207,29 @@ def _mse(out, y):
     return ((out - y) ** 2).mean()  # mean over batch and outputs, no 1/2 (the notebook's mse_loss)
 
 
-def run_sgld_with_acceptance(loss, w_star, x, y, cfg: SGLDConfig, seed: int, every: int | None):
+def run_sgld_with_acceptance(loss, w_star, x, y, cfg: SGLDConfig, seed: int, every: int | None,
+                             post_step: bool = False):
     """SGLD λ̂ (an LLCResult), the mean MALA acceptance probability of every ``every``-th step,
     and the seconds that diagnostic took (so the sampler's own time can be told apart).
 
     The acceptance probability is the notebook's diagnostic: the SGLD transition
     w_t -> w_{t+1} scored as a MALA proposal on the step's own minibatch potential
     (llc.sgld.mala_acceptance_probability), at steps every, 2·every, ...
+    With ``post_step`` the λ̂ trace is the original's L_{B_t}(w_{t+1}), the loss on the batch
+    the step has just descended (biased low), instead of run_sgld's L_{B_t}(w_t).
     """
     n = x.shape[0]
     nbeta = cfg.resolve_nbeta(n)
     probs = []
     spent = [0.0]  # seconds inside the diagnostic
+    after = []  # post_step: (C,) L_{B_t}(w_{t+1}) per step
+    batched = vmap(loss)
 
     def callback(t, w_t, w_next, idx):  # idx (C, B)
-        if (t + 1) % every == 0:
+        if post_step:
+            with torch.no_grad():
+                after.append(batched(w_next, x[idx], y[idx]).double())
+        if every is not None and (t + 1) % every == 0:
             start = time.perf_counter()
             xb = x.index_select(0, idx.reshape(-1)).view(*idx.shape, *x.shape[1:])  # (C, B, d)
             yb = y.index_select(0, idx.reshape(-1)).view(*idx.shape, *y.shape[1:])
@@ -223,9 +237,10 @@ def run_sgld_with_acceptance(loss, w_star, x, y, cfg: SGLDConfig, seed: int, eve
             spent[0] += time.perf_counter() - start
 
     init = initial_loss(loss, w_star, x, y)
-    trace = run_sgld(loss, w_star, x, y, cfg, seed, callback=callback if every is not None else None)
+    trace = run_sgld(loss, w_star, x, y, cfg, seed, callback=callback if every is not None or post_step else None)
     accept = float(torch.stack(probs).mean()) if probs else None
-    return llc_result(trace.loss, init, trace.nbeta, trace.burnin, cfg), accept, spent[0]
+    losses = torch.stack(after, 1).cpu() if post_step else trace.loss  # (C, T)
+    return llc_result(losses, init, trace.nbeta, trace.burnin, cfg), accept, spent[0]
 
 
 def _warm_up(loss, w_star, x, y, checked) -> None:
@@ -273,7 +288,8 @@ def main(_config, _run, _seed):
                 if name == "sgld":
                     cfg = SGLDConfig(**checked["sgld"], epsilon=eps)
                     llc, accept, diagnostic_s = run_sgld_with_acceptance(
-                        loss, w_flat, x, y, cfg, derived_seed(_seed, SGLD_CHAINS, n), every)
+                        loss, w_flat, x, y, cfg, derived_seed(_seed, SGLD_CHAINS, n), every,
+                        post_step=_config["sgld_trace"] == "post_step")
                 else:
                     cfg = MALAConfig(**checked["mala"], epsilon=eps)
                     res = estimate_llc_mala(loss, w_flat, x, y, cfg, seed=derived_seed(_seed, MALA_CHAINS, n),

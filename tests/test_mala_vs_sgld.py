@@ -3,6 +3,7 @@ the generator, and (slow) the acceptance check that SGLD's λ̂ agrees with MALA
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from sacred.observers import FileStorageObserver
@@ -113,6 +114,8 @@ def test_same_seed_same_estimates(expt):
     (dict(layer_widths=[3]), "layer_widths"),
     (dict(input_distribution="normal"), "input_distribution"),
     (dict(dtype="float16"), "dtype"),
+    (dict(sgld_trace="after"), "sgld_trace"),
+    (dict(sgld_trace="post_step", sgld_config=dict(batch_size=20, loss_trace_minibatch=False)), "sgld_trace"),
 ])
 def test_bad_config_fails_before_compute_naming_the_key(expt, updates, key, monkeypatch):
     def no_compute(*a, **k):
@@ -159,6 +162,25 @@ def test_one_leapfrog_hmc_is_mala_with_eps_the_square_of_its_step():
     # the same numbers in a different order: float64 rounding of O(10) terms, ~1e-14
     torch.testing.assert_close(prop, w1, rtol=0, atol=1e-13)
     torch.testing.assert_close(log_r_mala[0], log_r_hmc, rtol=0, atol=1e-11)
+
+
+def test_post_step_trace_is_the_loss_after_the_step(expt):
+    """With every data row equal, L_B = L_n for any batch, so the original's L_{B_t}(w_{t+1}) is the next pre-step value."""
+    from llc.sgld import SGLDConfig, run_sgld
+
+    x = torch.ones(30, 3, dtype=torch.float64) * torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    w_star = torch.tensor([0.3, 0.1, -0.2], dtype=torch.float64)
+    y = x @ w_star
+
+    def loss(w, xb, yb):
+        return ((xb @ w - yb) ** 2).mean()
+
+    cfg = SGLDConfig(epsilon=1e-3, gamma=1.0, num_steps=25, batch_size=5, num_chains=2, num_burnin_steps=0)
+    pre = run_sgld(loss, w_star, x, y, cfg, seed=3).loss.numpy()  # (C, T): L(w_t)
+    post, _, _ = expt.run_sgld_with_acceptance(loss, w_star, x, y, cfg, 3, None, post_step=True)
+    # the same chain (seeded per chain); float64 sums of O(1) numbers in a different order
+    np.testing.assert_allclose(post.loss_trace[:, :-1], pre[:, 1:], rtol=1e-12, atol=1e-15)
+    assert not np.allclose(post.loss_trace, pre)
 
 
 # --------------------------------------------------------------- generator
