@@ -98,9 +98,8 @@ def every_experiment_runs(root, data_root) -> None:
         sgld_config=dict(epsilon=1e-4, num_steps=30, batch_size=20, num_chains=2, num_burnin_steps=15),
     )])
     _run_into(root, "mala_vs_sgld", [dict(
-        device="cpu", num_training_data=[50, 100], seed=2,
-        sgld_config=dict(epsilon_nbeta=0.02, num_steps=40, batch_size=20, num_chains=2, num_burnin_steps=20),
-        mala_config=dict(epsilon_nbeta=0.02, num_steps=40, num_chains=2, num_burnin_steps=20),
+        device="cpu", input_dim=3, layer_widths=[4, 2], num_training_data=[50, 100], seed=2,
+        epsilon=1e-3, num_steps=40, num_chains=2, sgld_config=dict(batch_size=20), mala_acceptance_every=10,
     )])
     regimes = dict(arch="mlp", act="gelu", h=6, L=2, dataset="depleted_sign", d=4, ptr=40, pte=30, bs=8,
                    max_step=40, ckpt_grad_stats=10, device="cpu", dtype="f64")
