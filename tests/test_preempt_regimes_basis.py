@@ -136,3 +136,33 @@ def test_regimes_engine_resume_equals_uninterrupted_and_counts_saved_wall_time()
     late = train_regimes(model, params0, data, cfg, torch.Generator(), resume=state)
     assert late.stop_reason == "max_wall" and late.checkpoints[-1]["wall"] >= 1000.0
     assert late.checkpoints[-1]["step"] <= 17 + math.ceil(40 / 8)  # evaluated at least once an epoch (P/bs steps)
+
+
+@pytest.fixture
+def mnist(tmp_path):
+    root = tmp_path / "data"
+    write_mnist(root, n_train=64, n_test=32)
+    return root
+
+
+def basis_config(root):
+    # 64 images in batches of 16: 4 steps an epoch, 8 in all. BatchNorm (running statistics), SGD
+    # momentum, augmentation (its own generator), the gradient pass (weights saved per recording),
+    # log='detail' (per-step losses) and the re-initialised grad_indep run all take part.
+    return dict(data="mnist", data_root=str(root), model="fig2_cnn_bn1d", width=2, batch_size=16, num_epoch=2,
+                optimizer="sgd", lr_setting=[0.05, 1, 0.01], decay_stepsize=1, early_points=3, n_basis=3, device="cpu",
+                eval_batch_size=13, augment=True, gradient=True, log="detail", grad_indep=True,
+                rerun_config=dict(iterations=5, every=2, num_basis=3), seed=2, run_key="basis-test")
+
+
+@pytest.mark.parametrize("step,signame", [(6, "SIGTERM"),  # mid-epoch: the epoch's order and running sums
+                                          (8, "SIGUSR1")])  # the last step: only pass 2 is left to do
+def test_basis_decomposition_resumes_bit_for_bit(tmp_path, monkeypatch, mnist, step, signame):
+    expt = load_experiment("expt_basis_decomposition")
+    dirs = interrupted_then_resumed(expt, tmp_path, monkeypatch, basis_config(mnist), step, signame)
+    full, res = assert_same_run(*dirs, step, signame)
+    assert {"basis.npz", "detail.npz", "rerun.npz"} <= set(full["arrays"])
+    assert "basis/grad_norm_1" in full["metrics"] and full["metrics"]["eval/loss"]["steps"] == [0, 1, 2, 4, 8]  # t = 0, early, ends
+    cut = read(dirs[1])
+    assert "basis/beta_1" not in cut["metrics"]  # the cut came before pass 2
+    assert not (tmp_path / "store" / "_checkpoints").exists(), "the gradient pass's weights are removed too"
