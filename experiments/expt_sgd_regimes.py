@@ -71,7 +71,7 @@ def cfg():
     regu_scale = 0.0  # the regularizer's weight
 
     # --- stopping (zero training loss always stops) ---
-    max_wall = 120.0  # seconds, checkpoints included
+    max_wall = 120.0  # seconds of training, checkpoints included; a resumed run counts on from the interrupted one
     max_step = None  # steps; None -> no limit
     mind_stop = 1.0  # stop once α·min(pred·y) >= mind_stop; None disables
 
