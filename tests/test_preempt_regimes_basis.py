@@ -19,6 +19,7 @@ from tests.conftest import load_experiment
 from tests.datasets import write_mnist
 from tests.test_preempt_experiments import SESSION_INFO, interrupted_then_resumed, read
 from tracking.checkpoint import checkpoint_files
+from tracking.preempt import TEST_ENV, Preempted
 
 REGIMES = dict(  # every piece of loop state in use: minibatch generator, tracked loss, both ladders, the
     # early (ckpt_save_mult) schedule, NTK at w0 (ckpt_grad_stats), kept kernels, predictions, parameters,
@@ -166,3 +167,39 @@ def test_basis_decomposition_resumes_bit_for_bit(tmp_path, monkeypatch, mnist, s
     cut = read(dirs[1])
     assert "basis/beta_1" not in cut["metrics"]  # the cut came before pass 2
     assert not (tmp_path / "store" / "_checkpoints").exists(), "the gradient pass's weights are removed too"
+
+
+def test_sgd_regimes_interrupted_twice_still_equals_the_uninterrupted_run(tmp_path, monkeypatch):
+    from tests.test_preempt_experiments import run
+
+    expt = load_experiment("expt_sgd_regimes")
+    full = run(expt, tmp_path / "full", REGIMES)
+    for step in (9, 31):  # the second cut resumes from records that went through one checkpoint already
+        monkeypatch.setenv(TEST_ENV, str(step))
+        with pytest.raises(Preempted, match=f"stopped at step {step}"):
+            run(expt, tmp_path / "store", REGIMES)
+    monkeypatch.delenv(TEST_ENV)
+    resumed = run(expt, tmp_path / "store", REGIMES)
+    assert resumed.info["resumed_from"]["run_dir"] == str(tmp_path / "store" / "2")
+    assert_same_run(tmp_path / "full" / str(full._id), tmp_path / "store" / "2", tmp_path / "store" / str(resumed._id),
+                    31, "SIGTERM", skip_metrics=WALL_METRICS)
+
+
+def test_basis_decomposition_ad_hoc_resume_from_a_run_dir_finds_the_gradient_weights(tmp_path, monkeypatch, mnist):
+    """No run_key: resume_from=<the interrupted run's dir>; the weights saved before the cut live in that run's
+    checkpoint directory and are used, then removed with it."""
+    from tests.test_preempt_experiments import run
+
+    expt = load_experiment("expt_basis_decomposition")
+    config = {k: v for k, v in basis_config(mnist).items() if k != "run_key"}
+    full = run(expt, tmp_path / "full", config)
+    monkeypatch.setenv(TEST_ENV, "3")  # after the recordings at t = 0, 1, 2
+    with pytest.raises(Preempted, match="stopped at step 3"):
+        run(expt, tmp_path / "store", config)
+    monkeypatch.delenv(TEST_ENV)
+    cut_dir = tmp_path / "store" / "1"
+    states = sorted(p.name for p in (cut_dir / "checkpoints" / "gradient_states").iterdir())
+    assert states == ["ckpt_000000000.pt", "ckpt_000000001.pt", "ckpt_000000002.pt"]
+    resumed = run(expt, tmp_path / "store", {**config, "resume_from": str(cut_dir)})
+    assert_same_run(tmp_path / "full" / str(full._id), cut_dir, tmp_path / "store" / str(resumed._id), 3, "SIGTERM")
+    assert not (cut_dir / "checkpoints").exists(), "the interrupted run's checkpoints and weights are removed"
