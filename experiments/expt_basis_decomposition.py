@@ -16,6 +16,10 @@ singular values s_i (dynamics.basis).
   u_i v_jᵀ), and ``grad_indep`` / ``beta_domin`` (the cosines and norms of ∇β_i
   along a re-initialised run, evaluated before each of its first steps).
 
+A stop signal checkpoints pass 1 at the next step and a rerun resumes it (tracking.preempt;
+README, "Preemption, checkpoints and resume"); a signal in pass 2 stops at once, and the
+resume redoes pass 2 from the checkpoint saved at the end of training.
+
 One named config per original script: ``mnist`` (mnist.py, Fig. 3(a–c)), ``grad_indep``,
 ``beta_domin`` and ``small_init`` (Fig. 2); the defaults are train.py's.
 
@@ -400,7 +404,7 @@ def _main(_config, _run, _seed, checked, ck):
     own_states = config["checkpoint_dir"] is None and config["gradient"]
     ckpt_dir = config["checkpoint_dir"]  # the gradient pass's weights at every recording time (checkpoint_path)
     if own_states:  # beside the run's checkpoints, so that a resumed run still finds the earlier ones
-        ckpt_dir = state["states_dir"] if state else str(ck.dir / "gradient_states")
+        ckpt_dir = state["states_dir"] if state else os.path.abspath(ck.dir / "gradient_states")
     if ckpt_dir is not None:
         os.makedirs(ckpt_dir, exist_ok=True)
 
