@@ -41,15 +41,34 @@ def checkpoint_path(ckpt_dir: str, t: int) -> str:
     return os.path.join(ckpt_dir, f"ckpt_{int(t):09d}.pt")
 
 
+def recording_state(rec: Recording) -> dict:
+    """A Recording in checkpointable types (tensors, lists of floats)."""
+    return {"F": list(rec.F), "eval_loss": rec.eval_loss, "eval_accuracy": rec.eval_accuracy, "train": rec.train,
+            "step_loss": rec.step_loss}
+
+
 def record_training(trainer: Trainer, times: np.ndarray, xe: Tensor, ye: Tensor, chunk: int, log: LogScalar,
-                    ckpt_dir: str | None = None) -> Recording:
+                    ckpt_dir: str | None = None, boundary: Callable[[int, Callable[[], dict]], None] | None = None,
+                    resume: dict | None = None) -> Recording:
     """Train ``trainer`` for its whole run, recording F_t on xe at ``times`` (t = 0 included).
 
     Logs eval/loss and eval/accuracy at every recording, and train/{loss, accuracy,
     grad_norm, lr} at every epoch end (loss and grad_norm: means over the epoch's batches).
+    ``boundary(t, capture)`` is called after every step (tracking.preempt); ``capture()``
+    is the whole state (trainer, recordings, the epoch's running sums), which ``resume``
+    takes back: training goes on from there without logging anything twice.
     """
     rec, spe, recorded = Recording(), trainer.steps_per_epoch, set(int(t) for t in times)
     epoch = dict(loss=0.0, correct=0, grad=0.0, n=0, images=0)
+    if resume is not None:
+        trainer.load_state(resume["trainer"])
+        r = resume["recording"]
+        rec = Recording(list(r["F"]), list(r["eval_loss"]), list(r["eval_accuracy"]),
+                        {k: list(v) for k, v in r["train"].items()}, list(r["step_loss"]))
+        epoch.update(resume["epoch"])
+
+    def capture() -> dict:
+        return {"trainer": trainer.state(), "recording": recording_state(rec), "epoch": dict(epoch)}
 
     def record(t):
         out = eval_outputs(trainer.net, xe, chunk)  # (N, C)
@@ -75,8 +94,9 @@ def record_training(trainer: Trainer, times: np.ndarray, xe: Tensor, ye: Tensor,
         if step.t in recorded:
             record(step.t)
 
-    record(0)
-    trainer.run(trainer.total_steps, on_step)
+    if resume is None:
+        record(0)
+    trainer.run(trainer.total_steps, on_step, None if boundary is None else lambda t: boundary(t, capture))
     return rec
 
 
@@ -85,7 +105,7 @@ def checkpoint_gradients(net: torch.nn.Module, ckpt_dir: str, times, xe: Tensor,
     """‖∇β_i(θ_t)‖ (T, num) and max_{i≠j} |cos(∇β_i, ∇β_j)| (T,) at the checkpoints of ``times``."""
     norms, max_cos = [], []
     for t in times:
-        net.load_state_dict(torch.load(checkpoint_path(ckpt_dir, t), map_location=device))
+        net.load_state_dict(torch.load(checkpoint_path(ckpt_dir, t), map_location=device, weights_only=True))
         net.eval()
         f, w = flat_model_for_module(net, torch.float32, device)
         g = beta_gradients(f, w, xe, basis, num, chunk)

@@ -55,42 +55,65 @@ class Trainer:
         self.x, self.y, self.batch_size, self.drop_last = x, y, batch_size, drop_last
         self.grad_clip, self.batch_gen, self.augment_gen, self.pad_value = grad_clip, batch_gen, augment_gen, pad_value
         self.total_steps = self.steps_per_epoch * num_epoch
+        self.steps_done, self._perm = 0, None  # resumable position: steps taken, the current epoch's order
 
     @property
     def steps_per_epoch(self) -> int:
         n = self.x.shape[0]
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def run(self, num_steps: int, on_step: Callable[[Step], None] | None = None) -> None:
-        """Take ``num_steps`` steps, calling ``on_step`` after each."""
-        spe, t = self.steps_per_epoch, 0
-        while t < num_steps:
-            perm = torch.randperm(self.x.shape[0], generator=self.batch_gen, device=self.batch_gen.device)
-            for b in range(spe):
-                if t >= num_steps:
-                    return
-                idx = perm[b * self.batch_size:(b + 1) * self.batch_size].to(self.x.device)
-                xb, yb = self.x[idx], self.y[idx]
-                if self.augment_gen is not None:
-                    xb = crop_flip(xb, self.pad_value, self.augment_gen)
-                lr = self.schedule.lr(t, spe, self.total_steps)
-                set_lr(self.optimizer, lr)
-                self.net.train()
-                out = self.net(xb)
-                loss = self.loss_fn(out, yb)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grads = [p.grad for p in self.net.parameters() if p.grad is not None]
-                grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
-                if self.grad_clip is not None:
-                    nn.utils.clip_grad_value_(self.net.parameters(), self.grad_clip)
-                self.optimizer.step()
-                t += 1
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"training diverged: loss {value} at step {t}")
-                if on_step is not None:
-                    on_step(Step(t, value, int((out.argmax(1) == yb).sum()), int(yb.shape[0]), grad_norm, lr))
+    def state(self) -> dict:
+        """Everything the run depends on (tracking.preempt checkpoints): weights and buffers, the
+        optimizer's state (momentum), both generators, the step counter and the epoch's order."""
+        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "batch_gen": self.batch_gen.get_state(),
+                "augment_gen": None if self.augment_gen is None else self.augment_gen.get_state(),
+                "steps_done": self.steps_done, "perm": self._perm}
+
+    def load_state(self, state: dict) -> None:
+        """Inverse of :meth:`state` (on a Trainer built with the same config)."""
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.batch_gen.set_state(state["batch_gen"])
+        if self.augment_gen is not None:
+            self.augment_gen.set_state(state["augment_gen"])
+        self.steps_done = state["steps_done"]
+        self._perm = None if state["perm"] is None else state["perm"].to(self.batch_gen.device)
+
+    def run(self, num_steps: int, on_step: Callable[[Step], None] | None = None,
+            boundary: Callable[[int], None] | None = None) -> None:
+        """Take steps until ``num_steps`` are done (counting those of a restored state), calling
+        ``on_step`` and then ``boundary(steps_done)`` after each. A fresh permutation starts every epoch."""
+        spe = self.steps_per_epoch
+        while self.steps_done < num_steps:
+            t = self.steps_done
+            b = t % spe
+            if b == 0 or self._perm is None:
+                self._perm = torch.randperm(self.x.shape[0], generator=self.batch_gen, device=self.batch_gen.device)
+            idx = self._perm[b * self.batch_size:(b + 1) * self.batch_size].to(self.x.device)
+            xb, yb = self.x[idx], self.y[idx]
+            if self.augment_gen is not None:
+                xb = crop_flip(xb, self.pad_value, self.augment_gen)
+            lr = self.schedule.lr(t, spe, self.total_steps)
+            set_lr(self.optimizer, lr)
+            self.net.train()
+            out = self.net(xb)
+            loss = self.loss_fn(out, yb)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+            grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+            if self.grad_clip is not None:
+                nn.utils.clip_grad_value_(self.net.parameters(), self.grad_clip)
+            self.optimizer.step()
+            t = self.steps_done = t + 1
+            value = loss.item()
+            if not math.isfinite(value):
+                raise FloatingPointError(f"training diverged: loss {value} at step {t}")
+            if on_step is not None:
+                on_step(Step(t, value, int((out.argmax(1) == yb).sum()), int(yb.shape[0]), grad_norm, lr))
+            if boundary is not None:
+                boundary(t)
 
 
 @torch.no_grad()

@@ -46,6 +46,8 @@ from dynamics.regimes_config import DYNAMICS, STOP_REASONS, RegimesConfig, Regim
 from dynamics.regimes_drift import drifts
 from dynamics.regimes_ladders import FastLadder, SlowLadder, fast_ladder, next_early_step, slow_ladder
 from dynamics.regimes_observables import diagonal_observables, gradient_stats, linear_observables, prediction_stats
+from dynamics.regimes_resume import (fast_state, records_from_state, records_to_state, restore_fast, restore_slow,
+                                     slow_state)
 from dynamics.regimes_steps import (LOSSES, REGULARIZERS, SDE_NOISES, alpha_loss, flatten, gd_sde_gradient,
                                     loss_and_grad, regularizer_term, unfit_first_batch)
 
@@ -75,6 +77,8 @@ def train_regimes(
     callback: Callable[[dict], None] | None = None,
     teacher: Tensor | None = None,
     diag_power: int | None = None,
+    boundary: Callable[[int, Callable[[], dict]], None] | None = None,
+    resume: dict | None = None,
 ) -> RegimesRun:
     """Train f(w, x) = functional_call(model, w, (x,)) from ``params0`` under ``config``.
 
@@ -89,6 +93,11 @@ def train_regimes(
             ``linear_observables`` to every checkpoint, as the original does for arch linear.
         diag_power: with ``teacher``, the model is simple_diagonal_linear with effective weights
             w^diag_power: records ``diagonal_observables`` as ``diag_lin`` instead (the original's record).
+        boundary: called as ``boundary(steps_done, capture)`` after every step (tracking.preempt's
+            step boundary); ``capture()`` returns the loop's whole state.
+        resume: such a state: training goes on from it (the records before it are not re-sent to
+            ``callback``). Wall time counts on from the state's elapsed training time, so
+            ``max_wall`` and the ``wall`` fields sum the segments and exclude the time in between.
 
     Returns:
         A ``RegimesRun``; a non-finite loss ends training with stop_reason 'diverged'.
@@ -247,19 +256,40 @@ def train_regimes(
         if callback is not None:
             callback(record)
 
-    params = {k: v.detach().clone() for k, v in params0.items()}
-    first, pred_tr = evaluate(params, xtr, ytr, out0tr)
-    l0 = first["loss"]
-    ladder_dtype = np.float32 if xtr.dtype in (torch.float32, torch.float16, torch.bfloat16) else np.float64
-    fast = FastLadder(fast_ladder(cfg.ckpt_modulo, ladder_dtype) * l0, l0)
-    slow_rungs = SlowLadder(slow_ladder(ladder_dtype) * l0, l0, cfg.ckpt_save_mult)
-    slow_rungs.due(l0, 0)
-    checkpoint(params, 0, "start", first, pred_tr, slow=True, stop=False)
-    early_at = next_early_step(0, cfg.ckpt_save_mult)
+    if resume is None:
+        params = {k: v.detach().clone() for k, v in params0.items()}
+        first, pred_tr = evaluate(params, xtr, ytr, out0tr)
+        l0 = first["loss"]
+        ladder_dtype = np.float32 if xtr.dtype in (torch.float32, torch.float16, torch.bfloat16) else np.float64
+        fast = FastLadder(fast_ladder(cfg.ckpt_modulo, ladder_dtype) * l0, l0)
+        slow_rungs = SlowLadder(slow_ladder(ladder_dtype) * l0, l0, cfg.ckpt_save_mult)
+        slow_rungs.due(l0, 0)
+        checkpoint(params, 0, "start", first, pred_tr, slow=True, stop=False)
+        early_at = next_early_step(0, cfg.ckpt_save_mult)
+        tracked, since_eval, step_i = l0, 0, 0
+    else:
+        dev = xtr.device
+        params = {k: v.to(device=dev) for k, v in resume["params"].items()}
+        gen.set_state(resume["gen"])
+        fast, slow_rungs = restore_fast(resume["fast"]), restore_slow(resume["slow"])
+        early_at, tracked, since_eval, step_i = resume["early_at"], resume["tracked"], resume["since_eval"], resume["step"]
+        state["g_norm"] = resume["g_norm"]
+        state["tot_grad"] = None if resume["tot_grad"] is None else resume["tot_grad"].to(dev)
+        checkpoints[:] = records_from_state(resume["records"])
+        predictions[:], parameters[:], kept[:] = resume["predictions"], resume["parameters"], resume["kept"]
+        kernels0.update({k: v.to(dev) for k, v in resume["kernels0"].items()})
+        wall0 = time.perf_counter() - resume["elapsed"]  # training time so far; the gap before the resume is not counted
+
+    def capture() -> dict:
+        """The loop's state after ``step_i`` steps (CPU copies are made by torch.save)."""
+        return {"step": step_i, "since_eval": since_eval, "tracked": tracked, "early_at": early_at,
+                "params": params, "gen": gen.get_state(), "fast": fast_state(fast), "slow": slow_state(slow_rungs),
+                "g_norm": state["g_norm"], "tot_grad": state["tot_grad"], "records": records_to_state(checkpoints),
+                "predictions": predictions, "parameters": parameters, "kept": kept, "kernels0": kernels0,
+                "elapsed": time.perf_counter() - wall0}
 
     exact_tracking = cfg.dynamics != "sgd" or B == P
     eval_every = FULL_BATCH_EVAL_EVERY if exact_tracking else math.ceil(P / B)
-    tracked, since_eval, step_i = l0, 0, 0
     while True:
         g, batch_loss = gradient(params, gen)
         with torch.no_grad():
@@ -272,22 +302,21 @@ def train_regimes(
         early = early_at is not None and step_i >= early_at
         out_of_time = time.perf_counter() - wall0 > cfg.max_wall
         at_max = cfg.max_step is not None and step_i >= cfg.max_step
-        if not (early or out_of_time or at_max or since_eval >= eval_every
-                or fast.outside(tracked) or not math.isfinite(tracked)):
-            continue
-        since_eval = 0
-        ev, pred_tr = evaluate(params, xtr, ytr, out0tr)
-        reason = _stop_reason(ev, cfg, out_of_time, at_max)
-        crossed = fast.update(ev["loss"])
-        if crossed or early or reason:
-            slow = slow_rungs.due(ev["loss"], step_i) or reason is not None
-            trigger = "stop" if reason else ("early" if early and not crossed else "ladder")
-            checkpoint(params, step_i, trigger, ev, pred_tr, slow, stop=reason is not None)
-            early_at = next_early_step(step_i, cfg.ckpt_save_mult)
-        tracked = ev["loss"]
-        if reason:
-            return RegimesRun(checkpoints, reason, params, kept, predictions, parameters)
-
+        if early or out_of_time or at_max or since_eval >= eval_every or fast.outside(tracked) or not math.isfinite(tracked):
+            since_eval = 0
+            ev, pred_tr = evaluate(params, xtr, ytr, out0tr)
+            reason = _stop_reason(ev, cfg, out_of_time, at_max)
+            crossed = fast.update(ev["loss"])
+            if crossed or early or reason:
+                slow = slow_rungs.due(ev["loss"], step_i) or reason is not None
+                trigger = "stop" if reason else ("early" if early and not crossed else "ladder")
+                checkpoint(params, step_i, trigger, ev, pred_tr, slow, stop=reason is not None)
+                early_at = next_early_step(step_i, cfg.ckpt_save_mult)
+            tracked = ev["loss"]
+            if reason:
+                return RegimesRun(checkpoints, reason, params, kept, predictions, parameters)
+        if boundary is not None:
+            boundary(step_i, capture)
 
 def _stop_reason(ev: dict, cfg: RegimesConfig, out_of_time: bool, at_max: bool) -> str | None:
     if not math.isfinite(ev["loss"]):

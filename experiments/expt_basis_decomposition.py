@@ -16,6 +16,10 @@ singular values s_i (dynamics.basis).
   u_i v_jᵀ), and ``grad_indep`` / ``beta_domin`` (the cosines and norms of ∇β_i
   along a re-initialised run, evaluated before each of its first steps).
 
+A stop signal checkpoints pass 1 at the next step and a rerun resumes it (tracking.preempt;
+README, "Preemption, checkpoints and resume"); a signal in pass 2 stops at once, and the
+resume redoes pass 2 from the checkpoint saved at the end of training.
+
 One named config per original script: ``mnist`` (mnist.py, Fig. 3(a–c)), ``grad_indep``,
 ``beta_domin`` and ``small_init`` (Fig. 2); the defaults are train.py's.
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
 import warnings
 from typing import NamedTuple
@@ -43,9 +48,11 @@ from dynamics.basis_training import Trainer, eval_outputs, recording_times
 from dynamics.schedules import LRSchedule, OPTIMIZERS, decay_groups, make_loss, make_optimizer
 from models.basis_nets import InputShape, build_model, check_model_name, check_width, feature_dim
 from models.device import derived_seed, resolve_device
+from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import configure_experiment, json_ready, log_series, run_cli, seed_everything
 
-ex = configure_experiment(Experiment("basis_decomposition"))
+# checkpoint_dir (tracking.preempt) also holds the gradient pass's per-recording weights when set
+ex = add_checkpoint_config(configure_experiment(Experiment("basis_decomposition")))
 
 DATA = ("mnist", "cifar10", "cifar100")
 LOG_LEVELS = ("essential", "detail")
@@ -96,7 +103,6 @@ def cfg():
     saturation_level = 0.8  # τ_i = first recording with β_i(t) >= saturation_level · s_i (result summary)
     gradient = False  # also ‖∇_θ β_i(θ_t)‖, i < n_basis, at every recording (one vmapped VJP per checkpoint)
     log = "essential"  # essential | detail: also Φ, every F_t and W (detail.npz), every β_ij(t) and the per-step loss
-    checkpoint_dir = None  # keep the checkpoints there; None -> a temporary folder, written only with gradient
     num_run = 0  # repetition index, a label (randomness comes from seed)
 
     # --- paper Fig. 2 analyses ---
@@ -381,22 +387,33 @@ def _load(config, checked):
 
 @ex.main
 def main(_config, _run, _seed):
+    checked = validate(_config)
+    with checkpointing(_run, _config) as ck:  # SIGTERM/SIGUSR1/SIGINT -> checkpoint at a step boundary; resume
+        return _main(_config, _run, _seed, checked, ck)
+
+
+def _main(_config, _run, _seed, checked, ck):
     config = _config
-    checked = validate(config)
     seed_everything(_seed)
     x, y, xe, ye = _load(config, checked)
     trainer = _new_trainer(config, checked, x, y, _seed, INIT, BATCHES, AUGMENT)
     spe, n_basis, chunk = trainer.steps_per_epoch, config["n_basis"], config["eval_batch_size"]
     times = recording_times(spe, config["num_epoch"], config["early_points"], config["record_every"],
                             config["record_first"], config["record_until"], config["record_epoch_ends"])
-    ckpt_tmp = None
-    ckpt_dir = config["checkpoint_dir"]
-    if ckpt_dir is None and config["gradient"]:
-        ckpt_tmp = tempfile.TemporaryDirectory(prefix="basis_ckpt_")
-        ckpt_dir = ckpt_tmp.name
+    state = ck.state  # None on a fresh start
+    own_states = config["checkpoint_dir"] is None and config["gradient"]
+    ckpt_dir = config["checkpoint_dir"]  # the gradient pass's weights at every recording time (checkpoint_path)
+    if own_states:  # beside the run's checkpoints, so that a resumed run still finds the earlier ones
+        ckpt_dir = state["states_dir"] if state else os.path.abspath(ck.dir / "gradient_states")
     if ckpt_dir is not None:
         os.makedirs(ckpt_dir, exist_ok=True)
-    rec = record_training(trainer, times, xe, ye, chunk, _run.log_scalar, ckpt_dir)
+
+    def boundary(t, capture):  # saved at the end of training too: pass 2 then resumes without training again
+        ck.boundary(t, lambda: {"train": capture(), "states_dir": ckpt_dir}, force=t == trainer.total_steps)
+
+    with ck.deferring():
+        rec = record_training(trainer, times, xe, ye, chunk, _run.log_scalar, ckpt_dir, boundary=boundary,
+                              resume=state["train"] if state else None)
     if config["log"] == "detail":
         log_series(_run, "train/step_loss", rec.step_loss, config["log_max_points"], offset=1)
     eval_loss, eval_acc, train_curves = rec.eval_loss, rec.eval_accuracy, rec.train
@@ -443,8 +460,8 @@ def main(_config, _run, _seed):
                 _run.log_scalar(f"basis/grad_norm_{i + 1}", float(norms[j, i]), t)
             _run.log_scalar("basis/grad_max_abs_cos", float(max_cos[j]), t)
         arrays.update(grad_norms=norms, grad_max_abs_cos=max_cos)
-    if ckpt_tmp is not None:
-        ckpt_tmp.cleanup()
+    if own_states and not config["keep_checkpoints"]:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     _run.info["singular_values"] = s.tolist()
     _run.info["phi_singular_values_top"] = basis.S[:100].cpu().tolist()
     _add_npz(_run, "basis.npz", arrays)

@@ -6,6 +6,8 @@ temperature T = dt/(bs·h), until the training set is fitted (README "Regimes of
 original's `python -m edm` parameters, under the same names and defaults, with the
 exceptions listed there). Checkpoints follow the original's ladder of fractions of the
 initial loss; the NTK, gradient statistics and drifts are taken on its coarser slow ladder.
+A stop signal checkpoints the loop at the next step and a rerun resumes it (tracking.preempt);
+``max_wall`` then counts the training time of all segments (README, "Preemption, checkpoints and resume").
 
     python experiments/expt_sgd_regimes.py with dataset=mnist_parity ptr=1024 pte=2048 \\
         arch=mlp act=gelu h=64 L=8 dynamics=sgd alpha=1 dt=0.1 bs=64 max_wall=120
@@ -27,9 +29,10 @@ from dynamics.regimes_steps import REGULARIZERS, SDE_NOISES
 from dynamics.regimes_train import DYNAMICS, LOSSES, RegimesConfig, flat_metrics, train_regimes
 from models.device import derived_seed, resolve_device, resolve_dtype
 from models.regimes import ACT_BETA, ACTIVATIONS, ARCHS, CONV_ARCHS, DEEP_ARCHS, build_model, check_act_beta
+from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import configure_experiment, json_ready, run_cli, seed_everything
 
-ex = configure_experiment(Experiment("sgd_regimes"))
+ex = add_checkpoint_config(configure_experiment(Experiment("sgd_regimes")))
 
 DTYPE_NAMES = {"f32": "float32", "f64": "float64", "float32": "float32", "float64": "float64"}
 IMAGE_SHAPES = {"mnist_parity": (1, 28, 28), "cifar_animal": (3, 32, 32)}
@@ -70,7 +73,7 @@ def cfg():
     regu_scale = 0.0  # the regularizer's weight
 
     # --- stopping (zero training loss always stops) ---
-    max_wall = 120.0  # seconds, checkpoints included
+    max_wall = 120.0  # seconds of training, checkpoints included; a resumed run counts on from the interrupted one
     max_step = None  # steps; None -> no limit
     mind_stop = 1.0  # stop once α·min(pred·y) >= mind_stop; None disables
 
@@ -297,6 +300,11 @@ def _progress(record: dict, alpha: float) -> str:
 @ex.main
 def main(_config, _run, _seed):
     checked = validate(_config, _seed)
+    with checkpointing(_run, _config) as ck:  # SIGTERM/SIGUSR1/SIGINT -> checkpoint at a step boundary; resume
+        return _main(_config, _run, _seed, checked, ck)
+
+
+def _main(_config, _run, _seed, checked, ck):
     seed_everything(_seed)
     seeds, cfg, device, dtype = checked["seeds"], checked["train"], checked["device"], checked["dtype"]
     dataset = _config["dataset"]
@@ -325,7 +333,9 @@ def main(_config, _run, _seed):
     if _config["arch"] in ("linear", "simple_diagonal_linear") and dataset not in IMAGE_DATASETS:
         teacher = torch.as_tensor(teacher_vector(dataset, _config["d"], seeds["seed_trainset"]), dtype=dtype, device=device)
         diag_power = _config["L"] if _config["arch"] == "simple_diagonal_linear" else None
-    run = train_regimes(model, params0, data, cfg, gen_batch, callback=log, teacher=teacher, diag_power=diag_power)
+    with ck.deferring():  # a resumed run goes on from the saved loop state; wall time sums the segments
+        run = train_regimes(model, params0, data, cfg, gen_batch, callback=log, teacher=teacher, diag_power=diag_power,
+                            boundary=ck.boundary, resume=ck.state)
 
     _run.info["checkpoints"] = json_ready(run.checkpoints)
     with tempfile.TemporaryDirectory() as tmp:  # predictions and labels at the stop (and slow checkpoints)
