@@ -178,7 +178,11 @@ def test_mongo_store_gives_the_same_tables_as_the_file_store(root, mongo_db):
     pd.testing.assert_frame_equal(load_metrics(mongo_db)[cols], load_metrics(store)[cols])
     info = load_info(mongo_db, 2)
     assert [m["name"] for m in info.pop("metrics")][:2] == ["llc/loss_trace/chain0", "llc/loss_trace/chain1"]
-    assert info == load_info(store, 2)  # MongoObserver adds only its metric ids
+    file_info = load_info(store, 2)
+    # where the resumable state lives is per store: beside the file-store run, or under runs/<experiment>/_checkpoints
+    assert info.pop("checkpoint_dir").startswith("runs/dln_lambdahat/_checkpoints/")
+    assert file_info.pop("checkpoint_dir").endswith("/checkpoints")
+    assert info == file_info  # MongoObserver adds only its metric ids
     from_gridfs = np.load(io.BytesIO(load_artifact(mongo_db, 2, "trained_llc_trace.npz")))
     from_disk = np.load(io.BytesIO(load_artifact(store, 2, "trained_llc_trace.npz")))
     np.testing.assert_array_equal(from_gridfs["loss_trace"], from_disk["loss_trace"])
