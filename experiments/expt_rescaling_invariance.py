@@ -223,7 +223,8 @@ def main(_config, _run, _seed):
                     d = torch.repeat_interleave(torch.tensor(factors, dtype=dtype), torch.tensor(segments)).to(device)
                     res, trace = estimate_llc_psgld_traced(loss, w_flat, x, y, checked["configs"][name], absolute, seed,
                                                            segments, preconditioner=d, accept_every=every)
-                    accept = float(trace.mala_acceptance.mean()) if trace.mala_acceptance.size else None
+                    acc = trace.mala_acceptance  # None when not recorded; empty when fewer than k steps
+                    accept = float(acc.mean()) if acc is not None and acc.size else None
                 else:
                     res = estimate_llc_flat(loss, w_flat, x, y, checked["configs"][name], seed)
                 values = (res.lambdahat, res.lambdahat_std, None if math.isnan(res.rhat) else res.rhat, "ok", None, accept)
