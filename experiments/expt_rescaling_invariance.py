@@ -40,6 +40,7 @@ from llc.psgld import PSGLDConfig, estimate_llc_psgld, estimate_llc_psgld_traced
 from llc.sgld import SGLDConfig, SGLDDivergenceError
 from models.device import DTYPES, derived_seed, resolve_device, resolve_dtype
 from models.relu_mlp import INITS, ReLUMLP, layer_preconditioner, notebook_teacher, rescale_params
+from tracking.key_aliases import resolve_alias
 from tracking.sacred_utils import build_config, configure_experiment, json_ready, run_cli, seed_everything
 
 ex = configure_experiment(Experiment("rescaling_invariance"))
@@ -61,6 +62,7 @@ def cfg():
     input_distribution = "uniform"  # x: 'uniform' U(-10, 10)^d | 'unit_ball'
     rescale_layer = 0  # Linear l (weight, bias) × α and Linear l+1's weight × 1/α; 0 <= l <= len(layer_sizes) - 3
     alphas = [10 ** (k / 2) for k in range(-8, 9)]  # α values: 10^-4 ... 10^4, 17 values
+    first_alpha_index = 0  # chains at alphas[i] use the seed of index first_alpha_index + i (a --per-alpha line: k)
 
     # --- samplers: each runs at every α, with its own seed per α, and is recorded by name ---
     samplers = ["psgld_fixed"]  # psgld_fixed (the notebook's, sgld_config) | psgld (adaptive, psgld_config) | sgld
@@ -90,6 +92,15 @@ def cfg():
     )
     loss_trace_minibatch = False  # False: full-data L_n at every draw (original) | True: minibatch losses (20x cheaper)
 
+    # --- the notebook's names, deprecated aliases (None: unset; README "Rescaling invariance") ---
+    input_dim = None  # layer_sizes[0]
+    layer_widths = None  # layer_sizes[1:]
+    degen_directions = None  # degenerate_units
+    scaling_factors = None  # alphas
+    batch_size = None  # sgld_config.batch_size
+    num_runs = None  # sgld_config.num_chains
+    itemp = None  # inverse temperature β: sgld_config.nbeta = n · itemp (None -> 1 / log n)
+
     # --- runtime ---
     device = "auto"  # auto | cpu | cuda
     dtype = "float64"  # float64 shows the preconditioned sampler's equivariance down to rounding
@@ -117,6 +128,34 @@ def paper_medium():
 def paper_large():
     # The paper's 30 -> 40 -> 30 network (published λ̂ ≈ 1111, data/llc_rescaling_results_3.json).
     layer_sizes = [30, 40, 30]  # noqa: F841
+
+
+def resolve_original_keys(config: dict) -> dict:
+    """A copy of the config with the notebook's names (set, not None) moved to the keys here."""
+    config = {**config, "sgld_config": dict(config["sgld_config"])}
+    if config["input_dim"] is not None or config["layer_widths"] is not None:
+        # the notebook's input_dim and layer_widths: layer_sizes = [input_dim, *layer_widths]
+        sizes = config["layer_sizes"]
+        sizes = list(sizes) if isinstance(sizes, (list, tuple)) and sizes else [sizes]
+        if config["input_dim"] is not None:
+            sizes[:1] = [resolve_alias(config, "input_dim", "layer_sizes")]
+        if config["layer_widths"] is not None:
+            widths = resolve_alias(config, "layer_widths", "layer_sizes")
+            sizes[1:] = list(widths) if isinstance(widths, (list, tuple)) else [widths]
+        config["layer_sizes"] = sizes
+    config["degenerate_units"] = resolve_alias(config, "degen_directions", "degenerate_units")
+    config["alphas"] = resolve_alias(config, "scaling_factors", "alphas")
+    config["sgld_config"]["batch_size"] = resolve_alias(config, "batch_size", "sgld_config.batch_size")
+    config["sgld_config"]["num_chains"] = resolve_alias(config, "num_runs", "sgld_config.num_chains")
+    itemp = config["itemp"]
+    if itemp is not None:
+        if isinstance(itemp, bool) or not isinstance(itemp, (int, float)) or not itemp > 0:
+            raise ValueError(f"itemp must be None or a number > 0; got {itemp!r}")
+        if config["sgld_config"]["nbeta"] is not None:
+            raise ValueError(f"set itemp or sgld_config.nbeta, not both; got itemp={itemp!r}, "
+                             f"nbeta={config['sgld_config']['nbeta']!r}")
+        config["sgld_config"]["nbeta"] = itemp * config["num_training_data"]
+    return config
 
 
 def validate(config: dict) -> dict:
@@ -149,6 +188,7 @@ def validate(config: dict) -> dict:
     if not isinstance(alphas, (list, tuple)) or not alphas or not all(
             isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) and a > 0 for a in alphas):
         raise ValueError(f"alphas must be a non-empty list of finite numbers > 0; got {alphas!r}")
+    _positive_int("first_alpha_index", config["first_alpha_index"], lo=0)
     samplers = config["samplers"]
     if not isinstance(samplers, (list, tuple)) or not samplers or set(samplers) - set(SAMPLERS) or len(set(samplers)) != len(samplers):
         raise ValueError(f"samplers must be a non-empty list of distinct names from {SAMPLERS}; got {samplers!r}")
@@ -176,6 +216,7 @@ def _mse(out, y):
 
 @ex.main
 def main(_config, _run, _seed):
+    _config = resolve_original_keys(_config)
     checked = validate(_config)
     seed_everything(_seed)
     device, dtype = checked["device"], resolve_dtype(_config["dtype"])
@@ -212,7 +253,8 @@ def main(_config, _run, _seed):
         assert diff < (1e-9 if dtype == torch.float64 else 1e-4), f"rescaling by α={alpha} changed the function ({diff})"
         _run.log_scalar("rescaling/log10_alpha", math.log10(alpha), i)
         for name in samplers:
-            seed = derived_seed(_seed, SAMPLING, i)  # each α its own chains: flatness is measured, not built in
+            # each α its own chains: flatness is measured, not built in
+            seed = derived_seed(_seed, SAMPLING, _config["first_alpha_index"] + i)
             row = table[name]
             accept = None
             try:

@@ -249,6 +249,7 @@ def test_divergence_is_recorded_per_alpha_and_the_sweep_goes_on(expt, tmp_path):
     (dict(psgld_config=dict(TINY["psgld_config"], localisation="metric")), "psgld_config.localisation"),
     (dict(sgld_config=dict(TINY["sgld_config"], epsilon=0.0)), "sgld_config.epsilon"),
     (dict(input_distribution="gaussian"), "input_distribution"),
+    (dict(first_alpha_index=-1), "first_alpha_index"),
 ])
 def test_bad_config_fails_before_compute_naming_the_key(expt, updates, key, monkeypatch):
     def no_compute(*a, **k):
@@ -267,24 +268,53 @@ def test_unknown_key_is_rejected_by_sacred(expt):
 
 # --------------------------------------------------------------- generator
 
-def test_generator_paper_preset_and_keys_sacred_accepts(tmp_path, expt):
+def test_generator_paper_presets_and_keys_sacred_accepts(tmp_path, expt):
     out = tmp_path / "cmds.txt"
     assert gen.main([str(out), "--preset", "paper"]) == 0
     lines = out.read_text().splitlines()
-    assert len(lines) == 3 * 3
+    assert len(lines) == 3  # one per network, each sweeping the 17 α as the notebook's loop does
     sizes = [config_overrides(line)["layer_sizes"] for line in lines]
-    assert sizes == [[10, 20, 10]] * 3 + [[20, 30, 20]] * 3 + [[30, 40, 30]] * 3
+    assert sizes == [[10, 20, 10], [20, 30, 20], [30, 40, 30]]
+    defaults = expt.ex.run("print_config").config
+    assert gen.DEFAULT_ALPHAS == defaults["alphas"] and list(gen.SAMPLERS) == list(expt.SAMPLERS)
     for line in lines:
         ov = config_overrides(line)
         key = ov.pop("run_key")
-        assert key == sweep.run_key(gen.EXPERIMENT, ov) and ov["samplers"] == ["psgld", "sgld"]
+        assert key == sweep.run_key(gen.EXPERIMENT, ov) and ov["samplers"] == ["psgld_fixed"] and ov["seed"] == 0
         expt.ex.run("print_config", config_updates=ov)  # every key exists (else ConfigAddedError)
+    for name, size in [("paper_small", [10, 20, 10]), ("paper_medium", [20, 30, 20]), ("paper_large", [30, 40, 30])]:
+        assert gen.main([str(tmp_path / f"{name}.txt"), "--preset", name]) == 0
+        (line,) = (tmp_path / f"{name}.txt").read_text().splitlines()
+        ov = config_overrides(line)
+        named = expt.ex.run("print_config", named_configs=[name]).config  # the experiment's named config
+        assert ov["layer_sizes"] == named["layer_sizes"] == size and ov["expt_name"] == name
     assert gen.main([str(tmp_path / "b.txt"), "--layer-sizes", "[4, 5, 3]", "--psgld-gamma", "0.01", "0.1",
                      "--seeds", "1", "2"]) == 0
     ovs = [config_overrides(x) for x in (tmp_path / "b.txt").read_text().splitlines()]
     assert [(o["psgld_config.gamma"], o["seed"]) for o in ovs] == [(0.01, 1), (0.01, 2), (0.1, 1), (0.1, 2)]
     with pytest.raises(SystemExit):
         gen.main([str(tmp_path / "c.txt"), "--layer-sizes", "[4, 5]"])
+    with pytest.raises(SystemExit):
+        gen.main([str(tmp_path / "d.txt"), "--alphas", "1", "-2"])
+    with pytest.raises(SystemExit):
+        gen.main([str(tmp_path / "e.txt"), "--grid", "first_alpha_index=[0, 1]"])
+
+
+def test_generator_per_alpha_lines_run_the_full_sweeps_chains(tmp_path, expt):
+    """--per-alpha: line k (alphas=[α_k], first_alpha_index=k) gives α_k's λ̂ of the full sweep, bit for bit."""
+    assert gen.main([str(tmp_path / "p.txt"), "--preset", "paper_small", "--per-alpha"]) == 0
+    ovs = [config_overrides(x) for x in (tmp_path / "p.txt").read_text().splitlines()]
+    assert [o["alphas"] for o in ovs] == [[a] for a in gen.DEFAULT_ALPHAS]
+    assert [o["first_alpha_index"] for o in ovs] == list(range(17)) and len({o["run_key"] for o in ovs}) == 17
+    assert gen.main([str(tmp_path / "q.txt"), "--alphas", "0.01", "1", "100", "--per-alpha", "--seeds", "3"]) == 0
+    lines = (tmp_path / "q.txt").read_text().splitlines()
+    tiny = dict(TINY, samplers=["psgld_fixed"], mala_acceptance_every=None)
+    full = run(expt, **tiny, seed=3).result["psgld_fixed"]["lambdahat"]
+    for k, line in enumerate(lines):
+        ov = config_overrides(line)
+        assert (ov["alphas"], ov["first_alpha_index"], ov["seed"]) == ([TINY["alphas"][k]], k, 3)
+        part = run(expt, **{**tiny, "alphas": ov["alphas"]}, seed=3, first_alpha_index=k).result
+        assert part["psgld_fixed"]["lambdahat"] == [full[k]]  # the same chains: same seed, same float operations
 
 
 # --------------------------------------------------------------- acceptance (slow)
