@@ -56,7 +56,7 @@ def cfg():
     # --- network, teacher and data (rescaling_invariance.ipynb) ---
     layer_sizes = [10, 20, 10]  # [input, hidden..., output] of the ReLU MLP (the paper: [10,20,10], [20,30,20], [30,40,30])
     teacher_init = "haiku"  # haiku: hk.Linear's truncated normal, std 1/sqrt(fan_in), zero biases (original) | torch
-    hidden_bias_std = 1.0  # hidden layers' biases redrawn from N(0, s²) (original: 1); 0 keeps the init's
+    hidden_bias_std = 1.0  # hidden layers' biases redrawn from N(0, s²) (original: 1); 0 makes them zero
     degenerate_units = [1, 2, 3, 4, 5, 8]  # first-layer units made copies of unit 0 (original); [] for none
     num_training_data = 10000  # n
     input_distribution = "uniform"  # x: 'uniform' U(-10, 10)^d | 'unit_ball'
@@ -210,6 +210,28 @@ def validate(config: dict) -> dict:
 TEACHER, DATA, SAMPLING = range(3)
 
 
+def tensor_scales(params: dict, x: torch.Tensor) -> list[float]:
+    """m per parameter tensor for the adaptive psgld, transforming as the tensor under ReLU rescalings.
+
+    mean(w*_s²) for a tensor that is not all zero (llc.psgld.tensor_scale's rule). An all-zero
+    bias of Linear l takes the mean square of the pre-activations z_l = W_l h_(l-1) + b_l it is
+    added to, over x; an all-zero weight takes mean(z_l²) / mean(h_(l-1)²); 1 where those vanish.
+    Both scale as the tensor does under any rescaling, where llc.psgld's fallback (the mean over
+    all of w*) does not (its module docstring). ``params`` in ReLUMLP order, x (n, d_0).
+    """
+    names = list(params)
+    scales, h = [], x
+    for layer in range(len(names) // 2):
+        w, b = params[names[2 * layer]], params[names[2 * layer + 1]]
+        z = h @ w.T + b  # (n, d_l) pre-activations
+        z2, h2 = float((z ** 2).mean()), float((h ** 2).mean())
+        for tensor, fallback in ((w, z2 / h2 if h2 > 0 else 0.0), (b, z2)):
+            m = float((tensor ** 2).mean())
+            scales.append(m if m > 0 else fallback if fallback > 0 else 1.0)
+        h = torch.relu(z)
+    return scales
+
+
 def _mse(out, y):
     return ((out - y) ** 2).mean()  # mean over batch and outputs, no 1/2 (reference.md §1)
 
@@ -259,7 +281,10 @@ def main(_config, _run, _seed):
             accept = None
             try:
                 if name == "psgld":
-                    res = estimate_llc_psgld(loss, w_flat, x, y, checked["configs"][name], checked["precond"], seed, segments)
+                    m = torch.repeat_interleave(torch.tensor(tensor_scales({k: w_alpha[k].to(x) for k in names}, x), dtype=dtype),
+                                                torch.tensor(segments)).to(device)  # (P,)
+                    res = estimate_llc_psgld(loss, w_flat, x, y, checked["configs"][name], checked["precond"], seed,
+                                             segments, scales=m)
                 elif name == "psgld_fixed" or every is not None:  # plain SGLD is the fixed D = 1
                     factors = layer_preconditioner(sizes, layer, alpha) if name == "psgld_fixed" else [1.0] * len(segments)
                     d = torch.repeat_interleave(torch.tensor(factors, dtype=dtype), torch.tensor(segments)).to(device)

@@ -232,6 +232,30 @@ def test_plain_sgld_is_not_invariant_but_the_notebook_sampler_is(expt):
     assert plain["lambdahat"][0] > 1.2 * plain["lambdahat"][1]  # the larger effective step biases λ̂ up
 
 
+def test_zero_tensor_scales_follow_the_rescaling(expt):
+    """A zero bias's m is its pre-activations' mean square, which scales as the bias does (α², 1)."""
+    from models.relu_mlp import notebook_teacher
+    w = notebook_teacher([3, 4, 2], torch.Generator().manual_seed(0), "haiku", 0.0, [])  # every bias zero
+    x = torch.rand(50, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 20 - 10
+    base = np.array(expt.tensor_scales(w, x))
+    assert base[0] == pytest.approx(float((w["layers.0.weight"] ** 2).mean()), rel=1e-12)
+    assert base[1] == pytest.approx(float(((x @ w["layers.0.weight"].T) ** 2).mean()), rel=1e-12)
+    for alpha in (1e-4, 1e4):
+        scaled = np.array(expt.tensor_scales(rescale_params(w, 0, alpha), x))
+        np.testing.assert_allclose(scaled / base, [alpha ** 2, alpha ** 2, alpha ** -2, 1.0], rtol=1e-10)
+
+
+def test_adaptive_psgld_with_zero_biases_is_equivariant_at_alpha_1e_minus_4(expt):
+    """Regression: a zero hidden bias once took m = mean over all of w* (set by the 1/α layer at small α),
+    and the chain at α = 1e-4 blew up on its first step (λ̂ ~ 1e10). With the same chain seed
+    (first_alpha_index) the chain at α is the α = 1 chain rescaled, so λ̂ agrees to rounding
+    amplified over 40 steps (rtol 1e-6; measured ~1e-12)."""
+    common = dict(seed=2, samplers=["psgld"], teacher_init="torch", hidden_bias_std=0.0, degenerate_units=[],
+                  first_alpha_index=0, psgld_config=dict(TINY["psgld_config"], num_steps=40, num_burnin_steps=20))
+    lam = {a: run(expt, **{**TINY, **common, "alphas": [a]}).result["psgld"]["lambdahat"][0] for a in (1.0, 1e-4, 1e4)}
+    assert lam[1e-4] == pytest.approx(lam[1.0], rel=1e-6) and lam[1e4] == pytest.approx(lam[1.0], rel=1e-6)
+
+
 def test_divergence_is_recorded_per_alpha_and_the_sweep_goes_on(expt, tmp_path):
     r = run(expt, tmp_path, samplers=["sgld"], sgld_config=dict(TINY["sgld_config"], epsilon=5.0, gamma=0.0))
     assert r.result["sgld"]["status"] == ["failed"] * 3
