@@ -46,6 +46,7 @@ from tracking.sacred_utils import build_config, configure_experiment, json_ready
 ex = configure_experiment(Experiment("rescaling_invariance"))
 
 SAMPLERS = ("psgld_fixed", "psgld", "sgld")
+ACCEPTANCE_DENSITIES = ("preconditioned", "identity")
 PSGLD_KEYS = ("rho", "delta", "kappa", "adapt_steps", "localisation")
 
 
@@ -67,6 +68,7 @@ def cfg():
     # --- samplers: each runs at every α, with its own seed per α, and is recorded by name ---
     samplers = ["psgld_fixed"]  # psgld_fixed (the notebook's, sgld_config) | psgld (adaptive, psgld_config) | sgld
     mala_acceptance_every = 20  # MALA acceptance probability of every k-th psgld_fixed/sgld step (original: 20); None: off
+    mala_acceptance_density = "preconditioned"  # preconditioned: the chain's own proposal N(w - εD∇U/2, εD) | identity: D = 1 (original; not the chain's at α ≠ 1)
     psgld_config = dict(
         epsilon=0.05,  # step size ε, dimensionless (D ≈ (nβ ∇²L)⁻¹: every direction relaxes at ~ε/2 per step)
         gamma=0.03,  # localisation strength γ, relative to each tensor's mean(w*²): 0.03 ≈ absolute γ = 1 at PyTorch's init
@@ -177,6 +179,9 @@ def validate(config: dict) -> dict:
     every = config["mala_acceptance_every"]
     if every is not None:
         _positive_int("mala_acceptance_every", every)
+    if config["mala_acceptance_density"] not in ACCEPTANCE_DENSITIES:
+        raise ValueError(f"mala_acceptance_density must be one of {ACCEPTANCE_DENSITIES}; "
+                         f"got {config['mala_acceptance_density']!r}")
     n = config["num_training_data"]
     _positive_int("num_training_data", n, lo=2)
     if config["input_distribution"] not in INPUT_DISTRIBUTIONS:
@@ -264,6 +269,7 @@ def main(_config, _run, _seed):
     keys = ("lambdahat", "lambdahat_std", "rhat", "status", "reason", "mala_acceptance")
     table = {name: {k: [] for k in keys} for name in samplers}
     every = _config["mala_acceptance_every"]
+    identity = _config["mala_acceptance_density"] == "identity"
     absolute = PSGLDConfig(localisation="absolute")
     output_diffs = []
     for i, alpha in enumerate(alphas):
@@ -289,7 +295,8 @@ def main(_config, _run, _seed):
                     factors = layer_preconditioner(sizes, layer, alpha) if name == "psgld_fixed" else [1.0] * len(segments)
                     d = torch.repeat_interleave(torch.tensor(factors, dtype=dtype), torch.tensor(segments)).to(device)
                     res, trace = estimate_llc_psgld_traced(loss, w_flat, x, y, checked["configs"][name], absolute, seed,
-                                                           segments, preconditioner=d, accept_every=every)
+                                                           segments, preconditioner=d, accept_every=every,
+                                                           accept_identity_density=identity)
                     acc = trace.mala_acceptance  # None when not recorded; empty when fewer than k steps
                     accept = float(acc.mean()) if acc is not None and acc.size else None
                 else:

@@ -39,6 +39,9 @@ With ``accept_every = k`` the run also records, every k-th step, the probability
 with which MALA would accept that SGLD transition w_t -> w_{t+1}, on the step's own
 minibatch (llc.mala.mala_log_ratio with this step's D): the diagnostic the original
 notebooks print every 20 steps. It costs one more minibatch gradient per k steps.
+``accept_identity_density=True`` evaluates the proposal density with D = 1 whatever
+the chain's D, as rescaling_invariance.ipynb does for its preconditioned chain: that
+is not the acceptance probability of the chain that ran when D ≠ 1.
 
 Adaptation runs for ``adapt_steps`` steps (default: the burn-in), then D is frozen,
 so every kept draw comes from one fixed Markov kernel.
@@ -179,6 +182,7 @@ def run_psgld(
     preconditioner: Tensor | None = None,
     accept_every: int | None = None,
     scales: Tensor | None = None,
+    accept_identity_density: bool = False,
 ) -> PSGLDTrace:
     """Run ``config.num_chains`` preconditioned SGLD chains from w*, vectorised over chains.
 
@@ -198,6 +202,8 @@ def run_psgld(
         accept_every: record the MALA acceptance probability of every k-th transition; None: not.
         scales: (P,) positive m per parameter, the unit of D_0 and of the relative localiser;
             None -> :func:`tensor_scale` (mean(w*²) per tensor).
+        accept_identity_density: the acceptance probability with D = 1 in the proposal
+            density (the notebook's formula) instead of the chain's D.
 
     Returns:
         PSGLDTrace with the (C, T) loss trace and each chain's frozen D.
@@ -276,7 +282,8 @@ def run_psgld(
                         (grad_new,) = torch.autograd.grad(loss_new.sum(), wg)
                     u_new = _potential(loss_new.detach(), w, w_star, loc, nbeta)
                     grad_new = grad_new * nbeta + loc * (w - w_star)
-                    log_r = mala_log_ratio(w_old, w, u_old, u_new, drift_old, grad_new, eps, d)
+                    log_r = mala_log_ratio(w_old, w, u_old, u_new, drift_old, grad_new, eps,
+                                           None if accept_identity_density else d)
                     log_r = torch.where(torch.isnan(log_r), torch.full_like(log_r, -math.inf), log_r)
                     accept_probs.append(log_r.clamp(max=0).exp())
                 if config.loss_trace_minibatch:
@@ -371,9 +378,10 @@ def estimate_llc_psgld_traced(
     preconditioner: Tensor | None = None,
     accept_every: int | None = None,
     scales: Tensor | None = None,
+    accept_identity_density: bool = False,
 ) -> tuple[LLCResult, PSGLDTrace]:
     """As :func:`estimate_llc_psgld`, also returning the raw trace (D, MALA acceptance probabilities)."""
     init = initial_loss(loss_fn, w_star, x, y, eval_batch_size)
     trace = run_psgld(loss_fn, w_star, x, y, config, precond, seed, segments, eval_batch_size, preconditioner,
-                      accept_every, scales)
+                      accept_every, scales, accept_identity_density)
     return llc_result(trace.loss, init, trace.nbeta, trace.burnin, config), trace
