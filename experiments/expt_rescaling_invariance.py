@@ -92,7 +92,7 @@ def cfg():
         nbeta=None,  # None -> n / log n (original itemp = 1 / log n)
         num_burnin_steps=0,  # original: every draw is averaged
     )
-    loss_trace_minibatch = False  # False: full-data L_n at every draw (original) | True: minibatch losses (20x cheaper)
+    loss_trace_minibatch = False  # False: full-data L_n at every draw (original) | True: the step's minibatch loss (no full-data pass)
 
     # --- the notebook's names, deprecated aliases (None: unset; README "Rescaling invariance") ---
     input_dim = None  # layer_sizes[0]
