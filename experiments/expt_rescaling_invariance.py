@@ -14,12 +14,16 @@ to float tolerance, and estimates λ̂(w*_α) over a sweep of α with each sampl
            see effective step sizes ε/α² and εα², and the localisation γ is isotropic
            in w, so λ̂ drifts with α (or the chain diverges);
     psgld: SGLD with an adaptive RMSprop-style diagonal preconditioner (llc.psgld), also
-           equivariant under per-tensor rescaling, run with ``psgld_config``.
+           equivariant under per-tensor rescaling, run with ``psgld_config``; each tensor's
+           scale m comes from :func:`tensor_scales`, equivariant also for zero biases.
 
 The teacher is the notebook's (models.relu_mlp.notebook_teacher): Haiku's init, hidden
 biases N(0, 1), first-layer units 1-5 and 8 copies of unit 0. Every α has its own
-chains' seed, so flatness in α is measured, not built in. Named configs
+chains' seed (that of index ``first_alpha_index + i``, so a one-α run can repeat
+one α of a sweep), so flatness in α is measured, not built in. Named configs
 ``paper_small``, ``paper_medium``, ``paper_large`` are the paper's three networks.
+The notebook's variable names (``input_dim``, ``layer_widths``, ``degen_directions``,
+``scaling_factors``, ``batch_size``, ``num_runs``, ``itemp``) are deprecated aliases.
 
 Every estimate is recorded with the sampler's name; a diverging chain is recorded as
 a failed estimate at that α and the sweep goes on.
