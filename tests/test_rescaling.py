@@ -367,7 +367,8 @@ def test_acceptance_preconditioned_lambdahat_is_flat_in_alpha(expt, tmp_path):
     r = run(expt, tmp_path, seed=0, layer_sizes=[10, 20, 10], num_training_data=2000,
             teacher_init="torch", hidden_bias_std=0.0, degenerate_units=[], samplers=["psgld", "sgld"],
             # α = 1e-4 once blew up (λ̂ ~ 1.7e10): the zero hidden bias's scale m was not equivariant
-            # (test_adaptive_psgld_with_zero_biases_is_equivariant_at_alpha_1e_minus_4).
+            # (test_adaptive_psgld_with_zero_biases_is_equivariant_at_alpha_1e_minus_4). Measured after the
+            # fix: λ̂ 160.4, 159.9, 155.9, 161.6, 161.6, spread 3.6%; plain SGLD failed at every α but 1.
             alphas=[1e-4, 1e-2, 1.0, 1e2, 1e4],
             psgld_config=dict(epsilon=0.05, gamma=0.03, num_steps=3000, batch_size=200, num_chains=4,
                               num_burnin_steps=1000),
