@@ -151,6 +151,20 @@ def test_segments_and_tensor_scale():
         segment_ids([2, 2], 5, torch.device("cpu"))
 
 
+def test_psgld_scales_replace_tensor_scale_and_are_validated():
+    loss, w, x, y, sizes = relu_case()
+    cfg = SGLDConfig(epsilon=0.05, gamma=0.1, num_steps=20, batch_size=10, num_chains=2, num_burnin_steps=10)
+    seg = segment_ids(sizes, w.numel(), torch.device("cpu"))
+    default = run_psgld(loss, w, x, y, cfg, PSGLDConfig(), 3, sizes)
+    same = run_psgld(loss, w, x, y, cfg, PSGLDConfig(), 3, sizes, scales=tensor_scale(w, seg))
+    assert torch.equal(same.final_w, default.final_w)  # the same m passed in: the same float operations
+    other = run_psgld(loss, w, x, y, cfg, PSGLDConfig(), 3, sizes, scales=4 * tensor_scale(w, seg))
+    assert not torch.allclose(other.preconditioner, default.preconditioner)  # D_0 = κ m follows the scales
+    for bad in (torch.ones(3, dtype=torch.float64), torch.zeros(w.numel(), dtype=torch.float64)):
+        with pytest.raises(ValueError, match="scales"):
+            run_psgld(loss, w, x, y, cfg, PSGLDConfig(), 3, sizes, scales=bad)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(rho=1.0), "rho"), (dict(delta=0.0), "delta"), (dict(kappa=-1.0), "kappa"),
     (dict(adapt_steps=-1), "adapt_steps"), (dict(localisation="metric"), "localisation"),
