@@ -14,12 +14,16 @@ to float tolerance, and estimates λ̂(w*_α) over a sweep of α with each sampl
            see effective step sizes ε/α² and εα², and the localisation γ is isotropic
            in w, so λ̂ drifts with α (or the chain diverges);
     psgld: SGLD with an adaptive RMSprop-style diagonal preconditioner (llc.psgld), also
-           equivariant under per-tensor rescaling, run with ``psgld_config``.
+           equivariant under per-tensor rescaling, run with ``psgld_config``; each tensor's
+           scale m comes from :func:`tensor_scales`, equivariant also for zero biases.
 
 The teacher is the notebook's (models.relu_mlp.notebook_teacher): Haiku's init, hidden
 biases N(0, 1), first-layer units 1-5 and 8 copies of unit 0. Every α has its own
-chains' seed, so flatness in α is measured, not built in. Named configs
+chains' seed (that of index ``first_alpha_index + i``, so a one-α run can repeat
+one α of a sweep), so flatness in α is measured, not built in. Named configs
 ``paper_small``, ``paper_medium``, ``paper_large`` are the paper's three networks.
+The notebook's variable names (``input_dim``, ``layer_widths``, ``degen_directions``,
+``scaling_factors``, ``batch_size``, ``num_runs``, ``itemp``) are deprecated aliases.
 
 Every estimate is recorded with the sampler's name; a diverging chain is recorded as
 a failed estimate at that α and the sweep goes on.
@@ -40,11 +44,13 @@ from llc.psgld import PSGLDConfig, estimate_llc_psgld, estimate_llc_psgld_traced
 from llc.sgld import SGLDConfig, SGLDDivergenceError
 from models.device import DTYPES, derived_seed, resolve_device, resolve_dtype
 from models.relu_mlp import INITS, ReLUMLP, layer_preconditioner, notebook_teacher, rescale_params
+from tracking.key_aliases import resolve_alias
 from tracking.sacred_utils import build_config, configure_experiment, json_ready, run_cli, seed_everything
 
 ex = configure_experiment(Experiment("rescaling_invariance"))
 
 SAMPLERS = ("psgld_fixed", "psgld", "sgld")
+ACCEPTANCE_DENSITIES = ("preconditioned", "identity")
 PSGLD_KEYS = ("rho", "delta", "kappa", "adapt_steps", "localisation")
 
 
@@ -55,16 +61,18 @@ def cfg():
     # --- network, teacher and data (rescaling_invariance.ipynb) ---
     layer_sizes = [10, 20, 10]  # [input, hidden..., output] of the ReLU MLP (the paper: [10,20,10], [20,30,20], [30,40,30])
     teacher_init = "haiku"  # haiku: hk.Linear's truncated normal, std 1/sqrt(fan_in), zero biases (original) | torch
-    hidden_bias_std = 1.0  # hidden layers' biases redrawn from N(0, s²) (original: 1); 0 keeps the init's
+    hidden_bias_std = 1.0  # hidden layers' biases redrawn from N(0, s²) (original: 1); 0 makes them zero
     degenerate_units = [1, 2, 3, 4, 5, 8]  # first-layer units made copies of unit 0 (original); [] for none
     num_training_data = 10000  # n
     input_distribution = "uniform"  # x: 'uniform' U(-10, 10)^d | 'unit_ball'
     rescale_layer = 0  # Linear l (weight, bias) × α and Linear l+1's weight × 1/α; 0 <= l <= len(layer_sizes) - 3
     alphas = [10 ** (k / 2) for k in range(-8, 9)]  # α values: 10^-4 ... 10^4, 17 values
+    first_alpha_index = 0  # chains at alphas[i] use the seed of index first_alpha_index + i (a --per-alpha line: k)
 
     # --- samplers: each runs at every α, with its own seed per α, and is recorded by name ---
     samplers = ["psgld_fixed"]  # psgld_fixed (the notebook's, sgld_config) | psgld (adaptive, psgld_config) | sgld
     mala_acceptance_every = 20  # MALA acceptance probability of every k-th psgld_fixed/sgld step (original: 20); None: off
+    mala_acceptance_density = "preconditioned"  # preconditioned: the chain's own proposal N(w - εD∇U/2, εD) | identity: D = 1 (original; not the chain's at α ≠ 1)
     psgld_config = dict(
         epsilon=0.05,  # step size ε, dimensionless (D ≈ (nβ ∇²L)⁻¹: every direction relaxes at ~ε/2 per step)
         gamma=0.03,  # localisation strength γ, relative to each tensor's mean(w*²): 0.03 ≈ absolute γ = 1 at PyTorch's init
@@ -88,7 +96,16 @@ def cfg():
         nbeta=None,  # None -> n / log n (original itemp = 1 / log n)
         num_burnin_steps=0,  # original: every draw is averaged
     )
-    loss_trace_minibatch = False  # False: full-data L_n at every draw (original) | True: minibatch losses (20x cheaper)
+    loss_trace_minibatch = False  # False: full-data L_n at every draw (original) | True: the step's minibatch loss (no full-data pass)
+
+    # --- the notebook's names, deprecated aliases (None: unset; README "Rescaling invariance") ---
+    input_dim = None  # layer_sizes[0]
+    layer_widths = None  # layer_sizes[1:]
+    degen_directions = None  # degenerate_units
+    scaling_factors = None  # alphas
+    batch_size = None  # sgld_config.batch_size
+    num_runs = None  # sgld_config.num_chains
+    itemp = None  # inverse temperature β: sgld_config.nbeta = n · itemp (None -> 1 / log n)
 
     # --- runtime ---
     device = "auto"  # auto | cpu | cuda
@@ -119,6 +136,34 @@ def paper_large():
     layer_sizes = [30, 40, 30]  # noqa: F841
 
 
+def resolve_original_keys(config: dict) -> dict:
+    """A copy of the config with the notebook's names (set, not None) moved to the keys here."""
+    config = {**config, "sgld_config": dict(config["sgld_config"])}
+    if config["input_dim"] is not None or config["layer_widths"] is not None:
+        # the notebook's input_dim and layer_widths: layer_sizes = [input_dim, *layer_widths]
+        sizes = config["layer_sizes"]
+        sizes = list(sizes) if isinstance(sizes, (list, tuple)) and sizes else [sizes]
+        if config["input_dim"] is not None:
+            sizes[:1] = [resolve_alias(config, "input_dim", "layer_sizes")]
+        if config["layer_widths"] is not None:
+            widths = resolve_alias(config, "layer_widths", "layer_sizes")
+            sizes[1:] = list(widths) if isinstance(widths, (list, tuple)) else [widths]
+        config["layer_sizes"] = sizes
+    config["degenerate_units"] = resolve_alias(config, "degen_directions", "degenerate_units")
+    config["alphas"] = resolve_alias(config, "scaling_factors", "alphas")
+    config["sgld_config"]["batch_size"] = resolve_alias(config, "batch_size", "sgld_config.batch_size")
+    config["sgld_config"]["num_chains"] = resolve_alias(config, "num_runs", "sgld_config.num_chains")
+    itemp = config["itemp"]
+    if itemp is not None:
+        if isinstance(itemp, bool) or not isinstance(itemp, (int, float)) or not itemp > 0:
+            raise ValueError(f"itemp must be None or a number > 0; got {itemp!r}")
+        if config["sgld_config"]["nbeta"] is not None:
+            raise ValueError(f"set itemp or sgld_config.nbeta, not both; got itemp={itemp!r}, "
+                             f"nbeta={config['sgld_config']['nbeta']!r}")
+        config["sgld_config"]["nbeta"] = itemp * config["num_training_data"]
+    return config
+
+
 def validate(config: dict) -> dict:
     """Check every user-facing key before any compute; returns the built dataclasses."""
     sizes = config["layer_sizes"]
@@ -138,6 +183,9 @@ def validate(config: dict) -> dict:
     every = config["mala_acceptance_every"]
     if every is not None:
         _positive_int("mala_acceptance_every", every)
+    if config["mala_acceptance_density"] not in ACCEPTANCE_DENSITIES:
+        raise ValueError(f"mala_acceptance_density must be one of {ACCEPTANCE_DENSITIES}; "
+                         f"got {config['mala_acceptance_density']!r}")
     n = config["num_training_data"]
     _positive_int("num_training_data", n, lo=2)
     if config["input_distribution"] not in INPUT_DISTRIBUTIONS:
@@ -149,6 +197,7 @@ def validate(config: dict) -> dict:
     if not isinstance(alphas, (list, tuple)) or not alphas or not all(
             isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) and a > 0 for a in alphas):
         raise ValueError(f"alphas must be a non-empty list of finite numbers > 0; got {alphas!r}")
+    _positive_int("first_alpha_index", config["first_alpha_index"], lo=0)
     samplers = config["samplers"]
     if not isinstance(samplers, (list, tuple)) or not samplers or set(samplers) - set(SAMPLERS) or len(set(samplers)) != len(samplers):
         raise ValueError(f"samplers must be a non-empty list of distinct names from {SAMPLERS}; got {samplers!r}")
@@ -170,12 +219,35 @@ def validate(config: dict) -> dict:
 TEACHER, DATA, SAMPLING = range(3)
 
 
+def tensor_scales(params: dict, x: torch.Tensor) -> list[float]:
+    """m per parameter tensor for the adaptive psgld, transforming as the tensor under ReLU rescalings.
+
+    mean(w*_s²) for a tensor that is not all zero (llc.psgld.tensor_scale's rule). An all-zero
+    bias of Linear l takes the mean square of the pre-activations z_l = W_l h_(l-1) + b_l it is
+    added to, over x; an all-zero weight takes mean(z_l²) / mean(h_(l-1)²); 1 where those vanish.
+    Both scale as the tensor does under any rescaling, where llc.psgld's fallback (the mean over
+    all of w*) does not (its module docstring). ``params`` in ReLUMLP order, x (n, d_0).
+    """
+    names = list(params)
+    scales, h = [], x
+    for layer in range(len(names) // 2):
+        w, b = params[names[2 * layer]], params[names[2 * layer + 1]]
+        z = h @ w.T + b  # (n, d_l) pre-activations
+        z2, h2 = float((z ** 2).mean()), float((h ** 2).mean())
+        for tensor, fallback in ((w, z2 / h2 if h2 > 0 else 0.0), (b, z2)):
+            m = float((tensor ** 2).mean())
+            scales.append(m if m > 0 else fallback if fallback > 0 else 1.0)
+        h = torch.relu(z)
+    return scales
+
+
 def _mse(out, y):
     return ((out - y) ** 2).mean()  # mean over batch and outputs, no 1/2 (reference.md §1)
 
 
 @ex.main
 def main(_config, _run, _seed):
+    _config = resolve_original_keys(_config)
     checked = validate(_config)
     seed_everything(_seed)
     device, dtype = checked["device"], resolve_dtype(_config["dtype"])
@@ -201,6 +273,7 @@ def main(_config, _run, _seed):
     keys = ("lambdahat", "lambdahat_std", "rhat", "status", "reason", "mala_acceptance")
     table = {name: {k: [] for k in keys} for name in samplers}
     every = _config["mala_acceptance_every"]
+    identity = _config["mala_acceptance_density"] == "identity"
     absolute = PSGLDConfig(localisation="absolute")
     output_diffs = []
     for i, alpha in enumerate(alphas):
@@ -212,18 +285,24 @@ def main(_config, _run, _seed):
         assert diff < (1e-9 if dtype == torch.float64 else 1e-4), f"rescaling by α={alpha} changed the function ({diff})"
         _run.log_scalar("rescaling/log10_alpha", math.log10(alpha), i)
         for name in samplers:
-            seed = derived_seed(_seed, SAMPLING, i)  # each α its own chains: flatness is measured, not built in
+            # each α its own chains: flatness is measured, not built in
+            seed = derived_seed(_seed, SAMPLING, _config["first_alpha_index"] + i)
             row = table[name]
             accept = None
             try:
                 if name == "psgld":
-                    res = estimate_llc_psgld(loss, w_flat, x, y, checked["configs"][name], checked["precond"], seed, segments)
+                    m = torch.repeat_interleave(torch.tensor(tensor_scales({k: w_alpha[k].to(x) for k in names}, x), dtype=dtype),
+                                                torch.tensor(segments)).to(device)  # (P,)
+                    res = estimate_llc_psgld(loss, w_flat, x, y, checked["configs"][name], checked["precond"], seed,
+                                             segments, scales=m)
                 elif name == "psgld_fixed" or every is not None:  # plain SGLD is the fixed D = 1
                     factors = layer_preconditioner(sizes, layer, alpha) if name == "psgld_fixed" else [1.0] * len(segments)
                     d = torch.repeat_interleave(torch.tensor(factors, dtype=dtype), torch.tensor(segments)).to(device)
                     res, trace = estimate_llc_psgld_traced(loss, w_flat, x, y, checked["configs"][name], absolute, seed,
-                                                           segments, preconditioner=d, accept_every=every)
-                    accept = float(trace.mala_acceptance.mean()) if trace.mala_acceptance.size else None
+                                                           segments, preconditioner=d, accept_every=every,
+                                                           accept_identity_density=identity)
+                    acc = trace.mala_acceptance  # None when not recorded; empty when fewer than k steps
+                    accept = float(acc.mean()) if acc is not None and acc.size else None
                 else:
                     res = estimate_llc_flat(loss, w_flat, x, y, checked["configs"][name], seed)
                 values = (res.lambdahat, res.lambdahat_std, None if math.isnan(res.rhat) else res.rhat, "ok", None, accept)

@@ -39,6 +39,9 @@ With ``accept_every = k`` the run also records, every k-th step, the probability
 with which MALA would accept that SGLD transition w_t -> w_{t+1}, on the step's own
 minibatch (llc.mala.mala_log_ratio with this step's D): the diagnostic the original
 notebooks print every 20 steps. It costs one more minibatch gradient per k steps.
+``accept_identity_density=True`` evaluates the proposal density with D = 1 whatever
+the chain's D, as rescaling_invariance.ipynb does for its preconditioned chain: that
+is not the acceptance probability of the chain that ran when D ≠ 1.
 
 Adaptation runs for ``adapt_steps`` steps (default: the burn-in), then D is frozen,
 so every kept draw comes from one fixed Markov kernel.
@@ -46,7 +49,12 @@ so every kept draw comes from one fixed Markov kernel.
 V starts at V_0 = 1 / (κ m_s) per tensor (m_s = mean(w*_s²) in both localisations):
 the first steps move each tensor by a fraction ~sqrt(εκ) of its own scale, which
 again is rescaling-equivariant. (At a realisable w* the gradient is exactly zero, so
-it cannot seed V.)
+it cannot seed V.) A tensor that is all zero at w* (a zero bias) has no scale of its
+own: :func:`tensor_scale` gives it the mean over all of w*, which is *not*
+equivariant (at α = 1e-4 it is set by the 1/α-scaled layer, D_0 of a zero first-layer
+bias comes out ~1e10 times too large and the chain is thrown off on its first step).
+Callers that know the network pass ``scales`` instead (expt_rescaling_invariance: a
+zero bias takes the mean square of the pre-activations it is added to).
 
 Randomness follows llc.sgld: chain c owns the generator
 ``chain_generators(seed, C)[c]`` and draws minibatch indices and noise from it in
@@ -152,6 +160,8 @@ def tensor_scale(w_star: Tensor, seg: Tensor) -> Tensor:
     """m (P,) = mean(w*_s²) over each parameter's segment s.
 
     A segment that is all zero takes the mean over all of w*; an all-zero w* takes 1.
+    That fallback is not rescaling-equivariant (module docstring); pass ``scales`` to
+    :func:`run_psgld` where it matters.
     """
     counts = torch.bincount(seg).to(w_star.dtype)
     ms = _segment_mean((w_star.detach() ** 2)[None], seg, counts)[0]
@@ -171,6 +181,8 @@ def run_psgld(
     eval_batch_size: int = 4096,
     preconditioner: Tensor | None = None,
     accept_every: int | None = None,
+    scales: Tensor | None = None,
+    accept_identity_density: bool = False,
 ) -> PSGLDTrace:
     """Run ``config.num_chains`` preconditioned SGLD chains from w*, vectorised over chains.
 
@@ -188,13 +200,17 @@ def run_psgld(
         preconditioner: (P,) fixed diagonal D (> 0); None adapts D as above (``precond``'s
             rho, delta, kappa and adapt_steps are then unused, its localisation is used).
         accept_every: record the MALA acceptance probability of every k-th transition; None: not.
+        scales: (P,) positive m per parameter, the unit of D_0 and of the relative localiser;
+            None -> :func:`tensor_scale` (mean(w*²) per tensor).
+        accept_identity_density: the acceptance probability with D = 1 in the proposal
+            density (the notebook's formula) instead of the chain's D.
 
     Returns:
         PSGLDTrace with the (C, T) loss trace and each chain's frozen D.
 
     Raises:
         ValueError: batch_size > n, segments that do not add up to P, a preconditioner
-            that is not (P,) and positive, or accept_every < 1.
+            or scales that are not (P,) and positive and finite, or accept_every < 1.
         SGLDDivergenceError: a chain's loss became NaN or inf.
     """
     from llc.mala import mala_log_ratio  # llc.mala imports this module's llc_result
@@ -209,6 +225,8 @@ def run_psgld(
     adapt = precond.resolve_adapt_steps(config) if preconditioner is None else 0
     if preconditioner is not None and (preconditioner.shape != (P,) or not bool((preconditioner > 0).all())):
         raise ValueError(f"preconditioner must be a positive ({P},) vector; got shape {tuple(preconditioner.shape)}")
+    if scales is not None and (scales.shape != (P,) or not bool(((scales > 0) & torch.isfinite(scales)).all())):
+        raise ValueError(f"scales must be a positive finite ({P},) vector; got shape {tuple(scales.shape)}")
     if accept_every is not None and (isinstance(accept_every, bool) or not isinstance(accept_every, int) or accept_every < 1):
         raise ValueError(f"accept_every must be None or an integer >= 1; got {accept_every!r}")
     seg = segment_ids(segments, P, device)
@@ -219,7 +237,7 @@ def run_psgld(
 
     w_star = w_star.detach()
     w = w_star.expand(C, P).clone()  # (C, P)
-    m = tensor_scale(w_star, seg)  # (P,)
+    m = tensor_scale(w_star, seg) if scales is None else scales.to(device=device, dtype=w.dtype)  # (P,)
     loc = gamma / m if precond.localisation == "relative" else torch.full_like(m, gamma)  # (P,) γ / m
     v = (1.0 / (precond.kappa * m)).expand(C, P).clone()  # (C, P) running E[g²], V_0 = 1 / (κ m)
     d = 1.0 / (v + precond.delta * _segment_mean(v, seg, counts))  # (C, P) preconditioner D
@@ -264,7 +282,8 @@ def run_psgld(
                         (grad_new,) = torch.autograd.grad(loss_new.sum(), wg)
                     u_new = _potential(loss_new.detach(), w, w_star, loc, nbeta)
                     grad_new = grad_new * nbeta + loc * (w - w_star)
-                    log_r = mala_log_ratio(w_old, w, u_old, u_new, drift_old, grad_new, eps, d)
+                    log_r = mala_log_ratio(w_old, w, u_old, u_new, drift_old, grad_new, eps,
+                                           None if accept_identity_density else d)
                     log_r = torch.where(torch.isnan(log_r), torch.full_like(log_r, -math.inf), log_r)
                     accept_probs.append(log_r.clamp(max=0).exp())
                 if config.loss_trace_minibatch:
@@ -335,6 +354,7 @@ def estimate_llc_psgld(
     segments: Sequence[int] | None = None,
     eval_batch_size: int = 4096,
     preconditioner: Tensor | None = None,
+    scales: Tensor | None = None,
 ) -> LLCResult:
     """λ̂ = nβ (E_t[L(w_t)] - L_n(w*)) from preconditioned SGLD; arguments as for :func:`run_psgld`.
 
@@ -342,7 +362,7 @@ def estimate_llc_psgld(
         SGLDDivergenceError: a chain diverged (names the chain and step).
     """
     return estimate_llc_psgld_traced(loss_fn, w_star, x, y, config, precond, seed, segments, eval_batch_size,
-                                     preconditioner)[0]
+                                     preconditioner, scales=scales)[0]
 
 
 def estimate_llc_psgld_traced(
@@ -357,9 +377,11 @@ def estimate_llc_psgld_traced(
     eval_batch_size: int = 4096,
     preconditioner: Tensor | None = None,
     accept_every: int | None = None,
+    scales: Tensor | None = None,
+    accept_identity_density: bool = False,
 ) -> tuple[LLCResult, PSGLDTrace]:
     """As :func:`estimate_llc_psgld`, also returning the raw trace (D, MALA acceptance probabilities)."""
     init = initial_loss(loss_fn, w_star, x, y, eval_batch_size)
     trace = run_psgld(loss_fn, w_star, x, y, config, precond, seed, segments, eval_batch_size, preconditioner,
-                      accept_every)
+                      accept_every, scales, accept_identity_density)
     return llc_result(trace.loss, init, trace.nbeta, trace.burnin, config), trace
