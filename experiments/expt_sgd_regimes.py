@@ -124,9 +124,10 @@ def tutorial():
 
 @ex.named_config
 def perceptron():
-    """The fixed keys of the generator preset ``perceptron`` (Sclocchi, Geiger & Wyart 2023, "Dissecting the
-    effects of SGD noise in distinct regimes of deep learning": the lazy depleted perceptron; figure not
-    pinned); sweep seed_init, data_chi, d, ptr and dt."""
+    """The fixed keys of the generator preset ``perceptron``: the sweep ``depleted_perceptron`` of the README of
+    the ICML 2023 paper's code (AntonioScl/SGD_learning_regimes; Sclocchi, Geiger & Wyart, "Dissecting the
+    effects of SGD noise in distinct regimes of deep learning"), key for key: the lazy perceptron on
+    depleted_sign; sweep seed_init, data_chi, d, ptr and dt. That README names no figure."""
     arch = "linear"
     dataset = "depleted_sign"
     pte = 32768
@@ -156,8 +157,9 @@ def perceptron_bs():
 
 @ex.named_config
 def mnist_fc5():
-    """The fixed keys of the generator preset ``mnist_fc5`` (Sclocchi, Geiger & Wyart 2023: 5-hidden-layer
-    ReLU MLP on parity MNIST at lazy α; figure not pinned); sweep ptr, temp and seed_init."""
+    """The fixed keys of the generator preset ``mnist_fc5``: the sweep ``mnist-FC-5L`` of the ICML 2023 code's
+    README (see ``perceptron``), key for key: 5-hidden-layer ReLU MLP on parity MNIST at lazy α; sweep ptr,
+    temp and seed_init. That README names no figure."""
     arch = "mlp"
     act = "relu"
     L = 5
@@ -174,8 +176,9 @@ def mnist_fc5():
 
 @ex.named_config
 def mnist_alpha_dt():
-    """The fixed keys of the generator preset ``mnist_alpha_dt`` (Sclocchi, Geiger & Wyart 2023: the (α, T)
-    phase diagram, 5-hidden-layer GELU MLP on parity MNIST; figure not pinned); sweep alpha, dt, seed_init."""
+    """The fixed keys of the generator preset ``mnist_alpha_dt``: the sweep ``mnist-alpha_dt-FC-5L`` of the ICML
+    2023 code's README (see ``perceptron``), key for key: the (α, T) phase diagram, 5-hidden-layer GELU MLP on
+    parity MNIST; sweep alpha, dt and seed_init. That README names no figure."""
     arch = "mlp"
     act = "gelu"
     L = 5

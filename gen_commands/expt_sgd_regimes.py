@@ -15,8 +15,10 @@ lines of a sweep differ only in the swept keys. Keys are checked against the
 experiment's config scope (read with ``ast``, without importing torch), and a sweep
 that gives neither or both of dt and temp is refused.
 
-Each preset's description names its source: the original README's sweeps (key for key), a named
-paper, or this project (CPU-sized checks such as ``demo``);
+Each preset's description names its source: the original README's sweeps (key for key); the
+README of the ICML 2023 paper's code (AntonioScl/SGD_learning_regimes, Sclocchi, Geiger & Wyart,
+"Dissecting the effects of SGD noise in distinct regimes of deep learning"), sweep for sweep and key
+for key, under the sweep names it gives; a named paper; or this project (CPU-sized checks such as ``demo``);
 ``--set`` and ``--grid`` override a preset's keys (``temp`` replaces a preset's ``dt``).
 """
 from __future__ import annotations
@@ -41,6 +43,9 @@ EXCLUSIVE = {"dt": ("temp",), "temp": ("dt",)}  # exactly one of each group reac
 _FC5 = dict(arch="mlp", act="relu", L=5, h=128, alpha=32768.0, pte=32768, loss="hinge", dynamics="sgd",
             bs=16, ckpt_grad_stats=128, max_wall=10000.0)
 _P_SWEEP = "[1024, 2048, 4096, 8192, 16384]"
+_ICML = "the ICML 2023 code's README (SGD_learning_regimes)"  # see the module docstring
+_MNAS = dict(arch="mnas", act="relu", h=64, alpha=32768.0, pte=32768, loss="hinge", dynamics="sgd", bs=16,
+             ckpt_grad_stats=128)
 _BSTAR = dict(arch="linear", alpha=1.0, dataset="depleted_sign", d=32, pte=8192, loss="hinge", dynamics="sgd",
               temp=16.0, max_wall=1800.0, dtype="f64")
 
@@ -55,26 +60,43 @@ PRESETS = {
     "mnist_fc5": (
         dict(_FC5, dataset="mnist_parity"),
         {"seed_init": "[i for i in range(5)]", "ptr": _P_SWEEP, "temp": "[2**i for i in range(-13, 3)]"},
-        "Sclocchi, Geiger & Wyart 2023 (figure not pinned): 5-layer ReLU MLP, parity MNIST, lazy α, error vs T and P (400 runs)",
+        f"{_ICML}, mnist-FC-5L: 5-hidden-layer ReLU MLP, h=128, parity MNIST, α=32768 (lazy), bs=16; seed_init x P x T (400 runs)",
     ),
     "cifar_fc5": (
         dict(_FC5, dataset="cifar_animal"),
         {"seed_init": "[i for i in range(5)]", "ptr": _P_SWEEP, "temp": "[2**i for i in range(-13, 3)]"},
-        "Sclocchi, Geiger & Wyart 2023 (figure not pinned): the same on CIFAR animals vs vehicles (400 runs)",
+        f"{_ICML}, cifar-FC-5L: the same on CIFAR animals vs vehicles (400 runs)",
     ),
     "mnist_alpha_dt": (
         dict(arch="mlp", act="gelu", L=5, h=128, dataset="mnist_parity", ptr=1024, pte=32768, loss="hinge",
              dynamics="sgd", bs=16, ckpt_grad_stats=1024, max_wall=14400.0),
         {"seed_init": "[i for i in range(9)]", "alpha": "[2.0**i for i in range(-14, 12)]",
          "dt": "[2**i for i in range(-15, 16)]"},
-        "Sclocchi, Geiger & Wyart 2023 (figure not pinned): the (α, dt) phase diagram, 5-layer GELU MLP, parity MNIST (7254 runs)",
+        f"{_ICML}, mnist-alpha_dt-FC-5L: the (α, dt) phase diagram, 5-hidden-layer GELU MLP, h=128, parity MNIST, P=1024, bs=16 (7254 runs)",
     ),
     "perceptron": (
         dict(arch="linear", alpha=32768.0, dataset="depleted_sign", pte=32768, loss="hinge", dynamics="sgd",
              bs=2, ckpt_grad_stats=512, max_wall=10000.0, ckpt_save_mult=1000000),
         {"seed_init": "[i for i in range(5)]", "data_chi": "[3.0, 1.0, 0.0]", "d": "[16, 32, 64, 128]",
          "ptr": _P_SWEEP, "dt": "[2**i for i in range(-15, 3)]"},
-        "Sclocchi, Geiger & Wyart 2023 (figure not pinned): the lazy depleted perceptron (5400 runs)",
+        f"{_ICML}, depleted_perceptron: the lazy (α=32768) perceptron on depleted_sign, bs=2; χ x d x P x dt (5400 runs)",
+    ),
+    "mnist_mnas": (
+        dict(_MNAS, dataset="mnist_parity", max_wall=10000.0),
+        {"seed_init": "[i for i in range(5)]", "ptr": _P_SWEEP, "temp": "[2**i for i in range(-20, 1)]"},
+        f"{_ICML}, mnist-MNAS: mnas CNN, h=64, parity MNIST, α=32768 (lazy), bs=16; seed_init x P x T (525 runs)",
+    ),
+    "cifar_mnas": (
+        dict(_MNAS, dataset="cifar_animal", max_wall=8000.0),
+        {"seed_init": "[i for i in range(5)]", "ptr": _P_SWEEP, "temp": "[2**i for i in range(-20, 1)]"},
+        f"{_ICML}, cifar-MNAS: the same on CIFAR animals vs vehicles, max_wall 8000 s (525 runs)",
+    ),
+    "cifar_alpha_dt": (
+        dict(arch="mnas", act="relu", h=32, dataset="cifar_animal", ptr=1024, pte=32768, loss="hinge",
+             dynamics="sgd", bs=64, ckpt_grad_stats=1024, max_wall=3600.0),
+        {"seed_init": "[i for i in range(4)]", "alpha": "[2.0**i for i in range(-14, 12)]",
+         "dt": "[2**i for i in range(-13, 11)]"},
+        f"{_ICML}, cifar-alpha_dt-MNAS: the (α, dt) phase diagram, mnas h=32, CIFAR animals, P=1024, bs=64 (2496 runs)",
     ),
     "perceptron_bs": (
         dict(arch="linear", alpha=128.0, dataset="depleted_sign", d=128, ptr=8192, pte=32768, loss="hinge",
