@@ -332,7 +332,7 @@ def _sgld(_run, prefix, loss, w0, x, y, sgld, seed, config):
     init = initial_loss(loss, w0, x, y)
     needed = dist is not None or every > 0 or config["verbose"]
     trace = run_sgld(loss, w0, x, y, sgld, seed, callback=callback if needed else None)
-    res = llc_result(trace.loss, init, trace.nbeta, trace.burnin, sgld)
+    res = llc_result(trace.loss, init, trace.nbeta, trace.burnin, sgld, trace.compile_mode)
     extra = {}
     max_points = config["log_max_points"]
     for c in range(C):
