@@ -1,7 +1,9 @@
 """Where compile="auto" should switch: first-call compile cost against per-step saving.
 
-For each workload and chain count C, on a fresh inductor cache (so every compile is
-a cold one, as a new user's first run):
+First, one throwaway compiled run on a tiny DLN pays the once-per-process start-up
+(dynamo and inductor imports, the C++ toolchain's first call); its time is listed
+apart. Then, for each workload and chain count C, on a fresh inductor cache (so
+every compile is a cold one):
 
 - compile s: wall time of the first compiled run minus that of a warm compiled run
   of the same length (the first call's compile cost);
@@ -50,6 +52,13 @@ def main() -> None:
         (dln_workload("b", 50, [200, 200, 200, 50], 100_000, epsilon=1e-6, gamma=1.0, num_steps=100,
                       num_burnin_steps=50, device=device), 10 if args.quick else 100),
     ]
+    tiny = dln_workload("t", 2, [3, 2], 1_000, epsilon=1e-6, gamma=1.0, num_steps=2, num_burnin_steps=1,
+                        device=device)
+    tiny_loss, tiny_w = flat_loss_for_module(tiny.model, tiny.loss, torch.float32, device)
+    tiny_cfg = SGLDConfig(epsilon=1e-6, gamma=1.0, num_steps=2, batch_size=10, num_chains=2, num_burnin_steps=1,
+                          compile=True)
+    startup_s = wall(lambda: run_sgld(tiny_loss, tiny_w, tiny.x, tiny.y, tiny_cfg, seed=0), device)[0]
+    print(f"first compile in this process (start-up included): {startup_s:.1f} s", flush=True)
     rows, break_evens = [], []
     for wl, steps in workloads:
         for C in chain_counts:
@@ -88,6 +97,8 @@ def main() -> None:
     body = "\n\n".join([
         f"Measured on: {header_line}. Device `{device}`; {reps} alternating repetitions per cell, "
         f"cold inductor cache" + (" (QUICK smoke run: not a measurement)" if args.quick else "") + ".",
+        f"Once per process, the first compile of any step (a 2→3→2 DLN, 2 chains) took {startup_s:.1f} s: "
+        "dynamo/inductor start-up, not counted in the compile s column.",
         markdown_table(header, rows),
         f"Largest break-even: {worst} chain-steps; llc.sgld.COMPILE_AUTO_MIN_CHAIN_STEPS = "
         f"{COMPILE_AUTO_MIN_CHAIN_STEPS:,} when this table was written.",

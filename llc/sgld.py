@@ -52,7 +52,7 @@ _MAX_BLOCK_STEPS = 128
 # compile="auto" compiles runs of num_chains * num_steps >= this many chain-steps: the
 # break-even point where the first call's compile cost is repaid by the per-step saving,
 # measured by bench/compile_threshold.py (BENCHMARKS.md, "compile='auto' threshold").
-COMPILE_AUTO_MIN_CHAIN_STEPS = 40_000
+COMPILE_AUTO_MIN_CHAIN_STEPS = 50_000
 COMPILE_CHOICES = ("auto", True, False)
 
 
