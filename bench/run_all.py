@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import BENCHMARKS_MD, rewrite_section  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
-SCRIPTS = ["sgld_chains", "llc_vs_devinterp", "mala_vs_sgld"]
+SCRIPTS = ["sgld_chains", "llc_vs_devinterp", "mala_vs_sgld", "compile_threshold"]
 
 
 def main() -> None:

@@ -77,6 +77,7 @@ def cfg():
         num_chains=4,  # vectorised with vmap; R-hat needs >= 2
         nbeta=None,  # n·β; None -> n·itemp
         num_burnin_steps=None,  # None -> discard the first 90% (keep the last 10%)
+        compile="auto",  # torch.compile the step: "auto" (runs of >= llc.sgld.COMPILE_AUTO_MIN_CHAIN_STEPS chain-steps), True, False
     )
     itemp = None  # inverse temperature β (the original's key); None -> 1 / log n; or set sgld_config.nbeta
     loss_trace_minibatch = True  # average minibatch losses (free) vs full-data losses
@@ -332,7 +333,7 @@ def _sgld(_run, prefix, loss, w0, x, y, sgld, seed, config):
     init = initial_loss(loss, w0, x, y)
     needed = dist is not None or every > 0 or config["verbose"]
     trace = run_sgld(loss, w0, x, y, sgld, seed, callback=callback if needed else None)
-    res = llc_result(trace.loss, init, trace.nbeta, trace.burnin, sgld)
+    res = llc_result(trace.loss, init, trace.nbeta, trace.burnin, sgld, trace.compile_mode)
     extra = {}
     max_points = config["log_max_points"]
     for c in range(C):

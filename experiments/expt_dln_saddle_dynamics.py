@@ -73,6 +73,7 @@ def cfg():
         num_chains=4,  # vectorised with vmap
         nbeta=None,  # n·β; None -> n·itemp
         num_burnin_steps=None,  # None -> discard the first 90%
+        compile="auto",  # torch.compile the step: "auto" (runs of >= llc.sgld.COMPILE_AUTO_MIN_CHAIN_STEPS chain-steps), True, False
     )
     itemp = None  # inverse temperature β (the original's key); None -> 1 / log n; or set sgld_config.nbeta
     loss_trace_minibatch = True  # average minibatch losses (free) vs full-data losses

@@ -82,6 +82,7 @@ def cfg():
         num_chains=4,  # vectorised with vmap
         nbeta=None,  # n·β; None -> n / log n
         num_burnin_steps=None,  # None -> discard the first 90%
+        compile="auto",  # torch.compile the step: "auto" (runs of >= llc.sgld.COMPILE_AUTO_MIN_CHAIN_STEPS chain-steps), True, False
     )
     loss_trace_minibatch = True  # average minibatch losses (free) vs full-data losses
     force_realisable = False  # True: targets are the current model's logits (soft labels), so w_t is a true parameter

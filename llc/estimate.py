@@ -42,6 +42,8 @@ class LLCResult:
         loss_trace: (C, T) float64 trace (NaN where not recorded); each chain's trace.
         burnin: discarded leading draws.
         config: the sampler configuration.
+        compile_mode: the SGLD step that ran: "eager", "compiled", or
+            "eager-fallback" (torch.compile failed); ``compiled`` says whether it was compiled.
         diagnostics: rank R-hat, bulk/tail ESS, trend p-values and the ``healthy``
             flag with its reasons (llc.diagnostics.diagnose), computed from the
             post-burn-in trace when the result is built; also as properties.
@@ -56,10 +58,15 @@ class LLCResult:
     loss_trace: np.ndarray
     burnin: int
     config: SGLDConfig = field(repr=False)
+    compile_mode: str = "eager"
     diagnostics: Diagnostics = field(init=False, repr=False)
 
     def __post_init__(self):
         self.diagnostics = diagnose(self.loss_trace[:, self.burnin:], self.lambdahat)
+
+    @property
+    def compiled(self) -> bool:
+        return self.compile_mode == "compiled"
 
     @property
     def rhat_rank(self) -> float:
@@ -104,6 +111,8 @@ class LLCResult:
             "ess_tail": _json_float(self.ess_tail),
             "healthy": bool(self.healthy),
             "health_reasons": list(self.health_reasons),
+            "compiled": self.compiled,
+            "compile_mode": self.compile_mode,
         }
 
 
@@ -186,6 +195,7 @@ def result_from_trace(trace, init_loss: float, config) -> LLCResult:
         loss_trace=trace.loss.numpy(),
         burnin=trace.burnin,
         config=config,
+        compile_mode=trace.compile_mode,
     )
 
 
@@ -245,6 +255,7 @@ def estimate_llc(
     prefetch: bool | None = None,
     callbacks: list | None = None,
     callback_every: int = 1,
+    compile: bool | str = "auto",
 ) -> LLCResult:
     """Estimate the local learning coefficient λ̂ at the model's current weights.
 
@@ -284,6 +295,9 @@ def estimate_llc(
         callbacks: callables of an llc.callbacks.ChainState (e.g. OnlineLLC,
             WeightDistance, GradientNorm), called with every chain's state after
             draws t with (t + 1) % callback_every == 0. None: no hook at all.
+        compile: "auto" (compile the SGLD step when num_chains * num_steps reaches
+            llc.sgld.COMPILE_AUTO_MIN_CHAIN_STEPS, the measured break-even), True or
+            False; the result's ``compile_mode`` says which step ran.
 
     Returns:
         LLCResult.
@@ -296,6 +310,7 @@ def estimate_llc(
     config = SGLDConfig(
         epsilon=epsilon, gamma=gamma, num_steps=num_steps, batch_size=batch_size, num_chains=num_chains,
         nbeta=nbeta, num_burnin_steps=num_burnin_steps, loss_trace_minibatch=loss_trace_minibatch,
+        compile=compile,
     )
     streamed = isinstance(data, (Dataset, DataLoader))
     if not streamed:

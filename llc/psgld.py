@@ -317,8 +317,12 @@ def _check_finite(block: Tensor, t0: int, skip_nan_before: int | None) -> None:
         raise SGLDDivergenceError(chain, t0 + step, float(block[chain, step]))
 
 
-def llc_result(loss_trace: Tensor, init_loss: float, nbeta: float, burnin: int, config) -> LLCResult:
-    """LLCResult (λ̂ mean, std, per chain, R-hat) from a (C, T) trace and L_n(w*)."""
+def llc_result(loss_trace: Tensor, init_loss: float, nbeta: float, burnin: int, config,
+               compile_mode: str = "eager") -> LLCResult:
+    """LLCResult (λ̂ mean, std, per chain, R-hat) from a (C, T) trace and L_n(w*).
+
+    compile_mode: the step that ran (an SGLDTrace's ``compile_mode``; pSGLD never compiles).
+    """
     per_chain = llc_from_trace(loss_trace, init_loss, nbeta, burnin)
     post = loss_trace[:, burnin:].numpy()
     return LLCResult(
@@ -331,6 +335,7 @@ def llc_result(loss_trace: Tensor, init_loss: float, nbeta: float, burnin: int, 
         loss_trace=loss_trace.numpy(),
         burnin=burnin,
         config=config,
+        compile_mode=compile_mode,
     )
 
 

@@ -15,7 +15,9 @@ classification). The chains are one (C, P) tensor of flat parameter vectors; eac
 step gathers every chain's minibatch with one index_select, evaluates
 ``vmap(loss_fn)`` on all chains, and takes one backward pass through the sum (the
 chains do not interact, so that is each chain's own gradient). With
-``SGLDConfig.compile`` the whole step is compiled with torch.compile instead.
+``SGLDConfig.compile`` True, or "auto" (the default) on a run of at least
+``COMPILE_AUTO_MIN_CHAIN_STEPS`` chain-steps, the whole step is compiled with
+torch.compile instead; the trace records which path ran.
 
 Randomness: chain c owns a ``torch.Generator`` seeded from (seed, c) via numpy's
 SeedSequence, and draws its minibatch indices (with replacement) and its noise
@@ -47,6 +49,12 @@ StepCallback = Callable[[int, Tensor, Tensor, Tensor], None]  # (t, w_t (C, P), 
 _NOISE_BLOCK_NUMEL = 1 << 20
 _MAX_BLOCK_STEPS = 128
 
+# compile="auto" compiles runs of num_chains * num_steps >= this many chain-steps: the
+# break-even point where the first call's compile cost is repaid by the per-step saving,
+# measured by bench/compile_threshold.py (BENCHMARKS.md, "compile='auto' threshold").
+COMPILE_AUTO_MIN_CHAIN_STEPS = 50_000
+COMPILE_CHOICES = ("auto", True, False)
+
 
 class SGLDDivergenceError(FloatingPointError):
     """A chain produced a non-finite loss; carries the chain and step index."""
@@ -57,6 +65,12 @@ class SGLDDivergenceError(FloatingPointError):
             f"SGLD diverged: chain {chain} has non-finite loss {value} at step {step} "
             "(try a smaller epsilon or a larger gamma)"
         )
+
+
+def check_compile(value) -> None:
+    """ValueError naming the key unless value is "auto", True or False (not 1, 0 or "true")."""
+    if not (value == "auto" and isinstance(value, str) or isinstance(value, bool)):
+        raise ValueError(f"compile must be one of 'auto', True, False; got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -74,9 +88,11 @@ class SGLDConfig:
             90% (the original notebook kept the last 10% of the trace).
         loss_trace_minibatch: average L_B(w_t) from the gradient's own batch (free),
             or the full-data L_n(w_t) after burn-in (costs a full pass per draw).
-        compile: torch.compile the whole step (gather, vmap(grad), update). The
-            first step then takes ~10-40 s to compile on CPU and later steps are
-            several times cheaper, so it pays off for long runs (see BENCHMARKS.md).
+        compile: "auto" (default), True or False. True: torch.compile the whole step
+            (gather, vmap(grad), update); the first step then takes a few seconds to
+            compile on CPU and later steps are cheaper, which pays off for long runs
+            only. "auto": compile when num_chains * num_steps >=
+            COMPILE_AUTO_MIN_CHAIN_STEPS (the measured break-even), else eager.
             Results match the eager step up to float rounding, not bit for bit.
             Falls back to the eager step, with a warning, if compilation fails.
     """
@@ -89,7 +105,7 @@ class SGLDConfig:
     nbeta: float | None = None
     num_burnin_steps: int | None = None
     loss_trace_minibatch: bool = True
-    compile: bool = False
+    compile: bool | str = "auto"
 
     def __post_init__(self):
         def _int(name, lo):
@@ -114,8 +130,13 @@ class SGLDConfig:
                 )
         if not isinstance(self.loss_trace_minibatch, bool):
             raise ValueError(f"loss_trace_minibatch must be True or False; got {self.loss_trace_minibatch!r}")
-        if not isinstance(self.compile, bool):
-            raise ValueError(f"compile must be True or False; got {self.compile!r}")
+        check_compile(self.compile)
+
+    def wants_compile(self) -> bool:
+        """Whether this run attempts the compiled step: compile=True, or "auto" on a long run."""
+        if self.compile == "auto":
+            return self.num_chains * self.num_steps >= COMPILE_AUTO_MIN_CHAIN_STEPS
+        return self.compile
 
     def burnin(self) -> int:
         return int(0.9 * self.num_steps) if self.num_burnin_steps is None else self.num_burnin_steps
@@ -139,12 +160,19 @@ class SGLDTrace:
         final_w: (C, P) last state of each chain.
         nbeta: the n·β used.
         burnin: number of discarded leading draws.
+        compile_mode: the step that ran: "eager" (not attempted), "compiled", or
+            "eager-fallback" (torch.compile was attempted and failed).
     """
 
     loss: Tensor
     final_w: Tensor
     nbeta: float
     burnin: int
+    compile_mode: str = "eager"
+
+    @property
+    def compiled(self) -> bool:
+        return self.compile_mode == "compiled"
 
 
 def chain_generators(seed: int, num_chains: int, device: torch.device) -> list[torch.Generator]:
@@ -210,7 +238,7 @@ def run_sgld(
     pull, drift, noise = eps * config.gamma / 2, -eps * nbeta / 2, math.sqrt(eps)
     w_star = w_star.detach()
     eager = _eager_step(loss_fn, pull, drift, noise)
-    if config.compile:
+    if config.wants_compile():
         coef = torch.tensor([pull, drift, noise], dtype=w_star.dtype, device=device)
         step = _compiled_step(loss_fn, coef)
     else:
@@ -252,7 +280,8 @@ def run_sgld(
     if not torch.isfinite(w).all():
         bad = int(torch.nonzero(~torch.isfinite(w).all(dim=1))[0])
         raise SGLDDivergenceError(bad, T, float("nan"))
-    return SGLDTrace(loss=trace.cpu(), final_w=w, nbeta=nbeta, burnin=burnin)
+    return SGLDTrace(loss=trace.cpu(), final_w=w, nbeta=nbeta, burnin=burnin,
+                     compile_mode=compile_mode(config, step, eager))
 
 
 def mala_acceptance_probability(
@@ -388,13 +417,20 @@ def _first_compiled_call(step: StepFn, eager: StepFn, args: tuple) -> tuple[Step
         return step, step(*args)
     except Exception as err:  # any compiler failure: the eager step is always correct
         warnings.warn(
-            f"SGLDConfig.compile=True but torch.compile failed ({type(err).__name__}: {str(err)[:300]}); "
+            f"SGLDConfig.compile asked for the compiled step but torch.compile failed ({type(err).__name__}: {str(err)[:300]}); "
             "running the eager step instead",
             RuntimeWarning,
             stacklevel=3,
         )
         args[0].copy_(w_before)
         return eager, eager(*args)
+
+
+def compile_mode(config: SGLDConfig, step: StepFn, eager: StepFn) -> str:
+    """The path a finished run took: "eager", "compiled" or "eager-fallback"."""
+    if not config.wants_compile():
+        return "eager"
+    return "eager-fallback" if step is eager else "compiled"
 
 
 def _check_finite(block: Tensor, t0: int, skip_nan_before: int | None) -> None:

@@ -125,7 +125,7 @@ def run_sgld_streamed(
     w_star = w_star.detach()
     eager = _sgld._eager_step(loss_fn, pull, drift, noise)
     step = eager
-    if config.compile:
+    if config.wants_compile():
         step = _sgld._compiled_step(loss_fn, torch.tensor([pull, drift, noise], dtype=w_star.dtype, device=device))
 
     w = w_star.expand(C, P).clone()  # (C, P)
@@ -178,4 +178,5 @@ def run_sgld_streamed(
     if not torch.isfinite(w).all():
         bad = int(torch.nonzero(~torch.isfinite(w).all(dim=1))[0])
         raise _sgld.SGLDDivergenceError(bad, T, float("nan"))
-    return SGLDTrace(loss=trace.cpu(), final_w=w, nbeta=nbeta, burnin=burnin)
+    return SGLDTrace(loss=trace.cpu(), final_w=w, nbeta=nbeta, burnin=burnin,
+                     compile_mode=_sgld.compile_mode(config, step, eager))

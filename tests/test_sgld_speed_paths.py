@@ -28,7 +28,7 @@ def test_gather_equals_advanced_indexing():
 def test_compile_flag_is_validated():
     with pytest.raises(ValueError, match="compile"):
         SGLDConfig(compile="yes")
-    assert SGLDConfig().compile is False
+    assert SGLDConfig().compile == "auto"
 
 
 def test_failed_compile_warns_and_matches_eager(monkeypatch):
