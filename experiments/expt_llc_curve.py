@@ -259,18 +259,23 @@ def sgld_kwargs(sgld: SGLDConfig) -> dict:
 
 
 def _per_layer(_run, model, loss_fn, x, targets, sgld, seed, config, t) -> dict:
-    """λ̂ of each layer group at the current weights (same seed as the full λ̂); logs llc/layer/<name>."""
+    """λ̂ of each layer group at the current weights (same seed as the full λ̂); logs llc/layer/<name>.
+
+    Returns the checkpoint record's entries: layer_status ('ok' | 'failed', with layer_reason)
+    and layers, a list of {name, lambdahat, lambdahat_std} (a list: names hold dots, which
+    MongoDB refuses in keys).
+    """
     try:
         results = estimate_llc_per_layer(model, loss_fn, (x, targets), by=config["llc_per_layer"], seed=seed,
                                          device=str(x.device), eval_batch_size=config["eval_batch_size"],
                                          **sgld_kwargs(sgld))
     except (SGLDDivergenceError, FloatingPointError) as err:  # recorded; the full λ̂ and training go on
-        return {"status": "failed", "reason": str(err)}
-    out = {"status": "ok"}
+        return {"layer_status": "failed", "layer_reason": str(err), "layers": []}
     for name, res in results.items():
         _run.log_scalar(f"llc/layer/{name}", res.lambdahat, t)
-        out[name] = {"lambdahat": res.lambdahat, "lambdahat_std": res.lambdahat_std}
-    return out
+    layers = [{"name": name, "lambdahat": res.lambdahat, "lambdahat_std": res.lambdahat_std}
+              for name, res in results.items()]
+    return {"layer_status": "ok", "layers": layers}
 
 
 @ex.main
@@ -315,7 +320,7 @@ def _main(_config, _run, _seed, checked, ck):
                 rec.update(status="failed", reason=str(err))
                 traces.append(np.full((sgld.num_chains, sgld.num_steps), np.nan))
             if _config["llc_per_layer"] is not None:
-                rec["layers"] = _per_layer(_run, model, loss_fn, x_train, targets, sgld, seed, _config, t)
+                rec.update(_per_layer(_run, model, loss_fn, x_train, targets, sgld, seed, _config, t))
         finally:
             model.train()
         if batch_loss is not None:
