@@ -40,6 +40,7 @@ from models.dln import (
     INIT_SCHEMES, TRUE_PARAM_METHODS, DeepLinearNetwork, end_to_end_matrix, init_params, make_true_params, numerical_rank,
     rank_truncation_losses,
 )
+from tracking.calibration_command import main_seed, run_calibration, validate_calibration
 from tracking.key_aliases import resolve_alias
 from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import build_config, configure_experiment, json_ready, log_series, run_cli, seed_everything
@@ -99,6 +100,19 @@ def cfg():
     do_hessian_trace = False  # Hutchinson estimate of tr ∇²L_n
     hessian_trace_probes = 32  # Rademacher probes
     do_functional_rank = False  # numerical rank of d f(w, x) / d w on the num_test_data points
+
+    # --- `calibrate` command: short SGLD runs at w* over a grid (llc.calibrate; README, "The DLN experiment") ---
+    # calibrate: ε grid (each > 0) x nbetas x gammas; None -> the run's sgld_config values, burn-in None -> half
+    calibration = dict(
+        epsilons=[1e-7, 1e-6, 1e-5, 1e-4],  # ε grid, every entry > 0
+        nbetas=None,  # nβ grid (None entries -> n / log n); None -> [the run's nβ]
+        gammas=None,  # γ grid (>= 0); None -> [sgld_config.gamma]
+        num_steps=500,  # steps per setting; None -> sgld_config.num_steps
+        num_chains=None,  # None -> sgld_config.num_chains
+        batch_size=None,  # None -> sgld_config.batch_size
+        num_burnin_steps=None,  # None -> half of num_steps
+        min_noise_fraction=0.9,  # stable needs noise share of the step >= this (bounds the ε bias near 10%)
+    )
 
     # --- runtime ---
     device = "auto"  # auto | cpu | cuda
@@ -168,8 +182,9 @@ def validate(config: dict) -> dict:
             raise ValueError(f"{key} must be True or False; got {config[key]!r}")
     if config["dtype"] not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}; got {config['dtype']!r}")
+    calibration = validate_calibration(config["calibration"], sgld, n)
     return {"sgld": sgld, "training": training, "train_init": train_init, "true_param": tp,
-            "input_distribution": dist, "device": resolve_device(config["device"])}
+            "input_distribution": dist, "device": resolve_device(config["device"]), "calibration": calibration}
 
 
 # Independent random streams, all derived from the run's seed (SeedSequence spawn keys).
@@ -206,10 +221,12 @@ def main(_config, _run, _seed):
         return _main(_config, _run, _seed, checked, ck)
 
 
-def _main(_config, _run, _seed, checked, ck):
-    seed_everything(_seed)
-    sgld, device = checked["sgld"], checked["device"]
-    dtype = resolve_dtype(_config["dtype"])
+def build_problem(_config, _seed, checked) -> dict:
+    """w*, its exact λ, the teacher data, and the network at w* (on the run's device and dtype).
+
+    Shared by the main run and the ``calibrate`` command, so both see the same model, data and w*.
+    """
+    dtype, device = resolve_dtype(_config["dtype"]), checked["device"]
     input_dim, widths, n = _config["input_dim"], list(_config["layer_widths"]), _config["num_training_data"]
     tp = checked["true_param"]
 
@@ -220,13 +237,6 @@ def _main(_config, _run, _seed, checked, ck):
     )
     true_rank, prod_sv = numerical_rank(end_to_end_matrix(w_star))
     true_lambda, true_mult = dln_learning_coefficient(input_dim, widths, true_rank)
-    _run.info["true_param_singular_values"] = {k: torch.linalg.svdvals(v).tolist() for k, v in w_star.items()}
-    _run.info["true_end_to_end_singular_values"] = prod_sv.tolist()
-    if _config["save_true_param"]:
-        _run.info["true_param"] = {k: v.tolist() for k, v in w_star.items()}
-    if _config["verbose"]:
-        print(f"true rank {true_rank}, λ = {true_lambda}, multiplicity {true_mult}, "
-              f"σ(W_L...W_1) in [{float(prod_sv[-1]):.3g}, {float(prod_sv[0]):.3g}]")
 
     # --- data: y = f(w*, x), noiseless; fresh test points for the diagnostics ---
     net = DeepLinearNetwork(input_dim, widths)
@@ -235,14 +245,34 @@ def _main(_config, _run, _seed, checked, ck):
     x, y = teacher_dataset(f64, w_star, n, input_dim, dist, _stream(_seed, DATA))
     # nβ·L_n of w*'s end-to-end map truncated to rank k-1, k = 1..r: how far, in units of the
     # posterior's temperature, w* is from the lower-rank teachers (README, "The DLN experiment").
-    rank_gaps = sgld.resolve_nbeta(n) * rank_truncation_losses(end_to_end_matrix(w_star), x, true_rank)
-    _run.info["true_rank_truncation_gaps"] = rank_gaps.tolist()
+    rank_gaps = checked["sgld"].resolve_nbeta(n) * rank_truncation_losses(end_to_end_matrix(w_star), x, true_rank)
     x, y = x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype)
     x_test, y_test = teacher_dataset(f64, w_star, _config["num_test_data"], input_dim, dist, _stream(_seed, TEST_DATA))
     x_test, y_test = x_test.to(device=device, dtype=dtype), y_test.to(device=device, dtype=dtype)
 
     net.load_state_dict({k: v.to(dtype) for k, v in w_star.items()})
     net.to(device=device, dtype=dtype)
+    return dict(w_star=w_star, true_rank=true_rank, prod_sv=prod_sv, true_lambda=true_lambda, true_mult=true_mult,
+                rank_gaps=rank_gaps, net=net, x=x, y=y, x_test=x_test, y_test=y_test)
+
+
+def _main(_config, _run, _seed, checked, ck):
+    seed_everything(_seed)
+    sgld, device = checked["sgld"], checked["device"]
+    dtype = resolve_dtype(_config["dtype"])
+    input_dim, widths = _config["input_dim"], list(_config["layer_widths"])
+    pb = build_problem(_config, _seed, checked)
+    w_star, true_rank, prod_sv, rank_gaps = pb["w_star"], pb["true_rank"], pb["prod_sv"], pb["rank_gaps"]
+    true_lambda, true_mult, net = pb["true_lambda"], pb["true_mult"], pb["net"]
+    x, y, x_test, y_test = pb["x"], pb["y"], pb["x_test"], pb["y_test"]
+    _run.info["true_param_singular_values"] = {k: torch.linalg.svdvals(v).tolist() for k, v in w_star.items()}
+    _run.info["true_end_to_end_singular_values"] = prod_sv.tolist()
+    if _config["save_true_param"]:
+        _run.info["true_param"] = {k: v.tolist() for k, v in w_star.items()}
+    if _config["verbose"]:
+        print(f"true rank {true_rank}, λ = {true_lambda}, multiplicity {true_mult}, "
+              f"σ(W_L...W_1) in [{float(prod_sv[-1]):.3g}, {float(prod_sv[0]):.3g}]")
+    _run.info["true_rank_truncation_gaps"] = rank_gaps.tolist()
     f_flat, w_flat = flat_model_for_module(net, dtype, device)
 
     def loss(w, xb, yb):
@@ -356,6 +386,23 @@ def _sgld(_run, prefix, loss, w0, x, y, sgld, seed, config):
         np.savez_compressed(path, **arrays)
         _run.add_artifact(path)
     return res, extra
+
+
+@ex.command
+def calibrate(_config, _run):
+    """Sweep calibration.epsilons (× nbetas × gammas) at w*; figure calibration.png, table in info['calibration'].
+
+    Same model, data and w* as the main run, and the seed of its λ̂ at w*: at the run's
+    ε with its steps, chains and burn-in, the setting's λ̂ is the main run's.
+    """
+    checked = validate(_config)
+    _seed = main_seed(ex)  # the main run's seed, so the same model, data and SGLD draws
+    seed_everything(_seed)
+    pb = build_problem(_config, _seed, checked)
+    title = f"DLN {_config['input_dim']}->{list(_config['layer_widths'])}, λ = {pb['true_lambda']}"
+    out = run_calibration(_run, pb["net"], _mse, (pb["x"], pb["y"]), checked["calibration"],
+                          derived_seed(_seed, SGLD_W_STAR), checked["device"], title)
+    return {**out, "true_lambda": pb["true_lambda"]}
 
 
 if __name__ == "__main__":

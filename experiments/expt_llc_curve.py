@@ -36,15 +36,18 @@ from sacred import Experiment
 from data.vision import load_vision_dataset
 from dynamics.train import TrainingConfig, train
 from llc.estimate import estimate_llc_flat, flat_loss_for_module
+from llc.restricted import estimate_llc_per_layer
 from llc.sgld import SGLDConfig, SGLDDivergenceError
 from models.device import derived_seed, resolve_device
 from models.resnet import MODEL_NAMES, build_resnet
+from tracking.calibration_command import main_seed, run_calibration, validate_calibration
 from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import build_config, configure_experiment, json_ready, run_cli, seed_everything
 
 ex = add_checkpoint_config(configure_experiment(Experiment("llc_curve")))
 
 DATA_NAMES = ("cifar10", "cifar100")
+PER_LAYER = (None, "module", "parameter")
 INPUT_NORMALISATIONS = ("unit_interval", "standardise")
 
 
@@ -86,6 +89,20 @@ def cfg():
     )
     loss_trace_minibatch = True  # average minibatch losses (free) vs full-data losses
     force_realisable = False  # True: targets are the current model's logits (soft labels), so w_t is a true parameter
+    llc_per_layer = None  # also λ̂ of each layer at every checkpoint (llc.restricted; the original has none): None (off) | module | parameter
+
+    # --- `calibrate` command: short SGLD runs at the initial weights over a grid (llc.calibrate) ---
+    # calibrate: ε grid (each > 0) x nbetas x gammas; None -> the run's sgld_config values, burn-in None -> half
+    calibration = dict(
+        epsilons=[2e-8, 2e-7, 2e-6, 2e-5],  # ε grid, every entry > 0
+        nbetas=None,  # nβ grid (None entries -> n / log n); None -> [the run's nβ]
+        gammas=None,  # γ grid (>= 0); None -> [sgld_config.gamma]
+        num_steps=200,  # steps per setting; None -> sgld_config.num_steps
+        num_chains=None,  # None -> sgld_config.num_chains
+        batch_size=None,  # None -> sgld_config.batch_size
+        num_burnin_steps=None,  # None -> half of num_steps
+        min_noise_fraction=0.9,  # stable needs noise share of the step >= this (bounds the ε bias near 10%)
+    )
 
     # --- runtime ---
     eval_batch_size = 1000  # chunk size of full-data evaluations
@@ -144,7 +161,11 @@ def validate(config: dict) -> dict:
     for key in ("force_realisable", "do_plot", "verbose"):
         if not isinstance(config[key], bool):
             raise ValueError(f"{key} must be True or False; got {config[key]!r}")
-    return {"model_data": md, "training": training, "sgld": sgld, "device": resolve_device(config["device"])}
+    if config["llc_per_layer"] not in PER_LAYER:
+        raise ValueError(f"llc_per_layer must be one of {PER_LAYER}; got {config['llc_per_layer']!r}")
+    calibration = validate_calibration(config["calibration"], sgld)
+    return {"model_data": md, "training": training, "sgld": sgld, "device": resolve_device(config["device"]),
+            "calibration": calibration}
 
 
 def check_batch_sizes(training: TrainingConfig, sgld: SGLDConfig, n: int) -> None:
@@ -195,18 +216,12 @@ def evaluate(model, loss_fn, x, y, labels, chunk: int) -> tuple[float, float]:
     return total / x.shape[0], correct / x.shape[0]
 
 
-@ex.main
-def main(_config, _run, _seed):
-    checked = validate(_config)
-    with checkpointing(_run, _config) as ck:  # SIGTERM/SIGUSR1/SIGINT -> checkpoint at a step boundary; resume
-        return _main(_config, _run, _seed, checked, ck)
+def build_problem(_config, _seed, checked) -> dict:
+    """The data on the device (labels noisy for SGD, clean for SGLD) and the model at its initialisation.
 
-
-def _main(_config, _run, _seed, checked, ck):
-    seed_everything(_seed)
+    Shared by the main run and the ``calibrate`` command, so both see the same model and data.
+    """
     md, training, sgld, device = checked["model_data"], checked["training"], checked["sgld"], checked["device"]
-    period, chunk = _config["logging_period"], _config["eval_batch_size"]
-
     # --- data (in memory, normalised) ---
     standardise = _config["input_normalisation"] == "standardise"
     x_train, y_clean = load_vision_dataset(md["data_name"], train=True, data_root=_config["data_root"], normalize=standardise)
@@ -225,6 +240,60 @@ def _main(_config, _run, _seed, checked, ck):
         torch.manual_seed(derived_seed(_seed, INIT))  # module init draws from the global RNG
         model = build_resnet(md["model_name"], num_classes, base_channels=md["layer_width_factor"])
     model.to(device)
+    return dict(model=model, n=n, x_train=x_train, y_train=y_train, y_clean=y_clean, x_test=x_test, y_test=y_test)
+
+
+def sgld_targets(model, x_train, y_clean, force_realisable: bool, chunk: int):
+    """(targets, loss) of SGLD: the clean labels and cross-entropy, or the model's own logits (n, classes)."""
+    if not force_realisable:
+        return y_clean, F.cross_entropy
+    with torch.no_grad():
+        targets = torch.cat([model(x_train[s:s + chunk]) for s in range(0, x_train.shape[0], chunk)])
+    return targets, soft_cross_entropy
+
+
+def sgld_kwargs(sgld: SGLDConfig) -> dict:
+    """estimate_llc's keyword arguments for the run's SGLD settings."""
+    keys = ("epsilon", "gamma", "num_steps", "batch_size", "num_chains", "nbeta", "num_burnin_steps",
+            "loss_trace_minibatch")
+    return {k: getattr(sgld, k) for k in keys}
+
+
+def _per_layer(_run, model, loss_fn, x, targets, sgld, seed, config, t) -> dict:
+    """λ̂ of each layer group at the current weights (same seed as the full λ̂); logs llc/layer/<name>.
+
+    Returns the checkpoint record's entries: layer_status ('ok' | 'failed', with layer_reason)
+    and layers, a list of {name, lambdahat, lambdahat_std} (a list: names hold dots, which
+    MongoDB refuses in keys).
+    """
+    try:
+        results = estimate_llc_per_layer(model, loss_fn, (x, targets), by=config["llc_per_layer"], seed=seed,
+                                         device=str(x.device), eval_batch_size=config["eval_batch_size"],
+                                         **sgld_kwargs(sgld))
+    except (SGLDDivergenceError, FloatingPointError) as err:  # recorded; the full λ̂ and training go on
+        return {"layer_status": "failed", "layer_reason": str(err), "layers": []}
+    for name, res in results.items():
+        _run.log_scalar(f"llc/layer/{name}", res.lambdahat, t)
+    layers = [{"name": name, "lambdahat": res.lambdahat, "lambdahat_std": res.lambdahat_std}
+              for name, res in results.items()]
+    return {"layer_status": "ok", "layers": layers}
+
+
+@ex.main
+def main(_config, _run, _seed):
+    checked = validate(_config)
+    with checkpointing(_run, _config) as ck:  # SIGTERM/SIGUSR1/SIGINT -> checkpoint at a step boundary; resume
+        return _main(_config, _run, _seed, checked, ck)
+
+
+def _main(_config, _run, _seed, checked, ck):
+    seed_everything(_seed)
+    md, training, sgld, device = checked["model_data"], checked["training"], checked["sgld"], checked["device"]
+    period, chunk = _config["logging_period"], _config["eval_batch_size"]
+
+    pb = build_problem(_config, _seed, checked)
+    model, n = pb["model"], pb["n"]
+    x_train, y_train, y_clean, x_test, y_test = (pb[k] for k in ("x_train", "y_train", "y_clean", "x_test", "y_test"))
     _run.info["model_dim"] = sum(p.numel() for p in model.parameters())
     checkpoints = _run.info.setdefault("checkpoints", [])  # restored on resume
     traces = [t.numpy() for t in ck.state["traces"]] if ck.state else []  # (C, T) each
@@ -235,19 +304,14 @@ def _main(_config, _run, _seed, checked, ck):
             train_ce, train_acc = evaluate(model, F.cross_entropy, x_train, y_train, y_train, chunk)
             test_ce, test_acc = evaluate(model, F.cross_entropy, x_test, y_test, y_test, chunk)
             penalty = l2_penalty(model, training.l2_regularization)
-            if _config["force_realisable"]:
-                with torch.no_grad():
-                    targets = torch.cat([model(x_train[s:s + chunk]) for s in range(0, n, chunk)])  # (n, classes)
-                loss_fn = soft_cross_entropy
-            else:
-                targets, loss_fn = y_clean, F.cross_entropy
+            targets, loss_fn = sgld_targets(model, x_train, y_clean, _config["force_realisable"], chunk)
             rec = {"t": t, "batch_loss": batch_loss, "train_loss": train_ce + penalty, "train_loss_no_reg": train_ce,
                    "train_accuracy": train_acc, "test_loss": test_ce + penalty, "test_loss_no_reg": test_ce,
                    "test_accuracy": test_acc, "l2_penalty": penalty}
             loss, w_t = flat_loss_for_module(model, loss_fn, next(model.parameters()).dtype, device)
+            seed = derived_seed(_seed, SGLD, len(checkpoints))
             try:
-                res = estimate_llc_flat(loss, w_t, x_train, targets, sgld, seed=derived_seed(_seed, SGLD, len(checkpoints)),
-                                        eval_batch_size=chunk)
+                res = estimate_llc_flat(loss, w_t, x_train, targets, sgld, seed=seed, eval_batch_size=chunk)
                 rec.update(status="ok", **res.summary())
                 traces.append(res.loss_trace)
                 _run.log_scalar("llc/lambdahat", res.lambdahat, t)
@@ -256,6 +320,8 @@ def _main(_config, _run, _seed, checked, ck):
             except (SGLDDivergenceError, FloatingPointError) as err:  # one bad checkpoint: record it, keep training
                 rec.update(status="failed", reason=str(err))
                 traces.append(np.full((sgld.num_chains, sgld.num_steps), np.nan))
+            if _config["llc_per_layer"] is not None:
+                rec.update(_per_layer(_run, model, loss_fn, x_train, targets, sgld, seed, _config, t))
         finally:
             model.train()
         if batch_loss is not None:
@@ -306,6 +372,29 @@ def _main(_config, _run, _seed, checked, ck):
         "num_training_data": n,
         "model_dim": _run.info["model_dim"],
     })
+
+
+@ex.command
+def calibrate(_config, _run):
+    """Sweep calibration.epsilons (× nbetas × gammas) at the initial weights w_0, the main run's first checkpoint.
+
+    Same model, data, SGLD targets and seed as the λ̂ at t = 0; figure calibration.png,
+    table in info['calibration'].
+    """
+    checked = validate(_config)
+    _seed = main_seed(ex)  # the main run's seed, so the same model, data and SGLD draws
+    seed_everything(_seed)
+    pb = build_problem(_config, _seed, checked)
+    if checked["calibration"]["batch_size"] > pb["n"]:
+        raise ValueError(f"calibration.batch_size must be <= the number of training data ({pb['n']}); "
+                         f"got {checked['calibration']['batch_size']}")
+    model = pb["model"].eval()
+    targets, loss_fn = sgld_targets(model, pb["x_train"], pb["y_clean"], _config["force_realisable"],
+                                    _config["eval_batch_size"])
+    md = checked["model_data"]
+    return run_calibration(_run, model, loss_fn, (pb["x_train"], targets), checked["calibration"],
+                           derived_seed(_seed, SGLD, 0), str(checked["device"]),
+                           f"{md['model_name']} on {md['data_name']} at initialisation")
 
 
 if __name__ == "__main__":
