@@ -3,7 +3,7 @@
 Draws a true parameter w* of a bias-free DLN, generates noiseless teacher data
 y = f(w*, x), estimates the local learning coefficient λ̂(w*) with multi-chain
 SGLD and compares it with Aoyagi's exact λ for the rank of W_L...W_1
-(reference.md §1). With ``do_training`` a fresh network is also trained on the
+(docs/notes/llc.md#dln). With ``do_training`` a fresh network is also trained on the
 data and λ̂ is estimated at the trained parameter.
 
 Weights of `random` / `rand_rank` teachers and of the training init follow Haiku's
@@ -196,7 +196,7 @@ def _stream(seed: int, purpose: int, device="cpu") -> torch.Generator:
 
 
 def _mse(out, y):
-    # Mean over batch and outputs, no 1/2 (reference.md §1). Written out rather than
+    # Mean over batch and outputs, no 1/2 (docs/notes/llc.md#conventions). Written out rather than
     # F.mse_loss, whose backward breaks forward-over-reverse HVPs ("ZeroTensors are immutable").
     return ((out - y) ** 2).mean()
 

@@ -1,7 +1,7 @@
 """λ̂ along the saddle-to-saddle training dynamics of a deep linear network.
 
 The setup of Jacot et al. 2021 ("Saddle-to-saddle dynamics in deep linear
-networks: small initialization training, symmetry, and sparsity"; reference.md §1):
+networks: small initialization training, symmetry, and sparsity"; docs/notes/llc.md#saddle):
 a teacher 10·diag(1, ..., d), inputs x ~ N(0, I_d), a bias-free DLN with
 ``num_hidden_layers`` hidden layers of ``width`` and small initial weights
 N(0, width^-initialisation_exponent), trained with plain SGD. The loss plateaus and
@@ -152,7 +152,7 @@ def _stream(seed: int, purpose: int, device="cpu") -> torch.Generator:
 
 
 def _mse(out, y):
-    return ((out - y) ** 2).mean()  # mean over batch and outputs, no 1/2 (reference.md §1)
+    return ((out - y) ** 2).mean()  # mean over batch and outputs, no 1/2 (docs/notes/llc.md#conventions)
 
 
 def teacher_data(d: int, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -3,7 +3,7 @@
 Trains a ResNet18 (torchvision's, or its CIFAR-stem variant, with k, 2k, 4k, 8k
 channels for ``layer_width_factor`` = k) on CIFAR-10 and, every ``logging_period`` steps, before the first and after
 the last, estimates the local learning coefficient λ̂(w_t) at the current weights
-with multi-chain SGLD on the mean cross-entropy (reference.md §1). Sampling uses the
+with multi-chain SGLD on the mean cross-entropy (docs/notes/llc.md#llc-curve). Sampling uses the
 network in eval mode: BatchNorm normalises with its running statistics, which are
 held fixed (they are buffers of the functional model, not parameters), so every
 vmapped chain sees the same deterministic function of its own weights.
