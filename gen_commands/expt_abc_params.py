@@ -213,15 +213,7 @@ def _lines(s: dict, grid: dict, seeds: list, expt_name, observer: str, args) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        lines = generate(args)
-        path = sweep.write_lines(args.out, lines, force=args.force)
-    except (ValueError, FileExistsError) as err:
-        parser.error(str(err))
-    print(f"wrote {len(lines)} commands to {path}", file=sys.stderr)
-    return 0
+    return sweep.generator_main(build_parser(), generate, argv)
 
 
 if __name__ == "__main__":

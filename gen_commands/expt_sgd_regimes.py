@@ -316,20 +316,20 @@ def generate(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.run is not None and args.run < 1:
-        parser.error(f"--run expects a number of jobs >= 1; got {args.run}")
-    try:
-        lines = generate(args)
-        path = sweep.write_lines(args.out, lines, force=args.force)
-    except (ValueError, FileExistsError) as err:
-        parser.error(str(err))
-    print(f"wrote {len(lines)} commands to {path}", file=sys.stderr)
-    if args.run is not None:
+
+    def checked(args):
+        if args.run is not None and args.run < 1:
+            parser.error(f"--run expects a number of jobs >= 1; got {args.run}")
+        return generate(args)
+
+    def run_after(args, path):
+        if args.run is None:
+            return 0
         from gen_commands import run as runner
 
         return runner.main([str(path), "--jobs", str(args.run)])
-    return 0
+
+    return sweep.generator_main(parser, checked, argv, after=run_after)
 
 
 if __name__ == "__main__":

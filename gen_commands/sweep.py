@@ -318,6 +318,21 @@ def format_command(script: str, experiment: str, overrides: Mapping[str, Any], o
     return " ".join([python, shlex.quote(script), observer, "with", *parts])
 
 
+def generator_main(parser, generate, argv: Sequence[str] | None = None, after=None) -> int:
+    """The command line shared by every generator: parse ``argv``, ``generate(args)`` the lines, write them
+    to ``args.out`` (refused if it exists, unless ``--force``); a ValueError or FileExistsError becomes the
+    parser's usage error (exit 2). ``after(args, path)``, if given, runs once the file is written and
+    returns the exit code (expt_sgd_regimes's ``--run``)."""
+    args = parser.parse_args(argv)
+    try:
+        lines = generate(args)
+        path = write_lines(args.out, lines, force=args.force)
+    except (ValueError, FileExistsError) as err:
+        parser.error(str(err))
+    print(f"wrote {len(lines)} commands to {path}", file=sys.stderr)
+    return after(args, path) if after is not None else 0
+
+
 def write_lines(path: str | os.PathLike, lines: Sequence[str], force: bool = False) -> Path:
     """Write ``lines`` to ``path`` (parents created); FileExistsError unless ``force``."""
     path = Path(path)
