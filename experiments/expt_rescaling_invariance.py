@@ -242,7 +242,7 @@ def tensor_scales(params: dict, x: torch.Tensor) -> list[float]:
 
 
 def _mse(out, y):
-    return ((out - y) ** 2).mean()  # mean over batch and outputs, no 1/2 (reference.md §1)
+    return ((out - y) ** 2).mean()  # mean over batch and outputs, no 1/2 (docs/notes/llc.md#conventions)
 
 
 @ex.main
