@@ -32,6 +32,7 @@ a failed estimate at that α and the sweep goes on.
 """
 from __future__ import annotations
 
+import json
 import math
 
 import torch
@@ -45,9 +46,10 @@ from llc.sgld import SGLDConfig, SGLDDivergenceError
 from models.device import DTYPES, derived_seed, resolve_device, resolve_dtype
 from models.relu_mlp import INITS, ReLUMLP, layer_preconditioner, notebook_teacher, rescale_params
 from tracking.key_aliases import resolve_alias
+from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import build_config, configure_experiment, json_ready, run_cli, seed_everything
 
-ex = configure_experiment(Experiment("rescaling_invariance"))
+ex = add_checkpoint_config(configure_experiment(Experiment("rescaling_invariance")))
 
 SAMPLERS = ("psgld_fixed", "psgld", "sgld")
 ACCEPTANCE_DENSITIES = ("preconditioned", "identity")
@@ -249,6 +251,17 @@ def _mse(out, y):
 def main(_config, _run, _seed):
     _config = resolve_original_keys(_config)
     checked = validate(_config)
+    with checkpointing(_run, _config) as ck:  # SIGTERM/SIGUSR1/SIGINT -> checkpoint after the running (α, sampler)
+        return _main(_config, _run, _seed, checked, ck)
+
+
+def _main(_config, _run, _seed, checked, ck):
+    """The α sweep; the unit of work is one (α, sampler) estimate, and a signal lets the running one finish.
+
+    ``ck.boundary(k)`` after the k-th estimate: the checkpoint holds the table of the k
+    estimates done and the per-α output checks (``ck.state``, JSON), so a resumed run
+    skips them; each α has its own chains' seed, so the rest draw what they would have.
+    """
     seed_everything(_seed)
     device, dtype = checked["device"], resolve_dtype(_config["dtype"])
     sizes, n, layer = list(_config["layer_sizes"]), _config["num_training_data"], _config["rescale_layer"]
@@ -276,46 +289,61 @@ def main(_config, _run, _seed):
     identity = _config["mala_acceptance_density"] == "identity"
     absolute = PSGLDConfig(localisation="absolute")
     output_diffs = []
-    for i, alpha in enumerate(alphas):
-        w_alpha = rescale_params(w_star, layer, alpha)
-        w_flat = torch.cat([w_alpha[k].reshape(-1) for k in names]).to(device=device, dtype=dtype)
-        with torch.no_grad():
-            diff = float((f_flat(w_flat, x) - y).abs().max() / y.abs().max())
-        output_diffs.append(diff)
-        assert diff < (1e-9 if dtype == torch.float64 else 1e-4), f"rescaling by α={alpha} changed the function ({diff})"
-        _run.log_scalar("rescaling/log10_alpha", math.log10(alpha), i)
-        for name in samplers:
-            # each α its own chains: flatness is measured, not built in
-            seed = derived_seed(_seed, SAMPLING, _config["first_alpha_index"] + i)
-            row = table[name]
-            accept = None
-            try:
-                if name == "psgld":
-                    m = torch.repeat_interleave(torch.tensor(tensor_scales({k: w_alpha[k].to(x) for k in names}, x), dtype=dtype),
-                                                torch.tensor(segments)).to(device)  # (P,)
-                    res = estimate_llc_psgld(loss, w_flat, x, y, checked["configs"][name], checked["precond"], seed,
-                                             segments, scales=m)
-                elif name == "psgld_fixed" or every is not None:  # plain SGLD is the fixed D = 1
-                    factors = layer_preconditioner(sizes, layer, alpha) if name == "psgld_fixed" else [1.0] * len(segments)
-                    d = torch.repeat_interleave(torch.tensor(factors, dtype=dtype), torch.tensor(segments)).to(device)
-                    res, trace = estimate_llc_psgld_traced(loss, w_flat, x, y, checked["configs"][name], absolute, seed,
-                                                           segments, preconditioner=d, accept_every=every,
-                                                           accept_identity_density=identity)
-                    acc = trace.mala_acceptance  # None when not recorded; empty when fewer than k steps
-                    accept = float(acc.mean()) if acc is not None and acc.size else None
-                else:
-                    res = estimate_llc_flat(loss, w_flat, x, y, checked["configs"][name], seed)
-                values = (res.lambdahat, res.lambdahat_std, None if math.isnan(res.rhat) else res.rhat, "ok", None, accept)
-                _run.log_scalar(f"{name}/lambdahat", res.lambdahat, i)
-                _run.log_scalar(f"{name}/lambdahat_std", res.lambdahat_std, i)
-                if accept is not None:
-                    _run.log_scalar(f"{name}/mala_acceptance", accept, i)
-            except (SGLDDivergenceError, FloatingPointError) as err:
-                values = (None, None, None, "failed", str(err), None)
-            for key, value in zip(keys, values):
-                row[key].append(value)
-            if _config["verbose"]:
-                print(f"alpha={alpha:.3g} {name}: lambdahat={values[0]} {values[3]}")
+    done = 0  # (α, sampler) estimates completed, in sweep order
+    if ck.state is not None:
+        saved = json.loads(ck.state["json"])
+        table, output_diffs, done = saved["table"], saved["output_diffs"], saved["done"]
+    unit = 0
+
+    def capture():
+        return {"json": json.dumps(json_ready({"table": table, "output_diffs": output_diffs, "done": unit}))}
+
+    with ck.deferring():
+        for i, alpha in enumerate(alphas):
+            w_alpha = rescale_params(w_star, layer, alpha)
+            w_flat = torch.cat([w_alpha[k].reshape(-1) for k in names]).to(device=device, dtype=dtype)
+            if unit >= done:  # this α not started before an interruption
+                with torch.no_grad():
+                    diff = float((f_flat(w_flat, x) - y).abs().max() / y.abs().max())
+                output_diffs.append(diff)
+                assert diff < (1e-9 if dtype == torch.float64 else 1e-4), f"rescaling by α={alpha} changed the function ({diff})"
+                _run.log_scalar("rescaling/log10_alpha", math.log10(alpha), i)
+            for name in samplers:
+                unit += 1
+                if unit <= done:
+                    continue  # done before the interruption: its row and metrics are restored
+                # each α its own chains: flatness is measured, not built in
+                seed = derived_seed(_seed, SAMPLING, _config["first_alpha_index"] + i)
+                row = table[name]
+                accept = None
+                try:
+                    if name == "psgld":
+                        m = torch.repeat_interleave(torch.tensor(tensor_scales({k: w_alpha[k].to(x) for k in names}, x), dtype=dtype),
+                                                    torch.tensor(segments)).to(device)  # (P,)
+                        res = estimate_llc_psgld(loss, w_flat, x, y, checked["configs"][name], checked["precond"], seed,
+                                                 segments, scales=m)
+                    elif name == "psgld_fixed" or every is not None:  # plain SGLD is the fixed D = 1
+                        factors = layer_preconditioner(sizes, layer, alpha) if name == "psgld_fixed" else [1.0] * len(segments)
+                        d = torch.repeat_interleave(torch.tensor(factors, dtype=dtype), torch.tensor(segments)).to(device)
+                        res, trace = estimate_llc_psgld_traced(loss, w_flat, x, y, checked["configs"][name], absolute, seed,
+                                                               segments, preconditioner=d, accept_every=every,
+                                                               accept_identity_density=identity)
+                        acc = trace.mala_acceptance  # None when not recorded; empty when fewer than k steps
+                        accept = float(acc.mean()) if acc is not None and acc.size else None
+                    else:
+                        res = estimate_llc_flat(loss, w_flat, x, y, checked["configs"][name], seed)
+                    values = (res.lambdahat, res.lambdahat_std, None if math.isnan(res.rhat) else res.rhat, "ok", None, accept)
+                    _run.log_scalar(f"{name}/lambdahat", res.lambdahat, i)
+                    _run.log_scalar(f"{name}/lambdahat_std", res.lambdahat_std, i)
+                    if accept is not None:
+                        _run.log_scalar(f"{name}/mala_acceptance", accept, i)
+                except (SGLDDivergenceError, FloatingPointError) as err:
+                    values = (None, None, None, "failed", str(err), None)
+                for key, value in zip(keys, values):
+                    row[key].append(value)
+                if _config["verbose"]:
+                    print(f"alpha={alpha:.3g} {name}: lambdahat={values[0]} {values[3]}")
+                ck.boundary(unit, capture)
     _run.info["output_max_relative_difference"] = output_diffs
 
     result = {"alphas": alphas, "samplers": samplers, "model_dim": sum(segments),
