@@ -83,10 +83,12 @@ def cfg():
     sgld_config = dict(
         batch_size=32,  # minibatch per step and chain (<= every n)
         loss_trace_minibatch=True,  # True: L_B of each step's batch (original) | False: full-data L_n per draw
+        compile="auto",  # torch.compile the step: "auto" (runs of >= llc.sgld.COMPILE_AUTO_MIN_CHAIN_STEPS chain-steps), True, False
     )
     mala_config = dict(
         adapt_step_size=False,  # False: ε fixed (original) | True: tune each chain's ε during burn-in
         target_acceptance=0.574,  # the tuning's target (Roberts & Rosenthal 1998), with adapt_step_size
+        compile="auto",  # "auto" | False: the eager step (MALA has no compiled step) | True: an error
     )
     mala_acceptance_every = 20  # SGLD's MALA acceptance probability every k-th step (original: 20); None: off
     sgld_trace = "pre_step"  # pre_step: L_B(w_t) on step t's batch (unbiased) | post_step: L_B(w_{t+1}) (original; biased low)
@@ -242,13 +244,19 @@ def run_sgld_with_acceptance(loss, w_star, x, y, cfg: SGLDConfig, seed: int, eve
     trace = run_sgld(loss, w_star, x, y, cfg, seed, callback=callback if every is not None or post_step else None)
     accept = float(torch.stack(probs).mean()) if probs else None
     losses = torch.stack(after, 1).cpu() if post_step else trace.loss  # (C, T)
-    return llc_result(losses, init, trace.nbeta, trace.burnin, cfg), accept, spent[0]
+    return llc_result(losses, init, trace.nbeta, trace.burnin, cfg, trace.compile_mode), accept, spent[0]
 
 
 def _warm_up(loss, w_star, x, y, checked) -> None:
-    """Two untimed steps of each sampler, so neither time_s pays for first-call set-up (allocator, vmap)."""
+    """Two untimed steps of each sampler, so neither time_s pays for first-call set-up (allocator, vmap).
+
+    The SGLD warm-up compiles when the sweep's runs will (compile=True, or "auto" on long
+    runs), so torch.compile's first call is not in the first n's time_s either.
+    """
     two = dict(num_steps=2, num_burnin_steps=0)
-    run_sgld_with_acceptance(loss, w_star, x, y, SGLDConfig(**{**checked["sgld"], **two}, epsilon=1e-12), 0, 1)
+    compiles = SGLDConfig(**checked["sgld"], epsilon=1.0).wants_compile()
+    run_sgld_with_acceptance(loss, w_star, x, y, SGLDConfig(**{**checked["sgld"], **two, "compile": compiles},
+                                                            epsilon=1e-12), 0, 1)
     estimate_llc_mala(loss, w_star, x, y, MALAConfig(**{**checked["mala"], **two}, epsilon=1e-12), seed=0,
                       eval_batch_size=EVAL_BATCH)
 
@@ -288,7 +296,7 @@ def _main(_config, _run, _seed, checked, ck):
 
     _warm_up(loss, w_flat, x_all[:ns[0]].to(device), y_all[:ns[0]].to(device), checked)
     fields = ("lambdahat", "lambdahat_std", "lambdahat_per_chain", "rhat", "acceptance_rate", "time_s",
-              "time_per_chain_step_s", "diagnostic_time_s", "status", "reason")
+              "time_per_chain_step_s", "diagnostic_time_s", "status", "reason", "compile_mode")
     rows = {name: {k: [] for k in fields} for name in SAMPLERS}
     done = 0  # (n, sampler) estimates completed, in sweep order
     if ck.state is not None:
@@ -323,11 +331,11 @@ def _main(_config, _run, _seed, checked, ck):
                     values = dict(lambdahat=llc.lambdahat, lambdahat_std=llc.lambdahat_std,
                                   lambdahat_per_chain=llc.lambdahat_per_chain,
                                   rhat=None if math.isnan(llc.rhat) else llc.rhat, acceptance_rate=accept,
-                                  status="ok", reason=None)
+                                  status="ok", reason=None, compile_mode=llc.compile_mode)
                 except (SGLDDivergenceError, FloatingPointError) as err:
                     diagnostic_s = 0.0
                     values = dict(lambdahat=None, lambdahat_std=None, lambdahat_per_chain=None, rhat=None,
-                                  acceptance_rate=None, status="failed", reason=str(err))
+                                  acceptance_rate=None, status="failed", reason=str(err), compile_mode=None)
                 elapsed = time.perf_counter() - start - diagnostic_s  # the sampler's own time
                 values.update(time_s=elapsed, time_per_chain_step_s=elapsed / (cfg.num_steps * cfg.num_chains),
                               diagnostic_time_s=diagnostic_s)

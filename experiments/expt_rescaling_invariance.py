@@ -53,7 +53,7 @@ ex = add_checkpoint_config(configure_experiment(Experiment("rescaling_invariance
 
 SAMPLERS = ("psgld_fixed", "psgld", "sgld")
 ACCEPTANCE_DENSITIES = ("preconditioned", "identity")
-PSGLD_KEYS = ("rho", "delta", "kappa", "adapt_steps", "localisation")
+PSGLD_KEYS = ("rho", "delta", "kappa", "adapt_steps", "localisation", "compile")
 
 
 @ex.config
@@ -88,6 +88,7 @@ def cfg():
         kappa=1e-4,  # initial D = κ · mean(w*²) per tensor
         adapt_steps=None,  # None -> the burn-in
         localisation="relative",  # relative: γ/2 Σ_s ||w_s - w*_s||² / mean(w*_s²) (equivariant) | absolute: γ/2 ||w - w*||²
+        compile="auto",  # "auto" | False: the eager step (pSGLD has no compiled step) | True: an error
     )
     sgld_config = dict(  # psgld_fixed and plain sgld (the notebook's values)
         epsilon=1e-5,  # step size ε
@@ -97,6 +98,7 @@ def cfg():
         num_chains=5,  # the notebook's num_runs, vectorised with vmap
         nbeta=None,  # None -> n / log n (original itemp = 1 / log n)
         num_burnin_steps=0,  # original: every draw is averaged
+        compile="auto",  # torch.compile plain sgld's step: "auto" (>= llc.sgld.COMPILE_AUTO_MIN_CHAIN_STEPS chain-steps), True, False; only with mala_acceptance_every=None (else it and psgld_fixed run the eager pSGLD step; compile_mode says which ran)
     )
     loss_trace_minibatch = False  # False: full-data L_n at every draw (original) | True: the step's minibatch loss (no full-data pass)
 
@@ -209,6 +211,10 @@ def validate(config: dict) -> dict:
     sgld = build_config(SGLDConfig, {**config["sgld_config"], **trace}, "sgld_config")
     configs = {"psgld": build_config(SGLDConfig, {**psgld_values, **trace}, "psgld_config"),
                "sgld": sgld, "psgld_fixed": sgld}
+    if sgld.compile is True and ("sgld" not in samplers or every is not None):
+        raise ValueError("sgld_config.compile=True compiles only the plain 'sgld' sampler with mala_acceptance_every=None "
+                         "(psgld_fixed, and sgld with the acceptance diagnostic, run the eager pSGLD step); "
+                         f"got samplers={list(samplers)!r}, mala_acceptance_every={every!r}")
     for name in samplers:
         if configs[name].batch_size > n:
             raise ValueError(f"{'sgld' if name == 'psgld_fixed' else name}_config.batch_size must be <= num_training_data ({n}); got {configs[name].batch_size}")
@@ -283,7 +289,7 @@ def _main(_config, _run, _seed, checked, ck):
     def loss(w, xb, yb):
         return _mse(f_flat(w, xb), yb)
 
-    keys = ("lambdahat", "lambdahat_std", "rhat", "status", "reason", "mala_acceptance")
+    keys = ("lambdahat", "lambdahat_std", "rhat", "status", "reason", "mala_acceptance", "compile_mode")
     table = {name: {k: [] for k in keys} for name in samplers}
     every = _config["mala_acceptance_every"]
     identity = _config["mala_acceptance_density"] == "identity"
@@ -332,13 +338,14 @@ def _main(_config, _run, _seed, checked, ck):
                         accept = float(acc.mean()) if acc is not None and acc.size else None
                     else:
                         res = estimate_llc_flat(loss, w_flat, x, y, checked["configs"][name], seed)
-                    values = (res.lambdahat, res.lambdahat_std, None if math.isnan(res.rhat) else res.rhat, "ok", None, accept)
+                    values = (res.lambdahat, res.lambdahat_std, None if math.isnan(res.rhat) else res.rhat, "ok", None, accept,
+                              res.compile_mode)
                     _run.log_scalar(f"{name}/lambdahat", res.lambdahat, i)
                     _run.log_scalar(f"{name}/lambdahat_std", res.lambdahat_std, i)
                     if accept is not None:
                         _run.log_scalar(f"{name}/mala_acceptance", accept, i)
                 except (SGLDDivergenceError, FloatingPointError) as err:
-                    values = (None, None, None, "failed", str(err), None)
+                    values = (None, None, None, "failed", str(err), None, None)
                 for key, value in zip(keys, values):
                     row[key].append(value)
                 if _config["verbose"]:
