@@ -16,7 +16,7 @@ from tests.conftest import load_experiment
 from tests.test_preempt_experiments import (
     SESSION_INFO, assert_resumed_equals_uninterrupted, interrupted_then_resumed, read, run,
 )
-from tracking.checkpoint import checkpoint_files
+from tracking.checkpoint import CheckpointError, checkpoint_files
 from tracking.preempt import TEST_ENV, Preempted
 
 MALA = dict(device="cpu", input_dim=3, layer_widths=[4, 2], num_training_data=[50, 100, 150], epsilon=1e-3,
@@ -102,7 +102,5 @@ def test_rescaling_resume_refuses_a_different_config(tmp_path, monkeypatch):
     with pytest.raises(Preempted):
         run(expt, tmp_path / "store", RESCALE)
     monkeypatch.delenv(TEST_ENV)
-    from tracking.checkpoint import CheckpointError
-
     with pytest.raises(CheckpointError, match=r"alphas \(checkpoint \[0.01, 1.0, 100.0\], now \[0.01, 1.0\]\)"):
         run(expt, tmp_path / "store", {**RESCALE, "alphas": [0.01, 1.0]})
