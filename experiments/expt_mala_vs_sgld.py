@@ -25,6 +25,7 @@ the same at every n (at fixed ε, MALA's acceptance falls as n grows).
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -40,9 +41,10 @@ from llc.sgld import SGLDConfig, SGLDDivergenceError, mala_acceptance_probabilit
 from models.device import DTYPES, derived_seed, resolve_device, resolve_dtype
 from models.relu_mlp import INITS, ReLUMLP, notebook_teacher
 from tracking.key_aliases import resolve_alias
+from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import build_config, configure_experiment, json_ready, run_cli, seed_everything
 
-ex = configure_experiment(Experiment("mala_vs_sgld"))
+ex = add_checkpoint_config(configure_experiment(Experiment("mala_vs_sgld")))
 
 SAMPLERS = ("sgld", "mala")
 SGLD_TRACES = ("pre_step", "post_step")
@@ -81,10 +83,12 @@ def cfg():
     sgld_config = dict(
         batch_size=32,  # minibatch per step and chain (<= every n)
         loss_trace_minibatch=True,  # True: L_B of each step's batch (original) | False: full-data L_n per draw
+        compile="auto",  # torch.compile the step: "auto" (runs of >= llc.sgld.COMPILE_AUTO_MIN_CHAIN_STEPS chain-steps), True, False
     )
     mala_config = dict(
         adapt_step_size=False,  # False: ε fixed (original) | True: tune each chain's ε during burn-in
         target_acceptance=0.574,  # the tuning's target (Roberts & Rosenthal 1998), with adapt_step_size
+        compile="auto",  # "auto" | False: the eager step (MALA has no compiled step) | True: an error
     )
     mala_acceptance_every = 20  # SGLD's MALA acceptance probability every k-th step (original: 20); None: off
     sgld_trace = "pre_step"  # pre_step: L_B(w_t) on step t's batch (unbiased) | post_step: L_B(w_{t+1}) (original; biased low)
@@ -240,13 +244,19 @@ def run_sgld_with_acceptance(loss, w_star, x, y, cfg: SGLDConfig, seed: int, eve
     trace = run_sgld(loss, w_star, x, y, cfg, seed, callback=callback if every is not None or post_step else None)
     accept = float(torch.stack(probs).mean()) if probs else None
     losses = torch.stack(after, 1).cpu() if post_step else trace.loss  # (C, T)
-    return llc_result(losses, init, trace.nbeta, trace.burnin, cfg), accept, spent[0]
+    return llc_result(losses, init, trace.nbeta, trace.burnin, cfg, trace.compile_mode), accept, spent[0]
 
 
 def _warm_up(loss, w_star, x, y, checked) -> None:
-    """Two untimed steps of each sampler, so neither time_s pays for first-call set-up (allocator, vmap)."""
+    """Two untimed steps of each sampler, so neither time_s pays for first-call set-up (allocator, vmap).
+
+    The SGLD warm-up compiles when the sweep's runs will (compile=True, or "auto" on long
+    runs), so torch.compile's first call is not in the first n's time_s either.
+    """
     two = dict(num_steps=2, num_burnin_steps=0)
-    run_sgld_with_acceptance(loss, w_star, x, y, SGLDConfig(**{**checked["sgld"], **two}, epsilon=1e-12), 0, 1)
+    compiles = SGLDConfig(**checked["sgld"], epsilon=1.0).wants_compile()
+    run_sgld_with_acceptance(loss, w_star, x, y, SGLDConfig(**{**checked["sgld"], **two, "compile": compiles},
+                                                            epsilon=1e-12), 0, 1)
     estimate_llc_mala(loss, w_star, x, y, MALAConfig(**{**checked["mala"], **two}, epsilon=1e-12), seed=0,
                       eval_batch_size=EVAL_BATCH)
 
@@ -254,6 +264,17 @@ def _warm_up(loss, w_star, x, y, checked) -> None:
 @ex.main
 def main(_config, _run, _seed):
     checked = validate(_config)
+    with checkpointing(_run, _config) as ck:  # SIGTERM/SIGUSR1/SIGINT -> checkpoint after the running (n, sampler)
+        return _main(_config, _run, _seed, checked, ck)
+
+
+def _main(_config, _run, _seed, checked, ck):
+    """The n sweep; the unit of work is one (n, sampler) estimate, and a signal lets the running one finish.
+
+    ``ck.boundary(k)`` after the k-th estimate: the checkpoint holds the rows of the k
+    estimates done (``ck.state['rows']``, JSON), so a resumed run skips them; each
+    estimate's chains have their own seed, so the remaining ones draw what they would have.
+    """
     seed_everything(_seed)
     device, dtype = checked["device"], resolve_dtype(_config["dtype"])
     sizes = [_config["input_dim"], *_config["layer_widths"]]
@@ -275,52 +296,69 @@ def main(_config, _run, _seed):
 
     _warm_up(loss, w_flat, x_all[:ns[0]].to(device), y_all[:ns[0]].to(device), checked)
     fields = ("lambdahat", "lambdahat_std", "lambdahat_per_chain", "rhat", "acceptance_rate", "time_s",
-              "time_per_chain_step_s", "diagnostic_time_s", "status", "reason")
+              "time_per_chain_step_s", "diagnostic_time_s", "status", "reason", "compile_mode")
     rows = {name: {k: [] for k in fields} for name in SAMPLERS}
+    done = 0  # (n, sampler) estimates completed, in sweep order
+    if ck.state is not None:
+        rows, done = json.loads(ck.state["rows"]), int(ck.state["done"])
     every = _config["mala_acceptance_every"]
-    for n in ns:
-        x, y = x_all[:n].to(device), y_all[:n].to(device)
-        eps = checked["epsilon"][n]
-        for name in SAMPLERS:
-            row = rows[name]
-            start = time.perf_counter()
-            try:
-                if name == "sgld":
-                    cfg = SGLDConfig(**checked["sgld"], epsilon=eps)
-                    llc, accept, diagnostic_s = run_sgld_with_acceptance(
-                        loss, w_flat, x, y, cfg, derived_seed(_seed, SGLD_CHAINS, n), every,
-                        post_step=_config["sgld_trace"] == "post_step")
-                else:
-                    cfg = MALAConfig(**checked["mala"], epsilon=eps)
-                    res = estimate_llc_mala(loss, w_flat, x, y, cfg, seed=derived_seed(_seed, MALA_CHAINS, n),
-                                            eval_batch_size=EVAL_BATCH)
-                    llc, accept, diagnostic_s = res.llc, float(res.acceptance_rate.mean()), 0.0
-                values = dict(lambdahat=llc.lambdahat, lambdahat_std=llc.lambdahat_std,
-                              lambdahat_per_chain=llc.lambdahat_per_chain,
-                              rhat=None if math.isnan(llc.rhat) else llc.rhat, acceptance_rate=accept,
-                              status="ok", reason=None)
-            except (SGLDDivergenceError, FloatingPointError) as err:
-                diagnostic_s = 0.0
-                values = dict(lambdahat=None, lambdahat_std=None, lambdahat_per_chain=None, rhat=None,
-                              acceptance_rate=None, status="failed", reason=str(err))
-            elapsed = time.perf_counter() - start - diagnostic_s  # the sampler's own time
-            values.update(time_s=elapsed, time_per_chain_step_s=elapsed / (cfg.num_steps * cfg.num_chains),
-                          diagnostic_time_s=diagnostic_s)
-            for key in fields:
-                row[key].append(values[key])
-            _run.log_scalar(f"{name}/time_s", elapsed, n)
-            if values["lambdahat"] is not None:
-                _run.log_scalar(f"{name}/lambdahat", values["lambdahat"], n)
-                _run.log_scalar(f"{name}/lambdahat_std", values["lambdahat_std"], n)
-            if values["acceptance_rate"] is not None:
-                _run.log_scalar(f"{name}/acceptance_rate", values["acceptance_rate"], n)
-            if _config["verbose"]:
-                print(f"n={n} {name}: lambdahat={values['lambdahat']} accept={values['acceptance_rate']} "
-                      f"time={elapsed:.3g}s {values['status']}", flush=True)
-        s, m = rows["sgld"]["lambdahat"][-1], rows["mala"]["lambdahat"][-1]
-        if s is not None and m:
-            _run.log_scalar("compare/relative_difference", (s - m) / m, n)
-        _run.log_scalar("compare/time_ratio", rows["mala"]["time_s"][-1] / rows["sgld"]["time_s"][-1], n)
+    unit = 0
+
+    def capture():
+        return {"rows": json.dumps(json_ready(rows)), "done": unit}
+
+    with ck.deferring():
+        for n in ns:
+            x, y = x_all[:n].to(device), y_all[:n].to(device)
+            eps = checked["epsilon"][n]
+            for name in SAMPLERS:
+                unit += 1
+                if unit <= done:
+                    continue  # done before the interruption: its row and metrics are restored
+                row = rows[name]
+                start = time.perf_counter()
+                try:
+                    if name == "sgld":
+                        cfg = SGLDConfig(**checked["sgld"], epsilon=eps)
+                        llc, accept, diagnostic_s = run_sgld_with_acceptance(
+                            loss, w_flat, x, y, cfg, derived_seed(_seed, SGLD_CHAINS, n), every,
+                            post_step=_config["sgld_trace"] == "post_step")
+                    else:
+                        cfg = MALAConfig(**checked["mala"], epsilon=eps)
+                        res = estimate_llc_mala(loss, w_flat, x, y, cfg, seed=derived_seed(_seed, MALA_CHAINS, n),
+                                                eval_batch_size=EVAL_BATCH)
+                        llc, accept, diagnostic_s = res.llc, float(res.acceptance_rate.mean()), 0.0
+                    values = dict(lambdahat=llc.lambdahat, lambdahat_std=llc.lambdahat_std,
+                                  lambdahat_per_chain=llc.lambdahat_per_chain,
+                                  rhat=None if math.isnan(llc.rhat) else llc.rhat, acceptance_rate=accept,
+                                  status="ok", reason=None, compile_mode=llc.compile_mode)
+                except (SGLDDivergenceError, FloatingPointError) as err:
+                    diagnostic_s = 0.0
+                    values = dict(lambdahat=None, lambdahat_std=None, lambdahat_per_chain=None, rhat=None,
+                                  acceptance_rate=None, status="failed", reason=str(err), compile_mode=None)
+                elapsed = time.perf_counter() - start - diagnostic_s  # the sampler's own time
+                values.update(time_s=elapsed, time_per_chain_step_s=elapsed / (cfg.num_steps * cfg.num_chains),
+                              diagnostic_time_s=diagnostic_s)
+                for key in fields:
+                    row[key].append(values[key])
+                _run.log_scalar(f"{name}/time_s", elapsed, n)
+                if values["lambdahat"] is not None:
+                    _run.log_scalar(f"{name}/lambdahat", values["lambdahat"], n)
+                    _run.log_scalar(f"{name}/lambdahat_std", values["lambdahat_std"], n)
+                if values["acceptance_rate"] is not None:
+                    _run.log_scalar(f"{name}/acceptance_rate", values["acceptance_rate"], n)
+                if _config["verbose"]:
+                    print(f"n={n} {name}: lambdahat={values['lambdahat']} accept={values['acceptance_rate']} "
+                          f"time={elapsed:.3g}s {values['status']}", flush=True)
+                if name != SAMPLERS[-1]:
+                    ck.boundary(unit, capture)
+            if unit <= done:
+                continue  # this n's comparison was logged before the interruption
+            s, m = rows["sgld"]["lambdahat"][-1], rows["mala"]["lambdahat"][-1]
+            if s is not None and m:
+                _run.log_scalar("compare/relative_difference", (s - m) / m, n)
+            _run.log_scalar("compare/time_ratio", rows["mala"]["time_s"][-1] / rows["sgld"]["time_s"][-1], n)
+            ck.boundary(unit, capture)  # after this n's comparison, so a resume never logs it twice
 
     pairs = list(zip(rows["sgld"]["lambdahat"], rows["mala"]["lambdahat"]))
     notebook_net = sizes == [10, 20, 20, 10]

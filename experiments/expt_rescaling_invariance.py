@@ -32,6 +32,7 @@ a failed estimate at that α and the sweep goes on.
 """
 from __future__ import annotations
 
+import json
 import math
 
 import torch
@@ -45,13 +46,14 @@ from llc.sgld import SGLDConfig, SGLDDivergenceError
 from models.device import DTYPES, derived_seed, resolve_device, resolve_dtype
 from models.relu_mlp import INITS, ReLUMLP, layer_preconditioner, notebook_teacher, rescale_params
 from tracking.key_aliases import resolve_alias
+from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import build_config, configure_experiment, json_ready, run_cli, seed_everything
 
-ex = configure_experiment(Experiment("rescaling_invariance"))
+ex = add_checkpoint_config(configure_experiment(Experiment("rescaling_invariance")))
 
 SAMPLERS = ("psgld_fixed", "psgld", "sgld")
 ACCEPTANCE_DENSITIES = ("preconditioned", "identity")
-PSGLD_KEYS = ("rho", "delta", "kappa", "adapt_steps", "localisation")
+PSGLD_KEYS = ("rho", "delta", "kappa", "adapt_steps", "localisation", "compile")
 
 
 @ex.config
@@ -86,6 +88,7 @@ def cfg():
         kappa=1e-4,  # initial D = κ · mean(w*²) per tensor
         adapt_steps=None,  # None -> the burn-in
         localisation="relative",  # relative: γ/2 Σ_s ||w_s - w*_s||² / mean(w*_s²) (equivariant) | absolute: γ/2 ||w - w*||²
+        compile="auto",  # "auto" | False: the eager step (pSGLD has no compiled step) | True: an error
     )
     sgld_config = dict(  # psgld_fixed and plain sgld (the notebook's values)
         epsilon=1e-5,  # step size ε
@@ -95,6 +98,7 @@ def cfg():
         num_chains=5,  # the notebook's num_runs, vectorised with vmap
         nbeta=None,  # None -> n / log n (original itemp = 1 / log n)
         num_burnin_steps=0,  # original: every draw is averaged
+        compile="auto",  # torch.compile plain sgld's step: "auto" (>= llc.sgld.COMPILE_AUTO_MIN_CHAIN_STEPS chain-steps), True, False; only with mala_acceptance_every=None (else it and psgld_fixed run the eager pSGLD step; compile_mode says which ran)
     )
     loss_trace_minibatch = False  # False: full-data L_n at every draw (original) | True: the step's minibatch loss (no full-data pass)
 
@@ -207,6 +211,10 @@ def validate(config: dict) -> dict:
     sgld = build_config(SGLDConfig, {**config["sgld_config"], **trace}, "sgld_config")
     configs = {"psgld": build_config(SGLDConfig, {**psgld_values, **trace}, "psgld_config"),
                "sgld": sgld, "psgld_fixed": sgld}
+    if sgld.compile is True and ("sgld" not in samplers or every is not None):
+        raise ValueError("sgld_config.compile=True compiles only the plain 'sgld' sampler with mala_acceptance_every=None "
+                         "(psgld_fixed, and sgld with the acceptance diagnostic, run the eager pSGLD step); "
+                         f"got samplers={list(samplers)!r}, mala_acceptance_every={every!r}")
     for name in samplers:
         if configs[name].batch_size > n:
             raise ValueError(f"{'sgld' if name == 'psgld_fixed' else name}_config.batch_size must be <= num_training_data ({n}); got {configs[name].batch_size}")
@@ -242,13 +250,24 @@ def tensor_scales(params: dict, x: torch.Tensor) -> list[float]:
 
 
 def _mse(out, y):
-    return ((out - y) ** 2).mean()  # mean over batch and outputs, no 1/2 (reference.md §1)
+    return ((out - y) ** 2).mean()  # mean over batch and outputs, no 1/2 (docs/notes/llc.md#conventions)
 
 
 @ex.main
 def main(_config, _run, _seed):
     _config = resolve_original_keys(_config)
     checked = validate(_config)
+    with checkpointing(_run, _config) as ck:  # SIGTERM/SIGUSR1/SIGINT -> checkpoint after the running (α, sampler)
+        return _main(_config, _run, _seed, checked, ck)
+
+
+def _main(_config, _run, _seed, checked, ck):
+    """The α sweep; the unit of work is one (α, sampler) estimate, and a signal lets the running one finish.
+
+    ``ck.boundary(k)`` after the k-th estimate: the checkpoint holds the table of the k
+    estimates done and the per-α output checks (``ck.state``, JSON), so a resumed run
+    skips them; each α has its own chains' seed, so the rest draw what they would have.
+    """
     seed_everything(_seed)
     device, dtype = checked["device"], resolve_dtype(_config["dtype"])
     sizes, n, layer = list(_config["layer_sizes"]), _config["num_training_data"], _config["rescale_layer"]
@@ -270,52 +289,68 @@ def main(_config, _run, _seed):
     def loss(w, xb, yb):
         return _mse(f_flat(w, xb), yb)
 
-    keys = ("lambdahat", "lambdahat_std", "rhat", "status", "reason", "mala_acceptance")
+    keys = ("lambdahat", "lambdahat_std", "rhat", "status", "reason", "mala_acceptance", "compile_mode")
     table = {name: {k: [] for k in keys} for name in samplers}
     every = _config["mala_acceptance_every"]
     identity = _config["mala_acceptance_density"] == "identity"
     absolute = PSGLDConfig(localisation="absolute")
     output_diffs = []
-    for i, alpha in enumerate(alphas):
-        w_alpha = rescale_params(w_star, layer, alpha)
-        w_flat = torch.cat([w_alpha[k].reshape(-1) for k in names]).to(device=device, dtype=dtype)
-        with torch.no_grad():
-            diff = float((f_flat(w_flat, x) - y).abs().max() / y.abs().max())
-        output_diffs.append(diff)
-        assert diff < (1e-9 if dtype == torch.float64 else 1e-4), f"rescaling by α={alpha} changed the function ({diff})"
-        _run.log_scalar("rescaling/log10_alpha", math.log10(alpha), i)
-        for name in samplers:
-            # each α its own chains: flatness is measured, not built in
-            seed = derived_seed(_seed, SAMPLING, _config["first_alpha_index"] + i)
-            row = table[name]
-            accept = None
-            try:
-                if name == "psgld":
-                    m = torch.repeat_interleave(torch.tensor(tensor_scales({k: w_alpha[k].to(x) for k in names}, x), dtype=dtype),
-                                                torch.tensor(segments)).to(device)  # (P,)
-                    res = estimate_llc_psgld(loss, w_flat, x, y, checked["configs"][name], checked["precond"], seed,
-                                             segments, scales=m)
-                elif name == "psgld_fixed" or every is not None:  # plain SGLD is the fixed D = 1
-                    factors = layer_preconditioner(sizes, layer, alpha) if name == "psgld_fixed" else [1.0] * len(segments)
-                    d = torch.repeat_interleave(torch.tensor(factors, dtype=dtype), torch.tensor(segments)).to(device)
-                    res, trace = estimate_llc_psgld_traced(loss, w_flat, x, y, checked["configs"][name], absolute, seed,
-                                                           segments, preconditioner=d, accept_every=every,
-                                                           accept_identity_density=identity)
-                    acc = trace.mala_acceptance  # None when not recorded; empty when fewer than k steps
-                    accept = float(acc.mean()) if acc is not None and acc.size else None
-                else:
-                    res = estimate_llc_flat(loss, w_flat, x, y, checked["configs"][name], seed)
-                values = (res.lambdahat, res.lambdahat_std, None if math.isnan(res.rhat) else res.rhat, "ok", None, accept)
-                _run.log_scalar(f"{name}/lambdahat", res.lambdahat, i)
-                _run.log_scalar(f"{name}/lambdahat_std", res.lambdahat_std, i)
-                if accept is not None:
-                    _run.log_scalar(f"{name}/mala_acceptance", accept, i)
-            except (SGLDDivergenceError, FloatingPointError) as err:
-                values = (None, None, None, "failed", str(err), None)
-            for key, value in zip(keys, values):
-                row[key].append(value)
-            if _config["verbose"]:
-                print(f"alpha={alpha:.3g} {name}: lambdahat={values[0]} {values[3]}")
+    done = 0  # (α, sampler) estimates completed, in sweep order
+    if ck.state is not None:
+        saved = json.loads(ck.state["json"])
+        table, output_diffs, done = saved["table"], saved["output_diffs"], saved["done"]
+    unit = 0
+
+    def capture():
+        return {"json": json.dumps(json_ready({"table": table, "output_diffs": output_diffs, "done": unit}))}
+
+    with ck.deferring():
+        for i, alpha in enumerate(alphas):
+            w_alpha = rescale_params(w_star, layer, alpha)
+            w_flat = torch.cat([w_alpha[k].reshape(-1) for k in names]).to(device=device, dtype=dtype)
+            if unit >= done:  # this α not started before an interruption
+                with torch.no_grad():
+                    diff = float((f_flat(w_flat, x) - y).abs().max() / y.abs().max())
+                output_diffs.append(diff)
+                assert diff < (1e-9 if dtype == torch.float64 else 1e-4), f"rescaling by α={alpha} changed the function ({diff})"
+                _run.log_scalar("rescaling/log10_alpha", math.log10(alpha), i)
+            for name in samplers:
+                unit += 1
+                if unit <= done:
+                    continue  # done before the interruption: its row and metrics are restored
+                # each α its own chains: flatness is measured, not built in
+                seed = derived_seed(_seed, SAMPLING, _config["first_alpha_index"] + i)
+                row = table[name]
+                accept = None
+                try:
+                    if name == "psgld":
+                        m = torch.repeat_interleave(torch.tensor(tensor_scales({k: w_alpha[k].to(x) for k in names}, x), dtype=dtype),
+                                                    torch.tensor(segments)).to(device)  # (P,)
+                        res = estimate_llc_psgld(loss, w_flat, x, y, checked["configs"][name], checked["precond"], seed,
+                                                 segments, scales=m)
+                    elif name == "psgld_fixed" or every is not None:  # plain SGLD is the fixed D = 1
+                        factors = layer_preconditioner(sizes, layer, alpha) if name == "psgld_fixed" else [1.0] * len(segments)
+                        d = torch.repeat_interleave(torch.tensor(factors, dtype=dtype), torch.tensor(segments)).to(device)
+                        res, trace = estimate_llc_psgld_traced(loss, w_flat, x, y, checked["configs"][name], absolute, seed,
+                                                               segments, preconditioner=d, accept_every=every,
+                                                               accept_identity_density=identity)
+                        acc = trace.mala_acceptance  # None when not recorded; empty when fewer than k steps
+                        accept = float(acc.mean()) if acc is not None and acc.size else None
+                    else:
+                        res = estimate_llc_flat(loss, w_flat, x, y, checked["configs"][name], seed)
+                    values = (res.lambdahat, res.lambdahat_std, None if math.isnan(res.rhat) else res.rhat, "ok", None, accept,
+                              res.compile_mode)
+                    _run.log_scalar(f"{name}/lambdahat", res.lambdahat, i)
+                    _run.log_scalar(f"{name}/lambdahat_std", res.lambdahat_std, i)
+                    if accept is not None:
+                        _run.log_scalar(f"{name}/mala_acceptance", accept, i)
+                except (SGLDDivergenceError, FloatingPointError) as err:
+                    values = (None, None, None, "failed", str(err), None, None)
+                for key, value in zip(keys, values):
+                    row[key].append(value)
+                if _config["verbose"]:
+                    print(f"alpha={alpha:.3g} {name}: lambdahat={values[0]} {values[3]}")
+                ck.boundary(unit, capture)
     _run.info["output_max_relative_difference"] = output_diffs
 
     result = {"alphas": alphas, "samplers": samplers, "model_dim": sum(segments),

@@ -35,8 +35,8 @@ from torch import Tensor
 from torch.func import vmap
 
 from llc.estimate import LLCResult
-from llc.psgld import initial_loss, llc_result
-from llc.sgld import FlatLoss, SGLDDivergenceError, chain_generators
+from llc.psgld import COMPILE_TRUE_ERROR, initial_loss, llc_result
+from llc.sgld import FlatLoss, SGLDDivergenceError, chain_generators, check_compile
 
 _NOISE_BLOCK_NUMEL = 1 << 20
 _MAX_BLOCK_STEPS = 128
@@ -56,6 +56,9 @@ class MALAConfig:
             window); None means the first 90%.
         adapt_step_size: tune each chain's ε during burn-in.
         target_acceptance: the acceptance probability the tuning aims at, in (0, 1).
+        compile: "auto" (default), True or False, as SGLDConfig's. MALA has no compiled
+            step, so "auto" and False run eager and True is a ValueError (not a silent
+            eager run); the result's ``compile_mode`` is "eager".
     """
 
     epsilon: float = 1e-5
@@ -66,8 +69,12 @@ class MALAConfig:
     num_burnin_steps: int | None = None
     adapt_step_size: bool = True
     target_acceptance: float = 0.574
+    compile: bool | str = "auto"
 
     def __post_init__(self):
+        check_compile(self.compile)
+        if self.compile is True:
+            raise ValueError(COMPILE_TRUE_ERROR.format(sampler="MALA (llc.mala)"))
         def _int(name, lo):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
@@ -299,7 +306,7 @@ def estimate_llc_mala(
     init = initial_loss(loss_fn, w_star, x, y, eval_batch_size)
     trace = run_mala(loss_fn, w_star, x, y, config, seed, eval_batch_size)
     return MALAResult(
-        llc=llc_result(trace.loss, init, trace.nbeta, trace.burnin, config),
+        llc=llc_result(trace.loss, init, trace.nbeta, trace.burnin, config, compile_mode="eager"),  # no compiled step
         acceptance_rate=trace.acceptance_rate,
         epsilon=trace.epsilon,
     )

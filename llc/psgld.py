@@ -73,7 +73,7 @@ from torch.func import vmap
 
 from llc.diagnostics import split_rhat
 from llc.estimate import LLCResult, llc_from_trace
-from llc.sgld import FlatLoss, SGLDConfig, SGLDDivergenceError, chain_generators, full_data_loss
+from llc.sgld import FlatLoss, SGLDConfig, SGLDDivergenceError, chain_generators, check_compile, full_data_loss
 
 # Noise is drawn in blocks of K steps per chain; K * P is capped at this many numbers.
 _NOISE_BLOCK_NUMEL = 1 << 20
@@ -81,6 +81,9 @@ _MAX_BLOCK_STEPS = 128
 
 
 LOCALISATIONS = ("relative", "absolute")
+# compile=True where a sampler has no compiled step (pSGLD here, MALA in llc.mala).
+COMPILE_TRUE_ERROR = ("compile=True: {sampler} has no compiled step (only llc.sgld's is compiled); "
+                      "use compile='auto' or False, which run the eager step")
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,9 @@ class PSGLDConfig:
         adapt_steps: steps during which V is updated; None -> the burn-in. 0 keeps D_0.
         localisation: 'relative' (γ/2 Σ_s ||w_s - w*_s||² / mean(w*_s²): equivariant)
             or 'absolute' (γ/2 ||w - w*||²: plain SGLD's target).
+        compile: "auto" (default), True or False, as SGLDConfig's. pSGLD has no compiled
+            step, so "auto" and False run eager and True is a ValueError (not a silent
+            eager run). :func:`run_psgld` reads this key, not its SGLDConfig's ``compile``.
     """
 
     rho: float = 0.99
@@ -102,8 +108,12 @@ class PSGLDConfig:
     kappa: float = 1e-4
     adapt_steps: int | None = None
     localisation: str = "relative"
+    compile: bool | str = "auto"
 
     def __post_init__(self):
+        check_compile(self.compile)
+        if self.compile is True:
+            raise ValueError(COMPILE_TRUE_ERROR.format(sampler="pSGLD (llc.psgld)"))
         if self.localisation not in LOCALISATIONS:
             raise ValueError(f"localisation must be one of {LOCALISATIONS}; got {self.localisation!r}")
         if not (isinstance(self.rho, (int, float)) and 0 <= self.rho < 1):

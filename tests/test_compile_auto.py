@@ -11,6 +11,8 @@ from torch.utils.data import TensorDataset
 
 import llc.sgld as sgld
 from llc.estimate import estimate_llc
+from llc.mala import MALAConfig, estimate_llc_mala
+from llc.psgld import PSGLDConfig, estimate_llc_psgld
 from llc.sgld import SGLDConfig, run_sgld
 from tests.cases import dln_case, mse
 
@@ -119,3 +121,69 @@ def test_real_compile_matches_eager_lambdahat():
     assert comp.lambdahat == pytest.approx(eager.lambdahat, rel=1e-9, abs=1e-9)
     torch.testing.assert_close(torch.as_tensor(comp.loss_trace), torch.as_tensor(eager.loss_trace),
                                rtol=1e-9, atol=1e-12)
+
+
+# --- pSGLD and MALA: no compiled step, so "auto" resolves to eager and True is an error ---
+
+@pytest.mark.parametrize("cls", [PSGLDConfig, MALAConfig])
+def test_psgld_and_mala_compile_values(cls):
+    assert cls().compile == "auto" and cls(compile=False).compile is False
+    for bad in ("yes", "Auto", 1, 0, None):
+        with pytest.raises(ValueError, match=r"compile must be one of 'auto', True, False"):
+            cls(compile=bad)
+    with pytest.raises(ValueError, match=r"compile=True: .* has no compiled step"):
+        cls(compile=True)
+
+
+@pytest.mark.parametrize("compile_", ["auto", False])
+def test_psgld_and_mala_run_eager_and_record_it(monkeypatch, identity_compile, compile_):
+    """Even with the auto threshold at 1 chain-step, pSGLD and MALA run eager, compile nothing, and say so."""
+    monkeypatch.setattr(sgld, "COMPILE_AUTO_MIN_CHAIN_STEPS", 1)
+    _, loss, w, x, y = dln_case(n=200)
+    cfg = SGLDConfig(**CFG, num_chains=2, num_steps=10, compile=False)
+    p = estimate_llc_psgld(loss, w, x, y, cfg, PSGLDConfig(compile=compile_), seed=1)
+    m = estimate_llc_mala(loss, w, x, y, MALAConfig(epsilon=1e-5, num_steps=10, num_chains=2, compile=compile_), seed=1)
+    assert p.compile_mode == "eager" and m.llc.compile_mode == "eager" and identity_compile == []
+    # the key changes nothing else: the same numbers as the default config (exact: the same eager code ran)
+    assert p.lambdahat == estimate_llc_psgld(loss, w, x, y, cfg, PSGLDConfig(), seed=1).lambdahat
+    m0 = estimate_llc_mala(loss, w, x, y, MALAConfig(epsilon=1e-5, num_steps=10, num_chains=2), seed=1)
+    assert m.llc.lambdahat == m0.llc.lambdahat
+
+
+MVS = dict(device="cpu", input_dim=3, layer_widths=[4, 2], num_training_data=[50], epsilon=1e-3, num_steps=10,
+           num_chains=2, sgld_config=dict(batch_size=20), mala_acceptance_every=5, seed=1)
+RESC = dict(device="cpu", layer_sizes=[3, 4, 2], num_training_data=100, alphas=[1.0], degenerate_units=[2], seed=1,
+            psgld_config=dict(num_steps=10, batch_size=20, num_chains=2, num_burnin_steps=5),
+            sgld_config=dict(epsilon=1e-4, num_steps=10, batch_size=20, num_chains=2, num_burnin_steps=5))
+
+
+def test_mala_vs_sgld_compile_keys_reach_the_samplers(identity_compile):
+    from tests.conftest import load_experiment
+
+    expt = load_experiment("expt_mala_vs_sgld")
+    cfg = expt.ex.run("print_config").config
+    assert cfg["sgld_config"]["compile"] == "auto" and cfg["mala_config"]["compile"] == "auto"
+    for value, mode in ((True, "compiled"), (False, "eager")):
+        r = expt.ex.run(config_updates={**MVS, "sgld_config": dict(batch_size=20, compile=value)}).result
+        assert (r["sgld"]["compile_mode"], r["mala"]["compile_mode"]) == ([mode], ["eager"])
+    for key, value, match in (("sgld_config", "yes", r"sgld_config\.compile must be one of 'auto', True, False"),
+                              ("mala_config", 1, r"mala_config\.compile must be one of 'auto', True, False"),
+                              ("mala_config", True, r"mala_config\.compile=True: MALA .* has no compiled step")):
+        with pytest.raises(ValueError, match=match):
+            expt.ex.run(config_updates={**MVS, key: {"compile": value}})
+
+
+def test_rescaling_compile_keys_reach_the_samplers(identity_compile):
+    from tests.conftest import load_experiment
+
+    expt = load_experiment("expt_rescaling_invariance")
+    cfg = expt.ex.run("print_config").config
+    assert cfg["sgld_config"]["compile"] == "auto" and cfg["psgld_config"]["compile"] == "auto"
+    sg = dict(RESC["sgld_config"], compile=True)
+    r = expt.ex.run(config_updates={**RESC, "sgld_config": sg, "samplers": ["sgld", "psgld"],
+                                    "mala_acceptance_every": None}).result
+    assert (r["sgld"]["compile_mode"], r["psgld"]["compile_mode"]) == (["compiled"], ["eager"])
+    with pytest.raises(ValueError, match=r"psgld_config\.compile=True: pSGLD .* has no compiled step"):
+        expt.ex.run(config_updates={**RESC, "psgld_config": dict(RESC["psgld_config"], compile=True)})
+    with pytest.raises(ValueError, match=r"sgld_config\.compile=True compiles only the plain 'sgld' sampler"):
+        expt.ex.run(config_updates={**RESC, "sgld_config": sg})  # default samplers and mala_acceptance_every=20
