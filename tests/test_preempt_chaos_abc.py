@@ -63,3 +63,32 @@ def test_chaos_resumes_bit_for_bit(tmp_path, monkeypatch, usps_root, variant, st
     files = {"eigenthings.npz", "eigenthings_epoch0.npz", "hessian_spectra.npz", "hessian_matrices.npz"}
     files |= {"trajectories.npz", "distances.npz"} if variant == "copies" else set()
     assert files <= set(full["arrays"])
+
+
+@pytest.fixture(scope="module")
+def mnist_root(tmp_path_factory):
+    from tests.datasets import write_mnist
+
+    return str(write_mnist(tmp_path_factory.mktemp("abc_preempt_mnist"), n_train=60, n_test=20, seed=0))
+
+
+def abc_config(root, batch_order):
+    """Two trials of 10 steps, epochs of 4 batches (50 training points, the last batch of 2); IPLLR with
+    two calibrated warm-up steps (the per-trial betas), fresh epochs or the run's fixed batch list."""
+    extra = dict(first_step_batch="calibration") if batch_order == "epochs" else dict(batch_order="fixed_list")
+    return dict(data_root=root, dataset="mnist", n_val=10, L=2, width=16, batch_size=16, n_steps=10, n_trials=2,
+                parameterization="ipllr", activation="gelu", n_warmup_steps=2, device="cpu", seed=1,
+                run_key=f"abc-test-{batch_order}", **extra)
+
+
+# checkpoint steps count k·n_steps + t: 13 is trial 1's step 3 (mid-epoch); 10 its step 0 (trial 0 finished)
+@pytest.mark.parametrize("batch_order,step,signame", [("epochs", 13, "SIGTERM"), ("fixed_list", 10, "SIGUSR1")])
+def test_abc_params_resumes_bit_for_bit(tmp_path, monkeypatch, mnist_root, batch_order, step, signame):
+    expt = load_experiment("expt_abc_params")
+    dirs = interrupted_then_resumed(expt, tmp_path, monkeypatch, abc_config(mnist_root, batch_order), step, signame)
+    assert_resumed_equals_uninterrupted(*dirs, step, signame)
+    full, cut = read(dirs[0]), read(dirs[1])
+    assert len(full["run"]["result"]["warmup_base_lrs_per_trial"]) == 2
+    cut_steps = cut["metrics"].get("train/loss/trial1", {"steps": []})["steps"]
+    assert cut_steps == list(range(step - 10)) and len(cut["metrics"]["train/loss/trial0"]["steps"]) == 10
+    assert full["metrics"]["train/loss/trial1"]["steps"] == list(range(10))
