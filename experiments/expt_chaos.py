@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import math
-import warnings
 
 import torch
 from sacred import Experiment
@@ -39,7 +38,7 @@ from dynamics.perturb import perturbation_direction, random_subspace_baseline, s
 from llc.estimate import flat_model_for_module
 from models.chaos_nets import build_model
 from models.device import derived_seed, resolve_dtype
-from tracking.chaos_checks import CPU_FRAME_WARN, IMAGE_SIZE, NUM_CLASSES, validate
+from tracking.chaos_checks import IMAGE_SIZE, NUM_CLASSES, validate, warn_slow_cpu_frame
 from tracking.chaos_record import (
     POSITIVE_EXPONENT, finish, log_curvature, lyapunov_subsim, pooled_abs, save_eigenthings_artifact,
 )
@@ -224,16 +223,12 @@ def _load_data(config, dtype, device):
 @ex.main
 def main(_config, _run, _seed):
     checked = validate(_config)
+    warn_slow_cpu_frame(checked)
     with checkpointing(_run, _config) as ck:  # SIGTERM/SIGUSR1/SIGINT -> checkpoint at a step boundary; resume
         return _main(_config, _run, _seed, checked, ck)
 
 
 def _main(_config, _run, _seed, checked, ck):
-    if checked.needs_lyapunov and checked.device.type == "cpu" and checked.tangent_k > CPU_FRAME_WARN:
-        warnings.warn(f"tracking {checked.tangent_k:,} Lyapunov directions on the CPU: a {checked.tangent_dim:,} x "
-                      f"{checked.tangent_k:,} frame propagated and QR-factored every lyapunov.qr_every steps, which "
-                      "takes seconds per step; set lyapunov.k (e.g. 32) for the top exponents only, or "
-                      "logging.log_lyapunov=False", RuntimeWarning, stacklevel=2)
     seed_everything(_seed)
     c, log, optim, rules, device = _config, _config["logging"], checked.optim, checked.rules, checked.device
     dtype = resolve_dtype(c["dtype"])
