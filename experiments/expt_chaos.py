@@ -12,7 +12,8 @@ of eigenvectors (``dynamics.cgd``, ``dynamics.cgd_select``; group ``cgd`` restor
 the original's pruning rules). ``perturb_strat`` trains ``parallel`` perturbed
 copies on the same batches and fits d(t)² = a t + b t² + d0² to their distances.
 
-Validation is ``tracking.chaos_checks``, recording ``tracking.chaos_record``.
+Validation is ``tracking.chaos_checks``, recording ``tracking.chaos_record``; a signal checkpoints
+the loop (``dynamics.chaos_resume``) and the rerun resumes it (README, "Preemption, checkpoints and resume").
 Options keep the original's names; Hydra's groups become config dicts:
 
     python experiments/expt_chaos.py with optim.name=cgd optim.k=100 optim.prune_set=neg \\
