@@ -4,6 +4,8 @@ Trains a fully connected network with L hidden layers of width m under an abc-pa
 (models/abc.py; docs/notes/width_parameterizations.md#abc) for ``n_trials`` independent inits,
 evaluating each on a held-out validation split and on the test set. The original code validated on a copy of the
 training set (``n_val=0``); by default ``n_val`` training examples are held out by a seeded split.
+A signal checkpoints the current trial at its next step (with the finished trials) and the rerun
+resumes it (README, "Preemption, checkpoints and resume").
 
     python experiments/expt_abc_params.py with parameterization=ipllr activation=gelu seed=1
     python experiments/expt_abc_params.py with mnist_ipllr_gelu
@@ -32,9 +34,10 @@ from models.abc_train import (
     train_abc, warmup_base_lrs,
 )
 from models.device import derived_seed, resolve_device
+from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import build_config, configure_experiment, json_ready, run_cli, seed_everything
 
-ex = configure_experiment(Experiment("abc_params"))
+ex = add_checkpoint_config(configure_experiment(Experiment("abc_params")))
 
 ABC_DATASETS = ("mnist", "cifar10")  # CIFAR-10 in grey, flattened to 32·32 = 1024 inputs
 FIRST_STEP_BATCHES = ("fresh", "calibration")
@@ -274,6 +277,11 @@ def _mean_std(values) -> tuple[float, float]:
 @ex.main
 def main(_config, _run, _seed):
     checked = validate(_config)
+    with checkpointing(_run, _config) as ck:  # SIGTERM/SIGUSR1/SIGINT -> checkpoint at a step boundary; resume
+        return _train_trials(_config, _run, _seed, checked, ck)
+
+
+def _train_trials(_config, _run, _seed, checked, ck):
     seed_everything(_seed)
     spec, device = checked["spec"], checked["device"]
     p = spec.parameterization
@@ -290,41 +298,51 @@ def main(_config, _run, _seed):
     if _config["batch_order"] == "fixed_list":  # one list for the run, as the scripts' batches = list(loader)
         batch_list = fixed_batch_list(data.x_train.shape[0], _config["batch_size"],
                                       _generator(_seed, BATCHES, device=device))
-    for k in range(_config["n_trials"]):
-        net = ABCNet(spec, _generator(_seed, INIT, k)).to(device)
-        if batch_list is None:
-            x_step, y_step, x_probe = _calibration_batches(data, _config["batch_size"],
-                                                           _generator(_seed, CALIBRATION, k, device=device))
-        else:  # the scripts' calibrate_base_lr: mock step on batches[0], measured on batches[1]
-            x_step, y_step = data.x_train[batch_list[0]], data.y_train[batch_list[0]]
-            x_probe = data.x_train[batch_list[1 % len(batch_list)]]
-        betas = warmup_base_lrs(net, checked["calibration"], _config["base_lr"], x_step, y_step, x_probe)
-        first = (x_step, y_step) if _config["first_step_batch"] == "calibration" else None
-        if betas is not None:
-            warmup_lrs.append(list(betas))
+    saved = ck.state  # a resumed run: the trial counter, the finished trials' values, that trial's loop state
+    if saved is not None:
+        trials, warmup_lrs = {key: list(v) for key, v in saved["trials"].items()}, list(saved["warmup_lrs"])
 
-        def log_step(r: StepRecord, k=k):  # logged as training goes, so an interrupted run keeps it
-            _run.log_scalar(f"train/loss/trial{k}", r.loss, r.step)
-            _run.log_scalar(f"train/accuracy/trial{k}", r.accuracy, r.step)
-            _run.log_scalar(f"train/output_abs_mean/trial{k}", r.output_abs_mean, r.step)
-            _run.log_scalar(f"train/likelihood/trial{k}", r.likelihood, r.step)  # the original's training/likelihood
-            _run.log_scalar(f"train/pred_proba/trial{k}", r.pred_proba, r.step)  # and predicted_label_proba
-            for l, lr in enumerate(r.lrs):
-                _run.log_scalar(f"lr/layer{l}/trial{k}", lr, r.step)
-            if spec.parameterization.bias_c is not None:
-                for l, lr in enumerate(r.bias_lrs):
-                    _run.log_scalar(f"lr/bias{l}/trial{k}", lr, r.step)
-            for l, h in enumerate(r.h_abs_mean):
-                _run.log_scalar(f"coord/h{l}/trial{k}", h, r.step)
+    def boundary(t, capture, k):  # checkpoint steps count on across trials: trial k, step t -> k·n_steps + t
+        ck.boundary(k * n_steps + t, lambda: {"trial": k, "trials": trials, "warmup_lrs": warmup_lrs, "train": capture()})
 
-        losses = train_abc(net, data.x_train, data.y_train, n_steps, _config["batch_size"], _config["base_lr"],
-                           _generator(_seed, BATCHES, k, device=device), betas, log_step, every, first, batch_list)
-        for split, x, y in (("val", data.x_val, data.y_val), ("test", data.x_test, data.y_test)):
-            loss, acc, likelihood = evaluate(net, x, y, with_likelihood=True)
-            for what, value in (("loss", loss), ("accuracy", acc), ("likelihood", likelihood)):
-                trials[f"{split}_{what}"].append(value)
-                _run.log_scalar(f"{split}/{what}", value, k)
-        trials["final_train_loss"].append(losses[-1])
+    with ck.deferring():  # signals wait for the next step boundary (a trial's step; evaluations run on)
+        for k in range(saved["trial"] if saved is not None else 0, _config["n_trials"]):
+            resume = saved["train"] if saved is not None and k == saved["trial"] else None
+            net = ABCNet(spec, _generator(_seed, INIT, k)).to(device)
+            if batch_list is None:
+                x_step, y_step, x_probe = _calibration_batches(data, _config["batch_size"],
+                                                               _generator(_seed, CALIBRATION, k, device=device))
+            else:  # the scripts' calibrate_base_lr: mock step on batches[0], measured on batches[1]
+                x_step, y_step = data.x_train[batch_list[0]], data.y_train[batch_list[0]]
+                x_probe = data.x_train[batch_list[1 % len(batch_list)]]
+            betas = warmup_base_lrs(net, checked["calibration"], _config["base_lr"], x_step, y_step, x_probe)
+            first = (x_step, y_step) if _config["first_step_batch"] == "calibration" else None
+            if betas is not None and resume is None:  # a resumed trial's betas are in the saved list
+                warmup_lrs.append(list(betas))
+
+            def log_step(r: StepRecord, k=k):  # logged as training goes, so an interrupted run keeps it
+                _run.log_scalar(f"train/loss/trial{k}", r.loss, r.step)
+                _run.log_scalar(f"train/accuracy/trial{k}", r.accuracy, r.step)
+                _run.log_scalar(f"train/output_abs_mean/trial{k}", r.output_abs_mean, r.step)
+                _run.log_scalar(f"train/likelihood/trial{k}", r.likelihood, r.step)  # the original's training/likelihood
+                _run.log_scalar(f"train/pred_proba/trial{k}", r.pred_proba, r.step)  # and predicted_label_proba
+                for l, lr in enumerate(r.lrs):
+                    _run.log_scalar(f"lr/layer{l}/trial{k}", lr, r.step)
+                if spec.parameterization.bias_c is not None:
+                    for l, lr in enumerate(r.bias_lrs):
+                        _run.log_scalar(f"lr/bias{l}/trial{k}", lr, r.step)
+                for l, h in enumerate(r.h_abs_mean):
+                    _run.log_scalar(f"coord/h{l}/trial{k}", h, r.step)
+
+            losses = train_abc(net, data.x_train, data.y_train, n_steps, _config["batch_size"], _config["base_lr"],
+                               _generator(_seed, BATCHES, k, device=device), betas, log_step, every, first, batch_list,
+                               boundary=lambda t, capture, k=k: boundary(t, capture, k), resume=resume)
+            for split, x, y in (("val", data.x_val, data.y_val), ("test", data.x_test, data.y_test)):
+                loss, acc, likelihood = evaluate(net, x, y, with_likelihood=True)
+                for what, value in (("loss", loss), ("accuracy", acc), ("likelihood", likelihood)):
+                    trials[f"{split}_{what}"].append(value)
+                    _run.log_scalar(f"{split}/{what}", value, k)
+            trials["final_train_loss"].append(losses[-1])
 
     result = {}
     for key, values in trials.items():

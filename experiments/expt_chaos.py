@@ -12,7 +12,8 @@ of eigenvectors (``dynamics.cgd``, ``dynamics.cgd_select``; group ``cgd`` restor
 the original's pruning rules). ``perturb_strat`` trains ``parallel`` perturbed
 copies on the same batches and fits d(t)² = a t + b t² + d0² to their distances.
 
-Validation is ``tracking.chaos_checks``, recording ``tracking.chaos_record``.
+Validation is ``tracking.chaos_checks``, recording ``tracking.chaos_record``; a signal checkpoints
+the loop (``dynamics.chaos_resume``) and the rerun resumes it (README, "Preemption, checkpoints and resume").
 Options keep the original's names; Hydra's groups become config dicts:
 
     python experiments/expt_chaos.py with optim.name=cgd optim.k=100 optim.prune_set=neg \\
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import math
-import warnings
 
 import torch
 from sacred import Experiment
@@ -30,6 +30,7 @@ from torch.func import grad_and_value
 
 from data.vision import load_vision_dataset
 from dynamics.cgd import cgd_gradient, sgd_step
+from dynamics.chaos_resume import loop_state, restore_loop
 from dynamics.cgd_select import cgd_tangent_hessian, pruned_directions
 from dynamics.hessian import SymEig, dense_eigh, dense_hessian
 from dynamics.lyapunov import expanding_subspace, init_lyapunov, propagate, sgd_tangent_map
@@ -38,13 +39,14 @@ from dynamics.perturb import perturbation_direction, random_subspace_baseline, s
 from llc.estimate import flat_model_for_module
 from models.chaos_nets import build_model
 from models.device import derived_seed, resolve_dtype
-from tracking.chaos_checks import CPU_FRAME_WARN, IMAGE_SIZE, NUM_CLASSES, validate
+from tracking.chaos_checks import IMAGE_SIZE, NUM_CLASSES, validate, warn_slow_cpu_frame
 from tracking.chaos_record import (
     POSITIVE_EXPONENT, finish, log_curvature, lyapunov_subsim, pooled_abs, save_eigenthings_artifact,
 )
+from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import configure_experiment, json_ready, run_cli, seed_everything
 
-ex = configure_experiment(Experiment("chaos"))
+ex = add_checkpoint_config(configure_experiment(Experiment("chaos")))
 
 
 @ex.config
@@ -222,11 +224,12 @@ def _load_data(config, dtype, device):
 @ex.main
 def main(_config, _run, _seed):
     checked = validate(_config)
-    if checked.needs_lyapunov and checked.device.type == "cpu" and checked.tangent_k > CPU_FRAME_WARN:
-        warnings.warn(f"tracking {checked.tangent_k:,} Lyapunov directions on the CPU: a {checked.tangent_dim:,} x "
-                      f"{checked.tangent_k:,} frame propagated and QR-factored every lyapunov.qr_every steps, which "
-                      "takes seconds per step; set lyapunov.k (e.g. 32) for the top exponents only, or "
-                      "logging.log_lyapunov=False", RuntimeWarning, stacklevel=2)
+    warn_slow_cpu_frame(checked)
+    with checkpointing(_run, _config) as ck:  # SIGTERM/SIGUSR1/SIGINT -> checkpoint at a step boundary; resume
+        return _main(_config, _run, _seed, checked, ck)
+
+
+def _main(_config, _run, _seed, checked, ck):
     seed_everything(_seed)
     c, log, optim, rules, device = _config, _config["logging"], checked.optim, checked.rules, checked.device
     dtype = resolve_dtype(c["dtype"])
@@ -294,103 +297,113 @@ def main(_config, _run, _seed):
     prev_chaotic, fixed_lyap = None, {}
     spectra_every = [k for k in (log["plot_eigs_every"], log["save_hessian_dist_every"]) if k]
 
-    step = 0
-    for epoch in range(c["max_epochs"]):
-        perm = torch.randperm(n, generator=gen_batches).to(device)
-        for start in range(0, n, c["batch_size"]):
+    step, epoch0, start0, perm, gens = 0, 0, 0, None, {"batches": gen_batches, "cgd": gen_cgd}
+    if ck.state is not None:  # resume before step `step`: batch perm[start0:] of epoch0
+        (step, epoch0, start0, perm, ws, bufs, lyap, prev_chaotic, fixed_lyap, grads_window,
+         record) = restore_loop(ck.state, gens, device, grads_window.maxlen)
+
+    def capture():
+        return loop_state(step=step, epoch=epoch, start=start, perm=perm, ws=ws, bufs=bufs, gens=gens, lyap=lyap,
+                          prev_chaotic=prev_chaotic, fixed_lyap=fixed_lyap, grads_window=grads_window, record=record)
+
+    with ck.deferring():  # signals wait for the next step boundary; a resumed run's global RNGs come back here
+        for epoch in range(epoch0, c["max_epochs"]):
+            if not (epoch == epoch0 and perm is not None):
+                perm = torch.randperm(n, generator=gen_batches).to(device)
+            for start in range(start0 if epoch == epoch0 else 0, n, c["batch_size"]):
+                if step >= total_steps:
+                    break
+                ck.boundary(step, capture)
+                idx = perm[start:start + c["batch_size"]]
+                xb, yb = x[idx], y[idx]
+                out = [grad_fn(w, xb, yb) for w in ws]  # [(grad, (loss, acc))]
+                g0, (loss0, acc0) = out[0]
+                if not all(math.isfinite(float(o[1][0])) for o in out):
+                    raise FloatingPointError(f"training diverged: non-finite loss at step {step}")
+                logging_now = step % log["log_freq"] == 0
+                eig = curvature(ws[0], xb, yb) if checked.needs_hessian else None
+                thr = eig.zero_threshold() if eig is not None else 0.0
+
+                # --- CGD: which directions this step removes ---
+                pruned_vecs, null_of = None, None  # (P, m); U whose whole complement is pruned too
+                if optim.prunes and step >= optim.prune_start:
+                    pruned_vecs, null_of = pruned_directions(eig, global_dirs, optim, rules, gen_cgd, thr)
+
+                # --- Lyapunov: tangent map of this step at w_t ---
+                if lyap is not None:
+                    hmat = eig.matmul
+                    if pruned_vecs is not None:  # CGD's map: w' = w − lr (I − γ V_p V_pᵀ) g (V_p held fixed)
+                        hmat = cgd_tangent_hessian(eig.matmul, pruned_vecs, optim.gamma, rules)
+                    lyap = propagate(lyap, sgd_tangent_map(hmat, optim.lr, optim.momentum, p), c["lyapunov"]["qr_every"])
+                    if log["log_lyapunov_subsim"] and lyap.steps in checked.t_lya_subsim:
+                        fixed_lyap[lyap.steps] = expanding_subspace(lyap, POSITIVE_EXPONENT)  # t0 counts tangent maps
+
+                if logging_now:
+                    _run.log_scalar("train/loss", float(loss0), step)
+                    _run.log_scalar("train/acc", float(acc0), step)
+                    log_curvature(_run, step, eig, g0, optim, log, lyap, checked, record, thr)
+                    if log["log_subsim"] and eig is not None:
+                        mask = (eig.eigenvalues < -thr) | (eig.eigenvalues > 2 * (1 + optim.momentum) / optim.lr)
+                        cur = eig.eigenvectors[:, mask]
+                        if prev_chaotic is not None and cur.shape[1] and prev_chaotic.shape[1]:
+                            _run.log_scalar("subsim/hessian_chaotic", subspace_similarity(prev_chaotic, cur), step)
+                            _run.log_scalar("subsim/hessian_chaotic_baseline",
+                                            random_subspace_baseline(prev_chaotic.shape[1], cur.shape[1], p), step)
+                        prev_chaotic = cur
+                    if log["log_lyapunov_subsim"] and lyap is not None:
+                        lyapunov_subsim(_run, step, lyap, fixed_lyap)
+                    if copies:
+                        for i, w in enumerate(ws[1:], start=1):
+                            d = float((w.double() - ws[0].double()).norm())
+                            _run.log_scalar(f"perturb/distance/copy{i}", d, step)
+                            record[f"dist{i}"].append(d)
+                        record["dist_steps"].append(step)
+                    if proj is not None:
+                        record["traj"].append(torch.stack([w.double() - w_init.double() for w in ws]) @ proj)
+                        record["traj_steps"].append(step)
+                    if log["signal_noise_window"] and len(grads_window) == log["signal_noise_window"]:
+                        gs = torch.stack(list(grads_window))
+                        mean = gs.mean(0)
+                        noise = float((gs - mean).pow(2).sum(1).mean())
+                        if noise > 0:  # ‖mean g‖² / mean ‖g − mean g‖² over the window
+                            _run.log_scalar("grad/snr", float(mean @ mean) / noise, step)
+                    if pruned_vecs is not None:
+                        num_null = 0 if null_of is None else eig.dim - eig.rank_bound
+                        _run.log_scalar("cgd/num_pruned", pruned_vecs.shape[1] + num_null, step)
+                if log["signal_noise_window"]:
+                    grads_window.append(g0.double())
+                if eig is not None and any(step % k == 0 for k in spectra_every):
+                    record["spectra"].append(eig.all_eigenvalues().float().cpu().numpy())
+                    record["spectra_steps"].append(step)
+                if eig is not None and log["plot_mats_every"] and step % log["plot_mats_every"] == 0:
+                    record["mats"].append(pooled_abs(eig))
+                    record["mats_steps"].append(step)
+
+                # --- the update, identical batches for every copy ---
+                for i, (g, _) in enumerate(out):
+                    if pruned_vecs is not None and (i == 0 or global_dirs is not None):
+                        g, frac = cgd_gradient(g.double(), pruned_vecs, optim, gen_cgd, null_of)
+                        g = g.to(dtype)
+                        if i == 0 and logging_now:
+                            _run.log_scalar("cgd/pruned_grad_frac", frac, step)
+                    ws[i], bufs[i] = sgd_step(ws[i], bufs[i], g, optim.lr, optim.momentum)
+                step += 1
+
+            tr_loss, tr_acc = _evaluate(f, ws[0], x, y)
+            te_loss, te_acc = _evaluate(f, ws[0], xt, yt)
+            for name, value in (("train_loss", tr_loss), ("train_acc", tr_acc), ("test_loss", te_loss), ("test_acc", te_acc)):
+                _run.log_scalar(f"epoch/{name}", value, step)
+                record[name].append(value)
+            record["epoch_steps"].append(step)
+            if not math.isfinite(tr_loss):
+                raise FloatingPointError(f"training diverged: train loss {tr_loss} after epoch {epoch} (step {step})")
+            if lyap is not None and log["save_lyapunov_at"] == epoch:
+                spectrum = save_eigenthings_artifact(_run, f"eigenthings_epoch{epoch}.npz", lyap, p, step, rooted=True)
+                _run.info[f"lyapunov_spectrum_epoch{epoch}"] = spectrum.tolist()
             if step >= total_steps:
                 break
-            idx = perm[start:start + c["batch_size"]]
-            xb, yb = x[idx], y[idx]
-            out = [grad_fn(w, xb, yb) for w in ws]  # [(grad, (loss, acc))]
-            g0, (loss0, acc0) = out[0]
-            if not all(math.isfinite(float(o[1][0])) for o in out):
-                raise FloatingPointError(f"training diverged: non-finite loss at step {step}")
-            logging_now = step % log["log_freq"] == 0
-            eig = curvature(ws[0], xb, yb) if checked.needs_hessian else None
-            thr = eig.zero_threshold() if eig is not None else 0.0
-
-            # --- CGD: which directions this step removes ---
-            pruned_vecs, null_of = None, None  # (P, m); U whose whole complement is pruned too
-            if optim.prunes and step >= optim.prune_start:
-                pruned_vecs, null_of = pruned_directions(eig, global_dirs, optim, rules, gen_cgd, thr)
-
-            # --- Lyapunov: tangent map of this step at w_t ---
-            if lyap is not None:
-                hmat = eig.matmul
-                if pruned_vecs is not None:  # CGD's map: w' = w − lr (I − γ V_p V_pᵀ) g (V_p held fixed)
-                    hmat = cgd_tangent_hessian(eig.matmul, pruned_vecs, optim.gamma, rules)
-                lyap = propagate(lyap, sgd_tangent_map(hmat, optim.lr, optim.momentum, p), c["lyapunov"]["qr_every"])
-                if log["log_lyapunov_subsim"] and lyap.steps in checked.t_lya_subsim:
-                    fixed_lyap[lyap.steps] = expanding_subspace(lyap, POSITIVE_EXPONENT)  # t0 counts tangent maps
-
-            if logging_now:
-                _run.log_scalar("train/loss", float(loss0), step)
-                _run.log_scalar("train/acc", float(acc0), step)
-                log_curvature(_run, step, eig, g0, optim, log, lyap, checked, record, thr)
-                if log["log_subsim"] and eig is not None:
-                    mask = (eig.eigenvalues < -thr) | (eig.eigenvalues > 2 * (1 + optim.momentum) / optim.lr)
-                    cur = eig.eigenvectors[:, mask]
-                    if prev_chaotic is not None and cur.shape[1] and prev_chaotic.shape[1]:
-                        _run.log_scalar("subsim/hessian_chaotic", subspace_similarity(prev_chaotic, cur), step)
-                        _run.log_scalar("subsim/hessian_chaotic_baseline",
-                                        random_subspace_baseline(prev_chaotic.shape[1], cur.shape[1], p), step)
-                    prev_chaotic = cur
-                if log["log_lyapunov_subsim"] and lyap is not None:
-                    lyapunov_subsim(_run, step, lyap, fixed_lyap)
-                if copies:
-                    for i, w in enumerate(ws[1:], start=1):
-                        d = float((w.double() - ws[0].double()).norm())
-                        _run.log_scalar(f"perturb/distance/copy{i}", d, step)
-                        record[f"dist{i}"].append(d)
-                    record["dist_steps"].append(step)
-                if proj is not None:
-                    record["traj"].append(torch.stack([w.double() - w_init.double() for w in ws]) @ proj)
-                    record["traj_steps"].append(step)
-                if log["signal_noise_window"] and len(grads_window) == log["signal_noise_window"]:
-                    gs = torch.stack(list(grads_window))
-                    mean = gs.mean(0)
-                    noise = float((gs - mean).pow(2).sum(1).mean())
-                    if noise > 0:  # ‖mean g‖² / mean ‖g − mean g‖² over the window
-                        _run.log_scalar("grad/snr", float(mean @ mean) / noise, step)
-                if pruned_vecs is not None:
-                    num_null = 0 if null_of is None else eig.dim - eig.rank_bound
-                    _run.log_scalar("cgd/num_pruned", pruned_vecs.shape[1] + num_null, step)
-            if log["signal_noise_window"]:
-                grads_window.append(g0.double())
-            if eig is not None and any(step % k == 0 for k in spectra_every):
-                record["spectra"].append(eig.all_eigenvalues().float().cpu().numpy())
-                record["spectra_steps"].append(step)
-            if eig is not None and log["plot_mats_every"] and step % log["plot_mats_every"] == 0:
-                record["mats"].append(pooled_abs(eig))
-                record["mats_steps"].append(step)
-
-            # --- the update, identical batches for every copy ---
-            for i, (g, _) in enumerate(out):
-                if pruned_vecs is not None and (i == 0 or global_dirs is not None):
-                    g, frac = cgd_gradient(g.double(), pruned_vecs, optim, gen_cgd, null_of)
-                    g = g.to(dtype)
-                    if i == 0 and logging_now:
-                        _run.log_scalar("cgd/pruned_grad_frac", frac, step)
-                ws[i], bufs[i] = sgd_step(ws[i], bufs[i], g, optim.lr, optim.momentum)
-            step += 1
-
-        tr_loss, tr_acc = _evaluate(f, ws[0], x, y)
-        te_loss, te_acc = _evaluate(f, ws[0], xt, yt)
-        for name, value in (("train_loss", tr_loss), ("train_acc", tr_acc), ("test_loss", te_loss), ("test_acc", te_acc)):
-            _run.log_scalar(f"epoch/{name}", value, step)
-            record[name].append(value)
-        record["epoch_steps"].append(step)
-        if not math.isfinite(tr_loss):
-            raise FloatingPointError(f"training diverged: train loss {tr_loss} after epoch {epoch} (step {step})")
-        if lyap is not None and log["save_lyapunov_at"] == epoch:
-            spectrum = save_eigenthings_artifact(_run, f"eigenthings_epoch{epoch}.npz", lyap, p, step, rooted=True)
-            _run.info[f"lyapunov_spectrum_epoch{epoch}"] = spectrum.tolist()
-        if step >= total_steps:
-            break
 
     return json_ready(finish(_run, c, checked, record, lyap, copies, step, epoch, p))
-
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ on a second batch. ``calibration`` chooses the warm-up base lrs β_l:
 """
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -114,16 +113,40 @@ def sgd_step(net: ABCNet, optimizer: torch.optim.SGD, lrs: dict[str, float], x: 
     return loss.detach(), f.detach(), [h.detach() for h in hs]
 
 
+class EpochBatches:
+    """Endless minibatch indices without replacement: a fresh permutation each epoch, drawn when the
+    epoch's first batch is taken; the last partial batch is kept (as the original's
+    DataLoader(shuffle=True)) unless ``drop_last``. ``state()`` / ``load()``: the position, for checkpoints."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, drop_last: bool = False):
+        if not 1 <= batch_size <= n:
+            raise ValueError(f"batch_size must be in [1, number of training examples = {n}]; got {batch_size}")
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.end = n - batch_size + 1 if drop_last else n
+        self.perm, self.pos = None, 0  # (n,) this epoch's permutation; start of the next batch in it
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Tensor:
+        if self.perm is None or self.pos >= self.end:
+            self.perm, self.pos = torch.randperm(self.n, generator=self.generator, device=self.generator.device), 0
+        idx = self.perm[self.pos:self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx
+
+    def state(self) -> dict:
+        perm = None if self.perm is None else self.perm.clone()
+        return {"perm": perm, "pos": self.pos, "generator": self.generator.get_state()}
+
+    def load(self, state: dict) -> None:
+        self.perm, self.pos = state["perm"], state["pos"]
+        self.generator.set_state(state["generator"])
+
+
 def batch_indices(n: int, batch_size: int, generator: torch.Generator, drop_last: bool = False) -> Iterator[Tensor]:
-    """Endless minibatches without replacement: a fresh permutation each epoch; the last partial batch is
-    kept (as the original's DataLoader(shuffle=True)) unless ``drop_last``."""
-    if not 1 <= batch_size <= n:
-        raise ValueError(f"batch_size must be in [1, number of training examples = {n}]; got {batch_size}")
-    end = n - batch_size + 1 if drop_last else n
-    while True:
-        perm = torch.randperm(n, generator=generator, device=generator.device)
-        for i in range(0, end, batch_size):
-            yield perm[i:i + batch_size]
+    """Endless minibatches without replacement (:class:`EpochBatches`)."""
+    return EpochBatches(n, batch_size, generator, drop_last)
 
 
 def fixed_batch_list(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
@@ -158,7 +181,9 @@ def train_abc(net: ABCNet, x: Tensor, y: Tensor, n_steps: int, batch_size: int, 
               generator: torch.Generator, warmup_base_lrs: Sequence[float] | None = None,
               callback: Callable[[StepRecord], None] | None = None, record_every: int = 1,
               first_batch: tuple[Tensor, Tensor] | None = None,
-              batch_list: Sequence[Tensor] | None = None) -> list[float]:
+              batch_list: Sequence[Tensor] | None = None,
+              boundary: Callable[[int, Callable[[], dict]], None] | None = None,
+              resume: dict | None = None) -> list[float]:
     """Train ``net`` in place with per-layer SGD: one loop for every parameterization.
 
     Args:
@@ -175,6 +200,10 @@ def train_abc(net: ABCNet, x: Tensor, y: Tensor, n_steps: int, batch_size: int, 
             wide-networks' training/ipllr.py); the minibatch order after it is unchanged.
         batch_list: index tensors cycled in order (step i uses batch_list[i % len], ``fixed_batch_list``)
             instead of fresh epochs drawn with ``generator``.
+        boundary: called as ``boundary(step, capture)`` before every step (tracking.preempt's
+            ``Session.boundary``); ``capture()`` returns the loop state (weights, optimizer, batch
+            position and generator, losses so far).
+        resume: such a captured state: training goes on from its step (``net`` is overwritten).
 
     Returns:
         The minibatch loss of every step.
@@ -184,16 +213,27 @@ def train_abc(net: ABCNet, x: Tensor, y: Tensor, n_steps: int, batch_size: int, 
     """
     if batch_list is not None and first_batch is not None:
         raise ValueError("give first_batch or batch_list, not both (a fixed list's first batch is its step 0)")
-    if batch_list is not None:
-        batches = itertools.cycle(batch_list)
-    else:
-        batches = batch_indices(x.shape[0], batch_size, generator)
-    optimizer, losses = make_optimizer(net), []
-    for step in range(n_steps):
+    batches = None if batch_list is not None else EpochBatches(x.shape[0], batch_size, generator)
+    optimizer, losses, start = make_optimizer(net), [], 0
+    if resume is not None:
+        net.load_state_dict(resume["net"])
+        optimizer.load_state_dict(resume["optimizer"])
+        if batches is not None:
+            batches.load(resume["batches"])
+        losses, start = list(resume["losses"]), resume["step"]
+
+    def capture():
+        return {"step": step, "net": {k: v.clone() for k, v in net.state_dict().items()},
+                "optimizer": optimizer.state_dict(), "batches": None if batches is None else batches.state(),
+                "losses": list(losses)}
+
+    for step in range(start, n_steps):
+        if boundary is not None:
+            boundary(step, capture)
         if step == 0 and first_batch is not None:
             xb, yb = first_batch
-        else:
-            idx = next(batches)
+        else:  # a fixed list is cycled: step i uses batch i mod len (first_batch excludes it)
+            idx = batch_list[step % len(batch_list)] if batch_list is not None else next(batches)
             xb, yb = x[idx], y[idx]
         lrs = net.spec.param_learning_rates(base_lr, step, warmup_base_lrs)
         loss, f, hs = sgd_step(net, optimizer, lrs, xb, yb)

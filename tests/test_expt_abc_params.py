@@ -98,10 +98,10 @@ def test_first_step_batch_calibration_takes_step_0_on_the_mock_steps_batch(expt,
         seen["mock"] = real_calib(*a)
         return seen["mock"]
 
-    def train(net, x, y, n_steps, batch_size, base_lr, generator, betas, callback, every, first, batch_list):
+    def train(net, x, y, n_steps, batch_size, base_lr, generator, betas, callback, every, first, batch_list, **resume):
         seen["first"] = first
         assert batch_list is None  # batch_order fresh (default)
-        return real_train(net, x, y, n_steps, batch_size, base_lr, generator, betas, callback, every, first)
+        return real_train(net, x, y, n_steps, batch_size, base_lr, generator, betas, callback, every, first, **resume)
 
     monkeypatch.setattr(expt, "_calibration_batches", calib)
     monkeypatch.setattr(expt, "train_abc", train)
@@ -126,12 +126,12 @@ def test_fixed_list_is_drawn_once_calibrates_on_its_first_two_batches_and_trains
         seen["calib"].append((x_step, y_step, x_probe))
         return real_warmup(net, calibration, base_lr, x_step, y_step, x_probe)
 
-    def train(net, x, y, n_steps, batch_size, base_lr, generator, betas, callback, every, first, batch_list):
+    def train(net, x, y, n_steps, batch_size, base_lr, generator, betas, callback, every, first, batch_list, **resume):
         seen["lists"].append(batch_list)
         seen["x"], seen["y"] = x, y
         assert first is None
         return real_train(net, x, y, n_steps, batch_size, base_lr, generator, betas, callback, every, first,
-                          batch_list)
+                          batch_list, **resume)
 
     monkeypatch.setattr(expt, "train_abc", train)
     monkeypatch.setattr(expt, "warmup_base_lrs", warmup)

@@ -8,6 +8,7 @@ perturbation strategies or ``prune_global`` need (README, "Chaotic dynamics of S
 from __future__ import annotations
 
 import os
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -211,3 +212,12 @@ def _load_checked_eigenthings(config, optim, needed, p):
     pruning = load_eigenthings(optim.prune_global_checkpoint, p) if optim.prune_global_checkpoint else shared
     return shared, pruning if optim.prunes and optim.prune_global else None
 
+
+
+def warn_slow_cpu_frame(checked: Checked) -> None:
+    """RuntimeWarning when a Lyapunov frame of more than CPU_FRAME_WARN directions would run on the CPU."""
+    if checked.needs_lyapunov and checked.device.type == "cpu" and checked.tangent_k > CPU_FRAME_WARN:
+        warnings.warn(f"tracking {checked.tangent_k:,} Lyapunov directions on the CPU: a {checked.tangent_dim:,} x "
+                      f"{checked.tangent_k:,} frame propagated and QR-factored every lyapunov.qr_every steps, which "
+                      "takes seconds per step; set lyapunov.k (e.g. 32) for the top exponents only, or "
+                      "logging.log_lyapunov=False", RuntimeWarning, stacklevel=3)
