@@ -220,8 +220,9 @@ def mlp_hessian_eigh(
     :func:`mlp_hessian`, decomposed densely, and its eigenvectors are mapped back
     (W_0 part v -> v Qᵀ).
 
-    Args: as :func:`mlp_hessian`; eps_eigh and eps_eigh_mode as ``mode`` in ``dynamics.symeig.dense_eigh``
-        (``all_entries`` shifts the full P x P Hessian by eps·11ᵀ, via ``add_to_all_entries``).
+    The arguments are those of :func:`mlp_hessian`; ``eps_eigh`` and ``eps_eigh_mode`` act as ``mode`` in
+    ``dynamics.symeig.dense_eigh`` (``all_entries`` shifts the full P x P Hessian by eps·11ᵀ, via
+    ``add_to_all_entries``).
 
     Returns:
         ``dynamics.symeig.SymEig`` with P' <= P (P' + 1 under ``all_entries``) orthonormal columns; the
