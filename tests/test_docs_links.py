@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import subprocess
 import unicodedata
 from pathlib import Path
 
@@ -90,9 +91,21 @@ def generated_pages() -> set[str]:
     return {module.page_name(name) for _, name, _ in module.EXPERIMENTS} | {"generated/index.md"}
 
 
+def _candidate_files() -> list[Path]:
+    """The repository's own files: in a git checkout, what git tracks plus untracked files it does not ignore
+    (so CI's cached service venvs, npm trees and run stores under ignored folders are never read); elsewhere
+    every file below the root."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                                capture_output=True, check=True).stdout.decode().split("\0")
+        return sorted(ROOT / name for name in listed if name)
+    except (OSError, subprocess.CalledProcessError):
+        return sorted(ROOT.rglob("*"))
+
+
 def text_files() -> list[Path]:
     out = []
-    for path in sorted(ROOT.rglob("*")):
+    for path in _candidate_files():
         rel = path.relative_to(ROOT)
         if any(part in EXCLUDED_DIRS or part.startswith(".venv") for part in rel.parts[:-1]):
             continue
