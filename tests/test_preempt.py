@@ -354,7 +354,8 @@ def test_a_signal_outside_any_loop_records_the_run_interrupted(tmp_path):
 
     line = [sys.executable, "experiments/expt_dln.py", "-F", str(tmp_path), "with", "device=cpu", "input_dim=3",
             "layer_widths=[3, 2]", "num_training_data=200", "sgld_config.num_steps=10000000",
-            "sgld_config.batch_size=20", "sgld_config.num_chains=2", "mala_acceptance_every=0"]
+            "sgld_config.batch_size=20", "sgld_config.num_chains=2", "mala_acceptance_every=0",
+            "sgld_config.compile=False"]  # 2e7 chain-steps would compile under "auto": minutes before the first step
     proc = subprocess.Popen(line, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     run_json, info_json = tmp_path / "1" / "run.json", tmp_path / "1" / "info.json"
