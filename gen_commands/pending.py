@@ -83,22 +83,8 @@ def _live_file_keys(root: str, since: datetime.datetime) -> set[str]:
 
 
 def _live_mongo_keys(value: str, since: datetime.datetime) -> set[str]:
-    target = store_module.parse_target(value)
-    try:
-        client = store_module.mongo_client(target)
-        try:
-            docs = client[target.db_name][target.collection].find(
-                {"status": "RUNNING", "heartbeat": {"$gte": since}}, {"config.run_key": 1})
-            return {str(d["config"]["run_key"]) for d in docs if d.get("config", {}).get("run_key") is not None}
-        finally:
-            client.close()
-    except store_module.MongoUnreachable as err:
-        raise StoreError(f"cannot read Mongo store {store_module.redact(value)!r}: {err}") from None
-    except Exception as err:  # pymongo's errors all end here
-        if err.__class__.__module__.split(".")[0] not in ("pymongo", "mongomock"):
-            raise
-        raise StoreError(f"cannot read Mongo store {store_module.redact(value)!r} ({target.public}): "
-                         f"{store_module.redact(str(err))}") from None
+    docs = store_module.mongo_find(value, {"status": "RUNNING", "heartbeat": {"$gte": since}}, {"config.run_key": 1})
+    return {str(d["config"]["run_key"]) for d in docs if d.get("config", {}).get("run_key") is not None}
 
 
 def main(argv: list[str] | None = None) -> int:

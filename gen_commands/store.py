@@ -113,16 +113,14 @@ def _failed_over_statuses(target, wanted: set[str] | None, out: dict[str, set[st
                 out.setdefault(key, set()).add(str(run.get("status")))
 
 
-def _mongo_statuses(value: str, wanted: set[str] | None) -> dict[str, set[str]]:
+def mongo_find(value: str, query: dict, projection: dict) -> list[dict]:
+    """The documents of the Mongo store ``value`` that match ``query``. Raises StoreError naming the store
+    (never its password) when the server is unreachable or answers with an error."""
     target = parse_target(value)
-    query = {"config.run_key": {"$in": sorted(wanted)} if wanted is not None else {"$ne": None}}
-    out: dict[str, set[str]] = {}
     try:
         client = mongo_client(target)
         try:
-            for doc in client[target.db_name][target.collection].find(query, {"config.run_key": 1, "status": 1}):
-                key = str(doc.get("config", {}).get("run_key"))
-                out.setdefault(key, set()).add(str(doc.get("status")))
+            return list(client[target.db_name][target.collection].find(query, projection))
         finally:
             client.close()
     except MongoUnreachable as err:
@@ -131,7 +129,15 @@ def _mongo_statuses(value: str, wanted: set[str] | None) -> dict[str, set[str]]:
         if err.__class__.__module__.split(".")[0] not in ("pymongo", "mongomock"):
             raise
         raise StoreError(f"cannot read Mongo store {redact(value)!r} ({target.public}): {redact(str(err))}") from None
-    _failed_over_statuses(target, wanted, out)
+
+
+def _mongo_statuses(value: str, wanted: set[str] | None) -> dict[str, set[str]]:
+    query = {"config.run_key": {"$in": sorted(wanted)} if wanted is not None else {"$ne": None}}
+    out: dict[str, set[str]] = {}
+    for doc in mongo_find(value, query, {"config.run_key": 1, "status": 1}):
+        key = str(doc.get("config", {}).get("run_key"))
+        out.setdefault(key, set()).add(str(doc.get("status")))
+    _failed_over_statuses(parse_target(value), wanted, out)
     return out
 
 
