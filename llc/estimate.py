@@ -11,119 +11,22 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torch.func import functional_call
 
 from llc.callbacks import batch_hook, check_every, step_callback
-from llc.diagnostics import Diagnostics, diagnose, split_rhat
 from llc.restricted import ParamMask, flat_param_mask, restrict_loss
 from llc.sgld import FlatLoss, SGLDConfig, full_data_loss, run_sgld
 from llc.streaming import HostData, check_loss_on_items, run_sgld_streamed, streamed_full_data_loss
+from llc.result import LLCResult, check_initial_loss, llc_from_trace, llc_result, result_from_trace
 from models.device import resolve_device, resolve_dtype
 
-
-@dataclass
-class LLCResult:
-    """Outcome of one multi-chain λ̂ estimate.
-
-    Attributes:
-        lambdahat: mean of the per-chain estimates.
-        lambdahat_std: their standard deviation (ddof=1; 0 for one chain).
-        lambdahat_per_chain: (C,) estimates.
-        rhat: split-R-hat of the post-burn-in traces (NaN for one chain).
-        init_loss: L_n(w*), the full-data loss at the centre.
-        nbeta: the n·β used.
-        loss_trace: (C, T) float64 trace (NaN where not recorded); each chain's trace.
-        burnin: discarded leading draws.
-        config: the sampler configuration.
-        compile_mode: the SGLD step that ran: "eager", "compiled", or
-            "eager-fallback" (torch.compile failed); ``compiled`` says whether it was compiled.
-        diagnostics: rank R-hat, bulk/tail ESS, trend p-values and the ``healthy``
-            flag with its reasons (llc.diagnostics.diagnose), computed from the
-            post-burn-in trace when the result is built; also as properties.
-    """
-
-    lambdahat: float
-    lambdahat_std: float
-    lambdahat_per_chain: np.ndarray
-    rhat: float
-    init_loss: float
-    nbeta: float
-    loss_trace: np.ndarray
-    burnin: int
-    config: SGLDConfig = field(repr=False)
-    compile_mode: str = "eager"
-    diagnostics: Diagnostics = field(init=False, repr=False)
-
-    def __post_init__(self):
-        self.diagnostics = diagnose(self.loss_trace[:, self.burnin:], self.lambdahat)
-
-    @property
-    def compiled(self) -> bool:
-        return self.compile_mode == "compiled"
-
-    @property
-    def rhat_rank(self) -> float:
-        """Rank-normalised split-R-hat (Vehtari et al. 2021); ``rhat`` stays the classic split-R-hat."""
-        return self.diagnostics.rhat_rank
-
-    @property
-    def ess_bulk(self) -> float:
-        return self.diagnostics.ess_bulk
-
-    @property
-    def ess_tail(self) -> float:
-        return self.diagnostics.ess_tail
-
-    @property
-    def healthy(self) -> bool:
-        """R-hat <= 1.05, bulk and tail ESS >= 100, λ̂ >= 0 and no chain trending after burn-in."""
-        return self.diagnostics.healthy
-
-    @property
-    def health_reasons(self) -> list[str]:
-        return self.diagnostics.reasons
-
-    def lambdahat_trace(self) -> np.ndarray:
-        """(C, T) per-draw λ̂ contributions nβ (L(w_t) − L_n(w*)); their post-burn-in mean is λ̂ per chain."""
-        return self.nbeta * (self.loss_trace - self.init_loss)
-
-    def summary(self) -> dict:
-        """JSON-ready scalars for a Sacred result or a DataFrame row."""
-        post = self.loss_trace[:, self.burnin:]
-        return {
-            "lambdahat": self.lambdahat,
-            "lambdahat_std": self.lambdahat_std,
-            "lambdahat_per_chain": [float(v) for v in self.lambdahat_per_chain],
-            "rhat": None if math.isnan(self.rhat) else self.rhat,
-            "init_loss": self.init_loss,
-            "nbeta": self.nbeta,
-            "trace_mean_per_chain": [float(v) for v in post.mean(axis=1)],
-            "trace_std_per_chain": [float(v) for v in post.std(axis=1)],
-            "rhat_rank": _json_float(self.rhat_rank),
-            "ess_bulk": _json_float(self.ess_bulk),
-            "ess_tail": _json_float(self.ess_tail),
-            "healthy": bool(self.healthy),
-            "health_reasons": list(self.health_reasons),
-            "compiled": self.compiled,
-            "compile_mode": self.compile_mode,
-        }
-
-
-def _json_float(v: float) -> float | None:
-    return None if not math.isfinite(v) else float(v)
-
-
-def llc_from_trace(loss_trace: Tensor, init_loss: float, nbeta: float, burnin: int) -> np.ndarray:
-    """Per-chain λ̂ = nβ (mean_{t >= burnin} L(w_t) - L_n(w*)) from a (C, T) trace."""
-    post = loss_trace[:, burnin:].double()
-    return (nbeta * (post.mean(dim=1) - init_loss)).numpy()
+__all__ = ["LLCResult", "estimate_llc", "estimate_llc_flat", "estimate_llc_streamed", "flat_loss_for_module",
+           "flat_model_for_module", "llc_from_trace", "llc_result", "result_from_trace"]
 
 
 def estimate_llc_flat(
@@ -179,24 +82,6 @@ def estimate_llc_streamed(
                           init_loss)
     trace = run_sgld_streamed(loss_fn, w_star, data, config, seed, eval_batch_size, prefetch, hook, callback_every)
     return result_from_trace(trace, init_loss, config)
-
-
-def result_from_trace(trace, init_loss: float, config) -> LLCResult:
-    """LLCResult from an SGLDTrace and L_n(w*)."""
-    per_chain = llc_from_trace(trace.loss, init_loss, trace.nbeta, trace.burnin)
-    post = trace.loss[:, trace.burnin:].numpy()
-    return LLCResult(
-        lambdahat=float(per_chain.mean()),
-        lambdahat_std=float(per_chain.std(ddof=1)) if per_chain.size > 1 else 0.0,
-        lambdahat_per_chain=per_chain,
-        rhat=split_rhat(post) if per_chain.size > 1 else float("nan"),
-        init_loss=init_loss,
-        nbeta=trace.nbeta,
-        loss_trace=trace.loss.numpy(),
-        burnin=trace.burnin,
-        config=config,
-        compile_mode=trace.compile_mode,
-    )
 
 
 def flat_model_for_module(

@@ -21,8 +21,9 @@ its own ε during burn-in by a Robbins-Monro rule on log ε towards
 then fixed at the geometric mean of its values over the second half of burn-in, so every kept draw comes from one MH kernel. The λ̂ trace is the
 exact L_n(w_t) of each state, a by-product of the proposal's evaluation.
 
-Randomness: chain c owns ``chain_generators(seed, C)[c]`` and draws its proposal
-noise and its uniform in blocks of steps, so chain c does not depend on C.
+The step is a kernel on llc.chain's driver, which owns the randomness: chain c owns
+``chain_generators(seed, C)[c]`` and draws its proposal noise and its uniform in
+blocks of steps, so chain c does not depend on C.
 """
 from __future__ import annotations
 
@@ -34,26 +35,17 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from llc.estimate import LLCResult
-from llc.psgld import COMPILE_TRUE_ERROR, initial_loss, llc_result
-from llc.sgld import FlatLoss, SGLDDivergenceError, chain_generators, check_compile
+from llc.chain import ChainConfig, ChainDivergenceError, Draws, FlatLoss, check_flat, reject_compile_true, run_chains
+from llc.result import LLCResult, initial_loss, llc_result
 
-_NOISE_BLOCK_NUMEL = 1 << 20
-_MAX_BLOCK_STEPS = 128
+@dataclass(frozen=True, kw_only=True)
+class MALAConfig(ChainConfig):
+    """Hyperparameters of one multi-chain MALA run: llc.chain.ChainConfig's and these.
 
-
-@dataclass(frozen=True)
-class MALAConfig:
-    """Hyperparameters of one multi-chain MALA run.
+    ``epsilon`` is the starting value when ``adapt_step_size``; the burn-in is also the
+    adaptation window.
 
     Attributes:
-        epsilon: step size ε (> 0); the starting value when ``adapt_step_size``.
-        gamma: localisation strength γ (>= 0).
-        num_steps: MALA steps per chain, burn-in included.
-        num_chains: chains, vectorised with vmap.
-        nbeta: n·β; None means n / log n.
-        num_burnin_steps: draws discarded before averaging (and the adaptation
-            window); None means the first 90%.
         adapt_step_size: tune each chain's ε during burn-in.
         target_acceptance: the acceptance probability the tuning aims at, in (0, 1).
         compile: "auto" (default), True or False, as SGLDConfig's. MALA has no compiled
@@ -61,51 +53,16 @@ class MALAConfig:
             eager run); the result's ``compile_mode`` is "eager".
     """
 
-    epsilon: float = 1e-5
-    gamma: float = 10.0
-    num_steps: int = 5000
-    num_chains: int = 4
-    nbeta: float | None = None
-    num_burnin_steps: int | None = None
     adapt_step_size: bool = True
     target_acceptance: float = 0.574
-    compile: bool | str = "auto"
 
     def __post_init__(self):
-        check_compile(self.compile)
-        if self.compile is True:
-            raise ValueError(COMPILE_TRUE_ERROR.format(sampler="MALA (llc.mala)"))
-        def _int(name, lo):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-                raise ValueError(f"{name} must be an integer >= {lo}; got {v!r}")
-
-        if not (isinstance(self.epsilon, (int, float)) and math.isfinite(self.epsilon) and self.epsilon > 0):
-            raise ValueError(f"epsilon must be a finite number > 0; got {self.epsilon!r}")
-        if not (isinstance(self.gamma, (int, float)) and math.isfinite(self.gamma) and self.gamma >= 0):
-            raise ValueError(f"gamma must be a finite number >= 0; got {self.gamma!r}")
-        _int("num_steps", 1)
-        _int("num_chains", 1)
-        if self.nbeta is not None and not (isinstance(self.nbeta, (int, float)) and self.nbeta > 0):
-            raise ValueError(f"nbeta must be None or a number > 0; got {self.nbeta!r}")
-        if self.num_burnin_steps is not None:
-            _int("num_burnin_steps", 0)
-            if self.num_burnin_steps >= self.num_steps:
-                raise ValueError(f"num_burnin_steps must be < num_steps ({self.num_steps}); got {self.num_burnin_steps}")
+        reject_compile_true(self.compile, "MALA (llc.mala)")
+        super().__post_init__()
         if not isinstance(self.adapt_step_size, bool):
             raise ValueError(f"adapt_step_size must be True or False; got {self.adapt_step_size!r}")
         if not (isinstance(self.target_acceptance, (int, float)) and 0 < self.target_acceptance < 1):
             raise ValueError(f"target_acceptance must be in (0, 1); got {self.target_acceptance!r}")
-
-    def burnin(self) -> int:
-        return int(0.9 * self.num_steps) if self.num_burnin_steps is None else self.num_burnin_steps
-
-    def resolve_nbeta(self, n: int) -> float:
-        if self.nbeta is not None:
-            return float(self.nbeta)
-        if n < 2:
-            raise ValueError(f"nbeta = n / log n needs n >= 2; got n={n}")
-        return n / math.log(n)
 
 
 @dataclass
@@ -222,75 +179,78 @@ def run_mala(
         MALATrace.
 
     Raises:
-        SGLDDivergenceError: a chain's current loss is not finite (a non-finite
+        ChainDivergenceError: a chain's current loss is not finite (a non-finite
             proposal is simply rejected).
     """
-    if w_star.ndim != 1:
-        raise ValueError(f"w_star must be a flat (P,) vector; got shape {tuple(w_star.shape)}")
+    check_flat(w_star)
     n = x.shape[0]
-    device, C, T, P = w_star.device, config.num_chains, config.num_steps, w_star.numel()
-    nbeta, burnin, gamma = config.resolve_nbeta(n), config.burnin(), config.gamma
-    gens = chain_generators(seed, C, device)
-    block = max(1, min(_MAX_BLOCK_STEPS, _NOISE_BLOCK_NUMEL // P, T))
-    adapt = burnin if config.adapt_step_size else 0
-
-    def potential(w):  # U (C,), ∇U (C, P), L_n (C,)
-        loss, g = full_data_value_and_grad(loss_fn, w, x, y, eval_batch_size)
-        diff = w - w_star
-        return nbeta * loss + 0.5 * gamma * (diff * diff).sum(1), nbeta * g + gamma * diff, loss
-
-    w_star = w_star.detach()
-    w = w_star.expand(C, P).clone()  # (C, P)
-    log_eps = torch.full((C,), math.log(config.epsilon), dtype=torch.float64, device=device)
-    log_eps_sum = torch.zeros(C, dtype=torch.float64, device=device)  # over the second half of adaptation
-    with torch.no_grad():
-        u, grad_u, loss = potential(w)
-    if not torch.isfinite(u).all():
-        raise SGLDDivergenceError(int((~torch.isfinite(u)).nonzero()[0]), 0, float("nan"))
-    trace = torch.empty((C, T), dtype=torch.float64, device=device)
-    accept_sum = torch.zeros(C, dtype=torch.float64, device=device)
-    xi = torch.empty(C, block, P, dtype=w.dtype, device=device)  # (C, K, P)
-    log_unif = torch.empty(C, block, dtype=torch.float64, device=device)  # (C, K)
-    with torch.no_grad():
-        for t0 in range(0, T, block):
-            k = min(block, T - t0)
-            for c, g in enumerate(gens):
-                torch.randn(k, P, generator=g, device=device, dtype=w.dtype, out=xi[c, :k])
-                torch.rand(k, generator=g, device=device, dtype=torch.float64, out=log_unif[c, :k])
-            log_unif[:, :k].log_()
-            for j in range(k):
-                t = t0 + j
-                trace[:, t] = loss
-                eps = log_eps.exp().to(w.dtype)  # (C,)
-                prop = w - 0.5 * eps[:, None] * grad_u + eps.sqrt()[:, None] * xi[:, j]
-                u_p, grad_p, loss_p = potential(prop)
-                log_alpha = mala_log_ratio(w, prop, u, u_p, grad_u, grad_p, eps[:, None])
-                log_alpha = torch.where(torch.isfinite(log_alpha), log_alpha, torch.full_like(log_alpha, -math.inf))
-                accept = log_unif[:, j] < log_alpha  # (C,)
-                a_prob = log_alpha.clamp(max=0).exp()
-                if t < adapt:
-                    # Robbins-Monro on log ε with gain (t+1)^-0.6; the ε kept is the geometric mean
-                    # over the second half of adaptation, which averages out the last steps' noise.
-                    log_eps += (a_prob - config.target_acceptance) * (t + 1) ** -0.6
-                    if t >= adapt // 2:
-                        log_eps_sum += log_eps
-                    if t == adapt - 1:
-                        log_eps = log_eps_sum / (adapt - adapt // 2)
-                elif t >= burnin:
-                    accept_sum += a_prob
-                keep = accept[:, None]
-                w = torch.where(keep, prop, w)
-                grad_u = torch.where(keep, grad_p, grad_u)
-                u = torch.where(accept, u_p, u)
-                loss = torch.where(accept, loss_p, loss)
+    kernel = MALAKernel(loss_fn, w_star, x, y, config, config.resolve_nbeta(n), eval_batch_size)
+    trace, w = run_chains(kernel, w_star, n, config, seed)
+    T, burnin = config.num_steps, config.burnin()
     return MALATrace(
         loss=trace.cpu(),
         final_w=w,
-        acceptance_rate=(accept_sum / max(T - burnin, 1)).cpu().numpy(),
-        epsilon=log_eps.exp().cpu().numpy(),
-        nbeta=nbeta,
+        acceptance_rate=(kernel.accept_sum / max(T - burnin, 1)).cpu().numpy(),
+        epsilon=kernel.log_eps.exp().cpu().numpy(),
+        nbeta=kernel.nbeta,
         burnin=burnin,
     )
+
+
+class MALAKernel:
+    """The MALA step (module docstring) as an llc.chain kernel: full batch, one uniform per step."""
+
+    name = "MALA"
+    batch_size = None
+    uniform = True
+
+    def __init__(self, loss_fn: FlatLoss, w_star: Tensor, x: Tensor, y: Tensor, config: MALAConfig, nbeta: float,
+                 eval_batch_size: int):
+        C, device = config.num_chains, w_star.device
+        self.loss_fn, self.x, self.y, self.eval_batch_size = loss_fn, x, y, eval_batch_size
+        self.w_star, self.nbeta, self.gamma, self.config = w_star.detach(), nbeta, config.gamma, config
+        self.burnin = config.burnin()
+        self.adapt = self.burnin if config.adapt_step_size else 0
+        self.log_eps = torch.full((C,), math.log(config.epsilon), dtype=torch.float64, device=device)
+        self.log_eps_sum = torch.zeros(C, dtype=torch.float64, device=device)  # over the second half of adaptation
+        self.accept_sum = torch.zeros(C, dtype=torch.float64, device=device)
+
+    def potential(self, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """U (C,), ∇U (C, P), L_n (C,)."""
+        loss, g = full_data_value_and_grad(self.loss_fn, w, self.x, self.y, self.eval_batch_size)
+        diff = w - self.w_star
+        return self.nbeta * loss + 0.5 * self.gamma * (diff * diff).sum(1), self.nbeta * g + self.gamma * diff, loss
+
+    def init(self, w: Tensor, gens) -> None:
+        self.u, self.grad_u, self.loss = self.potential(w)
+        if not torch.isfinite(self.u).all():
+            raise ChainDivergenceError(int((~torch.isfinite(self.u)).nonzero()[0]), 0, float("nan"), self.name)
+
+    def step(self, t: int, w: Tensor, draws: Draws) -> Tensor:
+        current = self.loss  # L_n(w_t), the trace's entry t
+        eps = self.log_eps.exp().to(w.dtype)  # (C,)
+        prop = w - 0.5 * eps[:, None] * self.grad_u + eps.sqrt()[:, None] * draws.xi
+        u_p, grad_p, loss_p = self.potential(prop)
+        log_alpha = mala_log_ratio(w, prop, self.u, u_p, self.grad_u, grad_p, eps[:, None])
+        log_alpha = torch.where(torch.isfinite(log_alpha), log_alpha, torch.full_like(log_alpha, -math.inf))
+        accept = draws.log_u < log_alpha  # (C,)
+        a_prob = log_alpha.clamp(max=0).exp()
+        if t < self.adapt:
+            # Robbins-Monro on log ε with gain (t+1)^-0.6; the ε kept is the geometric mean
+            # over the second half of adaptation, which averages out the last steps' noise.
+            self.log_eps += (a_prob - self.config.target_acceptance) * (t + 1) ** -0.6
+            if t >= self.adapt // 2:
+                self.log_eps_sum += self.log_eps
+            if t == self.adapt - 1:
+                self.log_eps = self.log_eps_sum / (self.adapt - self.adapt // 2)
+        elif t >= self.burnin:
+            self.accept_sum += a_prob
+        keep = accept[:, None]
+        w.copy_(torch.where(keep, prop, w))
+        self.grad_u = torch.where(keep, grad_p, self.grad_u)
+        self.u = torch.where(accept, u_p, self.u)
+        self.loss = torch.where(accept, loss_p, self.loss)
+        return current
 
 
 def estimate_llc_mala(

@@ -56,9 +56,9 @@ bias comes out ~1e10 times too large and the chain is thrown off on its first st
 Callers that know the network pass ``scales`` instead (expt_rescaling_invariance: a
 zero bias takes the mean square of the pre-activations it is added to).
 
-Randomness follows llc.sgld: chain c owns the generator
-``chain_generators(seed, C)[c]`` and draws minibatch indices and noise from it in
-blocks, so chain c does not depend on the number of chains.
+The step is a kernel on llc.chain's driver, which owns the randomness as for llc.sgld:
+chain c owns the generator ``chain_generators(seed, C)[c]`` and draws minibatch
+indices and noise from it in blocks, so chain c does not depend on the number of chains.
 """
 from __future__ import annotations
 
@@ -71,19 +71,14 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from llc.diagnostics import split_rhat
-from llc.estimate import LLCResult, llc_from_trace
-from llc.sgld import FlatLoss, SGLDConfig, SGLDDivergenceError, chain_generators, check_compile, full_data_loss
+from llc.chain import Draws, FlatLoss, check_batch, full_data_loss, reject_compile_true, run_chains
+from llc.result import LLCResult, initial_loss, llc_result
+from llc.sgld import SGLDConfig, _gather
 
-# Noise is drawn in blocks of K steps per chain; K * P is capped at this many numbers.
-_NOISE_BLOCK_NUMEL = 1 << 20
-_MAX_BLOCK_STEPS = 128
-
+__all__ = ["PSGLDConfig", "PSGLDTrace", "estimate_llc_psgld", "estimate_llc_psgld_traced", "initial_loss",
+           "llc_result", "run_psgld", "segment_ids", "tensor_scale"]
 
 LOCALISATIONS = ("relative", "absolute")
-# compile=True where a sampler has no compiled step (pSGLD here, MALA in llc.mala).
-COMPILE_TRUE_ERROR = ("compile=True: {sampler} has no compiled step (only llc.sgld's is compiled); "
-                      "use compile='auto' or False, which run the eager step")
 
 
 @dataclass(frozen=True)
@@ -111,9 +106,7 @@ class PSGLDConfig:
     compile: bool | str = "auto"
 
     def __post_init__(self):
-        check_compile(self.compile)
-        if self.compile is True:
-            raise ValueError(COMPILE_TRUE_ERROR.format(sampler="pSGLD (llc.psgld)"))
+        reject_compile_true(self.compile, "pSGLD (llc.psgld)")
         if self.localisation not in LOCALISATIONS:
             raise ValueError(f"localisation must be one of {LOCALISATIONS}; got {self.localisation!r}")
         if not (isinstance(self.rho, (int, float)) and 0 <= self.rho < 1):
@@ -223,139 +216,92 @@ def run_psgld(
             or scales that are not (P,) and positive and finite, or accept_every < 1.
         SGLDDivergenceError: a chain's loss became NaN or inf.
     """
-    from llc.mala import mala_log_ratio  # llc.mala imports this module's llc_result
-
     n = x.shape[0]
-    if config.batch_size > n:
-        raise ValueError(f"batch_size must be <= the number of data points ({n}); got {config.batch_size}")
-    if w_star.ndim != 1:
-        raise ValueError(f"w_star must be a flat (P,) vector; got shape {tuple(w_star.shape)}")
-    device, C, T, P, B = w_star.device, config.num_chains, config.num_steps, w_star.numel(), config.batch_size
-    nbeta, burnin, eps, gamma = config.resolve_nbeta(n), config.burnin(), config.epsilon, config.gamma
-    adapt = precond.resolve_adapt_steps(config) if preconditioner is None else 0
+    check_batch(config.batch_size, n, w_star)
+    P = w_star.numel()
     if preconditioner is not None and (preconditioner.shape != (P,) or not bool((preconditioner > 0).all())):
         raise ValueError(f"preconditioner must be a positive ({P},) vector; got shape {tuple(preconditioner.shape)}")
     if scales is not None and (scales.shape != (P,) or not bool(((scales > 0) & torch.isfinite(scales)).all())):
         raise ValueError(f"scales must be a positive finite ({P},) vector; got shape {tuple(scales.shape)}")
     if accept_every is not None and (isinstance(accept_every, bool) or not isinstance(accept_every, int) or accept_every < 1):
         raise ValueError(f"accept_every must be None or an integer >= 1; got {accept_every!r}")
-    seg = segment_ids(segments, P, device)
-    counts = torch.bincount(seg).to(w_star.dtype)
-    gens = chain_generators(seed, C, device)
-    block = max(1, min(_MAX_BLOCK_STEPS, _NOISE_BLOCK_NUMEL // P, T))
-    batched_loss = vmap(loss_fn)
+    kernel = PSGLDKernel(loss_fn, w_star, x, y, config, precond, config.resolve_nbeta(n), segments, preconditioner,
+                         accept_every, scales, accept_identity_density)
+    full = None if config.loss_trace_minibatch else (lambda w: full_data_loss(loss_fn, w, x, y, eval_batch_size))
+    trace, w = run_chains(kernel, w_star, n, config, seed, full_loss=full)
+    accept = None
+    if accept_every is not None:
+        accept = torch.stack(kernel.accept_probs, 1).cpu().numpy() if kernel.accept_probs else np.zeros((w.shape[0], 0))
+    return PSGLDTrace(loss=trace.cpu(), final_w=w, preconditioner=kernel.d, nbeta=kernel.nbeta,
+                      burnin=config.burnin(), mala_acceptance=accept)
 
-    w_star = w_star.detach()
-    w = w_star.expand(C, P).clone()  # (C, P)
-    m = tensor_scale(w_star, seg) if scales is None else scales.to(device=device, dtype=w.dtype)  # (P,)
-    loc = gamma / m if precond.localisation == "relative" else torch.full_like(m, gamma)  # (P,) γ / m
-    v = (1.0 / (precond.kappa * m)).expand(C, P).clone()  # (C, P) running E[g²], V_0 = 1 / (κ m)
-    d = 1.0 / (v + precond.delta * _segment_mean(v, seg, counts))  # (C, P) preconditioner D
-    if preconditioner is not None:
-        d = preconditioner.to(device=device, dtype=w.dtype).expand(C, P).clone()
-    noise_scale = torch.sqrt(eps * d)
-    trace = torch.full((C, T), float("nan"), dtype=torch.float64, device=device)
-    idx = torch.empty(C, block, B, dtype=torch.long, device=device)  # (C, K, B)
-    xi = torch.empty(C, block, P, dtype=w.dtype, device=device)  # (C, K, P)
-    accept_probs = []  # (C,) per recorded transition
-    with torch.no_grad():
-        for t0 in range(0, T, block):
-            k = min(block, T - t0)
-            for c, g in enumerate(gens):
-                torch.randint(0, n, (k, B), generator=g, device=device, out=idx[c, :k])
-                torch.randn(k, P, generator=g, device=device, dtype=w.dtype, out=xi[c, :k])
-            for j in range(k):
-                t = t0 + j
-                if not config.loss_trace_minibatch and t >= burnin:
-                    trace[:, t] = full_data_loss(loss_fn, w, x, y, eval_batch_size)  # L_n(w_t)
-                flat_idx = idx[:, j].reshape(-1)
-                xb = x.index_select(0, flat_idx).view(C, B, *x.shape[1:])  # (C, B, ...)
-                yb = y.index_select(0, flat_idx).view(C, B, *y.shape[1:])
-                with torch.enable_grad():
-                    wg = w.detach().requires_grad_(True)
-                    loss = batched_loss(wg, xb, yb)  # (C,) L_B(w_t)
-                    (grad,) = torch.autograd.grad(loss.sum(), wg)  # (C, P): chains do not interact
-                grad = grad * nbeta
-                if t < adapt:
-                    v.mul_(precond.rho).addcmul_(grad, grad, value=1 - precond.rho)
-                    d = 1.0 / (v + precond.delta * _segment_mean(v, seg, counts))
-                    noise_scale = torch.sqrt(eps * d)
-                drift = grad.add_(loc * (w - w_star))  # ∇U = nβ ∇L_B + γ (w - w*) / m
-                check = accept_every is not None and (t + 1) % accept_every == 0
-                if check:
-                    w_old, u_old, drift_old = w.clone(), _potential(loss.detach(), w, w_star, loc, nbeta), drift.clone()
-                w.addcmul_(d, drift, value=-eps / 2).addcmul_(noise_scale, xi[:, j])
-                if check:
-                    with torch.enable_grad():
-                        wg = w.detach().requires_grad_(True)
-                        loss_new = batched_loss(wg, xb, yb)  # (C,) L_B(w_{t+1}) on the same batch
-                        (grad_new,) = torch.autograd.grad(loss_new.sum(), wg)
-                    u_new = _potential(loss_new.detach(), w, w_star, loc, nbeta)
-                    grad_new = grad_new * nbeta + loc * (w - w_star)
-                    log_r = mala_log_ratio(w_old, w, u_old, u_new, drift_old, grad_new, eps,
-                                           None if accept_identity_density else d)
-                    log_r = torch.where(torch.isnan(log_r), torch.full_like(log_r, -math.inf), log_r)
-                    accept_probs.append(log_r.clamp(max=0).exp())
-                if config.loss_trace_minibatch:
-                    trace[:, t] = loss.detach()
-            _check_finite(trace[:, t0:t0 + k], t0, None if config.loss_trace_minibatch else burnin)
-    if not torch.isfinite(w).all():
-        bad = int(torch.nonzero(~torch.isfinite(w).all(dim=1))[0])
-        raise SGLDDivergenceError(bad, T, float("nan"))
-    accept = torch.stack(accept_probs, 1).cpu().numpy() if accept_every is not None and accept_probs else None
-    if accept_every is not None and accept is None:
-        accept = np.zeros((C, 0))
-    return PSGLDTrace(loss=trace.cpu(), final_w=w, preconditioner=d, nbeta=nbeta, burnin=burnin,
-                      mala_acceptance=accept)
+
+class PSGLDKernel:
+    """The preconditioned SGLD step (module docstring) as an llc.chain kernel; holds V, D and m."""
+
+    name = "SGLD"
+    uniform = False
+
+    def __init__(self, loss_fn: FlatLoss, w_star: Tensor, x: Tensor, y: Tensor, config: SGLDConfig,
+                 precond: PSGLDConfig, nbeta: float, segments: Sequence[int] | None, preconditioner: Tensor | None,
+                 accept_every: int | None, scales: Tensor | None, accept_identity_density: bool):
+        device, C, P = w_star.device, config.num_chains, w_star.numel()
+        self.batch_size, self.nbeta, self.eps, self.precond = config.batch_size, nbeta, config.epsilon, precond
+        self.loss_fn, self.batched_loss, self.x, self.y = loss_fn, vmap(loss_fn), x, y
+        self.w_star = w_star = w_star.detach()
+        self.accept_every, self.identity_density, self.accept_probs = accept_every, accept_identity_density, []
+        self.adapt = precond.resolve_adapt_steps(config) if preconditioner is None else 0
+        self.seg = segment_ids(segments, P, device)
+        self.counts = torch.bincount(self.seg).to(w_star.dtype)
+        m = tensor_scale(w_star, self.seg) if scales is None else scales.to(device=device, dtype=w_star.dtype)  # (P,)
+        self.loc = config.gamma / m if precond.localisation == "relative" else torch.full_like(m, config.gamma)  # γ / m
+        self.v = (1.0 / (precond.kappa * m)).expand(C, P).clone()  # (C, P) running E[g²], V_0 = 1 / (κ m)
+        self.d = 1.0 / (self.v + precond.delta * _segment_mean(self.v, self.seg, self.counts))  # (C, P) D
+        if preconditioner is not None:
+            self.d = preconditioner.to(device=device, dtype=w_star.dtype).expand(C, P).clone()
+        self.noise_scale = torch.sqrt(self.eps * self.d)
+
+    def init(self, w: Tensor, gens) -> None:
+        pass
+
+    def step(self, t: int, w: Tensor, draws: Draws) -> Tensor:
+        from llc.mala import mala_log_ratio  # llc.mala imports this module
+
+        eps, nbeta, loc, w_star, precond = self.eps, self.nbeta, self.loc, self.w_star, self.precond
+        xb, yb = _gather(self.x, draws.idx), _gather(self.y, draws.idx)  # (C, B, ...)
+        with torch.enable_grad():
+            wg = w.detach().requires_grad_(True)
+            loss = self.batched_loss(wg, xb, yb)  # (C,) L_B(w_t)
+            (grad,) = torch.autograd.grad(loss.sum(), wg)  # (C, P): chains do not interact
+        grad = grad * nbeta
+        if t < self.adapt:
+            self.v.mul_(precond.rho).addcmul_(grad, grad, value=1 - precond.rho)
+            self.d = 1.0 / (self.v + precond.delta * _segment_mean(self.v, self.seg, self.counts))
+            self.noise_scale = torch.sqrt(eps * self.d)
+        d = self.d
+        drift = grad.add_(loc * (w - w_star))  # ∇U = nβ ∇L_B + γ (w - w*) / m
+        check = self.accept_every is not None and (t + 1) % self.accept_every == 0
+        if check:
+            w_old, u_old, drift_old = w.clone(), _potential(loss.detach(), w, w_star, loc, nbeta), drift.clone()
+        w.addcmul_(d, drift, value=-eps / 2).addcmul_(self.noise_scale, draws.xi)
+        if check:
+            with torch.enable_grad():
+                wg = w.detach().requires_grad_(True)
+                loss_new = self.batched_loss(wg, xb, yb)  # (C,) L_B(w_{t+1}) on the same batch
+                (grad_new,) = torch.autograd.grad(loss_new.sum(), wg)
+            u_new = _potential(loss_new.detach(), w, w_star, loc, nbeta)
+            grad_new = grad_new * nbeta + loc * (w - w_star)
+            log_r = mala_log_ratio(w_old, w, u_old, u_new, drift_old, grad_new, eps,
+                                   None if self.identity_density else d)
+            log_r = torch.where(torch.isnan(log_r), torch.full_like(log_r, -math.inf), log_r)
+            self.accept_probs.append(log_r.clamp(max=0).exp())
+        return loss.detach()
 
 
 def _potential(loss: Tensor, w: Tensor, w_star: Tensor, loc: Tensor, nbeta: float) -> Tensor:
     """U_B(w) = nβ L_B(w) + ½ Σ loc (w - w*)², (C,), the minibatch potential the chain follows."""
     diff = w - w_star
     return nbeta * loss + 0.5 * (loc * diff * diff).sum(1)
-
-
-def _check_finite(block: Tensor, t0: int, skip_nan_before: int | None) -> None:
-    """Raise SGLDDivergenceError at the first non-finite entry of a (C, k) trace block."""
-    if skip_nan_before is not None:  # full-data traces hold NaN placeholders before burn-in
-        start = max(0, skip_nan_before - t0)
-        block, t0 = block[:, start:], t0 + start
-    bad = ~torch.isfinite(block)
-    if bool(bad.any()):
-        step = int(bad.any(dim=0).nonzero()[0])
-        chain = int(bad[:, step].nonzero()[0])
-        raise SGLDDivergenceError(chain, t0 + step, float(block[chain, step]))
-
-
-def llc_result(loss_trace: Tensor, init_loss: float, nbeta: float, burnin: int, config,
-               compile_mode: str = "eager") -> LLCResult:
-    """LLCResult (λ̂ mean, std, per chain, R-hat) from a (C, T) trace and L_n(w*).
-
-    compile_mode: the step that ran (an SGLDTrace's ``compile_mode``; pSGLD never compiles).
-    """
-    per_chain = llc_from_trace(loss_trace, init_loss, nbeta, burnin)
-    post = loss_trace[:, burnin:].numpy()
-    return LLCResult(
-        lambdahat=float(per_chain.mean()),
-        lambdahat_std=float(per_chain.std(ddof=1)) if per_chain.size > 1 else 0.0,
-        lambdahat_per_chain=per_chain,
-        rhat=split_rhat(post) if per_chain.size > 1 else float("nan"),
-        init_loss=init_loss,
-        nbeta=nbeta,
-        loss_trace=loss_trace.numpy(),
-        burnin=burnin,
-        config=config,
-        compile_mode=compile_mode,
-    )
-
-
-def initial_loss(loss_fn: FlatLoss, w_star: Tensor, x: Tensor, y: Tensor, eval_batch_size: int = 4096) -> float:
-    """L_n(w*), the full-data loss at the centre; FloatingPointError if it is not finite."""
-    with torch.no_grad():
-        value = float(full_data_loss(loss_fn, w_star[None], x, y, eval_batch_size)[0])
-    if not math.isfinite(value):
-        raise FloatingPointError(f"L_n(w*) is not finite ({value}); cannot estimate the LLC there")
-    return value
 
 
 def estimate_llc_psgld(

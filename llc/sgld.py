@@ -19,12 +19,13 @@ chains do not interact, so that is each chain's own gradient). With
 ``COMPILE_AUTO_MIN_CHAIN_STEPS`` chain-steps, the whole step is compiled with
 torch.compile instead; the trace records which path ran.
 
-Randomness: chain c owns a ``torch.Generator`` seeded from (seed, c) via numpy's
-SeedSequence, and draws its minibatch indices (with replacement) and its noise
-from it in blocks of K steps, K depending only on the parameter count. Chain c
-therefore draws the same batches and noise whatever the number of chains, and the
-same seed gives the same chains. Its trajectory is bit-identical for any two chain
-counts >= 2; one chain runs unvmapped (faster on CPU) and matches to float rounding.
+The step is a kernel on llc.chain's driver, which owns the randomness: chain c owns
+a ``torch.Generator`` seeded from (seed, c) via numpy's SeedSequence and draws its
+minibatch indices (with replacement) and its noise from it in blocks of K steps, K
+depending only on the parameter count. Chain c therefore draws the same batches and
+noise whatever the number of chains, and the same seed gives the same chains. Its
+trajectory is bit-identical for any two chain counts >= 2; one chain runs unvmapped
+(faster on CPU) and matches to float rounding.
 """
 from __future__ import annotations
 
@@ -35,57 +36,49 @@ import weakref
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.func import grad_and_value, vmap
 
-from models.device import derived_seed
+from llc.chain import (
+    COMPILE_CHOICES,
+    MAX_BLOCK_STEPS as _MAX_BLOCK_STEPS,
+    NOISE_BLOCK_NUMEL as _NOISE_BLOCK_NUMEL,
+    ChainConfig,
+    ChainDivergenceError,
+    Draws,
+    FlatLoss,
+    StepCallback,
+    chain_generators,
+    full_data_loss,
+    check_batch,
+    check_compile,
+    check_int,
+    check_finite as _check_finite,
+    run_chains,
+)
 
-FlatLoss = Callable[[Tensor, Tensor, Tensor], Tensor]  # (w (P,), x (B,...), y (B,...)) -> ()
-StepCallback = Callable[[int, Tensor, Tensor, Tensor], None]  # (t, w_t (C, P), w_{t+1} (C, P), idx_t (C, B))
+__all__ = [
+    "COMPILE_AUTO_MIN_CHAIN_STEPS", "COMPILE_CHOICES", "FlatLoss", "SGLDConfig", "SGLDDivergenceError",
+    "SGLDTrace", "StepCallback", "chain_generators", "check_compile", "full_data_loss",
+    "mala_acceptance_probability", "run_sgld", "_MAX_BLOCK_STEPS", "_NOISE_BLOCK_NUMEL", "_check_finite",
+]
 
-# Noise is drawn in blocks of K steps per chain; K * P is capped at this many numbers.
-_NOISE_BLOCK_NUMEL = 1 << 20
-_MAX_BLOCK_STEPS = 128
+# The one divergence error of llc/ (llc.chain.ChainDivergenceError), under its historical name.
+SGLDDivergenceError = ChainDivergenceError
 
 # compile="auto" compiles runs of num_chains * num_steps >= this many chain-steps: the
 # break-even point where the first call's compile cost is repaid by the per-step saving,
 # measured by bench/compile_threshold.py (BENCHMARKS.md, "compile='auto' threshold").
 COMPILE_AUTO_MIN_CHAIN_STEPS = 50_000
-COMPILE_CHOICES = ("auto", True, False)
 
 
-class SGLDDivergenceError(FloatingPointError):
-    """A chain produced a non-finite loss; carries the chain and step index."""
-
-    def __init__(self, chain: int, step: int, value: float):
-        self.chain, self.step, self.value = chain, step, value
-        super().__init__(
-            f"SGLD diverged: chain {chain} has non-finite loss {value} at step {step} "
-            "(try a smaller epsilon or a larger gamma)"
-        )
-
-
-def check_compile(value) -> None:
-    """ValueError naming the key unless value is "auto", True or False (not 1, 0 or "true")."""
-    if not (value == "auto" and isinstance(value, str) or isinstance(value, bool)):
-        raise ValueError(f"compile must be one of 'auto', True, False; got {value!r}")
-
-
-@dataclass(frozen=True)
-class SGLDConfig:
-    """Hyperparameters of one multi-chain SGLD run.
+@dataclass(frozen=True, kw_only=True)
+class SGLDConfig(ChainConfig):
+    """Hyperparameters of one multi-chain SGLD run: llc.chain.ChainConfig's and these.
 
     Attributes:
-        epsilon: step size ε (> 0).
-        gamma: localisation strength γ (>= 0).
-        num_steps: SGLD steps per chain, burn-in included.
         batch_size: minibatch size for ∇L_B (and for the trace if minibatch).
-        num_chains: chains, vectorised with vmap.
-        nbeta: n·β; None means n / log n (β = 1/log n).
-        num_burnin_steps: draws discarded before averaging; None means the first
-            90% (the original notebook kept the last 10% of the trace).
         loss_trace_minibatch: average L_B(w_t) from the gradient's own batch (free),
             or the full-data L_n(w_t) after burn-in (costs a full pass per draw).
         compile: "auto" (default), True or False. True: torch.compile the whole step
@@ -97,57 +90,19 @@ class SGLDConfig:
             Falls back to the eager step, with a warning, if compilation fails.
     """
 
-    epsilon: float = 1e-5
-    gamma: float = 10.0
-    num_steps: int = 5000
     batch_size: int = 100
-    num_chains: int = 4
-    nbeta: float | None = None
-    num_burnin_steps: int | None = None
     loss_trace_minibatch: bool = True
-    compile: bool | str = "auto"
 
-    def __post_init__(self):
-        def _int(name, lo):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-                raise ValueError(f"{name} must be an integer >= {lo}; got {v!r}")
-
-        if not (isinstance(self.epsilon, (int, float)) and math.isfinite(self.epsilon) and self.epsilon > 0):
-            raise ValueError(f"epsilon must be a finite number > 0; got {self.epsilon!r}")
-        if not (isinstance(self.gamma, (int, float)) and math.isfinite(self.gamma) and self.gamma >= 0):
-            raise ValueError(f"gamma must be a finite number >= 0; got {self.gamma!r}")
-        _int("num_steps", 1)
-        _int("batch_size", 1)
-        _int("num_chains", 1)
-        if self.nbeta is not None and not (isinstance(self.nbeta, (int, float)) and self.nbeta > 0):
-            raise ValueError(f"nbeta must be None or a number > 0; got {self.nbeta!r}")
-        if self.num_burnin_steps is not None:
-            _int("num_burnin_steps", 0)
-            if self.num_burnin_steps >= self.num_steps:
-                raise ValueError(
-                    f"num_burnin_steps must be < num_steps ({self.num_steps}); got {self.num_burnin_steps}"
-                )
+    def _check_more(self) -> None:
+        check_int("batch_size", self.batch_size, 1)
         if not isinstance(self.loss_trace_minibatch, bool):
             raise ValueError(f"loss_trace_minibatch must be True or False; got {self.loss_trace_minibatch!r}")
-        check_compile(self.compile)
 
     def wants_compile(self) -> bool:
         """Whether this run attempts the compiled step: compile=True, or "auto" on a long run."""
         if self.compile == "auto":
             return self.num_chains * self.num_steps >= COMPILE_AUTO_MIN_CHAIN_STEPS
         return self.compile
-
-    def burnin(self) -> int:
-        return int(0.9 * self.num_steps) if self.num_burnin_steps is None else self.num_burnin_steps
-
-    def resolve_nbeta(self, n: int) -> float:
-        """n·β for n training points: the configured value, else n / log n."""
-        if self.nbeta is not None:
-            return float(self.nbeta)
-        if n < 2:
-            raise ValueError(f"nbeta = n / log n needs n >= 2; got n={n}")
-        return n / math.log(n)
 
 
 @dataclass
@@ -173,24 +128,6 @@ class SGLDTrace:
     @property
     def compiled(self) -> bool:
         return self.compile_mode == "compiled"
-
-
-def chain_generators(seed: int, num_chains: int, device: torch.device) -> list[torch.Generator]:
-    """One generator per chain, seeded from SeedSequence(seed, spawn_key=(c,))."""
-    return [torch.Generator(device=device).manual_seed(derived_seed(seed, c)) for c in range(num_chains)]
-
-
-def full_data_loss(
-    loss_fn: FlatLoss, w: Tensor, x: Tensor, y: Tensor, eval_batch_size: int = 4096
-) -> Tensor:
-    """Mean loss over all n points for each row of w: (C, P) -> (C,), in chunks of x."""
-    n = x.shape[0]
-    per_chain = vmap(loss_fn, in_dims=(0, None, None))
-    total = torch.zeros(w.shape[0], dtype=torch.float64, device=w.device)
-    for start in range(0, n, eval_batch_size):
-        xb, yb = x[start:start + eval_batch_size], y[start:start + eval_batch_size]
-        total += per_chain(w, xb, yb).double() * xb.shape[0]  # mean -> sum over chunk
-    return total / n
 
 
 def run_sgld(
@@ -223,65 +160,45 @@ def run_sgld(
         SGLDDivergenceError: a chain's loss became NaN or inf.
     """
     n = x.shape[0]
-    if config.batch_size > n:
-        raise ValueError(f"batch_size must be <= the number of data points ({n}); got {config.batch_size}")
-    if w_star.ndim != 1:
-        raise ValueError(f"w_star must be a flat (P,) vector; got shape {tuple(w_star.shape)}")
-    device, C, T, P, B = w_star.device, config.num_chains, config.num_steps, w_star.numel(), config.batch_size
-    nbeta, burnin, eps = config.resolve_nbeta(n), config.burnin(), config.epsilon
-    gens = chain_generators(seed, C, device)
-    block = max(1, min(_MAX_BLOCK_STEPS, _NOISE_BLOCK_NUMEL // P, T))
+    check_batch(config.batch_size, n, w_star)
+    kernel = SGLDKernel(loss_fn, w_star, x, y, config, config.resolve_nbeta(n))
+    full = None if config.loss_trace_minibatch else (lambda w: full_data_loss(loss_fn, w, x, y, eval_batch_size))
+    trace, w = run_chains(kernel, w_star, n, config, seed, full_loss=full, callback=callback)
+    return SGLDTrace(loss=trace.cpu(), final_w=w, nbeta=kernel.nbeta, burnin=config.burnin(),
+                     compile_mode=compile_mode(config, kernel.step_fn, kernel.eager))
 
-    # w <- w + Δw with Δw = (εγ/2)(w* - w) - (ε nβ/2) g + sqrt(ε) ξ summed first. In float32
-    # the old form (1 - εγ/2) w rounds the factor itself (ε=5e-7, γ=1: γ off by 4.6%);
-    # summed into Δw, the pull's rounding is dithered by the noise and has no bias.
-    pull, drift, noise = eps * config.gamma / 2, -eps * nbeta / 2, math.sqrt(eps)
-    w_star = w_star.detach()
-    eager = _eager_step(loss_fn, pull, drift, noise)
-    if config.wants_compile():
-        coef = torch.tensor([pull, drift, noise], dtype=w_star.dtype, device=device)
-        step = _compiled_step(loss_fn, coef)
-    else:
-        step = eager
 
-    w = w_star.expand(C, P).clone()  # (C, P)
-    trace = torch.full((C, T), float("nan"), dtype=torch.float64, device=device)
-    # Each chain's draws land in its own contiguous slice, so the numbers equal
-    # torch.randint(k, B) then torch.randn(k, P) from that chain's generator.
-    idx = torch.empty(C, block, B, dtype=torch.long, device=device)  # (C, K, B)
-    xi = torch.empty(C, block, P, dtype=w.dtype, device=device)  # (C, K, P)
-    with torch.no_grad():
-        for t0 in range(0, T, block):
-            k = min(block, T - t0)
-            for c, g in enumerate(gens):
-                torch.randint(0, n, (k, B), generator=g, device=device, out=idx[c, :k])
-                torch.randn(k, P, generator=g, device=device, dtype=w.dtype, out=xi[c, :k])
-            # (k, C, ...) copies: each step's draws contiguous, with strides that do not depend
-            # on k or C (a compiled step guards on strides and would otherwise recompile).
-            idx_by_step = torch.empty(k, C, B, dtype=idx.dtype, device=device).copy_(idx[:, :k].transpose(0, 1))
-            xi_by_step = torch.empty(k, C, P, dtype=xi.dtype, device=device).copy_(xi[:, :k].transpose(0, 1))
-            losses = []
-            for j in range(k):
-                t = t0 + j
-                if not config.loss_trace_minibatch and t >= burnin:
-                    trace[:, t] = full_data_loss(loss_fn, w, x, y, eval_batch_size)  # L_n(w_t), before the step
-                args = (w, idx_by_step[j], xi_by_step[j], x, y, w_star)
-                w_t = w.clone() if callback is not None else None
-                if t == 0 and step is not eager:
-                    step, loss = _first_compiled_call(step, eager, args)
-                else:
-                    loss = step(*args)  # (C,) L_B(w_t); w becomes w_{t+1} in place
-                losses.append(loss)
-                if callback is not None:
-                    callback(t, w_t, w, idx_by_step[j])
-            if config.loss_trace_minibatch:
-                trace[:, t0:t0 + k] = torch.stack(losses, 1)
-            _check_finite(trace[:, t0:t0 + k], t0, skip_nan_before=None if config.loss_trace_minibatch else burnin)
-    if not torch.isfinite(w).all():
-        bad = int(torch.nonzero(~torch.isfinite(w).all(dim=1))[0])
-        raise SGLDDivergenceError(bad, T, float("nan"))
-    return SGLDTrace(loss=trace.cpu(), final_w=w, nbeta=nbeta, burnin=burnin,
-                     compile_mode=compile_mode(config, step, eager))
+class SGLDKernel:
+    """The SGLD step as an llc.chain kernel: eager, or compiled on the first call.
+
+    w <- w + Δw with Δw = (εγ/2)(w* - w) - (ε nβ/2) g + sqrt(ε) ξ summed first. In float32
+    the old form (1 - εγ/2) w rounds the factor itself (ε=5e-7, γ=1: γ off by 4.6%);
+    summed into Δw, the pull's rounding is dithered by the noise and has no bias.
+    """
+
+    name = "SGLD"
+    uniform = False
+
+    def __init__(self, loss_fn: FlatLoss, w_star: Tensor, x: Tensor, y: Tensor, config: SGLDConfig, nbeta: float):
+        eps = config.epsilon
+        self.batch_size, self.nbeta = config.batch_size, nbeta
+        self.x, self.y, self.w_star = x, y, w_star.detach()
+        pull, drift, noise = eps * config.gamma / 2, -eps * nbeta / 2, math.sqrt(eps)
+        self.eager = _eager_step(loss_fn, pull, drift, noise)
+        self.step_fn = self.eager
+        if config.wants_compile():
+            coef = torch.tensor([pull, drift, noise], dtype=w_star.dtype, device=w_star.device)
+            self.step_fn = _compiled_step(loss_fn, coef)
+
+    def init(self, w: Tensor, gens) -> None:
+        pass
+
+    def step(self, t: int, w: Tensor, draws: Draws) -> Tensor:
+        args = (w, draws.idx, draws.xi, self.x, self.y, self.w_star)
+        if t == 0 and self.step_fn is not self.eager:
+            self.step_fn, loss = _first_compiled_call(self.step_fn, self.eager, args)
+            return loss
+        return self.step_fn(*args)  # (C,) L_B(w_t); w becomes w_{t+1} in place
 
 
 def mala_acceptance_probability(
@@ -431,15 +348,3 @@ def compile_mode(config: SGLDConfig, step: StepFn, eager: StepFn) -> str:
     if not config.wants_compile():
         return "eager"
     return "eager-fallback" if step is eager else "compiled"
-
-
-def _check_finite(block: Tensor, t0: int, skip_nan_before: int | None) -> None:
-    """Raise SGLDDivergenceError at the first non-finite entry of a (C, k) trace block."""
-    if skip_nan_before is not None:  # full-data traces hold NaN placeholders before burn-in
-        start = max(0, skip_nan_before - t0)
-        block, t0 = block[:, start:], t0 + start
-    bad = ~torch.isfinite(block)
-    if bool(bad.any()):
-        step_first = bad.any(dim=0).nonzero()[0].item()
-        chain = bad[:, step_first].nonzero()[0].item()
-        raise SGLDDivergenceError(chain, t0 + step_first, block[chain, step_first].item())
