@@ -23,6 +23,7 @@ from llc.restricted import ParamMask, flat_param_mask, restrict_loss
 from llc.sgld import FlatLoss, SGLDConfig, full_data_loss, run_sgld
 from llc.streaming import HostData, check_loss_on_items, run_sgld_streamed, streamed_full_data_loss
 from llc.result import LLCResult, check_initial_loss, llc_from_trace, llc_result, result_from_trace
+from llc.samplers import run_sampler, sampler_configs
 from models.device import resolve_device, resolve_dtype
 
 __all__ = ["LLCResult", "estimate_llc", "estimate_llc_flat", "estimate_llc_streamed", "flat_loss_for_module",
@@ -39,23 +40,30 @@ def estimate_llc_flat(
     eval_batch_size: int = 4096,
     callbacks: list | None = None,
     callback_every: int = 1,
+    sampler: str = "sgld",
+    sampler_options: dict | None = None,
+    segments=None,
 ) -> LLCResult:
     """λ̂ at a flat parameter vector w* (P,), for a loss over flat parameters.
 
     The functional core behind :func:`estimate_llc`; see llc.sgld.run_sgld for the
-    arguments and llc.callbacks for ``callbacks``. Raises SGLDDivergenceError if any
-    chain diverges.
+    arguments, llc.callbacks for ``callbacks``, and llc.samplers for ``sampler``,
+    ``sampler_options`` and ``segments`` (pSGLD's per-tensor sizes). Raises
+    ChainDivergenceError (llc.sgld.SGLDDivergenceError) if any chain diverges.
     """
+    configs = sampler_configs(sampler, config, sampler_options)  # validated before any compute
     with torch.no_grad():
         init_loss = float(full_data_loss(loss_fn, w_star[None], x, y, eval_batch_size)[0])
-    if not math.isfinite(init_loss):
-        raise FloatingPointError(f"L_n(w*) is not finite ({init_loss}); cannot estimate the LLC there")
+    check_initial_loss(init_loss)
     hook = None
     if callbacks:
         hook = step_callback(list(callbacks), callback_every, loss_fn, w_star, x, y,
                              config.resolve_nbeta(x.shape[0]), config.burnin(), init_loss)
-    trace = run_sgld(loss_fn, w_star, x, y, config, seed, eval_batch_size, callback=hook)
-    return result_from_trace(trace, init_loss, config)
+    if sampler == "sgld":
+        trace = run_sgld(loss_fn, w_star, x, y, config, seed, eval_batch_size, callback=hook)
+    else:
+        trace = run_sampler(sampler, configs, loss_fn, w_star, x, y, seed, eval_batch_size, hook, segments)
+    return result_from_trace(trace, init_loss, configs[0] if sampler == "psgld" else configs)
 
 
 def estimate_llc_streamed(
@@ -73,8 +81,7 @@ def estimate_llc_streamed(
     check_loss_on_items(loss_fn, w_star, data)
     with torch.no_grad():
         init_loss = float(streamed_full_data_loss(loss_fn, w_star[None], data, eval_batch_size)[0])
-    if not math.isfinite(init_loss):
-        raise FloatingPointError(f"L_n(w*) is not finite ({init_loss}); cannot estimate the LLC there")
+    check_initial_loss(init_loss)
     hook = None
     if callbacks:
         check_every(callback_every)
@@ -141,10 +148,12 @@ def estimate_llc(
     callbacks: list | None = None,
     callback_every: int = 1,
     compile: bool | str = "auto",
+    sampler: str = "sgld",
+    sampler_options: dict | None = None,
 ) -> LLCResult:
     """Estimate the local learning coefficient λ̂ at the model's current weights.
 
-    Runs ``num_chains`` SGLD chains (vectorised with vmap) on
+    Runs ``num_chains`` chains of ``sampler`` (default SGLD; vectorised with vmap) on
     p(w) ∝ exp(-nβ L_n(w) - γ/2 ||w - w*||²), w* = the model's parameters, and
     returns λ̂ = nβ (E[L(w)] - L_n(w*)) per chain, with mean, std, R-hats, ESS
     and a ``healthy`` flag (llc.diagnostics).
@@ -182,7 +191,11 @@ def estimate_llc(
             draws t with (t + 1) % callback_every == 0. None: no hook at all.
         compile: "auto" (compile the SGLD step when num_chains * num_steps reaches
             llc.sgld.COMPILE_AUTO_MIN_CHAIN_STEPS, the measured break-even), True or
-            False; the result's ``compile_mode`` says which step ran.
+            False; the result's ``compile_mode`` says which step ran (only SGLD compiles).
+        sampler: "sgld", "psgld", "mala", "sgnht" or "sghmc" (llc.samplers has the table).
+        sampler_options: that sampler's own keys, e.g. ``{"friction": 0.1}`` for SGHMC or
+            ``{"diffusion_factor": 0.01}`` for SGNHT; None: its defaults. pSGLD takes the
+            model's parameter tensors as its segments (one segment under ``param_mask``).
 
     Returns:
         LLCResult.
@@ -190,14 +203,18 @@ def estimate_llc(
     Raises:
         ValueError: invalid hyperparameters, batch_size > n, mismatched data, or a
             param_mask naming an unknown parameter or selecting nothing / everything.
-        SGLDDivergenceError: a chain diverged (names the chain and step).
+        ValueError: also an unknown ``sampler`` or sampler option (naming the allowed ones).
+        ChainDivergenceError (llc.sgld.SGLDDivergenceError): a chain diverged (names the chain and step).
     """
     config = SGLDConfig(
         epsilon=epsilon, gamma=gamma, num_steps=num_steps, batch_size=batch_size, num_chains=num_chains,
         nbeta=nbeta, num_burnin_steps=num_burnin_steps, loss_trace_minibatch=loss_trace_minibatch,
         compile=compile,
     )
+    sampler_configs(sampler, config, sampler_options)  # an unknown sampler or option fails before compute
     streamed = isinstance(data, (Dataset, DataLoader))
+    if streamed and sampler != "sgld":
+        raise ValueError(f"sampler: a Dataset or DataLoader is streamed with sampler='sgld' only; got {sampler!r}")
     if not streamed:
         if not (isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, Tensor) for d in data)):
             raise ValueError(f"data must be (x, y) tensors, a Dataset or a DataLoader; got {type(data).__name__}")
@@ -223,7 +240,8 @@ def estimate_llc(
         if streamed:
             return estimate_llc_streamed(loss, w_star, HostData(data, cast), config, seed, eval_batch_size, prefetch,
                                          callbacks, callback_every)
+        segments = None if param_mask is not None else [p.numel() for p in model.parameters()]
         return estimate_llc_flat(loss, w_star, cast(x), cast(y), config, seed, eval_batch_size,
-                                 callbacks, callback_every)
+                                 callbacks, callback_every, sampler, sampler_options, segments)
     finally:
         model.train(was_training)

@@ -71,7 +71,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from llc.chain import Draws, FlatLoss, check_batch, full_data_loss, reject_compile_true, run_chains
+from llc.chain import Draws, FlatLoss, StepCallback, check_batch, full_data_loss, reject_compile_true, run_chains
 from llc.result import LLCResult, initial_loss, llc_result
 from llc.sgld import SGLDConfig, _gather
 
@@ -186,6 +186,7 @@ def run_psgld(
     accept_every: int | None = None,
     scales: Tensor | None = None,
     accept_identity_density: bool = False,
+    callback: StepCallback | None = None,
 ) -> PSGLDTrace:
     """Run ``config.num_chains`` preconditioned SGLD chains from w*, vectorised over chains.
 
@@ -207,6 +208,7 @@ def run_psgld(
             None -> :func:`tensor_scale` (mean(w*²) per tensor).
         accept_identity_density: the acceptance probability with D = 1 in the proposal
             density (the notebook's formula) instead of the chain's D.
+        callback: ``callback(t, w_t, w_{t+1}, idx_t)`` after every step, as for llc.sgld.run_sgld.
 
     Returns:
         PSGLDTrace with the (C, T) loss trace and each chain's frozen D.
@@ -228,7 +230,7 @@ def run_psgld(
     kernel = PSGLDKernel(loss_fn, w_star, x, y, config, precond, config.resolve_nbeta(n), segments, preconditioner,
                          accept_every, scales, accept_identity_density)
     full = None if config.loss_trace_minibatch else (lambda w: full_data_loss(loss_fn, w, x, y, eval_batch_size))
-    trace, w = run_chains(kernel, w_star, n, config, seed, full_loss=full)
+    trace, w = run_chains(kernel, w_star, n, config, seed, full_loss=full, callback=callback)
     accept = None
     if accept_every is not None:
         accept = torch.stack(kernel.accept_probs, 1).cpu().numpy() if kernel.accept_probs else np.zeros((w.shape[0], 0))
