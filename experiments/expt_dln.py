@@ -34,7 +34,8 @@ from dynamics.train import TrainingConfig, train
 from llc.aoyagi import dln_learning_coefficient
 from llc.estimate import flat_model_for_module
 from llc.psgld import initial_loss, llc_result
-from llc.sgld import SGLDConfig, mala_acceptance_probability, run_sgld
+from llc.samplers import run_minibatch, split_sampler
+from llc.sgld import mala_acceptance_probability
 from models.device import DTYPES, derived_seed, resolve_device, resolve_dtype
 from models.dln import (
     INIT_SCHEMES, TRUE_PARAM_METHODS, DeepLinearNetwork, end_to_end_matrix, init_params, make_true_params, numerical_rank,
@@ -79,6 +80,10 @@ def cfg():
         nbeta=None,  # n·β; None -> n·itemp
         num_burnin_steps=None,  # None -> discard the first 90% (keep the last 10%)
         compile="auto",  # torch.compile the step: "auto" (runs of >= llc.sgld.COMPILE_AUTO_MIN_CHAIN_STEPS chain-steps), True, False
+        sampler="sgld",  # "sgld", "sgnht" or "sghmc" (llc.samplers); the default runs SGLD as before
+        diffusion_factor=0.01,  # sgnht only: noise 2Aε and (default) thermostat start A, as devinterp
+        thermostat_init=None,  # sgnht only: the thermostat's start ζ_0; None -> diffusion_factor
+        friction=0.1,  # sghmc only: momentum friction α in (0, 1]
     )
     itemp = None  # inverse temperature β (the original's key); None -> 1 / log n; or set sgld_config.nbeta
     loss_trace_minibatch = True  # average minibatch losses (free) vs full-data losses
@@ -162,7 +167,7 @@ def validate(config: dict) -> dict:
         if sgld_values.get("nbeta") is not None:
             raise ValueError(f"set itemp or sgld_config.nbeta, not both; got itemp={itemp!r}, nbeta={sgld_values['nbeta']!r}")
         sgld_values["nbeta"] = itemp * n
-    sgld = build_config(SGLDConfig, sgld_values, "sgld_config")
+    sgld = build_config(*split_sampler(sgld_values), "sgld_config")
     if sgld.batch_size > n:
         raise ValueError(f"sgld_config.batch_size must be <= num_training_data ({n}); got {sgld.batch_size}")
     training, train_init = None, "haiku"
@@ -362,7 +367,7 @@ def _sgld(_run, prefix, loss, w0, x, y, sgld, seed, config):
 
     init = initial_loss(loss, w0, x, y)
     needed = dist is not None or every > 0 or config["verbose"]
-    trace = run_sgld(loss, w0, x, y, sgld, seed, callback=callback if needed else None)
+    trace = run_minibatch(loss, w0, x, y, sgld, seed, callback=callback if needed else None)  # sgld_config.sampler
     res = llc_result(trace.loss, init, trace.nbeta, trace.burnin, sgld, trace.compile_mode)
     extra = {}
     max_points = config["log_max_points"]

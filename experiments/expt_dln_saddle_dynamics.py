@@ -30,7 +30,8 @@ from sacred import Experiment
 from dynamics.train import TrainingConfig, train
 from llc.aoyagi import dln_learning_coefficient
 from llc.estimate import estimate_llc_flat, flat_model_for_module
-from llc.sgld import SGLDConfig, SGLDDivergenceError
+from llc.samplers import split_sampler
+from llc.sgld import SGLDDivergenceError
 from models.device import DTYPES, derived_seed, resolve_device, resolve_dtype
 from models.dln import DeepLinearNetwork, end_to_end_matrix, numerical_rank
 from tracking.preempt import add_checkpoint_config, checkpointing
@@ -74,6 +75,10 @@ def cfg():
         nbeta=None,  # n·β; None -> n·itemp
         num_burnin_steps=None,  # None -> discard the first 90%
         compile="auto",  # torch.compile the step: "auto" (runs of >= llc.sgld.COMPILE_AUTO_MIN_CHAIN_STEPS chain-steps), True, False
+        sampler="sgld",  # "sgld", "sgnht" or "sghmc" (llc.samplers); the default runs SGLD as before
+        diffusion_factor=0.01,  # sgnht only: noise 2Aε and (default) thermostat start A, as devinterp
+        thermostat_init=None,  # sgnht only: the thermostat's start ζ_0; None -> diffusion_factor
+        friction=0.1,  # sghmc only: momentum friction α in (0, 1]
     )
     itemp = None  # inverse temperature β (the original's key); None -> 1 / log n; or set sgld_config.nbeta
     loss_trace_minibatch = True  # average minibatch losses (free) vs full-data losses
@@ -132,7 +137,7 @@ def validate(config: dict) -> dict:
         if sgld_values.get("nbeta") is not None:
             raise ValueError(f"set itemp or sgld_config.nbeta, not both; got itemp={itemp!r}, nbeta={sgld_values['nbeta']!r}")
         sgld_values["nbeta"] = itemp * n
-    sgld = build_config(SGLDConfig, sgld_values, "sgld_config")
+    sgld = build_config(*split_sampler(sgld_values), "sgld_config")
     for key in ("do_plot", "verbose"):
         if not isinstance(config[key], bool):
             raise ValueError(f"{key} must be True or False; got {config[key]!r}")

@@ -37,6 +37,7 @@ from data.vision import load_vision_dataset
 from dynamics.train import TrainingConfig, train
 from llc.estimate import estimate_llc_flat, flat_loss_for_module
 from llc.restricted import estimate_llc_per_layer
+from llc.samplers import sampler_kwargs, split_sampler
 from llc.sgld import SGLDConfig, SGLDDivergenceError
 from models.device import derived_seed, resolve_device
 from models.resnet import MODEL_NAMES, build_resnet
@@ -86,6 +87,10 @@ def cfg():
         nbeta=None,  # n·β; None -> n / log n
         num_burnin_steps=None,  # None -> discard the first 90%
         compile="auto",  # torch.compile the step: "auto" (runs of >= llc.sgld.COMPILE_AUTO_MIN_CHAIN_STEPS chain-steps), True, False
+        sampler="sgld",  # "sgld", "sgnht" or "sghmc" (llc.samplers); the default runs SGLD as before
+        diffusion_factor=0.01,  # sgnht only: noise 2Aε and (default) thermostat start A, as devinterp
+        thermostat_init=None,  # sgnht only: the thermostat's start ζ_0; None -> diffusion_factor
+        friction=0.1,  # sghmc only: momentum friction α in (0, 1]
     )
     loss_trace_minibatch = True  # average minibatch losses (free) vs full-data losses
     force_realisable = False  # True: targets are the current model's logits (soft labels), so w_t is a true parameter
@@ -157,7 +162,7 @@ def validate(config: dict) -> dict:
     if "weight_decay" in tc:
         raise ValueError("training_config takes l2_regularization (the weight decay), not weight_decay")
     training = build_config(TrainingConfig, tc, "training_config")
-    sgld = build_config(SGLDConfig, {**config["sgld_config"], "loss_trace_minibatch": config["loss_trace_minibatch"]}, "sgld_config")
+    sgld = build_config(*split_sampler({**config["sgld_config"], "loss_trace_minibatch": config["loss_trace_minibatch"]}), "sgld_config")
     for key in ("force_realisable", "do_plot", "verbose"):
         if not isinstance(config[key], bool):
             raise ValueError(f"{key} must be True or False; got {config[key]!r}")
@@ -256,7 +261,7 @@ def sgld_kwargs(sgld: SGLDConfig) -> dict:
     """estimate_llc's keyword arguments for the run's SGLD settings."""
     keys = ("epsilon", "gamma", "num_steps", "batch_size", "num_chains", "nbeta", "num_burnin_steps",
             "loss_trace_minibatch")
-    return {k: getattr(sgld, k) for k in keys}
+    return {**{k: getattr(sgld, k) for k in keys}, **sampler_kwargs(sgld)}
 
 
 def _per_layer(_run, model, loss_fn, x, targets, sgld, seed, config, t) -> dict:

@@ -23,7 +23,7 @@ from llc.restricted import ParamMask, flat_param_mask, restrict_loss
 from llc.sgld import FlatLoss, SGLDConfig, full_data_loss, run_sgld
 from llc.streaming import HostData, check_loss_on_items, run_sgld_streamed, streamed_full_data_loss
 from llc.result import LLCResult, check_initial_loss, llc_from_trace, llc_result, result_from_trace
-from llc.samplers import run_sampler, sampler_configs
+from llc.samplers import resolve_sampler, run_sampler, sampler_configs
 from models.device import resolve_device, resolve_dtype
 
 __all__ = ["LLCResult", "estimate_llc", "estimate_llc_flat", "estimate_llc_streamed", "flat_loss_for_module",
@@ -51,6 +51,7 @@ def estimate_llc_flat(
     ``sampler_options`` and ``segments`` (pSGLD's per-tensor sizes). Raises
     ChainDivergenceError (llc.sgld.SGLDDivergenceError) if any chain diverges.
     """
+    sampler = resolve_sampler(sampler, config)  # an SGNHTConfig runs SGNHT, not SGLD
     configs = sampler_configs(sampler, config, sampler_options)  # validated before any compute
     with torch.no_grad():
         init_loss = float(full_data_loss(loss_fn, w_star[None], x, y, eval_batch_size)[0])

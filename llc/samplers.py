@@ -38,6 +38,9 @@ SAMPLER_OPTIONS = {
     "sgnht": ("diffusion_factor", "thermostat_init"),
     "sghmc": ("friction",),
 }
+# The samplers an experiment's sgld_config can name: those whose config is an SGLDConfig.
+EXPERIMENT_SAMPLERS = ("sgld", "sgnht", "sghmc")
+MINIBATCH_CONFIGS = {"sgld": SGLDConfig, "sgnht": SGNHTConfig, "sghmc": SGHMCConfig}
 
 
 def check_sampler(sampler, options: dict | None) -> dict:
@@ -54,6 +57,61 @@ def check_sampler(sampler, options: dict | None) -> dict:
     return dict(options)
 
 
+def resolve_sampler(sampler: str, config: SGLDConfig) -> str:
+    """The sampler to run: ``sampler``, or the config's own when sampler is the default "sgld".
+
+    An SGNHTConfig or SGHMCConfig passed where an SGLDConfig is expected runs its own
+    sampler, never SGLD; naming another sampler than the config's is a ValueError.
+    """
+    own = getattr(config, "sampler_name", "sgld")
+    if sampler == "sgld" or sampler == own:
+        return own
+    if own != "sgld":
+        raise ValueError(f"sampler={sampler!r} does not match the config, a {type(config).__name__} ({own!r})")
+    return sampler
+
+
+def split_sampler(values: dict, key: str = "sgld_config") -> tuple[type, dict]:
+    """An experiment's ``key`` dict -> (SGLDConfig, SGNHTConfig or SGHMCConfig, the values to build it from).
+
+    Pops ``sampler`` (one of EXPERIMENT_SAMPLERS) and every momentum sampler's keys
+    (``diffusion_factor``, ``thermostat_init``, ``friction``: always present in the dict, so
+    Sacred can override them); the chosen sampler's are kept, and another sampler's key set
+    away from its default is a ValueError naming ``key.<name>``.
+    """
+    values = dict(values)
+    sampler = values.pop("sampler", "sgld")
+    if not isinstance(sampler, str) or sampler not in EXPERIMENT_SAMPLERS:
+        raise ValueError(f"{key}.sampler must be one of {EXPERIMENT_SAMPLERS}; got {sampler!r}")
+    options = {}
+    for name in ("sgnht", "sghmc"):
+        defaults = {f.name: f.default for f in dataclasses.fields(MINIBATCH_CONFIGS[name])}
+        for opt in SAMPLER_OPTIONS[name]:
+            if opt not in values:
+                continue
+            value = values.pop(opt)
+            if name == sampler:
+                options[opt] = value
+            elif value != defaults[opt]:
+                raise ValueError(f"{key}.{opt} applies to sampler={name!r} only; got {opt}={value!r} "
+                                 f"with sampler={sampler!r}")
+    return MINIBATCH_CONFIGS[sampler], {**values, **options}
+
+
+def sampler_kwargs(config: SGLDConfig) -> dict:
+    """estimate_llc's ``sampler`` and ``sampler_options`` for an SGLDConfig or a subclass of it."""
+    base = {f.name for f in dataclasses.fields(SGLDConfig)}
+    own = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in base}
+    return {"sampler": config.sampler_name, "sampler_options": own or None}
+
+
+def run_minibatch(loss_fn: FlatLoss, w_star: Tensor, x: Tensor, y: Tensor, config: SGLDConfig, seed: int,
+                  eval_batch_size: int = 4096, callback: StepCallback | None = None):
+    """run_sgld, run_sgnht or run_sghmc, whichever ``config`` (SGLDConfig or a subclass) belongs to."""
+    run = {"sgld": run_sgld, "sgnht": run_sgnht, "sghmc": run_sghmc}[config.sampler_name]
+    return run(loss_fn, w_star, x, y, config, seed, eval_batch_size, callback=callback)
+
+
 def sampler_configs(sampler: str, config: SGLDConfig, options: dict | None = None):
     """The config(s) ``run_sampler`` passes on, built (and validated) before any compute."""
     options = check_sampler(sampler, options)
@@ -65,8 +123,10 @@ def sampler_configs(sampler: str, config: SGLDConfig, options: dict | None = Non
     if sampler == "mala":
         keep = ("epsilon", "gamma", "num_steps", "num_chains", "nbeta", "num_burnin_steps", "compile")
         return MALAConfig(**{k: shared[k] for k in keep}, **options)
-    cls = SGNHTConfig if sampler == "sgnht" else SGHMCConfig
-    return cls(**shared, **options)
+    cls = MINIBATCH_CONFIGS[sampler]
+    if isinstance(config, cls):  # keep its own options, overridden by any given
+        shared = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    return cls(**{**shared, **options})
 
 
 def run_sampler(

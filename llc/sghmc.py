@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -51,6 +52,7 @@ class SGHMCConfig(SGLDConfig):
     """
 
     friction: float = 0.1
+    sampler_name: ClassVar[str] = "sghmc"
 
     def __post_init__(self):
         reject_compile_true(self.compile, "SGHMC (llc.sghmc)")
@@ -72,6 +74,7 @@ class SGNHTConfig(SGLDConfig):
 
     diffusion_factor: float = 0.01
     thermostat_init: float | None = None
+    sampler_name: ClassVar[str] = "sgnht"
 
     def __post_init__(self):
         reject_compile_true(self.compile, "SGNHT (llc.sghmc)")

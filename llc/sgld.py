@@ -34,7 +34,7 @@ import types
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 from torch import Tensor
@@ -92,6 +92,7 @@ class SGLDConfig(ChainConfig):
 
     batch_size: int = 100
     loss_trace_minibatch: bool = True
+    sampler_name: ClassVar[str] = "sgld"  # the kernel this config runs (SGNHTConfig / SGHMCConfig subclass it)
 
     def _check_more(self) -> None:
         check_int("batch_size", self.batch_size, 1)
@@ -159,6 +160,8 @@ def run_sgld(
         ValueError: batch_size > n.
         SGLDDivergenceError: a chain's loss became NaN or inf.
     """
+    if config.sampler_name != "sgld":
+        raise ValueError(f"config: run_sgld runs SGLD; a {type(config).__name__} belongs to llc.samplers.run_sampler")
     n = x.shape[0]
     check_batch(config.batch_size, n, w_star)
     kernel = SGLDKernel(loss_fn, w_star, x, y, config, config.resolve_nbeta(n))
