@@ -34,7 +34,8 @@ from dynamics.train import TrainingConfig, train
 from llc.aoyagi import dln_learning_coefficient
 from llc.estimate import flat_model_for_module
 from llc.psgld import initial_loss, llc_result
-from llc.samplers import run_minibatch, split_sampler
+from llc.samplers import run_minibatch as run_sgld  # runs sgld_config.sampler's kernel; SGLD by default
+from llc.samplers import split_sampler
 from llc.sgld import mala_acceptance_probability
 from models.device import DTYPES, derived_seed, resolve_device, resolve_dtype
 from models.dln import (
@@ -367,7 +368,7 @@ def _sgld(_run, prefix, loss, w0, x, y, sgld, seed, config):
 
     init = initial_loss(loss, w0, x, y)
     needed = dist is not None or every > 0 or config["verbose"]
-    trace = run_minibatch(loss, w0, x, y, sgld, seed, callback=callback if needed else None)  # sgld_config.sampler
+    trace = run_sgld(loss, w0, x, y, sgld, seed, callback=callback if needed else None)
     res = llc_result(trace.loss, init, trace.nbeta, trace.burnin, sgld, trace.compile_mode)
     extra = {}
     max_points = config["log_max_points"]
