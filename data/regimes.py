@@ -1,4 +1,4 @@
-"""Binary classification datasets of the SGD-regimes experiment (README "Regimes of SGD"), labels y = ±1.
+"""Binary classification datasets of the SGD-regimes experiment (docs/sgd_regimes.md), labels y = ±1.
 
 * ``mnist_parity``: MNIST, y = +1 for even digits, -1 for odd ones.
 * ``cifar_animal``: CIFAR-10, y = -1 for vehicles (airplane, automobile, ship, truck), +1 for animals.

@@ -1,4 +1,4 @@
-"""The training loop of the basis-function decomposition experiments (README, "Basis-function decomposition").
+"""The training loop of the basis-function decomposition experiments (docs/basis_decomposition.md).
 
 One run of the original scripts' loop: every epoch visits a fresh permutation of the
 training images in minibatches (the last partial batch kept, as torch's DataLoader

@@ -5,7 +5,7 @@ Trains a fully connected network with L hidden layers of width m under an abc-pa
 evaluating each on a held-out validation split and on the test set. The original code validated on a copy of the
 training set (``n_val=0``); by default ``n_val`` training examples are held out by a seeded split.
 A signal checkpoints the current trial at its next step (with the finished trials) and the rerun
-resumes it (README, "Preemption, checkpoints and resume").
+resumes it (docs/runs.md#preemption).
 
     python experiments/expt_abc_params.py with parameterization=ipllr activation=gelu seed=1
     python experiments/expt_abc_params.py with mnist_ipllr_gelu

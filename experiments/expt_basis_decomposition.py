@@ -1,4 +1,4 @@
-"""Basis-function decomposition of training trajectories (README, "Basis-function decomposition").
+"""Basis-function decomposition of training trajectories (docs/basis_decomposition.md).
 
 Ma, Guo & Fattahi (2022): the network's outputs F_t on N evaluation points are
 expanded in the conjugate-kernel basis of the *final* network, and the
@@ -17,7 +17,7 @@ singular values s_i (dynamics.basis).
   along a re-initialised run, evaluated before each of its first steps).
 
 A stop signal checkpoints pass 1 at the next step and a rerun resumes it (tracking.preempt;
-README, "Preemption, checkpoints and resume"); a signal in pass 2 stops at once, and the
+docs/runs.md#preemption); a signal in pass 2 stops at once, and the
 resume redoes pass 2 from the checkpoint saved at the end of training.
 
 One named config per original script: ``mnist`` (mnist.py, Fig. 3(a–c)), ``grad_indep``,

@@ -1,7 +1,7 @@
 """Chaotic dynamics of SGD: exact minibatch Hessians, Lyapunov spectra, CGD pruning, perturbed copies.
 
 Trains a small classifier (MLP 256-20-10 or a small CNN) on USPS or FashionMNIST at
-16x16 with batch 8 (README, "Chaotic dynamics of SGD"). At every step it takes the exact minibatch
+16x16 with batch 8 (docs/chaos.md). At every step it takes the exact minibatch
 Hessian H_t (layer-structured for ReLU MLPs, ``dynamics.mlp_hessian``; vmapped HVPs
 otherwise) and, per the logging flags, records its spectrum, the local chaos counts
 (λ < 0 or λ > 2(1+μ)/lr), the cosine of the gradient with its extreme eigenvectors, and
@@ -13,7 +13,7 @@ the original's pruning rules). ``perturb_strat`` trains ``parallel`` perturbed
 copies on the same batches and fits d(t)² = a t + b t² + d0² to their distances.
 
 Validation is ``tracking.chaos_checks``, recording ``tracking.chaos_record``; a signal checkpoints
-the loop (``dynamics.chaos_resume``) and the rerun resumes it (README, "Preemption, checkpoints and resume").
+the loop (``dynamics.chaos_resume``) and the rerun resumes it (docs/runs.md#preemption).
 Options keep the original's names; Hydra's groups become config dicts:
 
     python experiments/expt_chaos.py with optim.name=cgd optim.k=100 optim.prune_set=neg \\
@@ -88,7 +88,7 @@ def cfg():
         prune_global=False,  # cgd: prune fixed stored Lyapunov vectors (χ > 0: chaotic/pos, χ < 0: neg)
         prune_global_checkpoint=None,  # cgd: eigenthings .npz for prune_global (None: eigenthings_path/_run)
     )
-    # CGD rules where the original differs (README "CGD and other differences"); named config cgd_original
+    # CGD rules where the original differs, restored by cgd_original (docs/chaos.md#cgd-and-other-differences-from-the-original)
     cgd = dict(
         zeros="keep",  # keep: zero eigenvalues never pruned | pool: in neg and pos, as the original's λ <= 0 / λ >= 0
         rand_draws="distinct",  # prune_k=rand: distinct | replacement (the original's randint; repeats prune once)

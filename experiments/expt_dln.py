@@ -8,8 +8,8 @@ data and λ̂ is estimated at the trained parameter.
 
 Weights of `random` / `rand_rank` teachers and of the training init follow Haiku's
 hk.Linear default (truncated normal, std 1/sqrt(fan_in)), as the original does;
-``true_param_config.init='torch'`` gives nn.Linear's default instead (README,
-"expt_dln": at depth it collapses the end-to-end map). Every 20 SGLD steps the run
+``true_param_config.init='torch'`` gives nn.Linear's default instead (docs/llc.md#the-dln-experiment;
+at depth it collapses the end-to-end map). Every 20 SGLD steps the run
 records the MALA acceptance probability of the SGLD transition, as the original did.
 
     python experiments/expt_dln.py with layer_widths='[10, 10]' input_dim=10 \\
@@ -101,7 +101,7 @@ def cfg():
     hessian_trace_probes = 32  # Rademacher probes
     do_functional_rank = False  # numerical rank of d f(w, x) / d w on the num_test_data points
 
-    # --- `calibrate` command: short SGLD runs at w* over a grid (llc.calibrate; README, "The DLN experiment") ---
+    # --- `calibrate` command: short SGLD runs at w* over a grid (llc.calibrate; docs/llc.md#the-dln-experiment) ---
     # calibrate: ε grid (each > 0) x nbetas x gammas; None -> the run's sgld_config values, burn-in None -> half
     calibration = dict(
         epsilons=[1e-7, 1e-6, 1e-5, 1e-4],  # ε grid, every entry > 0
@@ -244,7 +244,7 @@ def build_problem(_config, _seed, checked) -> dict:
     dist = checked["input_distribution"]
     x, y = teacher_dataset(f64, w_star, n, input_dim, dist, _stream(_seed, DATA))
     # nβ·L_n of w*'s end-to-end map truncated to rank k-1, k = 1..r: how far, in units of the
-    # posterior's temperature, w* is from the lower-rank teachers (README, "The DLN experiment").
+    # posterior's temperature, w* is from the lower-rank teachers (docs/llc.md#the-dln-experiment).
     rank_gaps = checked["sgld"].resolve_nbeta(n) * rank_truncation_losses(end_to_end_matrix(w_star), x, true_rank)
     x, y = x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype)
     x_test, y_test = teacher_dataset(f64, w_star, _config["num_test_data"], input_dim, dist, _stream(_seed, TEST_DATA))

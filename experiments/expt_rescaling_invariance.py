@@ -102,7 +102,7 @@ def cfg():
     )
     loss_trace_minibatch = False  # False: full-data L_n at every draw (original) | True: the step's minibatch loss (no full-data pass)
 
-    # --- the notebook's names, deprecated aliases (None: unset; README "Rescaling invariance") ---
+    # --- the notebook's names, deprecated aliases (None: unset; docs/llc.md#rescaling) ---
     input_dim = None  # layer_sizes[0]
     layer_widths = None  # layer_sizes[1:]
     degen_directions = None  # degenerate_units

@@ -2,12 +2,12 @@
 
 A network f(w, x) is trained on the centred prediction f(w, x) − f(w₀, x) with the
 α-scaled loss ℓ(α·pred, y)/α (large α: lazy; small α: feature learning) by SGD at
-temperature T = dt/(bs·h), until the training set is fitted (README "Regimes of SGD"; the
+temperature T = dt/(bs·h), until the training set is fitted (docs/sgd_regimes.md; the
 original's `python -m edm` parameters, under the same names and defaults, with the
 exceptions listed there). Checkpoints follow the original's ladder of fractions of the
 initial loss; the NTK, gradient statistics and drifts are taken on its coarser slow ladder.
 A stop signal checkpoints the loop at the next step and a rerun resumes it (tracking.preempt);
-``max_wall`` then counts the training time of all segments (README, "Preemption, checkpoints and resume").
+``max_wall`` then counts the training time of all segments (docs/runs.md#preemption).
 
     python experiments/expt_sgd_regimes.py with dataset=mnist_parity ptr=1024 pte=2048 \\
         arch=mlp act=gelu h=64 L=8 dynamics=sgd alpha=1 dt=0.1 bs=64 max_wall=120

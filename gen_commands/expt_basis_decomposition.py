@@ -15,7 +15,7 @@ a preset the grid is the options alone, on top of the experiment's defaults.
 original README's [2, 0, 0.01]; the lamb and adamw values are this generator's
 choices (the original code gives none).
 
-Presets (README, "Basis-function decomposition"; figure numbers of Ma, Guo & Fattahi 2022):
+Presets (docs/basis_decomposition.md#sweeps-and-figures; figure numbers of Ma, Guo & Fattahi 2022):
 
 * ``mnist_depth``: Fig. 3(a–c), mnist.py: the 2-, 3- and 4-block CNNs on MNIST
   (the original used seed 0, and 64 for the 4-block CNN: ``--seeds``).

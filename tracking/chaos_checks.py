@@ -3,7 +3,7 @@
 ``validate`` builds the optimiser and CGD-rule dataclasses, decides which curvature
 objects the run needs (exact Hessian, tangent frame, initial vectors), checks their
 memory against ``max_memory_gb``, and reads the stored Lyapunov directions that the
-perturbation strategies or ``prune_global`` need (README, "Chaotic dynamics of SGD").
+perturbation strategies or ``prune_global`` need (docs/chaos.md).
 """
 from __future__ import annotations
 
