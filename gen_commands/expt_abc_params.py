@@ -31,13 +31,9 @@ Presets:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from gen_commands import sweep  # noqa: E402
+from gen_commands import sweep
 
 EXPERIMENT = "abc_params"  # Sacred Experiment name in experiments/expt_abc_params.py
 SCRIPT = "experiments/expt_abc_params.py"

@@ -14,13 +14,9 @@ width-10 run that shows every plateau within minutes on a laptop (learning rate
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from gen_commands import sweep  # noqa: E402
+from gen_commands import sweep
 
 EXPERIMENT = "dln_saddle_dynamics"  # Sacred Experiment name in experiments/expt_dln_saddle_dynamics.py
 SCRIPT = "experiments/expt_dln_saddle_dynamics.py"

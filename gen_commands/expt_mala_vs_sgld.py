@@ -15,13 +15,9 @@ three smallest n with 2 chains of 2000 draws, for a laptop.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from gen_commands import sweep  # noqa: E402
+from gen_commands import sweep
 
 EXPERIMENT = "mala_vs_sgld"  # Sacred Experiment name in experiments/expt_mala_vs_sgld.py
 SCRIPT = "experiments/expt_mala_vs_sgld.py"

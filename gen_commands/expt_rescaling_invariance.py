@@ -24,13 +24,9 @@ the same names) with its sampler ``psgld_fixed``, seed 0; ``paper`` is all three
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from gen_commands import sweep  # noqa: E402
+from gen_commands import sweep
 
 EXPERIMENT = "rescaling_invariance"  # Sacred Experiment name in experiments/expt_rescaling_invariance.py
 SCRIPT = "experiments/expt_rescaling_invariance.py"

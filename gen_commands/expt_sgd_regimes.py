@@ -25,14 +25,10 @@ from __future__ import annotations
 
 import argparse
 import ast
-import os
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from gen_commands import sweep  # noqa: E402
+from gen_commands import sweep
 
 EXPERIMENT = "sgd_regimes"  # Sacred Experiment name in experiments/expt_sgd_regimes.py
 SCRIPT = "experiments/expt_sgd_regimes.py"
