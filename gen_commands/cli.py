@@ -115,10 +115,9 @@ class Sweep:
                 out[dest] = value
         return out
 
-    def axes(self) -> dict:
-        """``{config key: values}`` of the spec's axes whose setting is not None, in the spec's order."""
-        s = self.settings
-        return {a.key: a.values(s[a.dest]) for a in self.spec.axes if s.get(a.dest) is not None}
+    def axes(self, axes: Sequence[Axis] | None = None) -> dict:
+        """:func:`axis_values` of ``axes`` (default the spec's) for the resolved settings."""
+        return axis_values(self.spec.axes if axes is None else axes, self.settings)
 
     def command(self, overrides: Mapping[str, Any], experiment: str | None = None, prefix: str = "") -> str:
         """One line; ``experiment`` names the run key's experiment (default the spec's), ``prefix`` goes
@@ -127,11 +126,20 @@ class Sweep:
                                     prefix + self.observer, self.args.python)
 
 
+def axis_values(axes: Sequence[Axis], settings: Mapping) -> dict:
+    """``{config key: values}`` of the axes whose setting is not None, in the order of ``axes``."""
+    return {a.key: a.values(settings[a.dest]) for a in axes if settings.get(a.dest) is not None}
+
+
 def resolve_axes(spec: "Spec", args: argparse.Namespace) -> dict:
-    """``spec.base``, then the preset, then every option given; each axis checked; then ``spec.validate``."""
+    """:func:`resolve_preset` of the chosen preset (or none)."""
+    return resolve_preset(spec, args, spec.presets[args.preset] if args.preset else {})
+
+
+def resolve_preset(spec: "Spec", args: argparse.Namespace, preset: Mapping) -> dict:
+    """``spec.base``, then ``preset``, then every option given; each axis checked; then ``spec.validate``."""
     s = dict(spec.base)
-    if args.preset:
-        s.update(spec.presets[args.preset])
+    s.update(preset)
     for dest in dict.fromkeys([*spec.base, *(a.dest for a in spec.axes), "seeds"]):
         value = getattr(args, dest, None)
         if value is not None:
