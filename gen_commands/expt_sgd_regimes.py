@@ -28,7 +28,7 @@ import ast
 import sys
 from pathlib import Path
 
-from gen_commands import sweep
+from gen_commands import cli, sweep
 
 EXPERIMENT = "sgd_regimes"  # Sacred Experiment name in experiments/expt_sgd_regimes.py
 SCRIPT = "experiments/expt_sgd_regimes.py"
@@ -181,31 +181,13 @@ def _presets_help() -> str:
     return "presets:\n" + "\n".join(f"  {name:15s} {desc}" for name, (_, _, desc) in PRESETS.items())
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python gen_commands/expt_sgd_regimes.py",
-        description=__doc__, epilog=_presets_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("out", help="commands file to write (refused if it exists, unless --force)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="a sweep of the paper; --set/--grid override its keys")
+def options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="fixed config values, e.g. arch=mlp alpha=1 \"act='gelu'\"")
-    p.add_argument("--grid", action="append", default=[], metavar="KEY=[...]",
-                   help="a swept key, e.g. dt=\"[2**i for i in range(-3, 1)]\"; repeat to cross several")
     p.add_argument("--where", metavar="EXPR", help="keep only lines where EXPR holds, e.g. \"bs <= ptr\" "
                    "(comparisons of keys and numbers joined by 'and'; presets over bs and ptr set it)")
-    p.add_argument("--seeds", type=int, nargs="+", help="run seeds crossed with the grid (default: one drawn from --seed)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generator's RNG (default 0)")
-    g = p.add_argument_group("line format")
-    g.add_argument("--expt-name", help="expt_name config entry, a label for plots (default: the preset's name)")
-    obs = g.add_mutually_exclusive_group()
-    obs.add_argument("-F", "--file-storage", metavar="DIR", help=f"record with a FileStorageObserver in DIR (default {DEFAULT_RUNS_DIR})")
-    obs.add_argument("-m", "--mongo", metavar="HOST:PORT:DB", help="record with a MongoObserver instead")
-    g.add_argument("--python", default="python", help="interpreter written at the start of each line (default python)")
-    g.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    g.add_argument("--run", type=int, metavar="JOBS", help="then run the file with gen_commands.run, JOBS lines at a time")
-    return p
+    p.add_argument("--run", type=int, metavar="JOBS", help="then run the file with gen_commands.run, JOBS lines at a time")
 
 
 def _parse_set(specs: list[str]) -> dict:
@@ -259,14 +241,15 @@ def where_filter(expr: str):
     return lambda line: holds(tree, line)
 
 
-def generate(args: argparse.Namespace) -> list[str]:
-    """The command lines, in a deterministic order (grid axes in the order given, then seeds)."""
+def lines(sw: cli.Sweep) -> list[str]:
+    """The preset's and --set/--grid keys merged, the grid crossed and filtered by --where, then the seeds."""
+    args = sw.args
     fixed, grid = {}, {}
     if args.preset:
         preset_fixed, preset_grid, _ = PRESETS[args.preset]
         fixed.update(preset_fixed)
         grid.update(sweep.parse_grid(f"{k}={v}" for k, v in preset_grid.items()))
-    user_fixed, user_grid = _parse_set(args.set), sweep.parse_grid(args.grid)
+    user_fixed, user_grid = _parse_set(args.set), sw.grid
     for key in (*user_fixed, *user_grid):
         # a user key replaces the preset's value or axis; dt and temp spell one step, so either replaces both
         for replaced in {key, *EXCLUSIVE.get(key, ())}:
@@ -292,12 +275,10 @@ def generate(args: argparse.Namespace) -> list[str]:
         seeds = [None]
     else:
         seeds = args.seeds if args.seeds is not None else [sweep.sample_seed(sweep.make_rng(args.seed))]
-    observer = sweep.observer_flag(mongo=args.mongo) if args.mongo else \
-        sweep.observer_flag(file_storage=args.file_storage or DEFAULT_RUNS_DIR)
-    expt_name = args.expt_name if args.expt_name is not None else args.preset
+    expt_name = sw.expt_name
     where = args.where if args.where is not None else (PRESET_WHERE.get(args.preset) if args.preset else None)
     keep = where_filter(where) if where else (lambda line: True)
-    lines = []
+    out = []
     for combo in sweep.cartesian(grid):
         overrides = {} if expt_name is None else {"expt_name": expt_name}
         overrides.update(fixed)
@@ -306,27 +287,31 @@ def generate(args: argparse.Namespace) -> list[str]:
             continue
         for seed in seeds:
             run = overrides if seed is None else {**overrides, "seed": seed}
-            lines.append(sweep.format_command(SCRIPT, EXPERIMENT, run, observer, args.python))
-    return lines
+            out.append(sw.command(run))
+    return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def _check_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.run is not None and args.run < 1:
+        parser.error(f"--run expects a number of jobs >= 1; got {args.run}")
 
-    def checked(args):
-        if args.run is not None and args.run < 1:
-            parser.error(f"--run expects a number of jobs >= 1; got {args.run}")
-        return generate(args)
 
-    def run_after(args, path):
-        if args.run is None:
-            return 0
-        from gen_commands import run as runner
+def _run_after(args: argparse.Namespace, path) -> int:
+    if args.run is None:
+        return 0
+    from gen_commands import run as runner
 
-        return runner.main([str(path), "--jobs", str(args.run)])
+    return runner.main([str(path), "--jobs", str(args.run)])
 
-    return sweep.generator_main(parser, checked, argv, after=run_after)
 
+SPEC = cli.Spec(
+    experiment=EXPERIMENT, script=SCRIPT, description=__doc__, presets=PRESETS, lines=lines,
+    resolve=lambda spec, args: None, options=options, line_options=(), epilog=_presets_help(),
+    axes_title="sweep", seeds_help="run seeds crossed with the grid (default: one drawn from --seed)",
+    grid_help="a swept key, e.g. dt=\"[2**i for i in range(-3, 1)]\"; repeat to cross several",
+    check_args=_check_run, after=_run_after,
+)
+build_parser, generate, main = SPEC.build_parser, SPEC.generate, SPEC.main
 
 if __name__ == "__main__":
     sys.exit(main())
