@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gen_commands import cli, sweep
+from gen_commands import cli, presets, sweep
 
 EXPERIMENT = "chaos"  # Sacred Experiment name in experiments/expt_chaos.py
 SCRIPT = "experiments/expt_chaos.py"
@@ -42,9 +42,8 @@ DATASETS3 = [{"dataset": d, "logging.save_eigenthings": True} for d in ("usps", 
 DISTANCE = {"logging.log_eigenthings": False, "logging.log_lyapunov": False, "perturb_eps": [0.1],
             "perturb_strat": "all", "parallel": 5}
 
-# The original's CGD pruning rules (experiments/expt_chaos.py: cgd_original; dynamics.cgd_select.CgdRules.original).
-CGD_ORIGINAL = {"cgd.zeros": "pool", "cgd.rand_draws": "replacement", "cgd.rank": "growth", "cgd.band": "plain",
-                "cgd.global_rule": "hessian", "cgd.tangent": "projected"}
+# The original's CGD pruning rules: the experiment's named config cgd_original (dynamics.cgd_select.CgdRules.original).
+CGD_ORIGINAL = presets.named_config(SCRIPT, "cgd_original")
 
 PRESETS = {
     "fig1": dict(runs=FIG1, seeds=[0]),

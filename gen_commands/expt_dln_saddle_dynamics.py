@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from gen_commands import cli
+from gen_commands import cli, presets
 
 EXPERIMENT = "dln_saddle_dynamics"  # Sacred Experiment name in experiments/expt_dln_saddle_dynamics.py
 SCRIPT = "experiments/expt_dln_saddle_dynamics.py"
@@ -40,10 +40,11 @@ AXES = (
     cli.Axis("num_chains", "sgld_config.num_chains", int, "sgld_config.num_chains: SGLD chains", cli.at_least(1)),
 )
 
+# paper and cpu are the experiment's named configs of the same names, read from its source.
 PRESETS = {
-    "paper": dict(width=[500], steps=[50000], logging_period=[100], seeds=[42]),
+    "paper": {**presets.as_options(presets.named_config(SCRIPT, "paper"), AXES), "seeds": [42]},
     "widths": dict(width=[10, 50, 100, 500], steps=[20000], logging_period=[50], seeds=[0, 1, 2]),
-    "cpu": dict(width=[10], lr=[3e-4], steps=[6000], logging_period=[100], seeds=[0]),
+    "cpu": {**presets.as_options(presets.named_config(SCRIPT, "cpu"), AXES), "seeds": [0]},
 }
 
 SPEC = cli.Spec(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 
-from gen_commands import cli
+from gen_commands import cli, presets
 
 EXPERIMENT = "llc_curve"  # Sacred Experiment name in experiments/expt_llc_curve.py
 SCRIPT = "experiments/expt_llc_curve.py"
@@ -61,12 +61,8 @@ AXES = (
     cli.Axis("force_realisable", "force_realisable", _bool, "force_realisable", metavar="{True,False}"),
 )
 
-# The original README's example command; the paper's sweeps vary one axis around it.
-README = dict(
-    optim=["sgd"], lr=[0.005], batch=[512], momentum=[None], l2=[None], steps=[30001], logging_period=[1000],
-    sgld_epsilon=[2e-7], sgld_gamma=[1.0], sgld_steps=[5000], sgld_batch=[2048], force_realisable=[False],
-    seeds=[0],
-)
+# The original README's example command: the experiment's named config ``readme``, read from its source.
+README = {**presets.as_options(presets.named_config(SCRIPT, "readme"), AXES), "seeds": [0]}
 PAPER_SEEDS = [0, 1, 2, 3, 4]
 PRESETS = {
     "readme": README,

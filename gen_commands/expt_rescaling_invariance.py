@@ -26,14 +26,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gen_commands import cli, sweep
+from gen_commands import cli, presets, sweep
 
 EXPERIMENT = "rescaling_invariance"  # Sacred Experiment name in experiments/expt_rescaling_invariance.py
 SCRIPT = "experiments/expt_rescaling_invariance.py"
 DEFAULT_RUNS_DIR = f"runs/{EXPERIMENT}"
 SAMPLERS = ("psgld_fixed", "psgld", "sgld")  # the experiment's SAMPLERS
 DEFAULT_ALPHAS = [10 ** (k / 2) for k in range(-8, 9)]  # the experiment's default alphas
-PAPER = {"paper_small": [10, 20, 10], "paper_medium": [20, 30, 20], "paper_large": [30, 40, 30]}
+# The notebook's three networks: the experiment's named configs of the same names, read from its source.
+PAPER = {name: presets.named_config(SCRIPT, name)["layer_sizes"] for name in ("paper_small", "paper_medium", "paper_large")}
 
 PRESETS = {
     **{name: dict(layer_sizes=[sizes], samplers=["psgld_fixed"], seeds=[0]) for name, sizes in PAPER.items()},

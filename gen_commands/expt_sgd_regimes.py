@@ -28,7 +28,7 @@ import ast
 import sys
 from pathlib import Path
 
-from gen_commands import cli, sweep
+from gen_commands import cli, presets, sweep
 
 EXPERIMENT = "sgd_regimes"  # Sacred Experiment name in experiments/expt_sgd_regimes.py
 SCRIPT = "experiments/expt_sgd_regimes.py"
@@ -36,8 +36,6 @@ DEFAULT_RUNS_DIR = f"runs/{EXPERIMENT}"
 EXTRA_KEYS = ("seed", sweep.RUN_KEY)  # config keys Sacred adds outside the scope
 EXCLUSIVE = {"dt": ("temp",), "temp": ("dt",)}  # exactly one of each group reaches the experiment
 
-_FC5 = dict(arch="mlp", act="relu", L=5, h=128, alpha=32768.0, pte=32768, loss="hinge", dynamics="sgd",
-            bs=16, ckpt_grad_stats=128, max_wall=10000.0)
 _P_SWEEP = "[1024, 2048, 4096, 8192, 16384]"
 _ICML = "the ICML 2023 code's README (SGD_learning_regimes)"  # see the module docstring
 _MNAS = dict(arch="mnas", act="relu", h=64, alpha=32768.0, pte=32768, loss="hinge", dynamics="sgd", bs=16,
@@ -45,34 +43,38 @@ _MNAS = dict(arch="mnas", act="relu", h=64, alpha=32768.0, pte=32768, loss="hing
 _BSTAR = dict(arch="linear", alpha=1.0, dataset="depleted_sign", d=32, pte=8192, loss="hinge", dynamics="sgd",
               temp=16.0, max_wall=1800.0, dtype="f64")
 
+
+def _named(name: str, grid: dict, description: str) -> tuple:
+    """A preset whose fixed keys are the experiment's named config ``name`` (read from its source), less the
+    keys the preset sweeps (``tutorial`` sets dt for its single run; the preset sweeps it)."""
+    return {k: v for k, v in presets.named_config(SCRIPT, name).items() if k not in grid}, grid, description
+
+
 # name -> (fixed keys, grid axes as text, description)
 PRESETS = {
-    "tutorial": (
-        dict(dataset="mnist_parity", ptr=1024, pte=2048, arch="mlp", act="gelu", h=64, L=8,
-             dynamics="sgd", alpha=1.0, bs=64, max_wall=120.0),
+    "tutorial": _named(
+        "tutorial",
         {"dt": "[2**i for i in range(-3, 1)]"},
         "the original README, 'Tuto: sweeping over many parameters': its dt sweep (4 runs)",
     ),
-    "mnist_fc5": (
-        dict(_FC5, dataset="mnist_parity"),
+    "mnist_fc5": _named(
+        "mnist_fc5",
         {"seed_init": "[i for i in range(5)]", "ptr": _P_SWEEP, "temp": "[2**i for i in range(-13, 3)]"},
         f"{_ICML}, mnist-FC-5L: 5-hidden-layer ReLU MLP, h=128, parity MNIST, α=32768 (lazy), bs=16; seed_init x P x T (400 runs)",
     ),
     "cifar_fc5": (
-        dict(_FC5, dataset="cifar_animal"),
+        dict(presets.named_config(SCRIPT, "mnist_fc5"), dataset="cifar_animal"),
         {"seed_init": "[i for i in range(5)]", "ptr": _P_SWEEP, "temp": "[2**i for i in range(-13, 3)]"},
         f"{_ICML}, cifar-FC-5L: the same on CIFAR animals vs vehicles (400 runs)",
     ),
-    "mnist_alpha_dt": (
-        dict(arch="mlp", act="gelu", L=5, h=128, dataset="mnist_parity", ptr=1024, pte=32768, loss="hinge",
-             dynamics="sgd", bs=16, ckpt_grad_stats=1024, max_wall=14400.0),
+    "mnist_alpha_dt": _named(
+        "mnist_alpha_dt",
         {"seed_init": "[i for i in range(9)]", "alpha": "[2.0**i for i in range(-14, 12)]",
          "dt": "[2**i for i in range(-15, 16)]"},
         f"{_ICML}, mnist-alpha_dt-FC-5L: the (α, dt) phase diagram, 5-hidden-layer GELU MLP, h=128, parity MNIST, P=1024, bs=16 (7254 runs)",
     ),
-    "perceptron": (
-        dict(arch="linear", alpha=32768.0, dataset="depleted_sign", pte=32768, loss="hinge", dynamics="sgd",
-             bs=2, ckpt_grad_stats=512, max_wall=10000.0, ckpt_save_mult=1000000),
+    "perceptron": _named(
+        "perceptron",
         {"seed_init": "[i for i in range(5)]", "data_chi": "[3.0, 1.0, 0.0]", "d": "[16, 32, 64, 128]",
          "ptr": _P_SWEEP, "dt": "[2**i for i in range(-15, 3)]"},
         f"{_ICML}, depleted_perceptron: the lazy (α=32768) perceptron on depleted_sign, bs=2; χ x d x P x dt (5400 runs)",
@@ -94,9 +96,8 @@ PRESETS = {
          "dt": "[2**i for i in range(-13, 11)]"},
         f"{_ICML}, cifar-alpha_dt-MNAS: the (α, dt) phase diagram, mnas h=32, CIFAR animals, P=1024, bs=64 (2496 runs)",
     ),
-    "perceptron_bs": (
-        dict(arch="linear", alpha=128.0, dataset="depleted_sign", d=128, ptr=8192, pte=32768, loss="hinge",
-             dynamics="sgd", max_wall=3600.0),
+    "perceptron_bs": _named(
+        "perceptron_bs",
         {"data_chi": "[0.0, 1.0]", "bs": "[2**i for i in range(14)]", "dt": "[2.0**i for i in range(-6, 5)]"},
         "this project's CPU-sized cut of the original README's perceptron phase diagrams: bs 2^0..2^13 x dt, χ in {0, 1} (308 runs)",
     ),
