@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import sys
 
-from gen_commands import cli
+from gen_commands import cli, presets
 
 EXPERIMENT = "mala_vs_sgld"  # Sacred Experiment name in experiments/expt_mala_vs_sgld.py
 SCRIPT = "experiments/expt_mala_vs_sgld.py"
 DEFAULT_RUNS_DIR = f"runs/{EXPERIMENT}"
-PAPER_NS = [100, 316, 1000, 3162, 10000, 31623, 100000]  # round(10^linspace(2, 5, 7)), as the experiment's
+PAPER_NS = presets.constant(SCRIPT, "PAPER_NS")  # the experiment's n grid, round(10^linspace(2, 5, 7))
 EPSILON_SCALINGS = ("fixed", "nbeta")
 
 # The axes, in the order keys are written on each line; each n is its own line (num_training_data=[n]).

@@ -31,7 +31,7 @@ from gen_commands import cli, presets, sweep
 EXPERIMENT = "rescaling_invariance"  # Sacred Experiment name in experiments/expt_rescaling_invariance.py
 SCRIPT = "experiments/expt_rescaling_invariance.py"
 DEFAULT_RUNS_DIR = f"runs/{EXPERIMENT}"
-SAMPLERS = ("psgld_fixed", "psgld", "sgld")  # the experiment's SAMPLERS
+SAMPLERS = presets.constant(SCRIPT, "SAMPLERS")  # read from the experiment's source
 DEFAULT_ALPHAS = [10 ** (k / 2) for k in range(-8, 9)]  # the experiment's default alphas
 # The notebook's three networks: the experiment's named configs of the same names, read from its source.
 PAPER = {name: presets.named_config(SCRIPT, name)["layer_sizes"] for name in ("paper_small", "paper_medium", "paper_large")}

@@ -16,10 +16,22 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @functools.lru_cache(maxsize=None)
+def _module(script: str) -> ast.Module:
+    return ast.parse((REPO / script).read_text(encoding="utf-8"))
+
+
 def _functions(script: str) -> dict[str, ast.FunctionDef]:
-    tree = ast.parse((REPO / script).read_text(encoding="utf-8"))
-    return {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef) and any(
+    return {node.name: node for node in _module(script).body if isinstance(node, ast.FunctionDef) and any(
         isinstance(dec, ast.Attribute) and dec.attr == "named_config" for dec in node.decorator_list)}
+
+
+def constant(script: str, name: str):
+    """The literal value of the module-level assignment ``name = ...`` in ``script`` (the last one)."""
+    found = [stmt.value for stmt in _module(script).body if isinstance(stmt, ast.Assign)
+             and any(isinstance(t, ast.Name) and t.id == name for t in stmt.targets)]
+    if not found:
+        raise KeyError(f"{script} assigns no module-level {name!r}")
+    return _literal(found[-1], f"{script}:{name}")
 
 
 def _literal(node: ast.AST, where: str):

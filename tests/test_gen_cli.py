@@ -136,3 +136,57 @@ def test_generator_runs_as_a_script_and_experiments_import_as_a_package(tmp_path
     code = ("import experiments, importlib.util; assert experiments.__file__.endswith('__init__.py'); "
             "assert importlib.util.find_spec('experiments.expt_dln') is not None")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+# --- presets read from the experiments' named configs (gen_commands.presets) ---------------------------------
+
+def test_named_config_reader_flattens_literals_and_refuses_code(tmp_path):
+    from gen_commands import presets
+
+    script = tmp_path / "expt_toy.py"
+    script.write_text(
+        "N = [1, 2]\n"
+        "@ex.named_config\n"
+        "def small():\n"
+        "    \"\"\"doc\"\"\"\n"
+        "    width = 5  # comment\n"
+        "    training_config = dict(num_steps=10, lr=1e-3, inner=dict(a=None))\n"
+        "    sizes = [1, 2, 3]\n"
+        "@ex.named_config\n"
+        "def coded():\n"
+        "    width = len(N)\n")
+    assert presets.named_config(str(script), "small") == {
+        "width": 5, "training_config.num_steps": 10, "training_config.lr": 1e-3, "training_config.inner.a": None,
+        "sizes": [1, 2, 3]}
+    assert list(presets.named_config(str(script), "small")) == [
+        "width", "training_config.num_steps", "training_config.lr", "training_config.inner.a", "sizes"]
+    assert presets.constant(str(script), "N") == [1, 2]
+    with pytest.raises(ValueError, match="coded:width is not a literal: len"):
+        presets.named_config(str(script), "coded")
+    with pytest.raises(KeyError, match="no named config 'large'"):
+        presets.named_config(str(script), "large")
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@pytest.mark.parametrize("script, name", [
+    ("expt_dln_saddle_dynamics", "paper"), ("expt_dln_saddle_dynamics", "cpu"), ("expt_llc_curve", "readme"),
+    ("expt_rescaling_invariance", "paper_small"), ("expt_chaos", "cgd_original"), ("expt_sgd_regimes", "perceptron"),
+])
+def test_the_source_reading_of_a_named_config_is_what_sacred_resolves(script, name):
+    # Independent of the ast reader: Sacred runs the named config scope; every key read must resolve to that value.
+    from gen_commands import presets
+    from tests.conftest import load_experiment
+
+    read = presets.named_config(f"experiments/{script}.py", name)
+    run = load_experiment(script).ex.run("print_config", named_configs=[name], options={"--loglevel": "ERROR"})
+    resolved = _flat(run.config)
+    assert read and {k: resolved[k] for k in read} == read
