@@ -124,7 +124,7 @@ def lines(sw: cli.Sweep) -> list[str]:
     seeds = args.seeds if args.seeds is not None else [0]
     out = []
     for block in sw.settings:
-        block.update(sw.grid)  # a --grid axis replaces the block's values, keeping the key's position
+        block = {**block, **sw.grid}  # a --grid axis replaces the block's values, keeping the key's position
         for combo in sweep.cartesian(block):
             overrides = {} if sw.expt_name is None else {"expt_name": sw.expt_name}
             overrides.update(combo)
