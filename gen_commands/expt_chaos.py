@@ -107,7 +107,8 @@ def lines(sw: cli.Sweep) -> list[str]:
 
 SPEC = cli.Spec(
     experiment=EXPERIMENT, script=SCRIPT, description=__doc__, presets=PRESETS, axes=AXES, lines=lines,
-    options=options, validate=validate, preset_required=True, axes_title="run options (one value each, written on every line)",
+    options=options, validate=validate, preset_required=True,
+    axes_title="run options (one value each, written on every line)",
     seeds_help="run seeds (default: the preset's, 0 or 42)", reserved={"seed": "use --seeds"},
     grid_help="extra axis over any config key, e.g. \"optim.lr=[1e-3, 1e-2]\"; crossed with the runs",
 )
