@@ -129,9 +129,9 @@ def perceptron():
     effects of SGD noise in distinct regimes of deep learning"), key for key: the lazy perceptron on
     depleted_sign; sweep seed_init, data_chi, d, ptr and dt. That README names no figure."""
     arch = "linear"
+    alpha = 32768.0
     dataset = "depleted_sign"
     pte = 32768
-    alpha = 32768.0
     loss = "hinge"
     dynamics = "sgd"
     bs = 2
@@ -145,11 +145,11 @@ def perceptron_bs():
     """The original README's "Phase diagrams learning rate - batch size" perceptron (d=128, ptr=8192, α=128);
     sweep data_chi, bs and dt."""
     arch = "linear"
+    alpha = 128.0
     dataset = "depleted_sign"
     d = 128
     ptr = 8192
     pte = 32768
-    alpha = 128.0
     loss = "hinge"
     dynamics = "sgd"
     max_wall = 3600.0
@@ -164,14 +164,14 @@ def mnist_fc5():
     act = "relu"
     L = 5
     h = 128
-    dataset = "mnist_parity"
-    pte = 32768
     alpha = 32768.0
+    pte = 32768
     loss = "hinge"
     dynamics = "sgd"
     bs = 16
     ckpt_grad_stats = 128
     max_wall = 10000.0
+    dataset = "mnist_parity"
 
 
 @ex.named_config
