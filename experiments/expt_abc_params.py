@@ -20,6 +20,7 @@ import dataclasses
 import math
 import os
 import tempfile
+from enum import IntEnum, unique
 from typing import NamedTuple
 
 import numpy as np
@@ -216,8 +217,15 @@ def _calibration(config: dict):
     return config["calibration"]
 
 
-# Independent random streams, all derived from the run's seed (SeedSequence spawn keys).
-SPLIT, INIT, BATCHES, CALIBRATION, COORD = range(5)
+@unique
+class Stream(IntEnum):
+    """The run's independent random streams (derived_seed spawn keys); explicit values, so adding
+    a stream reseeds no other."""
+    SPLIT = 0
+    INIT = 1
+    BATCHES = 2
+    CALIBRATION = 3
+    COORD = 4
 
 
 def _generator(seed: int, *key: int, device="cpu") -> torch.Generator:
@@ -256,7 +264,7 @@ def load_splits(config: dict, seed: int, device) -> Splits:
     if config["batch_size"] > n - n_val:
         raise ValueError(f"batch_size must be <= the training examples left after n_val ({n - n_val}); "
                          f"got {config['batch_size']}")
-    perm = torch.randperm(n, generator=_generator(seed, SPLIT))
+    perm = torch.randperm(n, generator=_generator(seed, Stream.SPLIT))
     val, train = perm[:n_val], perm[n_val:]
     return Splits(flat(x[train]), y[train].to(device), flat(x[val]), y[val].to(device), flat(x_test), y_test.to(device))
 
@@ -297,7 +305,7 @@ def _train_trials(_config, _run, _seed, checked, ck):
     warmup_lrs, batch_list = [], None
     if _config["batch_order"] == "fixed_list":  # one list for the run, as the scripts' batches = list(loader)
         batch_list = fixed_batch_list(data.x_train.shape[0], _config["batch_size"],
-                                      _generator(_seed, BATCHES, device=device))
+                                      _generator(_seed, Stream.BATCHES, device=device))
     saved = ck.state  # a resumed run: the trial counter, the finished trials' values, that trial's loop state
     if saved is not None:
         trials, warmup_lrs = {key: list(v) for key, v in saved["trials"].items()}, list(saved["warmup_lrs"])
@@ -308,10 +316,10 @@ def _train_trials(_config, _run, _seed, checked, ck):
     with ck.deferring():  # signals wait for the next step boundary (a trial's step; evaluations run on)
         for k in range(saved["trial"] if saved is not None else 0, _config["n_trials"]):
             resume = saved["train"] if saved is not None and k == saved["trial"] else None
-            net = ABCNet(spec, _generator(_seed, INIT, k)).to(device)
+            net = ABCNet(spec, _generator(_seed, Stream.INIT, k)).to(device)
             if batch_list is None:
                 x_step, y_step, x_probe = _calibration_batches(data, _config["batch_size"],
-                                                               _generator(_seed, CALIBRATION, k, device=device))
+                                                               _generator(_seed, Stream.CALIBRATION, k, device=device))
             else:  # the scripts' calibrate_base_lr: mock step on batches[0], measured on batches[1]
                 x_step, y_step = data.x_train[batch_list[0]], data.y_train[batch_list[0]]
                 x_probe = data.x_train[batch_list[1 % len(batch_list)]]
@@ -335,7 +343,7 @@ def _train_trials(_config, _run, _seed, checked, ck):
                     _run.log_scalar(f"coord/h{l}/trial{k}", h, r.step)
 
             losses = train_abc(net, data.x_train, data.y_train, n_steps, _config["batch_size"], _config["base_lr"],
-                               _generator(_seed, BATCHES, k, device=device), betas, log_step, every, first, batch_list,
+                               _generator(_seed, Stream.BATCHES, k, device=device), betas, log_step, every, first, batch_list,
                                boundary=lambda t, capture, k=k: boundary(t, capture, k), resume=resume)
             for split, x, y in (("val", data.x_val, data.y_val), ("test", data.x_test, data.y_test)):
                 loss, acc, likelihood = evaluate(net, x, y, with_likelihood=True)
@@ -366,7 +374,7 @@ def coord_check(_config, _run, _seed):
     data = load_splits(_config, _seed, device)
     probe = data.x_val[:_config["batch_size"]]
     specs = [dataclasses.replace(spec, width=m) for m in cc.widths]
-    seeds = [derived_seed(_seed, COORD, s) for s in range(cc.n_seeds)]
+    seeds = [derived_seed(_seed, Stream.COORD, s) for s in range(cc.n_seeds)]
     out = coordinate_check(specs, data.x_train, data.y_train, probe, cc.n_steps, _config["batch_size"],
                            _config["base_lr"], seeds, checked["calibration"], device)
     table = {"parameterization": spec.parameterization.name, "activation": spec.activation, "L": spec.L,

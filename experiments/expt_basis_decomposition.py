@@ -35,6 +35,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from enum import IntEnum, unique
 from typing import NamedTuple
 
 import numpy as np
@@ -341,8 +342,19 @@ def validate(config: dict) -> Checked:
     return Checked(shape, schedule, k_M, int(max_basis), resolve_device(config["device"]))
 
 
-# Independent random streams derived from the run's seed.
-INIT, BATCHES, AUGMENT, REINIT, REBATCHES, REAUGMENT = range(6)
+@unique
+class Stream(IntEnum):
+    """The run's independent random streams (derived_seed spawn keys); explicit values, so adding
+    a stream reseeds no other."""
+    INIT = 0
+    BATCHES = 1
+    AUGMENT = 2
+    REINIT = 3
+    REBATCHES = 4
+    REAUGMENT = 5
+
+
+INIT, BATCHES, AUGMENT, REINIT, REBATCHES, REAUGMENT = Stream  # module-level names used below
 
 
 # --- training -------------------------------------------------------------------------------

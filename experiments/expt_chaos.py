@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import math
+from enum import IntEnum, unique
 
 import torch
 from sacred import Experiment
@@ -183,8 +184,19 @@ def subsim_cnn():
 
 # ----------------------------------------------------------------------------- helpers
 
-# Independent random streams, all derived from the run's seed.
-INIT, BATCHES, PERTURB, CGD, LYAP, PROJ = range(6)
+@unique
+class Stream(IntEnum):
+    """The run's independent random streams (derived_seed spawn keys); explicit values, so adding
+    a stream reseeds no other."""
+    INIT = 0
+    BATCHES = 1
+    PERTURB = 2
+    CGD = 3
+    LYAP = 4
+    PROJ = 5
+
+
+INIT, BATCHES, PERTURB, CGD, LYAP, PROJ = Stream  # module-level names used below
 
 
 def _stream(seed, purpose, device="cpu"):
