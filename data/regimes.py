@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models.device import derived_seed
+from core.runtime import derived_seed
 
 IMAGE_DATASETS = {"mnist_parity": "mnist", "cifar_animal": "cifar10"}
 SYNTHETIC_DATASETS = ("sign", "random_sign", "depleted_sign")

@@ -29,6 +29,7 @@ import torch
 from sacred import Experiment
 from torch.func import grad_and_value
 
+from core.runtime import derived_seed, resolve_dtype
 from data.vision import load_vision_dataset
 from dynamics.cgd import cgd_gradient, sgd_step
 from dynamics.chaos_resume import loop_state, restore_loop
@@ -39,7 +40,6 @@ from dynamics.mlp_hessian import mlp_hessian_eigh, mlp_params_from_flat
 from dynamics.perturb import perturbation_direction, random_subspace_baseline, subspace_similarity
 from llc.estimate import flat_model_for_module
 from models.chaos_nets import build_model
-from models.device import derived_seed, resolve_dtype
 from tracking.chaos_checks import IMAGE_SIZE, NUM_CLASSES, validate, warn_slow_cpu_frame
 from tracking.chaos_record import (
     POSITIVE_EXPONENT, finish, log_curvature, lyapunov_subsim, pooled_abs, save_eigenthings_artifact,

@@ -28,6 +28,7 @@ import torch
 from sacred import Experiment
 from torch.func import functional_call
 
+from core.runtime import DTYPES, derived_seed, resolve_device, resolve_dtype
 from data.synthetic import INPUT_DISTRIBUTIONS, teacher_dataset
 from dynamics.hessian import hutchinson_trace
 from dynamics.jacobian import functional_rank
@@ -36,7 +37,6 @@ from llc.aoyagi import dln_learning_coefficient
 from llc.estimate import flat_model_for_module
 from llc.psgld import initial_loss, llc_result
 from llc.sgld import SGLDConfig, mala_acceptance_probability, run_sgld
-from models.device import DTYPES, derived_seed, resolve_device, resolve_dtype
 from models.dln import (
     INIT_SCHEMES, TRUE_PARAM_METHODS, DeepLinearNetwork, end_to_end_matrix, init_params, make_true_params, numerical_rank,
     rank_truncation_losses,

@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from sacred import Experiment
 
+from core.runtime import DTYPES, derived_seed, resolve_device, resolve_dtype
 from dynamics.train import TrainingConfig, train
 from llc.aoyagi import dln_learning_coefficient
 from llc.estimate import estimate_llc_flat, flat_model_for_module
 from llc.sgld import SGLDConfig, SGLDDivergenceError
-from models.device import DTYPES, derived_seed, resolve_device, resolve_dtype
 from models.dln import DeepLinearNetwork, end_to_end_matrix, numerical_rank
 from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import build_config, configure_experiment, json_ready, run_cli, seed_everything

@@ -34,12 +34,12 @@ import torch
 import torch.nn.functional as F
 from sacred import Experiment
 
+from core.runtime import derived_seed, resolve_device
 from data.vision import load_vision_dataset
 from dynamics.train import TrainingConfig, train
 from llc.estimate import estimate_llc_flat, flat_loss_for_module
 from llc.restricted import estimate_llc_per_layer
 from llc.sgld import SGLDConfig, SGLDDivergenceError
-from models.device import derived_seed, resolve_device
 from models.resnet import MODEL_NAMES, build_resnet
 from tracking.calibration_command import main_seed, run_calibration, validate_calibration
 from tracking.preempt import add_checkpoint_config, checkpointing

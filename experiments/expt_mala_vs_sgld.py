@@ -34,12 +34,12 @@ import torch
 from sacred import Experiment
 from torch.func import functional_call, vmap
 
+from core.runtime import DTYPES, derived_seed, resolve_device, resolve_dtype
 from data.synthetic import INPUT_DISTRIBUTIONS, teacher_dataset
 from llc.estimate import flat_model_for_module
 from llc.mala import MALAConfig, estimate_llc_mala
 from llc.psgld import initial_loss, llc_result
 from llc.sgld import SGLDConfig, SGLDDivergenceError, mala_acceptance_probability, run_sgld
-from models.device import DTYPES, derived_seed, resolve_device, resolve_dtype
 from models.relu_mlp import INITS, ReLUMLP, notebook_teacher
 from tracking.key_aliases import resolve_alias
 from tracking.preempt import add_checkpoint_config, checkpointing

@@ -40,11 +40,11 @@ import torch
 from sacred import Experiment
 from torch.func import functional_call
 
+from core.runtime import DTYPES, derived_seed, resolve_device, resolve_dtype
 from data.synthetic import INPUT_DISTRIBUTIONS, sample_inputs
 from llc.estimate import estimate_llc_flat, flat_model_for_module
 from llc.psgld import PSGLDConfig, estimate_llc_psgld, estimate_llc_psgld_traced
 from llc.sgld import SGLDConfig, SGLDDivergenceError
-from models.device import DTYPES, derived_seed, resolve_device, resolve_dtype
 from models.relu_mlp import INITS, ReLUMLP, layer_preconditioner, notebook_teacher, rescale_params
 from tracking.key_aliases import resolve_alias
 from tracking.preempt import add_checkpoint_config, checkpointing

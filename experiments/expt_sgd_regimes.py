@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from sacred import Experiment
 
+from core.runtime import derived_seed, resolve_device, resolve_dtype
 from data.regimes import DATASETS, IMAGE_DATASETS, build_dataset, teacher_vector
 from dynamics.ntk import NTK_METHODS
 from dynamics.regimes_drift import GF_FIRST_STAGES
 from dynamics.regimes_steps import REGULARIZERS, SDE_NOISES
 from dynamics.regimes_train import DYNAMICS, LOSSES, RegimesConfig, flat_metrics, train_regimes
-from models.device import derived_seed, resolve_device, resolve_dtype
 from models.regimes import ACT_BETA, ACTIVATIONS, ARCHS, CONV_ARCHS, DEEP_ARCHS, build_model, check_act_beta
 from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import configure_experiment, json_ready, run_cli, seed_everything

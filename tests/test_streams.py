@@ -3,8 +3,8 @@ so every derived seed (and so every recorded run) is unchanged by the switch."""
 import numpy as np
 import pytest
 
+from core.runtime import derived_seed
 from tests.conftest import load_experiment
-from models.device import derived_seed
 
 # The former `A, B, ... = range(N)` tuples, in their order (values 0..N-1).
 FORMER_TUPLES = {

@@ -1,4 +1,4 @@
-"""Resolve the ``device`` and ``dtype`` strings used in every config."""
+"""Resolve the ``device`` and ``dtype`` strings used in every config, and derive independent seeds."""
 from __future__ import annotations
 
 import operator
