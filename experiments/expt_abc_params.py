@@ -21,15 +21,14 @@ import math
 import os
 import tempfile
 from enum import IntEnum, unique
-from typing import NamedTuple
 
 import numpy as np
 import torch
 from sacred import Experiment
-from torch import Tensor
 
 from core.runtime import derived_seed, resolve_device
-from data.vision import DATASETS, load_vision_dataset
+from data.splits import Splits, calibration_batches, load_flat_splits
+from data.vision import DATASETS
 from models.abc import ACTIVATIONS, INPUT_SCALINGS, PARAMETERIZATIONS, ABCNet, ABCNetSpec, make_parameterization
 from models.abc_train import (
     CALIBRATIONS, CoordCheckConfig, StepRecord, calibrate_warmup_lrs, coordinate_check, evaluate, fixed_batch_list,
@@ -232,49 +231,10 @@ def _generator(seed: int, *key: int, device="cpu") -> torch.Generator:
     return torch.Generator(device=device).manual_seed(derived_seed(seed, *key))
 
 
-class Splits(NamedTuple):
-    """Flattened inputs (N, d) and labels (N,): train and validation from the training split, test apart."""
-
-    x_train: Tensor
-    y_train: Tensor
-    x_val: Tensor
-    y_val: Tensor
-    x_test: Tensor
-    y_test: Tensor
-
-
 def load_splits(config: dict, seed: int, device) -> Splits:
-    """Load the dataset (grey), flatten it and hold out ``n_val`` training examples (seeded).
-
-    Raises:
-        ValueError: n_val or batch_size too large for the training split.
-    """
-    kwargs = dict(data_root=config["data_root"], grayscale=True)
-    x, y = load_vision_dataset(config["dataset"], train=True, **kwargs)
-    x_test, y_test = load_vision_dataset(config["dataset"], train=False, **kwargs)
-    n, n_val = x.shape[0], config["n_val"]
-    if n_val > n - 2:
-        raise ValueError(f"n_val must leave at least 2 training examples (training split has {n}); got {n_val}")
-    flat = lambda t: t.flatten(1).to(device)  # noqa: E731  (N, 1, H, W) -> (N, H·W)
-    if n_val == 0:  # the original: "validation" on a copy of the training set
-        if config["batch_size"] > n:
-            raise ValueError(f"batch_size must be <= the training examples ({n}); got {config['batch_size']}")
-        xf, yd = flat(x), y.to(device)
-        return Splits(xf, yd, xf, yd, flat(x_test), y_test.to(device))
-    if config["batch_size"] > n - n_val:
-        raise ValueError(f"batch_size must be <= the training examples left after n_val ({n - n_val}); "
-                         f"got {config['batch_size']}")
-    perm = torch.randperm(n, generator=_generator(seed, Stream.SPLIT))
-    val, train = perm[:n_val], perm[n_val:]
-    return Splits(flat(x[train]), y[train].to(device), flat(x[val]), y[val].to(device), flat(x_test), y_test.to(device))
-
-
-def _calibration_batches(data: Splits, batch_size: int, gen: torch.Generator):
-    """Two disjoint training batches: one for the mock step, one held out to measure it."""
-    size = min(batch_size, data.x_train.shape[0] // 2)
-    idx = torch.randperm(data.x_train.shape[0], generator=gen, device=gen.device)
-    step, probe = idx[:size], idx[size:2 * size]
-    return data.x_train[step], data.y_train[step], data.x_train[probe]
+    """The run's train / validation / test splits; the held-out rows are drawn from the SPLIT stream."""
+    return load_flat_splits(config["dataset"], config["data_root"], config["n_val"], config["batch_size"],
+                            _generator(seed, Stream.SPLIT), device)
 
 
 def _mean_std(values) -> tuple[float, float]:
@@ -318,7 +278,7 @@ def _train_trials(_config, _run, _seed, checked, ck):
             resume = saved["train"] if saved is not None and k == saved["trial"] else None
             net = ABCNet(spec, _generator(_seed, Stream.INIT, k)).to(device)
             if batch_list is None:
-                x_step, y_step, x_probe = _calibration_batches(data, _config["batch_size"],
+                x_step, y_step, x_probe = calibration_batches(data, _config["batch_size"],
                                                                _generator(_seed, Stream.CALIBRATION, k, device=device))
             else:  # the scripts' calibrate_base_lr: mock step on batches[0], measured on batches[1]
                 x_step, y_step = data.x_train[batch_list[0]], data.y_train[batch_list[0]]

@@ -72,3 +72,18 @@ def test_regimes_data_streams_unchanged():
 
     names = ("TRAIN_INPUTS", "TEST_INPUTS", "TEACHER", "TEST_PICK", "TRAIN_PICK")
     assert [(m.name, m.value) for m in _Stream] == [(n, i) for i, n in enumerate(names)]
+
+
+def test_sgd_regimes_derived_seeds_unchanged(capsys):
+    """seed_* keys left None get derived_seed(run seed, k) with k their former enumerate() position."""
+    expt = load_experiment("expt_sgd_regimes")
+    config = dict(expt.ex.run("print_config", options={"--loglevel": "ERROR"}).config)
+    capsys.readouterr()
+    config.update(seed_init=None, seed_batch=None, seed_trainset=None, seed_testset=7, dt=None, temp=0.01)
+    seeds = expt.validate(config, 42)["seeds"]
+    assert seeds == {"seed_init": GOLDEN_42[0], "seed_batch": GOLDEN_42[1], "seed_trainset": GOLDEN_42[2],
+                     "seed_testset": 7}
+
+
+# derived_seed(42, k) for k = 0, 1, 2, printed by the code before the IntEnum switch.
+GOLDEN_42 = (6914975401685141156, 134183728835869882, 2378473973028931053)
