@@ -10,5 +10,5 @@ from typing import Callable
 
 from torch import Tensor
 
-FlatLoss = Callable[[Tensor, Tensor, Tensor], Tensor]  # (w (P,), x (B, ...), y (B, ...)) -> the batch's loss, a scalar ()
+FlatLoss = Callable[[Tensor, Tensor, Tensor], Tensor]  # (w (P,), x (B, ...), y (B, ...)) -> batch loss ()
 FlatModel = Callable[[Tensor, Tensor], Tensor]  # (w (P,), x (N, ...)) -> outputs (N, O)

@@ -99,9 +99,11 @@ def _images(name, ptr, pte, seed_trainset, seed_testset, data_root) -> tuple[Ten
     pool = x.shape[0]
     if ptr + pte > pool:
         raise ValueError(f"ptr + pte must be <= {pool} (the {name} train and test splits together); got {ptr} + {pte}")
-    perm_te = torch.randperm(pool, generator=torch.Generator().manual_seed(derived_seed(seed_testset, _Stream.TEST_PICK)))
+    gen_te = torch.Generator().manual_seed(derived_seed(seed_testset, _Stream.TEST_PICK))
+    perm_te = torch.randperm(pool, generator=gen_te)
     test, rest = perm_te[:pte], perm_te[pte:]
-    perm_tr = torch.randperm(rest.numel(), generator=torch.Generator().manual_seed(derived_seed(seed_trainset, _Stream.TRAIN_PICK)))
+    gen_tr = torch.Generator().manual_seed(derived_seed(seed_trainset, _Stream.TRAIN_PICK))
+    perm_tr = torch.randperm(rest.numel(), generator=gen_tr)
     train = rest[perm_tr[:ptr]]
     return x[train], y[train], x[test], y[test]
 

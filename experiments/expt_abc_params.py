@@ -303,8 +303,8 @@ def _train_trials(_config, _run, _seed, checked, ck):
                     _run.log_scalar(f"coord/h{l}/trial{k}", h, r.step)
 
             losses = train_abc(net, data.x_train, data.y_train, n_steps, _config["batch_size"], _config["base_lr"],
-                               _generator(_seed, Stream.BATCHES, k, device=device), betas, log_step, every, first, batch_list,
-                               boundary=lambda t, capture, k=k: boundary(t, capture, k), resume=resume)
+                               _generator(_seed, Stream.BATCHES, k, device=device), betas, log_step, every, first,
+                               batch_list, boundary=lambda t, capture, k=k: boundary(t, capture, k), resume=resume)
             for split, x, y in (("val", data.x_val, data.y_val), ("test", data.x_test, data.y_test)):
                 loss, acc, likelihood = evaluate(net, x, y, with_likelihood=True)
                 for what, value in (("loss", loss), ("accuracy", acc), ("likelihood", likelihood)):

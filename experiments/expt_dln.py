@@ -259,7 +259,8 @@ def build_problem(_config, _seed, checked) -> dict:
     # posterior's temperature, w* is from the lower-rank teachers (README, "The DLN experiment").
     rank_gaps = checked["sgld"].resolve_nbeta(n) * rank_truncation_losses(end_to_end_matrix(w_star), x, true_rank)
     x, y = x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype)
-    x_test, y_test = teacher_dataset(f64, w_star, _config["num_test_data"], input_dim, dist, _stream(_seed, Stream.TEST_DATA))
+    x_test, y_test = teacher_dataset(f64, w_star, _config["num_test_data"], input_dim, dist,
+                                     _stream(_seed, Stream.TEST_DATA))
     x_test, y_test = x_test.to(device=device, dtype=dtype), y_test.to(device=device, dtype=dtype)
 
     net.load_state_dict({k: v.to(dtype) for k, v in w_star.items()})
@@ -333,7 +334,8 @@ def _main(_config, _run, _seed, checked, ck):
             losses = train(trained, _mse, x, y, cfg, gen_batches, callback=log_train, boundary=boundary,
                            resume=ck.state["train"] if ck.state else None)
         w_trained = torch.cat([p.detach().reshape(-1) for p in trained.parameters()])
-        res_t, extra_t = _sgld(_run, "trained/llc", loss, w_trained, x, y, sgld, derived_seed(_seed, Stream.SGLD_TRAINED), _config)
+        seed_t = derived_seed(_seed, Stream.SGLD_TRAINED)
+        res_t, extra_t = _sgld(_run, "trained/llc", loss, w_trained, x, y, sgld, seed_t, _config)
         rank_t, sv_t = numerical_rank(end_to_end_matrix(dict(trained.named_parameters())))
         _run.info["trained_end_to_end_singular_values"] = sv_t.tolist()
         result["trained"] = {
@@ -343,7 +345,8 @@ def _main(_config, _run, _seed, checked, ck):
             "numerical_rank": rank_t,
             "final_train_loss": float(losses[-1]),
             "relative_error": (res_t.lambdahat - true_lambda) / true_lambda if true_lambda > 0 else None,
-            **_diagnostics(_run, "trained_", loss, f_flat, w_trained, x_test, y_test, _config, _seed, Stream.DIAG_TRAINED),
+            **_diagnostics(_run, "trained_", loss, f_flat, w_trained, x_test, y_test, _config, _seed,
+                           Stream.DIAG_TRAINED),
         }
         _run.log_scalar("trained/llc/lambdahat", res_t.lambdahat, 0)
     return json_ready(result)

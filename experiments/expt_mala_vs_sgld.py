@@ -294,8 +294,9 @@ def _main(_config, _run, _seed, checked, ck):
     net.to(device=device, dtype=dtype)
     # y = f(w*, x) in the run's dtype, so L_n(w*) = 0 up to rounding as in the notebook
     w_run = {k: v.to(dtype) for k, v in w64.items()}
+    gen_data = torch.Generator().manual_seed(derived_seed(_seed, Stream.DATA))
     x_all, y_all = teacher_dataset(lambda p, xb: functional_call(net, p, (xb,)), w_run, max(ns), sizes[0],
-                                   _config["input_distribution"], torch.Generator().manual_seed(derived_seed(_seed, Stream.DATA)))
+                                   _config["input_distribution"], gen_data)
     f_flat, w_flat = flat_model_for_module(net, dtype, device)
 
     def loss(w, xb, yb):

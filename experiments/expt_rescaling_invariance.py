@@ -283,7 +283,8 @@ def _main(_config, _run, _seed, checked, ck):
     net = ReLUMLP(sizes)
     w_star = notebook_teacher(sizes, torch.Generator().manual_seed(derived_seed(_seed, Stream.TEACHER)),
                               _config["teacher_init"], _config["hidden_bias_std"], _config["degenerate_units"])
-    x = sample_inputs(n, sizes[0], _config["input_distribution"], torch.Generator().manual_seed(derived_seed(_seed, Stream.DATA)))
+    gen_data = torch.Generator().manual_seed(derived_seed(_seed, Stream.DATA))
+    x = sample_inputs(n, sizes[0], _config["input_distribution"], gen_data)
     with torch.no_grad():
         y = functional_call(net, w_star, (x,))
     x, y = x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype)
