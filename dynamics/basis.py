@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.func import vjp, vmap
 
-FlatModel = Callable[[Tensor, Tensor], Tensor]  # (w (P,), x (N, ...)) -> (N, C)
+from core.types import FlatModel
 
 
 @dataclass(frozen=True)

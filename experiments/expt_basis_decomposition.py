@@ -35,19 +35,20 @@ import os
 import shutil
 import tempfile
 import warnings
+from enum import IntEnum, unique
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from sacred import Experiment
 
+from core.runtime import derived_seed, resolve_device
 from data.vision import DATASETS, load_vision_dataset
 from dynamics.basis import conjugate_kernel_basis, nonnegative_increment_fraction, saturation_times
 from dynamics.basis_tracking import checkpoint_gradients, gradients_along_run, record_training
 from dynamics.basis_training import Trainer, eval_outputs, recording_times
 from dynamics.schedules import LRSchedule, OPTIMIZERS, decay_groups, make_loss, make_optimizer
 from models.basis_nets import InputShape, build_model, check_model_name, check_width, feature_dim
-from models.device import derived_seed, resolve_device
 from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import configure_experiment, json_ready, log_series, run_cli, seed_everything
 
@@ -341,8 +342,19 @@ def validate(config: dict) -> Checked:
     return Checked(shape, schedule, k_M, int(max_basis), resolve_device(config["device"]))
 
 
-# Independent random streams derived from the run's seed.
-INIT, BATCHES, AUGMENT, REINIT, REBATCHES, REAUGMENT = range(6)
+@unique
+class Stream(IntEnum):
+    """The run's independent random streams (derived_seed spawn keys); explicit values, so adding
+    a stream reseeds no other."""
+    INIT = 0
+    BATCHES = 1
+    AUGMENT = 2
+    REINIT = 3
+    REBATCHES = 4
+    REAUGMENT = 5
+
+
+INIT, BATCHES, AUGMENT, REINIT, REBATCHES, REAUGMENT = Stream  # module-level names used below
 
 
 # --- training -------------------------------------------------------------------------------

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import collections
 import math
+from enum import IntEnum, unique
 
 import torch
 from sacred import Experiment
 from torch.func import grad_and_value
 
+from core.runtime import derived_seed, resolve_dtype
 from data.vision import load_vision_dataset
 from dynamics.cgd import cgd_gradient, sgd_step
 from dynamics.chaos_resume import loop_state, restore_loop
@@ -38,7 +40,6 @@ from dynamics.mlp_hessian import mlp_hessian_eigh, mlp_params_from_flat
 from dynamics.perturb import perturbation_direction, random_subspace_baseline, subspace_similarity
 from llc.estimate import flat_model_for_module
 from models.chaos_nets import build_model
-from models.device import derived_seed, resolve_dtype
 from tracking.chaos_checks import IMAGE_SIZE, NUM_CLASSES, validate, warn_slow_cpu_frame
 from tracking.chaos_record import (
     POSITIVE_EXPONENT, finish, log_curvature, lyapunov_subsim, pooled_abs, save_eigenthings_artifact,
@@ -183,8 +184,19 @@ def subsim_cnn():
 
 # ----------------------------------------------------------------------------- helpers
 
-# Independent random streams, all derived from the run's seed.
-INIT, BATCHES, PERTURB, CGD, LYAP, PROJ = range(6)
+@unique
+class Stream(IntEnum):
+    """The run's independent random streams (derived_seed spawn keys); explicit values, so adding
+    a stream reseeds no other."""
+    INIT = 0
+    BATCHES = 1
+    PERTURB = 2
+    CGD = 3
+    LYAP = 4
+    PROJ = 5
+
+
+INIT, BATCHES, PERTURB, CGD, LYAP, PROJ = Stream  # module-level names used below
 
 
 def _stream(seed, purpose, device="cpu"):

@@ -17,17 +17,18 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from enum import IntEnum, unique
 
 import numpy as np
 import torch
 from sacred import Experiment
 
+from core.runtime import derived_seed, resolve_device, resolve_dtype
 from data.regimes import DATASETS, IMAGE_DATASETS, build_dataset, teacher_vector
 from dynamics.ntk import NTK_METHODS
 from dynamics.regimes_drift import GF_FIRST_STAGES
 from dynamics.regimes_steps import REGULARIZERS, SDE_NOISES
 from dynamics.regimes_train import DYNAMICS, LOSSES, RegimesConfig, flat_metrics, train_regimes
-from models.device import derived_seed, resolve_device, resolve_dtype
 from models.regimes import ACT_BETA, ACTIVATIONS, ARCHS, CONV_ARCHS, DEEP_ARCHS, build_model, check_act_beta
 from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import configure_experiment, json_ready, run_cli, seed_everything
@@ -36,7 +37,19 @@ ex = add_checkpoint_config(configure_experiment(Experiment("sgd_regimes")))
 
 DTYPE_NAMES = {"f32": "float32", "f64": "float64", "float32": "float32", "float64": "float64"}
 IMAGE_SHAPES = {"mnist_parity": (1, 28, 28), "cifar_animal": (3, 32, 32)}
-SEED_KEYS = ("seed_init", "seed_batch", "seed_trainset", "seed_testset")
+
+
+@unique
+class Stream(IntEnum):
+    """Spawn keys of the seeds derived from the run's seed for the seed_* keys left None; explicit
+    values, so adding a stream reseeds no other."""
+    SEED_INIT = 0
+    SEED_BATCH = 1
+    SEED_TRAINSET = 2
+    SEED_TESTSET = 3
+
+
+SEED_KEYS = tuple(stream.name.lower() for stream in Stream)  # seed_init, seed_batch, seed_trainset, seed_testset
 FLAG_KEYS = ("ckpt_save_parameters", "ckpt_save_pred", "ckpt_save_gradoverlap", "ckpt_delta_pred", "ckpt_drift")
 
 
@@ -268,9 +281,10 @@ def validate(config: dict, seed: int) -> dict:
     gs = _integer("ckpt_grad_stats", config["ckpt_grad_stats"], -1)
     gs = ptr if gs == -1 else gs
     seeds = {}
-    for k, key in enumerate(SEED_KEYS):
+    for stream in Stream:
+        key = stream.name.lower()
         value = _integer(key, config[key], 0, none_ok=True)
-        seeds[key] = derived_seed(seed, k) if value is None else value
+        seeds[key] = derived_seed(seed, stream) if value is None else value
     flags = {}
     for key in ("ckpt_kernels",) + FLAG_KEYS:  # the original's 0/1 integers, or booleans
         if config[key] not in (0, 1) or isinstance(config[key], float):

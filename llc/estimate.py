@@ -20,12 +20,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torch.func import functional_call
 
+from core.runtime import resolve_device, resolve_dtype
+from core.types import FlatLoss
 from llc.callbacks import batch_hook, check_every, step_callback
 from llc.diagnostics import Diagnostics, diagnose, split_rhat
 from llc.restricted import ParamMask, flat_param_mask, restrict_loss
-from llc.sgld import FlatLoss, SGLDConfig, full_data_loss, run_sgld
+from llc.sgld import SGLDConfig, full_data_loss, run_sgld
 from llc.streaming import HostData, check_loss_on_items, run_sgld_streamed, streamed_full_data_loss
-from models.device import resolve_device, resolve_dtype
 
 
 @dataclass

@@ -34,9 +34,10 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
+from core.types import FlatLoss
 from llc.estimate import LLCResult
 from llc.psgld import COMPILE_TRUE_ERROR, initial_loss, llc_result
-from llc.sgld import FlatLoss, SGLDDivergenceError, chain_generators, check_compile
+from llc.sgld import SGLDDivergenceError, chain_generators, check_compile
 
 _NOISE_BLOCK_NUMEL = 1 << 20
 _MAX_BLOCK_STEPS = 128

@@ -71,9 +71,10 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
+from core.types import FlatLoss
 from llc.diagnostics import split_rhat
 from llc.estimate import LLCResult, llc_from_trace
-from llc.sgld import FlatLoss, SGLDConfig, SGLDDivergenceError, chain_generators, check_compile, full_data_loss
+from llc.sgld import SGLDConfig, SGLDDivergenceError, chain_generators, check_compile, full_data_loss
 
 # Noise is drawn in blocks of K steps per chain; K * P is capped at this many numbers.
 _NOISE_BLOCK_NUMEL = 1 << 20

@@ -92,7 +92,7 @@ def test_smoke_records_result_metrics_and_info(expt, data_root, tmp_path):
 
 def test_first_step_batch_calibration_takes_step_0_on_the_mock_steps_batch(expt, data_root, monkeypatch):
     seen = {}
-    real_calib, real_train = expt._calibration_batches, expt.train_abc
+    real_calib, real_train = expt.calibration_batches, expt.train_abc
 
     def calib(*a):
         seen["mock"] = real_calib(*a)
@@ -103,7 +103,7 @@ def test_first_step_batch_calibration_takes_step_0_on_the_mock_steps_batch(expt,
         assert batch_list is None  # batch_order fresh (default)
         return real_train(net, x, y, n_steps, batch_size, base_lr, generator, betas, callback, every, first, **resume)
 
-    monkeypatch.setattr(expt, "_calibration_batches", calib)
+    monkeypatch.setattr(expt, "calibration_batches", calib)
     monkeypatch.setattr(expt, "train_abc", train)
     losses = {}
     for mode in ("fresh", "calibration"):
