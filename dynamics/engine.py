@@ -89,6 +89,12 @@ def run_steps(step_fn: StepFn, start: int, stop: int | None, callbacks: Sequence
     return step
 
 
+class OnStep(NamedTuple):
+    """A function ``fn(step, out)`` as an on_step callback."""
+
+    on_step: Callable[[int, StepOutput], None]
+
+
 class BoundaryBefore(NamedTuple):
     """tracking.preempt's step boundary ``boundary(steps_done, *args)`` before each step."""
 
