@@ -123,19 +123,21 @@ def chunked_outputs(fn: Callable[[Tensor], Tensor], x: Tensor, chunk: int) -> Te
 
 @torch.no_grad()
 def evaluate(fn: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, loss_sum: Callable[[Tensor, Tensor], float],
-             chunk: int = 4096, extra: dict[str, Callable[[Tensor, Tensor], float]] | None = None) -> dict[str, float]:
-    """Mean loss and accuracy of the classifier ``fn`` (x -> logits (b, C)) on (x (N, ...), y (N,)), in chunks.
+             chunk: int = 4096, extra: dict[str, Callable[[Tensor, Tensor], float]] | None = None,
+             labels: Tensor | None = None) -> dict[str, float]:
+    """Mean loss and accuracy of the classifier ``fn`` (x -> logits (b, C)) on (x (N, ...), y (N, ...)), in chunks.
 
     ``loss_sum(logits, y_chunk)`` is the chunk's summed loss (a loop keeps its own reduction, so its
     numbers stay bit-identical); each ``extra[name](logits, y_chunk)`` is another per-chunk sum,
-    averaged over the N points the same way. Returns {"loss", "accuracy", *extra}.
+    averaged over the N points the same way. Accuracy is of argmax against ``labels`` (N,) when
+    given (e.g. soft or noisy targets y), else against y. Returns {"loss", "accuracy", *extra}.
     """
-    names = list(extra or {})
+    names, labels = list(extra or {}), y if labels is None else labels
     sums, correct = {"loss": 0.0, **{k: 0.0 for k in names}}, 0
     for i in range(0, x.shape[0], chunk):
         z, yb = fn(x[i:i + chunk]), y[i:i + chunk]
         sums["loss"] += loss_sum(z, yb)
-        correct += int((z.argmax(1) == yb).sum())
+        correct += int((z.argmax(1) == labels[i:i + chunk]).sum())
         for k in names:
             sums[k] += extra[k](z, yb)
     n = x.shape[0]

@@ -64,7 +64,7 @@ def test_smoke_records_hessian_chaos_and_lyapunov(expt, data_root, tmp_path):
     assert res["model_dim"] == 256 * 4 + 4 + 4 * 10 + 10 and res["num_steps"] == 5
     assert 0 <= res["final_test_acc"] <= 1 and res["lyapunov"]["k"] == 8
     m = metrics_of(tmp_path)
-    expected = {"train/loss", "train/acc", "hessian/max_eig", "hessian/min_eig", "hessian/mean_eig", "hessian/num_pos",
+    expected = {"train/loss", "train/accuracy", "hessian/max_eig", "hessian/min_eig", "hessian/mean_eig", "hessian/num_pos",
                 "hessian/num_neg", "hessian/num_zero", "chaos/num_neg", "chaos/num_large", "chaos/num_chaotic",
                 "grad/cos_max_eig", "grad/cos_min_eig", "lyapunov/max", "lyapunov/min", "lyapunov/num_pos",
                 "epoch/test_acc", "subsim/hessian_chaotic", "subsim/hessian_chaotic_baseline", "grad/snr"}
