@@ -29,11 +29,11 @@ from sacred import Experiment
 from core.runtime import derived_seed, resolve_device
 from data.splits import Splits, calibration_batches, load_flat_splits
 from data.vision import DATASETS
-from models.abc import ACTIVATIONS, INPUT_SCALINGS, PARAMETERIZATIONS, ABCNet, ABCNetSpec, make_parameterization
-from models.abc_train import (
+from dynamics.abc_train import (
     CALIBRATIONS, CoordCheckConfig, StepRecord, calibrate_warmup_lrs, coordinate_check, evaluate, fixed_batch_list,
     train_abc, warmup_base_lrs,
 )
+from models.abc import ACTIVATIONS, INPUT_SCALINGS, PARAMETERIZATIONS, ABCNet, ABCNetSpec, make_parameterization
 from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import build_config, configure_experiment, json_ready, run_cli, seed_everything
 
