@@ -354,9 +354,6 @@ class Stream(IntEnum):
     REAUGMENT = 5
 
 
-INIT, BATCHES, AUGMENT, REINIT, REBATCHES, REAUGMENT = Stream  # module-level names used below
-
-
 # --- training -------------------------------------------------------------------------------
 
 def _new_trainer(config, checked, x, y, seed, init, batches, augment):
@@ -408,7 +405,7 @@ def _main(_config, _run, _seed, checked, ck):
     config = _config
     seed_everything(_seed)
     x, y, xe, ye = _load(config, checked)
-    trainer = _new_trainer(config, checked, x, y, _seed, INIT, BATCHES, AUGMENT)
+    trainer = _new_trainer(config, checked, x, y, _seed, Stream.INIT, Stream.BATCHES, Stream.AUGMENT)
     spe, n_basis, chunk = trainer.steps_per_epoch, config["n_basis"], config["eval_batch_size"]
     times = recording_times(spe, config["num_epoch"], config["early_points"], config["record_every"],
                             config["record_first"], config["record_until"], config["record_epoch_ends"])
@@ -519,7 +516,7 @@ def _index_at(times, t) -> int:
 def _rerun(_run, config, checked, x, y, xe, basis, seed):
     """grad_indep / beta_domin: ∇β_i of the final basis along a freshly initialised run."""
     rc = config["rerun_config"]
-    trainer = _new_trainer(config, checked, x, y, seed, REINIT, REBATCHES, REAUGMENT)
+    trainer = _new_trainer(config, checked, x, y, seed, Stream.REINIT, Stream.REBATCHES, Stream.REAUGMENT)
     num = rc["num_basis"]
     r = gradients_along_run(trainer, xe, basis, num, rc["iterations"], rc["every"], config["eval_batch_size"],
                             checked.device)

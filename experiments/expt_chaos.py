@@ -197,9 +197,6 @@ class Stream(IntEnum):
     PROJ = 5
 
 
-INIT, BATCHES, PERTURB, CGD, LYAP, PROJ = Stream  # module-level names used below
-
-
 def _stream(seed, purpose, device="cpu"):
     return torch.Generator(device=device).manual_seed(derived_seed(seed, purpose))
 
@@ -236,7 +233,7 @@ def _main(_config, _run, _seed, checked, ck):
     c, log, optim, rules, device = _config, _config["logging"], checked.optim, checked.rules, checked.device
     dtype, p = resolve_dtype(c["dtype"]), checked.num_params
 
-    model = build_model(c["model"]["name"], (1, IMAGE_SIZE, IMAGE_SIZE), NUM_CLASSES, _stream(_seed, INIT),
+    model = build_model(c["model"]["name"], (1, IMAGE_SIZE, IMAGE_SIZE), NUM_CLASSES, _stream(_seed, Stream.INIT),
                         inter_dim=c["model"]["inter_dim"], base_channels=c["model"]["base_channels"],
                         block_cnt=c["model"]["block_cnt"], activation=c["model"]["activation"]).to(device)
     f, w_init = flat_model_for_module(model, dtype, device)
@@ -269,7 +266,7 @@ def _main(_config, _run, _seed, checked, ck):
     eigenthings = checked.eigenthings
     if checked.strategies:
         combos = [(s, e) for s in checked.strategies for e in c["perturb_eps"]]
-        gen = _stream(_seed, PERTURB)
+        gen = _stream(_seed, Stream.PERTURB)
         for i in range(c["parallel"]):
             s, e = combos[i % len(combos)]
             v = perturbation_direction(s, p, gen, *(() if eigenthings is None else (eigenthings["exponents"], eigenthings["vectors"])))
@@ -286,13 +283,13 @@ def _main(_config, _run, _seed, checked, ck):
 
     lyap = None
     if checked.needs_lyapunov:
-        lyap = init_lyapunov(checked.tangent_dim, checked.tangent_k, _stream(_seed, LYAP), torch.float64, device,
+        lyap = init_lyapunov(checked.tangent_dim, checked.tangent_k, _stream(_seed, Stream.LYAP), torch.float64, device,
                              track_initial=checked.needs_initial)
 
-    gen_batches, gen_cgd = _stream(_seed, BATCHES), _stream(_seed, CGD)
+    gen_batches, gen_cgd = _stream(_seed, Stream.BATCHES), _stream(_seed, Stream.CGD)
     proj = None
     if log["plot_trajectories"]:
-        proj = torch.linalg.qr(torch.randn(p, 2, generator=_stream(_seed, PROJ), dtype=torch.float64)).Q.to(device)
+        proj = torch.linalg.qr(torch.randn(p, 2, generator=_stream(_seed, Stream.PROJ), dtype=torch.float64)).Q.to(device)
     grads_window = collections.deque(maxlen=log["signal_noise_window"] or 1)
     record = collections.defaultdict(list)  # steps and values kept for artifacts and the result
     prev_chaotic, fixed_lyap = None, {}

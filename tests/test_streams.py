@@ -54,14 +54,6 @@ def test_stream_values_unchanged(name):
         assert derived_seed(12345, m, 3) == _seed_sequence(12345, m.value, 3)
 
 
-@pytest.mark.parametrize("name", ["expt_chaos", "expt_basis_decomposition"])
-def test_module_aliases_are_the_members(name):
-    """These two keep module-level names (INIT, ...) bound to their Stream members."""
-    module = load_experiment(name)
-    for m in module.Stream:
-        assert getattr(module, m.name) is m
-
-
 def test_sgd_regimes_seed_keys_order():
     module = load_experiment("expt_sgd_regimes")
     assert module.SEED_KEYS == ("seed_init", "seed_batch", "seed_trainset", "seed_testset")
