@@ -145,14 +145,19 @@ def resnet_verdict(md: str | None) -> str:
     return f"ResNet18 chain-step ≤ {RESNET_TARGET}× a training step at 4+ chains: not measured"
 
 
+def ratio_column(name: str) -> bool:
+    """'devinterp / ours', 'devinterp 2.0.1 / compiled': how many times faster a variant is than devinterp."""
+    return name.startswith("devinterp") and " / " in name
+
+
 def devinterp_verdict(md: str | None) -> str:
     """Issue 19's devinterp target on llc_vs_devinterp's time table: every 'devinterp / ...' column at (a, 16)."""
     for header, rows in markdown_tables(md or ""):
-        if {"wl", "C"} <= set(header) and any(h.startswith("devinterp /") for h in header):
+        if {"wl", "C"} <= set(header) and any(ratio_column(h) for h in header):
             for r in rows:
                 if r[header.index("wl")] == "a" and r[header.index("C")] == "16":
                     parts = [f"{h} = {number(r[i]):.1f}× ({'met' if number(r[i]) >= DEVINTERP_TARGET else 'NOT met'})"
-                             for i, h in enumerate(header) if h.startswith("devinterp /")]
+                             for i, h in enumerate(header) if ratio_column(h)]
                     return f"≥ {DEVINTERP_TARGET:g}× devinterp at 16 chains on the 165-parameter DLN: " + "; ".join(parts)
     return f"≥ {DEVINTERP_TARGET:g}× devinterp at 16 chains on the 165-parameter DLN: not measured"
 
