@@ -187,6 +187,34 @@ def run_capped(cmd: list[str], cap_s: float) -> tuple[int | None, str, float]:
     return rc, "".join(lines), time.perf_counter() - start
 
 
+def run_part(part: Part, argv_part: list[str], how: str, cap: float, md_file: Path) -> tuple[str, str | None, bool]:
+    """(section text, the script's markdown or None, finished) of one part run under its cap.
+
+    A part killed at its cap or failing keeps the last lines of its output and, if it had
+    written some of its markdown file already (gpu_resnet_llc.py writes one row at a time),
+    that partial table.
+    """
+    cmd = [sys.executable, str(BENCH / part.script), *argv_part]
+    cmd += ["--markdown-out", str(md_file)] if how == "file" else []
+    shown = " ".join(["python", f"bench/{part.script}", *argv_part])
+    print(f"\n=== {part.key}: {shown} (cap {cap:.0f} s)", flush=True)
+    md_file.unlink(missing_ok=True)
+    rc, output, secs = run_capped(cmd, cap)
+    written = md_file.read_text() if md_file.exists() else ""
+    md_file.unlink(missing_ok=True)
+    note = f"`{shown}`: {secs:.0f} s (cap {cap:.0f} s)."
+    if rc == 0:
+        md = own_heading_dropped(written if how == "file" else stdout_markdown(output))
+        return f"{note}\n\n{md}", md, True
+    why = f"Killed at its cap of {cap:.0f} s" if rc is None else f"Failed with exit code {rc}"
+    tail = "\n".join(output.splitlines()[-15:])
+    text = f"{note} {why}; the last lines of its output:\n\n```\n{tail}\n```"
+    if written.strip():
+        md = own_heading_dropped(written)
+        return f"{text}\n\nWhat it had written before it stopped (partial):\n\n{md}", md, False
+    return text, None, False
+
+
 def device_line(device: str) -> str:
     import torch
 
@@ -258,29 +286,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n=== {part.key}: skipped: {how}", flush=True)
             sections.append(f"{title}\n\nSkipped: {how}.")
             continue
-        md_file = args.out.with_name(f".{args.out.stem}.{part.key}.md")
-        cmd = [sys.executable, str(BENCH / part.script), *argv_part]
-        cmd += ["--markdown-out", str(md_file)] if how == "file" else []
-        shown = " ".join(["python", f"bench/{part.script}", *argv_part])
-        print(f"\n=== {part.key}: {shown} (cap {cap:.0f} s)", flush=True)
-        md_file.unlink(missing_ok=True)
-        rc, output, secs = run_capped(cmd, cap)
-        run_note = f"`{shown}`: {secs:.0f} s (cap {cap:.0f} s)."
-        if rc == 0:
-            md = own_heading_dropped(md_file.read_text() if how == "file" else stdout_markdown(output))
-            md_file.unlink(missing_ok=True)
+        section, md, ok = run_part(part, argv_part, how, cap, args.out.with_name(f".{args.out.stem}.{part.key}.md"))
+        sections.append(f"{title}\n\n{section}")
+        if md is not None:
             results[part.key] = md
-            sections.append(f"{title}\n\n{run_note}\n\n{md.strip()}")
-            continue
-        failed.append(part.key)
-        why = f"killed at its cap of {cap:.0f} s" if rc is None else f"failed with exit code {rc}"
-        tail = "\n".join(output.splitlines()[-15:])
-        sections.append(f"{title}\n\n{run_note} {why.capitalize()}; the last lines of its output:\n\n```\n{tail}\n```")
-        md_file.unlink(missing_ok=True)
+        if not ok:
+            failed.append(part.key)
 
     total = time.perf_counter() - start
     quick_note = " (QUICK smoke run on tiny sizes: not a measurement, the verdicts mean nothing)" if args.quick else ""
-    targets = [resnet_verdict(results.get("resnet")), devinterp_verdict(results.get("devinterp"))]
+    targets = [resnet_verdict(results.get("resnet")) + (" (from a partial run)" if "resnet" in failed else ""),
+               devinterp_verdict(results.get("devinterp")) + (" (from a partial run)" if "devinterp" in failed else "")]
     targets = [t + (" (quick: not a measurement)" if args.quick else "") for t in targets]
     text = "\n\n".join([
         "## 3. GPU (written by bench/gpu.sh)",

@@ -96,13 +96,23 @@ def main() -> None:
     x, y = cifar_shaped(n, device)
     model.eval()  # as expt_llc_curve's checkpoint: BatchNorm on its running statistics while sampling
     loss, w_star = flat_loss_for_module(model, F.cross_entropy, torch.float32, device)
-    num_params = w_star.numel()
 
     train_step_seconds(model, x, y, 2, batch)  # warm-up: cuDNN autotuning, allocator
     modes = [False, True] if args.compile else [False]
+    header = ["C", "chain-step ms", "training step ms", "chain-step / training step"]
+    if args.compile:
+        header += ["compiled chain-step ms", "compiled / training step", "compile mode", "compile s"]
+    header += ["peak GiB"] if device.type == "cuda" else []
+    intro = (f"Measured on: {header_line}. Device `{device}`; {args.model} k = {width} (P = {w_star.numel():,}), "
+             f"eval-mode functional BatchNorm; random CIFAR-10-shaped data (n = {n:,}, 3×32×32, 10 classes: "
+             f"timing only, no CIFAR-10 needed); batch {batch}, {steps} timed steps, ε = {EPSILON:g}, "
+             f"γ = {GAMMA:g}, nβ = n / log n; {reps} alternating repetitions per cell"
+             + (" (QUICK smoke run: not a measurement)" if quick else "") + ". Times are ms per chain-step (median).")
     rows, ratios = [], {}
     for C in chain_counts:
-        warm = {m: wall(lambda m=m: chain_step_seconds(loss, w_star, x, y, C, 2, batch, m), device)[0] for m in modes}
+        # Untimed 2-step warm-up per mode (with compile=True: its compile time, listed as "compile s").
+        warm = {m: wall(lambda m=m: chain_step_seconds(loss, w_star, x, y, C, 2, batch, m), device)[0]
+                for m in modes}
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         times = {m: [] for m in [*modes, "train"]}
@@ -124,32 +134,21 @@ def main() -> None:
             row += [f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f}"]
         rows.append(row)
         print(" | ".join(row), flush=True)
-
-    header = ["C", "chain-step ms", "training step ms", "chain-step / training step"]
-    if args.compile:
-        header += ["compiled chain-step ms", "compiled / training step", "compile mode", "compile s"]
-    if device.type == "cuda":
-        header += ["peak GiB"]
-    big = {C: r for C, r in ratios.items() if C >= 4}
-    if big:
-        worst = max(big, key=big.get)
-        verdict = (f"- Target (issue 19): ResNet18 chain-step ≤ {TARGET}× a training step at 4+ chains, eager: "
-                   f"largest ratio {big[worst]:.2f} at {worst} chains: {'met' if big[worst] <= TARGET else 'NOT met'}"
-                   + (" (QUICK smoke run: not a measurement)" if quick else ""))
-    else:
-        verdict = "- Target (issue 19): not measured (no chain count ≥ 4 in --chains)"
-    body = "\n\n".join([
-        f"Measured on: {header_line}. Device `{device}`; {args.model} k = {width} (P = {num_params:,}), "
-        f"eval-mode functional BatchNorm; random CIFAR-10-shaped data (n = {n:,}, 3×32×32, 10 classes: "
-        f"timing only, no CIFAR-10 needed); batch {batch}, {steps} timed steps, ε = {EPSILON:g}, γ = {GAMMA:g}, "
-        f"nβ = n / log n; {reps} alternating repetitions per cell"
-        + (" (QUICK smoke run: not a measurement)" if quick else "") + ". Times are ms per chain-step (median).",
-        markdown_table(header, rows),
-        verdict,
-    ])
+        body = "\n\n".join([intro, markdown_table(header, rows), verdict(ratios, quick)])
+        if args.markdown_out is not None:  # after every chain count, so a run stopped at a time cap keeps its rows
+            args.markdown_out.write_text(body + "\n")
     print("\n" + body)
-    if args.markdown_out is not None:
-        args.markdown_out.write_text(body + "\n")
+
+
+def verdict(ratios: dict[int, float], quick: bool) -> str:
+    """Issue 19's target line: the largest eager ratio over the chain counts >= 4."""
+    big = {C: r for C, r in ratios.items() if C >= 4}
+    if not big:
+        return "- Target (issue 19): not measured (no chain count ≥ 4 so far)"
+    worst = max(big, key=big.get)
+    return (f"- Target (issue 19): ResNet18 chain-step ≤ {TARGET}× a training step at 4+ chains, eager: "
+            f"largest ratio {big[worst]:.2f} at {worst} chains: {'met' if big[worst] <= TARGET else 'NOT met'}"
+            + (" (QUICK smoke run: not a measurement)" if quick else ""))
 
 
 if __name__ == "__main__":

@@ -193,6 +193,22 @@ def test_a_part_past_its_cap_is_killed_and_its_output_kept():
     assert rc is None and "started" in output
 
 
+def test_a_part_stopped_at_its_cap_keeps_the_rows_it_had_written(tmp_path):
+    script = tmp_path / "fake_bench.py"  # writes one row to --markdown-out, then hangs like a slow cell
+    script.write_text(
+        "import sys, time\n"
+        "out = sys.argv[sys.argv.index('--markdown-out') + 1]\n"
+        "open(out, 'w').write('| C | chain-step / training step |\\n|---|---|\\n| 4 | 1.10 |\\n')\n"
+        "print('row written', flush=True)\n"
+        "time.sleep(120)\n")
+    part = gpu_all.Part("resnet", "fake", str(script), 5, (), ())  # an absolute path: BENCH / script == script
+    # 5 s: a bare Python (no torch) writes its row well within it even on a loaded machine.
+    section, md, finished = gpu_all.run_part(part, [], "file", 5, tmp_path / ".part.md")
+    assert not finished and "Killed at its cap of 5 s" in section and "row written" in section
+    assert "partial" in section and gpu_all.resnet_verdict(md).endswith("largest ratio 1.10 (at 4 chains): met")
+    assert not (tmp_path / ".part.md").exists()
+
+
 def test_stdout_markdown_takes_the_printed_section():
     section = "## Hessian toolkit (`bench/hessian.py`)\n\nbody\n\n| x |\n|---|\n| 3 |"
     hessian_like = "| a | b |\n|---|---|\n| 1 | 2 |\n" + section  # progress tables first, then the section
