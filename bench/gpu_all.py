@@ -87,8 +87,8 @@ def plan(part: Part, options: set[str], device: str, quick: bool, reps: int | No
         return None, f"bench/{part.script} has no --device option, so its table is CPU-only: not run on {device}"
     if quick and "--quick" not in options:
         return None, f"bench/{part.script} has no --quick option, and its full sizes are too slow for a smoke run"
-    if part.writes_by_default and "--no-write" not in options and "--markdown-out" not in options:
-        return None, f"bench/{part.script} would rewrite BENCHMARKS.md (no --no-write or --markdown-out): not run"
+    if part.writes_by_default and "--no-write" not in options:
+        return None, f"bench/{part.script} would rewrite BENCHMARKS.md (it has no --no-write): not run"
     args = ["--device", device] if "--device" in options else []
     args += list(part.quick if quick else part.real)
     args += ["--quick"] if quick else []
@@ -107,7 +107,7 @@ def markdown_tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
             block.append([c.strip() for c in line.strip().strip("|").split("|")])
         elif block:
             if len(block) >= 2:
-                tables.append((block[0], [r for r in block[2:]]))
+                tables.append((block[0], block[2:]))
             block = []
     return tables
 
