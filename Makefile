@@ -15,7 +15,7 @@ STAMP := $(VENV)/.stamp-proj-$(PROJ_HASH)-$(REQ_HASH)
 export PIP_CONSTRAINT := /dev/null
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv demo test test-fast bench clean-venv
+.PHONY: venv demo test test-fast lint bench clean-venv
 
 venv: $(STAMP)
 
@@ -40,6 +40,10 @@ test: $(STAMP)
 # Only the fast tests (what plain `pytest` runs).
 test-fast: $(STAMP)
 	$(PY) -m pytest tests
+
+# ruff (lint + import order, ruff.toml) in its own venv; CI runs it before the tests.
+lint:
+	bash .ci/lint.sh
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -c requirements.txt -r bench/requirements-bench.txt

@@ -1,4 +1,4 @@
-"""Binary classification datasets of the SGD-regimes experiment (README "Regimes of SGD"), labels y = ±1.
+"""Binary classification datasets of the SGD-regimes experiment (docs/sgd_regimes.md), labels y = ±1.
 
 * ``mnist_parity``: MNIST, y = +1 for even digits, -1 for odd ones.
 * ``cifar_animal``: CIFAR-10, y = -1 for vehicles (airplane, automobile, ship, truck), +1 for animals.
@@ -18,20 +18,28 @@ seed changes. Synthetic inputs are drawn from independent streams derived from
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum, unique
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from models.device import derived_seed
+from core.runtime import derived_seed
 
 IMAGE_DATASETS = {"mnist_parity": "mnist", "cifar_animal": "cifar10"}
 SYNTHETIC_DATASETS = ("sign", "random_sign", "depleted_sign")
 DATASETS = tuple(IMAGE_DATASETS) + SYNTHETIC_DATASETS
 CIFAR_VEHICLES = (0, 1, 8, 9)  # airplane, automobile, ship, truck
 
-# Purposes of the derived random streams (models.device.derived_seed spawn keys).
-_TRAIN_INPUTS, _TEST_INPUTS, _TEACHER, _TEST_PICK, _TRAIN_PICK = range(5)
+@unique
+class _Stream(IntEnum):
+    """The run's independent random streams (derived_seed spawn keys); explicit values, so adding
+    a stream reseeds no other."""
+    TRAIN_INPUTS = 0
+    TEST_INPUTS = 1
+    TEACHER = 2
+    TEST_PICK = 3
+    TRAIN_PICK = 4
 
 
 @dataclass(frozen=True)
@@ -91,9 +99,11 @@ def _images(name, ptr, pte, seed_trainset, seed_testset, data_root) -> tuple[Ten
     pool = x.shape[0]
     if ptr + pte > pool:
         raise ValueError(f"ptr + pte must be <= {pool} (the {name} train and test splits together); got {ptr} + {pte}")
-    perm_te = torch.randperm(pool, generator=torch.Generator().manual_seed(derived_seed(seed_testset, _TEST_PICK)))
+    gen_te = torch.Generator().manual_seed(derived_seed(seed_testset, _Stream.TEST_PICK))
+    perm_te = torch.randperm(pool, generator=gen_te)
     test, rest = perm_te[:pte], perm_te[pte:]
-    perm_tr = torch.randperm(rest.numel(), generator=torch.Generator().manual_seed(derived_seed(seed_trainset, _TRAIN_PICK)))
+    gen_tr = torch.Generator().manual_seed(derived_seed(seed_trainset, _Stream.TRAIN_PICK))
+    perm_tr = torch.randperm(rest.numel(), generator=gen_tr)
     train = rest[perm_tr[:ptr]]
     return x[train], y[train], x[test], y[test]
 
@@ -102,7 +112,7 @@ def teacher_vector(name: str, d: int, seed_trainset: int) -> np.ndarray:
     """The unit teacher t (d,) of a synthetic dataset: e₁ for sign / depleted_sign (y = sign(x₁)),
     the random unit vector drawn from ``seed_trainset`` for random_sign."""
     if name == "random_sign":
-        w = np.random.default_rng(derived_seed(seed_trainset, _TEACHER)).standard_normal(d)
+        w = np.random.default_rng(derived_seed(seed_trainset, _Stream.TEACHER)).standard_normal(d)
         return w / np.linalg.norm(w)
     if name not in SYNTHETIC_DATASETS:
         raise ValueError(f"teacher_vector needs one of {SYNTHETIC_DATASETS}; got {name!r}")
@@ -152,6 +162,6 @@ def build_dataset(
     if not (isinstance(chi, (int, float)) and chi > -1):
         raise ValueError(f"data_chi must be a number > -1 (p(x_1) ∝ |x_1|^χ must be normalisable); got {chi!r}")
     teacher = teacher_vector(name, d, seed_trainset) if name == "random_sign" else None
-    xtr, ytr = _synthetic(name, ptr, d, chi, seed_trainset, _TRAIN_INPUTS, teacher)
-    xte, yte = _synthetic(name, pte, d, chi, seed_testset, _TEST_INPUTS, teacher)
+    xtr, ytr = _synthetic(name, ptr, d, chi, seed_trainset, _Stream.TRAIN_INPUTS, teacher)
+    xte, yte = _synthetic(name, pte, d, chi, seed_testset, _Stream.TEST_INPUTS, teacher)
     return BinaryDataset(xtr, ytr, xte, yte).to(dtype=dtype)

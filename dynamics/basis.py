@@ -1,7 +1,7 @@
 """Conjugate-kernel basis of a trained network and its coefficients β_i(θ_t).
 
 Ma, Guo & Fattahi (2022), "Behind the Scenes of Gradient Descent: A Trajectory
-Analysis via Basis Function Decomposition"; README, "Basis-function decomposition". Given the final
+Analysis via Basis Function Decomposition"; docs/basis_decomposition.md. Given the final
 network's penultimate features Φ (N, p) on N evaluation points and its bias-free
 head W (C, p):
 
@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.func import vjp, vmap
 
-FlatModel = Callable[[Tensor, Tensor], Tensor]  # (w (P,), x (N, ...)) -> (N, C)
+from core.types import FlatModel
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""What the basis experiments record along a training run (README, "Basis-function decomposition").
+"""What the basis experiments record along a training run (docs/basis_decomposition.md).
 
 * :func:`record_training`: train, keeping the eval outputs F_t (N, C) at given times
   (and a checkpoint per time), plus per-epoch training curves;

@@ -1,4 +1,4 @@
-"""The training loop of the basis-function decomposition experiments (README, "Basis-function decomposition").
+"""The training loop of the basis-function decomposition experiments (docs/basis_decomposition.md).
 
 One run of the original scripts' loop: every epoch visits a fresh permutation of the
 training images in minibatches (the last partial batch kept, as torch's DataLoader
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dynamics.engine import BoundaryAfter, OnStep, StepOutput, chunked_outputs, run_steps
 from dynamics.schedules import LRSchedule, set_lr
 
 
@@ -83,45 +84,47 @@ class Trainer:
     def run(self, num_steps: int, on_step: Callable[[Step], None] | None = None,
             boundary: Callable[[int], None] | None = None) -> None:
         """Take steps until ``num_steps`` are done (counting those of a restored state), calling
-        ``on_step`` and then ``boundary(steps_done)`` after each. A fresh permutation starts every epoch."""
-        spe = self.steps_per_epoch
-        while self.steps_done < num_steps:
-            t = self.steps_done
-            b = t % spe
-            if b == 0 or self._perm is None:
-                self._perm = torch.randperm(self.x.shape[0], generator=self.batch_gen, device=self.batch_gen.device)
-            idx = self._perm[b * self.batch_size:(b + 1) * self.batch_size].to(self.x.device)
-            xb, yb = self.x[idx], self.y[idx]
-            if self.augment_gen is not None:
-                xb = crop_flip(xb, self.pad_value, self.augment_gen)
-            lr = self.schedule.lr(t, spe, self.total_steps)
-            set_lr(self.optimizer, lr)
-            self.net.train()
-            out = self.net(xb)
-            loss = self.loss_fn(out, yb)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grads = [p.grad for p in self.net.parameters() if p.grad is not None]
-            grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
-            if self.grad_clip is not None:
-                nn.utils.clip_grad_value_(self.net.parameters(), self.grad_clip)
-            self.optimizer.step()
-            t = self.steps_done = t + 1
-            value = loss.item()
-            if not math.isfinite(value):
-                raise FloatingPointError(f"training diverged: loss {value} at step {t}")
-            if on_step is not None:
-                on_step(Step(t, value, int((out.argmax(1) == yb).sum()), int(yb.shape[0]), grad_norm, lr))
-            if boundary is not None:
-                boundary(t)
+        ``on_step`` and then ``boundary(steps_done)`` after each. A fresh permutation starts every epoch.
 
+        Raises:
+            TrainingDiverged: a non-finite minibatch loss (step = steps completed before it, dynamics.engine).
+        """
+        callbacks = [] if on_step is None else [OnStep(lambda step, out: on_step(out.info))]
+        if boundary is not None:
+            callbacks.append(BoundaryAfter(boundary))
+        run_steps(self._step, self.steps_done, num_steps, callbacks)
+
+    def _step(self, t: int) -> StepOutput:
+        """Step t + 1 (``t`` steps done): the loss before it is checked by the engine, after the update."""
+        spe = self.steps_per_epoch
+        b = t % spe
+        if b == 0 or self._perm is None:
+            self._perm = torch.randperm(self.x.shape[0], generator=self.batch_gen, device=self.batch_gen.device)
+        idx = self._perm[b * self.batch_size:(b + 1) * self.batch_size].to(self.x.device)
+        xb, yb = self.x[idx], self.y[idx]
+        if self.augment_gen is not None:
+            xb = crop_flip(xb, self.pad_value, self.augment_gen)
+        lr = self.schedule.lr(t, spe, self.total_steps)
+        set_lr(self.optimizer, lr)
+        self.net.train()
+        out = self.net(xb)
+        loss = self.loss_fn(out, yb)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+        if self.grad_clip is not None:
+            nn.utils.clip_grad_value_(self.net.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.steps_done = t + 1
+        value = loss.item()  # checked by the engine (TrainingDiverged at step t)
+        return StepOutput(value, Step(t + 1, value, int((out.argmax(1) == yb).sum()), int(yb.shape[0]), grad_norm, lr))
 
 @torch.no_grad()
 def eval_outputs(net: nn.Module, x: Tensor, chunk: int, features: bool = False) -> Tensor:
     """Eval-mode outputs (N, C), or features Φ (N, p) with ``features``, in chunks of ``chunk`` points."""
     net.eval()
-    fn = net.features if features else net
-    return torch.cat([fn(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
+    return chunked_outputs(net.features if features else net, x, chunk)
 
 
 def recording_times(steps_per_epoch: int, num_epoch: int, early_points: int = 0, every: int | None = None,

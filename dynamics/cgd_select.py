@@ -1,7 +1,7 @@
 """Which directions CGD prunes: the prune sets, the choice of k of them, and the original's rules.
 
 Given the minibatch Hessian's eigenvalues λ (or, with ``prune_global``, stored Lyapunov
-exponents χ), the pruned set is (README, "CGD and other differences from the original"):
+exponents χ), the pruned set is (docs/chaos.md#cgd-and-other-differences-from-the-original):
 
 - ``neg``: λ < 0; ``pos``: λ > 0; ``chaotic``: the locally expanding λ < 0 or λ > band;
 - of those, ``k`` (None: all) by ``top_abs`` (largest |λ|) or ``rand`` (uniformly at random).

@@ -1,4 +1,4 @@
-"""Checkpoint state of the chaos training loop (README, "Preemption, checkpoints and resume").
+"""Checkpoint state of the chaos training loop (docs/runs.md#preemption).
 
 ``expt_chaos`` saves its loop state at every step boundary (before the step runs) through
 these helpers, in the types ``torch.load(weights_only=True)`` accepts (tensors, numbers,

@@ -21,16 +21,14 @@ spectral densities (SLQ) in ``dynamics.spectral``.
 from __future__ import annotations
 
 import warnings
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
 from torch.func import grad, jvp, vmap
 
+from core.types import FlatLoss
 from dynamics.mlp_hessian import MLP_ACTIVATIONS, STRUCTURED_LOSSES, mlp_hessian, mlp_hessian_eigh  # noqa: F401
 from dynamics.symeig import EPS_EIGH_MODES, SymEig, dense_eigh  # noqa: F401
-
-FlatLoss = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 def hvp(loss_fn: FlatLoss, w: Tensor, v: Tensor, x: Tensor, y: Tensor) -> Tensor:

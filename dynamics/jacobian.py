@@ -1,13 +1,11 @@
 """Output-parameter Jacobians and the functional rank of a model."""
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import Tensor
 from torch.func import jacrev
 
-FlatModel = Callable[[Tensor, Tensor], Tensor]  # (w (P,), x (N, ...)) -> (N, O)
+from core.types import FlatModel
 
 
 def output_jacobian(f: FlatModel, w: Tensor, x: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """LARS: SGD with momentum and a layer-wise trust ratio (You, Gitman & Ginsburg 2017, Eq. 6).
 
 For every parameter tensor w with gradient g, weight decay λ, trust coefficient η,
-momentum μ and learning rate lr (README, "Basis-function decomposition"):
+momentum μ and learning rate lr (docs/basis_decomposition.md#lars):
 
     ρ = η ‖w‖ / (‖g‖ + λ‖w‖ + ε)           trust ratio, when ‖w‖ > 0 and ‖g‖ > 0; else no scaling
     d = ρ (g + λ w)                         (d = g when a norm is 0)

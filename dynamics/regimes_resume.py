@@ -1,4 +1,4 @@
-"""Checkpoint state of the SGD-regimes engine (README, "Preemption, checkpoints and resume").
+"""Checkpoint state of the SGD-regimes engine (docs/runs.md#preemption).
 
 ``train_regimes`` saves its loop state at every step boundary through these helpers, in the
 types ``torch.load(weights_only=True)`` accepts (tensors, numbers, strings, lists, dicts):

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from data.regimes import BinaryDataset
+from dynamics.engine import BoundaryAfter, StepOutput, chunked_outputs, run_steps
 from dynamics.ntk import empirical_ntk, kernel_observables
 from dynamics.regimes_config import DYNAMICS, STOP_REASONS, RegimesConfig, RegimesRun
 from dynamics.regimes_drift import drifts
@@ -60,7 +61,7 @@ FULL_BATCH_EVAL_EVERY = 100  # steps between full evaluations when the tracked l
 
 
 def _chunked(f, params, x, chunk):
-    return torch.cat([f(params, x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
+    return chunked_outputs(lambda xb: f(params, xb), x, chunk)  # (N,), without gradients
 
 
 def _abs_summary(delta: Tensor) -> dict[str, float]:
@@ -288,9 +289,9 @@ def train_regimes(
                 "predictions": predictions, "parameters": parameters, "kept": kept, "kernels0": kernels0,
                 "elapsed": time.perf_counter() - wall0}
 
-    exact_tracking = cfg.dynamics != "sgd" or B == P
-    eval_every = FULL_BATCH_EVAL_EVERY if exact_tracking else math.ceil(P / B)
-    while True:
+    def step_fn(_: int) -> StepOutput:
+        """One step of the dynamics; non-finite losses are a stop reason here, not an error (loss None)."""
+        nonlocal params, step_i, since_eval, tracked, early_at
         g, batch_loss = gradient(params, gen)
         with torch.no_grad():
             if state["tot_grad"] is not None:
@@ -314,9 +315,17 @@ def train_regimes(
                 early_at = next_early_step(step_i, cfg.ckpt_save_mult)
             tracked = ev["loss"]
             if reason:
-                return RegimesRun(checkpoints, reason, params, kept, predictions, parameters)
-        if boundary is not None:
-            boundary(step_i, capture)
+                finished.append(RegimesRun(checkpoints, reason, params, kept, predictions, parameters))
+                return StepOutput(None, stop=True)
+        return StepOutput(None)
+
+    exact_tracking = cfg.dynamics != "sgd" or B == P
+    eval_every = FULL_BATCH_EVAL_EVERY if exact_tracking else math.ceil(P / B)
+    finished: list[RegimesRun] = []  # the run, once a stopping rule fires
+    callbacks = [] if boundary is None else [BoundaryAfter(boundary, (capture,))]
+    run_steps(step_fn, step_i, None, callbacks)
+    return finished[0]
+
 
 def _stop_reason(ev: dict, cfg: RegimesConfig, out_of_time: bool, at_max: bool) -> str | None:
     if not math.isfinite(ev["loss"]):

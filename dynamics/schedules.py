@@ -1,4 +1,4 @@
-"""The optimisation recipe of train.py (README, "Basis-function decomposition"): LR schedules, losses, optimizers.
+"""The optimisation recipe of train.py (docs/basis_decomposition.md): LR schedules, losses, optimizers.
 
 Learning rate (``scheduler='default'``), at time t counted in epochs (train.py) or
 iterations (grad_indep.py, beta_domin.py: StepLR stepped every iteration), with

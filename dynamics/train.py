@@ -1,13 +1,14 @@
 """Minibatch training of an nn.Module with torch.optim, seeded and divergence-aware."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from dynamics.engine import BoundaryAfter, OnStep, StepOutput, check_finite, run_steps
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -83,7 +84,7 @@ def train(
 
     Raises:
         ValueError: batch_size > n.
-        FloatingPointError: the loss became NaN or inf (names the step).
+        TrainingDiverged: the loss became NaN or inf (a FloatingPointError; step = steps completed before it).
     """
     n = x.shape[0]
     if config.batch_size > n:
@@ -95,10 +96,10 @@ def train(
         start = load_train_state(resume, model, opt, gen, losses)
     model.train()
 
-    def capture() -> dict:
-        return train_state(model, opt, gen, losses, step + 1)
+    done = start  # steps completed: what capture() saves
 
-    for step in range(start, config.num_steps):
+    def step_fn(step: int) -> StepOutput:
+        nonlocal done
         idx = torch.randint(0, n, (config.batch_size,), generator=gen, device=gen.device)
         loss = loss_fn(model(x[idx]), y[idx])
         if config.l2_regularization:
@@ -106,14 +107,17 @@ def train(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        value = loss.item()
-        if not math.isfinite(value):
-            raise FloatingPointError(f"training diverged: loss {value} at step {step}")
-        losses[step] = value
-        if callback is not None:
-            callback(step, value)
-        if boundary is not None:
-            boundary(step + 1, capture)
+        value = check_finite(loss.item(), step)
+        losses[step], done = value, step + 1
+        return StepOutput(value)
+
+    def capture() -> dict:
+        return train_state(model, opt, gen, losses, done)
+
+    callbacks = [] if callback is None else [OnStep(lambda step, out: callback(step, out.loss))]
+    if boundary is not None:
+        callbacks.append(BoundaryAfter(boundary, (capture,)))
+    run_steps(step_fn, start, config.num_steps, callbacks)
     return losses
 
 

@@ -5,7 +5,7 @@ Trains a fully connected network with L hidden layers of width m under an abc-pa
 evaluating each on a held-out validation split and on the test set. The original code validated on a copy of the
 training set (``n_val=0``); by default ``n_val`` training examples are held out by a seeded split.
 A signal checkpoints the current trial at its next step (with the finished trials) and the rerun
-resumes it (README, "Preemption, checkpoints and resume").
+resumes it (docs/runs.md#preemption).
 
     python experiments/expt_abc_params.py with parameterization=ipllr activation=gelu seed=1
     python experiments/expt_abc_params.py with mnist_ipllr_gelu
@@ -20,20 +20,20 @@ import dataclasses
 import math
 import os
 import tempfile
-from typing import NamedTuple
+from enum import IntEnum, unique
 
 import numpy as np
 import torch
 from sacred import Experiment
-from torch import Tensor
 
-from data.vision import DATASETS, load_vision_dataset
-from models.abc import ACTIVATIONS, INPUT_SCALINGS, PARAMETERIZATIONS, ABCNet, ABCNetSpec, make_parameterization
-from models.abc_train import (
+from core.runtime import derived_seed, resolve_device
+from data.splits import Splits, calibration_batches, load_flat_splits
+from data.vision import DATASETS
+from dynamics.abc_train import (
     CALIBRATIONS, CoordCheckConfig, StepRecord, calibrate_warmup_lrs, coordinate_check, evaluate, fixed_batch_list,
     train_abc, warmup_base_lrs,
 )
-from models.device import derived_seed, resolve_device
+from models.abc import ACTIVATIONS, INPUT_SCALINGS, PARAMETERIZATIONS, ABCNet, ABCNetSpec, make_parameterization
 from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import build_config, configure_experiment, json_ready, run_cli, seed_everything
 
@@ -216,57 +216,25 @@ def _calibration(config: dict):
     return config["calibration"]
 
 
-# Independent random streams, all derived from the run's seed (SeedSequence spawn keys).
-SPLIT, INIT, BATCHES, CALIBRATION, COORD = range(5)
+@unique
+class Stream(IntEnum):
+    """The run's independent random streams (derived_seed spawn keys); explicit values, so adding
+    a stream reseeds no other."""
+    SPLIT = 0
+    INIT = 1
+    BATCHES = 2
+    CALIBRATION = 3
+    COORD = 4
 
 
 def _generator(seed: int, *key: int, device="cpu") -> torch.Generator:
     return torch.Generator(device=device).manual_seed(derived_seed(seed, *key))
 
 
-class Splits(NamedTuple):
-    """Flattened inputs (N, d) and labels (N,): train and validation from the training split, test apart."""
-
-    x_train: Tensor
-    y_train: Tensor
-    x_val: Tensor
-    y_val: Tensor
-    x_test: Tensor
-    y_test: Tensor
-
-
 def load_splits(config: dict, seed: int, device) -> Splits:
-    """Load the dataset (grey), flatten it and hold out ``n_val`` training examples (seeded).
-
-    Raises:
-        ValueError: n_val or batch_size too large for the training split.
-    """
-    kwargs = dict(data_root=config["data_root"], grayscale=True)
-    x, y = load_vision_dataset(config["dataset"], train=True, **kwargs)
-    x_test, y_test = load_vision_dataset(config["dataset"], train=False, **kwargs)
-    n, n_val = x.shape[0], config["n_val"]
-    if n_val > n - 2:
-        raise ValueError(f"n_val must leave at least 2 training examples (training split has {n}); got {n_val}")
-    flat = lambda t: t.flatten(1).to(device)  # noqa: E731  (N, 1, H, W) -> (N, H·W)
-    if n_val == 0:  # the original: "validation" on a copy of the training set
-        if config["batch_size"] > n:
-            raise ValueError(f"batch_size must be <= the training examples ({n}); got {config['batch_size']}")
-        xf, yd = flat(x), y.to(device)
-        return Splits(xf, yd, xf, yd, flat(x_test), y_test.to(device))
-    if config["batch_size"] > n - n_val:
-        raise ValueError(f"batch_size must be <= the training examples left after n_val ({n - n_val}); "
-                         f"got {config['batch_size']}")
-    perm = torch.randperm(n, generator=_generator(seed, SPLIT))
-    val, train = perm[:n_val], perm[n_val:]
-    return Splits(flat(x[train]), y[train].to(device), flat(x[val]), y[val].to(device), flat(x_test), y_test.to(device))
-
-
-def _calibration_batches(data: Splits, batch_size: int, gen: torch.Generator):
-    """Two disjoint training batches: one for the mock step, one held out to measure it."""
-    size = min(batch_size, data.x_train.shape[0] // 2)
-    idx = torch.randperm(data.x_train.shape[0], generator=gen, device=gen.device)
-    step, probe = idx[:size], idx[size:2 * size]
-    return data.x_train[step], data.y_train[step], data.x_train[probe]
+    """The run's train / validation / test splits; the held-out rows are drawn from the SPLIT stream."""
+    return load_flat_splits(config["dataset"], config["data_root"], config["n_val"], config["batch_size"],
+                            _generator(seed, Stream.SPLIT), device)
 
 
 def _mean_std(values) -> tuple[float, float]:
@@ -297,7 +265,7 @@ def _train_trials(_config, _run, _seed, checked, ck):
     warmup_lrs, batch_list = [], None
     if _config["batch_order"] == "fixed_list":  # one list for the run, as the scripts' batches = list(loader)
         batch_list = fixed_batch_list(data.x_train.shape[0], _config["batch_size"],
-                                      _generator(_seed, BATCHES, device=device))
+                                      _generator(_seed, Stream.BATCHES, device=device))
     saved = ck.state  # a resumed run: the trial counter, the finished trials' values, that trial's loop state
     if saved is not None:
         trials, warmup_lrs = {key: list(v) for key, v in saved["trials"].items()}, list(saved["warmup_lrs"])
@@ -308,10 +276,10 @@ def _train_trials(_config, _run, _seed, checked, ck):
     with ck.deferring():  # signals wait for the next step boundary (a trial's step; evaluations run on)
         for k in range(saved["trial"] if saved is not None else 0, _config["n_trials"]):
             resume = saved["train"] if saved is not None and k == saved["trial"] else None
-            net = ABCNet(spec, _generator(_seed, INIT, k)).to(device)
+            net = ABCNet(spec, _generator(_seed, Stream.INIT, k)).to(device)
             if batch_list is None:
-                x_step, y_step, x_probe = _calibration_batches(data, _config["batch_size"],
-                                                               _generator(_seed, CALIBRATION, k, device=device))
+                x_step, y_step, x_probe = calibration_batches(data, _config["batch_size"],
+                                                               _generator(_seed, Stream.CALIBRATION, k, device=device))
             else:  # the scripts' calibrate_base_lr: mock step on batches[0], measured on batches[1]
                 x_step, y_step = data.x_train[batch_list[0]], data.y_train[batch_list[0]]
                 x_probe = data.x_train[batch_list[1 % len(batch_list)]]
@@ -335,8 +303,8 @@ def _train_trials(_config, _run, _seed, checked, ck):
                     _run.log_scalar(f"coord/h{l}/trial{k}", h, r.step)
 
             losses = train_abc(net, data.x_train, data.y_train, n_steps, _config["batch_size"], _config["base_lr"],
-                               _generator(_seed, BATCHES, k, device=device), betas, log_step, every, first, batch_list,
-                               boundary=lambda t, capture, k=k: boundary(t, capture, k), resume=resume)
+                               _generator(_seed, Stream.BATCHES, k, device=device), betas, log_step, every, first,
+                               batch_list, boundary=lambda t, capture, k=k: boundary(t, capture, k), resume=resume)
             for split, x, y in (("val", data.x_val, data.y_val), ("test", data.x_test, data.y_test)):
                 loss, acc, likelihood = evaluate(net, x, y, with_likelihood=True)
                 for what, value in (("loss", loss), ("accuracy", acc), ("likelihood", likelihood)):
@@ -366,7 +334,7 @@ def coord_check(_config, _run, _seed):
     data = load_splits(_config, _seed, device)
     probe = data.x_val[:_config["batch_size"]]
     specs = [dataclasses.replace(spec, width=m) for m in cc.widths]
-    seeds = [derived_seed(_seed, COORD, s) for s in range(cc.n_seeds)]
+    seeds = [derived_seed(_seed, Stream.COORD, s) for s in range(cc.n_seeds)]
     out = coordinate_check(specs, data.x_train, data.y_train, probe, cc.n_steps, _config["batch_size"],
                            _config["base_lr"], seeds, checked["calibration"], device)
     table = {"parameterization": spec.parameterization.name, "activation": spec.activation, "L": spec.L,

@@ -1,4 +1,4 @@
-"""Basis-function decomposition of training trajectories (README, "Basis-function decomposition").
+"""Basis-function decomposition of training trajectories (docs/basis_decomposition.md).
 
 Ma, Guo & Fattahi (2022): the network's outputs F_t on N evaluation points are
 expanded in the conjugate-kernel basis of the *final* network, and the
@@ -17,7 +17,7 @@ singular values s_i (dynamics.basis).
   along a re-initialised run, evaluated before each of its first steps).
 
 A stop signal checkpoints pass 1 at the next step and a rerun resumes it (tracking.preempt;
-README, "Preemption, checkpoints and resume"); a signal in pass 2 stops at once, and the
+docs/runs.md#preemption); a signal in pass 2 stops at once, and the
 resume redoes pass 2 from the checkpoint saved at the end of training.
 
 One named config per original script: ``mnist`` (mnist.py, Fig. 3(a–c)), ``grad_indep``,
@@ -35,19 +35,20 @@ import os
 import shutil
 import tempfile
 import warnings
+from enum import IntEnum, unique
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from sacred import Experiment
 
+from core.runtime import derived_seed, resolve_device
 from data.vision import DATASETS, load_vision_dataset
 from dynamics.basis import conjugate_kernel_basis, nonnegative_increment_fraction, saturation_times
 from dynamics.basis_tracking import checkpoint_gradients, gradients_along_run, record_training
 from dynamics.basis_training import Trainer, eval_outputs, recording_times
 from dynamics.schedules import LRSchedule, OPTIMIZERS, decay_groups, make_loss, make_optimizer
 from models.basis_nets import InputShape, build_model, check_model_name, check_width, feature_dim
-from models.device import derived_seed, resolve_device
 from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import configure_experiment, json_ready, log_series, run_cli, seed_everything
 
@@ -341,8 +342,16 @@ def validate(config: dict) -> Checked:
     return Checked(shape, schedule, k_M, int(max_basis), resolve_device(config["device"]))
 
 
-# Independent random streams derived from the run's seed.
-INIT, BATCHES, AUGMENT, REINIT, REBATCHES, REAUGMENT = range(6)
+@unique
+class Stream(IntEnum):
+    """The run's independent random streams (derived_seed spawn keys); explicit values, so adding
+    a stream reseeds no other."""
+    INIT = 0
+    BATCHES = 1
+    AUGMENT = 2
+    REINIT = 3
+    REBATCHES = 4
+    REAUGMENT = 5
 
 
 # --- training -------------------------------------------------------------------------------
@@ -396,7 +405,7 @@ def _main(_config, _run, _seed, checked, ck):
     config = _config
     seed_everything(_seed)
     x, y, xe, ye = _load(config, checked)
-    trainer = _new_trainer(config, checked, x, y, _seed, INIT, BATCHES, AUGMENT)
+    trainer = _new_trainer(config, checked, x, y, _seed, Stream.INIT, Stream.BATCHES, Stream.AUGMENT)
     spe, n_basis, chunk = trainer.steps_per_epoch, config["n_basis"], config["eval_batch_size"]
     times = recording_times(spe, config["num_epoch"], config["early_points"], config["record_every"],
                             config["record_first"], config["record_until"], config["record_epoch_ends"])
@@ -507,7 +516,7 @@ def _index_at(times, t) -> int:
 def _rerun(_run, config, checked, x, y, xe, basis, seed):
     """grad_indep / beta_domin: ∇β_i of the final basis along a freshly initialised run."""
     rc = config["rerun_config"]
-    trainer = _new_trainer(config, checked, x, y, seed, REINIT, REBATCHES, REAUGMENT)
+    trainer = _new_trainer(config, checked, x, y, seed, Stream.REINIT, Stream.REBATCHES, Stream.REAUGMENT)
     num = rc["num_basis"]
     r = gradients_along_run(trainer, xe, basis, num, rc["iterations"], rc["every"], config["eval_batch_size"],
                             checked.device)

@@ -1,7 +1,7 @@
 """Chaotic dynamics of SGD: exact minibatch Hessians, Lyapunov spectra, CGD pruning, perturbed copies.
 
 Trains a small classifier (MLP 256-20-10 or a small CNN) on USPS or FashionMNIST at
-16x16 with batch 8 (README, "Chaotic dynamics of SGD"). At every step it takes the exact minibatch
+16x16 with batch 8 (docs/chaos.md). At every step it takes the exact minibatch
 Hessian H_t (layer-structured for ReLU MLPs, ``dynamics.mlp_hessian``; vmapped HVPs
 otherwise) and, per the logging flags, records its spectrum, the local chaos counts
 (λ < 0 or λ > 2(1+μ)/lr), the cosine of the gradient with its extreme eigenvectors, and
@@ -13,7 +13,7 @@ the original's pruning rules). ``perturb_strat`` trains ``parallel`` perturbed
 copies on the same batches and fits d(t)² = a t + b t² + d0² to their distances.
 
 Validation is ``tracking.chaos_checks``, recording ``tracking.chaos_record``; a signal checkpoints
-the loop (``dynamics.chaos_resume``) and the rerun resumes it (README, "Preemption, checkpoints and resume").
+the loop (``dynamics.chaos_resume``) and the rerun resumes it (docs/runs.md#preemption).
 Options keep the original's names; Hydra's groups become config dicts:
 
     python experiments/expt_chaos.py with optim.name=cgd optim.k=100 optim.prune_set=neg \\
@@ -23,22 +23,24 @@ from __future__ import annotations
 
 import collections
 import math
+from enum import IntEnum, unique
 
 import torch
 from sacred import Experiment
 from torch.func import grad_and_value
 
+from core.runtime import derived_seed, resolve_dtype
 from data.vision import load_vision_dataset
 from dynamics.cgd import cgd_gradient, sgd_step
 from dynamics.chaos_resume import loop_state, restore_loop
 from dynamics.cgd_select import cgd_tangent_hessian, pruned_directions
+from dynamics.engine import BoundaryBefore, StepOutput, check_finite, evaluate, run_steps
 from dynamics.hessian import SymEig, dense_eigh, dense_hessian
 from dynamics.lyapunov import expanding_subspace, init_lyapunov, propagate, sgd_tangent_map
 from dynamics.mlp_hessian import mlp_hessian_eigh, mlp_params_from_flat
 from dynamics.perturb import perturbation_direction, random_subspace_baseline, subspace_similarity
 from llc.estimate import flat_model_for_module
 from models.chaos_nets import build_model
-from models.device import derived_seed, resolve_dtype
 from tracking.chaos_checks import IMAGE_SIZE, NUM_CLASSES, validate, warn_slow_cpu_frame
 from tracking.chaos_record import (
     POSITIVE_EXPONENT, finish, log_curvature, lyapunov_subsim, pooled_abs, save_eigenthings_artifact,
@@ -88,7 +90,7 @@ def cfg():
         prune_global=False,  # cgd: prune fixed stored Lyapunov vectors (χ > 0: chaotic/pos, χ < 0: neg)
         prune_global_checkpoint=None,  # cgd: eigenthings .npz for prune_global (None: eigenthings_path/_run)
     )
-    # CGD rules where the original differs (README "CGD and other differences"); named config cgd_original
+    # CGD rules where the original differs, restored by cgd_original (docs/chaos.md#cgd-and-other-differences-from-the-original)
     cgd = dict(
         zeros="keep",  # keep: zero eigenvalues never pruned | pool: in neg and pos, as the original's λ <= 0 / λ >= 0
         rand_draws="distinct",  # prune_k=rand: distinct | replacement (the original's randint; repeats prune once)
@@ -183,8 +185,16 @@ def subsim_cnn():
 
 # ----------------------------------------------------------------------------- helpers
 
-# Independent random streams, all derived from the run's seed.
-INIT, BATCHES, PERTURB, CGD, LYAP, PROJ = range(6)
+@unique
+class Stream(IntEnum):
+    """The run's independent random streams (derived_seed spawn keys); explicit values, so adding
+    a stream reseeds no other."""
+    INIT = 0
+    BATCHES = 1
+    PERTURB = 2
+    CGD = 3
+    LYAP = 4
+    PROJ = 5
 
 
 def _stream(seed, purpose, device="cpu"):
@@ -196,24 +206,13 @@ def cross_entropy(z, y):
     return (torch.logsumexp(z, dim=1) - z.gather(1, y[:, None])[:, 0]).mean()
 
 
-def _evaluate(f, w, x, y, chunk=4096):
-    loss, correct = 0.0, 0
-    with torch.no_grad():
-        for s in range(0, x.shape[0], chunk):
-            z = f(w, x[s:s + chunk])
-            loss += float(cross_entropy(z, y[s:s + chunk])) * z.shape[0]
-            correct += int((z.argmax(1) == y[s:s + chunk]).sum())
-    return loss / x.shape[0], correct / x.shape[0]
-
-
 def _load_data(config, dtype, device):
     kw = dict(data_root=config["data_root"], size=IMAGE_SIZE, dtype=dtype)
     x, y = load_vision_dataset(config["dataset"], train=True, **kw)
     xt, yt = load_vision_dataset(config["dataset"], train=False, **kw)
     n_train = config["num_train"] or (256 if config["debug"] else None)
     n_test = config["num_test"] or (128 if config["debug"] else None)
-    x, y = x[:n_train], y[:n_train]
-    xt, yt = xt[:n_test], yt[:n_test]
+    x, y, xt, yt = x[:n_train], y[:n_train], xt[:n_test], yt[:n_test]
     if config["batch_size"] > x.shape[0]:
         raise ValueError(f"batch_size must be <= the number of training points ({x.shape[0]}); got {config['batch_size']}")
     return x.to(device), y.to(device), xt.to(device), yt.to(device)
@@ -232,10 +231,9 @@ def main(_config, _run, _seed):
 def _main(_config, _run, _seed, checked, ck):
     seed_everything(_seed)
     c, log, optim, rules, device = _config, _config["logging"], checked.optim, checked.rules, checked.device
-    dtype = resolve_dtype(c["dtype"])
-    p = checked.num_params
+    dtype, p = resolve_dtype(c["dtype"]), checked.num_params
 
-    model = build_model(c["model"]["name"], (1, IMAGE_SIZE, IMAGE_SIZE), NUM_CLASSES, _stream(_seed, INIT),
+    model = build_model(c["model"]["name"], (1, IMAGE_SIZE, IMAGE_SIZE), NUM_CLASSES, _stream(_seed, Stream.INIT),
                         inter_dim=c["model"]["inter_dim"], base_channels=c["model"]["base_channels"],
                         block_cnt=c["model"]["block_cnt"], activation=c["model"]["activation"]).to(device)
     f, w_init = flat_model_for_module(model, dtype, device)
@@ -268,7 +266,7 @@ def _main(_config, _run, _seed, checked, ck):
     eigenthings = checked.eigenthings
     if checked.strategies:
         combos = [(s, e) for s in checked.strategies for e in c["perturb_eps"]]
-        gen = _stream(_seed, PERTURB)
+        gen = _stream(_seed, Stream.PERTURB)
         for i in range(c["parallel"]):
             s, e = combos[i % len(combos)]
             v = perturbation_direction(s, p, gen, *(() if eigenthings is None else (eigenthings["exponents"], eigenthings["vectors"])))
@@ -285,19 +283,19 @@ def _main(_config, _run, _seed, checked, ck):
 
     lyap = None
     if checked.needs_lyapunov:
-        lyap = init_lyapunov(checked.tangent_dim, checked.tangent_k, _stream(_seed, LYAP), torch.float64, device,
+        lyap = init_lyapunov(checked.tangent_dim, checked.tangent_k, _stream(_seed, Stream.LYAP), torch.float64, device,
                              track_initial=checked.needs_initial)
 
-    gen_batches, gen_cgd = _stream(_seed, BATCHES), _stream(_seed, CGD)
+    gen_batches, gen_cgd = _stream(_seed, Stream.BATCHES), _stream(_seed, Stream.CGD)
     proj = None
     if log["plot_trajectories"]:
-        proj = torch.linalg.qr(torch.randn(p, 2, generator=_stream(_seed, PROJ), dtype=torch.float64)).Q.to(device)
+        proj = torch.linalg.qr(torch.randn(p, 2, generator=_stream(_seed, Stream.PROJ), dtype=torch.float64)).Q.to(device)
     grads_window = collections.deque(maxlen=log["signal_noise_window"] or 1)
     record = collections.defaultdict(list)  # steps and values kept for artifacts and the result
     prev_chaotic, fixed_lyap = None, {}
     spectra_every = [k for k in (log["plot_eigs_every"], log["save_hessian_dist_every"]) if k]
 
-    step, epoch0, start0, perm, gens = 0, 0, 0, None, {"batches": gen_batches, "cgd": gen_cgd}
+    step, epoch0, start0, start, perm, gens = 0, 0, 0, 0, None, {"batches": gen_batches, "cgd": gen_cgd}
     if ck.state is not None:  # resume before step `step`: batch perm[start0:] of epoch0
         (step, epoch0, start0, perm, ws, bufs, lyap, prev_chaotic, fixed_lyap, grads_window,
          record) = restore_loop(ck.state, gens, device, grads_window.maxlen)
@@ -306,97 +304,97 @@ def _main(_config, _run, _seed, checked, ck):
         return loop_state(step=step, epoch=epoch, start=start, perm=perm, ws=ws, bufs=bufs, gens=gens, lyap=lyap,
                           prev_chaotic=prev_chaotic, fixed_lyap=fixed_lyap, grads_window=grads_window, record=record)
 
+    def before(s):  # the boundary before step s, at batch perm[start:] of this epoch
+        nonlocal step, start
+        step, start = s, starts[s - step_epoch]
+        ck.boundary(s, capture)
+
+    def step_fn(step):
+        nonlocal lyap, prev_chaotic
+        idx = perm[start:start + c["batch_size"]]
+        xb, yb = x[idx], y[idx]
+        out = [grad_fn(w, xb, yb) for w in ws]  # [(grad, (loss, acc))]
+        g0, (loss0, acc0) = out[0]
+        for o in out:  # every copy's loss, before anything is computed from it
+            check_finite(float(o[1][0]), step)
+        logging_now = step % log["log_freq"] == 0
+        eig = curvature(ws[0], xb, yb) if checked.needs_hessian else None
+        thr = eig.zero_threshold() if eig is not None else 0.0
+
+        # --- CGD: which directions this step removes ---
+        pruned_vecs, null_of = (pruned_directions(eig, global_dirs, optim, rules, gen_cgd, thr)  # (P, m); U whose
+                                if optim.prunes and step >= optim.prune_start else (None, None))  # complement goes too
+
+        # --- Lyapunov: tangent map of this step at w_t ---
+        if lyap is not None:
+            # under CGD the map of w' = w − lr (I − γ V_p V_pᵀ) g (V_p held fixed)
+            hmat = eig.matmul if pruned_vecs is None else cgd_tangent_hessian(eig.matmul, pruned_vecs, optim.gamma, rules)
+            lyap = propagate(lyap, sgd_tangent_map(hmat, optim.lr, optim.momentum, p), c["lyapunov"]["qr_every"])
+            if log["log_lyapunov_subsim"] and lyap.steps in checked.t_lya_subsim:
+                fixed_lyap[lyap.steps] = expanding_subspace(lyap, POSITIVE_EXPONENT)  # t0 counts tangent maps
+
+        if logging_now:
+            _run.log_scalar("train/loss", float(loss0), step)
+            _run.log_scalar("train/accuracy", float(acc0), step)
+            log_curvature(_run, step, eig, g0, optim, log, lyap, checked, record, thr)
+            if log["log_subsim"] and eig is not None:
+                mask = (eig.eigenvalues < -thr) | (eig.eigenvalues > 2 * (1 + optim.momentum) / optim.lr)
+                cur = eig.eigenvectors[:, mask]
+                if prev_chaotic is not None and cur.shape[1] and prev_chaotic.shape[1]:
+                    _run.log_scalar("subsim/hessian_chaotic", subspace_similarity(prev_chaotic, cur), step)
+                    _run.log_scalar("subsim/hessian_chaotic_baseline", random_subspace_baseline(prev_chaotic.shape[1], cur.shape[1], p), step)
+                prev_chaotic = cur
+            if log["log_lyapunov_subsim"] and lyap is not None:
+                lyapunov_subsim(_run, step, lyap, fixed_lyap)
+            if copies:
+                for i, w in enumerate(ws[1:], start=1):
+                    d = float((w.double() - ws[0].double()).norm())
+                    _run.log_scalar(f"perturb/distance/copy{i}", d, step)
+                    record[f"dist{i}"].append(d)
+                record["dist_steps"].append(step)
+            if proj is not None:
+                record["traj"].append(torch.stack([w.double() - w_init.double() for w in ws]) @ proj)
+                record["traj_steps"].append(step)
+            if log["signal_noise_window"] and len(grads_window) == log["signal_noise_window"]:
+                gs = torch.stack(list(grads_window))
+                mean = gs.mean(0)
+                noise = float((gs - mean).pow(2).sum(1).mean())
+                if noise > 0:  # ‖mean g‖² / mean ‖g − mean g‖² over the window
+                    _run.log_scalar("grad/snr", float(mean @ mean) / noise, step)
+            if pruned_vecs is not None:
+                num_null = 0 if null_of is None else eig.dim - eig.rank_bound
+                _run.log_scalar("cgd/num_pruned", pruned_vecs.shape[1] + num_null, step)
+        if log["signal_noise_window"]:
+            grads_window.append(g0.double())
+        if eig is not None and any(step % k == 0 for k in spectra_every):
+            record["spectra"].append(eig.all_eigenvalues().float().cpu().numpy())
+            record["spectra_steps"].append(step)
+        if eig is not None and log["plot_mats_every"] and step % log["plot_mats_every"] == 0:
+            record["mats"].append(pooled_abs(eig))
+            record["mats_steps"].append(step)
+
+        # --- the update, identical batches for every copy ---
+        for i, (g, _) in enumerate(out):
+            if pruned_vecs is not None and (i == 0 or global_dirs is not None):
+                g, frac = cgd_gradient(g.double(), pruned_vecs, optim, gen_cgd, null_of)
+                if i == 0 and logging_now:
+                    _run.log_scalar("cgd/pruned_grad_frac", frac, step)
+            ws[i], bufs[i] = sgd_step(ws[i], bufs[i], g.to(dtype), optim.lr, optim.momentum)
+        return StepOutput(None)
+
     with ck.deferring():  # signals wait for the next step boundary; a resumed run's global RNGs come back here
         for epoch in range(epoch0, c["max_epochs"]):
             if not (epoch == epoch0 and perm is not None):
                 perm = torch.randperm(n, generator=gen_batches).to(device)
-            for start in range(start0 if epoch == epoch0 else 0, n, c["batch_size"]):
-                if step >= total_steps:
-                    break
-                ck.boundary(step, capture)
-                idx = perm[start:start + c["batch_size"]]
-                xb, yb = x[idx], y[idx]
-                out = [grad_fn(w, xb, yb) for w in ws]  # [(grad, (loss, acc))]
-                g0, (loss0, acc0) = out[0]
-                if not all(math.isfinite(float(o[1][0])) for o in out):
-                    raise FloatingPointError(f"training diverged: non-finite loss at step {step}")
-                logging_now = step % log["log_freq"] == 0
-                eig = curvature(ws[0], xb, yb) if checked.needs_hessian else None
-                thr = eig.zero_threshold() if eig is not None else 0.0
-
-                # --- CGD: which directions this step removes ---
-                pruned_vecs, null_of = None, None  # (P, m); U whose whole complement is pruned too
-                if optim.prunes and step >= optim.prune_start:
-                    pruned_vecs, null_of = pruned_directions(eig, global_dirs, optim, rules, gen_cgd, thr)
-
-                # --- Lyapunov: tangent map of this step at w_t ---
-                if lyap is not None:
-                    hmat = eig.matmul
-                    if pruned_vecs is not None:  # CGD's map: w' = w − lr (I − γ V_p V_pᵀ) g (V_p held fixed)
-                        hmat = cgd_tangent_hessian(eig.matmul, pruned_vecs, optim.gamma, rules)
-                    lyap = propagate(lyap, sgd_tangent_map(hmat, optim.lr, optim.momentum, p), c["lyapunov"]["qr_every"])
-                    if log["log_lyapunov_subsim"] and lyap.steps in checked.t_lya_subsim:
-                        fixed_lyap[lyap.steps] = expanding_subspace(lyap, POSITIVE_EXPONENT)  # t0 counts tangent maps
-
-                if logging_now:
-                    _run.log_scalar("train/loss", float(loss0), step)
-                    _run.log_scalar("train/acc", float(acc0), step)
-                    log_curvature(_run, step, eig, g0, optim, log, lyap, checked, record, thr)
-                    if log["log_subsim"] and eig is not None:
-                        mask = (eig.eigenvalues < -thr) | (eig.eigenvalues > 2 * (1 + optim.momentum) / optim.lr)
-                        cur = eig.eigenvectors[:, mask]
-                        if prev_chaotic is not None and cur.shape[1] and prev_chaotic.shape[1]:
-                            _run.log_scalar("subsim/hessian_chaotic", subspace_similarity(prev_chaotic, cur), step)
-                            _run.log_scalar("subsim/hessian_chaotic_baseline",
-                                            random_subspace_baseline(prev_chaotic.shape[1], cur.shape[1], p), step)
-                        prev_chaotic = cur
-                    if log["log_lyapunov_subsim"] and lyap is not None:
-                        lyapunov_subsim(_run, step, lyap, fixed_lyap)
-                    if copies:
-                        for i, w in enumerate(ws[1:], start=1):
-                            d = float((w.double() - ws[0].double()).norm())
-                            _run.log_scalar(f"perturb/distance/copy{i}", d, step)
-                            record[f"dist{i}"].append(d)
-                        record["dist_steps"].append(step)
-                    if proj is not None:
-                        record["traj"].append(torch.stack([w.double() - w_init.double() for w in ws]) @ proj)
-                        record["traj_steps"].append(step)
-                    if log["signal_noise_window"] and len(grads_window) == log["signal_noise_window"]:
-                        gs = torch.stack(list(grads_window))
-                        mean = gs.mean(0)
-                        noise = float((gs - mean).pow(2).sum(1).mean())
-                        if noise > 0:  # ‖mean g‖² / mean ‖g − mean g‖² over the window
-                            _run.log_scalar("grad/snr", float(mean @ mean) / noise, step)
-                    if pruned_vecs is not None:
-                        num_null = 0 if null_of is None else eig.dim - eig.rank_bound
-                        _run.log_scalar("cgd/num_pruned", pruned_vecs.shape[1] + num_null, step)
-                if log["signal_noise_window"]:
-                    grads_window.append(g0.double())
-                if eig is not None and any(step % k == 0 for k in spectra_every):
-                    record["spectra"].append(eig.all_eigenvalues().float().cpu().numpy())
-                    record["spectra_steps"].append(step)
-                if eig is not None and log["plot_mats_every"] and step % log["plot_mats_every"] == 0:
-                    record["mats"].append(pooled_abs(eig))
-                    record["mats_steps"].append(step)
-
-                # --- the update, identical batches for every copy ---
-                for i, (g, _) in enumerate(out):
-                    if pruned_vecs is not None and (i == 0 or global_dirs is not None):
-                        g, frac = cgd_gradient(g.double(), pruned_vecs, optim, gen_cgd, null_of)
-                        g = g.to(dtype)
-                        if i == 0 and logging_now:
-                            _run.log_scalar("cgd/pruned_grad_frac", frac, step)
-                    ws[i], bufs[i] = sgd_step(ws[i], bufs[i], g, optim.lr, optim.momentum)
-                step += 1
-
-            tr_loss, tr_acc = _evaluate(f, ws[0], x, y)
-            te_loss, te_acc = _evaluate(f, ws[0], xt, yt)
-            for name, value in (("train_loss", tr_loss), ("train_acc", tr_acc), ("test_loss", te_loss), ("test_acc", te_acc)):
-                _run.log_scalar(f"epoch/{name}", value, step)
-                record[name].append(value)
+            starts, step_epoch = range(start0 if epoch == epoch0 else 0, n, c["batch_size"]), step
+            step = run_steps(step_fn, step, step + min(len(starts), total_steps - step), [BoundaryBefore(before)])
+            for split, xs, ys in (("train", x, y), ("test", xt, yt)):
+                ev = evaluate(lambda xc: f(ws[0], xc), xs, ys, lambda z, yc: float(cross_entropy(z, yc)) * z.shape[0])
+                for name, value in ((f"{split}_loss", ev["loss"]), (f"{split}_acc", ev["accuracy"])):
+                    _run.log_scalar(f"epoch/{name}", value, step)
+                    record[name].append(value)
             record["epoch_steps"].append(step)
-            if not math.isfinite(tr_loss):
-                raise FloatingPointError(f"training diverged: train loss {tr_loss} after epoch {epoch} (step {step})")
+            check_finite(record["train_loss"][-1], step, what="full training-set loss")
             if lyap is not None and log["save_lyapunov_at"] == epoch:
                 spectrum = save_eigenthings_artifact(_run, f"eigenthings_epoch{epoch}.npz", lyap, p, step, rooted=True)
                 _run.info[f"lyapunov_spectrum_epoch{epoch}"] = spectrum.tolist()

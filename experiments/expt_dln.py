@@ -8,8 +8,8 @@ data and λ̂ is estimated at the trained parameter.
 
 Weights of `random` / `rand_rank` teachers and of the training init follow Haiku's
 hk.Linear default (truncated normal, std 1/sqrt(fan_in)), as the original does;
-``true_param_config.init='torch'`` gives nn.Linear's default instead (README,
-"expt_dln": at depth it collapses the end-to-end map). Every 20 SGLD steps the run
+``true_param_config.init='torch'`` gives nn.Linear's default instead (docs/llc.md#the-dln-experiment;
+at depth it collapses the end-to-end map). Every 20 SGLD steps the run
 records the MALA acceptance probability of the SGLD transition, as the original did.
 
     python experiments/expt_dln.py with layer_widths='[10, 10]' input_dim=10 \\
@@ -21,12 +21,14 @@ import json
 import math
 import os
 import tempfile
+from enum import IntEnum, unique
 
 import numpy as np
 import torch
 from sacred import Experiment
 from torch.func import functional_call
 
+from core.runtime import DTYPES, derived_seed, resolve_device, resolve_dtype
 from data.synthetic import INPUT_DISTRIBUTIONS, teacher_dataset
 from dynamics.hessian import hutchinson_trace
 from dynamics.jacobian import functional_rank
@@ -37,7 +39,6 @@ from llc.psgld import initial_loss, llc_result
 from llc.samplers import run_minibatch as run_sgld  # runs sgld_config.sampler's kernel; SGLD by default
 from llc.samplers import split_sampler
 from llc.sgld import mala_acceptance_probability
-from models.device import DTYPES, derived_seed, resolve_device, resolve_dtype
 from models.dln import (
     INIT_SCHEMES, TRUE_PARAM_METHODS, DeepLinearNetwork, end_to_end_matrix, init_params, make_true_params, numerical_rank,
     rank_truncation_losses,
@@ -107,7 +108,7 @@ def cfg():
     hessian_trace_probes = 32  # Rademacher probes
     do_functional_rank = False  # numerical rank of d f(w, x) / d w on the num_test_data points
 
-    # --- `calibrate` command: short SGLD runs at w* over a grid (llc.calibrate; README, "The DLN experiment") ---
+    # --- `calibrate` command: short SGLD runs at w* over a grid (llc.calibrate; docs/llc.md#the-dln-experiment) ---
     # calibrate: ε grid (each > 0) x nbetas x gammas; None -> the run's sgld_config values, burn-in None -> half
     calibration = dict(
         epsilons=[1e-7, 1e-6, 1e-5, 1e-4],  # ε grid, every entry > 0
@@ -193,8 +194,19 @@ def validate(config: dict) -> dict:
             "input_distribution": dist, "device": resolve_device(config["device"]), "calibration": calibration}
 
 
-# Independent random streams, all derived from the run's seed (SeedSequence spawn keys).
-TRUE_PARAM, DATA, SGLD_W_STAR, DIAG_W_STAR, INIT, BATCHES, SGLD_TRAINED, DIAG_TRAINED, TEST_DATA = range(9)
+@unique
+class Stream(IntEnum):
+    """The run's independent random streams (derived_seed spawn keys); explicit values, so adding
+    a stream reseeds no other."""
+    TRUE_PARAM = 0
+    DATA = 1
+    SGLD_W_STAR = 2
+    DIAG_W_STAR = 3
+    INIT = 4
+    BATCHES = 5
+    SGLD_TRAINED = 6
+    DIAG_TRAINED = 7
+    TEST_DATA = 8
 
 
 def _stream(seed: int, purpose: int, device="cpu") -> torch.Generator:
@@ -238,7 +250,7 @@ def build_problem(_config, _seed, checked) -> dict:
 
     # --- true parameter and its exact learning coefficient ---
     w_star = make_true_params(
-        input_dim, widths, tp["method"], _stream(_seed, TRUE_PARAM),
+        input_dim, widths, tp["method"], _stream(_seed, Stream.TRUE_PARAM),
         prop_rank_reduce=tp["prop_rank_reduce"], mean=tp["mean"], std=tp["std"], init=tp["init"],
     )
     true_rank, prod_sv = numerical_rank(end_to_end_matrix(w_star))
@@ -248,12 +260,13 @@ def build_problem(_config, _seed, checked) -> dict:
     net = DeepLinearNetwork(input_dim, widths)
     f64 = lambda p, x: functional_call(net, p, (x,))  # noqa: E731
     dist = checked["input_distribution"]
-    x, y = teacher_dataset(f64, w_star, n, input_dim, dist, _stream(_seed, DATA))
+    x, y = teacher_dataset(f64, w_star, n, input_dim, dist, _stream(_seed, Stream.DATA))
     # nβ·L_n of w*'s end-to-end map truncated to rank k-1, k = 1..r: how far, in units of the
-    # posterior's temperature, w* is from the lower-rank teachers (README, "The DLN experiment").
+    # posterior's temperature, w* is from the lower-rank teachers (docs/llc.md#the-dln-experiment).
     rank_gaps = checked["sgld"].resolve_nbeta(n) * rank_truncation_losses(end_to_end_matrix(w_star), x, true_rank)
     x, y = x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype)
-    x_test, y_test = teacher_dataset(f64, w_star, _config["num_test_data"], input_dim, dist, _stream(_seed, TEST_DATA))
+    x_test, y_test = teacher_dataset(f64, w_star, _config["num_test_data"], input_dim, dist,
+                                     _stream(_seed, Stream.TEST_DATA))
     x_test, y_test = x_test.to(device=device, dtype=dtype), y_test.to(device=device, dtype=dtype)
 
     net.load_state_dict({k: v.to(dtype) for k, v in w_star.items()})
@@ -288,7 +301,7 @@ def _main(_config, _run, _seed, checked, ck):
     if ck.state is not None:  # resumed during or after training: the λ̂ at w* is in the checkpoint
         result = json.loads(ck.state["result"])
     else:
-        res, extra = _sgld(_run, "llc", loss, w_flat, x, y, sgld, derived_seed(_seed, SGLD_W_STAR), _config)
+        res, extra = _sgld(_run, "llc", loss, w_flat, x, y, sgld, derived_seed(_seed, Stream.SGLD_W_STAR), _config)
         result = {
             **res.summary(),
             **extra,
@@ -300,19 +313,19 @@ def _main(_config, _run, _seed, checked, ck):
             "true_rank_gap": float(rank_gaps[-1]) if true_rank > 0 else None,  # nβ L_n(rank r-1 truncation)
             "model_dim": model_dim,
             "relative_error": (res.lambdahat - true_lambda) / true_lambda if true_lambda > 0 else None,
-            **_diagnostics(_run, "", loss, f_flat, w_flat, x_test, y_test, _config, _seed, DIAG_W_STAR),
+            **_diagnostics(_run, "", loss, f_flat, w_flat, x_test, y_test, _config, _seed, Stream.DIAG_W_STAR),
         }
         _run.log_scalar("llc/lambdahat", res.lambdahat, 0)
 
     # --- optional: train from a fresh init, then λ̂ at the trained parameter ---
     if checked["training"] is not None:
         cfg = checked["training"]
-        gen_init = _stream(_seed, INIT)
+        gen_init = _stream(_seed, Stream.INIT)
         init = init_params(input_dim, widths, gen_init, checked["train_init"])
         trained = DeepLinearNetwork(input_dim, widths)
         trained.load_state_dict({k: v.to(dtype) for k, v in init.items()})
         trained.to(device=device, dtype=dtype)
-        gen_batches = _stream(_seed, BATCHES, device)
+        gen_batches = _stream(_seed, Stream.BATCHES, device)
         every = max(1, math.ceil(cfg.num_steps / _config["log_max_points"]))
 
         def log_train(step, value):  # logged as training goes, so an interrupted run keeps it
@@ -327,7 +340,8 @@ def _main(_config, _run, _seed, checked, ck):
             losses = train(trained, _mse, x, y, cfg, gen_batches, callback=log_train, boundary=boundary,
                            resume=ck.state["train"] if ck.state else None)
         w_trained = torch.cat([p.detach().reshape(-1) for p in trained.parameters()])
-        res_t, extra_t = _sgld(_run, "trained/llc", loss, w_trained, x, y, sgld, derived_seed(_seed, SGLD_TRAINED), _config)
+        seed_t = derived_seed(_seed, Stream.SGLD_TRAINED)
+        res_t, extra_t = _sgld(_run, "trained/llc", loss, w_trained, x, y, sgld, seed_t, _config)
         rank_t, sv_t = numerical_rank(end_to_end_matrix(dict(trained.named_parameters())))
         _run.info["trained_end_to_end_singular_values"] = sv_t.tolist()
         result["trained"] = {
@@ -337,7 +351,8 @@ def _main(_config, _run, _seed, checked, ck):
             "numerical_rank": rank_t,
             "final_train_loss": float(losses[-1]),
             "relative_error": (res_t.lambdahat - true_lambda) / true_lambda if true_lambda > 0 else None,
-            **_diagnostics(_run, "trained_", loss, f_flat, w_trained, x_test, y_test, _config, _seed, DIAG_TRAINED),
+            **_diagnostics(_run, "trained_", loss, f_flat, w_trained, x_test, y_test, _config, _seed,
+                           Stream.DIAG_TRAINED),
         }
         _run.log_scalar("trained/llc/lambdahat", res_t.lambdahat, 0)
     return json_ready(result)
@@ -407,7 +422,7 @@ def calibrate(_config, _run):
     pb = build_problem(_config, _seed, checked)
     title = f"DLN {_config['input_dim']}->{list(_config['layer_widths'])}, λ = {pb['true_lambda']}"
     out = run_calibration(_run, pb["net"], _mse, (pb["x"], pb["y"]), checked["calibration"],
-                          derived_seed(_seed, SGLD_W_STAR), checked["device"], title)
+                          derived_seed(_seed, Stream.SGLD_W_STAR), checked["device"], title)
     return {**out, "true_lambda": pb["true_lambda"]}
 
 

@@ -22,17 +22,18 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from enum import IntEnum, unique
 
 import numpy as np
 import torch
 from sacred import Experiment
 
+from core.runtime import DTYPES, derived_seed, resolve_device, resolve_dtype
 from dynamics.train import TrainingConfig, train
 from llc.aoyagi import dln_learning_coefficient
 from llc.estimate import estimate_llc_flat, flat_model_for_module
 from llc.samplers import split_sampler
 from llc.sgld import SGLDDivergenceError
-from models.device import DTYPES, derived_seed, resolve_device, resolve_dtype
 from models.dln import DeepLinearNetwork, end_to_end_matrix, numerical_rank
 from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import build_config, configure_experiment, json_ready, run_cli, seed_everything
@@ -148,8 +149,14 @@ def validate(config: dict) -> dict:
     return {"training": training, "sgld": sgld, "device": resolve_device(config["device"])}
 
 
-# Independent random streams, all derived from the run's seed.
-DATA, INIT, BATCHES, SGLD = range(4)
+@unique
+class Stream(IntEnum):
+    """The run's independent random streams (derived_seed spawn keys); explicit values, so adding
+    a stream reseeds no other."""
+    DATA = 0
+    INIT = 1
+    BATCHES = 2
+    SGLD = 3
 
 
 def _stream(seed: int, purpose: int, device="cpu") -> torch.Generator:
@@ -190,10 +197,10 @@ def _main(_config, _run, _seed, checked, ck):
     widths = [width] * _config["num_hidden_layers"] + [d]
     period, threshold = _config["logging_period"], _config["rank_threshold"]
 
-    teacher, x, y = teacher_data(d, n, _stream(_seed, DATA))
+    teacher, x, y = teacher_data(d, n, _stream(_seed, Stream.DATA))
     x, y = x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype)
     net = DeepLinearNetwork(d, widths)
-    small_init(net, width, _config["initialisation_exponent"], _stream(_seed, INIT))
+    small_init(net, width, _config["initialisation_exponent"], _stream(_seed, Stream.INIT))
     net.to(device=device, dtype=dtype)
     f_flat, _ = flat_model_for_module(net, dtype, device)
 
@@ -216,7 +223,7 @@ def _main(_config, _run, _seed, checked, ck):
                "numerical_rank": rank_num, "singular_values": sv.tolist(),
                "true_lambda": true_lambda, "true_multiplicity": true_mult}
         try:
-            res = estimate_llc_flat(loss, w_t, x, y_t, sgld, seed=derived_seed(_seed, SGLD, len(checkpoints)))
+            res = estimate_llc_flat(loss, w_t, x, y_t, sgld, seed=derived_seed(_seed, Stream.SGLD, len(checkpoints)))
             rec.update(status="ok", **res.summary(), loss_trace=res.loss_trace.tolist())
             traces.append(res.loss_trace)
             _run.log_scalar("llc/lambdahat", res.lambdahat, t)
@@ -246,7 +253,7 @@ def _main(_config, _run, _seed, checked, ck):
     if ck.state is None:
         checkpoint(0, None)
     with ck.deferring():
-        train(net, _mse, x, y, training, _stream(_seed, BATCHES, device), callback=callback, boundary=boundary,
+        train(net, _mse, x, y, training, _stream(_seed, Stream.BATCHES, device), callback=callback, boundary=boundary,
               resume=ck.state["train"] if ck.state else None)
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,19 +27,20 @@ from __future__ import annotations
 
 import os
 import tempfile
+from enum import IntEnum, unique
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sacred import Experiment
 
+from core.runtime import derived_seed, resolve_device
 from data.vision import load_vision_dataset
 from dynamics.train import TrainingConfig, train
 from llc.estimate import estimate_llc_flat, flat_loss_for_module
 from llc.restricted import estimate_llc_per_layer
 from llc.samplers import sampler_kwargs, split_sampler
 from llc.sgld import SGLDConfig, SGLDDivergenceError
-from models.device import derived_seed, resolve_device
 from models.resnet import MODEL_NAMES, build_resnet
 from tracking.calibration_command import main_seed, run_calibration, validate_calibration
 from tracking.preempt import add_checkpoint_config, checkpointing
@@ -181,8 +182,14 @@ def check_batch_sizes(training: TrainingConfig, sgld: SGLDConfig, n: int) -> Non
         raise ValueError(f"sgld_config.batch_size must be <= the number of training data ({n}); got {sgld.batch_size}")
 
 
-# Independent random streams, all derived from the run's seed.
-INIT, BATCHES, LABEL_NOISE, SGLD = range(4)
+@unique
+class Stream(IntEnum):
+    """The run's independent random streams (derived_seed spawn keys); explicit values, so adding
+    a stream reseeds no other."""
+    INIT = 0
+    BATCHES = 1
+    LABEL_NOISE = 2
+    SGLD = 3
 
 
 def noisy_labels(y: torch.Tensor, level: float, num_classes: int, gen: torch.Generator) -> torch.Tensor:
@@ -236,13 +243,13 @@ def build_problem(_config, _seed, checked) -> dict:
     y_train = y_clean  # SGD's labels; SGLD's targets are always the clean labels, as in the original
     if md["label_noise_level"] > 0:
         y_train = noisy_labels(y_clean, md["label_noise_level"], num_classes,
-                               torch.Generator().manual_seed(derived_seed(_seed, LABEL_NOISE)))
+                               torch.Generator().manual_seed(derived_seed(_seed, Stream.LABEL_NOISE)))
     x_train, y_train, y_clean, x_test, y_test = (t.to(device) for t in (x_train, y_train, y_clean, x_test, y_test))
     n = x_train.shape[0]
 
     # --- model ---
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derived_seed(_seed, INIT))  # module init draws from the global RNG
+        torch.manual_seed(derived_seed(_seed, Stream.INIT))  # module init draws from the global RNG
         model = build_resnet(md["model_name"], num_classes, base_channels=md["layer_width_factor"])
     model.to(device)
     return dict(model=model, n=n, x_train=x_train, y_train=y_train, y_clean=y_clean, x_test=x_test, y_test=y_test)
@@ -314,7 +321,7 @@ def _main(_config, _run, _seed, checked, ck):
                    "train_accuracy": train_acc, "test_loss": test_ce + penalty, "test_loss_no_reg": test_ce,
                    "test_accuracy": test_acc, "l2_penalty": penalty}
             loss, w_t = flat_loss_for_module(model, loss_fn, next(model.parameters()).dtype, device)
-            seed = derived_seed(_seed, SGLD, len(checkpoints))
+            seed = derived_seed(_seed, Stream.SGLD, len(checkpoints))
             try:
                 res = estimate_llc_flat(loss, w_t, x_train, targets, sgld, seed=seed, eval_batch_size=chunk)
                 rec.update(status="ok", **res.summary())
@@ -351,7 +358,7 @@ def _main(_config, _run, _seed, checked, ck):
         checkpoint(0, None)
     with ck.deferring():
         train(model, F.cross_entropy, x_train, y_train, training,
-              torch.Generator(device=device).manual_seed(derived_seed(_seed, BATCHES)), callback=callback,
+              torch.Generator(device=device).manual_seed(derived_seed(_seed, Stream.BATCHES)), callback=callback,
               boundary=boundary, resume=ck.state["train"] if ck.state else None)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -398,7 +405,7 @@ def calibrate(_config, _run):
                                     _config["eval_batch_size"])
     md = checked["model_data"]
     return run_calibration(_run, model, loss_fn, (pb["x_train"], targets), checked["calibration"],
-                           derived_seed(_seed, SGLD, 0), str(checked["device"]),
+                           derived_seed(_seed, Stream.SGLD, 0), str(checked["device"]),
                            f"{md['model_name']} on {md['data_name']} at initialisation")
 
 

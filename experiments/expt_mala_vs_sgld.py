@@ -28,17 +28,18 @@ from __future__ import annotations
 import json
 import math
 import time
+from enum import IntEnum, unique
 
 import torch
 from sacred import Experiment
 from torch.func import functional_call, vmap
 
+from core.runtime import DTYPES, derived_seed, resolve_device, resolve_dtype
 from data.synthetic import INPUT_DISTRIBUTIONS, teacher_dataset
 from llc.estimate import flat_model_for_module
 from llc.mala import MALAConfig, estimate_llc_mala
 from llc.psgld import initial_loss, llc_result
 from llc.sgld import SGLDConfig, SGLDDivergenceError, mala_acceptance_probability, run_sgld
-from models.device import DTYPES, derived_seed, resolve_device, resolve_dtype
 from models.relu_mlp import INITS, ReLUMLP, notebook_teacher
 from tracking.key_aliases import resolve_alias
 from tracking.preempt import add_checkpoint_config, checkpointing
@@ -203,8 +204,14 @@ def validate(config: dict) -> dict:
 # Rows per chunk of MALA's full-data passes (llc.mala.full_data_value_and_grad): fewer, larger chunks.
 EVAL_BATCH = 16384
 
-# Independent random streams, all derived from the run's seed.
-TRUE_PARAM, DATA, SGLD_CHAINS, MALA_CHAINS = range(4)
+@unique
+class Stream(IntEnum):
+    """The run's independent random streams (derived_seed spawn keys); explicit values, so adding
+    a stream reseeds no other."""
+    TRUE_PARAM = 0
+    DATA = 1
+    SGLD_CHAINS = 2
+    MALA_CHAINS = 3
 
 
 def _mse(out, y):
@@ -280,15 +287,16 @@ def _main(_config, _run, _seed, checked, ck):
     sizes = [_config["input_dim"], *_config["layer_widths"]]
     ns = checked["ns"]
 
-    w64 = notebook_teacher(sizes, torch.Generator().manual_seed(derived_seed(_seed, TRUE_PARAM)),
+    w64 = notebook_teacher(sizes, torch.Generator().manual_seed(derived_seed(_seed, Stream.TRUE_PARAM)),
                            init=_config["teacher_init"], hidden_bias_std=_config["hidden_bias_std"])
     net = ReLUMLP(sizes)
     net.load_state_dict({k: v.to(dtype) for k, v in w64.items()})
     net.to(device=device, dtype=dtype)
     # y = f(w*, x) in the run's dtype, so L_n(w*) = 0 up to rounding as in the notebook
     w_run = {k: v.to(dtype) for k, v in w64.items()}
+    gen_data = torch.Generator().manual_seed(derived_seed(_seed, Stream.DATA))
     x_all, y_all = teacher_dataset(lambda p, xb: functional_call(net, p, (xb,)), w_run, max(ns), sizes[0],
-                                   _config["input_distribution"], torch.Generator().manual_seed(derived_seed(_seed, DATA)))
+                                   _config["input_distribution"], gen_data)
     f_flat, w_flat = flat_model_for_module(net, dtype, device)
 
     def loss(w, xb, yb):
@@ -321,11 +329,11 @@ def _main(_config, _run, _seed, checked, ck):
                     if name == "sgld":
                         cfg = SGLDConfig(**checked["sgld"], epsilon=eps)
                         llc, accept, diagnostic_s = run_sgld_with_acceptance(
-                            loss, w_flat, x, y, cfg, derived_seed(_seed, SGLD_CHAINS, n), every,
+                            loss, w_flat, x, y, cfg, derived_seed(_seed, Stream.SGLD_CHAINS, n), every,
                             post_step=_config["sgld_trace"] == "post_step")
                     else:
                         cfg = MALAConfig(**checked["mala"], epsilon=eps)
-                        res = estimate_llc_mala(loss, w_flat, x, y, cfg, seed=derived_seed(_seed, MALA_CHAINS, n),
+                        res = estimate_llc_mala(loss, w_flat, x, y, cfg, seed=derived_seed(_seed, Stream.MALA_CHAINS, n),
                                                 eval_batch_size=EVAL_BATCH)
                         llc, accept, diagnostic_s = res.llc, float(res.acceptance_rate.mean()), 0.0
                     values = dict(lambdahat=llc.lambdahat, lambdahat_std=llc.lambdahat_std,

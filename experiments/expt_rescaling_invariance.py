@@ -34,16 +34,17 @@ from __future__ import annotations
 
 import json
 import math
+from enum import IntEnum, unique
 
 import torch
 from sacred import Experiment
 from torch.func import functional_call
 
+from core.runtime import DTYPES, derived_seed, resolve_device, resolve_dtype
 from data.synthetic import INPUT_DISTRIBUTIONS, sample_inputs
 from llc.estimate import estimate_llc_flat, flat_model_for_module
 from llc.psgld import PSGLDConfig, estimate_llc_psgld, estimate_llc_psgld_traced
 from llc.sgld import SGLDConfig, SGLDDivergenceError
-from models.device import DTYPES, derived_seed, resolve_device, resolve_dtype
 from models.relu_mlp import INITS, ReLUMLP, layer_preconditioner, notebook_teacher, rescale_params
 from tracking.key_aliases import resolve_alias
 from tracking.preempt import add_checkpoint_config, checkpointing
@@ -102,7 +103,7 @@ def cfg():
     )
     loss_trace_minibatch = False  # False: full-data L_n at every draw (original) | True: the step's minibatch loss (no full-data pass)
 
-    # --- the notebook's names, deprecated aliases (None: unset; README "Rescaling invariance") ---
+    # --- the notebook's names, deprecated aliases (None: unset; docs/llc.md#rescaling) ---
     input_dim = None  # layer_sizes[0]
     layer_widths = None  # layer_sizes[1:]
     degen_directions = None  # degenerate_units
@@ -223,8 +224,13 @@ def validate(config: dict) -> dict:
     return {"configs": configs, "precond": precond, "device": resolve_device(config["device"])}
 
 
-# Independent random streams, all derived from the run's seed.
-TEACHER, DATA, SAMPLING = range(3)
+@unique
+class Stream(IntEnum):
+    """The run's independent random streams (derived_seed spawn keys); explicit values, so adding
+    a stream reseeds no other."""
+    TEACHER = 0
+    DATA = 1
+    SAMPLING = 2
 
 
 def tensor_scales(params: dict, x: torch.Tensor) -> list[float]:
@@ -275,9 +281,10 @@ def _main(_config, _run, _seed, checked, ck):
 
     # --- teacher w* and realisable data y = f(w*, x) ---
     net = ReLUMLP(sizes)
-    w_star = notebook_teacher(sizes, torch.Generator().manual_seed(derived_seed(_seed, TEACHER)),
+    w_star = notebook_teacher(sizes, torch.Generator().manual_seed(derived_seed(_seed, Stream.TEACHER)),
                               _config["teacher_init"], _config["hidden_bias_std"], _config["degenerate_units"])
-    x = sample_inputs(n, sizes[0], _config["input_distribution"], torch.Generator().manual_seed(derived_seed(_seed, DATA)))
+    gen_data = torch.Generator().manual_seed(derived_seed(_seed, Stream.DATA))
+    x = sample_inputs(n, sizes[0], _config["input_distribution"], gen_data)
     with torch.no_grad():
         y = functional_call(net, w_star, (x,))
     x, y = x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype)
@@ -319,7 +326,7 @@ def _main(_config, _run, _seed, checked, ck):
                 if unit <= done:
                     continue  # done before the interruption: its row and metrics are restored
                 # each α its own chains: flatness is measured, not built in
-                seed = derived_seed(_seed, SAMPLING, _config["first_alpha_index"] + i)
+                seed = derived_seed(_seed, Stream.SAMPLING, _config["first_alpha_index"] + i)
                 row = table[name]
                 accept = None
                 try:

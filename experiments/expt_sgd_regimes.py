@@ -2,12 +2,12 @@
 
 A network f(w, x) is trained on the centred prediction f(w, x) − f(w₀, x) with the
 α-scaled loss ℓ(α·pred, y)/α (large α: lazy; small α: feature learning) by SGD at
-temperature T = dt/(bs·h), until the training set is fitted (README "Regimes of SGD"; the
+temperature T = dt/(bs·h), until the training set is fitted (docs/sgd_regimes.md; the
 original's `python -m edm` parameters, under the same names and defaults, with the
 exceptions listed there). Checkpoints follow the original's ladder of fractions of the
 initial loss; the NTK, gradient statistics and drifts are taken on its coarser slow ladder.
 A stop signal checkpoints the loop at the next step and a rerun resumes it (tracking.preempt);
-``max_wall`` then counts the training time of all segments (README, "Preemption, checkpoints and resume").
+``max_wall`` then counts the training time of all segments (docs/runs.md#preemption).
 
     python experiments/expt_sgd_regimes.py with dataset=mnist_parity ptr=1024 pte=2048 \\
         arch=mlp act=gelu h=64 L=8 dynamics=sgd alpha=1 dt=0.1 bs=64 max_wall=120
@@ -17,17 +17,18 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from enum import IntEnum, unique
 
 import numpy as np
 import torch
 from sacred import Experiment
 
+from core.runtime import derived_seed, resolve_device, resolve_dtype
 from data.regimes import DATASETS, IMAGE_DATASETS, build_dataset, teacher_vector
 from dynamics.ntk import NTK_METHODS
 from dynamics.regimes_drift import GF_FIRST_STAGES
 from dynamics.regimes_steps import REGULARIZERS, SDE_NOISES
 from dynamics.regimes_train import DYNAMICS, LOSSES, RegimesConfig, flat_metrics, train_regimes
-from models.device import derived_seed, resolve_device, resolve_dtype
 from models.regimes import ACT_BETA, ACTIVATIONS, ARCHS, CONV_ARCHS, DEEP_ARCHS, build_model, check_act_beta
 from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import configure_experiment, json_ready, run_cli, seed_everything
@@ -36,7 +37,19 @@ ex = add_checkpoint_config(configure_experiment(Experiment("sgd_regimes")))
 
 DTYPE_NAMES = {"f32": "float32", "f64": "float64", "float32": "float32", "float64": "float64"}
 IMAGE_SHAPES = {"mnist_parity": (1, 28, 28), "cifar_animal": (3, 32, 32)}
-SEED_KEYS = ("seed_init", "seed_batch", "seed_trainset", "seed_testset")
+
+
+@unique
+class Stream(IntEnum):
+    """Spawn keys of the seeds derived from the run's seed for the seed_* keys left None; explicit
+    values, so adding a stream reseeds no other."""
+    SEED_INIT = 0
+    SEED_BATCH = 1
+    SEED_TRAINSET = 2
+    SEED_TESTSET = 3
+
+
+SEED_KEYS = tuple(stream.name.lower() for stream in Stream)  # seed_init, seed_batch, seed_trainset, seed_testset
 FLAG_KEYS = ("ckpt_save_parameters", "ckpt_save_pred", "ckpt_save_gradoverlap", "ckpt_delta_pred", "ckpt_drift")
 
 
@@ -129,9 +142,9 @@ def perceptron():
     effects of SGD noise in distinct regimes of deep learning"), key for key: the lazy perceptron on
     depleted_sign; sweep seed_init, data_chi, d, ptr and dt. That README names no figure."""
     arch = "linear"
+    alpha = 32768.0
     dataset = "depleted_sign"
     pte = 32768
-    alpha = 32768.0
     loss = "hinge"
     dynamics = "sgd"
     bs = 2
@@ -145,11 +158,11 @@ def perceptron_bs():
     """The original README's "Phase diagrams learning rate - batch size" perceptron (d=128, ptr=8192, α=128);
     sweep data_chi, bs and dt."""
     arch = "linear"
+    alpha = 128.0
     dataset = "depleted_sign"
     d = 128
     ptr = 8192
     pte = 32768
-    alpha = 128.0
     loss = "hinge"
     dynamics = "sgd"
     max_wall = 3600.0
@@ -164,14 +177,14 @@ def mnist_fc5():
     act = "relu"
     L = 5
     h = 128
-    dataset = "mnist_parity"
-    pte = 32768
     alpha = 32768.0
+    pte = 32768
     loss = "hinge"
     dynamics = "sgd"
     bs = 16
     ckpt_grad_stats = 128
     max_wall = 10000.0
+    dataset = "mnist_parity"
 
 
 @ex.named_config
@@ -268,9 +281,10 @@ def validate(config: dict, seed: int) -> dict:
     gs = _integer("ckpt_grad_stats", config["ckpt_grad_stats"], -1)
     gs = ptr if gs == -1 else gs
     seeds = {}
-    for k, key in enumerate(SEED_KEYS):
+    for stream in Stream:
+        key = stream.name.lower()
         value = _integer(key, config[key], 0, none_ok=True)
-        seeds[key] = derived_seed(seed, k) if value is None else value
+        seeds[key] = derived_seed(seed, stream) if value is None else value
     flags = {}
     for key in ("ckpt_kernels",) + FLAG_KEYS:  # the original's 0/1 integers, or booleans
         if config[key] not in (0, 1) or isinstance(config[key], float):

@@ -31,13 +31,9 @@ Presets:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from gen_commands import sweep  # noqa: E402
+from gen_commands import cli, sweep
 
 EXPERIMENT = "abc_params"  # Sacred Experiment name in experiments/expt_abc_params.py
 SCRIPT = "experiments/expt_abc_params.py"
@@ -102,119 +98,74 @@ PRESETS = {
     ),
 }
 
-# option dest -> config key, in the order keys are written on each line.
-SETTING_KEYS = {
-    "parameterizations": "parameterization",
-    "activations": "activation",
-    "datasets": "dataset",
-    "depths": "L",
-    "widths": "width",
-    "base_lr": "base_lr",
-    "batch_size": "batch_size",
-    "n_steps": "n_steps",
-    "n_trials": "n_trials",
-}
+# The settings axes, in the order keys are written on each line.
+AXES = (
+    cli.Axis("parameterizations", "parameterization", help=f"parameterization, among {', '.join(PARAMETERIZATIONS)} "
+             "(default mup)", choices=PARAMETERIZATIONS, metavar="NAME"),
+    cli.Axis("activations", "activation", help=f"activation, among {', '.join(ACTIVATIONS)} (default relu)",
+             choices=ACTIVATIONS, metavar="ACT"),
+    cli.Axis("datasets", "dataset", help="dataset: mnist, cifar10 (default mnist)", choices=DATASETS, metavar="DATA"),
+    cli.Axis("depths", "L", int, "L, hidden layers (default: not written, i.e. 6)", cli.at_least(1)),
+    cli.Axis("widths", "width", int, "width m (main only; default: not written, i.e. 1024)", cli.at_least(1)),
+    cli.Axis("base_lr", "base_lr", float, "base_lr (default: not written, i.e. 0.01)", cli.above(0)),
+    cli.Axis("batch_size", "batch_size", int, "batch_size (default: not written, i.e. 512)", cli.at_least(1)),
+    cli.Axis("n_steps", "n_steps", int, "n_steps, SGD steps per trial (default: not written, i.e. 600)", cli.at_least(1)),
+    cli.Axis("n_trials", "n_trials", int, "n_trials per run (default: not written, i.e. 5)", cli.at_least(1)),
+)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python gen_commands/expt_abc_params.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out", help="commands file to write (refused if it exists, unless --force)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="named sweep; other options override its values")
+def options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--command", choices=COMMANDS, help="Sacred command of every line (default main)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generator's RNG (default 0)")
-    g = p.add_argument_group("settings (each a list of values; all lists are crossed)")
-    g.add_argument("--parameterizations", nargs="+", choices=PARAMETERIZATIONS, metavar="NAME",
-                   help=f"parameterization, among {', '.join(PARAMETERIZATIONS)} (default mup)")
-    g.add_argument("--activations", nargs="+", choices=ACTIVATIONS, metavar="ACT",
-                   help=f"activation, among {', '.join(ACTIVATIONS)} (default relu)")
-    g.add_argument("--datasets", nargs="+", choices=DATASETS, metavar="DATA", help="dataset: mnist, cifar10 (default mnist)")
-    g.add_argument("--depths", type=int, nargs="+", help="L, hidden layers (default: not written, i.e. 6)")
-    g.add_argument("--widths", type=int, nargs="+", help="width m (main only; default: not written, i.e. 1024)")
-    g.add_argument("--base-lr", type=float, nargs="+", help="base_lr (default: not written, i.e. 0.01)")
-    g.add_argument("--batch-size", type=int, nargs="+", help="batch_size (default: not written, i.e. 512)")
-    g.add_argument("--n-steps", type=int, nargs="+", help="n_steps, SGD steps per trial (default: not written, i.e. 600)")
-    g.add_argument("--n-trials", type=int, nargs="+", help="n_trials per run (default: not written, i.e. 5)")
-    g.add_argument("--seeds", type=int, nargs="+", help="run seeds (default: one drawn from --seed, shared by all lines)")
-    g.add_argument("--grid", action="append", default=[], metavar="KEY=[...]",
-                   help="extra axis over any config key, e.g. \"base_lr=[0.01, 0.1]\" or "
-                        "\"coord_check_config.widths=[[64, 256, 1024]]\"; replaces that key's option")
-    g = p.add_argument_group("line format")
-    g.add_argument("--expt-name", help="expt_name config entry, a label for plots (default: the preset's name)")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), help="device config entry (default: not written, i.e. auto)")
-    obs = g.add_mutually_exclusive_group()
-    obs.add_argument("-F", "--file-storage", metavar="DIR", help=f"record with a FileStorageObserver in DIR (default {DEFAULT_RUNS_DIR})")
-    obs.add_argument("-m", "--mongo", metavar="HOST:PORT:DB", help="record with a MongoObserver instead")
-    g.add_argument("--python", default="python", help="interpreter written at the start of each line (default python)")
-    g.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    return p
 
 
-def resolve_settings(args: argparse.Namespace) -> list[dict]:
-    """BASE, then each of the preset's sub-grids, then explicit options; validated. Raises ValueError."""
-    preset = PRESETS[args.preset] if args.preset else {}
-    return [_resolve(args, sub) for sub in (preset if isinstance(preset, list) else [preset])]
-
-
-def _resolve(args: argparse.Namespace, preset: dict) -> dict:
-    s = dict(BASE, fixed={})
-    s.update(preset)
-    for key in BASE:
-        value = getattr(args, key, None)
-        if value is not None:
-            s[key] = value
-    for opt, lo in [("depths", 1), ("widths", 1), ("batch_size", 1), ("n_steps", 1), ("n_trials", 1)]:
-        if s[opt] is not None and min(s[opt]) < lo:
-            raise ValueError(f"--{opt.replace('_', '-')} values must be >= {lo}; got {s[opt]}")
-    if s["base_lr"] is not None and min(s["base_lr"]) <= 0:
-        raise ValueError(f"--base-lr values must be > 0; got {s['base_lr']}")
+def validate(s: dict, args) -> None:
     if s["command"] == "coord_check":
         for opt in ("widths", "n_steps", "n_trials"):  # coord_check reads coord_check_config instead
             if getattr(args, opt) is not None:
                 raise ValueError(f"--{opt.replace('_', '-')} is not read by coord_check; "
                                  "use --grid \"coord_check_config.<key>=[...]\"")
             s[opt] = None
-    return s
 
 
-def generate(args: argparse.Namespace) -> list[str]:
-    """The command lines, in a deterministic order (settings crossed, then seeds)."""
-    grid = sweep.parse_grid(args.grid)
-    if sweep.RUN_KEY in grid:
-        raise ValueError("--grid cannot set run_key: the generator computes it")
-    observer = sweep.observer_flag(mongo=args.mongo) if args.mongo else \
-        sweep.observer_flag(file_storage=args.file_storage or DEFAULT_RUNS_DIR)
+def resolve(spec: cli.Spec, args: argparse.Namespace) -> list[dict]:
+    """BASE, then each of the preset's sub-grids, then explicit options; validated. Raises ValueError."""
+    preset = PRESETS[args.preset] if args.preset else {}
+    return [cli.resolve_preset(spec, args, sub) for sub in (preset if isinstance(preset, list) else [preset])]
+
+
+def lines(sw: cli.Sweep) -> list[str]:
+    """Per sub-grid: the settings and its fixed keys crossed with --grid, then the seeds."""
+    args, grid = sw.args, sw.grid
     seeds = args.seeds if args.seeds is not None else [sweep.sample_seed(sweep.make_rng(args.seed))]
-    expt_name = args.expt_name if args.expt_name is not None else args.preset
-    lines = []
-    for s in resolve_settings(args):
-        lines += _lines(s, grid, seeds, expt_name, observer, args)
-    return lines
+    out = []
+    for s in sw.settings:
+        axes = cli.axis_values(AXES, s)
+        axes.update({k: [v] for k, v in s["fixed"].items() if k not in grid})
+        axes.update(grid)  # a --grid axis replaces the option's values, keeping the key's position
+        # A coord_check line gets its own run key, so it never counts as the main run of the same config.
+        experiment, command = (EXPERIMENT, "") if s["command"] == "main" else (f"{EXPERIMENT}/{s['command']}", f"{s['command']} ")
+        for combo in sweep.cartesian(axes):
+            overrides = {} if sw.expt_name is None else {"expt_name": sw.expt_name}
+            if args.device is not None:
+                overrides["device"] = args.device
+            overrides.update(combo)
+            for seed in seeds if "seed" not in grid else [None]:
+                run = overrides if seed is None else {**overrides, "seed": seed}
+                # Sacred reads the command name anywhere before `with`, so it goes in front of the observer flag.
+                out.append(sw.command(run, experiment, command))
+    return out
 
 
-def _lines(s: dict, grid: dict, seeds: list, expt_name, observer: str, args) -> list[str]:
-    axes = {key: s[opt] for opt, key in SETTING_KEYS.items() if s[opt] is not None}
-    axes.update({k: [v] for k, v in s["fixed"].items() if k not in grid})
-    axes.update(grid)  # a --grid axis replaces the option's values, keeping the key's position
-    # A coord_check line gets its own run key, so it never counts as the main run of the same config.
-    experiment, command = (EXPERIMENT, "") if s["command"] == "main" else (f"{EXPERIMENT}/{s['command']}", f"{s['command']} ")
-    lines = []
-    for combo in sweep.cartesian(axes):
-        overrides = {} if expt_name is None else {"expt_name": expt_name}
-        if args.device is not None:
-            overrides["device"] = args.device
-        overrides.update(combo)
-        for seed in seeds if "seed" not in grid else [None]:
-            run = overrides if seed is None else {**overrides, "seed": seed}
-            # format_command writes `python SCRIPT OBSERVER with ...`; Sacred reads the command name
-            # anywhere before `with`, so it goes in front of the observer flag.
-            lines.append(sweep.format_command(SCRIPT, experiment, run, command + observer, args.python))
-    return lines
-
-
-def main(argv: list[str] | None = None) -> int:
-    return sweep.generator_main(build_parser(), generate, argv)
-
+SPEC = cli.Spec(
+    experiment=EXPERIMENT, script=SCRIPT, description=__doc__, presets=PRESETS, axes=AXES, lines=lines,
+    base=dict(BASE, fixed={}), resolve=resolve, options=options, validate=validate,
+    axes_title="settings (each a list of values; all lists are crossed)",
+    seeds_help="run seeds (default: one drawn from --seed, shared by all lines)",
+    grid_help="extra axis over any config key, e.g. \"base_lr=[0.01, 0.1]\" or "
+              "\"coord_check_config.widths=[[64, 256, 1024]]\"; replaces that key's option",
+)
+build_parser, generate, main = SPEC.build_parser, SPEC.generate, SPEC.main
 
 if __name__ == "__main__":
     sys.exit(main())

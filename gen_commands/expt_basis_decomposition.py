@@ -15,7 +15,7 @@ a preset the grid is the options alone, on top of the experiment's defaults.
 original README's [2, 0, 0.01]; the lamb and adamw values are this generator's
 choices (the original code gives none).
 
-Presets (README, "Basis-function decomposition"; figure numbers of Ma, Guo & Fattahi 2022):
+Presets (docs/basis_decomposition.md#sweeps-and-figures; figure numbers of Ma, Guo & Fattahi 2022):
 
 * ``mnist_depth``: Fig. 3(a–c), mnist.py: the 2-, 3- and 4-block CNNs on MNIST
   (the original used seed 0, and 64 for the 4-block CNN: ``--seeds``).
@@ -34,13 +34,9 @@ Presets (README, "Basis-function decomposition"; figure numbers of Ma, Guo & Fat
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from gen_commands import sweep  # noqa: E402
+from gen_commands import cli, sweep
 
 EXPERIMENT = "basis_decomposition"  # Sacred Experiment name in experiments/expt_basis_decomposition.py
 SCRIPT = "experiments/expt_basis_decomposition.py"
@@ -97,68 +93,40 @@ PRESETS: dict[str, list[dict[str, list]]] = {
               "loss_fn": ["mse_loss"], "optimizer": list(OPTIMIZERS), "batch_size": [128], "num_epoch": [3],
               "schedule_unit": ["iteration"], "decay_stepsize": [1000], "early_points": [16], "augment": [False]}],
 }
-# option dest -> config key; these replace the axis in every block.
-AXIS_OPTIONS = {"model": "model", "optimizer": "optimizer", "init_scale": "init_scale", "data": "data",
-                "loss_fn": "loss_fn"}
+# These replace the axis of the same key in every block.
+AXES = (
+    cli.Axis("model", "model", help=f"one or more of {', '.join(MODELS)}", choices=MODELS, metavar="MODEL"),
+    cli.Axis("optimizer", "optimizer", help=f"one or more of {', '.join(OPTIMIZERS)}", choices=OPTIMIZERS,
+             metavar="OPT"),
+    cli.Axis("init_scale", "init_scale", float, "init_scale values (>= 0)", cli.at_least(0)),
+    cli.Axis("data", "data", help=f"one or more of {', '.join(DATA)}", choices=DATA, metavar="DATA"),
+    cli.Axis("loss_fn", "loss_fn", help=f"one or more of {', '.join(LOSSES)}", choices=LOSSES, metavar="LOSS"),
+)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python gen_commands/expt_basis_decomposition.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out", help="commands file to write (refused if it exists, unless --force)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="named sweep; the axis options below replace its values")
-    g = p.add_argument_group("axes (each a list of values; all are crossed)")
-    g.add_argument("--model", nargs="+", choices=MODELS, metavar="MODEL", help=f"one or more of {', '.join(MODELS)}")
-    g.add_argument("--optimizer", nargs="+", choices=OPTIMIZERS, metavar="OPT", help=f"one or more of {', '.join(OPTIMIZERS)}")
-    g.add_argument("--init-scale", type=float, nargs="+", help="init_scale values (>= 0)")
-    g.add_argument("--data", nargs="+", choices=DATA, metavar="DATA", help=f"one or more of {', '.join(DATA)}")
-    g.add_argument("--loss-fn", nargs="+", choices=LOSSES, metavar="LOSS", help=f"one or more of {', '.join(LOSSES)}")
-    g.add_argument("--seeds", type=int, nargs="+", default=[0], help="run seeds, crossed last (default 0)")
-    g.add_argument("--grid", action="append", default=[], metavar="KEY=[...]",
-                   help="extra axis over any config key, e.g. \"num_epoch=[50, 100]\"; replaces that key's values")
-    g = p.add_argument_group("line format")
-    g.add_argument("--expt-name", help="expt_name config entry, a label for plots (default: the preset's name)")
-    g.add_argument("--data-root", help="data_root config entry (default: not written)")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), help="device config entry (default: not written, i.e. auto)")
-    obs = g.add_mutually_exclusive_group()
-    obs.add_argument("-F", "--file-storage", metavar="DIR", help=f"record with a FileStorageObserver in DIR (default {DEFAULT_RUNS_DIR})")
-    obs.add_argument("-m", "--mongo", metavar="HOST:PORT:DB", help="record with a MongoObserver instead")
-    g.add_argument("--python", default="python", help="interpreter written at the start of each line (default python)")
-    g.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    return p
-
-
-def blocks(args: argparse.Namespace) -> list[dict[str, list]]:
-    """The preset's blocks (or one empty block) with the axis options and --grid applied. Raises ValueError."""
-    if args.init_scale is not None and min(args.init_scale) < 0:
-        raise ValueError(f"--init-scale values must be >= 0; got {args.init_scale}")
-    if min(args.seeds) < 0:
+def resolve(spec: cli.Spec, args: argparse.Namespace) -> list[dict[str, list]]:
+    """The preset's blocks (or one empty block) with the axis options applied. Raises ValueError."""
+    for axis in AXES:
+        cli.check_values(axis.flag, getattr(args, axis.dest), axis.check)
+    if args.seeds is not None and min(args.seeds) < 0:
         raise ValueError(f"--seeds must be >= 0; got {args.seeds}")
-    grid = sweep.parse_grid(args.grid)
-    for key in (sweep.RUN_KEY, "seed"):
-        if key in grid:
-            raise ValueError(f"--grid cannot set {key}: " + ("the generator computes it" if key == sweep.RUN_KEY else "use --seeds"))
     out = []
     for block in PRESETS[args.preset] if args.preset else [{}]:
         block = {k: list(v) for k, v in block.items()}
-        for dest, key in AXIS_OPTIONS.items():
-            values = getattr(args, dest)
-            if values is not None:
-                block[key] = list(values)
-        block.update(grid)  # a --grid axis replaces the block's values, keeping the key's position
+        block.update({k: list(v) for k, v in cli.axis_values(AXES, vars(args)).items()})
         out.append(block)
     return out
 
 
-def generate(args: argparse.Namespace) -> list[str]:
-    """The command lines, in a deterministic order (block, axes in order, seed last)."""
-    observer = sweep.observer_flag(mongo=args.mongo) if args.mongo else \
-        sweep.observer_flag(file_storage=args.file_storage or DEFAULT_RUNS_DIR)
-    expt_name = args.expt_name if args.expt_name is not None else args.preset
-    lines = []
-    for block in blocks(args):
+def lines(sw: cli.Sweep) -> list[str]:
+    """Per block: its axes (--grid replacing a key's values in place) crossed, then the seeds."""
+    args = sw.args
+    seeds = args.seeds if args.seeds is not None else [0]
+    out = []
+    for block in sw.settings:
+        block = {**block, **sw.grid}  # a --grid axis replaces the block's values, keeping the key's position
         for combo in sweep.cartesian(block):
-            overrides = {} if expt_name is None else {"expt_name": expt_name}
+            overrides = {} if sw.expt_name is None else {"expt_name": sw.expt_name}
             overrides.update(combo)
             if "lr_setting" not in overrides and "optimizer" in overrides:
                 overrides["lr_setting"] = OPTIMIZER_LR[overrides["optimizer"]]
@@ -166,14 +134,18 @@ def generate(args: argparse.Namespace) -> list[str]:
                 overrides["data_root"] = args.data_root
             if args.device is not None:
                 overrides["device"] = args.device
-            for seed in args.seeds:
-                lines.append(sweep.format_command(SCRIPT, EXPERIMENT, {**overrides, "seed": seed}, observer, args.python))
-    return lines
+            for seed in seeds:
+                out.append(sw.command({**overrides, "seed": seed}))
+    return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    return sweep.generator_main(build_parser(), generate, argv)
-
+SPEC = cli.Spec(
+    experiment=EXPERIMENT, script=SCRIPT, description=__doc__, presets=PRESETS, axes=AXES, lines=lines,
+    resolve=resolve, line_options=("data_root", "device"), axes_title="axes (each a list of values; all are crossed)",
+    seeds_help="run seeds, crossed last (default 0)", reserved={"seed": "use --seeds"},
+    grid_help="extra axis over any config key, e.g. \"num_epoch=[50, 100]\"; replaces that key's values",
+)
+build_parser, generate, main = SPEC.build_parser, SPEC.generate, SPEC.main
 
 if __name__ == "__main__":
     sys.exit(main())

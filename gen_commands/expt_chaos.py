@@ -28,13 +28,9 @@ This module imports no torch.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from gen_commands import sweep  # noqa: E402
+from gen_commands import cli, presets, sweep
 
 EXPERIMENT = "chaos"  # Sacred Experiment name in experiments/expt_chaos.py
 SCRIPT = "experiments/expt_chaos.py"
@@ -46,9 +42,8 @@ DATASETS3 = [{"dataset": d, "logging.save_eigenthings": True} for d in ("usps", 
 DISTANCE = {"logging.log_eigenthings": False, "logging.log_lyapunov": False, "perturb_eps": [0.1],
             "perturb_strat": "all", "parallel": 5}
 
-# The original's CGD pruning rules (experiments/expt_chaos.py: cgd_original; dynamics.cgd_select.CgdRules.original).
-CGD_ORIGINAL = {"cgd.zeros": "pool", "cgd.rand_draws": "replacement", "cgd.rank": "growth", "cgd.band": "plain",
-                "cgd.global_rule": "hessian", "cgd.tangent": "projected"}
+# The original's CGD pruning rules: the experiment's named config cgd_original (dynamics.cgd_select.CgdRules.original).
+CGD_ORIGINAL = presets.named_config(SCRIPT, "cgd_original")
 
 PRESETS = {
     "fig1": dict(runs=FIG1, seeds=[0]),
@@ -62,81 +57,62 @@ PRESETS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python gen_commands/expt_chaos.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out", help="commands file to write (refused if it exists, unless --force)")
-    p.add_argument("--preset", required=True, choices=sorted(PRESETS), help="which figure's runs")
-    p.add_argument("--seeds", type=int, nargs="+", help="run seeds (default: the preset's, 0 or 42)")
-    p.add_argument("--max-epochs", type=int, help="max_epochs for every run (default: not written, i.e. 40)")
-    p.add_argument("--max-steps", type=int, help="max_steps for every run (default: not written)")
-    p.add_argument("--lyapunov-k", type=int, help="lyapunov.k, tangent directions tracked (not with fig3_*)")
-    p.add_argument("--grid", action="append", default=[], metavar="KEY=[...]",
-                   help="extra axis over any config key, e.g. \"optim.lr=[1e-3, 1e-2]\"; crossed with the runs")
-    p.add_argument("--expt-name", help="expt_name config entry (default: the preset's name)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="device config entry (default: not written)")
+# One value each, written on every line after the preset's keys.
+AXES = (
+    cli.Axis("max_epochs", "max_epochs", int, "max_epochs for every run (default: not written, i.e. 40)",
+             cli.at_least(1), single=True),
+    cli.Axis("max_steps", "max_steps", int, "max_steps for every run (default: not written)", cli.at_least(1),
+             single=True),
+    cli.Axis("lyapunov_k", "lyapunov.k", int, "lyapunov.k, tangent directions tracked (not with fig3_*)",
+             cli.at_least(1), single=True),
+)
+
+
+def options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cgd-rules", choices=("fixed", "original"), default="fixed",
                    help="original: write the cgd.* keys restoring the original's pruning rules (default fixed: none)")
-    obs = p.add_mutually_exclusive_group()
-    obs.add_argument("-F", "--file-storage", metavar="DIR", help=f"FileStorageObserver directory (default {DEFAULT_RUNS_DIR})")
-    obs.add_argument("-m", "--mongo", metavar="HOST:PORT:DB", help="record with a MongoObserver instead")
-    p.add_argument("--python", default="python", help="interpreter written at the start of each line (default python)")
-    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    return p
 
 
-def _options(args) -> dict:
-    out = {}
-    for opt, key in (("max_epochs", "max_epochs"), ("max_steps", "max_steps"), ("lyapunov_k", "lyapunov.k")):
-        value = getattr(args, opt)
-        if value is not None:
-            if value < 1:
-                raise ValueError(f"--{opt.replace('_', '-')} must be >= 1; got {value}")
-            out[key] = value
-    if "lyapunov.k" in out and args.preset.startswith("fig3"):
+def validate(s: dict, args) -> None:
+    if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+        raise ValueError(f"--seeds must be distinct; got {args.seeds}")
+    if args.lyapunov_k is not None and args.preset.startswith("fig3"):
         raise ValueError("--lyapunov-k cannot be used with fig3_*: saving Lyapunov directions needs the full frame")
-    return out
 
 
-def _lines_for(preset: dict, args, grid: dict, distance: bool, source: str, observer: str) -> list[str]:
+def lines(sw: cli.Sweep) -> list[str]:
+    """The preset's runs × --grid × seeds; fig3_distance lines point at their Lyapunov run by its run_key."""
+    preset, args = sw.settings, sw.args
     expt_name = args.expt_name if args.expt_name is not None else args.preset.replace("_distance", "").replace("_lyapunov", "")
-    seeds = args.seeds if args.seeds is not None else preset["seeds"]
-    lines = []
+    options = {k: v for k, (v,) in sw.axes().items()}
+    out = []
     for spec in preset["runs"]:
-        for combo in sweep.cartesian(grid):
-            for seed in seeds:
-                run = {"expt_name": expt_name, **COMMON, **spec, **preset.get("extra", {}), **_options(args)}
+        for combo in sweep.cartesian(sw.grid):
+            for seed in preset["seeds"]:
+                run = {"expt_name": expt_name, **COMMON, **spec, **preset.get("extra", {}), **options}
                 if args.device is not None:
                     run["device"] = args.device
                 if args.cgd_rules == "original":
                     run.update(CGD_ORIGINAL)
                 run.update(combo)
                 run["seed"] = seed
-                if distance:  # the matching Lyapunov run, found by its run_key
+                if preset.get("distance", False):  # the matching Lyapunov run, found by its run_key
                     key = sweep.run_key(EXPERIMENT, run)
                     run.pop("logging.save_eigenthings")
                     run.update(DISTANCE)
-                    run.update({"eigenthings_run.source": source, "eigenthings_run.run_key": key})
-                lines.append(sweep.format_command(SCRIPT, EXPERIMENT, run, observer, args.python))
-    return lines
+                    run.update({"eigenthings_run.source": sw.source, "eigenthings_run.run_key": key})
+                out.append(sw.command(run))
+    return out
 
 
-def generate(args: argparse.Namespace) -> list[str]:
-    """The command lines of ``args.preset``, in a deterministic order (run, grid, seed)."""
-    grid = sweep.parse_grid(args.grid)
-    if sweep.RUN_KEY in grid or "seed" in grid:
-        raise ValueError("--grid cannot set run_key or seed (use --seeds)")
-    if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
-        raise ValueError(f"--seeds must be distinct; got {args.seeds}")
-    source = args.mongo or args.file_storage or DEFAULT_RUNS_DIR
-    observer = sweep.observer_flag(mongo=args.mongo) if args.mongo else sweep.observer_flag(file_storage=source)
-    preset = PRESETS[args.preset]
-    return _lines_for(preset, args, grid, preset.get("distance", False), source, observer)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return sweep.generator_main(build_parser(), generate, argv)
-
+SPEC = cli.Spec(
+    experiment=EXPERIMENT, script=SCRIPT, description=__doc__, presets=PRESETS, axes=AXES, lines=lines,
+    options=options, validate=validate, preset_required=True,
+    axes_title="run options (one value each, written on every line)",
+    seeds_help="run seeds (default: the preset's, 0 or 42)", reserved={"seed": "use --seeds"},
+    grid_help="extra axis over any config key, e.g. \"optim.lr=[1e-3, 1e-2]\"; crossed with the runs",
+)
+build_parser, generate, main = SPEC.build_parser, SPEC.generate, SPEC.main
 
 if __name__ == "__main__":
     sys.exit(main())

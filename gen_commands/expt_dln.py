@@ -22,13 +22,9 @@ a preset's values.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from gen_commands import sweep  # noqa: E402
+from gen_commands import cli, sweep
 
 EXPERIMENT = "dln_lambdahat"  # Sacred Experiment name in experiments/expt_dln.py
 SCRIPT = "experiments/expt_dln.py"
@@ -76,24 +72,33 @@ PRESETS = {
     ),
 }
 
-# option dest -> config key, in the order keys are written on each line.
-SETTING_KEYS = {
-    "n": "num_training_data",
-    "method": "true_param_config.method",
-    "prop_rank_reduce": "true_param_config.prop_rank_reduce",
-    "epsilon": "sgld_config.epsilon",
-    "gamma": "sgld_config.gamma",
-    "steps": "sgld_config.num_steps",
-    "burnin": "sgld_config.num_burnin_steps",
-    "batch": "sgld_config.batch_size",
-    "num_chains": "sgld_config.num_chains",
-}
-TRAINING_KEYS = {
-    "train_optim": "training_config.optim",
-    "train_lr": "training_config.learning_rate",
-    "train_batch": "training_config.batch_size",
-    "train_steps": "training_config.num_steps",
-}
+# The settings axes, in the order keys are written on each line (do_training and, with training, the
+# training axes follow).
+SETTING_AXES = (
+    cli.Axis("n", "num_training_data", int, "num_training_data (default 10000)", cli.at_least(2)),
+    cli.Axis("method", "true_param_config.method",
+             help=f"true_param_config.method, one of {', '.join(TRUE_PARAM_METHODS)} (default rand_rank)",
+             choices=TRUE_PARAM_METHODS, metavar="METHOD"),
+    cli.Axis("prop_rank_reduce", "true_param_config.prop_rank_reduce", float,
+             "true_param_config.prop_rank_reduce in [0, 1] (default 0.5)", cli.Check(lambda v: 0 <= v <= 1, "in [0, 1]")),
+    cli.Axis("epsilon", "sgld_config.epsilon", float, "sgld_config.epsilon, SGLD step size (default 1e-5)", cli.above(0)),
+    cli.Axis("gamma", "sgld_config.gamma", float, "sgld_config.gamma, localisation (default 1.0)", cli.at_least(0)),
+    cli.Axis("steps", "sgld_config.num_steps", int, "sgld_config.num_steps (default 5000)", cli.at_least(1)),
+    cli.Axis("burnin", "sgld_config.num_burnin_steps", int,
+             "sgld_config.num_burnin_steps, < steps (default: not written, i.e. 90%% of steps)"),
+    cli.Axis("batch", "sgld_config.batch_size", int, "sgld_config.batch_size (default 100)", cli.at_least(1)),
+    cli.Axis("num_chains", "sgld_config.num_chains", int, "sgld_config.num_chains (default 4)", cli.at_least(1)),
+)
+TRAINING_AXES = (
+    cli.Axis("train_optim", "training_config.optim", help="training_config.optim, sgd or adam (default sgd)",
+             choices=OPTIMS, metavar="OPTIM"),
+    cli.Axis("train_lr", "training_config.learning_rate", float, "training_config.learning_rate (default 0.01)",
+             cli.above(0)),
+    cli.Axis("train_batch", "training_config.batch_size", int, "training_config.batch_size (default 200)",
+             cli.at_least(1)),
+    cli.Axis("train_steps", "training_config.num_steps", int, "training_config.num_steps (default 5000)",
+             cli.at_least(1)),
+)
 
 
 def _presets_help() -> str:
@@ -105,14 +110,7 @@ def _presets_help() -> str:
     return "\n".join(rows)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python gen_commands/expt_dln.py",
-        description=__doc__, epilog=_presets_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("out", help="commands file to write (refused if it exists, unless --force)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="named sweep; other options override its values")
+def options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-runs", type=int, help=f"random architectures to draw (default {BASE['num_runs']})")
     p.add_argument("--seed", type=int, default=0, help="seed of the generator's RNG (default 0)")
     g = p.add_argument_group("architecture (ranges LO HI, sampled uniformly; HI excluded unless --range-upper inclusive)")
@@ -121,47 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--input-dim", type=int, nargs=2, metavar=("LO", "HI"), help="input dim H_0 (default: the --widths range)")
     g.add_argument("--range-upper", choices=("exclusive", "inclusive"),
                    help="exclusive (default): [LO, HI), as the original generator's np.random.randint; inclusive: [LO, HI]")
-    g = p.add_argument_group("settings (each a list of values; all lists are crossed)")
-    g.add_argument("--n", type=int, nargs="+", help="num_training_data (default 10000)")
-    g.add_argument("--epsilon", type=float, nargs="+", help="sgld_config.epsilon, SGLD step size (default 1e-5)")
-    g.add_argument("--gamma", type=float, nargs="+", help="sgld_config.gamma, localisation (default 1.0)")
-    g.add_argument("--steps", type=int, nargs="+", help="sgld_config.num_steps (default 5000)")
-    g.add_argument("--burnin", type=int, nargs="+", help="sgld_config.num_burnin_steps, < steps (default: not written, i.e. 90%% of steps)")
-    g.add_argument("--batch", type=int, nargs="+", help="sgld_config.batch_size (default 100)")
-    g.add_argument("--num-chains", type=int, nargs="+", help="sgld_config.num_chains (default 4)")
-    g.add_argument("--method", nargs="+", choices=TRUE_PARAM_METHODS, metavar="METHOD",
-                   help=f"true_param_config.method, one of {', '.join(TRUE_PARAM_METHODS)} (default rand_rank)")
-    g.add_argument("--prop-rank-reduce", type=float, nargs="+", help="true_param_config.prop_rank_reduce in [0, 1] (default 0.5)")
-    g.add_argument("--training", action=argparse.BooleanOptionalAction, help="do_training: also train and estimate λ̂ at the trained parameter (default off)")
-    g.add_argument("--train-steps", type=int, nargs="+", help="training_config.num_steps (default 5000)")
-    g.add_argument("--train-lr", type=float, nargs="+", help="training_config.learning_rate (default 0.01)")
-    g.add_argument("--train-batch", type=int, nargs="+", help="training_config.batch_size (default 200)")
-    g.add_argument("--train-optim", nargs="+", choices=OPTIMS, metavar="OPTIM",
-                   help="training_config.optim, sgd or adam (default sgd)")
-    g.add_argument("--seeds", type=int, nargs="+", help="run seeds for every architecture (default: one drawn per architecture)")
-    g.add_argument("--grid", action="append", default=[], metavar="KEY=[...]",
-                   help="extra axis over any config key, e.g. \"sgld_config.gamma=[1, 10]\" or "
-                        "\"sgld_config.epsilon=[2**-i * 1e-6 for i in range(3)]\"; replaces that key's value")
-    g = p.add_argument_group("line format")
-    g.add_argument("--expt-name", help="expt_name config entry, a label for plots (default: the preset's name)")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), help="device config entry (default: not written, i.e. auto)")
-    obs = g.add_mutually_exclusive_group()
-    obs.add_argument("-F", "--file-storage", metavar="DIR", help=f"record with a FileStorageObserver in DIR (default {DEFAULT_RUNS_DIR})")
-    obs.add_argument("-m", "--mongo", metavar="HOST:PORT:DB", help="record with a MongoObserver instead")
-    g.add_argument("--python", default="python", help="interpreter written at the start of each line (default python)")
-    g.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    return p
+    p.add_argument("--training", action=argparse.BooleanOptionalAction,
+                   help="do_training: also train and estimate λ̂ at the trained parameter (default off)")
 
 
-def resolve_settings(args: argparse.Namespace) -> dict:
-    """BASE, then the preset, then explicit options; validated. Raises ValueError."""
-    s = dict(BASE)
-    if args.preset:
-        s.update(PRESETS[args.preset])
-    for key in BASE:
-        value = getattr(args, key, None)
-        if value is not None:
-            s[key] = value
+def validate(s: dict, args) -> None:
+    """The architecture ranges (closed: [LO, HI - 1] when HI is excluded) and the cross-option bounds."""
     if s["num_runs"] < 1:
         raise ValueError(f"--num-runs must be >= 1; got {s['num_runs']}")
     s["input_dim"] = s["input_dim"] or s["widths"]
@@ -172,41 +135,23 @@ def resolve_settings(args: argparse.Namespace) -> dict:
             if hi <= lo:
                 raise ValueError(f"{opt} expects LO < HI with --range-upper exclusive (HI is excluded); got {lo} {hi}")
             s[key] = (lo, hi - 1)  # the closed range actually drawn
-    for opt, lo in [("n", 2), ("steps", 1), ("batch", 1), ("num_chains", 1), ("train_steps", 1), ("train_batch", 1)]:
-        if min(s[opt]) < lo:
-            raise ValueError(f"--{opt.replace('_', '-')} values must be >= {lo}; got {s[opt]}")
     if s["burnin"] is not None and (min(s["burnin"]) < 0 or max(s["burnin"]) >= min(s["steps"])):
         raise ValueError(f"--burnin values must be in [0, min(--steps)={min(s['steps'])}); got {s['burnin']}")
-    for opt in ("epsilon", "train_lr"):
-        if min(s[opt]) <= 0:
-            raise ValueError(f"--{opt.replace('_', '-')} values must be > 0; got {s[opt]}")
-    if min(s["gamma"]) < 0:
-        raise ValueError(f"--gamma values must be >= 0; got {s['gamma']}")
-    if not all(0 <= p <= 1 for p in s["prop_rank_reduce"]):
-        raise ValueError(f"--prop-rank-reduce values must be in [0, 1]; got {s['prop_rank_reduce']}")
     for opt in ("batch",) + (("train_batch",) if s["training"] else ()):
         if max(s[opt]) > min(s["n"]):
             raise ValueError(f"--{opt.replace('_', '-')} must be <= every --n ({min(s['n'])}); got {max(s[opt])}")
-    return s
 
 
-def generate(args: argparse.Namespace) -> list[str]:
-    """The command lines, in a deterministic order (architecture, settings, seed)."""
-    s = resolve_settings(args)
-    grid = sweep.parse_grid(args.grid)
-    if sweep.RUN_KEY in grid:
-        raise ValueError("--grid cannot set run_key: the generator computes it")
+def lines(sw: cli.Sweep) -> list[str]:
+    """Per drawn architecture, the settings (and --grid) crossed, then the seeds."""
+    s, grid, args = sw.settings, sw.grid, sw.args
     rng = sweep.make_rng(args.seed)
-    observer = sweep.observer_flag(mongo=args.mongo) if args.mongo else \
-        sweep.observer_flag(file_storage=args.file_storage or DEFAULT_RUNS_DIR)
-    axes = {SETTING_KEYS[k]: s[k] for k in SETTING_KEYS if s[k] is not None}
+    axes = sw.axes(SETTING_AXES)
     axes["do_training"] = [bool(s["training"])]
     if s["training"]:
-        axes.update({TRAINING_KEYS[k]: s[k] for k in TRAINING_KEYS})
+        axes.update(sw.axes(TRAINING_AXES))
     axes.update(grid)  # a --grid axis replaces the option's values, keeping the key's position
-    expt_name = args.expt_name if args.expt_name is not None else args.preset
-
-    lines = []
+    out = []
     for _ in range(s["num_runs"]):
         num_layers = sweep.sample_int(rng, *s["layers"])
         arch = {
@@ -215,20 +160,25 @@ def generate(args: argparse.Namespace) -> list[str]:
         }
         seeds = args.seeds if args.seeds is not None else [sweep.sample_seed(rng)]
         for combo in sweep.cartesian(axes):
-            overrides = {} if expt_name is None else {"expt_name": expt_name}
+            overrides = {} if sw.expt_name is None else {"expt_name": sw.expt_name}
             overrides.update({k: v for k, v in arch.items() if k not in grid})
             if args.device is not None:
                 overrides["device"] = args.device
             overrides.update(combo)
             for seed in seeds if "seed" not in grid else [None]:
-                run = overrides if seed is None else {**overrides, "seed": seed}
-                lines.append(sweep.format_command(SCRIPT, EXPERIMENT, run, observer, args.python))
-    return lines
+                out.append(sw.command(overrides if seed is None else {**overrides, "seed": seed}))
+    return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    return sweep.generator_main(build_parser(), generate, argv)
-
+SPEC = cli.Spec(
+    experiment=EXPERIMENT, script=SCRIPT, description=__doc__, presets=PRESETS, lines=lines,
+    axes=SETTING_AXES + TRAINING_AXES, base=BASE, options=options, validate=validate, epilog=_presets_help(),
+    axes_title="settings (each a list of values; all lists are crossed)",
+    seeds_help="run seeds for every architecture (default: one drawn per architecture)",
+    grid_help="extra axis over any config key, e.g. \"sgld_config.gamma=[1, 10]\" or "
+              "\"sgld_config.epsilon=[2**-i * 1e-6 for i in range(3)]\"; replaces that key's value",
+)
+build_parser, generate, main = SPEC.build_parser, SPEC.generate, SPEC.main
 
 if __name__ == "__main__":
     sys.exit(main())

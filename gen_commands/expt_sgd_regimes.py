@@ -25,14 +25,10 @@ from __future__ import annotations
 
 import argparse
 import ast
-import os
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from gen_commands import sweep  # noqa: E402
+from gen_commands import cli, presets, sweep
 
 EXPERIMENT = "sgd_regimes"  # Sacred Experiment name in experiments/expt_sgd_regimes.py
 SCRIPT = "experiments/expt_sgd_regimes.py"
@@ -40,8 +36,6 @@ DEFAULT_RUNS_DIR = f"runs/{EXPERIMENT}"
 EXTRA_KEYS = ("seed", sweep.RUN_KEY)  # config keys Sacred adds outside the scope
 EXCLUSIVE = {"dt": ("temp",), "temp": ("dt",)}  # exactly one of each group reaches the experiment
 
-_FC5 = dict(arch="mlp", act="relu", L=5, h=128, alpha=32768.0, pte=32768, loss="hinge", dynamics="sgd",
-            bs=16, ckpt_grad_stats=128, max_wall=10000.0)
 _P_SWEEP = "[1024, 2048, 4096, 8192, 16384]"
 _ICML = "the ICML 2023 code's README (SGD_learning_regimes)"  # see the module docstring
 _MNAS = dict(arch="mnas", act="relu", h=64, alpha=32768.0, pte=32768, loss="hinge", dynamics="sgd", bs=16,
@@ -49,34 +43,38 @@ _MNAS = dict(arch="mnas", act="relu", h=64, alpha=32768.0, pte=32768, loss="hing
 _BSTAR = dict(arch="linear", alpha=1.0, dataset="depleted_sign", d=32, pte=8192, loss="hinge", dynamics="sgd",
               temp=16.0, max_wall=1800.0, dtype="f64")
 
+
+def _named(name: str, grid: dict, description: str) -> tuple:
+    """A preset whose fixed keys are the experiment's named config ``name`` (read from its source), less the
+    keys the preset sweeps (``tutorial`` sets dt for its single run; the preset sweeps it)."""
+    return {k: v for k, v in presets.named_config(SCRIPT, name).items() if k not in grid}, grid, description
+
+
 # name -> (fixed keys, grid axes as text, description)
 PRESETS = {
-    "tutorial": (
-        dict(dataset="mnist_parity", ptr=1024, pte=2048, arch="mlp", act="gelu", h=64, L=8,
-             dynamics="sgd", alpha=1.0, bs=64, max_wall=120.0),
+    "tutorial": _named(
+        "tutorial",
         {"dt": "[2**i for i in range(-3, 1)]"},
         "the original README, 'Tuto: sweeping over many parameters': its dt sweep (4 runs)",
     ),
-    "mnist_fc5": (
-        dict(_FC5, dataset="mnist_parity"),
+    "mnist_fc5": _named(
+        "mnist_fc5",
         {"seed_init": "[i for i in range(5)]", "ptr": _P_SWEEP, "temp": "[2**i for i in range(-13, 3)]"},
         f"{_ICML}, mnist-FC-5L: 5-hidden-layer ReLU MLP, h=128, parity MNIST, α=32768 (lazy), bs=16; seed_init x P x T (400 runs)",
     ),
     "cifar_fc5": (
-        dict(_FC5, dataset="cifar_animal"),
+        dict(presets.named_config(SCRIPT, "mnist_fc5"), dataset="cifar_animal"),
         {"seed_init": "[i for i in range(5)]", "ptr": _P_SWEEP, "temp": "[2**i for i in range(-13, 3)]"},
         f"{_ICML}, cifar-FC-5L: the same on CIFAR animals vs vehicles (400 runs)",
     ),
-    "mnist_alpha_dt": (
-        dict(arch="mlp", act="gelu", L=5, h=128, dataset="mnist_parity", ptr=1024, pte=32768, loss="hinge",
-             dynamics="sgd", bs=16, ckpt_grad_stats=1024, max_wall=14400.0),
+    "mnist_alpha_dt": _named(
+        "mnist_alpha_dt",
         {"seed_init": "[i for i in range(9)]", "alpha": "[2.0**i for i in range(-14, 12)]",
          "dt": "[2**i for i in range(-15, 16)]"},
         f"{_ICML}, mnist-alpha_dt-FC-5L: the (α, dt) phase diagram, 5-hidden-layer GELU MLP, h=128, parity MNIST, P=1024, bs=16 (7254 runs)",
     ),
-    "perceptron": (
-        dict(arch="linear", alpha=32768.0, dataset="depleted_sign", pte=32768, loss="hinge", dynamics="sgd",
-             bs=2, ckpt_grad_stats=512, max_wall=10000.0, ckpt_save_mult=1000000),
+    "perceptron": _named(
+        "perceptron",
         {"seed_init": "[i for i in range(5)]", "data_chi": "[3.0, 1.0, 0.0]", "d": "[16, 32, 64, 128]",
          "ptr": _P_SWEEP, "dt": "[2**i for i in range(-15, 3)]"},
         f"{_ICML}, depleted_perceptron: the lazy (α=32768) perceptron on depleted_sign, bs=2; χ x d x P x dt (5400 runs)",
@@ -98,9 +96,8 @@ PRESETS = {
          "dt": "[2**i for i in range(-13, 11)]"},
         f"{_ICML}, cifar-alpha_dt-MNAS: the (α, dt) phase diagram, mnas h=32, CIFAR animals, P=1024, bs=64 (2496 runs)",
     ),
-    "perceptron_bs": (
-        dict(arch="linear", alpha=128.0, dataset="depleted_sign", d=128, ptr=8192, pte=32768, loss="hinge",
-             dynamics="sgd", max_wall=3600.0),
+    "perceptron_bs": _named(
+        "perceptron_bs",
         {"data_chi": "[0.0, 1.0]", "bs": "[2**i for i in range(14)]", "dt": "[2.0**i for i in range(-6, 5)]"},
         "this project's CPU-sized cut of the original README's perceptron phase diagrams: bs 2^0..2^13 x dt, χ in {0, 1} (308 runs)",
     ),
@@ -185,31 +182,13 @@ def _presets_help() -> str:
     return "presets:\n" + "\n".join(f"  {name:15s} {desc}" for name, (_, _, desc) in PRESETS.items())
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python gen_commands/expt_sgd_regimes.py",
-        description=__doc__, epilog=_presets_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("out", help="commands file to write (refused if it exists, unless --force)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="a sweep of the paper; --set/--grid override its keys")
+def options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="fixed config values, e.g. arch=mlp alpha=1 \"act='gelu'\"")
-    p.add_argument("--grid", action="append", default=[], metavar="KEY=[...]",
-                   help="a swept key, e.g. dt=\"[2**i for i in range(-3, 1)]\"; repeat to cross several")
     p.add_argument("--where", metavar="EXPR", help="keep only lines where EXPR holds, e.g. \"bs <= ptr\" "
                    "(comparisons of keys and numbers joined by 'and'; presets over bs and ptr set it)")
-    p.add_argument("--seeds", type=int, nargs="+", help="run seeds crossed with the grid (default: one drawn from --seed)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generator's RNG (default 0)")
-    g = p.add_argument_group("line format")
-    g.add_argument("--expt-name", help="expt_name config entry, a label for plots (default: the preset's name)")
-    obs = g.add_mutually_exclusive_group()
-    obs.add_argument("-F", "--file-storage", metavar="DIR", help=f"record with a FileStorageObserver in DIR (default {DEFAULT_RUNS_DIR})")
-    obs.add_argument("-m", "--mongo", metavar="HOST:PORT:DB", help="record with a MongoObserver instead")
-    g.add_argument("--python", default="python", help="interpreter written at the start of each line (default python)")
-    g.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    g.add_argument("--run", type=int, metavar="JOBS", help="then run the file with gen_commands.run, JOBS lines at a time")
-    return p
+    p.add_argument("--run", type=int, metavar="JOBS", help="then run the file with gen_commands.run, JOBS lines at a time")
 
 
 def _parse_set(specs: list[str]) -> dict:
@@ -263,14 +242,15 @@ def where_filter(expr: str):
     return lambda line: holds(tree, line)
 
 
-def generate(args: argparse.Namespace) -> list[str]:
-    """The command lines, in a deterministic order (grid axes in the order given, then seeds)."""
+def lines(sw: cli.Sweep) -> list[str]:
+    """The preset's and --set/--grid keys merged, the grid crossed and filtered by --where, then the seeds."""
+    args = sw.args
     fixed, grid = {}, {}
     if args.preset:
         preset_fixed, preset_grid, _ = PRESETS[args.preset]
         fixed.update(preset_fixed)
         grid.update(sweep.parse_grid(f"{k}={v}" for k, v in preset_grid.items()))
-    user_fixed, user_grid = _parse_set(args.set), sweep.parse_grid(args.grid)
+    user_fixed, user_grid = _parse_set(args.set), sw.grid
     for key in (*user_fixed, *user_grid):
         # a user key replaces the preset's value or axis; dt and temp spell one step, so either replaces both
         for replaced in {key, *EXCLUSIVE.get(key, ())}:
@@ -296,12 +276,10 @@ def generate(args: argparse.Namespace) -> list[str]:
         seeds = [None]
     else:
         seeds = args.seeds if args.seeds is not None else [sweep.sample_seed(sweep.make_rng(args.seed))]
-    observer = sweep.observer_flag(mongo=args.mongo) if args.mongo else \
-        sweep.observer_flag(file_storage=args.file_storage or DEFAULT_RUNS_DIR)
-    expt_name = args.expt_name if args.expt_name is not None else args.preset
+    expt_name = sw.expt_name
     where = args.where if args.where is not None else (PRESET_WHERE.get(args.preset) if args.preset else None)
     keep = where_filter(where) if where else (lambda line: True)
-    lines = []
+    out = []
     for combo in sweep.cartesian(grid):
         overrides = {} if expt_name is None else {"expt_name": expt_name}
         overrides.update(fixed)
@@ -310,27 +288,31 @@ def generate(args: argparse.Namespace) -> list[str]:
             continue
         for seed in seeds:
             run = overrides if seed is None else {**overrides, "seed": seed}
-            lines.append(sweep.format_command(SCRIPT, EXPERIMENT, run, observer, args.python))
-    return lines
+            out.append(sw.command(run))
+    return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def _check_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.run is not None and args.run < 1:
+        parser.error(f"--run expects a number of jobs >= 1; got {args.run}")
 
-    def checked(args):
-        if args.run is not None and args.run < 1:
-            parser.error(f"--run expects a number of jobs >= 1; got {args.run}")
-        return generate(args)
 
-    def run_after(args, path):
-        if args.run is None:
-            return 0
-        from gen_commands import run as runner
+def _run_after(args: argparse.Namespace, path) -> int:
+    if args.run is None:
+        return 0
+    from gen_commands import run as runner
 
-        return runner.main([str(path), "--jobs", str(args.run)])
+    return runner.main([str(path), "--jobs", str(args.run)])
 
-    return sweep.generator_main(parser, checked, argv, after=run_after)
 
+SPEC = cli.Spec(
+    experiment=EXPERIMENT, script=SCRIPT, description=__doc__, presets=PRESETS, lines=lines,
+    resolve=lambda spec, args: None, options=options, line_options=(), epilog=_presets_help(),
+    axes_title="sweep", seeds_help="run seeds crossed with the grid (default: one drawn from --seed)",
+    grid_help="a swept key, e.g. dt=\"[2**i for i in range(-3, 1)]\"; repeat to cross several",
+    check_args=_check_run, after=_run_after,
+)
+build_parser, generate, main = SPEC.build_parser, SPEC.generate, SPEC.main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,7 +16,7 @@
   ``--retry-failed`` reruns only the lines recorded there. A line whose run was
   stopped by a signal left a checkpoint under its run_key, so its rerun (with
   ``--retry-failed`` or a plain rerun) resumes from it rather than restarting
-  (README, "Preemption, checkpoints and resume").
+  (docs/runs.md#preemption).
 * Ctrl-C (or SIGTERM) stops launching, sends SIGINT to every running line's
   process group so Sacred records the run as INTERRUPTED (a checkpointing
   experiment first saves at its next step boundary), then SIGTERM and SIGKILL

@@ -18,10 +18,10 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from core.runtime import resolve_device, resolve_dtype
 from llc.diagnostics import RHAT_MAX
 from llc.estimate import flat_loss_for_module, result_from_trace
 from llc.sgld import SGLDConfig, SGLDDivergenceError, full_data_loss, run_sgld
-from models.device import resolve_device, resolve_dtype
 
 
 @dataclass

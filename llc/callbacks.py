@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 from torch.func import grad, vmap
 
-from llc.sgld import FlatLoss, StepCallback
+from core.types import FlatLoss
+from llc.sgld import StepCallback
 
 
 @dataclass

@@ -28,9 +28,9 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from models.device import derived_seed
+from core.runtime import derived_seed
+from core.types import FlatLoss
 
-FlatLoss = Callable[[Tensor, Tensor, Tensor], Tensor]  # (w (P,), x (B,...), y (B,...)) -> ()
 StepCallback = Callable[[int, Tensor, Tensor, Tensor], None]  # (t, w_t (C, P), w_{t+1} (C, P), idx_t (C, B))
 
 # Noise is drawn in blocks of K steps per chain; K * P is capped at this many numbers.

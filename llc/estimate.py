@@ -18,13 +18,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torch.func import functional_call
 
+from core.runtime import resolve_device, resolve_dtype
+from core.types import FlatLoss
 from llc.callbacks import batch_hook, check_every, step_callback
 from llc.restricted import ParamMask, flat_param_mask, restrict_loss
-from llc.sgld import FlatLoss, SGLDConfig, full_data_loss, run_sgld
-from llc.streaming import HostData, check_loss_on_items, run_sgld_streamed, streamed_full_data_loss
 from llc.result import LLCResult, check_initial_loss, llc_from_trace, llc_result, result_from_trace
 from llc.samplers import resolve_sampler, run_sampler, sampler_configs
-from models.device import resolve_device, resolve_dtype
+from llc.sgld import SGLDConfig, full_data_loss, run_sgld
+from llc.streaming import HostData, check_loss_on_items, run_sgld_streamed, streamed_full_data_loss
 
 __all__ = ["LLCResult", "estimate_llc", "estimate_llc_flat", "estimate_llc_streamed", "flat_loss_for_module",
            "flat_model_for_module", "llc_from_trace", "llc_result", "result_from_trace"]

@@ -35,7 +35,8 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from llc.chain import ChainConfig, ChainDivergenceError, Draws, FlatLoss, check_flat, reject_compile_true, run_chains
+from core.types import FlatLoss
+from llc.chain import ChainConfig, ChainDivergenceError, Draws, check_flat, reject_compile_true, run_chains
 from llc.result import LLCResult, initial_loss, llc_result
 
 @dataclass(frozen=True, kw_only=True)

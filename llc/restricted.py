@@ -16,7 +16,7 @@ from typing import Callable, Mapping, Union
 import torch
 from torch import Tensor, nn
 
-from llc.sgld import FlatLoss
+from core.types import FlatLoss
 
 ParamMask = Union[Mapping[str, Union[bool, Tensor]], list, tuple, set, frozenset]
 

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from llc.chain import ChainConfig, FlatLoss, full_data_loss
+from core.types import FlatLoss
+from llc.chain import ChainConfig, full_data_loss
 from llc.diagnostics import Diagnostics, diagnose, split_rhat
 
 

@@ -24,7 +24,8 @@ import dataclasses
 
 from torch import Tensor
 
-from llc.chain import FlatLoss, StepCallback
+from core.types import FlatLoss
+from llc.chain import StepCallback
 from llc.mala import MALAConfig, run_mala
 from llc.psgld import PSGLDConfig, run_psgld
 from llc.sghmc import SGHMCConfig, SGNHTConfig, run_sghmc, run_sgnht

@@ -37,7 +37,8 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from llc.chain import Draws, FlatLoss, StepCallback, check_batch, check_number, full_data_loss, reject_compile_true, run_chains
+from core.types import FlatLoss
+from llc.chain import Draws, StepCallback, check_batch, check_number, full_data_loss, reject_compile_true, run_chains
 from llc.sgld import SGLDConfig, _gather
 
 

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 from torch.func import grad_and_value, vmap
 
+from core.types import FlatLoss
 from llc.chain import (
     COMPILE_CHOICES,
     MAX_BLOCK_STEPS as _MAX_BLOCK_STEPS,
@@ -47,14 +48,13 @@ from llc.chain import (
     ChainConfig,
     ChainDivergenceError,
     Draws,
-    FlatLoss,
     StepCallback,
     chain_generators,
-    full_data_loss,
     check_batch,
     check_compile,
-    check_int,
     check_finite as _check_finite,
+    check_int,
+    full_data_loss,
     run_chains,
 )
 

@@ -21,8 +21,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
+from core.types import FlatLoss
 from llc import sgld as _sgld
-from llc.sgld import FlatLoss, SGLDConfig, SGLDTrace, chain_generators
+from llc.sgld import SGLDConfig, SGLDTrace, chain_generators
 
 Cast = Callable[[Tensor], Tensor]
 

@@ -10,7 +10,7 @@ with layer multipliers μ_l = m^(-a_l), init W_l = m^(-b_l) U_l and SGD learning
 for the input layer N(0, σ_φ²/(d+1)): the 1/sqrt(d+1) sits in U_0's init, with no input
 multiplier (wide-networks, base_abc_param.py ``_generate_standard_gaussians``; the README's
 "Width parameterizations" section lists the other ``input_scaling`` conventions).
-A parameterization is nothing but its exponent table (README, "The network and its exponents"):
+A parameterization is nothing but its exponent table (docs/width_parameterizations.md#exponents):
 
     name         a (input / hidden / output)   b                c
     ntk          0 / ½ / ½                     0                0

@@ -1,4 +1,4 @@
-"""Architectures of the basis-function decomposition experiments (README, "Basis-function decomposition").
+"""Architectures of the basis-function decomposition experiments (docs/basis_decomposition.md).
 
 Every network is a :class:`BasisNet`: a ``body`` mapping images to penultimate
 features Φ(x) (N, p) and a bias-free linear ``head`` W (C, p), so that

@@ -1,13 +1,10 @@
 """Shared fixtures: CPU-only, deterministic, no network, quiet Sacred."""
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 
@@ -24,7 +21,8 @@ def _torch_threads():
 
 
 def load_experiment(name: str):
-    """Import experiments/<name>.py as a module (experiments/ is not a package)."""
+    """A fresh copy of ``experiments.<name>`` (its own Sacred Experiment, so tests that add observers or
+    named configs do not share state); ``import experiments.<name>`` gives the shared one."""
     import importlib.util
 
     path = REPO / "experiments" / f"{name}.py"

@@ -1,4 +1,4 @@
-"""models.abc and models.abc_train: exponent tables against the original's (wide-networks), width scales,
+"""models.abc and dynamics.abc_train: exponent tables against the original's (wide-networks), width scales,
 the input-layer convention and the first SGD step by hand, biases, forward pass against a float64
 reference, muP = SP at the base width, the IPLLR switch and its calibration."""
 import copy
@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from models.abc import (
-    ACTIVATIONS, INIT_VARIANCE, ABCNet, ABCNetSpec, Parameterization, abc_forward, make_parameterization,
-)
-from models.abc_train import (
+from dynamics.abc_train import (
     CALIBRATION_CAP, CoordCheckConfig, batch_indices, calibrate_warmup_lrs, coordinate_check, evaluate, fixed_batch_list,
     likelihoods, make_optimizer, sgd_step, train_abc, warmup_base_lrs,
+)
+from models.abc import (
+    ACTIVATIONS, INIT_VARIANCE, ABCNet, ABCNetSpec, Parameterization, abc_forward, make_parameterization,
 )
 
 @pytest.fixture(autouse=True)

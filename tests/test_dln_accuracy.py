@@ -116,7 +116,7 @@ def test_expt_dln_records_the_rank_gap_of_its_teacher():
 @pytest.mark.xfail(strict=True, reason=(
     "open: these random deep teachers have end-to-end singular values with small rank gaps "
     "nβ·L_n(rank-(k-1) truncation); at ε = 5e-7 and 10k steps λ̂ is off by -37.5%..+9.2% (median |error| 29%) and "
-    "the chains are not mixed (README, 'The DLN experiment'); the original's set-up is the same"))
+    "the chains are not mixed (docs/llc.md#the-dln-experiment); the original's set-up is the same"))
 def test_lambdahat_tracks_aoyagi_on_deep_random_dlns():
     torch.set_num_threads(1)
     expt = load_experiment("expt_dln")

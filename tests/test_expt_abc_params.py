@@ -92,7 +92,7 @@ def test_smoke_records_result_metrics_and_info(expt, data_root, tmp_path):
 
 def test_first_step_batch_calibration_takes_step_0_on_the_mock_steps_batch(expt, data_root, monkeypatch):
     seen = {}
-    real_calib, real_train = expt._calibration_batches, expt.train_abc
+    real_calib, real_train = expt.calibration_batches, expt.train_abc
 
     def calib(*a):
         seen["mock"] = real_calib(*a)
@@ -103,7 +103,7 @@ def test_first_step_batch_calibration_takes_step_0_on_the_mock_steps_batch(expt,
         assert batch_list is None  # batch_order fresh (default)
         return real_train(net, x, y, n_steps, batch_size, base_lr, generator, betas, callback, every, first, **resume)
 
-    monkeypatch.setattr(expt, "_calibration_batches", calib)
+    monkeypatch.setattr(expt, "calibration_batches", calib)
     monkeypatch.setattr(expt, "train_abc", train)
     losses = {}
     for mode in ("fresh", "calibration"):
@@ -425,7 +425,7 @@ def test_ntk_features_freeze_and_sp_output_blows_up_with_width(expt, slow_root):
 # width 1024. Here width 256 (CPU time) and 200 steps on 3000 MNIST-format training blobs at the original's batch 512.
 # At batch 50 IPLLR's val accuracy after 200 steps was 0.20 / 0.51 / 0.99 over three inits (500 blobs; 0.71 / 0.44 /
 # 0.90 on these 3000), at batch 512 0.90 / 0.90 / 1.00 (SP 0.98, muP 1.00, standard IP 0.03 at loss log 10).
-# README "IPLLR: warm-up and calibration".
+# docs/width_parameterizations.md#ipllr.
 DEEP = dict(n_val=100, L=6, width=256, activation="gelu", batch_size=512, n_steps=200, n_trials=2, device="cpu", seed=3)
 
 

@@ -435,7 +435,7 @@ def test_three_block_cnn_learns_coefficients_monotonically_in_order_of_s(expt, t
     small-init.py's lr 2 with normalised inputs, from init_scale 0.5, 320 steps on 4096 images.
 
     mnist.py's own recipe (lr 0.05, no decay) needs its ~4700 full-MNIST steps: in 320 steps here it reaches
-    0.81 test accuracy with β_4 saturating before β_3 (README).
+    0.81 test accuracy with β_4 saturating before β_3 (docs/basis_decomposition.md#recorded).
     """
     root = write_imbalanced_mnist(tmp_path / "data", n_train=4096, n_test=512)
     r = run(expt, root, tmp_path / "runs", named_configs=["beta_domin"], beta_domin=False, width=8, init_scale=0.5,

@@ -1,6 +1,7 @@
 """expt_chaos through Sacred on tiny USPS/FashionMNIST files: smoke, recording, validation, CGD,
 eigenthings round trip and perturbations; the generator and the figure functions; the slow acceptance run."""
 import json
+import math
 import subprocess
 import sys
 
@@ -64,7 +65,7 @@ def test_smoke_records_hessian_chaos_and_lyapunov(expt, data_root, tmp_path):
     assert res["model_dim"] == 256 * 4 + 4 + 4 * 10 + 10 and res["num_steps"] == 5
     assert 0 <= res["final_test_acc"] <= 1 and res["lyapunov"]["k"] == 8
     m = metrics_of(tmp_path)
-    expected = {"train/loss", "train/acc", "hessian/max_eig", "hessian/min_eig", "hessian/mean_eig", "hessian/num_pos",
+    expected = {"train/loss", "train/accuracy", "hessian/max_eig", "hessian/min_eig", "hessian/mean_eig", "hessian/num_pos",
                 "hessian/num_neg", "hessian/num_zero", "chaos/num_neg", "chaos/num_large", "chaos/num_chaotic",
                 "grad/cos_max_eig", "grad/cos_min_eig", "lyapunov/max", "lyapunov/min", "lyapunov/num_pos",
                 "epoch/test_acc", "subsim/hessian_chaotic", "subsim/hessian_chaotic_baseline", "grad/snr"}
@@ -233,6 +234,15 @@ def test_bad_config_fails_before_compute_naming_the_key(expt, data_root, updates
     monkeypatch.setattr(expt, "load_vision_dataset", no_compute)
     with pytest.raises(ValueError, match=key):
         run(expt, tiny(data_root, **updates))
+
+
+def test_divergence_names_the_steps_completed_before_the_non_finite_loss(expt, data_root):
+    """Step 0's loss is at the initialisation (finite); one update with lr = 1e30 makes step 1's logits
+    overflow, so its loss is the first non-finite one: dynamics.engine's convention names step 1."""
+    from dynamics.engine import TrainingDiverged
+    with pytest.raises(TrainingDiverged) as info:
+        run(expt, tiny(data_root, optim=dict(lr=1e30), logging=dict(log_eigenthings=False, log_lyapunov=False)))
+    assert info.value.step == 1 and not math.isfinite(info.value.value)
 
 
 def test_batch_larger_than_data_and_unknown_keys(expt, data_root):

@@ -49,7 +49,7 @@ def test_print_config_takes_every_original_key(name, capsys):
 
 
 def test_original_defaults_where_kept():
-    """The defaults this project keeps from the original (README tables list the rest)."""
+    """The defaults this project keeps from the original (the key tables of docs/llc.md list the rest)."""
     dln = load_experiment("expt_dln").ex.run(command_name="print_config").config
     assert dln["num_test_data"] == 100 and dln["itemp"] is None  # None -> 1 / log n, the original's value
     assert dln["true_param_config"]["init"] == "haiku" and dln["training_config"]["init"] == "haiku"

@@ -39,7 +39,7 @@ def test_aliases_set_the_renamed_keys(expt):
 
 
 def test_original_defaults_where_kept(expt):
-    """The defaults are the notebook's values (README key table lists the renames)."""
+    """The defaults are the notebook's values (docs/llc.md#mala-vs-sgld key table lists the renames)."""
     config = expt.ex.run(command_name="print_config").config
     checked = expt.validate(config)
     assert (config["input_dim"], config["layer_widths"], config["gamma"]) == (10, [20, 20, 10], 1.0)

@@ -49,7 +49,7 @@ def test_notebook_names_map_onto_the_keys_here(expt):
 
 
 def test_notebook_defaults_where_kept(expt):
-    """The notebook's values this project keeps as defaults (the README table lists the rest)."""
+    """The notebook's values this project keeps as defaults (the docs/llc.md#rescaling table lists the rest)."""
     config = expt.ex.run(command_name="print_config").config
     sgld = config["sgld_config"]
     assert (sgld["epsilon"], sgld["gamma"], sgld["num_steps"], sgld["batch_size"], sgld["num_chains"]) == \

@@ -104,8 +104,8 @@ def test_train_abc_resumed_from_its_captured_state_equals_uninterrupted(fixed_li
     (every step's, not only the last the experiment reports) and bit-identical weights."""
     import io
 
+    from dynamics.abc_train import fixed_batch_list, train_abc
     from models.abc import ABCNet, ABCNetSpec, make_parameterization
-    from models.abc_train import fixed_batch_list, train_abc
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(30, 6, generator=g), torch.randint(0, 3, (30,), generator=g)

@@ -3,7 +3,7 @@
 ``validate`` builds the optimiser and CGD-rule dataclasses, decides which curvature
 objects the run needs (exact Hessian, tangent frame, initial vectors), checks their
 memory against ``max_memory_gb``, and reads the stored Lyapunov directions that the
-perturbation strategies or ``prune_global`` need (README, "Chaotic dynamics of SGD").
+perturbation strategies or ``prune_global`` need (docs/chaos.md).
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import torch
 
+from core.runtime import DTYPES, resolve_device
 from data.vision import check_dataset_name
 from dynamics.cgd import OptimConfig
 from dynamics.cgd_select import CgdRules
@@ -21,7 +22,6 @@ from dynamics.symeig import EPS_EIGH_MODES
 from dynamics.mlp_hessian import MLP_ACTIVATIONS, mlp_hessian_eigh_nbytes
 from dynamics.perturb import NEEDS_LYAPUNOV, STRATEGIES, load_eigenthings
 from models.chaos_nets import build_model, num_parameters
-from models.device import DTYPES, resolve_device
 from tracking.sacred_utils import build_config
 
 IMAGE_SIZE = 16  # USPS is 16x16; FashionMNIST is resized to it

@@ -1,5 +1,5 @@
 """What an ``expt_chaos`` run records: per-step curvature metrics, Lyapunov subspace similarity,
-the final result and the artifacts (README, "What a run records").
+the final result and the artifacts (docs/chaos.md#recorded).
 
 Every function takes the Sacred run object explicitly; nothing here reads the config.
 """

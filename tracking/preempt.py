@@ -1,6 +1,6 @@
 """Preemption: signals stop a run at a step boundary, checkpoint it, and a rerun resumes it.
 
-One mechanism for every experiment (README, "Preemption, checkpoints and resume"):
+One mechanism for every experiment (docs/runs.md#preemption):
 
 * ``add_checkpoint_config(ex)`` adds the config keys ``checkpoint_every``,
   ``checkpoint_dir``, ``keep_checkpoints`` and ``resume_from``.

@@ -1,5 +1,7 @@
-"""Resolve the ``device`` and ``dtype`` strings used in every config."""
+"""Resolve the ``device`` and ``dtype`` strings used in every config, and derive independent seeds."""
 from __future__ import annotations
+
+import operator
 
 import torch
 
@@ -35,9 +37,11 @@ def derived_seed(seed: int, *spawn_key: int) -> int:
     """A 63-bit seed for an independent stream, from numpy's SeedSequence(seed, spawn_key).
 
     Streams for different keys are statistically independent, and a stream does
-    not change when other streams are added.
+    not change when other streams are added. Keys are integers (an experiment's
+    ``Stream`` IntEnum members, chain or checkpoint indices); a float key raises.
     """
     import numpy as np
 
-    state = np.random.SeedSequence(entropy=int(seed), spawn_key=tuple(spawn_key)).generate_state(1, dtype=np.uint64)
+    key = tuple(operator.index(k) for k in spawn_key)  # IntEnum -> its int value; 1.0 -> TypeError
+    state = np.random.SeedSequence(entropy=int(seed), spawn_key=key).generate_state(1, dtype=np.uint64)
     return int(state[0]) & ((1 << 63) - 1)

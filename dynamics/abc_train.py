@@ -1,4 +1,4 @@
-"""Training abc-networks (models/abc.py): plain per-parameter SGD, IPLLR's warm-up base lrs, the coordinate check.
+"""Training abc-networks (models.abc): plain per-parameter SGD, IPLLR's warm-up base lrs, the coordinate check.
 
 IPLLR calibration (wide-networks pytorch/schedulers.py, ``WarmupSwitchLR.calibrate_base_lr``): one
 SGD step with base lr 1 and the warm-up exponents is taken on a copy, and measured layer by layer
@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dynamics.engine import BoundaryBefore, OnStep, StepOutput, check_finite, run_steps
+from dynamics.engine import evaluate as engine_evaluate
 from models.abc import ACTIVATIONS, ABCNet, ABCNetSpec, _is_int, _layer, abc_forward
 
 CALIBRATIONS = ("original", "all_layers", "default", "none")
@@ -209,7 +211,7 @@ def train_abc(net: ABCNet, x: Tensor, y: Tensor, n_steps: int, batch_size: int, 
         The minibatch loss of every step.
 
     Raises:
-        FloatingPointError: the loss became NaN or inf (names the step).
+        TrainingDiverged: the loss became NaN or inf (a FloatingPointError; step = steps completed before it).
     """
     if batch_list is not None and first_batch is not None:
         raise ValueError("give first_batch or batch_list, not both (a fixed list's first batch is its step 0)")
@@ -223,13 +225,11 @@ def train_abc(net: ABCNet, x: Tensor, y: Tensor, n_steps: int, batch_size: int, 
         losses, start = list(resume["losses"]), resume["step"]
 
     def capture():
-        return {"step": step, "net": {k: v.clone() for k, v in net.state_dict().items()},
+        return {"step": len(losses), "net": {k: v.clone() for k, v in net.state_dict().items()},
                 "optimizer": optimizer.state_dict(), "batches": None if batches is None else batches.state(),
                 "losses": list(losses)}
 
-    for step in range(start, n_steps):
-        if boundary is not None:
-            boundary(step, capture)
+    def step_fn(step: int) -> StepOutput:
         if step == 0 and first_batch is not None:
             xb, yb = first_batch
         else:  # a fixed list is cycled: step i uses batch i mod len (first_batch excludes it)
@@ -237,17 +237,24 @@ def train_abc(net: ABCNet, x: Tensor, y: Tensor, n_steps: int, batch_size: int, 
             xb, yb = x[idx], y[idx]
         lrs = net.spec.param_learning_rates(base_lr, step, warmup_base_lrs)
         loss, f, hs = sgd_step(net, optimizer, lrs, xb, yb)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise FloatingPointError(f"training diverged: loss {value} at step {step}")
+        value = check_finite(loss.item(), step)
         losses.append(value)
-        if callback is not None and (step % record_every == 0 or step == n_steps - 1):
+        return StepOutput(value, (f, hs, yb))
+
+    def record(step: int, out: StepOutput) -> None:
+        if step % record_every == 0 or step == n_steps - 1:
+            f, hs, yb = out.info
             correct, predicted = likelihoods(f, yb)
-            callback(StepRecord(step, value, (f.argmax(1) == yb).float().mean().item(), f.abs().mean().item(),
+            callback(StepRecord(step, out.loss, (f.argmax(1) == yb).float().mean().item(), f.abs().mean().item(),
                                 tuple(h.abs().mean().item() for h in hs),
                                 net.spec.learning_rates(base_lr, step, warmup_base_lrs),
                                 net.spec.bias_learning_rates(base_lr, step, warmup_base_lrs),
                                 correct.mean().item(), predicted.mean().item()))
+
+    callbacks = [] if boundary is None else [BoundaryBefore(boundary, (capture,))]
+    if callback is not None:
+        callbacks.append(OnStep(record))
+    run_steps(step_fn, start, n_steps, callbacks)
     return losses
 
 
@@ -255,15 +262,9 @@ def train_abc(net: ABCNet, x: Tensor, y: Tensor, n_steps: int, batch_size: int, 
 def evaluate(net: ABCNet, x: Tensor, y: Tensor, batch_size: int = 4096, with_likelihood: bool = False):
     """Mean cross-entropy and accuracy of ``net`` on (x, y), and with ``with_likelihood`` the mean softmax
     probability of the correct label (the original's val/likelihood)."""
-    loss, correct, likelihood = 0.0, 0, 0.0
-    for i in range(0, x.shape[0], batch_size):
-        f, yb = net(x[i:i + batch_size]), y[i:i + batch_size]
-        loss += F.cross_entropy(f, yb, reduction="sum").item()
-        correct += int((f.argmax(1) == yb).sum())
-        likelihood += likelihoods(f, yb)[0].sum().item()
-    n = x.shape[0]
-    return (loss / n, correct / n, likelihood / n) if with_likelihood else (loss / n, correct / n)
-
+    extra = {"likelihood": lambda f, yb: likelihoods(f, yb)[0].sum().item()} if with_likelihood else None
+    ev = engine_evaluate(net, x, y, lambda f, yb: F.cross_entropy(f, yb, reduction="sum").item(), batch_size, extra)
+    return (ev["loss"], ev["accuracy"], ev["likelihood"]) if with_likelihood else (ev["loss"], ev["accuracy"])
 
 @dataclass(frozen=True)
 class CoordCheckConfig:
