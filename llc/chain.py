@@ -165,6 +165,8 @@ class Kernel(Protocol):
     def step(self, t: int, w: Tensor, draws: Draws) -> Tensor:
         """Move w (C, P) from w_t to w_{t+1} in place; return the (C,) loss recorded for w_t."""
 
+    # Optional: ``begin_block(idx_by_step (k, C, B))`` is called before each block's k steps.
+
 
 def chain_generators(seed: int, num_chains: int, device: torch.device) -> list[torch.Generator]:
     """One generator per chain, seeded from SeedSequence(seed, spawn_key=(c,))."""
@@ -272,6 +274,8 @@ def run_chains(
             # on k or C (a compiled step guards on strides and would otherwise recompile).
             idx_by_step = _by_step(idx, k)
             xi_by_step = _by_step(xi, k)
+            if hasattr(kernel, "begin_block"):  # e.g. llc.streaming's kernel starts gathering the block's rows
+                kernel.begin_block(idx_by_step)
             log_u = unif[:, :k].log().t() if unif is not None else None  # (k, C)
             losses = []
             for j in range(k):

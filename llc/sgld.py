@@ -197,7 +197,10 @@ class SGLDKernel:
         pass
 
     def step(self, t: int, w: Tensor, draws: Draws) -> Tensor:
-        args = (w, draws.idx, draws.xi, self.x, self.y, self.w_star)
+        return self.advance(t, (w, draws.idx, draws.xi, self.x, self.y, self.w_star))
+
+    def advance(self, t: int, args: tuple) -> Tensor:
+        """One step on args = (w, idx, xi, x, y, w*); the first one compiles, or falls back to eager."""
         if t == 0 and self.step_fn is not self.eager:
             self.step_fn, loss = _first_compiled_call(self.step_fn, self.eager, args)
             return loss

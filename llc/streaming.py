@@ -1,8 +1,8 @@
 """SGLD on data that stays off the device: a torch Dataset or DataLoader, streamed per step.
 
-The chains draw exactly the numbers :func:`llc.sgld.run_sgld` draws (same per-chain
-generators, same blocks of K steps, indices then noise), so on the same data the
-trace equals the in-memory one. Per step, the C·B rows of every chain's minibatch
+The chains run on llc.chain's driver and draw exactly the numbers :func:`llc.sgld.run_sgld`
+draws (same per-chain generators, same blocks of K steps, indices then noise), so on the
+same data the trace equals the in-memory one. Per step, the C·B rows of every chain's minibatch
 are gathered on the host, (on CUDA) pinned and copied asynchronously, and the
 ordinary SGLD step runs on them with the identity index; a prefetch thread gathers
 step t+1 while step t computes. L_n(w) is computed in chunks of ``eval_batch_size``
@@ -13,7 +13,6 @@ minibatches are drawn per chain from its seeded generators, not by the loader.
 """
 from __future__ import annotations
 
-import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -22,8 +21,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from core.types import FlatLoss
-from llc import sgld as _sgld
-from llc.sgld import SGLDConfig, SGLDTrace, chain_generators
+from llc.chain import Draws, check_batch, run_chains
+from llc.sgld import SGLDConfig, SGLDKernel, SGLDTrace, compile_mode
 
 Cast = Callable[[Tensor], Tensor]
 
@@ -109,75 +108,64 @@ def run_sgld_streamed(
 ) -> SGLDTrace:
     """:func:`llc.sgld.run_sgld` with minibatches streamed from ``data``; same draws, same trace.
 
+    The SGLD kernel runs on llc.chain's driver as in memory; only where its minibatch
+    rows come from differs (:class:`StreamedSGLDKernel`).
+
     prefetch: gather the next step's rows in a background thread; None means on CUDA only.
     hook: ``hook(t, w_t, w_{t+1}, xb (C, B, ...), yb)`` after draws t with (t + 1) % every == 0
         (llc.callbacks.batch_hook); w is copied only on those draws.
     """
     n = data.n
-    if config.batch_size > n:
-        raise ValueError(f"batch_size must be <= the number of data points ({n}); got {config.batch_size}")
-    device, C, T, P, B = w_star.device, config.num_chains, config.num_steps, w_star.numel(), config.batch_size
-    nbeta, burnin, eps = config.resolve_nbeta(n), config.burnin(), config.epsilon
-    pin = device.type == "cuda"
+    check_batch(config.batch_size, n, w_star)
+    pin = w_star.device.type == "cuda"
     prefetch = pin if prefetch is None else prefetch
-    gens = chain_generators(seed, C, device)
-    block = max(1, min(_sgld._MAX_BLOCK_STEPS, _sgld._NOISE_BLOCK_NUMEL // P, T))  # as run_sgld
-    pull, drift, noise = eps * config.gamma / 2, -eps * nbeta / 2, math.sqrt(eps)
-    w_star = w_star.detach()
-    eager = _sgld._eager_step(loss_fn, pull, drift, noise)
-    step = eager
-    if config.wants_compile():
-        step = _sgld._compiled_step(loss_fn, torch.tensor([pull, drift, noise], dtype=w_star.dtype, device=device))
-
-    w = w_star.expand(C, P).clone()  # (C, P)
-    trace = torch.full((C, T), float("nan"), dtype=torch.float64, device=device)
-    idx = torch.empty(C, block, B, dtype=torch.long, device=device)  # (C, K, B)
-    xi = torch.empty(C, block, P, dtype=w.dtype, device=device)  # (C, K, P)
-    local = torch.arange(C * B, device=device).view(C, B)  # the gathered rows, in chain order
-
-    def fetch(rows: Tensor):
-        return data.to_device(*data.rows(rows), device, pin)
-
     pool = ThreadPoolExecutor(max_workers=1) if prefetch else None
     try:
-        with torch.no_grad():
-            for t0 in range(0, T, block):
-                k = min(block, T - t0)
-                for c, g in enumerate(gens):  # the same calls, in the same order, as run_sgld
-                    torch.randint(0, n, (k, B), generator=g, device=device, out=idx[c, :k])
-                    torch.randn(k, P, generator=g, device=device, dtype=w.dtype, out=xi[c, :k])
-                rows_by_step = idx[:, :k].transpose(0, 1).reshape(k, C * B).cpu()  # (k, C·B) host indices
-                xi_by_step = torch.empty(k, C, P, dtype=xi.dtype, device=device).copy_(xi[:, :k].transpose(0, 1))
-                pending = pool.submit(fetch, rows_by_step[0]) if pool else None
-                losses = []
-                for j in range(k):
-                    t = t0 + j
-                    if pool:
-                        xb, yb = pending.result()
-                        if j + 1 < k:
-                            pending = pool.submit(fetch, rows_by_step[j + 1])
-                    else:
-                        xb, yb = fetch(rows_by_step[j])
-                    if not config.loss_trace_minibatch and t >= burnin:
-                        trace[:, t] = streamed_full_data_loss(loss_fn, w, data, eval_batch_size)
-                    args = (w, local, xi_by_step[j], xb, yb, w_star)
-                    w_t = w.clone() if hook is not None and (t + 1) % every == 0 else None
-                    if t == 0 and step is not eager:
-                        step, loss = _sgld._first_compiled_call(step, eager, args)
-                    else:
-                        loss = step(*args)  # (C,) L_B(w_t); w becomes w_{t+1} in place
-                    losses.append(loss)
-                    if w_t is not None:
-                        hook(t, w_t, w, xb.view(C, B, *xb.shape[1:]), yb.view(C, B, *yb.shape[1:]))
-                if config.loss_trace_minibatch:
-                    trace[:, t0:t0 + k] = torch.stack(losses, 1)
-                _sgld._check_finite(trace[:, t0:t0 + k], t0,
-                                    skip_nan_before=None if config.loss_trace_minibatch else burnin)
+        kernel = StreamedSGLDKernel(loss_fn, w_star, data, config, config.resolve_nbeta(n), pin, pool, hook, every)
+        full = None
+        if not config.loss_trace_minibatch:
+            def full(w):
+                return streamed_full_data_loss(loss_fn, w, data, eval_batch_size)
+        trace, w = run_chains(kernel, w_star, n, config, seed, full_loss=full)
     finally:
         if pool:
             pool.shutdown(wait=True)
-    if not torch.isfinite(w).all():
-        bad = int(torch.nonzero(~torch.isfinite(w).all(dim=1))[0])
-        raise _sgld.SGLDDivergenceError(bad, T, float("nan"))
-    return SGLDTrace(loss=trace.cpu(), final_w=w, nbeta=nbeta, burnin=burnin,
-                     compile_mode=_sgld.compile_mode(config, step, eager))
+    return SGLDTrace(loss=trace.cpu(), final_w=w, nbeta=kernel.nbeta, burnin=config.burnin(),
+                     compile_mode=compile_mode(config, kernel.step_fn, kernel.eager))
+
+
+class StreamedSGLDKernel(SGLDKernel):
+    """llc.sgld's kernel on rows gathered from the host per step (and prefetched a step ahead)."""
+
+    def __init__(self, loss_fn: FlatLoss, w_star: Tensor, data: HostData, config: SGLDConfig, nbeta: float,
+                 pin: bool, pool: ThreadPoolExecutor | None, hook, every: int):
+        super().__init__(loss_fn, w_star, None, None, config, nbeta)
+        C, B, device = config.num_chains, config.batch_size, w_star.device
+        self.data, self.pin, self.pool, self.hook, self.every, self.device = data, pin, pool, hook, every, device
+        self.local = torch.arange(C * B, device=device).view(C, B)  # the gathered rows, in chain order
+        self.rows = self.pending = None
+        self.j = 0
+
+    def fetch(self, rows: Tensor):
+        return self.data.to_device(*self.data.rows(rows), self.device, self.pin)
+
+    def begin_block(self, idx_by_step: Tensor) -> None:
+        k, C, B = idx_by_step.shape
+        self.rows, self.j = idx_by_step.reshape(k, C * B).cpu(), 0  # (k, C·B) host indices
+        self.pending = self.pool.submit(self.fetch, self.rows[0]) if self.pool else None
+
+    def step(self, t: int, w: Tensor, draws: Draws) -> Tensor:
+        j, k = self.j, self.rows.shape[0]
+        self.j += 1
+        if self.pool:
+            xb, yb = self.pending.result()
+            if j + 1 < k:
+                self.pending = self.pool.submit(self.fetch, self.rows[j + 1])
+        else:
+            xb, yb = self.fetch(self.rows[j])
+        w_t = w.clone() if self.hook is not None and (t + 1) % self.every == 0 else None
+        loss = self.advance(t, (w, self.local, draws.xi, xb, yb, self.w_star))  # (C,); w -> w_{t+1}
+        if w_t is not None:
+            C, B = self.local.shape
+            self.hook(t, w_t, w, xb.view(C, B, *xb.shape[1:]), yb.view(C, B, *yb.shape[1:]))
+        return loss
