@@ -174,7 +174,7 @@ def test_each_sampler_recovers_half_the_dimension_on_a_regular_model(sampler):
 
 # (ε, steps) per sampler on the DLN below: its curvature is higher than the regular model's, and the
 # momentum samplers' O(ε) bias (discretisation and minibatch-gradient noise, which SGNHT's thermostat
-# only corrects on average) is larger than SGLD's: measured at seed 0, SGNHT is +16% at ε = 2e-6 and
+# only corrects on average) is larger than SGLD's: measured at seed 0, SGNHT is +18% at ε = 2e-6 and
 # +5% at 5e-7, SGHMC +4.5% at 2e-6, SGLD -2.5% at 2e-6, pSGLD +1.3% at 3e-2, MALA 0% (no ε bias).
 DLN_SETTINGS = {"sgld": (2e-6, 4000), "psgld": (3e-2, 4000), "mala": (1e-5, 4000), "sgnht": (5e-7, 8000),
                 "sghmc": (2e-6, 4000)}
