@@ -390,7 +390,7 @@ def _main(_config, _run, _seed, checked, ck):
             step = run_steps(step_fn, step, step + min(len(starts), total_steps - step), [BoundaryBefore(before)])
             for split, xs, ys in (("train", x, y), ("test", xt, yt)):
                 ev = evaluate(lambda xc: f(ws[0], xc), xs, ys, lambda z, yc: float(cross_entropy(z, yc)) * z.shape[0])
-                for name, value in ((f"{split}_loss", ev["loss"]), (f"{split}_acc", ev["accuracy"])):
+                for name, value in ((f"{split}_loss", ev["loss"]), (f"{split}_accuracy", ev["accuracy"])):
                     _run.log_scalar(f"epoch/{name}", value, step)
                     record[name].append(value)
             record["epoch_steps"].append(step)
