@@ -334,8 +334,8 @@ def _main(_config, _run, _seed, checked, ck):
                 fixed_lyap[lyap.steps] = expanding_subspace(lyap, POSITIVE_EXPONENT)  # t0 counts tangent maps
 
         if logging_now:
-            _run.log_scalar("train/loss", float(loss0), step)
-            _run.log_scalar("train/accuracy", float(acc0), step)
+            _run.log_scalar("train/batch_loss", float(loss0), step)  # the step's minibatch, before its update
+            _run.log_scalar("train/batch_accuracy", float(acc0), step)
             log_curvature(_run, step, eig, g0, optim, log, lyap, checked, record, thr)
             if log["log_subsim"] and eig is not None:
                 mask = (eig.eigenvalues < -thr) | (eig.eigenvalues > 2 * (1 + optim.momentum) / optim.lr)

@@ -65,7 +65,7 @@ def test_smoke_records_hessian_chaos_and_lyapunov(expt, data_root, tmp_path):
     assert res["model_dim"] == 256 * 4 + 4 + 4 * 10 + 10 and res["num_steps"] == 5
     assert 0 <= res["final_test_accuracy"] <= 1 and res["lyapunov"]["k"] == 8
     m = metrics_of(tmp_path)
-    expected = {"train/loss", "train/accuracy", "hessian/max_eig", "hessian/min_eig", "hessian/mean_eig", "hessian/num_pos",
+    expected = {"train/batch_loss", "train/batch_accuracy", "hessian/max_eig", "hessian/min_eig", "hessian/mean_eig", "hessian/num_pos",
                 "hessian/num_neg", "hessian/num_zero", "chaos/num_neg", "chaos/num_large", "chaos/num_chaotic",
                 "grad/cos_max_eig", "grad/cos_min_eig", "lyapunov/max", "lyapunov/min", "lyapunov/num_pos",
                 "epoch/test_accuracy", "subsim/hessian_chaotic", "subsim/hessian_chaotic_baseline", "grad/snr"}
@@ -344,7 +344,8 @@ def test_accuracy_figure_reads_runs_recorded_under_the_old_names(expt, data_root
     path = tmp_path / "2" / "metrics.json"
     m = json.loads(path.read_text())
     old = m.pop("epoch/test_accuracy")
-    m["epoch/test_acc"] = old  # run 2 as recorded before the rename
+    m["epoch/test_acc"] = old  # run 2 as recorded before the renames
+    m["train/loss"] = old_batch = m.pop("train/batch_loss")
     path.write_text(json.dumps(m))
     m1 = metrics_of(tmp_path, 1)
     # run 1 carries both: its current name wins over a decoy old-name series with other values
@@ -355,6 +356,10 @@ def test_accuracy_figure_reads_runs_recorded_under_the_old_names(expt, data_root
     # one run per label, so each curve is that run's series itself (mean of one value; exact)
     np.testing.assert_array_equal(curves["cgd neg"], old["values"])
     np.testing.assert_array_equal(curves["sgd"], m1["epoch/test_accuracy"]["values"])
+    fig = fc.plot_accuracy_by_optimizer(tmp_path, metric="train/batch_loss")
+    curves = {line.get_label().split(" (")[0]: line.get_ydata() for line in fig.axes[0].get_lines()}
+    np.testing.assert_array_equal(curves["cgd neg"], old_batch["values"])
+    np.testing.assert_array_equal(curves["sgd"], m1["train/batch_loss"]["values"])
 
 
 def _empty(tmp_path):

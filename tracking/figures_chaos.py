@@ -30,7 +30,8 @@ EXPERIMENT = "chaos"
 
 # Names older runs in a store still carry (renamed for one vocabulary across experiments):
 # current name -> the earlier names, newest first; a run without the current name is read under these.
-LEGACY_NAMES = {"epoch/train_accuracy": ("epoch/train_acc",), "epoch/test_accuracy": ("epoch/test_acc",)}
+LEGACY_NAMES = {"epoch/train_accuracy": ("epoch/train_acc",), "epoch/test_accuracy": ("epoch/test_acc",),
+                "train/batch_loss": ("train/loss",), "train/batch_accuracy": ("train/accuracy", "train/acc")}
 
 
 def _runs(source, run_ids=None, filters=None) -> pd.DataFrame:
