@@ -36,6 +36,7 @@ from sacred import Experiment
 
 from core.runtime import derived_seed, resolve_device
 from data.vision import load_vision_dataset
+from dynamics.engine import evaluate as engine_evaluate
 from dynamics.train import TrainingConfig, train
 from llc.estimate import estimate_llc_flat, flat_loss_for_module
 from llc.restricted import estimate_llc_per_layer
@@ -214,13 +215,9 @@ def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor) -> tor
 
 @torch.no_grad()
 def evaluate(model, loss_fn, x, y, labels, chunk: int) -> tuple[float, float]:
-    """Mean loss against ``y`` and accuracy against ``labels`` over all of x, in eval mode, in chunks."""
-    total, correct = 0.0, 0
-    for s in range(0, x.shape[0], chunk):
-        out = model(x[s:s + chunk])
-        total += float(loss_fn(out, y[s:s + chunk])) * out.shape[0]
-        correct += int((out.argmax(-1) == labels[s:s + chunk]).sum())
-    return total / x.shape[0], correct / x.shape[0]
+    """Mean loss against ``y`` and accuracy against ``labels`` over all of x, in chunks (the engine's evaluation)."""
+    ev = engine_evaluate(model, x, y, lambda z, yb: float(loss_fn(z, yb)) * z.shape[0], chunk, labels=labels)
+    return ev["loss"], ev["accuracy"]
 
 
 def build_problem(_config, _seed, checked) -> dict:
