@@ -31,11 +31,16 @@ def _record_state(record: dict) -> dict:
     return out
 
 
+# Record keys renamed since checkpoints were first written (old -> new), so that a run
+# checkpointed before the rename resumes with its earlier epochs' accuracies.
+_RENAMED_RECORD_KEYS = {"train_acc": "train_accuracy", "test_acc": "test_accuracy"}
+
+
 def _restore_record(state: dict) -> collections.defaultdict:
     record = collections.defaultdict(list)
     for key, entry in state.items():
         items = entry["items"]
-        record[key] = [t.numpy() for t in items] if entry["kind"] == "numpy" else list(items)
+        record[_RENAMED_RECORD_KEYS.get(key, key)] = [t.numpy() for t in items] if entry["kind"] == "numpy" else list(items)
     return record
 
 

@@ -134,3 +134,18 @@ def test_train_abc_resumed_from_its_captured_state_equals_uninterrupted(fixed_li
     assert losses == full_losses and len(losses) == 12
     for (name, a), b in zip(full_net.state_dict().items(), net.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_chaos_checkpoint_from_before_the_accuracy_rename_keeps_its_epochs():
+    # A checkpoint written when the record said train_acc / test_acc resumes into the
+    # renamed keys, so final_*_accuracy and best_test_accuracy still cover every epoch.
+    from dynamics.chaos_resume import _restore_record
+
+    old = {"train_acc": {"kind": "plain", "items": [0.25, 0.5]},
+           "test_acc": {"kind": "plain", "items": [0.125]},
+           "train_loss": {"kind": "plain", "items": [1.5, 1.0]}}
+    record = _restore_record(old)
+    assert record["train_accuracy"] == [0.25, 0.5]
+    assert record["test_accuracy"] == [0.125]
+    assert record["train_loss"] == [1.5, 1.0]
+    assert "train_acc" not in record and "test_acc" not in record
