@@ -1,0 +1,1 @@
+"""Helpers shared by every package; ``core.checks`` holds the config-value checks."""
