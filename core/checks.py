@@ -142,6 +142,16 @@ def path(key: str, value, *, none_ok: bool = False) -> str | None:
     return value
 
 
+def at_most(key: str, value, what: str, bound) -> None:
+    """Raise unless value <= bound, a limit set by another key or by the data: ``what`` names it.
+
+    ``at_most("sgld_config.batch_size", 500, "num_training_data", 100)`` raises
+    ``"sgld_config.batch_size must be <= num_training_data (100); got 500"``.
+    """
+    if not value <= bound:
+        raise CheckError(key, f"<= {what} ({bound})", value)
+
+
 def known_entries(key: str, entries: Mapping, allowed: Collection) -> None:
     """Raise if the dict-valued key ``key`` has entries outside ``allowed``, naming both sets."""
     unknown = set(entries) - set(allowed)

@@ -1,19 +1,31 @@
 """core.checks: each check accepts its boundary, rejects just past it, and names key, expectation and value."""
 import argparse
 import math
+import re
 
 import pytest
 
-from core.checks import (CheckError, boolean, cli_type, distinct_names, int_list, integer, known_entries, number,
-                         number_list, one_of, path)
+from core.checks import (
+    CheckError,
+    at_most,
+    boolean,
+    cli_type,
+    distinct_names,
+    int_list,
+    integer,
+    known_entries,
+    number,
+    number_list,
+    one_of,
+    path,
+)
 
 NOT_NUMBERS = [True, False, "1", None, [1], 1j]
 
 
 def raises(message: str):
     """pytest.raises for the whole message, matched literally."""
-    return pytest.raises(CheckError, match="^" + message.replace("(", r"\(").replace(")", r"\)")
-                         .replace("[", r"\[").replace("]", r"\]") + "$")
+    return pytest.raises(CheckError, match="^" + re.escape(message) + "$")
 
 
 def test_integer_accepts_its_bounds_and_rejects_one_past_them():
@@ -137,6 +149,14 @@ def test_path():
             path("p", bad)
     with raises("p must be None or a path; got ''"):
         path("p", "", none_ok=True)
+
+
+def test_at_most_names_the_limit_and_its_source():
+    at_most("b", 100, "n", 100)
+    with raises("b must be <= n (100); got 101"):
+        at_most("b", 101, "n", 100)
+    with raises("b must be <= n (100); got nan"):
+        at_most("b", math.nan, "n", 100)
 
 
 def test_known_entries_names_the_unknown_and_the_allowed():
