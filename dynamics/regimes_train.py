@@ -47,10 +47,25 @@ from dynamics.regimes_config import DYNAMICS, STOP_REASONS, RegimesConfig, Regim
 from dynamics.regimes_drift import drifts
 from dynamics.regimes_ladders import FastLadder, SlowLadder, fast_ladder, next_early_step, slow_ladder
 from dynamics.regimes_observables import diagonal_observables, gradient_stats, linear_observables, prediction_stats
-from dynamics.regimes_resume import (fast_state, records_from_state, records_to_state, restore_fast, restore_slow,
-                                     slow_state)
-from dynamics.regimes_steps import (LOSSES, REGULARIZERS, SDE_NOISES, alpha_loss, flatten, gd_sde_gradient,
-                                    loss_and_grad, regularizer_term, unfit_first_batch)
+from dynamics.regimes_resume import (
+    fast_state,
+    records_from_state,
+    records_to_state,
+    restore_fast,
+    restore_slow,
+    slow_state,
+)
+from dynamics.regimes_steps import (
+    LOSSES,
+    REGULARIZERS,
+    SDE_NOISES,
+    alpha_loss,
+    flatten,
+    gd_sde_gradient,
+    loss_and_grad,
+    regularizer_term,
+    unfit_first_batch,
+)
 
 __all__ = ["DYNAMICS", "LOSSES", "REGULARIZERS", "SDE_NOISES", "STOP_REASONS", "RegimesConfig", "RegimesRun",
            "alpha_loss", "flat_metrics", "gd_sde_gradient", "loss_and_grad", "train_regimes", "unfit_first_batch",

@@ -20,8 +20,8 @@ import json
 import os
 import sys
 
-from gen_commands.commands import CommandsFileError, format_ranges, read_commands
 from gen_commands import store as store_module
+from gen_commands.commands import CommandsFileError, format_ranges, read_commands
 from gen_commands.store import Store, StoreError, completed_lines
 
 STALE_AFTER_MINUTES = 10.0  # Sacred beats every 10 s: a RUNNING run silent this long is dead

@@ -9,12 +9,29 @@ import pytest
 import torch
 
 from dynamics.abc_train import (
-    CALIBRATION_CAP, CoordCheckConfig, batch_indices, calibrate_warmup_lrs, coordinate_check, evaluate, fixed_batch_list,
-    likelihoods, make_optimizer, sgd_step, train_abc, warmup_base_lrs,
+    CALIBRATION_CAP,
+    CoordCheckConfig,
+    batch_indices,
+    calibrate_warmup_lrs,
+    coordinate_check,
+    evaluate,
+    fixed_batch_list,
+    likelihoods,
+    make_optimizer,
+    sgd_step,
+    train_abc,
+    warmup_base_lrs,
 )
 from models.abc import (
-    ACTIVATIONS, INIT_VARIANCE, ABCNet, ABCNetSpec, Parameterization, abc_forward, make_parameterization,
+    ACTIVATIONS,
+    INIT_VARIANCE,
+    ABCNet,
+    ABCNetSpec,
+    Parameterization,
+    abc_forward,
+    make_parameterization,
 )
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():

@@ -6,7 +6,13 @@ import torch
 
 from dynamics.cgd import OptimConfig, cgd_gradient, project_gradient, sgd_step
 from dynamics.cgd_select import (
-    CgdRules, cgd_tangent_hessian, null_basis, prune_candidates, pruned_directions, select_global, select_pruned,
+    CgdRules,
+    cgd_tangent_hessian,
+    null_basis,
+    prune_candidates,
+    pruned_directions,
+    select_global,
+    select_pruned,
 )
 from dynamics.hessian import SymEig
 

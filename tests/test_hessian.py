@@ -9,8 +9,16 @@ from torch import nn
 from torch.func import grad
 
 from dynamics.hessian import (
-    SymEig, batched_hvp, check_dense_hessian_size, dense_eigh, dense_hessian, hutchinson_trace, hvp,
-    mlp_hessian, mlp_hessian_eigh, warn_if_stochastic_layers,
+    SymEig,
+    batched_hvp,
+    check_dense_hessian_size,
+    dense_eigh,
+    dense_hessian,
+    hutchinson_trace,
+    hvp,
+    mlp_hessian,
+    mlp_hessian_eigh,
+    warn_if_stochastic_layers,
 )
 from dynamics.lanczos import hessian_matvec, lanczos, lanczos_tridiagonal, power_iteration
 from dynamics.mlp_hessian import mlp_params_from_flat

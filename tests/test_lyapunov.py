@@ -6,12 +6,25 @@ import pytest
 import torch
 
 from dynamics.lyapunov import (
-    expanding_subspace, exponents, init_lyapunov, initial_vectors, local_chaos_counts, max_steps_between_qr, propagate,
-    quadratic_exponents, sgd_tangent_map,
+    expanding_subspace,
+    exponents,
+    init_lyapunov,
+    initial_vectors,
+    local_chaos_counts,
+    max_steps_between_qr,
+    propagate,
+    quadratic_exponents,
+    sgd_tangent_map,
 )
 from dynamics.perturb import (
-    STRATEGIES, exponential_bounds, fit_distance, load_eigenthings, perturbation_direction,
-    random_subspace_baseline, save_eigenthings, subspace_similarity,
+    STRATEGIES,
+    exponential_bounds,
+    fit_distance,
+    load_eigenthings,
+    perturbation_direction,
+    random_subspace_baseline,
+    save_eigenthings,
+    subspace_similarity,
 )
 
 F64 = torch.float64

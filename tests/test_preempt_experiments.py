@@ -12,7 +12,7 @@ from sacred.observers import FileStorageObserver
 
 from tests.conftest import load_experiment
 from tests.datasets import allow_tiny_cifar, write_cifar10
-from tracking.checkpoint import CheckpointError, checkpoint_files
+from tracking.checkpoint import checkpoint_files
 from tracking.preempt import TEST_ENV, Preempted
 
 SESSION_INFO = ("checkpoint_dir", "resumed_from", "interrupted", "checkpoint_warnings")

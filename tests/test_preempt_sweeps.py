@@ -14,7 +14,11 @@ import pytest
 
 from tests.conftest import load_experiment
 from tests.test_preempt_experiments import (
-    SESSION_INFO, assert_resumed_equals_uninterrupted, interrupted_then_resumed, read, run,
+    SESSION_INFO,
+    assert_resumed_equals_uninterrupted,
+    interrupted_then_resumed,
+    read,
+    run,
 )
 from tracking.checkpoint import CheckpointError, checkpoint_files
 from tracking.preempt import TEST_ENV, Preempted

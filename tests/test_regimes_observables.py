@@ -5,9 +5,16 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from dynamics.regimes_observables import (diagonal_observables, gradient_overlaps, gradient_stats,
-                                          linear_observables, mean_relative_distance, per_sample_jacobian,
-                                          prediction_stats, weight_norms)
+from dynamics.regimes_observables import (
+    diagonal_observables,
+    gradient_overlaps,
+    gradient_stats,
+    linear_observables,
+    mean_relative_distance,
+    per_sample_jacobian,
+    prediction_stats,
+    weight_norms,
+)
 from models.regimes import build_model
 
 F64 = torch.float64

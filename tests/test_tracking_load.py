@@ -15,7 +15,13 @@ from sacred.observers import FileStorageObserver, MongoObserver
 from tests.conftest import REPO
 from tests.runs_factory import DIVERGENT_SGLD, dln_runs, toy_run
 from tracking.load import (
-    METRIC_COLUMNS, RUN_COLUMNS, MongoSource, load_artifact, load_info, load_metrics, load_runs,
+    METRIC_COLUMNS,
+    RUN_COLUMNS,
+    MongoSource,
+    load_artifact,
+    load_info,
+    load_metrics,
+    load_runs,
 )
 
 # Run 1: plain; run 2: deeper, rank-reduced, trained (fills trained.*); run 3: diverges -> FAILED.

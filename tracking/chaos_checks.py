@@ -18,9 +18,9 @@ from data.vision import check_dataset_name
 from dynamics.cgd import OptimConfig
 from dynamics.cgd_select import CgdRules
 from dynamics.hessian import check_dense_hessian_size
-from dynamics.symeig import EPS_EIGH_MODES
 from dynamics.mlp_hessian import MLP_ACTIVATIONS, mlp_hessian_eigh_nbytes
 from dynamics.perturb import NEEDS_LYAPUNOV, STRATEGIES, load_eigenthings
+from dynamics.symeig import EPS_EIGH_MODES
 from models.chaos_nets import build_model, num_parameters
 from tracking.sacred_utils import build_config
 

@@ -101,7 +101,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise CorruptCheckpoint(f"{path}: checksum mismatch (truncated or corrupted file, {len(raw)} bytes)")
     try:
         out = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-    except Exception as err:  # noqa: BLE001 - torch raises several types for a bad archive
+    except Exception as err:  # torch raises several types for a bad archive
         raise CorruptCheckpoint(f"{path}: unreadable ({type(err).__name__}: {err})") from None
     if not isinstance(out, dict) or out.get("format") != FORMAT:
         raise CorruptCheckpoint(f"{path}: unknown checkpoint format {out.get('format') if isinstance(out, dict) else '?'}")
