@@ -57,7 +57,9 @@ def live_lines(commands, override: Store | None, stale_after: float, now: dateti
 
 def _heartbeat(value) -> datetime.datetime | None:
     if isinstance(value, datetime.datetime):
-        return value.replace(tzinfo=None) if value.tzinfo is None else value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=None)
+        return value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
     try:
         return _heartbeat(datetime.datetime.fromisoformat(str(value)))
     except ValueError:
