@@ -104,7 +104,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     except Exception as err:  # torch raises several types for a bad archive
         raise CorruptCheckpoint(f"{path}: unreadable ({type(err).__name__}: {err})") from None
     if not isinstance(out, dict) or out.get("format") != FORMAT:
-        raise CorruptCheckpoint(f"{path}: unknown checkpoint format {out.get('format') if isinstance(out, dict) else '?'}")
+        found = out.get("format") if isinstance(out, dict) else "?"
+        raise CorruptCheckpoint(f"{path}: unknown checkpoint format {found}")
     return out
 
 
@@ -176,7 +177,8 @@ def restore_global_rngs(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
