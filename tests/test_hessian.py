@@ -138,7 +138,8 @@ def test_eigh_in_the_input_span_matches_dense_reference(loss):
     eig = mlp_hessian_eigh(ws, bs, x, y, "relu", loss)
     assert eig.rank_bound == 5 * 3 + 5 + 3 * 5 + 3
     torch.testing.assert_close(eig.matmul(torch.eye(w.numel(), dtype=F64)), ref, rtol=1e-9, atol=1e-11)
-    torch.testing.assert_close(torch.sort(eig.all_eigenvalues()).values, torch.linalg.eigvalsh(ref), rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(torch.sort(eig.all_eigenvalues()).values, torch.linalg.eigvalsh(ref),
+                               rtol=1e-9, atol=1e-11)
 
 
 def test_low_rank_eigh_of_the_usps_mlp_is_exact():
@@ -191,7 +192,8 @@ def test_eps_eigh_all_entries_is_the_originals_hessian_plus_eps():
     orig = dense_eigh(h, eps_eigh=eps, mode="all_entries")
     torch.testing.assert_close(orig.eigenvalues, ref, rtol=1e-12, atol=1e-12)  # O(eps_64 · ‖H‖) eigh round-off
     # The default (identity, shifted back) keeps the eigenvalues of H itself.
-    torch.testing.assert_close(dense_eigh(h, eps_eigh=eps).eigenvalues, torch.linalg.eigvalsh(h), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dense_eigh(h, eps_eigh=eps).eigenvalues, torch.linalg.eigvalsh(h),
+                               rtol=1e-12, atol=1e-12)
     assert (orig.eigenvalues - torch.linalg.eigvalsh(h)).abs().max() > 0.05  # the two modes differ here
     with pytest.raises(ValueError, match="eps_eigh_mode"):
         dense_eigh(h, eps_eigh=eps, mode="diag")
