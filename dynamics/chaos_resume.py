@@ -44,7 +44,8 @@ def _restore_record(state: dict) -> collections.defaultdict:
     return record
 
 
-def loop_state(*, step, epoch, start, perm, ws, bufs, gens, lyap, prev_chaotic, fixed_lyap, grads_window, record) -> dict:
+def loop_state(*, step, epoch, start, perm, ws, bufs, gens, lyap, prev_chaotic, fixed_lyap, grads_window,
+               record) -> dict:
     """The loop's state before step ``step`` (batch ``perm[start:start + batch_size]`` of ``epoch``)."""
     return {
         "step": step, "epoch": epoch, "start": start, "perm": perm.cpu().clone(),
@@ -64,6 +65,7 @@ def restore_loop(state: dict, gens: dict, device, window_len: int) -> tuple:
     for name, g in gens.items():
         g.set_state(state["gens"][name])
     lyap = state["lyap"]
-    return (state["step"], state["epoch"], state["start"], state["perm"].to(device), list(state["ws"]), list(state["bufs"]),
+    return (state["step"], state["epoch"], state["start"], state["perm"].to(device), list(state["ws"]),
+            list(state["bufs"]),
             None if lyap is None else LyapunovState(**lyap), state["prev_chaotic"], dict(state["fixed_lyap"]),
             collections.deque(state["grads_window"], maxlen=window_len), _restore_record(state["record"]))
