@@ -9,7 +9,11 @@ The same eager SGLD run (``run_sgld``, compile=False) three ways, on the same ch
 - fused-batched: the driver calling ``loss.batched`` (one bmm per layer for all chains,
   no vmap) instead of vmapping the per-chain loss. The driver does not do this yet:
   the hook is emulated here by making ``llc.sgld``'s ``vmap`` return ``loss.batched``
-  for a FusedFlatLoss (the script stops if the driver never calls it).
+  for a FusedFlatLoss (the script stops if the driver never calls it);
+- fused-vg: the driver taking every chain's loss and gradient from
+  ``loss.value_and_grad`` (llc.fused_grad's hand-written backward: no autograd graph)
+  instead of vmap + autograd.grad. Emulated by replacing ``llc.sgld._eager_step`` with
+  the same step around ``value_and_grad`` (:func:`value_and_grad_hook`).
 
 Columns: ms per chain-step (wall time / (C · steps), median over alternating
 repetitions) and the speed-ups over generic. Workloads (a) and (c) of
@@ -32,7 +36,7 @@ from llc.estimate import flat_loss_for_module
 from llc.fused import FusedFlatLoss
 from llc.sgld import SGLDConfig, run_sgld
 
-VARIANTS = ["generic", "fused", "fused-batched"]
+VARIANTS = ["generic", "fused", "fused-batched", "fused-vg"]
 
 
 def generic_flat_loss(model, loss_fn):
@@ -68,6 +72,37 @@ def batched_hook(counter: list[int]):
         llc.sgld.vmap = real
 
 
+@contextlib.contextmanager
+def value_and_grad_hook(counter: list[int]):
+    """Emulate the driver hook: the eager step of C > 1 chains takes (loss, ∇) from loss_fn.value_and_grad."""
+    real = llc.sgld._eager_step
+
+    def eager_step(loss_fn, pull, drift, noise):
+        base = real(loss_fn, pull, drift, noise)
+        if not isinstance(loss_fn, FusedFlatLoss):
+            return base
+
+        def step(w, idx, xi, x, y, w_star):  # llc.sgld._eager_step's update, gradient from value_and_grad
+            if w.shape[0] == 1:
+                return base(w, idx, xi, x, y, w_star)
+            counter[0] += 1
+            loss, g = loss_fn.value_and_grad(w, llc.sgld._gather(x, idx), llc.sgld._gather(y, idx))
+            g.mul_(drift).add_(xi, alpha=noise).add_(w_star - w, alpha=pull)
+            w.add_(g)
+            return loss
+
+        return step
+
+    llc.sgld._eager_step = eager_step
+    try:
+        yield
+    finally:
+        llc.sgld._eager_step = real
+
+
+HOOKS = {"fused-batched": batched_hook, "fused-vg": value_and_grad_hook}
+
+
 def main() -> None:
     p = parse_common(__doc__.splitlines()[0])
     p.add_argument("--workloads", default="a,c", help="comma-separated subset of a (DLN), c (CE MLP)")
@@ -90,26 +125,25 @@ def main() -> None:
         fused, w_star = flat_loss_for_module(wl.model, wl.loss, torch.float32, device)
         if fused.path != "fused":
             raise SystemExit(f"workload {key}: flat_loss_for_module took the {fused.path} path")
-        losses = {"generic": generic_flat_loss(wl.model, wl.loss), "fused": fused,
-                  "fused-batched": fused}
+        losses = {"generic": generic_flat_loss(wl.model, wl.loss), "fused": fused, "fused-batched": fused,
+                  "fused-vg": fused}
         for C in chain_counts:
             cfg = SGLDConfig(epsilon=wl.epsilon, gamma=wl.gamma, num_steps=steps, batch_size=wl.batch_size,
                              num_chains=C, num_burnin_steps=steps // 2, compile=False)
-            calls = [0]
+            calls = {v: [0] for v in HOOKS}
 
             def run(v: str, seed: int):
-                hook = batched_hook(calls) if v == "fused-batched" else contextlib.nullcontext()
-                with hook:
+                with HOOKS[v](calls[v]) if v in HOOKS else contextlib.nullcontext():
                     return run_sgld(losses[v], w_star, wl.x, wl.y, cfg, seed)
 
             for v in VARIANTS:  # untimed warm-up
                 run(v, 0)
-            if C > 1 and calls[0] == 0:
-                raise SystemExit("the emulated hook was never called: llc.sgld no longer vmaps loss_fn by name")
+            if C > 1 and not all(n[0] for n in calls.values()):
+                raise SystemExit(f"an emulated hook was never called ({calls}): llc.sgld's eager step has changed")
             times = {v: [] for v in VARIANTS}
             traces = {}
             for r in range(reps):
-                order = VARIANTS[r % 3:] + VARIANTS[:r % 3]
+                order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]
                 for v in order:
                     dt, tr = wall(lambda: run(v, r), device)
                     times[v].append(dt / (C * steps))
@@ -123,14 +157,14 @@ def main() -> None:
             rows.append(row)
             print(" | ".join(row), flush=True)
 
-    header = ["wl", "C"] + [f"{v} ms" for v in VARIANTS] + ["generic / fused", "generic / fused-batched",
-                                                             "max rel. trace diff"]
+    header = ["wl", "C"] + [f"{v} ms" for v in VARIANTS] + [f"generic / {v}" for v in VARIANTS[1:]]
+    header += ["max rel. trace diff"]
     body = "\n\n".join([
         f"Measured on: {header_line}. Device `{device}`; eager step (compile=False), {steps} steps per chain, "
         f"batch 500, n = 100,000, float32; {reps} alternating repetitions per cell"
         + (" (QUICK smoke run: not a measurement)" if args.quick else "")
         + ". (a) DLN 7→9→6→8 (P = 165), MSE; (c) MLP 20→64→64→10 ReLU (P = 6,154), cross-entropy. "
-        "Times are ms per chain-step (median); fused-batched emulates the driver hook (see bench/fused_stack.py).",
+        "Times are ms per chain-step (median); fused-batched and fused-vg emulate driver hooks (bench/fused_stack.py).",
         markdown_table(header, rows),
     ])
     print("\n" + body)

@@ -15,9 +15,10 @@ sampling call is timed, on both sides.
 
 Ours ("ours") is the library's default: flat_loss_for_module (the fused path for
 these Linear stacks) and run_sgld with compile="auto". "compiled" forces
-compile=True; "hooked" is ours with the driver calling the fused loss's batched
-form (llc.fused.batched_or_vmap), which llc.sgld does not do yet: emulated with
-bench/fused_stack.batched_hook.
+compile=True; "hooked" is ours with the driver taking every chain's loss and
+gradient from the fused loss's ``value_and_grad`` (one bmm per layer, hand-written
+backward, no vmap or autograd), which llc.sgld does not do yet: emulated with
+bench/fused_stack.value_and_grad_hook.
 
 Columns (per workload and chain count C, times are medians over repetitions):
 - ms per chain-step: wall time of the whole call / (C · steps).
@@ -45,7 +46,7 @@ import torch
 from _common import (
     REPO, Workload, dln_workload, machine_line, markdown_table, median, mlp_workload, parse_common, setup, wall,
 )
-from fused_stack import batched_hook
+from fused_stack import value_and_grad_hook
 from llc.estimate import flat_loss_for_module, llc_from_trace
 from llc.sgld import SGLDConfig, full_data_loss, run_sgld
 
@@ -131,7 +132,7 @@ def run_ours(wl: Workload, flat_loss, w_star, chains: int, nbeta: float, init_lo
     cfg = SGLDConfig(epsilon=wl.epsilon, gamma=wl.gamma, num_steps=wl.num_steps, batch_size=wl.batch_size,
                      num_chains=chains, nbeta=nbeta, num_burnin_steps=wl.num_burnin_steps,
                      compile=True if variant == "compiled" else "auto")
-    with batched_hook([0]) if variant == "hooked" else contextlib.nullcontext():
+    with value_and_grad_hook([0]) if variant == "hooked" else contextlib.nullcontext():
         trace = run_sgld(flat_loss, w_star, wl.x, wl.y, cfg, seed)
     return llc_from_trace(trace.loss, init_loss, trace.nbeta, trace.burnin), trace.compile_mode
 

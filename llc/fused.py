@@ -29,6 +29,8 @@ from torch import Tensor, nn
 from torch.func import vmap
 from torch.nn.utils import parametrize
 
+from llc import fused_grad
+
 from models.chaos_nets import MLP as ChaosMLP
 from models.dln import DeepLinearNetwork
 from models.relu_mlp import ReLUMLP
@@ -209,6 +211,9 @@ class FusedFlatLoss:
     def __init__(self, stack: LinearStack, loss_fn: Callable[[Tensor, Tensor], Tensor]):
         self.stack, self.loss_fn = stack, loss_fn
         self._batched_loss = batched_loss_of(loss_fn)
+        kind = "mse" if _is_mse(loss_fn) else "ce" if _is_default_ce(loss_fn) else None
+        self._kind = kind if fused_grad.supports(stack, kind) else None
+        self._ignore = getattr(loss_fn, "ignore_index", -100)
 
     def __call__(self, w: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """w (P,), x (B, ...), y (B, ...) -> () mean loss of one chain."""
@@ -217,6 +222,22 @@ class FusedFlatLoss:
     def batched(self, w: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """w (C, P), x (C, B, ...), y (C, B, ...) -> (C,) each chain's mean loss, without vmap."""
         return self._batched_loss(stack_forward_batched(self.stack, w, x), y)
+
+    def value_and_grad(self, w: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Each chain's loss (C,) and gradient (C, P) at w (C, P), x (C, B, ...), y (C, B, ...).
+
+        The hand-written backward of llc.fused_grad where it applies (MSE or hard-label
+        cross-entropy, activations with closed-form derivatives), else autograd on ``batched``.
+        """
+        if self._kind is not None:
+            got = fused_grad.value_and_grad(self.stack, self._kind, w, x, y, self._ignore)
+            if got is not None:
+                return got
+        with torch.enable_grad():
+            wg = w.detach().requires_grad_(True)
+            loss = self.batched(wg, x, y)
+            (g,) = torch.autograd.grad(loss.sum(), wg)
+        return loss.detach(), g
 
 
 def fused_flat_loss(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor]) -> FusedFlatLoss | None:

@@ -52,6 +52,8 @@ CASES = [
     ("chaos-mlp-tanh", lambda: ChaosMLP(2 * 2 * 2, 5, 3, "tanh"), (2, 2, 2), "cls", F.cross_entropy),
     ("chaos-mlp-elu", lambda: ChaosMLP(2 * 2 * 2, 5, 3, "elu"), (2, 2, 2), "cls", F.cross_entropy),
     ("sequential-mixed", _sequential_mixed, (5,), "reg", F.mse_loss),
+    ("sequential-leaky-ce", lambda: nn.Sequential(nn.Linear(5, 6), nn.LeakyReLU(0.1), nn.Linear(6, 6), nn.Sigmoid(),
+                                                  nn.Linear(6, 4)), (5,), "cls", F.cross_entropy),
     ("sequential-soft-ce", lambda: nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3)), (5,), "soft",
      F.cross_entropy),
 ]
@@ -112,6 +114,14 @@ def test_fused_equals_generic(name, make, in_shape, kind, loss_fn, dtype):
         assert loss.shape == (C,) and loss.dtype == dtype
         _close(loss, ref_loss, dtype)
         _close(g, ref_grad, dtype)
+    # All chains' loss and gradient at once: hand-written backward where covered, else autograd.
+    loss, g = fused.value_and_grad(w, x, y)
+    assert loss.shape == (C,) and g.shape == w.shape and not g.requires_grad
+    _close(loss, ref_loss, dtype)
+    _close(g, ref_grad, dtype)
+    # The hand-written backward is set up for MSE / cross-entropy stacks without GELU (soft
+    # labels fall back to autograd at call time); the others use autograd throughout.
+    assert (fused._kind is not None) == (name not in ("dln-lambda-loss", "sequential-mixed"))
     # One chain, unvmapped (the driver's single-chain call).
     loss1, g1 = _loss_and_grad(lambda w_, x_, y_: fused(w_[0], x_[0], y_[0]).reshape(1), w[:1], x, y)
     _close(loss1, ref_loss[:1], dtype)
@@ -127,9 +137,9 @@ def test_shared_linear_accumulates_both_uses():
     x, y = _data((4,), 4, "reg", torch.float64, gen)
     w = w0 + 0.1 * torch.randn(C, 20, generator=gen, dtype=torch.float64)
     ref = _loss_and_grad(vmap(_reference(model, F.mse_loss)), w, x, y)
-    got = _loss_and_grad(fused.batched, w, x, y)
-    _close(got[0], ref[0], torch.float64)
-    _close(got[1], ref[1], torch.float64)
+    for got in (_loss_and_grad(fused.batched, w, x, y), fused.value_and_grad(w, x, y)):
+        _close(got[0], ref[0], torch.float64)
+        _close(got[1], ref[1], torch.float64)
 
 
 def test_cross_entropy_ignore_index_matches_mean_over_kept_rows():
@@ -138,8 +148,12 @@ def test_cross_entropy_ignore_index_matches_mean_over_kept_rows():
     gen = torch.Generator().manual_seed(3)
     x, y = _data((3,), 5, "cls", torch.float64, gen)
     y[0, :2] = -100  # ignored rows: reduction="mean" divides by the B - 2 kept rows of chain 0
-    w = w0.expand(C, -1)
-    _close(fused.batched(w, x, y), vmap(_reference(model, F.cross_entropy))(w, x, y), torch.float64)
+    w = w0 + 0.1 * torch.randn(C, w0.numel(), generator=gen, dtype=torch.float64)
+    ref = _loss_and_grad(vmap(_reference(model, F.cross_entropy)), w, x, y)
+    _close(fused.batched(w, x, y), ref[0], torch.float64)
+    loss, g = fused.value_and_grad(w, x, y)  # hand-written backward, ignored rows masked
+    _close(loss, ref[0], torch.float64)
+    _close(g, ref[1], torch.float64)
 
 
 class _Subclassed(DeepLinearNetwork):
