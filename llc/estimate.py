@@ -24,6 +24,7 @@ from core.runtime import resolve_device, resolve_dtype
 from core.types import FlatLoss
 from llc.callbacks import batch_hook, check_every, step_callback
 from llc.diagnostics import Diagnostics, diagnose, split_rhat
+from llc.fused import fused_flat_loss
 from llc.restricted import ParamMask, flat_param_mask, restrict_loss
 from llc.sgld import SGLDConfig, full_data_loss, run_sgld
 from llc.streaming import HostData, check_loss_on_items, run_sgld_streamed, streamed_full_data_loss
@@ -226,12 +227,22 @@ def flat_model_for_module(
 def flat_loss_for_module(
     model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], dtype: torch.dtype, device: torch.device
 ) -> tuple[FlatLoss, Tensor]:
-    """loss(w_flat, x, y) = loss_fn(f(w_flat, x), y) and the model's current flat w (P,)."""
+    """loss(w_flat, x, y) = loss_fn(f(w_flat, x), y) and the model's current flat w (P,).
+
+    A stack of nn.Linear and elementwise activations gets the fused loss (llc.fused:
+    F.linear on views of w, plus ``loss.batched`` for all chains at once via bmm);
+    any other model the generic functional_call route. ``loss.path`` says which:
+    "fused" or "generic". Both give the same values and gradients up to rounding.
+    """
     f, w0 = flat_model_for_module(model, dtype, device)
+    fused = fused_flat_loss(model, loss_fn)
+    if fused is not None:
+        return fused, w0
 
     def loss(w: Tensor, x: Tensor, y: Tensor) -> Tensor:
         return loss_fn(f(w, x), y)
 
+    loss.path = "generic"
     return loss, w0
 
 
