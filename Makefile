@@ -15,7 +15,7 @@ STAMP := $(VENV)/.stamp-proj-$(PROJ_HASH)-$(REQ_HASH)
 export PIP_CONSTRAINT := /dev/null
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv demo test test-fast lint bench clean-venv
+.PHONY: venv demo test test-fast lint bench bench-venvs clean-venv
 
 venv: $(STAMP)
 
@@ -45,9 +45,29 @@ test-fast: $(STAMP)
 lint:
 	bash .ci/lint.sh
 
-bench: $(STAMP)
-	$(PY) -m pip install -q -c requirements.txt -r bench/requirements-bench.txt
+# Benchmarks. Each devinterp version gets its own venv, .venv-bench/devinterp-X: the two
+# cannot share one interpreter, and 2.0.1 brings ~25 packages the project does not use. Each is
+# layered on .venv (a .pth line puts .venv's site-packages on its path, so torch is not
+# installed twice) and installed with -c requirements.txt, so no pinned package moves.
+BENCH_VENVS := .venv-bench
+
+define bench_venv
+$(BENCH_VENVS)/devinterp-$(1)/.stamp-$(shell sha256sum $(2) | cut -c1-16): $(STAMP) $(2)
+	rm -rf $(BENCH_VENVS)/devinterp-$(1)
+	$(PY) -m venv $(BENCH_VENVS)/devinterp-$(1)
+	$(PY) -c "import site; print(site.getsitepackages()[0])" > \
+		"$$$$($(BENCH_VENVS)/devinterp-$(1)/bin/python -c 'import site; print(site.getsitepackages()[0])')/_project_venv.pth"
+	$(BENCH_VENVS)/devinterp-$(1)/bin/python -m pip install -q -c requirements.txt -r $(2)
+	touch $$@
+BENCH_STAMPS += $(BENCH_VENVS)/devinterp-$(1)/.stamp-$(shell sha256sum $(2) | cut -c1-16)
+endef
+$(eval $(call bench_venv,1.3.2,bench/requirements-bench.txt))
+$(eval $(call bench_venv,2.0.1,bench/requirements-bench-devinterp2.txt))
+
+bench-venvs: $(BENCH_STAMPS)
+
+bench: bench-venvs
 	$(PY) bench/run_all.py
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(BENCH_VENVS)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Lint and import order with ruff (config: ruff.toml), in its own small venv
 # (.lint-venv, from .ci/requirements-lint.txt), so the project's pinned .venv is untouched.
-# Env: LINT_VENV (default .lint-venv). Extra arguments go to `ruff check` (e.g. --fix).
+# Env: LINT_VENV (default .lint-venv). Arguments go to `ruff check` (e.g. --fix, or paths; none: the whole tree).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LINT_VENV=${LINT_VENV:-.lint-venv}
@@ -12,4 +12,4 @@ if [ ! -e "$stamp" ]; then
     PIP_CONSTRAINT=/dev/null "$LINT_VENV/bin/pip" install -q --disable-pip-version-check -r .ci/requirements-lint.txt
     touch "$stamp"
 fi
-"$LINT_VENV/bin/ruff" check "$@" .
+"$LINT_VENV/bin/ruff" check "$@"  # no path given: ruff checks the current directory

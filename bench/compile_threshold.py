@@ -21,13 +21,10 @@ Run: python bench/compile_threshold.py [--chains 1,4,8] [--reps 3] [--markdown-o
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
-from pathlib import Path
 
 # Before torch is imported: an empty inductor cache, so the compile times are cold ones.
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor_cold_"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 

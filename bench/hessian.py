@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import os
 import platform
 import re
@@ -34,22 +35,28 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+from torch.func import grad
+
+from data.vision import load_vision_dataset
+from dynamics.hessian import dense_hessian, hvp, mlp_hessian, mlp_hessian_eigh
+from dynamics.lanczos import hessian_matvec, lanczos, power_iteration
+from dynamics.mlp_hessian import mlp_params_from_flat
+from llc.estimate import flat_model_for_module
+from models.chaos_nets import build_model
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
-from torch.func import grad  # noqa: E402
-
-from data.vision import load_vision_dataset  # noqa: E402
-from dynamics.hessian import dense_hessian, hvp, mlp_hessian, mlp_hessian_eigh  # noqa: E402
-from dynamics.lanczos import hessian_matvec, lanczos, power_iteration  # noqa: E402
-from dynamics.mlp_hessian import mlp_params_from_flat  # noqa: E402
-from llc.estimate import flat_model_for_module  # noqa: E402
-from models.chaos_nets import build_model  # noqa: E402
-from tests.datasets import write_usps  # noqa: E402
-
 BENCHMARKS_MD = REPO / "BENCHMARKS.md"
+
+
+def write_usps(*args, **kwargs):
+    """tests/datasets.py's USPS-format writer, loaded from its file (tests/ is not an installed package)."""
+    spec = importlib.util.spec_from_file_location("_bench_test_datasets", REPO / "tests" / "datasets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write_usps(*args, **kwargs)
+
+
 BEGIN, END = "<!-- hessian:start -->", "<!-- hessian:end -->"
 SIZES = (256, 20, 10)
 

@@ -1,21 +1,28 @@
-"""Our SGLD sampler against devinterp 1.3.2 on the same LLC estimation (issue 4).
+"""Our SGLD sampler against devinterp 1.3.2 and 2.0.1 on the same LLC estimation (issues 4, 19).
 
-Both samplers get the same model at w*, the same n training points, ε, γ, nβ
+All samplers get the same model at w*, the same n training points, ε, γ, nβ
 (= n / log n, passed to devinterp explicitly: its own default is
 batch / log batch), batch size, number of chains and steps, and the same
 baseline L_n(w*) (the exact full-data loss, computed once outside the timing).
-Repetitions alternate between the samplers in one process; each repetition uses
-a new seed, and λ̂ is pooled over the repetitions' chains.
+Repetitions alternate between the samplers in one run; each repetition uses a
+new seed, and λ̂ is pooled over the repetitions' chains.
 
-devinterp is called through its recommended entry point
-``estimate_learning_coeff_with_summary`` with its default SGLD, ``cores=1``
-(chains one after another: on a 2-core box a process pool only adds contention)
-and a DataLoader whose dataset returns a whole batch with one gather
-(``__getitems__``) instead of B single-row fetches and a collate.
+Each devinterp version runs in its own venv (.venv-bench/devinterp-X, made by
+`make bench-venvs`) as a worker process (bench/devinterp_worker.py says how each
+version is called); this script starts both, hands them the workload, and asks
+them for each timed run in turn, so every cell alternates all samplers. Only the
+sampling call is timed, on both sides.
+
+Ours ("ours") is the library's default: flat_loss_for_module (the fused path for
+these Linear stacks) and run_sgld with compile="auto". "compiled" forces
+compile=True; "hooked" is ours with the driver taking every chain's loss and
+gradient from the fused loss's ``value_and_grad`` (one bmm per layer, hand-written
+backward, no vmap or autograd), which llc.sgld does not do yet: emulated with
+bench/fused_stack.value_and_grad_hook.
 
 Columns (per workload and chain count C, times are medians over repetitions):
 - ms per chain-step: wall time of the whole call / (C · steps).
-- devinterp / ours: how many times faster ours is.
+- devinterp X / ours: how many times faster ours is.
 - ours / SGD: our chain-step over one plain SGD training step (forward, backward,
   optimizer step) of the same model and batch: the practical floor.
 - λ̂: mean ± std over all chains of all repetitions; z = |Δλ̂| / combined standard error.
@@ -24,24 +31,26 @@ Run: python bench/llc_vs_devinterp.py [--device cuda] [--workloads a,b,c] [--qui
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 import math
-import sys
-import warnings
+import os
+import subprocess
+import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
-
-from _common import (  # noqa: E402
-    Workload, dln_workload, machine_line, markdown_table, median, mlp_workload, parse_common, setup, wall,
+from _common import (
+    REPO, Workload, dln_workload, machine_line, markdown_table, median, mlp_workload, parse_common, setup, wall,
 )
-from llc.estimate import flat_loss_for_module, llc_from_trace  # noqa: E402
-from llc.sgld import SGLDConfig, full_data_loss, run_sgld  # noqa: E402
+from fused_stack import value_and_grad_hook
+from llc.estimate import flat_loss_for_module, llc_from_trace
+from llc.sgld import SGLDConfig, full_data_loss, run_sgld
 
+DEVINTERP_VERSIONS = ("1.3.2", "2.0.1")
 SEED = 0
 
 
@@ -68,58 +77,64 @@ def make_workloads(device: torch.device, quick: bool) -> dict[str, Workload]:
 
 # --- devinterp ---------------------------------------------------------------
 
-class BatchFetchDataset(TensorDataset):
-    """TensorDataset whose DataLoader fetches a batch with one gather per tensor."""
-
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
-        i = torch.as_tensor(indices, device=self.tensors[0].device)
-        return tuple(t.index_select(0, i) for t in self.tensors)
+def venv_python(version: str) -> Path:
+    return REPO / ".venv-bench" / f"devinterp-{version}" / "bin" / "python"
 
 
-def keep_batch(batch):
-    return batch
+class DevinterpWorker:
+    """A bench/devinterp_worker.py process in one devinterp version's venv."""
+
+    def __init__(self, version: str, threads: int):
+        python = venv_python(version)
+        if not python.exists():
+            raise SystemExit(f"{python} is missing: run `make bench-venvs` (bench/README.md, 'devinterp install')")
+        env = dict(os.environ, PYTHONPATH=str(REPO), TQDM_DISABLE="1")
+        self.version = version
+        self.proc = subprocess.Popen([str(python), str(REPO / "bench" / "devinterp_worker.py"), str(threads)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+    def ask(self, req: dict) -> dict:
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith("REPLY "):
+                return json.loads(line[len("REPLY "):])
+        raise SystemExit(f"devinterp {self.version} worker exited (rc {self.proc.wait()})")
+
+    def load(self, path: Path) -> None:
+        got = self.ask({"op": "load", "path": str(path)})["version"]
+        if got != self.version:
+            raise SystemExit(f"{venv_python(self.version)} has devinterp {got}, expected {self.version}")
+
+    def run(self, wl: Workload, chains: int, nbeta: float, init_loss: float, seed: int) -> tuple[float, np.ndarray]:
+        out = self.ask({"op": "run", "chains": chains, "num_steps": wl.num_steps,
+                        "num_burnin_steps": wl.num_burnin_steps, "seed": seed, "nbeta": nbeta,
+                        "init_loss": init_loss})
+        return out["seconds"], np.array(out["lambdahat"])
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
-def run_devinterp(wl: Workload, chains: int, nbeta: float, init_loss: float, seed: int, device) -> np.ndarray:
-    """devinterp's per-chain λ̂ (C,)."""
-    from devinterp.slt.sampler import estimate_learning_coeff_with_summary
-
-    loader = DataLoader(BatchFetchDataset(wl.x, wl.y), batch_size=wl.batch_size, shuffle=True, collate_fn=keep_batch)
-    loss = wl.loss
-
-    def evaluate(model, batch):
-        xb, yb = batch
-        return loss(model(xb), yb)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # deprecation and "nbeta passed in" notices
-        out = estimate_learning_coeff_with_summary(
-            copy.deepcopy(wl.model),
-            loader=loader,
-            evaluate=evaluate,
-            optimizer_kwargs=dict(lr=wl.epsilon, localization=wl.gamma, nbeta=nbeta),
-            num_draws=wl.num_steps - wl.num_burnin_steps,
-            num_chains=chains,
-            num_burnin_steps=wl.num_burnin_steps,
-            num_steps_bw_draws=1,
-            init_loss=init_loss,
-            cores=1,
-            seed=seed,
-            device=device,
-            verbose=False,
-        )
-    return np.array([out[f"llc-chain/{c}"] for c in range(chains)])
+def save_workload(wl: Workload, device, path: Path) -> None:
+    """What a worker needs, with the loss by name (bench/_common's mse and cross_entropy are torch's)."""
+    name = {torch.nn.functional.mse_loss: "mse", torch.nn.functional.cross_entropy: "cross_entropy"}[wl.loss]
+    torch.save({"model": wl.model, "x": wl.x, "y": wl.y, "loss": name, "epsilon": wl.epsilon, "gamma": wl.gamma,
+                "batch_size": wl.batch_size, "device": str(device)}, path)
 
 
 # --- ours --------------------------------------------------------------------
 
 def run_ours(wl: Workload, flat_loss, w_star, chains: int, nbeta: float, init_loss: float, seed: int,
-             compile: bool) -> np.ndarray:
-    """Our per-chain λ̂ (C,): run_sgld plus the same λ̂ formula as estimate_llc_flat."""
+             variant: str) -> tuple[np.ndarray, str]:
+    """Our per-chain λ̂ (C,) and the step that ran: run_sgld plus the same λ̂ formula as estimate_llc_flat."""
     cfg = SGLDConfig(epsilon=wl.epsilon, gamma=wl.gamma, num_steps=wl.num_steps, batch_size=wl.batch_size,
-                     num_chains=chains, nbeta=nbeta, num_burnin_steps=wl.num_burnin_steps, compile=compile)
-    trace = run_sgld(flat_loss, w_star, wl.x, wl.y, cfg, seed)
-    return llc_from_trace(trace.loss, init_loss, trace.nbeta, trace.burnin)
+                     num_chains=chains, nbeta=nbeta, num_burnin_steps=wl.num_burnin_steps,
+                     compile=True if variant == "compiled" else "auto")
+    with value_and_grad_hook([0]) if variant == "hooked" else contextlib.nullcontext():
+        trace = run_sgld(flat_loss, w_star, wl.x, wl.y, cfg, seed)
+    return llc_from_trace(trace.loss, init_loss, trace.nbeta, trace.burnin), trace.compile_mode
 
 
 def sgd_step_seconds(wl: Workload, device, reps: int, steps: int) -> float:
@@ -145,43 +160,38 @@ def fmt_lambda(v: np.ndarray) -> str:
     return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}" if v.size > 1 else f"{v.mean():.1f}"
 
 
-def z_score(a: np.ndarray, b: np.ndarray) -> str:
+def z_value(a: np.ndarray, b: np.ndarray) -> float | None:
     if a.size < 2 or b.size < 2:
-        return "–"
+        return None
     se = math.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
-    return f"{abs(a.mean() - b.mean()) / se:.1f}" if se > 0 else "–"
+    return abs(a.mean() - b.mean()) / se if se > 0 else 0.0
 
 
-def check_targets(results: dict, variants: list[str]) -> list[str]:
-    """Issue 4's acceptance targets, evaluated on the measured numbers (met / NOT met)."""
-    ours = [v for v in variants if v != "devinterp"]
+def check_targets(results: dict, ours: list[str], devinterps: list[str]) -> list[str]:
+    """Issue 19's acceptance targets (CPU, default settings), evaluated on the measured numbers."""
     verdict = {True: "met", False: "NOT met"}
     lines = []
     for v in ours:
-        if ("a", 8) in results:
-            r = results["a", 8]["ms"]["devinterp"] / results["a", 8]["ms"][v]
-            lines.append(f"(a), 8 chains, devinterp / {v} = {r:.1f}× (target ≥ 5×): {verdict[r >= 5]}")
-        for key in ("b", "c"):
-            ratios = {C: res["ms"]["devinterp"] / res["ms"][v] for (k, C), res in results.items() if k == key}
-            if ratios:
-                worst = min(ratios, key=ratios.get)
-                lines.append(f"({key}), {v}: slowest ratio devinterp / {v} = {ratios[worst]:.2f}× at {worst} chains "
-                             f"(target ≥ 1 at every chain count): {verdict[ratios[worst] >= 1]}")
+        for d in devinterps:
+            if ("a", 8) in results:
+                r = results["a", 8]["ms"][d] / results["a", 8]["ms"][v]
+                target = 20 if d == "devinterp-2.0.1" else None
+                lines.append(f"(a), 8 chains, {d} / {v} = {r:.1f}×"
+                             + (f" (target ≥ {target}×): {verdict[r >= target]}" if target else " (no target)"))
+            if ("c", 8) in results:
+                r = results["c", 8]["ms"][d] / results["c", 8]["ms"][v]
+                lines.append(f"(c), 8 chains, {d} / {v} = {r:.1f}× (target ≥ 5×): {verdict[r >= 5]}")
         floor = {C: res["ms"][v] / res["sgd_ms"] for (k, C), res in results.items() if k == "b" and C >= 8}
         if floor:
             worst = max(floor, key=floor.get)
             lines.append(f"(b), {v}: chain-step / SGD step ≤ {floor[worst]:.2f} at 8+ chains "
-                         f"(target ≤ 1.5): {verdict[floor[worst] <= 1.5]}")
-        zs = []
-        for res in results.values():
-            a, b = res["lam"]["devinterp"], res["lam"][v]
-            if a.size > 1 and b.size > 1:
-                se = math.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
-                zs.append(abs(a.mean() - b.mean()) / se if se > 0 else 0.0)
-        if zs:
-            lines.append(f"λ̂ devinterp vs {v}: |Δ| within 1 combined SE in {sum(z <= 1 for z in zs)}/{len(zs)} cells, "
-                         f"within 2 SE in {sum(z <= 2 for z in zs)}/{len(zs)} (largest z = {max(zs):.1f}; "
-                         "for two samplers of the same chain law about 68% and 95% are expected)")
+                         f"(target ≤ 1.0): {verdict[floor[worst] <= 1.0]}")
+        for d in devinterps:
+            zs = [z for res in results.values() if (z := z_value(res["lam"][d], res["lam"][v])) is not None]
+            if zs:
+                frac = sum(z <= 2 for z in zs) / len(zs)
+                lines.append(f"λ̂ {d} vs {v}: within 2 combined SE in {sum(z <= 2 for z in zs)}/{len(zs)} cells "
+                             f"(largest z = {max(zs):.1f}; target ≥ 90%): {verdict[frac >= 0.9]}")
     return lines
 
 
@@ -189,6 +199,9 @@ def main() -> None:
     p = parse_common(__doc__.splitlines()[0])
     p.add_argument("--workloads", default="a,b,c", help="comma-separated subset of a,b,c")
     p.add_argument("--no-compile", action="store_true", help="skip the compile=True variant")
+    p.add_argument("--no-hooked", action="store_true", help="skip the emulated batched-driver variant")
+    p.add_argument("--devinterp", default=",".join(DEVINTERP_VERSIONS),
+                   help=f"comma-separated devinterp versions (default {','.join(DEVINTERP_VERSIONS)})")
     p.add_argument("--seed", type=int, default=SEED, help=f"base seed; repetition r uses seed + r (default {SEED})")
     args = p.parse_args()
     device = setup(args)
@@ -197,36 +210,40 @@ def main() -> None:
     header_line = machine_line(device)
     print(header_line, flush=True)
 
-    variants = ["devinterp", "ours"] + ([] if args.no_compile else ["compiled"])
+    workers = {f"devinterp-{v}": DevinterpWorker(v, torch.get_num_threads()) for v in args.devinterp.split(",")}
+    devinterps = list(workers)
+    ours = ["ours"] + ([] if args.no_compile else ["compiled"]) + ([] if args.no_hooked else ["hooked"])
+    variants = devinterps + ours
     time_rows, lam_rows, info_rows = [], [], []
     results: dict[tuple[str, int], dict] = {}
     builders = make_workloads(device, args.quick)
+    tmp = tempfile.TemporaryDirectory()
     for key in args.workloads.split(","):
         wl = builders[key]()
+        path = Path(tmp.name) / f"{key}.pt"
+        save_workload(wl, device, path)
+        for w in workers.values():
+            w.load(path)
         flat_loss, w_star = flat_loss_for_module(wl.model, wl.loss, torch.float32, device)
         nbeta = wl.n / math.log(wl.n)
         with torch.no_grad():
             init_loss = float(full_data_loss(flat_loss, w_star[None], wl.x, wl.y)[0])
         sgd = sgd_step_seconds(wl, device, reps=max(3, reps), steps=5 if args.quick else 30)
-        print(f"\n({key}) {wl.title}; SGD step {sgd * 1e3:.3f} ms", flush=True)
-        compile_s = []
+        print(f"\n({key}) {wl.title}; loss path {flat_loss.path}; SGD step {sgd * 1e3:.3f} ms", flush=True)
+        compile_s, modes = [], set()
+
+        def runner(v: str, wlv: Workload, C: int, seed: int) -> tuple[float, np.ndarray]:
+            if v in workers:
+                return workers[v].run(wlv, C, nbeta, init_loss, seed)
+            dt, (lam, mode) = wall(lambda: run_ours(wlv, flat_loss, w_star, C, nbeta, init_loss, seed, v), device)
+            if v == "ours":
+                modes.add(mode)
+            return dt, lam
+
         for C in chain_counts:
-            runners = {
-                "devinterp": lambda s: run_devinterp(wl, C, nbeta, init_loss, s, device),
-                "ours": lambda s: run_ours(wl, flat_loss, w_star, C, nbeta, init_loss, s, compile=False),
-                "compiled": lambda s: run_ours(wl, flat_loss, w_star, C, nbeta, init_loss, s, compile=True),
-            }
-            # Untimed warm-up: imports, allocator, and the compile for this chain count.
-            warm = {}
-            for v in variants:
-                short = copy.copy(wl)
-                short.num_steps, short.num_burnin_steps = 2, 1
-                runners_short = {
-                    "devinterp": lambda: run_devinterp(short, C, nbeta, init_loss, 0, device),
-                    "ours": lambda: run_ours(short, flat_loss, w_star, C, nbeta, init_loss, 0, compile=False),
-                    "compiled": lambda: run_ours(short, flat_loss, w_star, C, nbeta, init_loss, 0, compile=True),
-                }
-                warm[v] = wall(runners_short[v], device)[0]
+            short = copy.copy(wl)
+            short.num_steps, short.num_burnin_steps = 2, 1
+            warm = {v: runner(v, short, C, 0)[0] for v in variants}  # untimed: imports, allocator, compile
             if "compiled" in variants:
                 compile_s.append(f"{C}: {warm['compiled']:.0f} s")
             times = {v: [] for v in variants}
@@ -234,40 +251,38 @@ def main() -> None:
             for r in range(reps):
                 order = variants[r % len(variants):] + variants[:r % len(variants)]  # alternate who goes first
                 for v in order:
-                    dt, lam = wall(lambda: runners[v](args.seed + r), device)
+                    dt, lam = runner(v, wl, C, args.seed + r)
                     times[v].append(dt / (C * wl.num_steps))
                     lams[v].append(lam)
             ms = {v: median(times[v]) * 1e3 for v in variants}
             lam = {v: np.concatenate(lams[v]) for v in variants}
             results[key, C] = dict(ms=ms, lam=lam, sgd_ms=sgd * 1e3)
-            row = [key, str(C), f"{ms['devinterp']:.3f}", f"{ms['ours']:.3f}"]
-            row += [f"{ms['compiled']:.3f}"] if "compiled" in variants else []
-            row += [f"{ms['devinterp'] / ms['ours']:.1f}×"]
-            row += [f"{ms['devinterp'] / ms['compiled']:.1f}×"] if "compiled" in variants else []
-            row += [f"{ms['ours'] / (sgd * 1e3):.2f}"]
-            row += [f"{ms['compiled'] / (sgd * 1e3):.2f}"] if "compiled" in variants else []
+            row = [key, str(C)] + [f"{ms[v]:.3f}" for v in variants]
+            row += [f"{ms[d] / ms[o]:.1f}×" for o in ours for d in devinterps]
+            row += [f"{ms[o] / (sgd * 1e3):.2f}" for o in ours]
             time_rows.append(row)
-            lrow = [key, str(C), str(C * reps), fmt_lambda(lam["devinterp"]), fmt_lambda(lam["ours"])]
-            lrow += [fmt_lambda(lam["compiled"])] if "compiled" in variants else []
-            lrow += [z_score(lam["devinterp"], lam["ours"])]
-            lrow += [z_score(lam["devinterp"], lam["compiled"])] if "compiled" in variants else []
+            zs = [z_value(lam[d], lam[o]) for o in ours for d in devinterps]
+            lrow = [key, str(C), str(C * reps)] + [fmt_lambda(lam[v]) for v in variants]
+            lrow += ["–" if z is None else f"{z:.1f}" for z in zs]
             lam_rows.append(lrow)
             print(" | ".join(row), "||", " | ".join(lrow[3:]), flush=True)
         info_rows.append([
             key, wl.title, f"{wl.epsilon:g}", f"{wl.gamma:g}", f"{nbeta:.0f}", str(wl.batch_size),
             f"{wl.num_steps} ({wl.num_burnin_steps})",
             "–" if wl.true_lambda is None else f"{wl.true_lambda:g}", f"{sgd * 1e3:.3f}",
-            ", ".join(compile_s) if compile_s else "–",
+            f"{flat_loss.path}, {'/'.join(sorted(modes))}", ", ".join(compile_s) if compile_s else "–",
         ])
+    for w in workers.values():
+        w.close()
+    tmp.cleanup()
 
-    with_c = "compiled" in variants
-    t_header = ["wl", "C", "devinterp ms", "ours ms"] + (["ours compiled ms"] if with_c else [])
-    t_header += ["devinterp / ours"] + (["devinterp / compiled"] if with_c else [])
-    t_header += ["ours / SGD step"] + (["compiled / SGD step"] if with_c else [])
-    l_header = ["wl", "C", "chains pooled", "λ̂ devinterp", "λ̂ ours"] + (["λ̂ ours compiled"] if with_c else [])
-    l_header += ["z ours"] + (["z compiled"] if with_c else [])
+    short_name = {d: d.replace("devinterp-", "dvi ") for d in devinterps}
+    t_header = ["wl", "C"] + [f"{short_name.get(v, v)} ms" for v in variants]
+    t_header += [f"{short_name[d]} / {o}" for o in ours for d in devinterps] + [f"{o} / SGD step" for o in ours]
+    l_header = ["wl", "C", "chains pooled"] + [f"λ̂ {short_name.get(v, v)}" for v in variants]
+    l_header += [f"z {o} vs {short_name[d]}" for o in ours for d in devinterps]
     i_header = ["wl", "workload", "ε", "γ", "nβ", "batch", "steps (burn-in)", "Aoyagi λ", "SGD step ms",
-                "compile s (first call, per C)"]
+                "ours: loss path, step", "compile s (first call, per C)"]
     body = "\n\n".join([
         f"Measured on: {header_line}. Device `{device}`; {reps} alternating repetitions per cell"
         + (" (QUICK smoke run: not a measurement)" if args.quick else "") + ".",
@@ -276,8 +291,8 @@ def main() -> None:
         markdown_table(t_header, time_rows),
         "λ̂ (mean ± std over chains, pooled over repetitions; z = |Δ| / combined standard error):",
         markdown_table(l_header, lam_rows),
-        "Acceptance targets of issue 4, checked on these numbers:",
-        "\n".join(f"- {line}" for line in check_targets(results, variants)),
+        "Acceptance targets of issue 19 (CPU), checked on these numbers:",
+        "\n".join(f"- {line}" for line in check_targets(results, ours, devinterps)),
     ])
     print("\n" + body)
     if args.markdown_out is not None:

@@ -18,20 +18,15 @@ Run: python bench/mala_vs_sgld.py [--device cuda] [--quick] [--chains 5]
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import torch
+from torch.func import functional_call
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import torch  # noqa: E402
-from torch.func import functional_call  # noqa: E402
-
-from _common import machine_line, markdown_table, median, mse, parse_common, setup, wall  # noqa: E402
-from data.synthetic import teacher_dataset  # noqa: E402
-from llc.estimate import flat_model_for_module  # noqa: E402
-from llc.mala import MALAConfig, run_mala  # noqa: E402
-from llc.sgld import SGLDConfig, run_sgld  # noqa: E402
-from models.relu_mlp import ReLUMLP, notebook_teacher  # noqa: E402
+from _common import machine_line, markdown_table, median, mse, parse_common, setup, wall
+from data.synthetic import teacher_dataset
+from llc.estimate import flat_model_for_module
+from llc.mala import MALAConfig, run_mala
+from llc.sgld import SGLDConfig, run_sgld
+from models.relu_mlp import ReLUMLP, notebook_teacher
 
 SIZES = [10, 20, 20, 10]
 NS = [100, 1000, 10_000, 100_000]

@@ -28,16 +28,13 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+from torch.func import functional_call
+
+from dynamics.ntk import empirical_ntk
+from models.regimes import build_model
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
-from torch.func import functional_call  # noqa: E402
-
-from dynamics.ntk import empirical_ntk  # noqa: E402
-from models.regimes import build_model  # noqa: E402
-
 BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 START, END = "<!-- ntk:start -->", "<!-- ntk:end -->"
 METHODS = ("loop", "jacobian", "ntvp", "structured", "auto")

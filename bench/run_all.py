@@ -19,12 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import BENCHMARKS_MD, rewrite_section  # noqa: E402
+from _common import BENCHMARKS_MD, rewrite_section
 
 BENCH = Path(__file__).resolve().parent
-SCRIPTS = ["sgld_chains", "llc_vs_devinterp", "mala_vs_sgld", "compile_threshold"]
+SCRIPTS = ["sgld_chains", "llc_vs_devinterp", "fused_stack", "mala_vs_sgld", "compile_threshold"]
 
 
 def main() -> None:

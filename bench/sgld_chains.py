@@ -15,16 +15,11 @@ Run: python bench/sgld_chains.py [--device cuda] [--quick]
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import torch  # noqa: E402
-
-from _common import dln_workload, machine_line, markdown_table, median, parse_common, setup, wall  # noqa: E402
-from llc.estimate import flat_loss_for_module  # noqa: E402
-from llc.sgld import SGLDConfig, run_sgld  # noqa: E402
+from _common import dln_workload, machine_line, markdown_table, median, parse_common, setup, wall
+from llc.estimate import flat_loss_for_module
+from llc.sgld import SGLDConfig, run_sgld
 
 
 def main() -> None:

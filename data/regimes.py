@@ -155,7 +155,8 @@ def build_dataset(
             raise ValueError(f"{key} must be an integer >= 0; got {value!r}")
     if name in IMAGE_DATASETS:
         if d is not None:
-            raise ValueError(f"d applies to the synthetic datasets {SYNTHETIC_DATASETS} only; got d={d!r} with dataset={name!r}")
+            raise ValueError(f"d applies to the synthetic datasets {SYNTHETIC_DATASETS} only; "
+                             f"got d={d!r} with dataset={name!r}")
         return BinaryDataset(*_images(name, ptr, pte, seed_trainset, seed_testset, data_root)).to(dtype=dtype)
     if isinstance(d, bool) or not isinstance(d, int) or d < 1:
         raise ValueError(f"d must be an integer >= 1 for dataset={name!r}; got {d!r}")

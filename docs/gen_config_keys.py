@@ -169,7 +169,9 @@ def render(script: str, sacred_name: str, study_page: str, module) -> str:
             lines.append(f"| `{key}` | {cell(fmt(cfg[key]))} | {cell(text)} |")
     extra = [k for k in cfg if k not in documented and k != "seed"]
     for key in extra:
-        lines.append(f"| `{key}` | {cell(fmt(cfg[key]))} | added to every experiment by `tracking.sacred_utils.configure_experiment`: the sweep line's run key, None for runs started by hand |")
+        lines.append(f"| `{key}` | {cell(fmt(cfg[key]))} | added to every experiment by "
+                     "`tracking.sacred_utils.configure_experiment`: the sweep line's run key, "
+                     "None for runs started by hand |")
     lines += ["", "`seed` is Sacred's run seed; without `with seed=N` Sacred draws one and records it.", ""]
     if ex.named_configs:
         lines += ["## Named configs", "", "| name | what | keys it sets |", "|---|---|---|"]

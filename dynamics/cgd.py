@@ -71,7 +71,8 @@ class OptimConfig:
             raise ValueError(f"prune_k must be one of {PRUNE_K}; got {self.prune_k!r}")
         if isinstance(self.prune_start, bool) or not isinstance(self.prune_start, int) or self.prune_start < 0:
             raise ValueError(f"prune_start must be an integer >= 0; got {self.prune_start!r}")
-        if self.noise_fac is not None and (isinstance(self.noise_fac, bool) or not isinstance(self.noise_fac, (int, float))
+        if self.noise_fac is not None and (isinstance(self.noise_fac, bool)
+                                           or not isinstance(self.noise_fac, (int, float))
                                            or not self.noise_fac >= 0):
             raise ValueError(f"noise_fac must be None (mean |g|) or a number >= 0; got {self.noise_fac!r}")
         if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float)) or not 0 <= self.gamma <= 1:

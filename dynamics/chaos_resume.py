@@ -31,15 +31,21 @@ def _record_state(record: dict) -> dict:
     return out
 
 
+# Record keys renamed since checkpoints were first written (old -> new), so that a run
+# checkpointed before the rename resumes with its earlier epochs' accuracies.
+_RENAMED_RECORD_KEYS = {"train_acc": "train_accuracy", "test_acc": "test_accuracy"}
+
+
 def _restore_record(state: dict) -> collections.defaultdict:
     record = collections.defaultdict(list)
     for key, entry in state.items():
         items = entry["items"]
-        record[key] = [t.numpy() for t in items] if entry["kind"] == "numpy" else list(items)
+        record[_RENAMED_RECORD_KEYS.get(key, key)] = [t.numpy() for t in items] if entry["kind"] == "numpy" else list(items)
     return record
 
 
-def loop_state(*, step, epoch, start, perm, ws, bufs, gens, lyap, prev_chaotic, fixed_lyap, grads_window, record) -> dict:
+def loop_state(*, step, epoch, start, perm, ws, bufs, gens, lyap, prev_chaotic, fixed_lyap, grads_window,
+               record) -> dict:
     """The loop's state before step ``step`` (batch ``perm[start:start + batch_size]`` of ``epoch``)."""
     return {
         "step": step, "epoch": epoch, "start": start, "perm": perm.cpu().clone(),
@@ -59,6 +65,7 @@ def restore_loop(state: dict, gens: dict, device, window_len: int) -> tuple:
     for name, g in gens.items():
         g.set_state(state["gens"][name])
     lyap = state["lyap"]
-    return (state["step"], state["epoch"], state["start"], state["perm"].to(device), list(state["ws"]), list(state["bufs"]),
+    return (state["step"], state["epoch"], state["start"], state["perm"].to(device), list(state["ws"]),
+            list(state["bufs"]),
             None if lyap is None else LyapunovState(**lyap), state["prev_chaotic"], dict(state["fixed_lyap"]),
             collections.deque(state["grads_window"], maxlen=window_len), _restore_record(state["record"]))

@@ -84,7 +84,8 @@ def init_lyapunov(
         q0 = q.clone()
     zeros = torch.zeros(k, dtype=torch.float64, device=device)
     if track_initial:
-        return LyapunovState(q, zeros, q0=q0, scale_log=zeros.clone(), r_unit=torch.eye(k, dtype=torch.float64, device=device))
+        return LyapunovState(q, zeros, q0=q0, scale_log=zeros.clone(),
+                             r_unit=torch.eye(k, dtype=torch.float64, device=device))
     return LyapunovState(q, zeros, q0=q0)
 
 
@@ -113,7 +114,8 @@ def renormalise(state: LyapunovState) -> LyapunovState:
     diag = torch.diagonal(r).abs().double()
     if not bool(torch.isfinite(r).all()) or bool((diag == 0).any()):
         raise FloatingPointError(
-            f"tangent frame became singular or non-finite at step {state.steps}; re-orthonormalise more often (qr_every)"
+            f"tangent frame became singular or non-finite at step {state.steps}; "
+            "re-orthonormalise more often (qr_every)"
         )
     out = replace(state, q=q, log_r=state.log_r + diag.log(), pending=0)
     if state.r_unit is not None:
@@ -187,7 +189,10 @@ def initial_vectors(state: LyapunovState) -> tuple[Tensor, Tensor]:
         order = torch.argsort(c, descending=True)
         v, _ = torch.linalg.qr(u[order].T)  # Gram–Schmidt of the rows, fastest first
         rates = c[order] / state.steps
-    q0 = torch.eye(state.q.shape[0], v.shape[0], dtype=v.dtype, device=v.device) if state.q0 is None else state.q0.double()
+    if state.q0 is None:
+        q0 = torch.eye(state.q.shape[0], v.shape[0], dtype=v.dtype, device=v.device)
+    else:
+        q0 = state.q0.double()
     return rates, q0 @ v
 
 
@@ -208,7 +213,8 @@ def expanding_subspace(state: LyapunovState, threshold: float = 0.0) -> Tensor:
     return vectors[:, rates > threshold]
 
 
-def local_chaos_counts(eigenvalues: Tensor, lr: float, momentum: float = 0.0, zero_threshold: float = 0.0) -> dict[str, int]:
+def local_chaos_counts(eigenvalues: Tensor, lr: float, momentum: float = 0.0,
+                       zero_threshold: float = 0.0) -> dict[str, int]:
     """Directions where one step expands: λ < −zero_threshold, or lr λ > 2(1 + μ).
 
     Returns:

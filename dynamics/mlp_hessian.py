@@ -47,7 +47,8 @@ def mlp_params_from_flat(w: Tensor, sizes: Sequence[int], bias: bool = True) -> 
     """
     need = sum(o * i + (o if bias else 0) for i, o in zip(sizes[:-1], sizes[1:]))
     if w.ndim != 1 or w.numel() != need:
-        raise ValueError(f"w must be a flat vector of {need} parameters for sizes {list(sizes)}; got shape {tuple(w.shape)}")
+        raise ValueError(f"w must be a flat vector of {need} parameters for sizes {list(sizes)}; "
+                         f"got shape {tuple(w.shape)}")
     weights, biases, at = [], [], 0
     for i, o in zip(sizes[:-1], sizes[1:]):
         weights.append(w[at:at + o * i].view(o, i))
@@ -72,7 +73,8 @@ class _Pass:
 
     def __init__(self, weights, biases, x, y, activation, loss):
         if activation not in MLP_ACTIVATIONS:
-            raise ValueError(f"activation must be one of {MLP_ACTIVATIONS} for the structured Hessian; got {activation!r}")
+            raise ValueError(f"activation must be one of {MLP_ACTIVATIONS} for the structured Hessian; "
+                             f"got {activation!r}")
         if loss not in STRUCTURED_LOSSES:
             raise ValueError(f"loss must be one of {STRUCTURED_LOSSES}; got {loss!r}")
         n_layers = len(weights)

@@ -150,7 +150,7 @@ def _ntk_ntvp(model, params, x1, x2, chunk_size) -> Tensor:
 
 
 def structured_applies(model: nn.Module, params: Mapping[str, Tensor]) -> bool:
-    """True if every parameter in ``params`` is the weight or bias of an ``nn.Linear`` (checked again in the forward)."""
+    """True if every parameter in ``params`` is an ``nn.Linear``'s weight or bias (checked again in the forward)."""
     try:
         _linear_owners(model, params)
     except NotStructuredError:

@@ -52,7 +52,8 @@ def perturbation_direction(
     if exponents is None or vectors is None:
         raise ValueError(f"perturb_strat={strategy!r} needs Lyapunov exponents and vectors (eigenthings)")
     if vectors.shape[0] < num_params or vectors.shape[1] != exponents.numel():
-        raise ValueError(f"eigenthings vectors must be (>= {num_params}, {exponents.numel()}); got {tuple(vectors.shape)}")
+        raise ValueError(f"eigenthings vectors must be (>= {num_params}, {exponents.numel()}); "
+                         f"got {tuple(vectors.shape)}")
     vecs = vectors[:num_params].to(dtype)
     ex = exponents.to(dtype)
     if strategy == "max_chaos":
@@ -62,7 +63,8 @@ def perturbation_direction(
     else:
         mask = ex > 0 if strategy == "randn_chaos" else ex < 0
         if not bool(mask.any()):
-            raise ValueError(f"perturb_strat={strategy!r}: no Lyapunov exponent is {'positive' if strategy == 'randn_chaos' else 'negative'}")
+            sign = "positive" if strategy == "randn_chaos" else "negative"
+            raise ValueError(f"perturb_strat={strategy!r}: no Lyapunov exponent is {sign}")
         coef = torch.randn(int(mask.sum()), generator=gen, dtype=dtype, device=gen.device).to(vecs.device)
         v = vecs[:, mask] @ coef
     return v / v.norm()

@@ -47,10 +47,25 @@ from dynamics.regimes_config import DYNAMICS, STOP_REASONS, RegimesConfig, Regim
 from dynamics.regimes_drift import drifts
 from dynamics.regimes_ladders import FastLadder, SlowLadder, fast_ladder, next_early_step, slow_ladder
 from dynamics.regimes_observables import diagonal_observables, gradient_stats, linear_observables, prediction_stats
-from dynamics.regimes_resume import (fast_state, records_from_state, records_to_state, restore_fast, restore_slow,
-                                     slow_state)
-from dynamics.regimes_steps import (LOSSES, REGULARIZERS, SDE_NOISES, alpha_loss, flatten, gd_sde_gradient,
-                                    loss_and_grad, regularizer_term, unfit_first_batch)
+from dynamics.regimes_resume import (
+    fast_state,
+    records_from_state,
+    records_to_state,
+    restore_fast,
+    restore_slow,
+    slow_state,
+)
+from dynamics.regimes_steps import (
+    LOSSES,
+    REGULARIZERS,
+    SDE_NOISES,
+    alpha_loss,
+    flatten,
+    gd_sde_gradient,
+    loss_and_grad,
+    regularizer_term,
+    unfit_first_batch,
+)
 
 __all__ = ["DYNAMICS", "LOSSES", "REGULARIZERS", "SDE_NOISES", "STOP_REASONS", "RegimesConfig", "RegimesRun",
            "alpha_loss", "flat_metrics", "gd_sde_gradient", "loss_and_grad", "train_regimes", "unfit_first_batch",
@@ -227,7 +242,8 @@ def train_regimes(
                       "grad_norm": float(flatten(full_grad(params)).double().norm()) if finite else math.nan},
             "test": test_eval,
             "weights": weights(params),
-            "ntk": None, "grads": None, "train_test": None, "drift": None, "delta_pred": None, "linear": None, "diag_lin": None,
+            "ntk": None, "grads": None, "train_test": None, "drift": None, "delta_pred": None, "linear": None,
+            "diag_lin": None,
         }
         if slow and finite and cfg.ckpt_grad_stats:
             record.update(slow_observables(params, step_i))
@@ -273,13 +289,15 @@ def train_regimes(
         params = {k: v.to(device=dev) for k, v in resume["params"].items()}
         gen.set_state(resume["gen"])
         fast, slow_rungs = restore_fast(resume["fast"]), restore_slow(resume["slow"])
-        early_at, tracked, since_eval, step_i = resume["early_at"], resume["tracked"], resume["since_eval"], resume["step"]
+        early_at, tracked = resume["early_at"], resume["tracked"]
+        since_eval, step_i = resume["since_eval"], resume["step"]
         state["g_norm"] = resume["g_norm"]
         state["tot_grad"] = None if resume["tot_grad"] is None else resume["tot_grad"].to(dev)
         checkpoints[:] = records_from_state(resume["records"])
         predictions[:], parameters[:], kept[:] = resume["predictions"], resume["parameters"], resume["kept"]
         kernels0.update({k: v.to(dev) for k, v in resume["kernels0"].items()})
-        wall0 = time.perf_counter() - resume["elapsed"]  # training time so far; the gap before the resume is not counted
+        # training time so far; the gap before the resume is not counted
+        wall0 = time.perf_counter() - resume["elapsed"]
 
     def capture() -> dict:
         """The loop's state after ``step_i`` steps (CPU copies are made by torch.save)."""
@@ -303,7 +321,8 @@ def train_regimes(
         early = early_at is not None and step_i >= early_at
         out_of_time = time.perf_counter() - wall0 > cfg.max_wall
         at_max = cfg.max_step is not None and step_i >= cfg.max_step
-        if early or out_of_time or at_max or since_eval >= eval_every or fast.outside(tracked) or not math.isfinite(tracked):
+        if (early or out_of_time or at_max or since_eval >= eval_every or fast.outside(tracked)
+                or not math.isfinite(tracked)):
             since_eval = 0
             ev, pred_tr = evaluate(params, xtr, ytr, out0tr)
             reason = _stop_reason(ev, cfg, out_of_time, at_max)

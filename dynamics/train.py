@@ -48,7 +48,8 @@ class TrainingConfig:
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{key} must be an integer >= 1; got {v!r}")
-        if self.weight_decay is not None and not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+        if self.weight_decay is not None and not (isinstance(self.weight_decay, (int, float))
+                                                  and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be None or a number >= 0; got {self.weight_decay!r}")
         c = self.l2_regularization
         if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not c >= 0):

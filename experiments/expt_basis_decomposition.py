@@ -424,7 +424,7 @@ def _main(_config, _run, _seed, checked, ck):
         rec = record_training(trainer, times, xe, ye, chunk, _run.log_scalar, ckpt_dir, boundary=boundary,
                               resume=state["train"] if state else None)
     if config["log"] == "detail":
-        log_series(_run, "train/step_loss", rec.step_loss, config["log_max_points"], offset=1)
+        log_series(_run, "train/batch_loss", rec.step_loss, config["log_max_points"], offset=1)
     eval_loss, eval_acc, train_curves = rec.eval_loss, rec.eval_accuracy, rec.train
 
     # --- pass 2: basis from the final network, β_i(t) for every recording ----------------------

@@ -334,8 +334,8 @@ def _main(_config, _run, _seed, checked, ck):
                 fixed_lyap[lyap.steps] = expanding_subspace(lyap, POSITIVE_EXPONENT)  # t0 counts tangent maps
 
         if logging_now:
-            _run.log_scalar("train/loss", float(loss0), step)
-            _run.log_scalar("train/accuracy", float(acc0), step)
+            _run.log_scalar("train/batch_loss", float(loss0), step)  # the step's minibatch, before its update
+            _run.log_scalar("train/batch_accuracy", float(acc0), step)
             log_curvature(_run, step, eig, g0, optim, log, lyap, checked, record, thr)
             if log["log_subsim"] and eig is not None:
                 mask = (eig.eigenvalues < -thr) | (eig.eigenvalues > 2 * (1 + optim.momentum) / optim.lr)
@@ -390,7 +390,7 @@ def _main(_config, _run, _seed, checked, ck):
             step = run_steps(step_fn, step, step + min(len(starts), total_steps - step), [BoundaryBefore(before)])
             for split, xs, ys in (("train", x, y), ("test", xt, yt)):
                 ev = evaluate(lambda xc: f(ws[0], xc), xs, ys, lambda z, yc: float(cross_entropy(z, yc)) * z.shape[0])
-                for name, value in ((f"{split}_loss", ev["loss"]), (f"{split}_acc", ev["accuracy"])):
+                for name, value in ((f"{split}_loss", ev["loss"]), (f"{split}_accuracy", ev["accuracy"])):
                     _run.log_scalar(f"epoch/{name}", value, step)
                     record[name].append(value)
             record["epoch_steps"].append(step)

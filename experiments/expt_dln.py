@@ -68,6 +68,7 @@ def cfg():
         mean=0.0,  # singular-value mean (rand_rank_sv)
         std=5.0,  # singular-value std (rand_rank_sv)
         init="haiku",  # random / rand_rank weights: haiku (the original's) | torch (nn.Linear's)
+        rank_key="independent",  # rand_rank reductions: independent per matrix | shared (the original's reused PRNG key)
     )
     param_init = None  # the original's key, unused there as here; only None
     save_true_param = False  # store w* layer by layer in info['true_param']
@@ -149,7 +150,7 @@ def validate(config: dict) -> dict:
     if config["param_init"] is not None:
         raise ValueError(f"param_init is unused (as in the original) and must be None; got {config['param_init']!r}")
     tp = dict(config["true_param_config"])
-    allowed_tp = {"method", "prop_rank_reduce", "mean", "std", "init"}
+    allowed_tp = {"method", "prop_rank_reduce", "mean", "std", "init", "rank_key"}
     if set(tp) - allowed_tp:
         raise ValueError(f"true_param_config has unknown entries {sorted(set(tp) - allowed_tp)}; allowed: {sorted(allowed_tp)}")
     if tp["method"] not in TRUE_PARAM_METHODS:
@@ -161,6 +162,11 @@ def validate(config: dict) -> dict:
     tp.setdefault("init", "haiku")
     if tp["init"] not in INIT_SCHEMES:
         raise ValueError(f"true_param_config.init must be one of {INIT_SCHEMES}; got {tp['init']!r}")
+    from models.dln import RANK_KEYS  # here, not in the import block, which another change rewrites
+
+    tp.setdefault("rank_key", "independent")
+    if tp["rank_key"] not in RANK_KEYS:
+        raise ValueError(f"true_param_config.rank_key must be one of {RANK_KEYS}; got {tp['rank_key']!r}")
     sgld_values = {**config["sgld_config"], "loss_trace_minibatch": config["loss_trace_minibatch"]}
     itemp = config["itemp"]
     if itemp is not None:
@@ -252,6 +258,7 @@ def build_problem(_config, _seed, checked) -> dict:
     w_star = make_true_params(
         input_dim, widths, tp["method"], _stream(_seed, Stream.TRUE_PARAM),
         prop_rank_reduce=tp["prop_rank_reduce"], mean=tp["mean"], std=tp["std"], init=tp["init"],
+        rank_key=tp["rank_key"],
     )
     true_rank, prod_sv = numerical_rank(end_to_end_matrix(w_star))
     true_lambda, true_mult = dln_learning_coefficient(input_dim, widths, true_rank)

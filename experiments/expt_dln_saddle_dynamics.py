@@ -19,7 +19,6 @@ its SGLD loss trace (``loss_trace``, chains x steps, as the original), and the a
 """
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from enum import IntEnum, unique
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from sacred import Experiment
 
+from core import checks
 from core.runtime import DTYPES, derived_seed, resolve_device, resolve_dtype
 from dynamics.train import TrainingConfig, train
 from llc.aoyagi import dln_learning_coefficient
@@ -108,44 +108,28 @@ def cpu():
     logging_period = 100
 
 
-def _positive_int(key, value, lo=1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"{key} must be an integer >= {lo}; got {value!r}")
-
-
 def validate(config: dict) -> dict:
     """Check every user-facing key before any compute; returns the built dataclasses."""
-    _positive_int("in_out_dim", config["in_out_dim"])
-    _positive_int("width", config["width"])
-    _positive_int("num_hidden_layers", config["num_hidden_layers"], lo=0)
-    n = config["num_training_data"]
-    _positive_int("num_training_data", n, lo=2)
-    expo = config["initialisation_exponent"]
-    if isinstance(expo, bool) or not isinstance(expo, (int, float)) or not math.isfinite(expo):
-        raise ValueError(f"initialisation_exponent must be a finite number; got {expo!r}")
-    _positive_int("logging_period", config["logging_period"])
-    thr = config["rank_threshold"]
-    if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not thr > 0:
-        raise ValueError(f"rank_threshold must be a number > 0; got {thr!r}")
+    checks.integer("in_out_dim", config["in_out_dim"])
+    checks.integer("width", config["width"])
+    checks.integer("num_hidden_layers", config["num_hidden_layers"], lo=0)
+    n = checks.integer("num_training_data", config["num_training_data"], lo=2)
+    checks.number("initialisation_exponent", config["initialisation_exponent"])
+    checks.integer("logging_period", config["logging_period"])
+    checks.number("rank_threshold", config["rank_threshold"], lo=0, strict=True, finite=False)
     training = build_config(TrainingConfig, dict(config["training_config"]), "training_config")
-    if training.batch_size > n:
-        raise ValueError(f"training_config.batch_size must be <= num_training_data ({n}); got {training.batch_size}")
+    checks.at_most("training_config.batch_size", training.batch_size, "num_training_data", n)
     sgld_values = {**config["sgld_config"], "loss_trace_minibatch": config["loss_trace_minibatch"]}
     itemp = config["itemp"]
-    if itemp is not None:
-        if isinstance(itemp, bool) or not isinstance(itemp, (int, float)) or not itemp > 0:
-            raise ValueError(f"itemp must be None or a number > 0; got {itemp!r}")
+    if checks.number("itemp", itemp, lo=0, strict=True, none_ok=True, finite=False) is not None:
         if sgld_values.get("nbeta") is not None:
             raise ValueError(f"set itemp or sgld_config.nbeta, not both; got itemp={itemp!r}, nbeta={sgld_values['nbeta']!r}")
         sgld_values["nbeta"] = itemp * n
     sgld = build_config(*split_sampler(sgld_values), "sgld_config")
     for key in ("do_plot", "verbose"):
-        if not isinstance(config[key], bool):
-            raise ValueError(f"{key} must be True or False; got {config[key]!r}")
-    if sgld.batch_size > n:
-        raise ValueError(f"sgld_config.batch_size must be <= num_training_data ({n}); got {sgld.batch_size}")
-    if config["dtype"] not in DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(DTYPES)}; got {config['dtype']!r}")
+        checks.boolean(key, config[key])
+    checks.at_most("sgld_config.batch_size", sgld.batch_size, "num_training_data", n)
+    checks.one_of("dtype", config["dtype"], DTYPES)
     return {"training": training, "sgld": sgld, "device": resolve_device(config["device"])}
 
 

@@ -34,8 +34,10 @@ import torch
 import torch.nn.functional as F
 from sacred import Experiment
 
+from core import checks
 from core.runtime import derived_seed, resolve_device
 from data.vision import load_vision_dataset
+from dynamics.engine import evaluate as engine_evaluate
 from dynamics.train import TrainingConfig, train
 from llc.estimate import estimate_llc_flat, flat_loss_for_module
 from llc.restricted import estimate_llc_per_layer
@@ -131,44 +133,29 @@ def readme():
     force_realisable = False
 
 
-def _positive_int(key, value, lo=1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"{key} must be an integer >= {lo}; got {value!r}")
-
-
 def validate(config: dict) -> dict:
     """Check every key that needs no data before any compute; returns the built dataclasses."""
     md = dict(config["model_data_config"])
-    allowed = {"model_name", "data_name", "label_noise_level", "layer_width_factor"}
-    if set(md) - allowed:
-        raise ValueError(f"model_data_config has unknown entries {sorted(set(md) - allowed)}; allowed: {sorted(allowed)}")
-    if md["model_name"] not in MODEL_NAMES:
-        raise ValueError(f"model_data_config.model_name must be one of {tuple(MODEL_NAMES)}; got {md['model_name']!r}")
-    if md["data_name"] not in DATA_NAMES:
-        raise ValueError(f"model_data_config.data_name must be one of {DATA_NAMES}; got {md['data_name']!r}")
+    checks.known_entries("model_data_config", md, ("model_name", "data_name", "label_noise_level",
+                                                   "layer_width_factor"))
+    checks.one_of("model_data_config.model_name", md["model_name"], MODEL_NAMES)
+    checks.one_of("model_data_config.data_name", md["data_name"], DATA_NAMES)
     if md["label_noise_level"] is None:  # the original's default: no noise
         md["label_noise_level"] = 0.0
-    noise = md["label_noise_level"]
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise <= 1:
-        raise ValueError(f"model_data_config.label_noise_level must be a number in [0, 1]; got {noise!r}")
-    factor = md["layer_width_factor"]
-    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
-        raise ValueError(f"model_data_config.layer_width_factor (channels of the first stage) must be an integer >= 1; "
-                         f"got {factor!r}")
-    if config["input_normalisation"] not in INPUT_NORMALISATIONS:
-        raise ValueError(f"input_normalisation must be one of {INPUT_NORMALISATIONS}; got {config['input_normalisation']!r}")
-    _positive_int("logging_period", config["logging_period"])
-    _positive_int("eval_batch_size", config["eval_batch_size"])
+    checks.number("model_data_config.label_noise_level", md["label_noise_level"], lo=0, hi=1)
+    checks.integer("model_data_config.layer_width_factor (channels of the first stage)", md["layer_width_factor"])
+    checks.one_of("input_normalisation", config["input_normalisation"], INPUT_NORMALISATIONS)
+    checks.integer("logging_period", config["logging_period"])
+    checks.integer("eval_batch_size", config["eval_batch_size"])
     tc = dict(config["training_config"])
     if "weight_decay" in tc:
         raise ValueError("training_config takes l2_regularization (the weight decay), not weight_decay")
     training = build_config(TrainingConfig, tc, "training_config")
-    sgld = build_config(*split_sampler({**config["sgld_config"], "loss_trace_minibatch": config["loss_trace_minibatch"]}), "sgld_config")
+    sgld_values = {**config["sgld_config"], "loss_trace_minibatch": config["loss_trace_minibatch"]}
+    sgld = build_config(*split_sampler(sgld_values), "sgld_config")
     for key in ("force_realisable", "do_plot", "verbose"):
-        if not isinstance(config[key], bool):
-            raise ValueError(f"{key} must be True or False; got {config[key]!r}")
-    if config["llc_per_layer"] not in PER_LAYER:
-        raise ValueError(f"llc_per_layer must be one of {PER_LAYER}; got {config['llc_per_layer']!r}")
+        checks.boolean(key, config[key])
+    checks.one_of("llc_per_layer", config["llc_per_layer"], PER_LAYER)
     calibration = validate_calibration(config["calibration"], sgld)
     return {"model_data": md, "training": training, "sgld": sgld, "device": resolve_device(config["device"]),
             "calibration": calibration}
@@ -176,10 +163,8 @@ def validate(config: dict) -> dict:
 
 def check_batch_sizes(training: TrainingConfig, sgld: SGLDConfig, n: int) -> None:
     """Both batch sizes must fit in the n training points (checked once the data are loaded)."""
-    if training.batch_size > n:
-        raise ValueError(f"training_config.batch_size must be <= the number of training data ({n}); got {training.batch_size}")
-    if sgld.batch_size > n:
-        raise ValueError(f"sgld_config.batch_size must be <= the number of training data ({n}); got {sgld.batch_size}")
+    checks.at_most("training_config.batch_size", training.batch_size, "the number of training data", n)
+    checks.at_most("sgld_config.batch_size", sgld.batch_size, "the number of training data", n)
 
 
 @unique
@@ -219,13 +204,9 @@ def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor) -> tor
 
 @torch.no_grad()
 def evaluate(model, loss_fn, x, y, labels, chunk: int) -> tuple[float, float]:
-    """Mean loss against ``y`` and accuracy against ``labels`` over all of x, in eval mode, in chunks."""
-    total, correct = 0.0, 0
-    for s in range(0, x.shape[0], chunk):
-        out = model(x[s:s + chunk])
-        total += float(loss_fn(out, y[s:s + chunk])) * out.shape[0]
-        correct += int((out.argmax(-1) == labels[s:s + chunk]).sum())
-    return total / x.shape[0], correct / x.shape[0]
+    """Mean loss against ``y`` and accuracy against ``labels`` over all of x, in chunks (the engine's evaluation)."""
+    ev = engine_evaluate(model, x, y, lambda z, yb: float(loss_fn(z, yb)) * z.shape[0], chunk, labels=labels)
+    return ev["loss"], ev["accuracy"]
 
 
 def build_problem(_config, _seed, checked) -> dict:

@@ -34,6 +34,7 @@ import torch
 from sacred import Experiment
 from torch.func import functional_call, vmap
 
+from core import checks
 from core.runtime import DTYPES, derived_seed, resolve_device, resolve_dtype
 from data.synthetic import INPUT_DISTRIBUTIONS, teacher_dataset
 from llc.estimate import flat_model_for_module
@@ -119,16 +120,6 @@ def paper():
     num_burnin_steps = 0  # noqa: F841
 
 
-def _positive_int(key, value, lo=1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"{key} must be an integer >= {lo}; got {value!r}")
-
-
-def _positive_float(key, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{key} must be a finite number > 0; got {value!r}")
-
-
 def validate(config: dict) -> dict:
     """Check every user-facing key before any compute; returns the resolved settings.
 
@@ -136,68 +127,44 @@ def validate(config: dict) -> dict:
     fields and each sampler's own, ε excluded), ``device``.
     """
     v = {new: resolve_alias(config, old, new) for old, new in ALIASES.items()}
-    _positive_int("input_dim", config["input_dim"])
-    widths = config["layer_widths"]
-    if not isinstance(widths, (list, tuple)) or len(widths) < 2:
-        raise ValueError(f"layer_widths must list >= 2 positive integers [hidden..., output]; got {widths!r}")
-    for w in widths:
-        _positive_int("layer_widths entries", w)
-    if config["teacher_init"] not in INITS:
-        raise ValueError(f"teacher_init must be one of {INITS}; got {config['teacher_init']!r}")
-    std = config["hidden_bias_std"]
-    if isinstance(std, bool) or not isinstance(std, (int, float)) or not math.isfinite(std) or std < 0:
-        raise ValueError(f"hidden_bias_std must be a finite number >= 0; got {std!r}")
-    if config["input_distribution"] not in INPUT_DISTRIBUTIONS:
-        raise ValueError(f"input_distribution must be one of {INPUT_DISTRIBUTIONS}; got {config['input_distribution']!r}")
-    ns = v["num_training_data"]
-    if not isinstance(ns, (list, tuple)) or not ns:
-        raise ValueError(f"num_training_data must be a non-empty list of integers >= 2; got {ns!r}")
-    for n in ns:
-        _positive_int("num_training_data entries", n, lo=2)
-    ns = [int(n) for n in ns]
+    checks.integer("input_dim", config["input_dim"])
+    checks.int_list("layer_widths ([hidden..., output])", config["layer_widths"], min_len=2)
+    checks.one_of("teacher_init", config["teacher_init"], INITS)
+    checks.number("hidden_bias_std", config["hidden_bias_std"], lo=0)
+    checks.one_of("input_distribution", config["input_distribution"], INPUT_DISTRIBUTIONS)
+    ns = checks.int_list("num_training_data", v["num_training_data"], lo=2)
 
-    scaling = config["epsilon_scaling"]
-    if scaling not in EPSILON_SCALINGS:
-        raise ValueError(f"epsilon_scaling must be one of {EPSILON_SCALINGS}; got {scaling!r}")
+    scaling = checks.one_of("epsilon_scaling", config["epsilon_scaling"], EPSILON_SCALINGS)
     if scaling == "fixed":
-        _positive_float("epsilon", v["epsilon"])
+        checks.number("epsilon", v["epsilon"], lo=0, strict=True)
         if config["epsilon_nbeta"] is not None:
             raise ValueError("epsilon_nbeta is set but epsilon_scaling='fixed' uses epsilon; "
                              "set epsilon_scaling='nbeta' or leave epsilon_nbeta=None")
         eps = {n: float(v["epsilon"]) for n in ns}
     else:
-        _positive_float("epsilon_nbeta (required with epsilon_scaling='nbeta')", config["epsilon_nbeta"])
+        checks.number("epsilon_nbeta (required with epsilon_scaling='nbeta')", config["epsilon_nbeta"],
+                      lo=0, strict=True)
         eps = {n: float(config["epsilon_nbeta"]) * math.log(n) / n for n in ns}
 
     common = dict(gamma=config["gamma"], num_steps=v["num_steps"], num_chains=v["num_chains"],
                   num_burnin_steps=config["num_burnin_steps"])
     sgld_values = {**config["sgld_config"], "batch_size": v["sgld_config.batch_size"]}
-    g = common["gamma"]
-    if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
-        raise ValueError(f"gamma must be a finite number >= 0; got {g!r}")
-    _positive_int("num_steps", common["num_steps"])
-    _positive_int("num_chains", common["num_chains"])
-    burn = common["num_burnin_steps"]
-    if burn is not None:
-        _positive_int("num_burnin_steps", burn, lo=0)
-        if burn >= common["num_steps"]:
-            raise ValueError(f"num_burnin_steps must be < num_steps ({common['num_steps']}); got {burn}")
+    checks.number("gamma", common["gamma"], lo=0)
+    checks.integer("num_steps", common["num_steps"])
+    checks.integer("num_chains", common["num_chains"])
+    burn = checks.integer("num_burnin_steps", common["num_burnin_steps"], lo=0, none_ok=True)
+    if burn is not None and burn >= common["num_steps"]:
+        raise ValueError(f"num_burnin_steps must be < num_steps ({common['num_steps']}); got {burn}")
     sgld = {**common, **sgld_values}
     mala = {**common, **config["mala_config"]}
     build_config(SGLDConfig, {**sgld, "epsilon": 1.0}, "sgld_config")
     build_config(MALAConfig, {**mala, "epsilon": 1.0}, "mala_config")
-    if sgld["batch_size"] > min(ns):
-        raise ValueError(f"sgld_config.batch_size must be <= every num_training_data (min {min(ns)}); "
-                         f"got {sgld['batch_size']}")
-    every = config["mala_acceptance_every"]
-    if every is not None:
-        _positive_int("mala_acceptance_every", every)
-    if config["sgld_trace"] not in SGLD_TRACES:
-        raise ValueError(f"sgld_trace must be one of {SGLD_TRACES}; got {config['sgld_trace']!r}")
+    checks.at_most("sgld_config.batch_size", sgld["batch_size"], "every num_training_data, min", min(ns))
+    checks.integer("mala_acceptance_every", config["mala_acceptance_every"], none_ok=True)
+    checks.one_of("sgld_trace", config["sgld_trace"], SGLD_TRACES)
     if config["sgld_trace"] == "post_step" and not sgld.get("loss_trace_minibatch", True):
         raise ValueError("sgld_trace='post_step' is a minibatch trace; it needs sgld_config.loss_trace_minibatch=True")
-    if config["dtype"] not in DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(DTYPES)}; got {config['dtype']!r}")
+    checks.one_of("dtype", config["dtype"], DTYPES)
     return {"ns": ns, "epsilon": eps, "sgld": sgld, "mala": mala, "device": resolve_device(config["device"])}
 
 

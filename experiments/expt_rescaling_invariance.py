@@ -40,6 +40,7 @@ import torch
 from sacred import Experiment
 from torch.func import functional_call
 
+from core import checks
 from core.runtime import DTYPES, derived_seed, resolve_device, resolve_dtype
 from data.synthetic import INPUT_DISTRIBUTIONS, sample_inputs
 from llc.estimate import estimate_llc_flat, flat_model_for_module
@@ -118,11 +119,6 @@ def cfg():
     verbose = False  # print one line per (α, sampler)
 
 
-def _positive_int(key, value, lo=1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"{key} must be an integer >= {lo}; got {value!r}")
-
-
 @ex.named_config
 def paper_small():
     # The paper's 10 -> 20 -> 10 network (published λ̂ ≈ 166, data/llc_rescaling_results.json).
@@ -160,8 +156,7 @@ def resolve_original_keys(config: dict) -> dict:
     config["sgld_config"]["num_chains"] = resolve_alias(config, "num_runs", "sgld_config.num_chains")
     itemp = config["itemp"]
     if itemp is not None:
-        if isinstance(itemp, bool) or not isinstance(itemp, (int, float)) or not itemp > 0:
-            raise ValueError(f"itemp must be None or a number > 0; got {itemp!r}")
+        checks.number("itemp", itemp, lo=0, strict=True, none_ok=True, finite=False)
         if config["sgld_config"]["nbeta"] is not None:
             raise ValueError(f"set itemp or sgld_config.nbeta, not both; got itemp={itemp!r}, "
                              f"nbeta={config['sgld_config']['nbeta']!r}")
@@ -171,41 +166,18 @@ def resolve_original_keys(config: dict) -> dict:
 
 def validate(config: dict) -> dict:
     """Check every user-facing key before any compute; returns the built dataclasses."""
-    sizes = config["layer_sizes"]
-    if not isinstance(sizes, (list, tuple)) or len(sizes) < 3:
-        raise ValueError(f"layer_sizes must list [input, hidden..., output] with >= 1 hidden layer; got {sizes!r}")
-    for s in sizes:
-        _positive_int("layer_sizes entries", s)
-    if config["teacher_init"] not in INITS:
-        raise ValueError(f"teacher_init must be one of {INITS}; got {config['teacher_init']!r}")
-    hb = config["hidden_bias_std"]
-    if isinstance(hb, bool) or not isinstance(hb, (int, float)) or not math.isfinite(hb) or hb < 0:
-        raise ValueError(f"hidden_bias_std must be a finite number >= 0; got {hb!r}")
-    units = config["degenerate_units"]
-    if not isinstance(units, (list, tuple)) or any(isinstance(u, bool) or not isinstance(u, int)
-                                                   or not 1 <= u < sizes[1] for u in units):
-        raise ValueError(f"degenerate_units must be a list of integers in [1, {sizes[1] - 1}]; got {units!r}")
-    every = config["mala_acceptance_every"]
-    if every is not None:
-        _positive_int("mala_acceptance_every", every)
-    if config["mala_acceptance_density"] not in ACCEPTANCE_DENSITIES:
-        raise ValueError(f"mala_acceptance_density must be one of {ACCEPTANCE_DENSITIES}; "
-                         f"got {config['mala_acceptance_density']!r}")
-    n = config["num_training_data"]
-    _positive_int("num_training_data", n, lo=2)
-    if config["input_distribution"] not in INPUT_DISTRIBUTIONS:
-        raise ValueError(f"input_distribution must be one of {INPUT_DISTRIBUTIONS}; got {config['input_distribution']!r}")
-    layer = config["rescale_layer"]
-    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= len(sizes) - 3:
-        raise ValueError(f"rescale_layer must be an integer in [0, {len(sizes) - 3}]; got {layer!r}")
-    alphas = config["alphas"]
-    if not isinstance(alphas, (list, tuple)) or not alphas or not all(
-            isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) and a > 0 for a in alphas):
-        raise ValueError(f"alphas must be a non-empty list of finite numbers > 0; got {alphas!r}")
-    _positive_int("first_alpha_index", config["first_alpha_index"], lo=0)
-    samplers = config["samplers"]
-    if not isinstance(samplers, (list, tuple)) or not samplers or set(samplers) - set(SAMPLERS) or len(set(samplers)) != len(samplers):
-        raise ValueError(f"samplers must be a non-empty list of distinct names from {SAMPLERS}; got {samplers!r}")
+    sizes = checks.int_list("layer_sizes ([input, hidden..., output])", config["layer_sizes"], min_len=3)
+    checks.one_of("teacher_init", config["teacher_init"], INITS)
+    checks.number("hidden_bias_std", config["hidden_bias_std"], lo=0)
+    checks.int_list("degenerate_units", config["degenerate_units"], lo=1, hi=sizes[1] - 1, min_len=0)
+    every = checks.integer("mala_acceptance_every", config["mala_acceptance_every"], none_ok=True)
+    checks.one_of("mala_acceptance_density", config["mala_acceptance_density"], ACCEPTANCE_DENSITIES)
+    n = checks.integer("num_training_data", config["num_training_data"], lo=2)
+    checks.one_of("input_distribution", config["input_distribution"], INPUT_DISTRIBUTIONS)
+    checks.integer("rescale_layer", config["rescale_layer"], lo=0, hi=len(sizes) - 3)
+    checks.number_list("alphas", config["alphas"], lo=0, strict=True)
+    checks.integer("first_alpha_index", config["first_alpha_index"], lo=0)
+    samplers = checks.distinct_names("samplers", config["samplers"], SAMPLERS)
     psgld_values = dict(config["psgld_config"])
     precond = build_config(PSGLDConfig, {k: psgld_values.pop(k) for k in PSGLD_KEYS if k in psgld_values}, "psgld_config")
     trace = {"loss_trace_minibatch": config["loss_trace_minibatch"]}
@@ -217,10 +189,9 @@ def validate(config: dict) -> dict:
                          "(psgld_fixed, and sgld with the acceptance diagnostic, run the eager pSGLD step); "
                          f"got samplers={list(samplers)!r}, mala_acceptance_every={every!r}")
     for name in samplers:
-        if configs[name].batch_size > n:
-            raise ValueError(f"{'sgld' if name == 'psgld_fixed' else name}_config.batch_size must be <= num_training_data ({n}); got {configs[name].batch_size}")
-    if config["dtype"] not in DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(DTYPES)}; got {config['dtype']!r}")
+        key = f"{'sgld' if name == 'psgld_fixed' else name}_config.batch_size"
+        checks.at_most(key, configs[name].batch_size, "num_training_data", n)
+    checks.one_of("dtype", config["dtype"], DTYPES)
     return {"configs": configs, "precond": precond, "device": resolve_device(config["device"])}
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from sacred import Experiment
 
+from core import checks
 from core.runtime import derived_seed, resolve_device, resolve_dtype
 from data.regimes import DATASETS, IMAGE_DATASETS, build_dataset, teacher_vector
 from dynamics.ntk import NTK_METHODS
@@ -206,23 +207,6 @@ def mnist_alpha_dt():
     max_wall = 14400.0
 
 
-def _integer(key, value, lo, none_ok=False):
-    """value as an int >= lo (integral floats such as 1e5 from the command line are accepted)."""
-    if value is None and none_ok:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"{key} must be an integer >= {lo}{' or None' if none_ok else ''}; got {value!r}")
-    return value
-
-
-def _positive(key, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{key} must be a finite number > 0; got {value!r}")
-    return float(value)
-
-
 def validate(config: dict, seed: int) -> dict:
     """Check every user-facing key before any compute; returns the resolved values.
 
@@ -230,25 +214,22 @@ def validate(config: dict, seed: int) -> dict:
         dict with ``train`` (RegimesConfig), ``bs``, ``dt``, ``temp``, ``seeds`` (the four
         resolved seeds), ``dtype``, ``device`` and ``ckpt_grad_stats``.
     """
-    def choice(key, allowed):
-        if config[key] not in allowed:
-            raise ValueError(f"{key} must be one of {tuple(allowed)}; got {config[key]!r}")
+    def whole(key, lo, none_ok=False):  # integral floats such as 1e5 from the command line are accepted
+        return checks.integer(key, config[key], lo, none_ok=none_ok, from_float=True)
 
-    choice("dataset", DATASETS)
-    choice("arch", ARCHS)
-    choice("act", ACTIVATIONS)
-    choice("loss", LOSSES)
-    choice("dynamics", DYNAMICS)
-    choice("ntk_method", NTK_METHODS)
-    choice("dtype", DTYPE_NAMES)
+    def positive(key):
+        return checks.number(key, config[key], lo=0, strict=True)
+
+    for key, allowed in (("dataset", DATASETS), ("arch", ARCHS), ("act", ACTIVATIONS), ("loss", LOSSES),
+                         ("dynamics", DYNAMICS), ("ntk_method", NTK_METHODS), ("dtype", DTYPE_NAMES)):
+        checks.one_of(key, config[key], allowed)
     check_act_beta(config["act_beta"])
     dataset, arch = config["dataset"], config["arch"]
-    ptr, pte = _integer("ptr", config["ptr"], 1), _integer("pte", config["pte"], 1)
-    h = _integer("h", config["h"], 1)
+    ptr, pte, h = whole("ptr", 1), whole("pte", 1), whole("h", 1)
     if arch in DEEP_ARCHS:
         if config["L"] is None:
             raise ValueError(f"L (number of hidden layers) must be set for arch={arch!r}; got None")
-        _integer("L", config["L"], 1)
+        whole("L", 1)
     elif config["L"] is not None:
         raise ValueError(f"L applies to arch in {DEEP_ARCHS} only; got L={config['L']!r} with arch={arch!r}")
     if dataset in IMAGE_DATASETS:
@@ -257,48 +238,45 @@ def validate(config: dict, seed: int) -> dict:
     else:
         if config["d"] is None:
             raise ValueError(f"d (input dimension) must be set for dataset={dataset!r}; got None")
-        _integer("d", config["d"], 1)
+        whole("d", 1)
         if arch in CONV_ARCHS:
             raise ValueError(f"arch={arch!r} needs an image dataset {tuple(IMAGE_DATASETS)}; got dataset={dataset!r}")
-    chi = config["data_chi"]
-    if isinstance(chi, bool) or not isinstance(chi, (int, float)) or not chi > -1:
-        raise ValueError(f"data_chi must be a number > -1; got {chi!r}")
+    checks.number("data_chi", config["data_chi"], lo=-1, strict=True, finite=False)
 
-    bs = ptr if config["bs"] is None else _integer("bs", config["bs"], 1)
-    if bs > ptr:
-        raise ValueError(f"bs must be <= ptr ({ptr}); got {bs}")
+    bs = ptr if config["bs"] is None else whole("bs", 1)
+    checks.at_most("bs", bs, "ptr", ptr)
     if config["dynamics"] == "gd" and bs != ptr:
         raise ValueError(f"dynamics='gd' is full batch: bs must be None or ptr ({ptr}); got {bs}")
     if (config["dt"] is None) == (config["temp"] is None):
         raise ValueError(f"give exactly one of dt and temp (T = dt/(bs·h)); got dt={config['dt']!r}, temp={config['temp']!r}")
     if config["dt"] is not None:
-        dt = _positive("dt", config["dt"])
+        dt = positive("dt")
         temp = dt / (bs * h)
     else:
-        temp = _positive("temp", config["temp"])
+        temp = positive("temp")
         dt = temp * bs * h
 
-    gs = _integer("ckpt_grad_stats", config["ckpt_grad_stats"], -1)
+    gs = whole("ckpt_grad_stats", -1)
     gs = ptr if gs == -1 else gs
     seeds = {}
     for stream in Stream:
         key = stream.name.lower()
-        value = _integer(key, config[key], 0, none_ok=True)
+        value = whole(key, 0, none_ok=True)
         seeds[key] = derived_seed(seed, stream) if value is None else value
     flags = {}
     for key in ("ckpt_kernels",) + FLAG_KEYS:  # the original's 0/1 integers, or booleans
         if config[key] not in (0, 1) or isinstance(config[key], float):
             raise ValueError(f"{key} must be 0 or 1 (or False / True); got {config[key]!r}")
         flags[key] = bool(config[key])
-    choice("sde_noise", SDE_NOISES)
-    choice("regularizer", (None,) + REGULARIZERS)
-    choice("gf_first_stage", GF_FIRST_STAGES)
+    for key, allowed in (("sde_noise", SDE_NOISES), ("regularizer", (None,) + REGULARIZERS),
+                         ("gf_first_stage", GF_FIRST_STAGES)):
+        checks.one_of(key, config[key], allowed)
     # RegimesConfig checks the remaining keys, naming them.
     train = RegimesConfig(
-        alpha=_positive("alpha", config["alpha"]), dt=dt, bs=bs, loss=config["loss"], dynamics=config["dynamics"],
-        max_wall=_positive("max_wall", config["max_wall"]), max_step=_integer("max_step", config["max_step"], 1, none_ok=True),
+        alpha=positive("alpha"), dt=dt, bs=bs, loss=config["loss"], dynamics=config["dynamics"],
+        max_wall=positive("max_wall"), max_step=whole("max_step", 1, none_ok=True),
         mind_stop=config["mind_stop"], ckpt_modulo=config["ckpt_modulo"], ckpt_save_mult=config["ckpt_save_mult"],
-        ckpt_grad_stats=gs, ntk_method=config["ntk_method"], ckpt_drift_n0=_integer("ckpt_drift_n0", config["ckpt_drift_n0"], 0),
+        ckpt_grad_stats=gs, ntk_method=config["ntk_method"], ckpt_drift_n0=whole("ckpt_drift_n0", 0),
         sde_noise=config["sde_noise"], regularizer=config["regularizer"], regu_scale=config["regu_scale"],
         gf_tol=config["gf_tol"], gf_mindt=config["gf_mindt"], gf_maxdt=config["gf_maxdt"],
         gf_first_stage=config["gf_first_stage"], **flags,

@@ -223,7 +223,8 @@ class Spec:
         obs.add_argument("-F", "--file-storage", metavar="DIR",
                          help=f"record with a FileStorageObserver in DIR (default {self.default_runs_dir})")
         obs.add_argument("-m", "--mongo", metavar="HOST:PORT:DB", help="record with a MongoObserver instead")
-        g.add_argument("--python", default="python", help="interpreter written at the start of each line (default python)")
+        g.add_argument("--python", default="python",
+                       help="interpreter written at the start of each line (default python)")
         g.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
         return p
 

@@ -109,7 +109,8 @@ AXES = (
     cli.Axis("widths", "width", int, "width m (main only; default: not written, i.e. 1024)", cli.at_least(1)),
     cli.Axis("base_lr", "base_lr", float, "base_lr (default: not written, i.e. 0.01)", cli.above(0)),
     cli.Axis("batch_size", "batch_size", int, "batch_size (default: not written, i.e. 512)", cli.at_least(1)),
-    cli.Axis("n_steps", "n_steps", int, "n_steps, SGD steps per trial (default: not written, i.e. 600)", cli.at_least(1)),
+    cli.Axis("n_steps", "n_steps", int, "n_steps, SGD steps per trial (default: not written, i.e. 600)",
+             cli.at_least(1)),
     cli.Axis("n_trials", "n_trials", int, "n_trials per run (default: not written, i.e. 5)", cli.at_least(1)),
 )
 
@@ -144,7 +145,10 @@ def lines(sw: cli.Sweep) -> list[str]:
         axes.update({k: [v] for k, v in s["fixed"].items() if k not in grid})
         axes.update(grid)  # a --grid axis replaces the option's values, keeping the key's position
         # A coord_check line gets its own run key, so it never counts as the main run of the same config.
-        experiment, command = (EXPERIMENT, "") if s["command"] == "main" else (f"{EXPERIMENT}/{s['command']}", f"{s['command']} ")
+        if s["command"] == "main":
+            experiment, command = EXPERIMENT, ""
+        else:
+            experiment, command = f"{EXPERIMENT}/{s['command']}", f"{s['command']} "
         for combo in sweep.cartesian(axes):
             overrides = {} if sw.expt_name is None else {"expt_name": sw.expt_name}
             if args.device is not None:

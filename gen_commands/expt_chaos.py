@@ -47,13 +47,15 @@ CGD_ORIGINAL = presets.named_config(SCRIPT, "cgd_original")
 
 PRESETS = {
     "fig1": dict(runs=FIG1, seeds=[0]),
-    "fig2": dict(runs=[{"optim.name": "sgd"}] + [{"optim.name": "cgd", "optim.prune_start": s} for s in (2000, 5000, 10000)],
+    "fig2": dict(runs=[{"optim.name": "sgd"}]
+                 + [{"optim.name": "cgd", "optim.prune_start": s} for s in (2000, 5000, 10000)],
                  seeds=[0]),
     "fig3_lyapunov": dict(runs=DATASETS3, seeds=[42]),
     "fig3_distance": dict(runs=DATASETS3, seeds=[42], distance=True),
     "subsim": dict(runs=[{"model.name": "cnn", "logging.log_lyapunov_subsim": True, "logging.t_lya_subsim": [10, 10000],
                           "logging.log_freq": 10}], seeds=[0]),
-    "demo": dict(runs=FIG1, seeds=[0], extra={"num_train": 1000, "max_epochs": 3, "lyapunov.k": 16, "logging.log_freq": 10}),
+    "demo": dict(runs=FIG1, seeds=[0],
+                 extra={"num_train": 1000, "max_epochs": 3, "lyapunov.k": 16, "logging.log_freq": 10}),
 }
 
 
@@ -83,7 +85,9 @@ def validate(s: dict, args) -> None:
 def lines(sw: cli.Sweep) -> list[str]:
     """The preset's runs × --grid × seeds; fig3_distance lines point at their Lyapunov run by its run_key."""
     preset, args = sw.settings, sw.args
-    expt_name = args.expt_name if args.expt_name is not None else args.preset.replace("_distance", "").replace("_lyapunov", "")
+    expt_name = args.expt_name
+    if expt_name is None:
+        expt_name = args.preset.replace("_distance", "").replace("_lyapunov", "")
     options = {k: v for k, (v,) in sw.axes().items()}
     out = []
     for spec in preset["runs"]:

@@ -49,7 +49,8 @@ PRESETS = {
 
 SPEC = cli.Spec(
     experiment=EXPERIMENT, script=SCRIPT, description=__doc__, presets=PRESETS, axes=AXES,
-    epilog="presets: " + ", ".join(PRESETS), grid_help="extra axis over any config key, e.g. \"rank_threshold=[0.5, 1.0]\"",
+    epilog="presets: " + ", ".join(PRESETS),
+    grid_help="extra axis over any config key, e.g. \"rank_threshold=[0.5, 1.0]\"",
 )
 build_parser, generate, main = SPEC.build_parser, SPEC.generate, SPEC.main
 

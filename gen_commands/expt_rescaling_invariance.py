@@ -34,7 +34,8 @@ DEFAULT_RUNS_DIR = f"runs/{EXPERIMENT}"
 SAMPLERS = presets.constant(SCRIPT, "SAMPLERS")  # read from the experiment's source
 DEFAULT_ALPHAS = [10 ** (k / 2) for k in range(-8, 9)]  # the experiment's default alphas
 # The notebook's three networks: the experiment's named configs of the same names, read from its source.
-PAPER = {name: presets.named_config(SCRIPT, name)["layer_sizes"] for name in ("paper_small", "paper_medium", "paper_large")}
+PAPER = {name: presets.named_config(SCRIPT, name)["layer_sizes"]
+         for name in ("paper_small", "paper_medium", "paper_large")}
 
 PRESETS = {
     **{name: dict(layer_sizes=[sizes], samplers=["psgld_fixed"], seeds=[0]) for name, sizes in PAPER.items()},
@@ -47,7 +48,8 @@ PRESETS = {
 def _layer_sizes(text: str) -> list[int]:
     value = sweep.parse_value(text)
     if not isinstance(value, (list, tuple)) or len(value) < 3 or not all(isinstance(v, int) and v >= 1 for v in value):
-        raise argparse.ArgumentTypeError(f"expected a list [input, hidden..., output] of >= 3 positive ints; got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a list [input, hidden..., output] of >= 3 positive ints; got {text!r}")
     return list(value)
 
 

@@ -8,8 +8,8 @@
 
 This is the original ``python -m grid DIR "python -m edm ..." --dt "[...]"`` workflow:
 ``--set`` fixes keys, every ``--grid`` axis is crossed with the others (last axis
-fastest), ``--where "bs <= ptr"`` drops combinations, and ``--seeds`` are crossed last. Values are Python literals or simple list
-comprehensions over ``range`` (``gen_commands.sweep.parse_value``; never ``eval``).
+fastest), ``--where "bs <= ptr"`` drops combinations, and ``--seeds`` are crossed last. Values are
+Python literals or simple list comprehensions over ``range`` (``gen_commands.sweep.parse_value``; never ``eval``).
 Without ``--seeds`` every line gets the same run seed, drawn from ``--seed``, so the
 lines of a sweep differ only in the swept keys. Keys are checked against the
 experiment's config scope (read with ``ast``, without importing torch), and a sweep
@@ -60,7 +60,8 @@ PRESETS = {
     "mnist_fc5": _named(
         "mnist_fc5",
         {"seed_init": "[i for i in range(5)]", "ptr": _P_SWEEP, "temp": "[2**i for i in range(-13, 3)]"},
-        f"{_ICML}, mnist-FC-5L: 5-hidden-layer ReLU MLP, h=128, parity MNIST, α=32768 (lazy), bs=16; seed_init x P x T (400 runs)",
+        f"{_ICML}, mnist-FC-5L: 5-hidden-layer ReLU MLP, h=128, parity MNIST, α=32768 (lazy), bs=16; "
+        "seed_init x P x T (400 runs)",
     ),
     "cifar_fc5": (
         dict(presets.named_config(SCRIPT, "mnist_fc5"), dataset="cifar_animal"),
@@ -71,13 +72,15 @@ PRESETS = {
         "mnist_alpha_dt",
         {"seed_init": "[i for i in range(9)]", "alpha": "[2.0**i for i in range(-14, 12)]",
          "dt": "[2**i for i in range(-15, 16)]"},
-        f"{_ICML}, mnist-alpha_dt-FC-5L: the (α, dt) phase diagram, 5-hidden-layer GELU MLP, h=128, parity MNIST, P=1024, bs=16 (7254 runs)",
+        f"{_ICML}, mnist-alpha_dt-FC-5L: the (α, dt) phase diagram, 5-hidden-layer GELU MLP, h=128, parity MNIST, "
+        "P=1024, bs=16 (7254 runs)",
     ),
     "perceptron": _named(
         "perceptron",
         {"seed_init": "[i for i in range(5)]", "data_chi": "[3.0, 1.0, 0.0]", "d": "[16, 32, 64, 128]",
          "ptr": _P_SWEEP, "dt": "[2**i for i in range(-15, 3)]"},
-        f"{_ICML}, depleted_perceptron: the lazy (α=32768) perceptron on depleted_sign, bs=2; χ x d x P x dt (5400 runs)",
+        f"{_ICML}, depleted_perceptron: the lazy (α=32768) perceptron on depleted_sign, bs=2; "
+        "χ x d x P x dt (5400 runs)",
     ),
     "mnist_mnas": (
         dict(_MNAS, dataset="mnist_parity", max_wall=10000.0),
@@ -99,12 +102,14 @@ PRESETS = {
     "perceptron_bs": _named(
         "perceptron_bs",
         {"data_chi": "[0.0, 1.0]", "bs": "[2**i for i in range(14)]", "dt": "[2.0**i for i in range(-6, 5)]"},
-        "this project's CPU-sized cut of the original README's perceptron phase diagrams: bs 2^0..2^13 x dt, χ in {0, 1} (308 runs)",
+        "this project's CPU-sized cut of the original README's perceptron phase diagrams: "
+        "bs 2^0..2^13 x dt, χ in {0, 1} (308 runs)",
     ),
     "bstar_chi0": (
         dict(_BSTAR, data_chi=0.0),
         {"ptr": "[128, 256, 512]", "seed": "[0, 1, 2]", "bs": "[2**i for i in range(1, 10)]"},
-        "this project (issue 6), for B* ~ P^γ of Sclocchi & Wyart 2024: perceptron to zero loss at T = 16, χ = 0 (72 runs, minutes each)",
+        "this project (issue 6), for B* ~ P^γ of Sclocchi & Wyart 2024: perceptron to zero loss at T = 16, "
+        "χ = 0 (72 runs, minutes each)",
     ),
     "bstar_chi1": (
         dict(_BSTAR, data_chi=1.0),
@@ -115,37 +120,43 @@ PRESETS = {
     "perceptron_chi0": (
         dict(arch="linear", alpha=128.0, dataset="depleted_sign", pte=32768, loss="hinge", dynamics="sgd",
              max_wall=10000.0, data_chi=0.0, d=128, ptr=8192),
-        {"seed_init": "[i for i in range(5)]", "bs": "[2**i for i in range(0, 14)]", "dt": "[2**i for i in range(-5, 14)]"},
+        {"seed_init": "[i for i in range(5)]", "bs": "[2**i for i in range(0, 14)]",
+         "dt": "[2**i for i in range(-5, 14)]"},
         "the original README, perceptron_chi0: Gaussian perceptron, bs x dt (1330 runs)",
     ),
     "perceptron_chi1": (
         dict(arch="linear", alpha=128.0, dataset="depleted_sign", pte=32768, loss="hinge", dynamics="sgd",
              max_wall=10000.0, data_chi=1.0, d=128, ptr=8192),
-        {"seed_init": "[i for i in range(5)]", "bs": "[2**i for i in range(0, 14)]", "dt": "[2**i for i in range(-10, 13)]"},
+        {"seed_init": "[i for i in range(5)]", "bs": "[2**i for i in range(0, 14)]",
+         "dt": "[2**i for i in range(-10, 13)]"},
         "the original README, perceptron_chi1: depleted perceptron χ = 1, bs x dt (1610 runs)",
     ),
     "fc_small_margin": (
         dict(dataset="mnist_parity", pte=32768, arch="mlp", act="gelu", L=5, h=128, max_wall=40000.0, loss="hinge",
              dynamics="sgd", alpha=32768.0, ptr=32768, ckpt_grad_stats=128),
-        {"seed_init": "[i for i in range(5)]", "bs": "[2**i for i in range(11)]", "dt": "[2**i for i in range(-11, 12)]"},
+        {"seed_init": "[i for i in range(5)]", "bs": "[2**i for i in range(11)]",
+         "dt": "[2**i for i in range(-11, 12)]"},
         "the original README, FC_small_margin: 5-layer GELU MLP on parity MNIST, α = 32768 (1265 runs)",
     ),
     "fc_margin_one": (
         dict(dataset="mnist_parity", pte=32768, arch="mlp", act="gelu", L=5, h=128, max_wall=40000.0, loss="hinge",
              dynamics="sgd", ckpt_grad_stats=128, alpha=1.0, ptr=16384),
-        {"seed_init": "[i for i in range(5)]", "bs": "[2**i for i in range(0, 13)]", "dt": "[2**i for i in range(-5, 8)]"},
+        {"seed_init": "[i for i in range(5)]", "bs": "[2**i for i in range(0, 13)]",
+         "dt": "[2**i for i in range(-5, 8)]"},
         "the original README, FC_margin_one: the same at α = 1, ptr 16384 (845 runs)",
     ),
     "cnn_small_margin": (
         dict(dataset="cifar_animal", pte=32768, arch="mnas", act="relu", h=32, max_wall=80000.0, loss="hinge",
              dynamics="sgd", ckpt_grad_stats=128, alpha=32768.0, ptr=16384),
-        {"seed_init": "[i for i in range(5)]", "bs": "[2**i for i in range(11)]", "dt": "[2**i for i in range(-6, 11)]"},
+        {"seed_init": "[i for i in range(5)]", "bs": "[2**i for i in range(11)]",
+         "dt": "[2**i for i in range(-6, 11)]"},
         "the original README, CNN_small_margin: mnas on CIFAR animals, α = 32768 (935 runs)",
     ),
     "cnn_margin_one": (
         dict(dataset="cifar_animal", pte=32768, arch="mnas", act="relu", h=32, max_wall=160000.0, loss="hinge",
              dynamics="sgd", ckpt_grad_stats=128, alpha=1.0, ptr=16384),
-        {"seed_init": "[i for i in range(5)]", "bs": "[2**i for i in range(12)]", "dt": "[2**i for i in range(-7, 10)]"},
+        {"seed_init": "[i for i in range(5)]", "bs": "[2**i for i in range(12)]",
+         "dt": "[2**i for i in range(-7, 10)]"},
         "the original README, CNN_margin_one: the same at α = 1 (1020 runs)",
     ),
     "demo": (
@@ -188,7 +199,8 @@ def options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--where", metavar="EXPR", help="keep only lines where EXPR holds, e.g. \"bs <= ptr\" "
                    "(comparisons of keys and numbers joined by 'and'; presets over bs and ptr set it)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generator's RNG (default 0)")
-    p.add_argument("--run", type=int, metavar="JOBS", help="then run the file with gen_commands.run, JOBS lines at a time")
+    p.add_argument("--run", type=int, metavar="JOBS",
+                   help="then run the file with gen_commands.run, JOBS lines at a time")
 
 
 def _parse_set(specs: list[str]) -> dict:

@@ -20,8 +20,8 @@ import json
 import os
 import sys
 
-from gen_commands.commands import CommandsFileError, format_ranges, read_commands
 from gen_commands import store as store_module
+from gen_commands.commands import CommandsFileError, format_ranges, read_commands
 from gen_commands.store import Store, StoreError, completed_lines
 
 STALE_AFTER_MINUTES = 10.0  # Sacred beats every 10 s: a RUNNING run silent this long is dead
@@ -57,7 +57,9 @@ def live_lines(commands, override: Store | None, stale_after: float, now: dateti
 
 def _heartbeat(value) -> datetime.datetime | None:
     if isinstance(value, datetime.datetime):
-        return value.replace(tzinfo=None) if value.tzinfo is None else value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=None)
+        return value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
     try:
         return _heartbeat(datetime.datetime.fromisoformat(str(value)))
     except ValueError:

@@ -37,6 +37,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from core import checks
 from gen_commands.commands import Command, CommandsFileError, read_commands
 from gen_commands.store import Store, StoreError, completed_lines
 from tracking.mongo import redact  # failures files and messages never show a Mongo password
@@ -248,14 +249,7 @@ def _killpg(proc: subprocess.Popen, sig: int):
         pass
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
-    return value
+_positive_int = checks.cli_type(checks.integer, lo=1)  # argparse type: "-j 0" -> "must be an integer >= 1; got '0'"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,12 +15,13 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
 from torch.func import functional_call
+from torch.utils.data import DataLoader, Dataset
 
 from core.runtime import resolve_device, resolve_dtype
 from core.types import FlatLoss
 from llc.callbacks import batch_hook, check_every, step_callback
+from llc.fused import fused_flat_loss
 from llc.restricted import ParamMask, flat_param_mask, restrict_loss
 from llc.result import LLCResult, check_initial_loss, llc_from_trace, llc_result, result_from_trace
 from llc.samplers import resolve_sampler, run_sampler, sampler_configs
@@ -119,12 +120,22 @@ def flat_model_for_module(
 def flat_loss_for_module(
     model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], dtype: torch.dtype, device: torch.device
 ) -> tuple[FlatLoss, Tensor]:
-    """loss(w_flat, x, y) = loss_fn(f(w_flat, x), y) and the model's current flat w (P,)."""
+    """loss(w_flat, x, y) = loss_fn(f(w_flat, x), y) and the model's current flat w (P,).
+
+    A stack of nn.Linear and elementwise activations gets the fused loss (llc.fused:
+    F.linear on views of w, plus ``loss.batched`` for all chains at once via bmm);
+    any other model the generic functional_call route. ``loss.path`` says which:
+    "fused" or "generic". Both give the same values and gradients up to rounding.
+    """
     f, w0 = flat_model_for_module(model, dtype, device)
+    fused = fused_flat_loss(model, loss_fn)
+    if fused is not None:
+        return fused, w0
 
     def loss(w: Tensor, x: Tensor, y: Tensor) -> Tensor:
         return loss_fn(f(w, x), y)
 
+    loss.path = "generic"
     return loss, w0
 
 

@@ -18,7 +18,8 @@ The chains are one (C, P) tensor; U and ∇U of all chains come from one vmapped
 forward per data chunk and one backward. With ``adapt_step_size`` each chain tunes
 its own ε during burn-in by a Robbins-Monro rule on log ε towards
 ``target_acceptance`` (0.574 is optimal for MALA, Roberts & Rosenthal 1998); ε is
-then fixed at the geometric mean of its values over the second half of burn-in, so every kept draw comes from one MH kernel. The λ̂ trace is the
+then fixed at the geometric mean of its values over the second half of burn-in, so
+every kept draw comes from one MH kernel. The λ̂ trace is the
 exact L_n(w_t) of each state, a by-product of the proposal's evaluation.
 
 The step is a kernel on llc.chain's driver, which owns the randomness: chain c owns
@@ -38,6 +39,7 @@ from torch.func import vmap
 from core.types import FlatLoss
 from llc.chain import ChainConfig, ChainDivergenceError, Draws, check_flat, reject_compile_true, run_chains
 from llc.result import LLCResult, initial_loss, llc_result
+
 
 @dataclass(frozen=True, kw_only=True)
 class MALAConfig(ChainConfig):

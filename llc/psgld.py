@@ -226,7 +226,8 @@ def run_psgld(
         raise ValueError(f"preconditioner must be a positive ({P},) vector; got shape {tuple(preconditioner.shape)}")
     if scales is not None and (scales.shape != (P,) or not bool(((scales > 0) & torch.isfinite(scales)).all())):
         raise ValueError(f"scales must be a positive finite ({P},) vector; got shape {tuple(scales.shape)}")
-    if accept_every is not None and (isinstance(accept_every, bool) or not isinstance(accept_every, int) or accept_every < 1):
+    bad_every = isinstance(accept_every, bool) or not isinstance(accept_every, int) or accept_every < 1
+    if accept_every is not None and bad_every:
         raise ValueError(f"accept_every must be None or an integer >= 1; got {accept_every!r}")
     kernel = PSGLDKernel(loss_fn, w_star, x, y, config, precond, config.resolve_nbeta(n), segments, preconditioner,
                          accept_every, scales, accept_identity_density)

@@ -43,8 +43,6 @@ from torch.func import grad_and_value, vmap
 from core.types import FlatLoss
 from llc.chain import (
     COMPILE_CHOICES,
-    MAX_BLOCK_STEPS as _MAX_BLOCK_STEPS,
-    NOISE_BLOCK_NUMEL as _NOISE_BLOCK_NUMEL,
     ChainConfig,
     ChainDivergenceError,
     Draws,
@@ -52,10 +50,18 @@ from llc.chain import (
     chain_generators,
     check_batch,
     check_compile,
-    check_finite as _check_finite,
     check_int,
     full_data_loss,
     run_chains,
+)
+from llc.chain import (
+    MAX_BLOCK_STEPS as _MAX_BLOCK_STEPS,
+)
+from llc.chain import (
+    NOISE_BLOCK_NUMEL as _NOISE_BLOCK_NUMEL,
+)
+from llc.chain import (
+    check_finite as _check_finite,
 )
 
 __all__ = [
@@ -340,7 +346,8 @@ def _first_compiled_call(step: StepFn, eager: StepFn, args: tuple) -> tuple[Step
         return step, step(*args)
     except Exception as err:  # any compiler failure: the eager step is always correct
         warnings.warn(
-            f"SGLDConfig.compile asked for the compiled step but torch.compile failed ({type(err).__name__}: {str(err)[:300]}); "
+            "SGLDConfig.compile asked for the compiled step but torch.compile failed "
+            f"({type(err).__name__}: {str(err)[:300]}); "
             "running the eager step instead",
             RuntimeWarning,
             stacklevel=3,

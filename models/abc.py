@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -270,7 +270,8 @@ class ABCNetSpec:
         """The factor m^(-b_l) (relative to m_0) in W_l = m^(-b_l) U_l."""
         return self._scales(self.parameterization.b, make_parameterization("sp", self.L).b)
 
-    def learning_rates(self, base_lr: float, step: int, warmup_base_lrs: Sequence[float] | None = None) -> tuple[float, ...]:
+    def learning_rates(self, base_lr: float, step: int, warmup_base_lrs: Sequence[float] | None = None
+                       ) -> tuple[float, ...]:
         """Weights' η_l(t) = β_l m^(-c_l(t)) (relative to m_0): β_l = base_lr, or during an IPLLR
         warm-up the (calibrated) ``warmup_base_lrs`` when given; input_scaling="multiplier_lr"
         multiplies the input layer's by d+1 after the warm-up (the scripts' ``warm_lrs[0] * (d+1)``)."""
@@ -296,7 +297,8 @@ class ABCNetSpec:
     def param_learning_rates(self, base_lr: float, step: int, warmup_base_lrs: Sequence[float] | None = None
                              ) -> dict[str, float]:
         """η of every parameter at ``step``, by name (``param_names``)."""
-        w, b = self.learning_rates(base_lr, step, warmup_base_lrs), self.bias_learning_rates(base_lr, step, warmup_base_lrs)
+        w = self.learning_rates(base_lr, step, warmup_base_lrs)
+        b = self.bias_learning_rates(base_lr, step, warmup_base_lrs)
         return {n: (w if n[0] == "W" else b)[int(n[1:])] for n in self.param_names()}
 
 

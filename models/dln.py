@@ -17,6 +17,10 @@ TRUE_PARAM_METHODS = ("random", "zero", "rand_rank", "rand_rank_sv")
 # Weight init of `random` / `rand_rank` teachers and of training: 'haiku' is the original's
 # (hk.Linear's default, the original dln.py), 'torch' is nn.Linear's default.
 INIT_SCHEMES = ("haiku", "torch")
+# How `rand_rank` draws each reduced matrix's reduction k: 'independent' draws k per matrix;
+# 'shared' is the original's (expt_dln.initialise_expt passes one PRNG key to every
+# rand_reduce_matrix_rank call), so k is one function of (shared draw, rank) for all matrices.
+RANK_KEYS = ("independent", "shared")
 
 
 class DeepLinearNetwork(nn.Module):
@@ -109,12 +113,19 @@ def _random_orthogonal(n: int, k: int, gen: torch.Generator) -> Tensor:
     return q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones(()))
 
 
-def _reduce_rank(w: Tensor, gen: torch.Generator) -> Tensor:
+def _reduce_rank(w: Tensor, gen: torch.Generator, shared_u: float | None = None) -> Tensor:
     """Zero k ~ U{0, ..., rank-1} of the smallest singular values of ``w`` (the original's
-    utils.rand_reduce_matrix_rank, for a full-rank ``w``)."""
+    utils.rand_reduce_matrix_rank, for a full-rank ``w``).
+
+    k is drawn from ``gen``, or, given ``shared_u`` in [0, 1), is floor(shared_u * rank): one
+    uniform shared by every matrix of a teacher, so equal-rank matrices get the same k.
+    """
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
     full = s.numel()
-    k = int(torch.randint(0, full, (1,), generator=gen))
+    if shared_u is None:
+        k = int(torch.randint(0, full, (1,), generator=gen))
+    else:
+        k = min(int(shared_u * full), full - 1)
     s = s.clone()
     if k > 0:
         s[full - k:] = 0.0
@@ -130,6 +141,7 @@ def make_true_params(
     mean: float = 0.0,
     std: float = 5.0,
     init: str = "haiku",
+    rank_key: str = "independent",
 ) -> dict[str, Tensor]:
     """Draw a true parameter w* (float64 on CPU) from the seeded generator ``gen``.
 
@@ -137,7 +149,9 @@ def make_true_params(
         random: the ``init`` scheme (``init_weight``).
         zero: all weights zero (end-to-end rank 0).
         rand_rank: ``init`` scheme; each matrix, with probability ``prop_rank_reduce``,
-            has its k ~ U{0..rank-1} smallest singular values zeroed.
+            has its k ~ U{0..rank-1} smallest singular values zeroed; k independent per
+            matrix (``rank_key='independent'``) or, as the original, one shared draw for all
+            (``'shared'``: matrices of equal rank get equal k; see ``RANK_KEYS``).
         rand_rank_sv: each (H_out, H_in) matrix is U diag(|N(mean, std)|) V^T with Haar U, V
             of r columns: r = min(H_out, H_in), or, with probability ``prop_rank_reduce``,
             r ~ U{0, ..., min(H_out, H_in) - 1}, as the original draws it.
@@ -146,9 +160,14 @@ def make_true_params(
         raise ValueError(f"method must be one of {TRUE_PARAM_METHODS}; got {method!r}")
     if init not in INIT_SCHEMES:
         raise ValueError(f"init must be one of {INIT_SCHEMES}; got {init!r}")
+    if rank_key not in RANK_KEYS:
+        raise ValueError(f"rank_key must be one of {RANK_KEYS}; got {rank_key!r}")
     if not 0.0 <= prop_rank_reduce <= 1.0:
         raise ValueError(f"prop_rank_reduce must be in [0, 1]; got {prop_rank_reduce}")
     sizes = [input_dim, *layer_widths]
+    shared_u = None
+    if method == "rand_rank" and rank_key == "shared":  # drawn first, so 'independent' keeps its stream
+        shared_u = float(torch.rand((), generator=gen, dtype=torch.float64))
     params = {}
     for i, name in enumerate(param_names(len(layer_widths))):
         shape = (sizes[i + 1], sizes[i])
@@ -157,7 +176,7 @@ def make_true_params(
         elif method in ("random", "rand_rank"):
             w = init_weight(shape, gen, init)
             if method == "rand_rank" and float(torch.rand((), generator=gen, dtype=torch.float64)) < prop_rank_reduce:
-                w = _reduce_rank(w, gen)
+                w = _reduce_rank(w, gen, shared_u)
         else:  # rand_rank_sv
             k = min(shape)
             if float(torch.rand((), generator=gen, dtype=torch.float64)) < prop_rank_reduce:

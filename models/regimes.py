@@ -1,4 +1,5 @@
-"""Networks of the SGD-regimes experiment (docs/notes/sgd_regimes.md#models): normalised activations and seven architectures.
+"""Networks of the SGD-regimes experiment (docs/notes/sgd_regimes.md#models): normalised activations and
+seven architectures.
 
 Every weight and bias starts N(0, 1) (simple_diagonal_linear: all ones, as the original);
 the scale lives in the forward pass, so the parameterization is a per-layer table of multipliers:

@@ -26,7 +26,8 @@ class ReLUMLP(nn.Module):
         super().__init__()
         sizes = list(layer_sizes)
         if len(sizes) < 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
-            raise ValueError(f"layer_sizes must list >= 2 positive integers [input, hidden..., output]; got {layer_sizes!r}")
+            raise ValueError("layer_sizes must list >= 2 positive integers [input, hidden..., output]; "
+                             f"got {layer_sizes!r}")
         modules: list[nn.Module] = []
         for i in range(len(sizes) - 1):
             modules.append(nn.Linear(sizes[i], sizes[i + 1]))
@@ -43,7 +44,8 @@ class ReLUMLP(nn.Module):
         return self.layers(x)
 
 
-def default_init(layer_sizes: Sequence[int], gen: torch.Generator, dtype: torch.dtype = torch.float64) -> dict[str, Tensor]:
+def default_init(layer_sizes: Sequence[int], gen: torch.Generator,
+                 dtype: torch.dtype = torch.float64) -> dict[str, Tensor]:
     """Parameters drawn as PyTorch's nn.Linear default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), from ``gen``."""
     sizes = list(layer_sizes)
     params = {}
@@ -83,7 +85,8 @@ def rescale_params(params: dict[str, Tensor], layer: int, alpha: float) -> dict[
 INITS = ("haiku", "torch")
 
 
-def haiku_init(layer_sizes: Sequence[int], gen: torch.Generator, dtype: torch.dtype = torch.float64) -> dict[str, Tensor]:
+def haiku_init(layer_sizes: Sequence[int], gen: torch.Generator,
+               dtype: torch.dtype = torch.float64) -> dict[str, Tensor]:
     """Parameters as Haiku's ``hk.Linear`` default, which the original notebooks used.
 
     Weights are s · z with z a standard normal truncated to [-2, 2] and s = 1/sqrt(fan_in)

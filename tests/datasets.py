@@ -47,7 +47,8 @@ def _class_images(rng, labels, size, centres, channels=None):
         centres = _centres(rng, int(centres))
     n = len(labels)
     yy, xx = np.mgrid[0:size, 0:size] / size
-    blobs = np.exp(-(((yy[None] - centres[labels, 0, None, None]) ** 2) + (xx[None] - centres[labels, 1, None, None]) ** 2) / 0.02)
+    blobs = np.exp(-(((yy[None] - centres[labels, 0, None, None]) ** 2)
+                     + (xx[None] - centres[labels, 1, None, None]) ** 2) / 0.02)
     img = 200 * blobs + rng.uniform(0, 55, size=(n, size, size))
     if channels:
         img = np.repeat(img[..., None], channels, axis=-1) * rng.uniform(0.6, 1.0, size=(1, 1, 1, channels))
@@ -55,7 +56,7 @@ def _class_images(rng, labels, size, centres, channels=None):
 
 
 def write_cifar10(root, n_train=50, n_test=20, seed=0, num_classes=10):
-    """cifar-10-batches-py with 5 pickled data batches, test_batch and batches.meta (str keys, as torchvision reads them)."""
+    """cifar-10-batches-py: 5 pickled data batches, test_batch, batches.meta (str keys, as torchvision reads them)."""
     rng = np.random.default_rng(seed)
     folder = Path(root) / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
@@ -101,7 +102,8 @@ def write_usps(root, n_train=64, n_test=32, seed=0):
     for name, n in (("usps.bz2", n_train), ("usps.t.bz2", n_test)):
         labels = rng.integers(0, 10, size=n)
         img = _class_images(rng, labels, 16, centres).reshape(n, -1) / 127.5 - 1.0
-        lines = [f"{lab + 1} " + " ".join(f"{j + 1}:{v:.6f}" for j, v in enumerate(row)) for lab, row in zip(labels, img)]
+        lines = [f"{lab + 1} " + " ".join(f"{j + 1}:{v:.6f}" for j, v in enumerate(row))
+                 for lab, row in zip(labels, img)]
         with bz2.open(Path(root) / name, "wt") as fh:
             fh.write("\n".join(lines) + "\n")
     return Path(root)

@@ -42,7 +42,7 @@ def toy_run(observer, value: float = 42.0):
 
     @ex.config
     def cfg():
-        scale = 2.0  # multiplies the logged series
+        scale = 2.0  # multiplies the logged series  # noqa: F841 (a Sacred config key: Sacred reads it)
 
     @ex.main
     def main(_run, scale):

@@ -9,12 +9,29 @@ import pytest
 import torch
 
 from dynamics.abc_train import (
-    CALIBRATION_CAP, CoordCheckConfig, batch_indices, calibrate_warmup_lrs, coordinate_check, evaluate, fixed_batch_list,
-    likelihoods, make_optimizer, sgd_step, train_abc, warmup_base_lrs,
+    CALIBRATION_CAP,
+    CoordCheckConfig,
+    batch_indices,
+    calibrate_warmup_lrs,
+    coordinate_check,
+    evaluate,
+    fixed_batch_list,
+    likelihoods,
+    make_optimizer,
+    sgd_step,
+    train_abc,
+    warmup_base_lrs,
 )
 from models.abc import (
-    ACTIVATIONS, INIT_VARIANCE, ABCNet, ABCNetSpec, Parameterization, abc_forward, make_parameterization,
+    ACTIVATIONS,
+    INIT_VARIANCE,
+    ABCNet,
+    ABCNetSpec,
+    Parameterization,
+    abc_forward,
+    make_parameterization,
 )
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -400,7 +417,8 @@ def test_ipllr_calibration_and_training_equal_the_originals_step_by_step(name, o
         assert (max(betas[1:]) == CALIBRATION_CAP) == (output_scale < 1)  # the second case does exercise the cap
     n_steps = 8
     ours = train_abc(net, x, y, n_steps, bs, base_lr, torch.Generator().manual_seed(4), warmup_base_lrs=betas)
-    opt = torch.optim.SGD([{"params": lay.parameters(), "lr": b * m ** -cw} for lay, b, cw in zip(layers, expected, warm_c)])
+    opt = torch.optim.SGD([{"params": lay.parameters(), "lr": b * m ** -cw}
+                           for lay, b, cw in zip(layers, expected, warm_c)])
     theirs, batches = [], batch_indices(x.shape[0], bs, torch.Generator().manual_seed(4))
     for t in range(n_steps):
         idx = next(batches)
@@ -436,7 +454,8 @@ def test_train_is_reproducible_and_evaluate_counts():
     runs = []
     for _ in range(2):
         net = ABCNet(spec("mup"), torch.Generator().manual_seed(5))
-        runs.append((train_abc(net, x, y, 8, 16, 0.5, torch.Generator().manual_seed(6)), evaluate(net, x, y, batch_size=10)))
+        runs.append((train_abc(net, x, y, 8, 16, 0.5, torch.Generator().manual_seed(6)),
+                     evaluate(net, x, y, batch_size=10)))
     assert runs[0] == runs[1]
     loss, acc = runs[0][1]
     assert 0 <= acc <= 1 and loss > 0 and (acc * 64) == round(acc * 64)

@@ -1,6 +1,6 @@
 """Aoyagi's DLN learning coefficient against closed forms and hand computations."""
-from fractions import Fraction
 import itertools
+from fractions import Fraction
 
 import pytest
 

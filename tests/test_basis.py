@@ -11,10 +11,17 @@ import torch
 import torch.nn.functional as F
 from torch.func import jacrev
 
-from dynamics.basis import (beta_gradients, conjugate_kernel_basis, nonnegative_increment_fraction,
-                            saturation_times)
-from dynamics.schedules import (LRSchedule, decay_groups, km_mse_loss, make_loss, make_optimizer, one_cycle_lr,
-                                set_lr, warmup_step_lr)
+from dynamics.basis import beta_gradients, conjugate_kernel_basis, nonnegative_increment_fraction, saturation_times
+from dynamics.schedules import (
+    LRSchedule,
+    decay_groups,
+    km_mse_loss,
+    make_loss,
+    make_optimizer,
+    one_cycle_lr,
+    set_lr,
+    warmup_step_lr,
+)
 from llc.estimate import flat_model_for_module
 from models.basis_nets import InputShape, build_model
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.basis_nets import (MODELS, BasisNet, InputShape, build_model, cnn_channels, feature_dim)
+from models.basis_nets import MODELS, BasisNet, InputShape, build_model, cnn_channels, feature_dim
 
 SHAPES = {"mnist": InputShape(1, 28, 10), "cifar10": InputShape(3, 32, 10), "cifar100": InputShape(3, 32, 100)}
 

@@ -6,7 +6,13 @@ import torch
 
 from dynamics.cgd import OptimConfig, cgd_gradient, project_gradient, sgd_step
 from dynamics.cgd_select import (
-    CgdRules, cgd_tangent_hessian, null_basis, prune_candidates, pruned_directions, select_global, select_pruned,
+    CgdRules,
+    cgd_tangent_hessian,
+    null_basis,
+    prune_candidates,
+    pruned_directions,
+    select_global,
+    select_pruned,
 )
 from dynamics.hessian import SymEig
 
@@ -29,7 +35,8 @@ def test_candidate_sets():
     assert prune_candidates(LAM, "chaotic", 0.1, momentum=0.9).tolist() == [True, True, False, False, False, False]
     # Numerical zeros are not pruned as negative.
     assert prune_candidates(torch.tensor([-1e-12, 1e-12]), "neg", 0.1, zero_threshold=1e-9).tolist() == [False, False]
-    assert prune_candidates(torch.tensor([0.2, -0.1, 0.0]), "chaotic", 0.1, lyapunov=True).tolist() == [True, False, False]
+    assert prune_candidates(torch.tensor([0.2, -0.1, 0.0]), "chaotic", 0.1,
+                            lyapunov=True).tolist() == [True, False, False]
     assert prune_candidates(torch.tensor([0.2, -0.1, 0.0]), "neg", 0.1, lyapunov=True).tolist() == [False, True, False]
 
 
@@ -38,8 +45,8 @@ def test_selection_by_k_and_rule():
     cfg = OptimConfig(name="cgd", lr=0.1, prune_set="pos", k=2)
     assert sorted(select_pruned(LAM, cfg, gen).idx.tolist()) == [4, 5]  # top |λ| among λ > 0
     assert sorted(select_pruned(LAM, OptimConfig(name="cgd", lr=0.1, prune_set="pos"), gen).idx.tolist()) == [3, 4, 5]
-    picks = {tuple(sorted(select_pruned(LAM, OptimConfig(name="cgd", lr=0.1, prune_set="pos", k=1, prune_k="rand"), gen).idx.tolist()))
-             for _ in range(60)}
+    rand1 = OptimConfig(name="cgd", lr=0.1, prune_set="pos", k=1, prune_k="rand")
+    picks = {tuple(sorted(select_pruned(LAM, rand1, gen).idx.tolist())) for _ in range(60)}
     assert picks == {(3,), (4,), (5,)}
     assert select_pruned(LAM, OptimConfig(name="cgd", lr=0.1, prune_set="neg", k=10), gen).idx.tolist() == [0, 1]
 
@@ -358,5 +365,6 @@ def test_cgd_tangent_map_derivative_and_the_originals_projected_form():
     assert CgdRules.original().tangent == "projected" and CgdRules().tangent == "derivative"
     # For per-step eigenvectors of H (γ = 1) the two coincide: V_p commutes with H.
     lam, u = torch.linalg.eigh(h)
-    both = [cgd_tangent_hessian(lambda y: h @ y, u[:, :2], 1.0, CgdRules(tangent=t))(eye) for t in ("derivative", "projected")]
+    both = [cgd_tangent_hessian(lambda y: h @ y, u[:, :2], 1.0, CgdRules(tangent=t))(eye)
+            for t in ("derivative", "projected")]
     torch.testing.assert_close(both[0], both[1], atol=1e-12, rtol=0)

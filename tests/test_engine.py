@@ -8,7 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from dynamics.engine import (
-    BoundaryAfter, BoundaryBefore, OnStep, StepOutput, TrainingDiverged, check_finite, chunked_outputs, evaluate,
+    BoundaryAfter,
+    BoundaryBefore,
+    OnStep,
+    StepOutput,
+    TrainingDiverged,
+    check_finite,
+    chunked_outputs,
+    evaluate,
     run_steps,
 )
 

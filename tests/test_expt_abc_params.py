@@ -175,7 +175,8 @@ def test_same_seed_same_result_and_trials_differ(expt, data_root):
     a, b = (run(expt, tiny(data_root, parameterization="ntk")).result for _ in range(2))
     assert a["val_loss_per_trial"] == b["val_loss_per_trial"]
     assert a["val_loss_per_trial"][0] != a["val_loss_per_trial"][1]
-    assert run(expt, tiny(data_root, parameterization="ntk", seed=2)).result["val_loss_per_trial"] != a["val_loss_per_trial"]
+    other_seed = run(expt, tiny(data_root, parameterization="ntk", seed=2)).result
+    assert other_seed["val_loss_per_trial"] != a["val_loss_per_trial"]
 
 
 @pytest.mark.parametrize(
@@ -186,7 +187,8 @@ def test_same_seed_same_result_and_trials_differ(expt, data_root):
         (dict(width=0), "width"),
         (dict(L=0), "L"),
         (dict(n_warmup_steps=-1), "n_warmup_steps"),
-        (dict(parameterization="custom", custom_exponents=dict(a=[0, 1], b=[0, 0, 0], c=[0, 0, 0])), "custom_exponents.a"),
+        (dict(parameterization="custom", custom_exponents=dict(a=[0, 1], b=[0, 0, 0], c=[0, 0, 0])),
+         "custom_exponents.a"),
         (dict(custom_exponents=dict(a=[0, 1, 1], b=None, c=None)), "custom_exponents"),
         (dict(parameterization="ip", ip_c=[0, 1]), "ip_c"),
         (dict(dataset="svhn"), "dataset"),
@@ -241,7 +243,8 @@ def test_coord_check_command_records_table_figure_and_ratios(expt, data_root, tm
 
 
 def test_named_configs_and_print_config(expt):
-    for name, expected in [("mnist_ipllr_gelu", ("ipllr", "gelu", "mnist")), ("cifar10_mup_relu", ("mup", "relu", "cifar10")),
+    for name, expected in [("mnist_ipllr_gelu", ("ipllr", "gelu", "mnist")),
+                           ("cifar10_mup_relu", ("mup", "relu", "cifar10")),
                            ("vanishing_ip", ("standard_ip", "relu", "mnist")),
                            ("ip_non_centered_calibrated", ("standard_ip_calibrated", "relu", "mnist"))]:
         config = expt.ex.run("print_config", named_configs=[name], options={"--loglevel": "ERROR"}).config
@@ -284,7 +287,8 @@ def test_generator_presets_write_valid_deterministic_lines(tmp_path, expt):
     assert {o.get("input_scaling", "init") for o in paper if o["parameterization"] == "mup"} == \
         {"init", "none", "multiplier", "multiplier_lr"}
     vanishing = [config_overrides(line) for line in (tmp_path / "vanishing_ip.txt").read_text().splitlines()]
-    assert {(o["L"], o["width"]) for o in vanishing} == {(L, m) for L in range(2, 7) for m in (128, 256, 512, 1024, 2048)}
+    assert {(o["L"], o["width"]) for o in vanishing} == {(L, m) for L in range(2, 7)
+                                                         for m in (128, 256, 512, 1024, 2048)}
     assert {o["parameterization"] for o in vanishing} == {"standard_ip"}
     assert len({o["seed"] for o in vanishing}) == 1  # one shared seed: same split and trial seeds everywhere
 

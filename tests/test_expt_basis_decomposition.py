@@ -93,7 +93,7 @@ def test_gradient_checkpoints_and_reinitialised_analyses(expt, mnist_root, tmp_p
     assert 0 <= res["grad_indep_max_abs_cos"] <= 1 and len(res["beta_domin_corr"]) == 3
     metrics = json.loads((tmp_path / "1" / "metrics.json").read_text())
     assert {"basis/grad_norm_1", "basis/grad_max_abs_cos", "grad_indep/max_abs_cos", "beta_domin/log_abs_beta_3",
-            "beta_domin/log_grad_norm_1", "train/step_loss"} <= set(metrics)
+            "beta_domin/log_grad_norm_1", "train/batch_loss"} <= set(metrics)
     assert metrics["grad_indep/max_abs_cos"]["steps"] == [0, 2, 4]
     a = npz(tmp_path / "1" / "basis.npz")
     assert a["grad_norms"].shape == (5, 3) and a["grad_max_abs_cos"].shape == (5,)

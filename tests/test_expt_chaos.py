@@ -63,12 +63,12 @@ def test_smoke_records_hessian_chaos_and_lyapunov(expt, data_root, tmp_path):
                                                plot_mats_every=4)), tmp_path)
     res = r.result
     assert res["model_dim"] == 256 * 4 + 4 + 4 * 10 + 10 and res["num_steps"] == 5
-    assert 0 <= res["final_test_acc"] <= 1 and res["lyapunov"]["k"] == 8
+    assert 0 <= res["final_test_accuracy"] <= 1 and res["lyapunov"]["k"] == 8
     m = metrics_of(tmp_path)
-    expected = {"train/loss", "train/accuracy", "hessian/max_eig", "hessian/min_eig", "hessian/mean_eig", "hessian/num_pos",
+    expected = {"train/batch_loss", "train/batch_accuracy", "hessian/max_eig", "hessian/min_eig", "hessian/mean_eig", "hessian/num_pos",
                 "hessian/num_neg", "hessian/num_zero", "chaos/num_neg", "chaos/num_large", "chaos/num_chaotic",
                 "grad/cos_max_eig", "grad/cos_min_eig", "lyapunov/max", "lyapunov/min", "lyapunov/num_pos",
-                "epoch/test_acc", "subsim/hessian_chaotic", "subsim/hessian_chaotic_baseline", "grad/snr"}
+                "epoch/test_accuracy", "subsim/hessian_chaotic", "subsim/hessian_chaotic_baseline", "grad/snr"}
     assert expected <= set(m)
     assert m["hessian/num_pos"]["steps"] == [0, 1, 2, 3, 4]
     for step in range(5):
@@ -335,6 +335,33 @@ def test_figure_functions_draw_from_runs(expt, data_root, tmp_path):
         fc.plot_accuracy_by_optimizer(_empty(tmp_path))
 
 
+def test_accuracy_figure_reads_runs_recorded_under_the_old_names(expt, data_root, tmp_path):
+    """A store mixing runs from before the rename (epoch/test_acc) and after still plots every run."""
+    from tracking import figures_chaos as fc
+
+    run(expt, tiny(data_root, max_steps=12, max_epochs=2, batch_size=8), tmp_path)
+    run(expt, tiny(data_root, max_steps=12, max_epochs=2, optim=dict(name="cgd", prune_set="neg")), tmp_path)
+    path = tmp_path / "2" / "metrics.json"
+    m = json.loads(path.read_text())
+    old = m.pop("epoch/test_accuracy")
+    m["epoch/test_acc"] = old  # run 2 as recorded before the renames
+    m["train/loss"] = old_batch = m.pop("train/batch_loss")
+    path.write_text(json.dumps(m))
+    m1 = metrics_of(tmp_path, 1)
+    # run 1 carries both: its current name wins over a decoy old-name series with other values
+    m1["epoch/test_acc"] = dict(m1["epoch/test_accuracy"], values=[v + 5.0 for v in m1["epoch/test_accuracy"]["values"]])
+    (tmp_path / "1" / "metrics.json").write_text(json.dumps(m1))
+    fig = fc.plot_accuracy_by_optimizer(tmp_path)
+    curves = {line.get_label().split(" (")[0]: line.get_ydata() for line in fig.axes[0].get_lines()}
+    # one run per label, so each curve is that run's series itself (mean of one value; exact)
+    np.testing.assert_array_equal(curves["cgd neg"], old["values"])
+    np.testing.assert_array_equal(curves["sgd"], m1["epoch/test_accuracy"]["values"])
+    fig = fc.plot_accuracy_by_optimizer(tmp_path, metric="train/batch_loss")
+    curves = {line.get_label().split(" (")[0]: line.get_ydata() for line in fig.axes[0].get_lines()}
+    np.testing.assert_array_equal(curves["cgd neg"], old_batch["values"])
+    np.testing.assert_array_equal(curves["sgd"], m1["train/batch_loss"]["values"])
+
+
 def _empty(tmp_path):
     d = tmp_path / "empty"
     d.mkdir()
@@ -371,7 +398,7 @@ def test_acceptance_usps_mlp_is_locally_and_globally_chaotic(expt, tmp_path_fact
     assert res["lyapunov"]["max"] > 0 and res["lyapunov"]["num_pos"] >= 1
     m = metrics_of(tmp_path)
     assert min(m["chaos/num_neg"]["values"]) > 0
-    assert res["final_train_acc"] > 0.2  # it learns while being chaotic
+    assert res["final_train_accuracy"] > 0.2  # it learns while being chaotic
 
 
 @pytest.mark.slow
@@ -388,8 +415,8 @@ def test_acceptance_pruning_the_negative_spectrum_hurts_training(expt, tmp_path_
         common = dict(data_root=str(root), max_steps=300, device="cpu", seed=seed, logging=off)
         sgd = run(expt, common).result
         neg = run(expt, dict(common, optim=dict(name="cgd", prune_set="neg"))).result
-        print(f"seed {seed}: sgd loss {sgd['final_train_loss']:.4f} acc {sgd['final_train_acc']:.3f}; "
-              f"cgd neg loss {neg['final_train_loss']:.4f} acc {neg['final_train_acc']:.3f}")
+        print(f"seed {seed}: sgd loss {sgd['final_train_loss']:.4f} acc {sgd['final_train_accuracy']:.3f}; "
+              f"cgd neg loss {neg['final_train_loss']:.4f} acc {neg['final_train_accuracy']:.3f}")
         gaps.append(neg["final_train_loss"] - sgd["final_train_loss"])
     assert min(gaps) > 0.03
 

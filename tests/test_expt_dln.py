@@ -33,7 +33,8 @@ def run(expt, tmp_path=None, **updates):
 
 def test_smoke_records_result_metrics_and_artifact(expt, tmp_path):
     # lr 1e-3: at the Haiku init scale, inputs in U(-10, 10)^3 and batch 20, lr 1e-2 with momentum 0.9 can diverge.
-    r = run(expt, tmp_path, seed=1, do_training=True, training_config=dict(num_steps=50, batch_size=20, learning_rate=1e-3),
+    r = run(expt, tmp_path, seed=1, do_training=True,
+            training_config=dict(num_steps=50, batch_size=20, learning_rate=1e-3),
             do_hessian_trace=True, hessian_trace_probes=4, do_functional_rank=True)
     res = r.result
     for key in ["lambdahat", "lambdahat_std", "lambdahat_per_chain", "true_lambda", "true_multiplicity",
@@ -46,7 +47,8 @@ def test_smoke_records_result_metrics_and_artifact(expt, tmp_path):
     run_dir = tmp_path / "1"
     assert json.loads((run_dir / "run.json").read_text())["status"] == "COMPLETED"
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert {"llc/loss_trace/chain0", "llc/loss_trace/chain1", "train/loss", "trained/llc/loss_trace/chain0"} <= set(metrics)
+    assert {"llc/loss_trace/chain0", "llc/loss_trace/chain1", "train/loss",
+            "trained/llc/loss_trace/chain0"} <= set(metrics)
     assert len(metrics["llc/loss_trace/chain0"]["values"]) == 60
     assert (run_dir / "llc_trace.npz").exists()
     assert "true_end_to_end_singular_values" in json.loads((run_dir / "info.json").read_text())

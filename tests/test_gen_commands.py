@@ -13,8 +13,14 @@ import pytest
 
 from gen_commands import expt_dln as gen
 from gen_commands import sweep
-from gen_commands.commands import (CommandsFileError, config_overrides, format_ranges, parse_command,
-                                   parse_ranges, read_commands)
+from gen_commands.commands import (
+    CommandsFileError,
+    config_overrides,
+    format_ranges,
+    parse_command,
+    parse_ranges,
+    read_commands,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,16 @@ from torch import nn
 from torch.func import grad
 
 from dynamics.hessian import (
-    SymEig, batched_hvp, check_dense_hessian_size, dense_eigh, dense_hessian, hutchinson_trace, hvp,
-    mlp_hessian, mlp_hessian_eigh, warn_if_stochastic_layers,
+    SymEig,
+    batched_hvp,
+    check_dense_hessian_size,
+    dense_eigh,
+    dense_hessian,
+    hutchinson_trace,
+    hvp,
+    mlp_hessian,
+    mlp_hessian_eigh,
+    warn_if_stochastic_layers,
 )
 from dynamics.lanczos import hessian_matvec, lanczos, lanczos_tridiagonal, power_iteration
 from dynamics.mlp_hessian import mlp_params_from_flat
@@ -130,7 +138,8 @@ def test_eigh_in_the_input_span_matches_dense_reference(loss):
     eig = mlp_hessian_eigh(ws, bs, x, y, "relu", loss)
     assert eig.rank_bound == 5 * 3 + 5 + 3 * 5 + 3
     torch.testing.assert_close(eig.matmul(torch.eye(w.numel(), dtype=F64)), ref, rtol=1e-9, atol=1e-11)
-    torch.testing.assert_close(torch.sort(eig.all_eigenvalues()).values, torch.linalg.eigvalsh(ref), rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(torch.sort(eig.all_eigenvalues()).values, torch.linalg.eigvalsh(ref),
+                               rtol=1e-9, atol=1e-11)
 
 
 def test_low_rank_eigh_of_the_usps_mlp_is_exact():
@@ -183,7 +192,8 @@ def test_eps_eigh_all_entries_is_the_originals_hessian_plus_eps():
     orig = dense_eigh(h, eps_eigh=eps, mode="all_entries")
     torch.testing.assert_close(orig.eigenvalues, ref, rtol=1e-12, atol=1e-12)  # O(eps_64 · ‖H‖) eigh round-off
     # The default (identity, shifted back) keeps the eigenvalues of H itself.
-    torch.testing.assert_close(dense_eigh(h, eps_eigh=eps).eigenvalues, torch.linalg.eigvalsh(h), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dense_eigh(h, eps_eigh=eps).eigenvalues, torch.linalg.eigvalsh(h),
+                               rtol=1e-12, atol=1e-12)
     assert (orig.eigenvalues - torch.linalg.eigvalsh(h)).abs().max() > 0.05  # the two modes differ here
     with pytest.raises(ValueError, match="eps_eigh_mode"):
         dense_eigh(h, eps_eigh=eps, mode="diag")

@@ -5,7 +5,14 @@ import torch
 from scipy import stats
 
 from llc.diagnostics import (
-    ESS_MIN, RHAT_MAX, diagnose, ess_bulk, ess_tail, rank_rhat, split_rhat, trend_pvalues,
+    ESS_MIN,
+    RHAT_MAX,
+    diagnose,
+    ess_bulk,
+    ess_tail,
+    rank_rhat,
+    split_rhat,
+    trend_pvalues,
 )
 from llc.estimate import estimate_llc
 from llc.psgld import llc_result

@@ -6,12 +6,25 @@ import pytest
 import torch
 
 from dynamics.lyapunov import (
-    expanding_subspace, exponents, init_lyapunov, initial_vectors, local_chaos_counts, max_steps_between_qr, propagate,
-    quadratic_exponents, sgd_tangent_map,
+    expanding_subspace,
+    exponents,
+    init_lyapunov,
+    initial_vectors,
+    local_chaos_counts,
+    max_steps_between_qr,
+    propagate,
+    quadratic_exponents,
+    sgd_tangent_map,
 )
 from dynamics.perturb import (
-    STRATEGIES, exponential_bounds, fit_distance, load_eigenthings, perturbation_direction,
-    random_subspace_baseline, save_eigenthings, subspace_similarity,
+    STRATEGIES,
+    exponential_bounds,
+    fit_distance,
+    load_eigenthings,
+    perturbation_direction,
+    random_subspace_baseline,
+    save_eigenthings,
+    subspace_similarity,
 )
 
 F64 = torch.float64
@@ -35,7 +48,8 @@ def run_quadratic(h, lr, steps, momentum=0.0, k=None, qr_every=1, gen=None, trac
 
 
 def rotated(lam, seed=0):
-    q, _ = torch.linalg.qr(torch.randn(lam.numel(), lam.numel(), dtype=F64, generator=torch.Generator().manual_seed(seed)))
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(lam.numel(), lam.numel(), dtype=F64, generator=gen))
     return q @ torch.diag(lam) @ q.T
 
 
@@ -175,8 +189,8 @@ def test_long_horizon_does_not_overflow_and_too_rare_qr_raises():
     state = run_quadratic(h, LR, 5000)
     assert torch.isfinite(exponents(state)).all()
     # Diagonal maps on the identity frame: 5000 float64 logs, each exact to an ulp, averaged: ~1e-13.
-    torch.testing.assert_close(torch.sort(exponents(state), descending=True).values, quadratic_exponents(torch.diag(h), LR),
-                               atol=1e-10, rtol=0)
+    torch.testing.assert_close(torch.sort(exponents(state), descending=True).values,
+                               quadratic_exponents(torch.diag(h), LR), atol=1e-10, rtol=0)
     assert max_steps_between_qr(29.0) == 206  # floor(log(1.8e308 / 1e6) / log 29)
     with pytest.raises(FloatingPointError, match="step"):
         run_quadratic(h, LR, 400, qr_every=400)
@@ -201,7 +215,8 @@ def test_perturbation_directions():
         assert v.shape == (10,) and float(v.norm()) == pytest.approx(1.0, rel=1e-12)  # float64 normalisation
     # A unit column copied (and renormalised): components exact to a few ulps, some of them near 0.
     torch.testing.assert_close(perturbation_direction("max_chaos", 10, gen, ex, vecs), vecs[:, 0], atol=1e-14, rtol=0)
-    torch.testing.assert_close(perturbation_direction("max_convergence", 10, gen, ex, vecs), vecs[:, 3], atol=1e-14, rtol=0)
+    torch.testing.assert_close(perturbation_direction("max_convergence", 10, gen, ex, vecs), vecs[:, 3],
+                               atol=1e-14, rtol=0)
     chaos = perturbation_direction("randn_chaos", 10, gen, ex, vecs)
     assert float((vecs[:, :2].T @ chaos).norm()) == pytest.approx(1.0, rel=1e-12)  # inside span(V_pos): ulps
     # Momentum: vectors live in (δw, δv); the weight part is used.
@@ -246,8 +261,10 @@ def test_subspace_similarity_and_random_baseline():
     assert subspace_similarity(v, v @ torch.randn(3, 3, dtype=F64, generator=gen)) == pytest.approx(1.0, abs=1e-12)
     disjoint = subspace_similarity(torch.eye(50, dtype=F64)[:, :3], torch.eye(50, dtype=F64)[:, 3:10])
     assert disjoint == pytest.approx(0.0, abs=1e-15)  # disjoint axes: products of 0 and 1, exactly 0
-    assert subspace_similarity(torch.eye(50, dtype=F64)[:, :2], torch.eye(50, dtype=F64)[:, :10]) == pytest.approx(1.0, abs=1e-12)
-    sims = [subspace_similarity(torch.randn(50, 4, dtype=F64, generator=gen), torch.randn(50, 8, dtype=F64, generator=gen))
+    eye = torch.eye(50, dtype=F64)
+    assert subspace_similarity(eye[:, :2], eye[:, :10]) == pytest.approx(1.0, abs=1e-12)
+    sims = [subspace_similarity(torch.randn(50, 4, dtype=F64, generator=gen),
+                                torch.randn(50, 8, dtype=F64, generator=gen))
             for _ in range(400)]
     base = random_subspace_baseline(4, 8, 50)
     assert base == pytest.approx(8 / 50, rel=1e-12)  # max(d_V, d_W)/n in closed form

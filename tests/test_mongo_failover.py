@@ -85,7 +85,8 @@ def test_commands_files_and_failure_records_hold_no_password(tmp_path, capsys, m
 
     url = "mongodb://alice:pw-XYZ@127.0.0.1:1/db?authSource=admin"
     flag = sweep.observer_flag(mongo=url)
-    assert flag == "-m 'mongodb://alice@127.0.0.1:1/db?authSource=admin'" and "$DLT_MONGO_PASSWORD" in capsys.readouterr().err
+    assert flag == "-m 'mongodb://alice@127.0.0.1:1/db?authSource=admin'"
+    assert "$DLT_MONGO_PASSWORD" in capsys.readouterr().err
     assert "pw-XYZ" not in Store.parse("mongo", url).describe()
     cmds = tmp_path / "cmds.txt"  # a hand-written file that does hold a password
     cmds.write_text(f"python -c 'raise SystemExit(3)' -m {url}\n")
@@ -94,7 +95,8 @@ def test_commands_files_and_failure_records_hold_no_password(tmp_path, capsys, m
     out = capsys.readouterr()
     record = (tmp_path / "cmds.txt.failures.json").read_text()
     assert "pw-XYZ" not in record + out.out + out.err and "alice" not in record
-    assert run.main([str(cmds), "--jobs", "1", "--no-progress", "--retry-failed"]) == run.EXIT_FAILED  # the record still matches the line
+    # the record still matches the line
+    assert run.main([str(cmds), "--jobs", "1", "--no-progress", "--retry-failed"]) == run.EXIT_FAILED
 
 
 def test_pending_names_an_unreachable_server_and_hides_the_password(monkeypatch):

@@ -100,7 +100,8 @@ def test_run_survives_a_killed_server_and_syncs_after_restart(tmp_path):
         assert run["status"] == "COMPLETED" and run["result"] == {"lambdahat": 1.5}
         assert json.loads((run_dir / "metrics.json").read_text())["loss"]["steps"] == [0, 1, 2, 3]
         assert json.loads((run_dir / "config.json").read_text())["width"] == 3
-        assert (run_dir / "weights.txt").read_text() == "www" and "first half done" in (run_dir / "cout.txt").read_text()
+        assert (run_dir / "weights.txt").read_text() == "www"
+        assert "first half done" in (run_dir / "cout.txt").read_text()
     finally:
         server.stop()
     server = mongo_server.start(port=server.port, db_path=db_path)  # same port and data, as a restarted mongod
@@ -108,7 +109,8 @@ def test_run_survives_a_killed_server_and_syncs_after_restart(tmp_path):
         stale = load_runs(spec, failed_over=False)
         assert stale["status"].tolist() == ["RUNNING"]  # what the server kept from before the outage
         before = load_runs(spec, failed_over=tmp_path / "failed")  # the failed-over copy replaces the stale one
-        assert before["status"].tolist() == ["COMPLETED"] and before["run_id"].tolist() == [f"toy_outage/{run_dir.name}"]
+        assert before["status"].tolist() == ["COMPLETED"]
+        assert before["run_id"].tolist() == [f"toy_outage/{run_dir.name}"]
         assert sync_main([str(tmp_path / "failed"), spec]) == 0
         assert sync_main([str(tmp_path / "failed"), spec]) == 0  # idempotent
         df = load_runs(spec, failed_over=tmp_path / "failed")

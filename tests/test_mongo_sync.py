@@ -32,8 +32,8 @@ def _toy(artifact_dir):
 
 @pytest.fixture
 def mock_db():
-    mongomock = pytest.importorskip("mongomock")
-    import mongomock.gridfs
+    pytest.importorskip("mongomock")
+    import mongomock.gridfs  # binds mongomock too
 
     mongomock.gridfs.enable_gridfs_integration()
     return mongomock.MongoClient()

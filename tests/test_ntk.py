@@ -22,7 +22,8 @@ def per_sample_gram(model, params, x1, x2=None) -> torch.Tensor:
         for i in range(x.shape[0]):
             out = functional_call(model, leaves, (x[i:i + 1],)).reshape(-1)
             rows.append(torch.stack([
-                torch.cat([g.reshape(-1) for g in torch.autograd.grad(out[o], list(leaves.values()), retain_graph=True)])
+                torch.cat([g.reshape(-1)
+                           for g in torch.autograd.grad(out[o], list(leaves.values()), retain_graph=True)])
                 for o in range(out.numel())
             ]))
         return torch.stack(rows)

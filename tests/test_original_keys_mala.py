@@ -44,5 +44,6 @@ def test_original_defaults_where_kept(expt):
     checked = expt.validate(config)
     assert (config["input_dim"], config["layer_widths"], config["gamma"]) == (10, [20, 20, 10], 1.0)
     assert checked["ns"] == ORIGINAL["dataset_sizes"] and set(checked["epsilon"].values()) == {1e-5}
-    assert (checked["sgld"]["num_steps"], checked["sgld"]["num_chains"], checked["sgld"]["batch_size"]) == (10000, 5, 32)
+    sgld = checked["sgld"]
+    assert (sgld["num_steps"], sgld["num_chains"], sgld["batch_size"]) == (10000, 5, 32)
     assert checked["mala"]["num_steps"] == 10000 and checked["mala"]["num_burnin_steps"] == 0

@@ -56,7 +56,7 @@ def test_chaos_resumes_bit_for_bit(tmp_path, monkeypatch, usps_root, variant, st
     assert_resumed_equals_uninterrupted(*dirs, step, signame)
     full, cut = read(dirs[0]), read(dirs[1])
     assert full["run"]["result"]["num_steps"] == 9
-    assert 0 < len(cut["metrics"]["train/loss"]["steps"]) == step < len(full["metrics"]["train/loss"]["steps"])
+    assert 0 < len(cut["metrics"]["train/batch_loss"]["steps"]) == step < len(full["metrics"]["train/batch_loss"]["steps"])
     used = {"cgd": ("cgd/pruned_grad_frac",), "copies": ("perturb/distance/copy2",)}[variant]
     for name in ("subsim/lyapunov/t2", "subsim/hessian_chaotic", "grad/snr", "lyapunov/max") + used:
         assert name in full["metrics"], name  # the state the test means to exercise was in use
@@ -134,3 +134,18 @@ def test_train_abc_resumed_from_its_captured_state_equals_uninterrupted(fixed_li
     assert losses == full_losses and len(losses) == 12
     for (name, a), b in zip(full_net.state_dict().items(), net.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_chaos_checkpoint_from_before_the_accuracy_rename_keeps_its_epochs():
+    # A checkpoint written when the record said train_acc / test_acc resumes into the
+    # renamed keys, so final_*_accuracy and best_test_accuracy still cover every epoch.
+    from dynamics.chaos_resume import _restore_record
+
+    old = {"train_acc": {"kind": "plain", "items": [0.25, 0.5]},
+           "test_acc": {"kind": "plain", "items": [0.125]},
+           "train_loss": {"kind": "plain", "items": [1.5, 1.0]}}
+    record = _restore_record(old)
+    assert record["train_accuracy"] == [0.25, 0.5]
+    assert record["test_accuracy"] == [0.125]
+    assert record["train_loss"] == [1.5, 1.0]
+    assert "train_acc" not in record and "test_acc" not in record

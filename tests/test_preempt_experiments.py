@@ -12,7 +12,7 @@ from sacred.observers import FileStorageObserver
 
 from tests.conftest import load_experiment
 from tests.datasets import allow_tiny_cifar, write_cifar10
-from tracking.checkpoint import CheckpointError, checkpoint_files
+from tracking.checkpoint import checkpoint_files
 from tracking.preempt import TEST_ENV, Preempted
 
 SESSION_INFO = ("checkpoint_dir", "resumed_from", "interrupted", "checkpoint_warnings")
@@ -125,8 +125,8 @@ def test_runner_retry_failed_resumes_the_interrupted_line(tmp_path, monkeypatch,
     from tests.conftest import REPO
 
     overrides = ["device=cpu", "width=3", "num_training_data=200", "logging_period=20", "training_config.num_steps=40",
-                 "training_config.batch_size=20", "training_config.learning_rate=0.001", "sgld_config.num_steps=10", "sgld_config.batch_size=20",
-                 "sgld_config.num_chains=2"]
+                 "training_config.batch_size=20", "training_config.learning_rate=0.001", "sgld_config.num_steps=10",
+                 "sgld_config.batch_size=20", "sgld_config.num_chains=2"]
     script = shlex.quote(str(REPO / "experiments" / "expt_dln_saddle_dynamics.py"))
     line = lambda store, key: f"python {script} -F {store} with {' '.join(overrides)} run_key={key}\n"  # noqa: E731
     cmds = tmp_path / "cmds.txt"

@@ -25,7 +25,8 @@ def test_pending_counts_interrupted_and_stale_running_but_not_live_running(tmp_p
     _fake_run(root, "5", "INTERRUPTED", "resumed", stale)  # interrupted, and its resumption is running now
     _fake_run(root, "6", "RUNNING", "resumed", fresh)
     cmds = tmp_path / "cmds.txt"
-    cmds.write_text("".join(f"python x.py -F {root} with run_key={k}\n" for k in ("done", "cut", "dead", "live", "resumed")))
+    cmds.write_text("".join(f"python x.py -F {root} with run_key={k}\n"
+                            for k in ("done", "cut", "dead", "live", "resumed")))
     assert pending.main([str(cmds)]) == 0
     out = capsys.readouterr()
     assert out.out.strip() == "2-3" and "2 line(s) RUNNING with a heartbeat under 10 min old" in out.err
@@ -46,6 +47,7 @@ def test_pending_reads_live_mongo_runs_by_heartbeat(monkeypatch, tmp_path, capsy
         {"status": "INTERRUPTED", "config": {"run_key": "cut"}, "heartbeat": now},
     ])
     cmds = tmp_path / "cmds.txt"
-    cmds.write_text("".join(f"python -c pass -m localhost:27017:dln with run_key={k}\n" for k in ("live", "dead", "cut")))
+    cmds.write_text("".join(f"python -c pass -m localhost:27017:dln with run_key={k}\n"
+                            for k in ("live", "dead", "cut")))
     assert pending.main([str(cmds)]) == 0
     assert capsys.readouterr().out.strip() == "2-3"

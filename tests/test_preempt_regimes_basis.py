@@ -125,9 +125,11 @@ def test_regimes_engine_resume_equals_uninterrupted_and_counts_saved_wall_time()
     model, params0, data, cfg = _tiny_engine()
     full = train_regimes(model, params0, data, cfg, torch.Generator().manual_seed(3))
     state = _state_at(17)
-    resumed = train_regimes(model, params0, data, cfg, torch.Generator().manual_seed(99), resume=state)  # seed: restored
+    # seed: restored
+    resumed = train_regimes(model, params0, data, cfg, torch.Generator().manual_seed(99), resume=state)
     assert resumed.stop_reason == full.stop_reason == "max_step"
-    assert _strip_wall(json.loads(json.dumps(resumed.checkpoints))) == _strip_wall(json.loads(json.dumps(full.checkpoints)))
+    assert (_strip_wall(json.loads(json.dumps(resumed.checkpoints)))
+            == _strip_wall(json.loads(json.dumps(full.checkpoints))))
     for k in full.params:
         assert torch.equal(resumed.params[k], full.params[k]), k
     # wall time: the resumed run counts on from the saved training time (here made 1000 s), so a
@@ -163,7 +165,8 @@ def test_basis_decomposition_resumes_bit_for_bit(tmp_path, monkeypatch, mnist, s
     dirs = interrupted_then_resumed(expt, tmp_path, monkeypatch, basis_config(mnist), step, signame)
     full, res = assert_same_run(*dirs, step, signame)
     assert {"basis.npz", "detail.npz", "rerun.npz"} <= set(full["arrays"])
-    assert "basis/grad_norm_1" in full["metrics"] and full["metrics"]["eval/loss"]["steps"] == [0, 1, 2, 4, 8]  # t = 0, early, ends
+    assert "basis/grad_norm_1" in full["metrics"]
+    assert full["metrics"]["eval/loss"]["steps"] == [0, 1, 2, 4, 8]  # t = 0, early, ends
     cut = read(dirs[1])
     assert "basis/beta_1" not in cut["metrics"]  # the cut came before pass 2
     assert not (tmp_path / "store" / "_checkpoints").exists(), "the gradient pass's weights are removed too"

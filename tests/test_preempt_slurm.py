@@ -19,7 +19,7 @@ from tests.test_slurm import REPO, _find, _squeue, _wait_for, slurm_cluster  # n
 pytestmark = pytest.mark.slow
 
 
-def test_task_at_its_time_limit_checkpoints_requeues_and_resumes_to_the_same_result(slurm_cluster, tmp_path):
+def test_task_at_its_time_limit_checkpoints_requeues_and_resumes_to_the_same_result(slurm_cluster, tmp_path):  # noqa: F811 (the fixture imported above)
     """One array task outlasts --time=1: USR1 before the limit, checkpoint, requeue, resume, same result.
 
     The run is tiny but sleeps 0.25 s at each of its 240 step boundaries (DLT_PREEMPT_TEST_SLOW), so it needs

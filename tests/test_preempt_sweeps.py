@@ -14,16 +14,22 @@ import pytest
 
 from tests.conftest import load_experiment
 from tests.test_preempt_experiments import (
-    SESSION_INFO, assert_resumed_equals_uninterrupted, interrupted_then_resumed, read, run,
+    SESSION_INFO,
+    assert_resumed_equals_uninterrupted,
+    interrupted_then_resumed,
+    read,
+    run,
 )
 from tracking.checkpoint import CheckpointError, checkpoint_files
 from tracking.preempt import TEST_ENV, Preempted
 
 MALA = dict(device="cpu", input_dim=3, layer_widths=[4, 2], num_training_data=[50, 100, 150], epsilon=1e-3,
-            num_steps=30, num_chains=2, sgld_config=dict(batch_size=20), mala_acceptance_every=10, run_key="mala-test", seed=3)
+            num_steps=30, num_chains=2, sgld_config=dict(batch_size=20), mala_acceptance_every=10, run_key="mala-test",
+            seed=3)
 RESCALE = dict(
     device="cpu", layer_sizes=[3, 4, 2], num_training_data=100, alphas=[0.01, 1.0, 100.0],
-    samplers=["psgld_fixed", "psgld", "sgld"], degenerate_units=[2], mala_acceptance_every=10, run_key="rescale-test", seed=3,
+    samplers=["psgld_fixed", "psgld", "sgld"], degenerate_units=[2], mala_acceptance_every=10, run_key="rescale-test",
+    seed=3,
     psgld_config=dict(num_steps=30, batch_size=20, num_chains=2, num_burnin_steps=15),
     sgld_config=dict(epsilon=1e-4, num_steps=30, batch_size=20, num_chains=2, num_burnin_steps=15),
 )

@@ -5,9 +5,16 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from dynamics.regimes_observables import (diagonal_observables, gradient_overlaps, gradient_stats,
-                                          linear_observables, mean_relative_distance, per_sample_jacobian,
-                                          prediction_stats, weight_norms)
+from dynamics.regimes_observables import (
+    diagonal_observables,
+    gradient_overlaps,
+    gradient_stats,
+    linear_observables,
+    mean_relative_distance,
+    per_sample_jacobian,
+    prediction_stats,
+    weight_norms,
+)
 from models.regimes import build_model
 
 F64 = torch.float64
@@ -49,7 +56,8 @@ def test_prediction_stats_by_loops():
     y = torch.where(torch.rand(9, generator=gen) > 0.5, 1.0, -1.0).to(F64)
     alpha = 3.0
     stats = prediction_stats(pred, y, alpha)
-    assert stats["pred_bias"] == pytest.approx(sum(alpha * pred[i].item() * y[i].item() for i in range(9)) / 9, rel=1e-12)
+    assert stats["pred_bias"] == pytest.approx(sum(alpha * pred[i].item() * y[i].item() for i in range(9)) / 9,
+                                               rel=1e-12)
     assert stats["pred_var"] == pytest.approx(sum((alpha * pred[i].item()) ** 2 for i in range(9)) / 9, rel=1e-12)
     assert stats["mean_relative_distance"] == pytest.approx(mean_relative_distance(pred), rel=1e-14)
     # raw predictions: the distance does not scale with α, unlike pred_var
@@ -157,7 +165,8 @@ def test_weight_norms_per_tensor():
     for k, name in enumerate(names):
         flat, flat0 = params[name].reshape(-1).tolist(), params0[name].reshape(-1).tolist()
         assert norms["weights_norm"][k] == pytest.approx(sum(v * v for v in flat), rel=1e-12)
-        assert norms["delta_weights_norm"][k] == pytest.approx(sum((a - b) ** 2 for a, b in zip(flat, flat0)), rel=1e-12)
+        assert norms["delta_weights_norm"][k] == pytest.approx(sum((a - b) ** 2 for a, b in zip(flat, flat0)),
+                                                               rel=1e-12)
 
 
 # --- perceptron and diagonal network -------------------------------------------------------
@@ -212,4 +221,5 @@ def test_diagonal_observables_by_hand():
     assert obs["dw_perp"] == pytest.approx(4 / 2, rel=1e-14)
     # at the original's init (ones) with teacher e₁: β = 1, the SNR is (d − 1)·1/(d − 1) = 1
     ones = torch.ones(6, dtype=F64)
-    assert diagonal_observables(ones, ones, torch.eye(6, dtype=F64)[0], 3)["ampli_factor"] == pytest.approx(1.0, rel=1e-14)
+    e1 = torch.eye(6, dtype=F64)[0]
+    assert diagonal_observables(ones, ones, e1, 3)["ampli_factor"] == pytest.approx(1.0, rel=1e-14)

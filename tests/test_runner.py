@@ -216,7 +216,7 @@ def test_nonsense_jobs_is_rejected(tmp_path, capsys, jobs):
     with pytest.raises(SystemExit) as exc:
         run.main([str(tmp_path / "cmds.txt"), "--jobs", jobs])
     assert exc.value.code == 2
-    assert f"argument -j/--jobs: must be a positive integer; got '{jobs}'" in capsys.readouterr().err
+    assert f"argument -j/--jobs: must be an integer >= 1; got '{jobs}'" in capsys.readouterr().err
 
 
 def _ignore_sigint():

@@ -15,6 +15,7 @@ import tempfile
 
 from sacred.randomness import get_seed
 
+from core import checks
 from llc.calibrate import _check_grid, calibrate_epsilon
 from llc.sgld import SGLDConfig
 from tracking.sacred_utils import json_ready
@@ -42,11 +43,8 @@ def validate_calibration(calibration: dict, sgld: SGLDConfig, n: int | None = No
     default). Every (ε, nβ, γ) setting is built as an SGLDConfig here, so a bad
     value fails before any compute, naming ``calibration.<key>``.
     """
-    cal = dict(calibration)
-    unknown = set(cal) - set(CALIBRATION_KEYS)
-    if unknown:
-        raise ValueError(f"calibration has unknown entries {sorted(unknown)}; allowed: {list(CALIBRATION_KEYS)}")
-    cal = {**dict.fromkeys(CALIBRATION_KEYS), **cal}
+    checks.known_entries("calibration", calibration, CALIBRATION_KEYS)
+    cal = {**dict.fromkeys(CALIBRATION_KEYS), **calibration}
 
     def grid(key, default, lo, allow_none, strict):
         values = default if cal[key] is None else cal[key]
@@ -63,18 +61,14 @@ def validate_calibration(calibration: dict, sgld: SGLDConfig, n: int | None = No
         "gammas": grid("gammas", [sgld.gamma], 0.0, False, False),
     }
     for key in ("num_steps", "num_chains", "batch_size"):
-        value = getattr(sgld, key) if cal[key] is None else cal[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"calibration.{key} must be None or an integer >= 1; got {value!r}")
-        out[key] = value
+        value = checks.integer(f"calibration.{key}", cal[key], none_ok=True)
+        out[key] = getattr(sgld, key) if value is None else value
     burnin = cal["num_burnin_steps"]
     out["num_burnin_steps"] = out["num_steps"] // 2 if burnin is None else burnin
-    mnf = 0.9 if cal["min_noise_fraction"] is None else cal["min_noise_fraction"]
-    if isinstance(mnf, bool) or not isinstance(mnf, (int, float)) or not 0 <= mnf <= 1:
-        raise ValueError(f"calibration.min_noise_fraction must be None or a number in [0, 1]; got {mnf!r}")
-    out["min_noise_fraction"] = float(mnf)
-    if n is not None and out["batch_size"] > n:
-        raise ValueError(f"calibration.batch_size must be <= the number of training data ({n}); got {out['batch_size']}")
+    mnf = checks.number("calibration.min_noise_fraction", cal["min_noise_fraction"], lo=0, hi=1, none_ok=True)
+    out["min_noise_fraction"] = 0.9 if mnf is None else mnf
+    if n is not None:
+        checks.at_most("calibration.batch_size", out["batch_size"], "the number of training data", n)
     for nb in out["nbetas"]:
         for g in out["gammas"]:
             for e in out["epsilons"]:

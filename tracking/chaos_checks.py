@@ -18,9 +18,9 @@ from data.vision import check_dataset_name
 from dynamics.cgd import OptimConfig
 from dynamics.cgd_select import CgdRules
 from dynamics.hessian import check_dense_hessian_size
-from dynamics.symeig import EPS_EIGH_MODES
 from dynamics.mlp_hessian import MLP_ACTIVATIONS, mlp_hessian_eigh_nbytes
 from dynamics.perturb import NEEDS_LYAPUNOV, STRATEGIES, load_eigenthings
+from dynamics.symeig import EPS_EIGH_MODES
 from models.chaos_nets import build_model, num_parameters
 from tracking.sacred_utils import build_config
 
@@ -102,7 +102,8 @@ def validate(config: dict) -> Checked:
         _int(f"logging.{key}", log[key], 0)
     t_sub = log["t_lya_subsim"]
     if t_sub is not None:
-        if not isinstance(t_sub, (list, tuple)) or not all(isinstance(t, (int, float)) and t >= 1 and float(t).is_integer() for t in t_sub):
+        if not isinstance(t_sub, (list, tuple)) or not all(
+                isinstance(t, (int, float)) and t >= 1 and float(t).is_integer() for t in t_sub):
             raise ValueError(f"logging.t_lya_subsim must be None or a list of whole step numbers >= 1; got {t_sub!r}")
         t_sub = tuple(sorted({int(t) for t in t_sub}))
     if log["log_lyapunov_subsim"] and not t_sub:
@@ -131,10 +132,12 @@ def validate(config: dict) -> Checked:
         combos = len(strategies) * len(eps)
         _int("parallel", config["parallel"], 1)
         if config["parallel"] < combos:
-            raise ValueError(f"parallel must be >= {combos} (one copy per strategy and eps) for perturb_strat={strat!r} "
+            raise ValueError(f"parallel must be >= {combos} (one copy per strategy and eps) "
+                             f"for perturb_strat={strat!r} "
                              f"and perturb_eps={list(eps)}; got {config['parallel']}")
         if optim.prunes and not optim.prune_global:
-            raise ValueError("perturbed copies need optim.name='sgd' or prune_global (CGD would need each copy's Hessian)")
+            raise ValueError("perturbed copies need optim.name='sgd' or prune_global "
+                             "(CGD would need each copy's Hessian)")
     else:
         _int("parallel", config["parallel"], 1)
     needs_eigenthings = any(s in NEEDS_LYAPUNOV for s in strategies) or (optim.prunes and optim.prune_global)
@@ -176,8 +179,8 @@ def validate(config: dict) -> Checked:
     if optim.prunes and optim.prune_global and rules.global_rule == "hessian" and "steps" not in prune_dirs:
         raise ValueError("cgd.global_rule='hessian' needs the number of steps of the stored spectrum; the "
                          "prune_global eigenthings file has no 'steps' array (write it again with this code)")
-    return Checked(optim, rules, model, p, structured, strategies, needs_hessian, needs_lyapunov, needs_initial, tangent_dim,
-                   tangent_k, t_sub or (), resolve_device(config["device"]), eigenthings, prune_dirs)
+    return Checked(optim, rules, model, p, structured, strategies, needs_hessian, needs_lyapunov, needs_initial,
+                   tangent_dim, tangent_k, t_sub or (), resolve_device(config["device"]), eigenthings, prune_dirs)
 
 
 def _load_checked_eigenthings(config, optim, needed, p):
@@ -192,7 +195,8 @@ def _load_checked_eigenthings(config, optim, needed, p):
         raise ValueError(f"eigenthings_run needs exactly one of run_id and run_key; got {run}")
     if needed and path is None and run["source"] is None and optim.prune_global_checkpoint is None:
         raise ValueError("these perturbation strategies / prune_global need Lyapunov directions: set eigenthings_path "
-                         "(or eigenthings_run.source and .run_id) to the eigenthings.npz of a run with save_eigenthings=True")
+                         "(or eigenthings_run.source and .run_id) to the eigenthings.npz of a run with "
+                         "save_eigenthings=True")
     if not needed:
         return None, None
     shared = None
@@ -203,7 +207,8 @@ def _load_checked_eigenthings(config, optim, needed, p):
 
         run_id = run["run_id"]
         if run_id is None:
-            found = load_runs(run["source"], experiment="chaos", status="COMPLETED", filters={"run_key": run["run_key"]})
+            found = load_runs(run["source"], experiment="chaos", status="COMPLETED",
+                              filters={"run_key": run["run_key"]})
             if len(found) != 1:
                 raise ValueError(f"eigenthings_run.run_key {run['run_key']!r}: {len(found)} completed chaos runs in "
                                  f"{run['source']!r}; expected exactly 1")

@@ -100,9 +100,9 @@ def lyapunov_subsim(_run, step, lyap, fixed):
 def finish(_run, c, checked, record, lyap, copies, step, epoch, p):
     """Artifacts and the run's result."""
     result = {"num_params": p, "model_dim": p, "num_steps": step, "epochs": epoch + 1,
-              "final_train_loss": record["train_loss"][-1], "final_train_acc": record["train_acc"][-1],
-              "final_test_loss": record["test_loss"][-1], "final_test_acc": record["test_acc"][-1],
-              "best_test_acc": max(record["test_acc"])}
+              "final_train_loss": record["train_loss"][-1], "final_train_accuracy": record["train_accuracy"][-1],
+              "final_test_loss": record["test_loss"][-1], "final_test_accuracy": record["test_accuracy"][-1],
+              "best_test_accuracy": max(record["test_accuracy"])}
     if record["num_neg"]:
         num_neg = np.asarray(record["num_neg"])
         result["hessian"] = {"frac_steps_with_neg": float((num_neg > 0).mean()), "mean_num_neg": float(num_neg.mean()),

@@ -101,10 +101,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise CorruptCheckpoint(f"{path}: checksum mismatch (truncated or corrupted file, {len(raw)} bytes)")
     try:
         out = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-    except Exception as err:  # noqa: BLE001 - torch raises several types for a bad archive
+    except Exception as err:  # torch raises several types for a bad archive
         raise CorruptCheckpoint(f"{path}: unreadable ({type(err).__name__}: {err})") from None
     if not isinstance(out, dict) or out.get("format") != FORMAT:
-        raise CorruptCheckpoint(f"{path}: unknown checkpoint format {out.get('format') if isinstance(out, dict) else '?'}")
+        found = out.get("format") if isinstance(out, dict) else "?"
+        raise CorruptCheckpoint(f"{path}: unknown checkpoint format {found}")
     return out
 
 
@@ -176,7 +177,8 @@ def restore_global_rngs(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

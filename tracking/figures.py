@@ -105,7 +105,8 @@ def plot_lambdahat_vs_true(
     ax.set_yscale("log")
     lo, hi = min(x.min(), y.min()) / 1.5, max(x.max(), y.max()) * 1.5
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="λ̂ = λ", zorder=1)
-    ax.errorbar(x, y, yerr=data["lambdahat_std"].fillna(0).to_numpy(), fmt="none", ecolor="0.6", elinewidth=0.8, zorder=2)
+    ax.errorbar(x, y, yerr=data["lambdahat_std"].fillna(0).to_numpy(), fmt="none", ecolor="0.6", elinewidth=0.8,
+                zorder=2)
     if hue is None:
         ax.scatter(x, y, s=18, zorder=3)
     else:

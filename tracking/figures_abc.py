@@ -57,7 +57,8 @@ def trial_curves(metrics: pd.DataFrame, runs: pd.DataFrame, metric: str = "train
     parsed = metrics["name"].str.extract(_TRIAL)
     data = metrics[parsed["metric"] == metric].merge(runs[["run_id", hue]], on="run_id")
     if data.empty:
-        raise ValueError(f"no '{metric}/trial<k>' metrics for these runs; names: {sorted(metrics['name'].unique())[:10]}")
+        raise ValueError(f"no '{metric}/trial<k>' metrics for these runs; "
+                         f"names: {sorted(metrics['name'].unique())[:10]}")
     grouped = data.groupby([hue, "step"])["value"]
     out = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=0), "n": grouped.size()}).reset_index()
     return out.rename(columns={hue: "hue"})
@@ -157,7 +158,8 @@ def plot_coord_check(table: dict, quantity: str = "h_abs", steps=None, title: st
     axes[0].set_ylabel("mean |h|" if quantity == "h_abs" else "mean |h(t) − h(0)|")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize="small")
     fig.suptitle(title if title is not None else
-                 f"coordinate check: {table.get('parameterization', '')}, {table.get('activation', '')}, L = {table.get('L', '')}")
+                 f"coordinate check: {table.get('parameterization', '')}, {table.get('activation', '')}, "
+                 f"L = {table.get('L', '')}")
     return fig
 
 

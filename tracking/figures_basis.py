@@ -21,8 +21,8 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from matplotlib.axes import Axes
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 

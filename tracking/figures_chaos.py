@@ -28,6 +28,11 @@ from tracking.load import load_artifact, load_metrics, load_runs
 
 EXPERIMENT = "chaos"
 
+# Names older runs in a store still carry (renamed for one vocabulary across experiments):
+# current name -> the earlier names, newest first; a run without the current name is read under these.
+LEGACY_NAMES = {"epoch/train_accuracy": ("epoch/train_acc",), "epoch/test_accuracy": ("epoch/test_acc",),
+                "train/batch_loss": ("train/loss",), "train/batch_accuracy": ("train/accuracy", "train/acc")}
+
 
 def _runs(source, run_ids=None, filters=None) -> pd.DataFrame:
     df = load_runs(source, experiment=EXPERIMENT, filters=filters, status="COMPLETED")
@@ -41,6 +46,17 @@ def _runs(source, run_ids=None, filters=None) -> pd.DataFrame:
 def _series(source, run_id, names) -> dict[str, pd.DataFrame]:
     m = load_metrics(source, experiment=EXPERIMENT, run_ids=[run_id], names=names)
     return {name: g.sort_values("step") for name, g in m.groupby("name")}
+
+
+def _metric_with_legacy(source, run_ids, metric: str) -> pd.DataFrame:
+    """Rows of ``metric`` for the runs, read under a :data:`LEGACY_NAMES` name for runs recorded before the rename."""
+    names = [metric, *LEGACY_NAMES.get(metric, ())]
+    m = load_metrics(source, experiment=EXPERIMENT, run_ids=run_ids, names=names)
+    if m.empty:
+        return m
+    rank = m["name"].map({name: i for i, name in enumerate(names)})
+    best = rank.groupby(m["run_id"]).transform("min")  # per run: the newest name it has
+    return m[rank == best].assign(name=metric)
 
 
 def optimizer_label(row: pd.Series) -> str:
@@ -119,11 +135,13 @@ def plot_hessian_spectrum_stats(source, run_ids=None) -> Figure:
     return fig
 
 
-def plot_accuracy_by_optimizer(source, filters=None, metric: str = "epoch/test_acc") -> Figure:
-    """``metric`` against step, one curve per optimizer label (mean ± std over seeds and repeats)."""
+def plot_accuracy_by_optimizer(source, filters=None, metric: str = "epoch/test_accuracy") -> Figure:
+    """``metric`` against step, one curve per optimizer label (mean ± std over seeds and repeats).
+
+    Runs recorded before a rename are read under the old name (:data:`LEGACY_NAMES`)."""
     runs = _runs(source, filters=filters)
     runs = runs.assign(label=runs.apply(optimizer_label, axis=1))
-    m = load_metrics(source, experiment=EXPERIMENT, run_ids=list(runs["run_id"]), names=[metric])
+    m = _metric_with_legacy(source, list(runs["run_id"]), metric)
     if m.empty:
         raise ValueError(f"no {metric!r} metric in the chosen chaos runs of {source!r}")
     m = m.merge(runs[["run_id", "label"]], on="run_id")

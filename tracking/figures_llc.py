@@ -210,7 +210,10 @@ def _explode(runs: pd.DataFrame, list_columns: dict[str, str], keep: list[str]) 
 
 
 def rescaling_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (run, sampler, α): run, run_id, layer_sizes, alpha, sampler, lambdahat (NaN if failed), lambdahat_std, status."""
+    """One row per (run, sampler, α).
+
+    Columns: run, run_id, layer_sizes, alpha, sampler, lambdahat (NaN if failed), lambdahat_std, status.
+    """
     parts = []
     for sampler in ("psgld_fixed", "psgld", "sgld"):
         columns = {"alphas": "alpha", f"{sampler}.lambdahat": "lambdahat",

@@ -144,7 +144,8 @@ class _MongoStore:
             yield doc["_id"], doc, _restore(doc.get("config") or {})
 
     def metrics(self, experiments, run_ids, names) -> Iterator[tuple[Any, str, str, dict]]:
-        experiment_of = {run_id: entry["experiment"]["name"] for run_id, entry, _ in self.runs(experiments, None, run_ids)}
+        experiment_of = {run_id: entry["experiment"]["name"]
+                         for run_id, entry, _ in self.runs(experiments, None, run_ids)}
         # Names first (small documents), then the values of the matching ones only.
         heads = list(self.metrics_coll.find({"run_id": {"$in": list(experiment_of)}}, {"name": 1, "run_id": 1}))
         wanted = [h["_id"] for h in heads if _matching([h["name"]], names)]
@@ -385,7 +386,8 @@ def load_metrics(source, experiment=None, run_ids=None, names=None, failed_over=
                     "run_id": [run_id] * n, "experiment": exp, "name": name,
                     "step": pd.Series(series["steps"], dtype="int64"),
                     "value": pd.Series(series["values"], dtype="float64"),
-                    "timestamp": pd.to_datetime(pd.Series(series["timestamps"], dtype=object), utc=True, format="ISO8601"),
+                    "timestamp": pd.to_datetime(pd.Series(series["timestamps"], dtype=object), utc=True,
+                                                format="ISO8601"),
                     "source": store.label,
                 }))
     if not parts:

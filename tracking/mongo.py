@@ -163,7 +163,8 @@ def _parse_url(value: str) -> MongoTarget:
             raise ValueError(f"MongoDB URL has an invalid {what} name {name!r}")
     credentials = ""
     if user:
-        credentials = quote(unquote(user), safe="") + (f":{quote(unquote(password), safe='')}" if password else "") + "@"
+        password_part = f":{quote(unquote(password), safe='')}" if password else ""
+        credentials = quote(unquote(user), safe="") + password_part + "@"
     url = f"{scheme}://{credentials}{hostpart}/{quote(db)}" + (f"?{query}" if query else "")
     hosts = tuple(_host_port(h, srv) for h in hostpart.split(","))
     options = "&".join(o for o in query.split("&") if o and "password" not in o.lower())

@@ -246,7 +246,8 @@ class FailSafeMongoObserver(MongoObserver):
                 except pymongo.errors.DuplicateKeyError:  # a restarted, emptied server gave our _id away
                     entry["_id"] = None
                     self.insert()
-            known = {m["name"] for m in entry["info"].get("metrics", [])} if isinstance(entry.get("info"), dict) else set()
+            info = entry.get("info")
+            known = {m["name"] for m in info.get("metrics", [])} if isinstance(info, dict) else set()
             for name, series in self._mirror.items():
                 result = self.metrics.update_one({"run_id": entry["_id"], "name": name}, {"$set": series}, upsert=True)
                 if result.upserted_id is not None and name not in known:

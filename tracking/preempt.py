@@ -48,6 +48,7 @@ from typing import Any, Callable
 from sacred.observers import FileStorageObserver
 from sacred.utils import SacredInterrupt
 
+from core import checks
 from tracking.checkpoint import (
     CheckpointError, capture_global_rngs, checkpoint_files, config_differences, config_json, newest_readable,
     restore_global_rngs, write_checkpoint,
@@ -95,18 +96,15 @@ def parse_every(value) -> tuple[str, float]:
                 return "steps", int(amount)
         elif amount > 0:
             return "seconds", amount * _UNITS[unit]
-    raise ValueError(f"checkpoint_every must be {allowed}; got {value!r}")
+    raise checks.CheckError("checkpoint_every", allowed, value)
 
 
 def validate_checkpoint_config(config: dict) -> tuple[str, float]:
     """Check the four checkpoint keys before any compute; returns parse_every's result."""
     every = parse_every(config["checkpoint_every"])
-    if not isinstance(config["keep_checkpoints"], bool):
-        raise ValueError(f"keep_checkpoints must be True or False; got {config['keep_checkpoints']!r}")
-    for key in ("checkpoint_dir", "resume_from"):
-        if config[key] is not None and not (isinstance(config[key], str) and config[key]):
-            raise ValueError(f"{key} must be None or a path; got {config[key]!r}")
-    src = config["resume_from"]
+    checks.boolean("keep_checkpoints", config["keep_checkpoints"])
+    checks.path("checkpoint_dir", config["checkpoint_dir"], none_ok=True)
+    src = checks.path("resume_from", config["resume_from"], none_ok=True)
     if src is not None and not os.path.isdir(src):
         raise ValueError(f"resume_from must be an existing run or checkpoint directory; {src!r} is not a directory")
     return every

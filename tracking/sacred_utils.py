@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-
 from sacred import SETTINGS, Experiment
 from sacred.observers import FileStorageObserver
 

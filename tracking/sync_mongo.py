@@ -137,7 +137,8 @@ def upload_run(db, target: MongoTarget, run_dir: Path, record: dict) -> tuple[ob
         values = {"steps": series.get("steps", []), "values": series.get("values", []),
                   "timestamps": [_time(t) for t in series.get("timestamps", [])]}
         metrics.update_one({"run_id": run_id, "name": name}, {"$set": values}, upsert=True)
-        metric_ids.append({"name": name, "id": str(metrics.find_one({"run_id": run_id, "name": name}, {"_id": 1})["_id"])})
+        metric_id = metrics.find_one({"run_id": run_id, "name": name}, {"_id": 1})["_id"]
+        metric_ids.append({"name": name, "id": str(metric_id)})
     doc["artifacts"] = artifacts
     doc["info"] = dict(doc["info"], metrics=metric_ids) if metric_ids else doc["info"]
     runs.update_one({"_id": run_id}, {"$set": doc})  # the final status last: a crash here leaves it re-syncable

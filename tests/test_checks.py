@@ -1,0 +1,186 @@
+"""core.checks: each check accepts its boundary, rejects just past it, and names key, expectation and value."""
+import argparse
+import math
+import re
+
+import pytest
+
+from core.checks import (
+    CheckError,
+    at_most,
+    boolean,
+    cli_type,
+    distinct_names,
+    int_list,
+    integer,
+    known_entries,
+    number,
+    number_list,
+    one_of,
+    path,
+)
+
+NOT_NUMBERS = [True, False, "1", None, [1], 1j]
+
+
+def raises(message: str):
+    """pytest.raises for the whole message, matched literally."""
+    return pytest.raises(CheckError, match="^" + re.escape(message) + "$")
+
+
+def test_integer_accepts_its_bounds_and_rejects_one_past_them():
+    assert integer("k", 1) == 1 and integer("k", 0, lo=0) == 0 and integer("k", -1, lo=-1) == -1
+    assert integer("k", 5, lo=0, hi=5) == 5 and integer("k", 10**30) == 10**30
+    with raises("k must be an integer >= 1; got 0"):
+        integer("k", 0)
+    with raises("k must be an integer >= -1; got -2"):
+        integer("k", -2, lo=-1)
+    with raises("k must be an integer in [0, 5]; got 6"):
+        integer("k", 6, lo=0, hi=5)
+    with raises("k must be an integer <= 3; got 4"):
+        integer("k", 4, lo=None, hi=3)
+
+
+@pytest.mark.parametrize("value", [True, False, 1.0, 2.5, "3", None, math.nan])
+def test_integer_rejects_bool_float_str_none(value):
+    with pytest.raises(CheckError, match=r"^k must be an integer >= 0; got "):
+        integer("k", value, lo=0)
+
+
+def test_integer_none_ok_and_from_float():
+    assert integer("k", None, none_ok=True) is None
+    with raises("k must be None or an integer >= 1; got 0"):
+        integer("k", 0, none_ok=True)
+    value = integer("k", 1e5, from_float=True)
+    assert value == 100000 and type(value) is int
+    with raises("k must be an integer >= 1; got 2.5"):
+        integer("k", 2.5, from_float=True)
+    with raises("k must be an integer >= 1; got 0"):  # 0.0 -> 0, then the bound fails on the int
+        integer("k", 0.0, from_float=True)
+
+
+def test_number_bounds_open_closed_and_strict():
+    assert number("x", 0, lo=0) == 0.0 and type(number("x", 3, lo=0)) is float
+    assert number("x", 1, lo=0, hi=1) == 1.0 and number("x", -7.5) == -7.5
+    with raises("x must be a finite number >= 0; got -1e-300"):
+        number("x", -1e-300, lo=0)
+    with raises("x must be a finite number > 0; got 0.0"):
+        number("x", 0.0, lo=0, strict=True)
+    assert number("x", 5e-324, lo=0, strict=True) == 5e-324  # the smallest float above the bound
+    with raises("x must be a number in [0, 1]; got 1.0000000000000002"):  # closed interval: "finite" goes unsaid
+        number("x", math.nextafter(1.0, 2.0), lo=0, hi=1)
+    with raises("x must be a number in (0, 1]; got 0"):
+        number("x", 0, lo=0, hi=1, strict=True)
+    with raises("x must be a finite number <= 2; got 3"):
+        number("x", 3, hi=2)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf] + NOT_NUMBERS)
+def test_number_rejects_nan_inf_bool_and_non_numbers(value):
+    with pytest.raises(CheckError, match=r"^x must be a finite number; got "):
+        number("x", value)
+
+
+def test_number_finite_false_lets_inf_through_but_not_nan():
+    assert number("x", math.inf, lo=0, strict=True, finite=False) == math.inf
+    with raises("x must be a number > -1; got nan"):
+        number("x", math.nan, lo=-1, strict=True, finite=False)
+    with raises("x must be a number > -1; got -inf"):
+        number("x", -math.inf, lo=-1, strict=True, finite=False)
+
+
+def test_number_none_ok():
+    assert number("x", None, none_ok=True) is None
+    with raises("x must be None or a finite number > 0; got 0"):
+        number("x", 0, lo=0, strict=True, none_ok=True)
+    with raises("x must be a finite number; got None"):
+        number("x", None)
+
+
+def test_boolean():
+    assert boolean("b", True) is True and boolean("b", False) is False
+    for value in (0, 1, "yes", None, 1.0):
+        with raises(f"b must be True or False; got {value!r}"):
+            boolean("b", value)
+
+
+def test_one_of_lists_the_allowed_values_including_dict_keys():
+    assert one_of("m", "b", ("a", "b")) == "b" and one_of("m", None, (None, "x")) is None
+    with raises("m must be one of ('a', 'b'); got 'c'"):
+        one_of("m", "c", ("a", "b"))
+    with raises("m must be one of ('float32', 'float64'); got 'float16'"):
+        one_of("m", "float16", {"float32": 0, "float64": 1})
+
+
+def test_int_list():
+    assert int_list("s", (3, 1)) == [3, 1] and int_list("s", [], min_len=0) == []
+    assert int_list("u", [1, 19], lo=1, hi=19, min_len=0) == [1, 19]
+    with raises("s must be a non-empty list of integers >= 1; got []"):
+        int_list("s", [])
+    with raises("s must be a list of >= 3 integers >= 1; got [3, 2]"):
+        int_list("s", [3, 2], min_len=3)
+    with raises("u must be a list of integers in [1, 19]; got [20]"):
+        int_list("u", [20], lo=1, hi=19, min_len=0)
+    for bad in ([1, True], [1, 2.0], 3, "12", None):
+        with pytest.raises(CheckError, match="^s must be a non-empty list of integers >= 1; got "):
+            int_list("s", bad)
+
+
+def test_number_list():
+    assert number_list("a", [1, 0.5], lo=0, strict=True) == [1.0, 0.5]
+    with raises("a must be a non-empty list of finite numbers > 0; got [1.0, 0.0]"):
+        number_list("a", [1.0, 0.0], lo=0, strict=True)
+    for bad in ([], [math.inf], [math.nan], [True], 1.0, ["1"]):
+        with pytest.raises(CheckError, match="^a must be a non-empty list of finite numbers; got "):
+            number_list("a", bad)
+
+
+def test_distinct_names():
+    assert distinct_names("s", ("y", "x"), ("x", "y")) == ["y", "x"]
+    for bad in ([], ["x", "x"], ["z"], "x", None):
+        with raises(f"s must be a non-empty list of distinct names from ('x', 'y'); got {bad!r}"):
+            distinct_names("s", bad, ("x", "y"))
+
+
+def test_path():
+    assert path("p", "runs/1") == "runs/1" and path("p", None, none_ok=True) is None
+    for bad in ("", 3, None):
+        with raises(f"p must be a path; got {bad!r}"):
+            path("p", bad)
+    with raises("p must be None or a path; got ''"):
+        path("p", "", none_ok=True)
+
+
+def test_at_most_names_the_limit_and_its_source():
+    at_most("b", 100, "n", 100)
+    with raises("b must be <= n (100); got 101"):
+        at_most("b", 101, "n", 100)
+    with raises("b must be <= n (100); got nan"):
+        at_most("b", math.nan, "n", 100)
+
+
+def test_known_entries_names_the_unknown_and_the_allowed():
+    known_entries("cfg", {"a": 1}, ("a", "b"))
+    with pytest.raises(ValueError, match=r"^cfg has unknown entries \['c', 'd'\]; allowed: \['a', 'b'\]$"):
+        known_entries("cfg", {"d": 0, "a": 1, "c": 2}, ("b", "a"))
+
+
+def test_check_error_is_a_value_error_carrying_its_parts():
+    with pytest.raises(ValueError) as info:
+        integer("sgld_config.num_steps", 0)
+    err = info.value
+    assert (err.key, err.expected, err.value) == ("sgld_config.num_steps", "an integer >= 1", 0)
+
+
+def test_cli_type_through_argparse(capsys):
+    p = argparse.ArgumentParser(prog="x")
+    p.add_argument("-j", type=cli_type(integer, lo=1))
+    p.add_argument("--eps", type=cli_type(number, float, lo=0, strict=True))
+    args = p.parse_args(["-j", "3", "--eps", "1e-3"])
+    assert args.j == 3 and args.eps == 1e-3
+    for argv, message in ((["-j", "0"], "argument -j: must be an integer >= 1; got '0'"),
+                          (["-j", "two"], "argument -j: must be an integer >= 1; got 'two'"),
+                          (["--eps", "nan"], "argument --eps: must be a finite number > 0; got 'nan'")):
+        with pytest.raises(SystemExit):
+            p.parse_args(argv)
+        assert message in capsys.readouterr().err
