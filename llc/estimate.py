@@ -244,6 +244,7 @@ def estimate_llc(
     try:
         # functional_call swaps in w's views and the cast buffers: the module itself stays put.
         loss, w_star = flat_loss_for_module(model, loss_fn, dt, dev)
+        loss_path = getattr(loss, "path", "generic")  # read before restrict_loss wraps the loss
         if param_mask is not None:
             loss, w_star = restrict_loss(loss, w_star, flat_param_mask(model, param_mask, dev))
 
@@ -251,10 +252,13 @@ def estimate_llc(
             return t.to(device=dev, dtype=dt if t.is_floating_point() else t.dtype)
 
         if streamed:
-            return estimate_llc_streamed(loss, w_star, HostData(data, cast), config, seed, eval_batch_size, prefetch,
-                                         callbacks, callback_every)
-        segments = None if param_mask is not None else [p.numel() for p in model.parameters()]
-        return estimate_llc_flat(loss, w_star, cast(x), cast(y), config, seed, eval_batch_size,
-                                 callbacks, callback_every, sampler, sampler_options, segments)
+            result = estimate_llc_streamed(loss, w_star, HostData(data, cast), config, seed, eval_batch_size, prefetch,
+                                           callbacks, callback_every)
+        else:
+            segments = None if param_mask is not None else [p.numel() for p in model.parameters()]
+            result = estimate_llc_flat(loss, w_star, cast(x), cast(y), config, seed, eval_batch_size,
+                                       callbacks, callback_every, sampler, sampler_options, segments)
+        result.loss_path = loss_path
+        return result
     finally:
         model.train(was_training)

@@ -36,6 +36,8 @@ class LLCResult:
         config: the sampler configuration.
         compile_mode: the SGLD step that ran: "eager", "compiled", or
             "eager-fallback" (torch.compile failed); ``compiled`` says whether it was compiled.
+        loss_path: how the model's loss was evaluated: "fused" (llc.fused: a stack of Linear
+            layers and activations as batched matmuls) or "generic" (functional_call, vmapped).
         diagnostics: rank R-hat, bulk/tail ESS, trend p-values and the ``healthy``
             flag with its reasons (llc.diagnostics.diagnose), computed from the
             post-burn-in trace when the result is built; also as properties.
@@ -51,6 +53,7 @@ class LLCResult:
     burnin: int
     config: ChainConfig = field(repr=False)
     compile_mode: str = "eager"
+    loss_path: str = "generic"
     diagnostics: Diagnostics = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -105,6 +108,7 @@ class LLCResult:
             "health_reasons": list(self.health_reasons),
             "compiled": self.compiled,
             "compile_mode": self.compile_mode,
+            "loss_path": self.loss_path,
         }
 
 

@@ -266,12 +266,21 @@ def _eager_step(loss_fn: FlatLoss, pull: float, drift: float, noise: float) -> S
 
     A single chain skips vmap: on CPU, vmap turns each Linear into a bmm and
     cross-entropy into a generic batched rule, which cost twice a plain forward
-    for small models; the unbatched call runs the ordinary kernels.
+    for small models; the unbatched call runs the ordinary kernels. A fused loss
+    (llc.fused: a stack of Linear layers) gives every chain's loss and gradient at
+    once (``value_and_grad``: batched matmuls, a closed-form backward where it has
+    one), without vmap or an autograd graph.
     """
     batched_loss = vmap(loss_fn)
+    value_and_grad = getattr(loss_fn, "value_and_grad", None)
 
     def step(w, idx, xi, x, y, w_star):
         xb, yb = _gather(x, idx), _gather(y, idx)  # (C, B, ...)
+        if value_and_grad is not None and w.shape[0] > 1:
+            loss, g = value_and_grad(w, xb, yb)  # (C,), (C, P)
+            g.mul_(drift).add_(xi, alpha=noise).add_(w_star - w, alpha=pull)
+            w.add_(g)
+            return loss.detach()
         with torch.enable_grad():
             wg = w.detach().requires_grad_(True)
             if wg.shape[0] == 1:

@@ -217,6 +217,10 @@ def test_estimate_llc_fused_equals_generic_end_to_end():
     # per step (the localised SGLD map contracts), so 1e-9 has ample headroom.
     torch.testing.assert_close(torch.as_tensor(a.loss_trace), torch.as_tensor(b.loss_trace), rtol=1e-9, atol=1e-12)
     assert abs(a.lambdahat - b.lambdahat) <= 1e-6 * max(1.0, abs(b.lambdahat))
+    # With 3 chains the fused run's eager step takes value_and_grad (closed-form backward,
+    # no vmap), the generic one vmap + autograd: the agreement above covers the driver hook.
+    assert (a.loss_path, b.loss_path) == ("fused", "generic")
+    assert a.summary()["loss_path"] == "fused"
 
 
 @pytest.mark.slow
