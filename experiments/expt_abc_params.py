@@ -30,8 +30,14 @@ from core.runtime import derived_seed, resolve_device
 from data.splits import Splits, calibration_batches, load_flat_splits
 from data.vision import DATASETS
 from dynamics.abc_train import (
-    CALIBRATIONS, CoordCheckConfig, StepRecord, calibrate_warmup_lrs, coordinate_check, evaluate, fixed_batch_list,
-    train_abc, warmup_base_lrs,
+    CALIBRATIONS,
+    CoordCheckConfig,
+    StepRecord,
+    coordinate_check,
+    evaluate,
+    fixed_batch_list,
+    train_abc,
+    warmup_base_lrs,
 )
 from models.abc import ACTIVATIONS, INPUT_SCALINGS, PARAMETERIZATIONS, ABCNet, ABCNetSpec, make_parameterization
 from tracking.preempt import add_checkpoint_config, checkpointing
@@ -99,48 +105,48 @@ def cfg():
 def mnist_ipllr_gelu():
     """Published: IPLLR with gelu reaches test accuracy ≈ 0.95 on MNIST
     (docs/notes/width_parameterizations.md#published)."""
-    parameterization = "ipllr"  # noqa: F841
-    activation = "gelu"  # noqa: F841
-    dataset = "mnist"  # noqa: F841
+    parameterization = "ipllr"
+    activation = "gelu"
+    dataset = "mnist"
 
 
 @ex.named_config
 def cifar10_mup_relu():
     """Published: muP with relu reaches test accuracy ≈ 0.41 on grey CIFAR-10
     (docs/notes/width_parameterizations.md#published)."""
-    parameterization = "mup"  # noqa: F841
-    activation = "relu"  # noqa: F841
-    dataset = "cifar10"  # noqa: F841
+    parameterization = "mup"
+    activation = "relu"
+    dataset = "cifar10"
 
 
 @ex.named_config
 def ip_non_centered():
     """The original's fc_ip_non_centered job: standard IP with U_1..U_L of mean 1 (init_mean = 1.0)."""
-    parameterization = "standard_ip"  # noqa: F841
-    init_mean = 1.0  # noqa: F841
+    parameterization = "standard_ip"
+    init_mean = 1.0
 
 
 @ex.named_config
 def ip_non_centered_calibrated():
     """non_centered/training.py's calibrated run: standard IP with U_1..U_L of mean 1, its first step with
     calibrated base lrs, the input layer renormalised and its later lr × (d+1), on the script's fixed batch list."""
-    parameterization = "standard_ip_calibrated"  # noqa: F841
-    init_mean = 1.0  # noqa: F841
-    input_scaling = "multiplier_lr"  # noqa: F841
-    batch_order = "fixed_list"  # noqa: F841
+    parameterization = "standard_ip_calibrated"
+    init_mean = 1.0
+    input_scaling = "multiplier_lr"
+    batch_order = "fixed_list"
 
 
 @ex.named_config
 def ipllr_bias():
     """The original's fc_ip_bias job: IPLLR with unscaled biases and their own lr exponents, not calibrated."""
-    parameterization = "ipllr_bias"  # noqa: F841
+    parameterization = "ipllr_bias"
 
 
 @ex.named_config
 def vanishing_ip():
     """IP with its standard lrs at depth L = 6: starts at a stationary point and stays at chance."""
-    parameterization = "standard_ip"  # noqa: F841
-    L = 6  # noqa: F841
+    parameterization = "standard_ip"
+    L = 6
 
 
 def _int(key, value, lo):

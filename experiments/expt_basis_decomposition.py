@@ -47,7 +47,7 @@ from data.vision import DATASETS, load_vision_dataset
 from dynamics.basis import conjugate_kernel_basis, nonnegative_increment_fraction, saturation_times
 from dynamics.basis_tracking import checkpoint_gradients, gradients_along_run, record_training
 from dynamics.basis_training import Trainer, eval_outputs, recording_times
-from dynamics.schedules import LRSchedule, OPTIMIZERS, decay_groups, make_loss, make_optimizer
+from dynamics.schedules import OPTIMIZERS, LRSchedule, decay_groups, make_loss, make_optimizer
 from models.basis_nets import InputShape, build_model, check_model_name, check_width, feature_dim
 from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import configure_experiment, json_ready, log_series, run_cli, seed_everything

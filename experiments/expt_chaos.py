@@ -32,8 +32,8 @@ from torch.func import grad_and_value
 from core.runtime import derived_seed, resolve_dtype
 from data.vision import load_vision_dataset
 from dynamics.cgd import cgd_gradient, sgd_step
-from dynamics.chaos_resume import loop_state, restore_loop
 from dynamics.cgd_select import cgd_tangent_hessian, pruned_directions
+from dynamics.chaos_resume import loop_state, restore_loop
 from dynamics.engine import BoundaryBefore, StepOutput, check_finite, evaluate, run_steps
 from dynamics.hessian import SymEig, dense_eigh, dense_hessian
 from dynamics.lyapunov import expanding_subspace, init_lyapunov, propagate, sgd_tangent_map
@@ -43,7 +43,12 @@ from llc.estimate import flat_model_for_module
 from models.chaos_nets import build_model
 from tracking.chaos_checks import IMAGE_SIZE, NUM_CLASSES, validate, warn_slow_cpu_frame
 from tracking.chaos_record import (
-    POSITIVE_EXPONENT, finish, log_curvature, lyapunov_subsim, pooled_abs, save_eigenthings_artifact,
+    POSITIVE_EXPONENT,
+    finish,
+    log_curvature,
+    lyapunov_subsim,
+    pooled_abs,
+    save_eigenthings_artifact,
 )
 from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import configure_experiment, json_ready, run_cli, seed_everything

@@ -111,13 +111,13 @@ def cfg():
 @ex.named_config
 def paper():
     # MALA_vs_SGLD.ipynb: its 7 n, ε = 1e-5 at every n, 5 chains of 10000 draws each, every draw averaged.
-    num_training_data = list(PAPER_NS)  # noqa: F841
-    epsilon = 1e-5  # noqa: F841
-    epsilon_scaling = "fixed"  # noqa: F841
-    gamma = 1.0  # noqa: F841
-    num_steps = 10000  # noqa: F841
-    num_chains = 5  # noqa: F841
-    num_burnin_steps = 0  # noqa: F841
+    num_training_data = list(PAPER_NS)
+    epsilon = 1e-5
+    epsilon_scaling = "fixed"
+    gamma = 1.0
+    num_steps = 10000
+    num_chains = 5
+    num_burnin_steps = 0
 
 
 def validate(config: dict) -> dict:

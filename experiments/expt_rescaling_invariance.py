@@ -122,19 +122,19 @@ def cfg():
 @ex.named_config
 def paper_small():
     # The paper's 10 -> 20 -> 10 network (published λ̂ ≈ 166, data/llc_rescaling_results.json).
-    layer_sizes = [10, 20, 10]  # noqa: F841
+    layer_sizes = [10, 20, 10]
 
 
 @ex.named_config
 def paper_medium():
     # The paper's 20 -> 30 -> 20 network (published λ̂ ≈ 537, data/llc_rescaling_results_2.json).
-    layer_sizes = [20, 30, 20]  # noqa: F841
+    layer_sizes = [20, 30, 20]
 
 
 @ex.named_config
 def paper_large():
     # The paper's 30 -> 40 -> 30 network (published λ̂ ≈ 1111, data/llc_rescaling_results_3.json).
-    layer_sizes = [30, 40, 30]  # noqa: F841
+    layer_sizes = [30, 40, 30]
 
 
 def resolve_original_keys(config: dict) -> dict:

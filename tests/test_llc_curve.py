@@ -14,10 +14,10 @@ from sacred.observers import FileStorageObserver
 from sacred.utils import ConfigAddedError
 from torch.func import vmap
 
+from data.vision import load_vision_dataset
 from gen_commands import expt_llc_curve as gen
 from gen_commands import sweep
 from gen_commands.commands import config_overrides
-from data.vision import load_vision_dataset
 from llc.estimate import flat_model_for_module
 from models.resnet import build_resnet, stage_widths
 from tests.conftest import load_experiment

@@ -16,7 +16,6 @@ from tracking import checkpoint as ckpt
 from tracking.checkpoint import CheckpointError, CorruptCheckpoint
 from tracking.preempt import TEST_ENV, Preempted, Session, parse_every
 
-
 # ------------------------------------------------------------------ checkpoint_every
 
 @pytest.mark.parametrize("value, expected", [

@@ -15,8 +15,13 @@ from gen_commands import expt_sgd_regimes as gen
 from gen_commands.commands import config_overrides
 from tests.conftest import REPO, load_experiment
 from tests.datasets import allow_tiny_cifar, write_cifar10, write_mnist
-from tracking.figures_regimes import (curves, plot_ntk_change_vs_alpha, plot_test_error_vs_temperature,
-                                      plot_weight_change_vs_temperature, regime_table)
+from tracking.figures_regimes import (
+    curves,
+    plot_ntk_change_vs_alpha,
+    plot_test_error_vs_temperature,
+    plot_weight_change_vs_temperature,
+    regime_table,
+)
 from tracking.load import load_metrics, load_runs
 
 PERCEPTRON = dict(arch="linear", dataset="depleted_sign", d=4, ptr=40, pte=30, alpha=2.0, bs=8, max_wall=60.0,

@@ -9,8 +9,17 @@ from torch.func import functional_call
 
 from data.regimes import BinaryDataset, build_dataset
 from dynamics.regimes_ladders import FastLadder, SlowLadder, next_early_step
-from dynamics.regimes_train import (RegimesConfig, alpha_loss, fast_ladder, flat_metrics,
-                                    gd_sde_gradient, loss_and_grad, slow_ladder, train_regimes, unfit_first_batch)
+from dynamics.regimes_train import (
+    RegimesConfig,
+    alpha_loss,
+    fast_ladder,
+    flat_metrics,
+    gd_sde_gradient,
+    loss_and_grad,
+    slow_ladder,
+    train_regimes,
+    unfit_first_batch,
+)
 from models.regimes import build_model
 
 F64 = torch.float64

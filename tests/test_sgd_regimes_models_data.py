@@ -7,8 +7,17 @@ import torch
 import torch.nn.functional as F
 
 from data.regimes import CIFAR_VEHICLES, build_dataset, depleted_gaussian, image_labels
-from models.regimes import (ACTIVATIONS, ARCHS, CONV_ARCHS, DEEP_ARCHS, NormalisedActivation, activation_norm,
-                            build_model, check_act_beta, same_padding)
+from models.regimes import (
+    ACTIVATIONS,
+    ARCHS,
+    CONV_ARCHS,
+    DEEP_ARCHS,
+    NormalisedActivation,
+    activation_norm,
+    build_model,
+    check_act_beta,
+    same_padding,
+)
 from tests.datasets import allow_tiny_cifar, write_cifar10, write_mnist
 
 F64 = torch.float64

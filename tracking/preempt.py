@@ -43,15 +43,21 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from sacred.observers import FileStorageObserver
 from sacred.utils import SacredInterrupt
 
 from core import checks
 from tracking.checkpoint import (
-    CheckpointError, capture_global_rngs, checkpoint_files, config_differences, config_json, newest_readable,
-    restore_global_rngs, write_checkpoint,
+    CheckpointError,
+    capture_global_rngs,
+    checkpoint_files,
+    config_differences,
+    config_json,
+    newest_readable,
+    restore_global_rngs,
+    write_checkpoint,
 )
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
