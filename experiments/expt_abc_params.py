@@ -65,8 +65,11 @@ def cfg():
     input_scaling = "init"  # 1/sqrt(d+1): init (in U_0's std, original) | multiplier | multiplier_lr | none
     init_mean = 0.0  # mean of U_1..U_L (1.0: the original's non-centred IP); U_0 and biases centred
     n_warmup_steps = 1  # ipllr(_bias), standard_ip_calibrated: SGD steps with the warm-up lrs, then standard IP
-    calibration = None  # ipllr / standard_ip_calibrated warm-up base lrs: original | all_layers | default (1.0) | none (base_lr); None -> original (ipllr_bias: none)
-    first_step_batch = "fresh"  # calibrated warm-ups: first step on a fresh minibatch (fc_ipllr job) | calibration (mock step's batch)
+    # warm-up base lrs of ipllr / standard_ip_calibrated:
+    # original | all_layers | default (1.0) | none (base_lr); None -> original (ipllr_bias: none)
+    calibration = None
+    # calibrated warm-ups: first step on a fresh minibatch (fc_ipllr job) | calibration (mock step's batch)
+    first_step_batch = "fresh"
 
     # --- network ---
     L = 6  # hidden layers (L + 1 weight matrices)
@@ -86,7 +89,8 @@ def cfg():
 
     # --- data ---
     dataset = "mnist"  # mnist | cifar10 (grey, flattened to 1024)
-    n_val = 10000  # training examples held out for validation (seeded split); 0 -> validate on the training set (original)
+    # training examples held out for validation (seeded split); 0 -> validate on the training set (original)
+    n_val = 10000
     data_root = None  # None -> $DLT_DATA_ROOT, else ~/.cache/dltheory/datasets
 
     # --- coordinate check (the coord_check command; ignores width and n_trials) ---
@@ -262,7 +266,8 @@ def _train_trials(_config, _run, _seed, checked, ck):
     data = load_splits(_config, _seed, device)
     _run.info["exponents"] = json_ready({"a": p.a, "b": p.b, "c": p.c, "warmup_c": p.warmup_c, "bias_c": p.bias_c,
                                          "warmup_bias_c": p.warmup_bias_c})
-    _run.info["split_sizes"] = {"train": data.x_train.shape[0], "val": data.x_val.shape[0], "test": data.x_test.shape[0]}
+    _run.info["split_sizes"] = {"train": data.x_train.shape[0], "val": data.x_val.shape[0],
+                                "test": data.x_test.shape[0]}
     n_steps = _config["n_steps"]
     every = max(1, math.ceil(n_steps / _config["log_max_points"]))
 
@@ -277,7 +282,8 @@ def _train_trials(_config, _run, _seed, checked, ck):
         trials, warmup_lrs = {key: list(v) for key, v in saved["trials"].items()}, list(saved["warmup_lrs"])
 
     def boundary(t, capture, k):  # checkpoint steps count on across trials: trial k, step t -> k·n_steps + t
-        ck.boundary(k * n_steps + t, lambda: {"trial": k, "trials": trials, "warmup_lrs": warmup_lrs, "train": capture()})
+        ck.boundary(k * n_steps + t,
+                    lambda: {"trial": k, "trials": trials, "warmup_lrs": warmup_lrs, "train": capture()})
 
     with ck.deferring():  # signals wait for the next step boundary (a trial's step; evaluations run on)
         for k in range(saved["trial"] if saved is not None else 0, _config["n_trials"]):
@@ -298,7 +304,8 @@ def _train_trials(_config, _run, _seed, checked, ck):
                 _run.log_scalar(f"train/loss/trial{k}", r.loss, r.step)
                 _run.log_scalar(f"train/accuracy/trial{k}", r.accuracy, r.step)
                 _run.log_scalar(f"train/output_abs_mean/trial{k}", r.output_abs_mean, r.step)
-                _run.log_scalar(f"train/likelihood/trial{k}", r.likelihood, r.step)  # the original's training/likelihood
+                # the original's training/likelihood
+                _run.log_scalar(f"train/likelihood/trial{k}", r.likelihood, r.step)
                 _run.log_scalar(f"train/pred_proba/trial{k}", r.pred_proba, r.step)  # and predicted_label_proba
                 for l, lr in enumerate(r.lrs):
                     _run.log_scalar(f"lr/layer{l}/trial{k}", lr, r.step)

@@ -357,7 +357,8 @@ def test_crossover_batch_size_and_its_exponent():
 
 
 def test_generator_where_filter(tmp_path, capsys):
-    lines = generate(tmp_path, "--set", "dt=1", "--grid", "ptr=[4, 8]", "--grid", "bs=[2, 4, 8]", "--where", "bs <= ptr and bs > 2")
+    lines = generate(tmp_path, "--set", "dt=1", "--grid", "ptr=[4, 8]", "--grid", "bs=[2, 4, 8]",
+                     "--where", "bs <= ptr and bs > 2")
     assert [(config_overrides(li)["ptr"], config_overrides(li)["bs"]) for li in lines] == [(4, 4), (8, 4), (8, 8)]
     assert len(generate(tmp_path, "--preset", "bstar_chi0", name="b.txt")) == 72  # the preset's own 'bs <= ptr'
     with pytest.raises(SystemExit):

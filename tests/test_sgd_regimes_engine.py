@@ -137,8 +137,8 @@ def test_gd_sde_minibatch_noise_has_exactly_the_minibatch_covariance():
     _, drift = gd_sde_gradient(f, lossf, params, data.xtr, data.ytr, out0, bs, torch.zeros(P, dtype=F64), "minibatch")
     _, full = loss_and_grad(f, lossf, params, data.xtr, data.ytr, out0)
     torch.testing.assert_close(flat(drift), flat(full))
-    N = torch.stack([flat(gd_sde_gradient(f, lossf, params, data.xtr, data.ytr, out0, bs, e, "minibatch")[1]) - flat(drift)
-                     for e in torch.eye(P, dtype=F64)])  # (P, num_params)
+    N = torch.stack([flat(gd_sde_gradient(f, lossf, params, data.xtr, data.ytr, out0, bs, e, "minibatch")[1])
+                     - flat(drift) for e in torch.eye(P, dtype=F64)])  # (P, num_params)
     batches = [flat(loss_and_grad(f, lossf, params, data.xtr[list(b)], data.ytr[list(b)], out0[list(b)])[1])
                for b in itertools.combinations(range(P), bs)]
     G = torch.stack(batches) - flat(full)

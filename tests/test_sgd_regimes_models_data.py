@@ -173,7 +173,8 @@ def test_vgg11_forward_by_hand():
 
 
 def test_same_padding_is_tensorflows():
-    """Stride 1: torch's padding='same' (also extra at the end for even k); stride 2: TF's documented totals, by hand."""
+    """Stride 1: torch's padding='same' (also extra at the end for even k); stride 2: TF's documented totals,
+    by hand."""
     for k in (1, 2, 3, 4, 5):
         x, w = torch.randn(1, 1, 9, 9, dtype=F64), torch.randn(1, 1, k, k, dtype=F64)
         torch.testing.assert_close(_conv(x, w, pad=same_padding(9, k, 1)), F.conv2d(x, w, padding="same"))

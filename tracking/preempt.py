@@ -194,7 +194,8 @@ class Session:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.close()
-            raise CheckpointError(f"another process is running this run (its checkpoint directory {self.dir} is locked)") from None
+            raise CheckpointError(f"another process is running this run "
+                                  f"(its checkpoint directory {self.dir} is locked)") from None
         except OSError:
             pass  # file systems without flock: go on unlocked
         self._lock_fh = fh
@@ -213,7 +214,8 @@ class Session:
         diff = config_differences(saved, now)
         if diff:
             raise CheckpointError(f"checkpoint {path} belongs to a different config: " + "; ".join(diff)
-                                  + ". Rerun with the checkpoint's config, or use another checkpoint_dir / resume_from.")
+                                  + ". Rerun with the checkpoint's config, "
+                                  "or use another checkpoint_dir / resume_from.")
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
         self._sources.append(src)
