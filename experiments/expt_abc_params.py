@@ -33,6 +33,8 @@ from dynamics.abc_train import (
     CALIBRATIONS,
     CoordCheckConfig,
     StepRecord,
+    # unused here, but tests/test_expt_abc_params.py monkeypatches this module attribute
+    calibrate_warmup_lrs,  # noqa: F401
     coordinate_check,
     evaluate,
     fixed_batch_list,
