@@ -26,11 +26,11 @@ import tempfile
 # Before torch is imported: an empty inductor cache, so the compile times are cold ones.
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor_cold_"))
 
-import torch  # noqa: E402
+import torch
+from _common import dln_workload, machine_line, markdown_table, median, parse_common, setup, wall
 
-from _common import dln_workload, machine_line, markdown_table, median, parse_common, setup, wall  # noqa: E402
-from llc.estimate import flat_loss_for_module  # noqa: E402
-from llc.sgld import COMPILE_AUTO_MIN_CHAIN_STEPS, SGLDConfig, run_sgld  # noqa: E402
+from llc.estimate import flat_loss_for_module
+from llc.sgld import COMPILE_AUTO_MIN_CHAIN_STEPS, SGLDConfig, run_sgld
 
 
 def main() -> None:

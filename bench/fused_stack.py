@@ -28,10 +28,10 @@ import contextlib
 import math
 
 import torch
+from _common import dln_workload, machine_line, markdown_table, median, mlp_workload, parse_common, setup, wall
 from torch.func import functional_call
 
 import llc.sgld
-from _common import dln_workload, machine_line, markdown_table, median, mlp_workload, parse_common, setup, wall
 from llc.estimate import flat_loss_for_module
 from llc.fused import FusedFlatLoss
 from llc.sgld import SGLDConfig, run_sgld

@@ -30,14 +30,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
+from _common import machine_line, markdown_table, median, parse_common, setup, wall
 
-from _common import machine_line, markdown_table, median, parse_common, setup, wall  # noqa: E402
-from dynamics.train import TrainingConfig, train  # noqa: E402
-from llc.estimate import flat_loss_for_module  # noqa: E402
-from llc.sgld import SGLDConfig, run_sgld  # noqa: E402
-from models.resnet import MODEL_NAMES, build_resnet  # noqa: E402
+from dynamics.train import TrainingConfig, train
+from llc.estimate import flat_loss_for_module
+from llc.sgld import SGLDConfig, run_sgld
+from models.resnet import MODEL_NAMES, build_resnet
 
 TARGET = 1.2  # issue 19: chain-step ≤ 1.2 × training step at 4+ chains
 EPSILON, GAMMA = 5e-6, 1.0  # expt_llc_curve's sgld_config defaults

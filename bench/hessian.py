@@ -146,7 +146,8 @@ def bench_eigs(loss, w, x, y, reps, k=5, target=1e-4):
     rows = []
     for name, res in results.items():
         err = rel_err(res.eigenvalues, ref_abs)
-        rows.append([name, str(res.num_matvecs), f"{median(times[name]):.2f}", f"{err:.1e}", "yes" if err <= target else "no"])
+        rows.append([name, str(res.num_matvecs), f"{median(times[name]):.2f}", f"{err:.1e}",
+                     "yes" if err <= target else "no"])
     return rows, ref.eigenvalues.tolist(), float(ref.residuals.max())
 
 
@@ -194,7 +195,8 @@ def bench_exact(loss, w, x, y, reps):
             if isinstance(out, torch.Tensor):
                 errs[name] = float((out.double() - ref).abs().max() / ref.abs().max())
             else:
-                errs[name] = float((out.matmul(torch.eye(w.numel(), dtype=torch.float64)) - ref).abs().max() / ref.abs().max())
+                dense = out.matmul(torch.eye(w.numel(), dtype=torch.float64))
+                errs[name] = float((dense - ref).abs().max() / ref.abs().max())
     base = median(times["row-by-row autograd.grad (baseline)"])
     return [[name, f"{median(t):.3f}", f"{base / median(t):.1f}x", f"{errs[name]:.0e}"] for name, t in times.items()]
 
@@ -215,7 +217,8 @@ def machine_line():
         pass
     load = "/".join(f"{v:.1f}" for v in os.getloadavg())
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"CPU {cpu}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch thread(s); torch {torch.__version__}; "
+    return (f"CPU {cpu}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch thread(s); "
+            f"torch {torch.__version__}; "
             f"{date}; load average at start {load} (a shared machine: other jobs were running)")
 
 
@@ -243,7 +246,8 @@ def main(argv=None) -> int:
     hvp_rows = bench_hvp_vs_grad(loss, w, x, y, args.reps)
     print(table(["points", "gradient ms", "HVP ms", "HVP / gradient"], hvp_rows), flush=True)
     eig_rows, ref, ref_res = bench_eigs(loss, w.double(), x.double(), y, args.reps)
-    print(table(["top-5 eigenvalues, 1024 points", "HVPs", "median s", "max rel. error", "<= 1e-4"], eig_rows), flush=True)
+    eig_header = ["top-5 eigenvalues, 1024 points", "HVPs", "median s", "max rel. error", "<= 1e-4"]
+    print(table(eig_header, eig_rows), flush=True)
     body = "\n\n".join([
         "## Hessian toolkit (`bench/hessian.py`)",
         f"Measured with `.venv/bin/python bench/hessian.py {' '.join(argv if argv is not None else sys.argv[1:])}`: "

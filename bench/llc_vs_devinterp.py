@@ -42,11 +42,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _common import (
-    REPO, Workload, dln_workload, machine_line, markdown_table, median, mlp_workload, parse_common, setup, wall,
+    REPO,
+    Workload,
+    dln_workload,
+    machine_line,
+    markdown_table,
+    median,
+    mlp_workload,
+    parse_common,
+    setup,
+    wall,
 )
 from fused_stack import value_and_grad_hook
+
 from llc.estimate import flat_loss_for_module, llc_from_trace
 from llc.sgld import SGLDConfig, full_data_loss, run_sgld
 

@@ -19,9 +19,9 @@ Run: python bench/mala_vs_sgld.py [--device cuda] [--quick] [--chains 5]
 from __future__ import annotations
 
 import torch
+from _common import machine_line, markdown_table, median, mse, parse_common, setup, wall
 from torch.func import functional_call
 
-from _common import machine_line, markdown_table, median, mse, parse_common, setup, wall
 from data.synthetic import teacher_dataset
 from llc.estimate import flat_model_for_module
 from llc.mala import MALAConfig, run_mala

@@ -16,8 +16,8 @@ Run: python bench/sgld_chains.py [--device cuda] [--quick]
 from __future__ import annotations
 
 import torch
-
 from _common import dln_workload, machine_line, markdown_table, median, parse_common, setup, wall
+
 from llc.estimate import flat_loss_for_module
 from llc.sgld import SGLDConfig, run_sgld
 

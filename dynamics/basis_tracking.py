@@ -33,7 +33,8 @@ class Recording:
     F: list[Tensor] = field(default_factory=list)  # (N, C) float32 CPU, one per recording time
     eval_loss: list[float] = field(default_factory=list)
     eval_accuracy: list[float] = field(default_factory=list)
-    train: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in ("loss", "accuracy", "grad_norm", "lr")})
+    train: dict[str, list[float]] = field(
+        default_factory=lambda: {k: [] for k in ("loss", "accuracy", "grad_norm", "lr")})
     step_loss: list[float] = field(default_factory=list)
 
 

@@ -39,8 +39,8 @@ def crop_flip(x: Tensor, pad_value: Tensor, gen: torch.Generator) -> Tensor:
     ox = torch.randint(0, 9, (b,), generator=gen, device=x.device)
     rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (b, 1, h, 1)
     cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (b, 1, 1, w)
-    out = padded[torch.arange(b, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None],
-                 rows, cols]
+    out = padded[torch.arange(b, device=x.device)[:, None, None, None],
+                 torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
     flip = torch.rand(b, generator=gen, device=x.device) < 0.5
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
@@ -50,8 +50,8 @@ class Trainer:
 
     def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, schedule: LRSchedule, loss_fn: Callable,
                  x: Tensor, y: Tensor, batch_size: int, num_epoch: int, grad_clip: float | None,
-                 batch_gen: torch.Generator, augment_gen: torch.Generator | None = None, pad_value: Tensor | None = None,
-                 drop_last: bool = False):
+                 batch_gen: torch.Generator, augment_gen: torch.Generator | None = None,
+                 pad_value: Tensor | None = None, drop_last: bool = False):
         self.net, self.optimizer, self.schedule, self.loss_fn = net, optimizer, schedule, loss_fn
         self.x, self.y, self.batch_size, self.drop_last = x, y, batch_size, drop_last
         self.grad_clip, self.batch_gen, self.augment_gen, self.pad_value = grad_clip, batch_gen, augment_gen, pad_value

@@ -40,7 +40,8 @@ def _restore_record(state: dict) -> collections.defaultdict:
     record = collections.defaultdict(list)
     for key, entry in state.items():
         items = entry["items"]
-        record[_RENAMED_RECORD_KEYS.get(key, key)] = [t.numpy() for t in items] if entry["kind"] == "numpy" else list(items)
+        record[_RENAMED_RECORD_KEYS.get(key, key)] = ([t.numpy() for t in items] if entry["kind"] == "numpy"
+                                                      else list(items))
     return record
 
 

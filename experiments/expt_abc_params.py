@@ -30,8 +30,16 @@ from core.runtime import derived_seed, resolve_device
 from data.splits import Splits, calibration_batches, load_flat_splits
 from data.vision import DATASETS
 from dynamics.abc_train import (
-    CALIBRATIONS, CoordCheckConfig, StepRecord, calibrate_warmup_lrs, coordinate_check, evaluate, fixed_batch_list,
-    train_abc, warmup_base_lrs,
+    CALIBRATIONS,
+    CoordCheckConfig,
+    StepRecord,
+    # unused here, but tests/test_expt_abc_params.py monkeypatches this module attribute
+    calibrate_warmup_lrs,  # noqa: F401
+    coordinate_check,
+    evaluate,
+    fixed_batch_list,
+    train_abc,
+    warmup_base_lrs,
 )
 from models.abc import ACTIVATIONS, INPUT_SCALINGS, PARAMETERIZATIONS, ABCNet, ABCNetSpec, make_parameterization
 from tracking.preempt import add_checkpoint_config, checkpointing
@@ -59,8 +67,11 @@ def cfg():
     input_scaling = "init"  # 1/sqrt(d+1): init (in U_0's std, original) | multiplier | multiplier_lr | none
     init_mean = 0.0  # mean of U_1..U_L (1.0: the original's non-centred IP); U_0 and biases centred
     n_warmup_steps = 1  # ipllr(_bias), standard_ip_calibrated: SGD steps with the warm-up lrs, then standard IP
-    calibration = None  # ipllr / standard_ip_calibrated warm-up base lrs: original | all_layers | default (1.0) | none (base_lr); None -> original (ipllr_bias: none)
-    first_step_batch = "fresh"  # calibrated warm-ups: first step on a fresh minibatch (fc_ipllr job) | calibration (mock step's batch)
+    # warm-up base lrs of ipllr / standard_ip_calibrated:
+    # original | all_layers | default (1.0) | none (base_lr); None -> original (ipllr_bias: none)
+    calibration = None
+    # calibrated warm-ups: first step on a fresh minibatch (fc_ipllr job) | calibration (mock step's batch)
+    first_step_batch = "fresh"
 
     # --- network ---
     L = 6  # hidden layers (L + 1 weight matrices)
@@ -80,7 +91,8 @@ def cfg():
 
     # --- data ---
     dataset = "mnist"  # mnist | cifar10 (grey, flattened to 1024)
-    n_val = 10000  # training examples held out for validation (seeded split); 0 -> validate on the training set (original)
+    # training examples held out for validation (seeded split); 0 -> validate on the training set (original)
+    n_val = 10000
     data_root = None  # None -> $DLT_DATA_ROOT, else ~/.cache/dltheory/datasets
 
     # --- coordinate check (the coord_check command; ignores width and n_trials) ---
@@ -99,48 +111,48 @@ def cfg():
 def mnist_ipllr_gelu():
     """Published: IPLLR with gelu reaches test accuracy ≈ 0.95 on MNIST
     (docs/notes/width_parameterizations.md#published)."""
-    parameterization = "ipllr"  # noqa: F841
-    activation = "gelu"  # noqa: F841
-    dataset = "mnist"  # noqa: F841
+    parameterization = "ipllr"
+    activation = "gelu"
+    dataset = "mnist"
 
 
 @ex.named_config
 def cifar10_mup_relu():
     """Published: muP with relu reaches test accuracy ≈ 0.41 on grey CIFAR-10
     (docs/notes/width_parameterizations.md#published)."""
-    parameterization = "mup"  # noqa: F841
-    activation = "relu"  # noqa: F841
-    dataset = "cifar10"  # noqa: F841
+    parameterization = "mup"
+    activation = "relu"
+    dataset = "cifar10"
 
 
 @ex.named_config
 def ip_non_centered():
     """The original's fc_ip_non_centered job: standard IP with U_1..U_L of mean 1 (init_mean = 1.0)."""
-    parameterization = "standard_ip"  # noqa: F841
-    init_mean = 1.0  # noqa: F841
+    parameterization = "standard_ip"
+    init_mean = 1.0
 
 
 @ex.named_config
 def ip_non_centered_calibrated():
     """non_centered/training.py's calibrated run: standard IP with U_1..U_L of mean 1, its first step with
     calibrated base lrs, the input layer renormalised and its later lr × (d+1), on the script's fixed batch list."""
-    parameterization = "standard_ip_calibrated"  # noqa: F841
-    init_mean = 1.0  # noqa: F841
-    input_scaling = "multiplier_lr"  # noqa: F841
-    batch_order = "fixed_list"  # noqa: F841
+    parameterization = "standard_ip_calibrated"
+    init_mean = 1.0
+    input_scaling = "multiplier_lr"
+    batch_order = "fixed_list"
 
 
 @ex.named_config
 def ipllr_bias():
     """The original's fc_ip_bias job: IPLLR with unscaled biases and their own lr exponents, not calibrated."""
-    parameterization = "ipllr_bias"  # noqa: F841
+    parameterization = "ipllr_bias"
 
 
 @ex.named_config
 def vanishing_ip():
     """IP with its standard lrs at depth L = 6: starts at a stationary point and stays at chance."""
-    parameterization = "standard_ip"  # noqa: F841
-    L = 6  # noqa: F841
+    parameterization = "standard_ip"
+    L = 6
 
 
 def _int(key, value, lo):
@@ -256,7 +268,8 @@ def _train_trials(_config, _run, _seed, checked, ck):
     data = load_splits(_config, _seed, device)
     _run.info["exponents"] = json_ready({"a": p.a, "b": p.b, "c": p.c, "warmup_c": p.warmup_c, "bias_c": p.bias_c,
                                          "warmup_bias_c": p.warmup_bias_c})
-    _run.info["split_sizes"] = {"train": data.x_train.shape[0], "val": data.x_val.shape[0], "test": data.x_test.shape[0]}
+    _run.info["split_sizes"] = {"train": data.x_train.shape[0], "val": data.x_val.shape[0],
+                                "test": data.x_test.shape[0]}
     n_steps = _config["n_steps"]
     every = max(1, math.ceil(n_steps / _config["log_max_points"]))
 
@@ -271,7 +284,8 @@ def _train_trials(_config, _run, _seed, checked, ck):
         trials, warmup_lrs = {key: list(v) for key, v in saved["trials"].items()}, list(saved["warmup_lrs"])
 
     def boundary(t, capture, k):  # checkpoint steps count on across trials: trial k, step t -> k·n_steps + t
-        ck.boundary(k * n_steps + t, lambda: {"trial": k, "trials": trials, "warmup_lrs": warmup_lrs, "train": capture()})
+        ck.boundary(k * n_steps + t,
+                    lambda: {"trial": k, "trials": trials, "warmup_lrs": warmup_lrs, "train": capture()})
 
     with ck.deferring():  # signals wait for the next step boundary (a trial's step; evaluations run on)
         for k in range(saved["trial"] if saved is not None else 0, _config["n_trials"]):
@@ -292,7 +306,8 @@ def _train_trials(_config, _run, _seed, checked, ck):
                 _run.log_scalar(f"train/loss/trial{k}", r.loss, r.step)
                 _run.log_scalar(f"train/accuracy/trial{k}", r.accuracy, r.step)
                 _run.log_scalar(f"train/output_abs_mean/trial{k}", r.output_abs_mean, r.step)
-                _run.log_scalar(f"train/likelihood/trial{k}", r.likelihood, r.step)  # the original's training/likelihood
+                # the original's training/likelihood
+                _run.log_scalar(f"train/likelihood/trial{k}", r.likelihood, r.step)
                 _run.log_scalar(f"train/pred_proba/trial{k}", r.pred_proba, r.step)  # and predicted_label_proba
                 for l, lr in enumerate(r.lrs):
                     _run.log_scalar(f"lr/layer{l}/trial{k}", lr, r.step)

@@ -47,7 +47,7 @@ from data.vision import DATASETS, load_vision_dataset
 from dynamics.basis import conjugate_kernel_basis, nonnegative_increment_fraction, saturation_times
 from dynamics.basis_tracking import checkpoint_gradients, gradients_along_run, record_training
 from dynamics.basis_training import Trainer, eval_outputs, recording_times
-from dynamics.schedules import LRSchedule, OPTIMIZERS, decay_groups, make_loss, make_optimizer
+from dynamics.schedules import OPTIMIZERS, LRSchedule, decay_groups, make_loss, make_optimizer
 from models.basis_nets import InputShape, build_model, check_model_name, check_width, feature_dim
 from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import configure_experiment, json_ready, log_series, run_cli, seed_everything
@@ -65,7 +65,10 @@ def cfg():
     expt_name = None  # free label to group runs in plots (e.g. the sweep's name)
 
     # --- model ---
-    model = "resnet18"  # alexnet | vgg11 | resnet18 | resnet34 | resnet50 | vit (train.py's) | vit_timm | cnn2 | cnn3 | cnn4 (mnist.py's) | fig2_cnn (grad_indep.py's) | fig2_cnn_bn1d (beta_domin.py's, small-init.py's)
+    # (vit: train.py's; cnn2, cnn3, cnn4: mnist.py's; fig2_cnn: grad_indep.py's; fig2_cnn_bn1d: beta_domin.py's,
+    # small-init.py's)
+    # alexnet | vgg11 | resnet18 | resnet34 | resnet50 | vit | vit_timm | cnn2 | cnn3 | cnn4 | fig2_cnn | fig2_cnn_bn1d
+    model = "resnet18"
     width = 64  # size multiplier; 64 is the paper's network for every model (models.basis_nets)
     init_scale = 1.0  # the whole initial state dict (BatchNorm statistics included) times init_scale; >= 0
 
@@ -80,18 +83,22 @@ def cfg():
 
     # --- loss ---
     loss_fn = "mse_loss"  # ce_loss | mse_loss
-    k_M = [5.0, 5.0] if data == "cifar100" and loss_fn == "mse_loss" else None  # [k, M]: mean (k·onehot + 1)(out − M·onehot)²; None -> MSE on one-hot
+    # [k, M]: mean (k·onehot + 1)(out − M·onehot)²; None -> MSE on one-hot
+    k_M = [5.0, 5.0] if data == "cifar100" and loss_fn == "mse_loss" else None
 
     # --- optimisation (train.py) ---
     optimizer = "sgd"  # sgd (momentum 0.9) | lars (dynamics.lars) | lamb (timm) | adamw
     weight_decay = None  # None -> sgd/lars 1e-4, lamb 0, adamw 0.01 (vit on cifar10: 0.1 on conv/linear weights only)
     batch_size = 256  # minibatch
     num_epoch = 310  # epochs (train.py default)
-    lr_setting = [0.1, 5, 0.01]  # [lr_max, epoch_warm, lr_warm]: linear warm-up lr_warm -> lr_max over epoch_warm units, applied once
+    # [lr_max, epoch_warm, lr_warm]: linear warm-up lr_warm -> lr_max over epoch_warm units, applied once
+    lr_setting = [0.1, 5, 0.01]
     decay_rate = 0.33  # step decay factor after the warm-up
     decay_stepsize = 50  # units between decays
-    schedule_unit = "epoch"  # epoch (train.py, mnist.py, small-init.py) | iteration (grad_indep.py, beta_domin.py: StepLR stepped every iteration)
-    scheduler = "default"  # default: warm-up + step decay | onecycle: torch's OneCycleLR per iteration (train.py's vit option)
+    # epoch (train.py, mnist.py, small-init.py) | iteration (grad_indep.py, beta_domin.py: StepLR per iteration)
+    schedule_unit = "epoch"
+    # default: warm-up + step decay | onecycle: torch's OneCycleLR per iteration (train.py's vit option)
+    scheduler = "default"
     grad_clip = None  # clip every gradient entry to ±grad_clip (the MNIST scripts: 0.1); None -> off
 
     # --- recording ---
@@ -111,7 +118,8 @@ def cfg():
     grad_indep = False  # |cos(∇β_i, ∇β_j)|, i, j < rerun_config.num_basis, along a re-initialised run
     beta_domin = False  # log|β_i| against log‖∇β_i‖ along a re-initialised run
     rerun_config = dict(
-        iterations=400 if beta_domin else 10,  # ∇β evaluated before steps t < iterations (beta_domin.py 400, grad_indep.py 10)
+        # ∇β evaluated before steps t < iterations (beta_domin.py 400, grad_indep.py 10)
+        iterations=400 if beta_domin else 10,
         every=1,  # iterations between ∇β evaluations (both scripts: 1)
         num_basis=5 if beta_domin else 10,  # ∇β_i for i < num_basis (beta_domin.py 5, grad_indep.py 10)
     )
@@ -171,7 +179,8 @@ def grad_indep():
 
 @ex.named_config
 def beta_domin():
-    """beta_domin.py (Fig. 2(c)): log|β_i| against log‖∇β_i‖, i < 5, before each of the first 400 steps of a fresh run."""
+    """beta_domin.py (Fig. 2(c)): log|β_i| against log‖∇β_i‖, i < 5, before each of the first 400 steps of a
+    fresh run."""
     data = "mnist"
     model = "fig2_cnn_bn1d"
     normalize = False
@@ -285,7 +294,8 @@ def validate(config: dict) -> Checked:
     k_M = config["k_M"]
     if k_M is not None:
         if config["loss_fn"] != "mse_loss":
-            raise ValueError(f"k_M applies to loss_fn='mse_loss' only; got k_M={k_M!r} with loss_fn={config['loss_fn']!r}")
+            raise ValueError(f"k_M applies to loss_fn='mse_loss' only; "
+                             f"got k_M={k_M!r} with loss_fn={config['loss_fn']!r}")
         if not isinstance(k_M, (list, tuple)) or len(k_M) != 2:
             raise ValueError(f"k_M must be None or a list [k, M]; got {k_M!r}")
         _number("k_M[0] (k)", k_M[0])
@@ -385,9 +395,11 @@ def _load(config, checked):
     x, y = x[: config["train_points"]], y[: config["train_points"]]
     xe, ye = xe[: config["eval_points"]], ye[: config["eval_points"]]
     if config["batch_size"] > x.shape[0]:
-        raise ValueError(f"batch_size must be <= the number of training images ({x.shape[0]}); got {config['batch_size']}")
-    for key, n in (("n_basis", config["n_basis"]),) + ((("rerun_config.num_basis", config["rerun_config"]["num_basis"]),)
-                                                       if config["grad_indep"] or config["beta_domin"] else ()):
+        raise ValueError(f"batch_size must be <= the number of training images ({x.shape[0]}); "
+                         f"got {config['batch_size']}")
+    rerun = config["grad_indep"] or config["beta_domin"]
+    for key, n in (("n_basis", config["n_basis"]),) + (
+            (("rerun_config.num_basis", config["rerun_config"]["num_basis"]),) if rerun else ()):
         if n > xe.shape[0]:
             raise ValueError(f"{key} must be <= the number of evaluation points ({xe.shape[0]}); got {n}")
     d = checked.device

@@ -32,8 +32,8 @@ from torch.func import grad_and_value
 from core.runtime import derived_seed, resolve_dtype
 from data.vision import load_vision_dataset
 from dynamics.cgd import cgd_gradient, sgd_step
-from dynamics.chaos_resume import loop_state, restore_loop
 from dynamics.cgd_select import cgd_tangent_hessian, pruned_directions
+from dynamics.chaos_resume import loop_state, restore_loop
 from dynamics.engine import BoundaryBefore, StepOutput, check_finite, evaluate, run_steps
 from dynamics.hessian import SymEig, dense_eigh, dense_hessian
 from dynamics.lyapunov import expanding_subspace, init_lyapunov, propagate, sgd_tangent_map
@@ -43,7 +43,12 @@ from llc.estimate import flat_model_for_module
 from models.chaos_nets import build_model
 from tracking.chaos_checks import IMAGE_SIZE, NUM_CLASSES, validate, warn_slow_cpu_frame
 from tracking.chaos_record import (
-    POSITIVE_EXPONENT, finish, log_curvature, lyapunov_subsim, pooled_abs, save_eigenthings_artifact,
+    POSITIVE_EXPONENT,
+    finish,
+    log_curvature,
+    lyapunov_subsim,
+    pooled_abs,
+    save_eigenthings_artifact,
 )
 from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import configure_experiment, json_ready, run_cli, seed_everything
@@ -90,19 +95,23 @@ def cfg():
         prune_global=False,  # cgd: prune fixed stored Lyapunov vectors (χ > 0: chaotic/pos, χ < 0: neg)
         prune_global_checkpoint=None,  # cgd: eigenthings .npz for prune_global (None: eigenthings_path/_run)
     )
-    # CGD rules where the original differs, restored by cgd_original (docs/chaos.md#cgd-and-other-differences-from-the-original)
+    # see docs/chaos.md#cgd-and-other-differences-from-the-original
+    # CGD rules where the original differs, restored by cgd_original
     cgd = dict(
         zeros="keep",  # keep: zero eigenvalues never pruned | pool: in neg and pos, as the original's λ <= 0 / λ >= 0
         rand_draws="distinct",  # prune_k=rand: distinct | replacement (the original's randint; repeats prune once)
         rank="abs",  # top_abs on chaotic: abs (|λ|) | growth ((1 − lr λ)², the original)
         band="momentum",  # chaotic above 2(1+μ)/lr | plain: above 2/lr (the original, momentum ignored)
-        global_rule="exponent_sign",  # prune_global: exponent_sign (χ > 0 / χ < 0) | hessian (the original's rules on σ²)
-        tangent="derivative",  # Lyapunov map under cgd: derivative ((I − γ V_pV_pᵀ) H) | projected (P_kept H P_kept, the original)
+        # prune_global: exponent_sign (χ > 0 / χ < 0) | hessian (the original's rules on σ²)
+        global_rule="exponent_sign",
+        # Lyapunov map under cgd: derivative ((I − γ V_pV_pᵀ) H) | projected (P_kept H P_kept, the original)
+        tangent="derivative",
     )
 
     # --- curvature ---
     eps_eigh = 0.0  # eigh of H + eps·I (eigenvalues shifted back)
-    eps_eigh_mode = "identity"  # identity (H + eps·I) | all_entries (H + eps on every entry, not shifted back: the original's code)
+    # identity (H + eps·I) | all_entries (H + eps on every entry, not shifted back: the original's code)
+    eps_eigh_mode = "identity"
     lyapunov = dict(
         k=None,  # tangent directions tracked (None: all P, or 2P with momentum; cost ~ P·K per step)
         qr_every=1,  # steps between QR re-orthonormalisations (Benettin)
@@ -167,7 +176,8 @@ def cgd_original():
 
 @ex.named_config
 def lyapunov_save():
-    logging = dict(save_eigenthings=True)  # Figure 3, first run: Lyapunov directions for the perturbation run (same seed)
+    # Figure 3, first run: Lyapunov directions for the perturbation run (same seed)
+    logging = dict(save_eigenthings=True)
 
 
 @ex.named_config
@@ -214,7 +224,8 @@ def _load_data(config, dtype, device):
     n_test = config["num_test"] or (128 if config["debug"] else None)
     x, y, xt, yt = x[:n_train], y[:n_train], xt[:n_test], yt[:n_test]
     if config["batch_size"] > x.shape[0]:
-        raise ValueError(f"batch_size must be <= the number of training points ({x.shape[0]}); got {config['batch_size']}")
+        raise ValueError(f"batch_size must be <= the number of training points ({x.shape[0]}); "
+                         f"got {config['batch_size']}")
     return x.to(device), y.to(device), xt.to(device), yt.to(device)
 
 
@@ -241,7 +252,8 @@ def _main(_config, _run, _seed, checked, ck):
     x, y, xt, yt = _load_data(c, dtype, device)
     n = x.shape[0]
     steps_per_epoch = math.ceil(n / c["batch_size"])
-    total_steps = steps_per_epoch * c["max_epochs"] if c["max_steps"] is None else min(c["max_steps"], steps_per_epoch * c["max_epochs"])
+    total_steps = (steps_per_epoch * c["max_epochs"] if c["max_steps"] is None
+                   else min(c["max_steps"], steps_per_epoch * c["max_epochs"]))
     _run.info.update(model_dim=p, steps_per_epoch=steps_per_epoch, num_train=n, num_test=xt.shape[0])
 
     def loss64(w, xb, yb):
@@ -269,7 +281,8 @@ def _main(_config, _run, _seed, checked, ck):
         gen = _stream(_seed, Stream.PERTURB)
         for i in range(c["parallel"]):
             s, e = combos[i % len(combos)]
-            v = perturbation_direction(s, p, gen, *(() if eigenthings is None else (eigenthings["exponents"], eigenthings["vectors"])))
+            lyap_dirs = () if eigenthings is None else (eigenthings["exponents"], eigenthings["vectors"])
+            v = perturbation_direction(s, p, gen, *lyap_dirs)
             ws.append(w_init + e * v.to(device=device, dtype=dtype))
             copies.append({"copy": i + 1, "strategy": s, "eps": float(e)})
         _run.info["copies"] = copies
@@ -289,7 +302,8 @@ def _main(_config, _run, _seed, checked, ck):
     gen_batches, gen_cgd = _stream(_seed, Stream.BATCHES), _stream(_seed, Stream.CGD)
     proj = None
     if log["plot_trajectories"]:
-        proj = torch.linalg.qr(torch.randn(p, 2, generator=_stream(_seed, Stream.PROJ), dtype=torch.float64)).Q.to(device)
+        proj = torch.linalg.qr(torch.randn(p, 2, generator=_stream(_seed, Stream.PROJ),
+                                           dtype=torch.float64)).Q.to(device)
     grads_window = collections.deque(maxlen=log["signal_noise_window"] or 1)
     record = collections.defaultdict(list)  # steps and values kept for artifacts and the result
     prev_chaotic, fixed_lyap = None, {}
@@ -328,7 +342,8 @@ def _main(_config, _run, _seed, checked, ck):
         # --- Lyapunov: tangent map of this step at w_t ---
         if lyap is not None:
             # under CGD the map of w' = w − lr (I − γ V_p V_pᵀ) g (V_p held fixed)
-            hmat = eig.matmul if pruned_vecs is None else cgd_tangent_hessian(eig.matmul, pruned_vecs, optim.gamma, rules)
+            hmat = (eig.matmul if pruned_vecs is None
+                    else cgd_tangent_hessian(eig.matmul, pruned_vecs, optim.gamma, rules))
             lyap = propagate(lyap, sgd_tangent_map(hmat, optim.lr, optim.momentum, p), c["lyapunov"]["qr_every"])
             if log["log_lyapunov_subsim"] and lyap.steps in checked.t_lya_subsim:
                 fixed_lyap[lyap.steps] = expanding_subspace(lyap, POSITIVE_EXPONENT)  # t0 counts tangent maps
@@ -342,7 +357,8 @@ def _main(_config, _run, _seed, checked, ck):
                 cur = eig.eigenvectors[:, mask]
                 if prev_chaotic is not None and cur.shape[1] and prev_chaotic.shape[1]:
                     _run.log_scalar("subsim/hessian_chaotic", subspace_similarity(prev_chaotic, cur), step)
-                    _run.log_scalar("subsim/hessian_chaotic_baseline", random_subspace_baseline(prev_chaotic.shape[1], cur.shape[1], p), step)
+                    _run.log_scalar("subsim/hessian_chaotic_baseline",
+                                    random_subspace_baseline(prev_chaotic.shape[1], cur.shape[1], p), step)
                 prev_chaotic = cur
             if log["log_lyapunov_subsim"] and lyap is not None:
                 lyapunov_subsim(_run, step, lyap, fixed_lyap)

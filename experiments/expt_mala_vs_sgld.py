@@ -70,7 +70,8 @@ def cfg():
     input_dim = 10  # d
     layer_widths = [20, 20, 10]  # [hidden..., output] of the ReLU MLP; ReLU after every layer but the last
     teacher_init = "haiku"  # haiku: hk.Linear's truncated normal, std 1/sqrt(fan_in), zero biases (original) | torch
-    hidden_bias_std = 1.0  # hidden layers' biases of w* redrawn from N(0, s²) (original: 1); output bias keeps the init's
+    # hidden layers' biases of w* redrawn from N(0, s²) (original: 1); output bias keeps the init's
+    hidden_bias_std = 1.0
     input_distribution = "uniform"  # x: 'uniform' U(-10, 10)^d (original) | 'unit_ball'
     num_training_data = list(PAPER_NS)  # the n values; nested prefixes of one dataset, as the notebook's seeded draws
 
@@ -85,7 +86,8 @@ def cfg():
     sgld_config = dict(
         batch_size=32,  # minibatch per step and chain (<= every n)
         loss_trace_minibatch=True,  # True: L_B of each step's batch (original) | False: full-data L_n per draw
-        compile="auto",  # torch.compile the step: "auto" (runs of >= llc.sgld.COMPILE_AUTO_MIN_CHAIN_STEPS chain-steps), True, False
+        # torch.compile the step: "auto" (runs of >= llc.sgld.COMPILE_AUTO_MIN_CHAIN_STEPS chain-steps), True, False
+        compile="auto",
     )
     mala_config = dict(
         adapt_step_size=False,  # False: ε fixed (original) | True: tune each chain's ε during burn-in
@@ -93,7 +95,8 @@ def cfg():
         compile="auto",  # "auto" | False: the eager step (MALA has no compiled step) | True: an error
     )
     mala_acceptance_every = 20  # SGLD's MALA acceptance probability every k-th step (original: 20); None: off
-    sgld_trace = "pre_step"  # pre_step: L_B(w_t) on step t's batch (unbiased) | post_step: L_B(w_{t+1}) (original; biased low)
+    # pre_step: L_B(w_t) on step t's batch (unbiased) | post_step: L_B(w_{t+1}) (original; biased low)
+    sgld_trace = "pre_step"
 
     # --- the notebook's names (deprecated aliases; None: unset) ---
     step_size = None  # -> epsilon
@@ -111,13 +114,13 @@ def cfg():
 @ex.named_config
 def paper():
     # MALA_vs_SGLD.ipynb: its 7 n, ε = 1e-5 at every n, 5 chains of 10000 draws each, every draw averaged.
-    num_training_data = list(PAPER_NS)  # noqa: F841
-    epsilon = 1e-5  # noqa: F841
-    epsilon_scaling = "fixed"  # noqa: F841
-    gamma = 1.0  # noqa: F841
-    num_steps = 10000  # noqa: F841
-    num_chains = 5  # noqa: F841
-    num_burnin_steps = 0  # noqa: F841
+    num_training_data = list(PAPER_NS)
+    epsilon = 1e-5
+    epsilon_scaling = "fixed"
+    gamma = 1.0
+    num_steps = 10000
+    num_chains = 5
+    num_burnin_steps = 0
 
 
 def validate(config: dict) -> dict:
@@ -300,7 +303,8 @@ def _main(_config, _run, _seed, checked, ck):
                             post_step=_config["sgld_trace"] == "post_step")
                     else:
                         cfg = MALAConfig(**checked["mala"], epsilon=eps)
-                        res = estimate_llc_mala(loss, w_flat, x, y, cfg, seed=derived_seed(_seed, Stream.MALA_CHAINS, n),
+                        res = estimate_llc_mala(loss, w_flat, x, y, cfg,
+                                                seed=derived_seed(_seed, Stream.MALA_CHAINS, n),
                                                 eval_batch_size=EVAL_BATCH)
                         llc, accept, diagnostic_s = res.llc, float(res.acceptance_rate.mean()), 0.0
                     values = dict(lambdahat=llc.lambdahat, lambdahat_std=llc.lambdahat_std,

@@ -63,7 +63,8 @@ def cfg():
     expt_name = None  # free label to group runs in plots
 
     # --- network, teacher and data (rescaling_invariance.ipynb) ---
-    layer_sizes = [10, 20, 10]  # [input, hidden..., output] of the ReLU MLP (the paper: [10,20,10], [20,30,20], [30,40,30])
+    # [input, hidden..., output] of the ReLU MLP (the paper: [10,20,10], [20,30,20], [30,40,30])
+    layer_sizes = [10, 20, 10]
     teacher_init = "haiku"  # haiku: hk.Linear's truncated normal, std 1/sqrt(fan_in), zero biases (original) | torch
     hidden_bias_std = 1.0  # hidden layers' biases redrawn from N(0, s²) (original: 1); 0 makes them zero
     degenerate_units = [1, 2, 3, 4, 5, 8]  # first-layer units made copies of unit 0 (original); [] for none
@@ -75,11 +76,14 @@ def cfg():
 
     # --- samplers: each runs at every α, with its own seed per α, and is recorded by name ---
     samplers = ["psgld_fixed"]  # psgld_fixed (the notebook's, sgld_config) | psgld (adaptive, psgld_config) | sgld
-    mala_acceptance_every = 20  # MALA acceptance probability of every k-th psgld_fixed/sgld step (original: 20); None: off
-    mala_acceptance_density = "preconditioned"  # preconditioned: the chain's own proposal N(w - εD∇U/2, εD) | identity: D = 1 (original; not the chain's at α ≠ 1)
+    # MALA acceptance probability of every k-th psgld_fixed/sgld step (original: 20); None: off
+    mala_acceptance_every = 20
+    # preconditioned: the chain's own proposal N(w - εD∇U/2, εD) | identity: D = 1 (original; not the chain's at α ≠ 1)
+    mala_acceptance_density = "preconditioned"
     psgld_config = dict(
         epsilon=0.05,  # step size ε, dimensionless (D ≈ (nβ ∇²L)⁻¹: every direction relaxes at ~ε/2 per step)
-        gamma=0.03,  # localisation strength γ, relative to each tensor's mean(w*²): 0.03 ≈ absolute γ = 1 at PyTorch's init
+        # localisation strength γ, relative to each tensor's mean(w*²): 0.03 ≈ absolute γ = 1 at PyTorch's init
+        gamma=0.03,
         num_steps=3000,  # steps per chain, burn-in included
         batch_size=200,  # minibatch per step and chain
         num_chains=4,  # vectorised with vmap
@@ -89,7 +93,8 @@ def cfg():
         delta=1e-3,  # relative floor of V, per parameter tensor
         kappa=1e-4,  # initial D = κ · mean(w*²) per tensor
         adapt_steps=None,  # None -> the burn-in
-        localisation="relative",  # relative: γ/2 Σ_s ||w_s - w*_s||² / mean(w*_s²) (equivariant) | absolute: γ/2 ||w - w*||²
+        # relative: γ/2 Σ_s ||w_s - w*_s||² / mean(w*_s²) (equivariant) | absolute: γ/2 ||w - w*||²
+        localisation="relative",
         compile="auto",  # "auto" | False: the eager step (pSGLD has no compiled step) | True: an error
     )
     sgld_config = dict(  # psgld_fixed and plain sgld (the notebook's values)
@@ -100,9 +105,13 @@ def cfg():
         num_chains=5,  # the notebook's num_runs, vectorised with vmap
         nbeta=None,  # None -> n / log n (original itemp = 1 / log n)
         num_burnin_steps=0,  # original: every draw is averaged
-        compile="auto",  # torch.compile plain sgld's step: "auto" (>= llc.sgld.COMPILE_AUTO_MIN_CHAIN_STEPS chain-steps), True, False; only with mala_acceptance_every=None (else it and psgld_fixed run the eager pSGLD step; compile_mode says which ran)
+        # torch.compile plain sgld's step: "auto" (>= llc.sgld.COMPILE_AUTO_MIN_CHAIN_STEPS chain-steps), True, False;
+        # only with mala_acceptance_every=None (else it and psgld_fixed run the eager pSGLD step;
+        # compile_mode says which ran)
+        compile="auto",
     )
-    loss_trace_minibatch = False  # False: full-data L_n at every draw (original) | True: the step's minibatch loss (no full-data pass)
+    # False: full-data L_n at every draw (original) | True: the step's minibatch loss (no full-data pass)
+    loss_trace_minibatch = False
 
     # --- the notebook's names, deprecated aliases (None: unset; docs/llc.md#rescaling) ---
     input_dim = None  # layer_sizes[0]
@@ -122,19 +131,19 @@ def cfg():
 @ex.named_config
 def paper_small():
     # The paper's 10 -> 20 -> 10 network (published λ̂ ≈ 166, data/llc_rescaling_results.json).
-    layer_sizes = [10, 20, 10]  # noqa: F841
+    layer_sizes = [10, 20, 10]
 
 
 @ex.named_config
 def paper_medium():
     # The paper's 20 -> 30 -> 20 network (published λ̂ ≈ 537, data/llc_rescaling_results_2.json).
-    layer_sizes = [20, 30, 20]  # noqa: F841
+    layer_sizes = [20, 30, 20]
 
 
 @ex.named_config
 def paper_large():
     # The paper's 30 -> 40 -> 30 network (published λ̂ ≈ 1111, data/llc_rescaling_results_3.json).
-    layer_sizes = [30, 40, 30]  # noqa: F841
+    layer_sizes = [30, 40, 30]
 
 
 def resolve_original_keys(config: dict) -> dict:
@@ -179,13 +188,15 @@ def validate(config: dict) -> dict:
     checks.integer("first_alpha_index", config["first_alpha_index"], lo=0)
     samplers = checks.distinct_names("samplers", config["samplers"], SAMPLERS)
     psgld_values = dict(config["psgld_config"])
-    precond = build_config(PSGLDConfig, {k: psgld_values.pop(k) for k in PSGLD_KEYS if k in psgld_values}, "psgld_config")
+    precond = build_config(PSGLDConfig, {k: psgld_values.pop(k) for k in PSGLD_KEYS if k in psgld_values},
+                           "psgld_config")
     trace = {"loss_trace_minibatch": config["loss_trace_minibatch"]}
     sgld = build_config(SGLDConfig, {**config["sgld_config"], **trace}, "sgld_config")
     configs = {"psgld": build_config(SGLDConfig, {**psgld_values, **trace}, "psgld_config"),
                "sgld": sgld, "psgld_fixed": sgld}
     if sgld.compile is True and ("sgld" not in samplers or every is not None):
-        raise ValueError("sgld_config.compile=True compiles only the plain 'sgld' sampler with mala_acceptance_every=None "
+        raise ValueError("sgld_config.compile=True compiles only the plain 'sgld' sampler "
+                         "with mala_acceptance_every=None "
                          "(psgld_fixed, and sgld with the acceptance diagnostic, run the eager pSGLD step); "
                          f"got samplers={list(samplers)!r}, mala_acceptance_every={every!r}")
     for name in samplers:
@@ -290,7 +301,8 @@ def _main(_config, _run, _seed, checked, ck):
                 with torch.no_grad():
                     diff = float((f_flat(w_flat, x) - y).abs().max() / y.abs().max())
                 output_diffs.append(diff)
-                assert diff < (1e-9 if dtype == torch.float64 else 1e-4), f"rescaling by α={alpha} changed the function ({diff})"
+                assert diff < (1e-9 if dtype == torch.float64 else 1e-4), \
+                    f"rescaling by α={alpha} changed the function ({diff})"
                 _run.log_scalar("rescaling/log10_alpha", math.log10(alpha), i)
             for name in samplers:
                 unit += 1
@@ -302,22 +314,25 @@ def _main(_config, _run, _seed, checked, ck):
                 accept = None
                 try:
                     if name == "psgld":
-                        m = torch.repeat_interleave(torch.tensor(tensor_scales({k: w_alpha[k].to(x) for k in names}, x), dtype=dtype),
+                        scales = tensor_scales({k: w_alpha[k].to(x) for k in names}, x)
+                        m = torch.repeat_interleave(torch.tensor(scales, dtype=dtype),
                                                     torch.tensor(segments)).to(device)  # (P,)
                         res = estimate_llc_psgld(loss, w_flat, x, y, checked["configs"][name], checked["precond"], seed,
                                                  segments, scales=m)
                     elif name == "psgld_fixed" or every is not None:  # plain SGLD is the fixed D = 1
-                        factors = layer_preconditioner(sizes, layer, alpha) if name == "psgld_fixed" else [1.0] * len(segments)
-                        d = torch.repeat_interleave(torch.tensor(factors, dtype=dtype), torch.tensor(segments)).to(device)
-                        res, trace = estimate_llc_psgld_traced(loss, w_flat, x, y, checked["configs"][name], absolute, seed,
-                                                               segments, preconditioner=d, accept_every=every,
+                        factors = (layer_preconditioner(sizes, layer, alpha) if name == "psgld_fixed"
+                                   else [1.0] * len(segments))
+                        d = torch.repeat_interleave(torch.tensor(factors, dtype=dtype),
+                                                    torch.tensor(segments)).to(device)
+                        res, trace = estimate_llc_psgld_traced(loss, w_flat, x, y, checked["configs"][name], absolute,
+                                                               seed, segments, preconditioner=d, accept_every=every,
                                                                accept_identity_density=identity)
                         acc = trace.mala_acceptance  # None when not recorded; empty when fewer than k steps
                         accept = float(acc.mean()) if acc is not None and acc.size else None
                     else:
                         res = estimate_llc_flat(loss, w_flat, x, y, checked["configs"][name], seed)
-                    values = (res.lambdahat, res.lambdahat_std, None if math.isnan(res.rhat) else res.rhat, "ok", None, accept,
-                              res.compile_mode)
+                    values = (res.lambdahat, res.lambdahat_std, None if math.isnan(res.rhat) else res.rhat, "ok",
+                              None, accept, res.compile_mode)
                     _run.log_scalar(f"{name}/lambdahat", res.lambdahat, i)
                     _run.log_scalar(f"{name}/lambdahat_std", res.lambdahat_std, i)
                     if accept is not None:

@@ -71,7 +71,8 @@ def cfg():
     act = "relu"  # relu | gelu | silu | tanh, normalised to E[φ(z)²] = 1
     act_beta = ACT_BETA  # the original's --act_beta: declared with default 1.0 and never read; only 1.0 accepted
     h = 1 if arch in ("linear", "simple_diagonal_linear") else 64  # width (first conv block's channels); enters T
-    L = 8 if arch in ("mlp", "mlp_bias") else (2 if arch == "simple_diagonal_linear" else None)  # hidden layers (mlp, mlp_bias); the power w^L (simple_diagonal_linear)
+    # hidden layers (mlp, mlp_bias); the power w^L (simple_diagonal_linear)
+    L = 8 if arch in ("mlp", "mlp_bias") else (2 if arch == "simple_diagonal_linear" else None)
 
     # --- loss ---
     alpha = 1.0  # α > 0: loss ℓ(α·pred, y)/α, hinge margin 1/α on the raw output
@@ -234,7 +235,8 @@ def validate(config: dict, seed: int) -> dict:
         raise ValueError(f"L applies to arch in {DEEP_ARCHS} only; got L={config['L']!r} with arch={arch!r}")
     if dataset in IMAGE_DATASETS:
         if config["d"] is not None:
-            raise ValueError(f"d applies to the synthetic datasets only; got d={config['d']!r} with dataset={dataset!r}")
+            raise ValueError(f"d applies to the synthetic datasets only; "
+                             f"got d={config['d']!r} with dataset={dataset!r}")
     else:
         if config["d"] is None:
             raise ValueError(f"d (input dimension) must be set for dataset={dataset!r}; got None")
@@ -248,7 +250,8 @@ def validate(config: dict, seed: int) -> dict:
     if config["dynamics"] == "gd" and bs != ptr:
         raise ValueError(f"dynamics='gd' is full batch: bs must be None or ptr ({ptr}); got {bs}")
     if (config["dt"] is None) == (config["temp"] is None):
-        raise ValueError(f"give exactly one of dt and temp (T = dt/(bs·h)); got dt={config['dt']!r}, temp={config['temp']!r}")
+        raise ValueError(f"give exactly one of dt and temp (T = dt/(bs·h)); "
+                         f"got dt={config['dt']!r}, temp={config['temp']!r}")
     if config["dt"] is not None:
         dt = positive("dt")
         temp = dt / (bs * h)
@@ -326,7 +329,8 @@ def _main(_config, _run, _seed, checked, ck):
     # the perceptron's linear observables (arch linear) and the diagonal network's diag_lin record, as the original
     teacher, diag_power = None, None
     if _config["arch"] in ("linear", "simple_diagonal_linear") and dataset not in IMAGE_DATASETS:
-        teacher = torch.as_tensor(teacher_vector(dataset, _config["d"], seeds["seed_trainset"]), dtype=dtype, device=device)
+        teacher = torch.as_tensor(teacher_vector(dataset, _config["d"], seeds["seed_trainset"]),
+                                  dtype=dtype, device=device)
         diag_power = _config["L"] if _config["arch"] == "simple_diagonal_linear" else None
     with ck.deferring():  # a resumed run goes on from the saved loop state; wall time sums the segments
         run = train_regimes(model, params0, data, cfg, gen_batch, callback=log, teacher=teacher, diag_power=diag_power,

@@ -81,8 +81,10 @@ SETTING_AXES = (
              help=f"true_param_config.method, one of {', '.join(TRUE_PARAM_METHODS)} (default rand_rank)",
              choices=TRUE_PARAM_METHODS, metavar="METHOD"),
     cli.Axis("prop_rank_reduce", "true_param_config.prop_rank_reduce", float,
-             "true_param_config.prop_rank_reduce in [0, 1] (default 0.5)", cli.Check(lambda v: 0 <= v <= 1, "in [0, 1]")),
-    cli.Axis("epsilon", "sgld_config.epsilon", float, "sgld_config.epsilon, SGLD step size (default 1e-5)", cli.above(0)),
+             "true_param_config.prop_rank_reduce in [0, 1] (default 0.5)",
+             cli.Check(lambda v: 0 <= v <= 1, "in [0, 1]")),
+    cli.Axis("epsilon", "sgld_config.epsilon", float, "sgld_config.epsilon, SGLD step size (default 1e-5)",
+             cli.above(0)),
     cli.Axis("gamma", "sgld_config.gamma", float, "sgld_config.gamma, localisation (default 1.0)", cli.at_least(0)),
     cli.Axis("steps", "sgld_config.num_steps", int, "sgld_config.num_steps (default 5000)", cli.at_least(1)),
     cli.Axis("burnin", "sgld_config.num_burnin_steps", int,
@@ -105,7 +107,8 @@ TRAINING_AXES = (
 def _presets_help() -> str:
     rows = ["presets (widths, layers, n, epsilon, SGLD steps, batch, training):"]
     for name, pr in PRESETS.items():
-        rows.append(f"  {name:7s} widths {pr['widths'][0]}-{pr['widths'][1]}, layers {pr['layers'][0]}-{pr['layers'][1]}, "
+        rows.append(f"  {name:7s} widths {pr['widths'][0]}-{pr['widths'][1]}, "
+                    f"layers {pr['layers'][0]}-{pr['layers'][1]}, "
                     f"n {pr['n'][0]}, eps {pr['epsilon'][0]:g}, steps {pr['steps'][0]}, batch {pr['batch'][0]}, "
                     f"training {'on' if pr['training'] else 'off'}, {pr['num_runs']} runs")
     return "\n".join(rows)
@@ -114,12 +117,17 @@ def _presets_help() -> str:
 def options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-runs", type=int, help=f"random architectures to draw (default {BASE['num_runs']})")
     p.add_argument("--seed", type=int, default=0, help="seed of the generator's RNG (default 0)")
-    g = p.add_argument_group("architecture (ranges LO HI, sampled uniformly; HI excluded unless --range-upper inclusive)")
-    g.add_argument("--widths", type=int, nargs=2, metavar=("LO", "HI"), help="width of every layer, output included (default 5 50)")
-    g.add_argument("--layers", type=int, nargs=2, metavar=("LO", "HI"), help="number of layers = len(layer_widths) (default 2 5)")
-    g.add_argument("--input-dim", type=int, nargs=2, metavar=("LO", "HI"), help="input dim H_0 (default: the --widths range)")
+    g = p.add_argument_group("architecture (ranges LO HI, sampled uniformly; "
+                             "HI excluded unless --range-upper inclusive)")
+    g.add_argument("--widths", type=int, nargs=2, metavar=("LO", "HI"),
+                   help="width of every layer, output included (default 5 50)")
+    g.add_argument("--layers", type=int, nargs=2, metavar=("LO", "HI"),
+                   help="number of layers = len(layer_widths) (default 2 5)")
+    g.add_argument("--input-dim", type=int, nargs=2, metavar=("LO", "HI"),
+                   help="input dim H_0 (default: the --widths range)")
     g.add_argument("--range-upper", choices=("exclusive", "inclusive"),
-                   help="exclusive (default): [LO, HI), as the original generator's np.random.randint; inclusive: [LO, HI]")
+                   help="exclusive (default): [LO, HI), as the original generator's np.random.randint; "
+                        "inclusive: [LO, HI]")
     p.add_argument("--training", action=argparse.BooleanOptionalAction,
                    help="do_training: also train and estimate λ̂ at the trained parameter (default off)")
 

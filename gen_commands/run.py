@@ -258,13 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("commands", help="commands file: one shell command per line")
     p.add_argument("-j", "--jobs", type=_positive_int, default=1, help="lines run at once (default 1)")
     store = p.add_mutually_exclusive_group()
-    store.add_argument("--store", metavar="DIR", help="check COMPLETED runs in this file store instead of each line's -F")
-    store.add_argument("--mongo", metavar="HOST:PORT:DB", help="check COMPLETED runs in this Mongo store instead of each line's -m")
+    store.add_argument("--store", metavar="DIR",
+                       help="check COMPLETED runs in this file store instead of each line's -F")
+    store.add_argument("--mongo", metavar="HOST:PORT:DB",
+                       help="check COMPLETED runs in this Mongo store instead of each line's -m")
     p.add_argument("--retry-failed", action="store_true", help="run only the lines recorded in CMDS.failures.json")
     p.add_argument("--log-dir", help="per-line stdout/stderr logs (default CMDS.logs/)")
     p.add_argument("--threads-per-job", type=int, help="OMP/MKL threads per line if not set in the environment "
                                                        "(default cores // jobs; 0 leaves them alone)")
-    p.add_argument("--grace", type=float, default=30.0, help="seconds between SIGINT and SIGTERM on Ctrl-C (default 30)")
+    p.add_argument("--grace", type=float, default=30.0,
+                   help="seconds between SIGINT and SIGTERM on Ctrl-C (default 30)")
     p.add_argument("--dry-run", action="store_true", help="print which lines would run or be skipped, run nothing")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, help="progress bar (default: on a terminal)")
     return p

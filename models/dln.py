@@ -101,10 +101,12 @@ def init_weight(shape: tuple[int, int], gen: torch.Generator, init: str = "haiku
     return (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1) * scale
 
 
-def init_params(input_dim: int, layer_widths: Sequence[int], gen: torch.Generator, init: str = "haiku") -> dict[str, Tensor]:
+def init_params(input_dim: int, layer_widths: Sequence[int], gen: torch.Generator,
+                init: str = "haiku") -> dict[str, Tensor]:
     """A fresh DLN parameter dict (float64 on CPU) with ``init_weight`` per layer."""
     sizes = [input_dim, *layer_widths]
-    return {name: init_weight((sizes[i + 1], sizes[i]), gen, init) for i, name in enumerate(param_names(len(layer_widths)))}
+    names = param_names(len(layer_widths))
+    return {name: init_weight((sizes[i + 1], sizes[i]), gen, init) for i, name in enumerate(names)}
 
 
 def _random_orthogonal(n: int, k: int, gen: torch.Generator) -> Tensor:

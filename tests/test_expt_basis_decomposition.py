@@ -45,7 +45,8 @@ def mnist_root(tmp_path_factory):
 def run(expt, data_root, tmp_path=None, named_configs=(), **updates):
     expt.ex.observers[:] = [FileStorageObserver(str(tmp_path))] if tmp_path is not None else []
     try:
-        return expt.ex.run(config_updates={**TINY, "data_root": data_root, **updates}, named_configs=list(named_configs))
+        return expt.ex.run(config_updates={**TINY, "data_root": data_root, **updates},
+                           named_configs=list(named_configs))
     finally:
         expt.ex.observers[:] = []
 
@@ -65,7 +66,8 @@ def test_smoke_records_metrics_artifact_and_an_exact_final_decomposition(expt, m
     assert res["steps"] == 8 and res["steps_per_epoch"] == 4 and res["feature_dim"] == 9
     assert res["num_basis_functions"] == 9  # k = min(C = 10, rank Φ <= p = 9)
     assert res["final_relative_residual"] < 1e-5  # F_T = Σ_i s_i φ_i
-    for key in ("final_test_accuracy", "final_train_loss", "nonneg_increment_fraction", "rising_nonneg_increment_fraction",
+    for key in ("final_test_accuracy", "final_train_loss", "nonneg_increment_fraction",
+                "rising_nonneg_increment_fraction",
                 "saturation_times", "saturation_in_order", "small_init_max_abs", "singular_values", "beta_initial"):
         assert key in res, key
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -102,8 +104,10 @@ def test_gradient_checkpoints_and_reinitialised_analyses(expt, mnist_root, tmp_p
     rr = npz(tmp_path / "1" / "rerun.npz")
     assert rr["beta"].shape == (3, 3) and rr["cosines"].shape == (3, 3, 3) and rr["max_abs_cos"].shape == (3,)
     np.testing.assert_allclose(np.diagonal(rr["cosines"], axis1=1, axis2=2), 1.0, rtol=1e-5)
-    # files only: the run's resume checkpoints (tracking.preempt) live in ckpt/basis_decomposition/, removed on completion
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.is_file()) == [f"ckpt_{t:09d}.pt" for t in (0, 1, 2, 4, 8)]
+    # files only: the run's resume checkpoints (tracking.preempt) live in ckpt/basis_decomposition/,
+    # removed on completion
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.is_file()) == [
+        f"ckpt_{t:09d}.pt" for t in (0, 1, 2, 4, 8)]
     assert not any((tmp_path / "ckpt").rglob("ckpt-*.pt"))
 
 
@@ -187,7 +191,8 @@ def test_log_detail_saves_phi_outputs_and_head(expt, mnist_root, tmp_path):
 def test_same_seed_same_coefficients(expt, mnist_root, tmp_path):
     a = run(expt, mnist_root, tmp_path / "a", seed=5)
     b = run(expt, mnist_root, tmp_path / "b", seed=5)
-    assert a.result["beta_initial"] == b.result["beta_initial"] and a.result["singular_values"] == b.result["singular_values"]
+    assert a.result["beta_initial"] == b.result["beta_initial"]
+    assert a.result["singular_values"] == b.result["singular_values"]
     c = run(expt, mnist_root, seed=6)
     assert c.result["beta_initial"] != a.result["beta_initial"]
 
@@ -213,7 +218,8 @@ def test_same_seed_same_coefficients(expt, mnist_root, tmp_path):
     (dict(grad_clip=0.0), "grad_clip must be None or a finite number > 0"),
     (dict(saturation_level=1.5), "saturation_level must be a number in"),
     (dict(device="tpu"), "device must be one of"),
-    (dict(grad_indep=True, rerun_config=dict(iterations=5, every=1, num_basis=12)), "rerun_config.num_basis must be <= 9"),
+    (dict(grad_indep=True, rerun_config=dict(iterations=5, every=1, num_basis=12)),
+     "rerun_config.num_basis must be <= 9"),
 ])
 def test_bad_config_fails_before_compute_naming_the_key(expt, mnist_root, updates, key, monkeypatch):
     def no_compute(*a, **k):
@@ -262,24 +268,29 @@ def test_named_configs_are_the_original_scripts(expt, name):
 
 def test_named_config_cadences(expt):
     mnist = expt.ex.run("print_config", named_configs=["mnist"]).config
-    assert (mnist["record_every"], mnist["record_first"], mnist["record_until"], mnist["record_epoch_ends"]) == (20, 1, 2001, False)
+    assert (mnist["record_every"], mnist["record_first"], mnist["record_until"],
+            mnist["record_epoch_ends"]) == (20, 1, 2001, False)
     assert expt.ex.run("print_config", named_configs=["mnist"], config_updates=dict(model="cnn4")).config["seed"] == 64
     assert expt.ex.run("print_config", named_configs=["mnist"], config_updates=dict(model="cnn2")).config["seed"] == 0
     gi = expt.ex.run("print_config", named_configs=["grad_indep"]).config
-    assert gi["grad_indep"] and not gi["beta_domin"] and gi["rerun_config"] == dict(iterations=10, every=1, num_basis=10)
+    assert gi["grad_indep"] and not gi["beta_domin"]
+    assert gi["rerun_config"] == dict(iterations=10, every=1, num_basis=10)
     bd = expt.ex.run("print_config", named_configs=["beta_domin"]).config
-    assert bd["beta_domin"] and not bd["grad_indep"] and bd["rerun_config"] == dict(iterations=400, every=1, num_basis=5)
+    assert bd["beta_domin"] and not bd["grad_indep"]
+    assert bd["rerun_config"] == dict(iterations=400, every=1, num_basis=5)
     si = expt.ex.run("print_config", named_configs=["small_init"]).config
     assert si["small_init"] and not si["record_epoch_ends"] and si["early_points"] == 0  # F at t = 0 and the end only
     default = expt.ex.run("print_config").config  # train.py's argparse defaults
-    assert (default["model"], default["data"], default["loss_fn"], default["optimizer"]) == ("resnet18", "cifar10", "mse_loss", "sgd")
+    assert (default["model"], default["data"], default["loss_fn"], default["optimizer"]) == (
+        "resnet18", "cifar10", "mse_loss", "sgd")
     assert default["lr_setting"] == [0.1, 5, 0.01] and default["num_epoch"] == 310 and default["record_epoch_ends"]
     assert expt.ex.run("print_config", config_updates=dict(beta_domin=True)).config["rerun_config"]["iterations"] == 400
 
 
 def test_rerun_evaluates_before_each_of_the_first_steps(expt, mnist_root, tmp_path):
     """grad_indep.py: ∇β at t = 0, ..., iterations − 1, before each step of the fresh run."""
-    run(expt, mnist_root, tmp_path, grad_indep=True, small_init=False, rerun_config=dict(iterations=4, every=1, num_basis=3))
+    run(expt, mnist_root, tmp_path, grad_indep=True, small_init=False,
+        rerun_config=dict(iterations=4, every=1, num_basis=3))
     r = npz(tmp_path / "1" / "rerun.npz")
     np.testing.assert_array_equal(r["times"], [0, 1, 2, 3])
     np.testing.assert_allclose(r["max_abs_cos_matrix"], np.abs(r["cosines"]).max(axis=0), rtol=0, atol=0)  # a copy
@@ -316,7 +327,8 @@ def test_every_preset_writes_keys_the_experiment_knows(expt, tmp_path, preset):
         overrides = config_overrides(line)
         assert overrides["run_key"] == sweep.run_key(gen.EXPERIMENT, overrides)
         assert overrides["expt_name"] == preset and "lr_setting" in overrides
-        cfg = expt.ex.run("print_config", config_updates={k: v for k, v in overrides.items()}).config  # typos -> ConfigAddedError
+        # typos -> ConfigAddedError
+        cfg = expt.ex.run("print_config", config_updates={k: v for k, v in overrides.items()}).config
         assert cfg["seed"] == overrides["seed"]
     assert [config_overrides(line)["seed"] for line in lines[:2]] == [0, 1]  # seeds vary fastest
 
@@ -325,7 +337,8 @@ def test_generator_axes_replace_preset_values_and_lr_follows_the_optimizer(tmp_p
     lines = generate(tmp_path, "--preset", "optimizers", "--optimizer", "lamb", "adamw", "--init-scale", "0.5", "1.0",
                      "--grid", "num_epoch=[20]", "-F", "runs/x", "--device", "cpu")
     parsed = [config_overrides(line) for line in lines]
-    assert [(p["optimizer"], p["init_scale"]) for p in parsed] == [("lamb", 0.5), ("lamb", 1.0), ("adamw", 0.5), ("adamw", 1.0)]
+    assert [(p["optimizer"], p["init_scale"]) for p in parsed] == [
+        ("lamb", 0.5), ("lamb", 1.0), ("adamw", 0.5), ("adamw", 1.0)]
     assert all(p["num_epoch"] == 20 and p["device"] == "cpu" and p["model"] == "resnet18" for p in parsed)
     assert parsed[0]["lr_setting"] == gen.OPTIMIZER_LR["lamb"] and parsed[2]["lr_setting"] == gen.OPTIMIZER_LR["adamw"]
     assert " -F runs/x with " in lines[0]
@@ -361,7 +374,8 @@ def test_generator_errors(tmp_path, capsys, args, message):
 # --- figures ----------------------------------------------------------------------------------
 
 def test_figures_from_recorded_runs(expt, mnist_root, tmp_path):
-    run(expt, mnist_root, tmp_path, grad_indep=True, beta_domin=True, rerun_config=dict(iterations=4, every=2, num_basis=3))
+    run(expt, mnist_root, tmp_path, grad_indep=True, beta_domin=True,
+        rerun_config=dict(iterations=4, every=2, num_basis=3))
     a = figs.basis_arrays(str(tmp_path), 1)
     r = figs.rerun_arrays(str(tmp_path), 1)
     fig = figs.plot_beta_trajectories(a, n=3, log_x=True, title="t")
@@ -443,7 +457,7 @@ def test_three_block_cnn_learns_coefficients_monotonically_in_order_of_s(expt, t
             n_basis=5, optimizer="lars", decay_stepsize=50, eval_batch_size=512, seed=0)  # (TINY's sgd, 1 undone)
     res = r.result
     a = npz(tmp_path / "runs" / "1" / "basis.npz")
-    t, beta, s = a["times"], a["beta"], a["s"]
+    beta, s = a["beta"], a["s"]
     assert res["steps"] == 320 and res["final_test_accuracy"] > 0.9
     assert np.all(np.diff(s[:5]) < 0)
     # β_1 rises close to monotonically: while it is learned (until 0.95 s_1) almost every increment is >= 0;

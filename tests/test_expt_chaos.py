@@ -65,7 +65,8 @@ def test_smoke_records_hessian_chaos_and_lyapunov(expt, data_root, tmp_path):
     assert res["model_dim"] == 256 * 4 + 4 + 4 * 10 + 10 and res["num_steps"] == 5
     assert 0 <= res["final_test_accuracy"] <= 1 and res["lyapunov"]["k"] == 8
     m = metrics_of(tmp_path)
-    expected = {"train/batch_loss", "train/batch_accuracy", "hessian/max_eig", "hessian/min_eig", "hessian/mean_eig", "hessian/num_pos",
+    expected = {"train/batch_loss", "train/batch_accuracy", "hessian/max_eig", "hessian/min_eig", "hessian/mean_eig",
+                "hessian/num_pos",
                 "hessian/num_neg", "hessian/num_zero", "chaos/num_neg", "chaos/num_large", "chaos/num_chaotic",
                 "grad/cos_max_eig", "grad/cos_min_eig", "lyapunov/max", "lyapunov/min", "lyapunov/num_pos",
                 "epoch/test_accuracy", "subsim/hessian_chaotic", "subsim/hessian_chaotic_baseline", "grad/snr"}
@@ -148,13 +149,15 @@ def test_save_eigenthings_then_perturb_and_prune_global(expt, data_root, tmp_pat
     s2 = np.exp(2 * int(saved["steps"]) * chi)  # t·χ is O(1) here: no overflow
     expected = int((s2 > 277 * np.finfo(np.float64).eps * s2.max()).sum())
     for prune_set, count in (("pos", expected), ("neg", 0)):
-        r = run(expt, tiny(data_root, eigenthings_path=str(run_dir / "eigenthings.npz"), cgd=dict(global_rule="hessian"),
+        r = run(expt, tiny(data_root, eigenthings_path=str(run_dir / "eigenthings.npz"),
+                           cgd=dict(global_rule="hessian"),
                            optim=dict(name="cgd", prune_global=True, prune_set=prune_set), **small), tmp_path)
         assert metrics_of(tmp_path, r._id)["cgd/num_pruned"]["values"] == [count] * 4
     # Its save_lyapunov_at file held (σ²)^{1/t} = e^{2χ}: chaotic needs e^{2χ} > 2/lr = 2000, i.e. χ > 3.8.
     r = run(expt, tiny(data_root, eigenthings_path=str(run_dir / "eigenthings_epoch0.npz"),
                        cgd=dict(global_rule="hessian"), optim=dict(name="cgd", prune_global=True), **small), tmp_path)
-    assert metrics_of(tmp_path, r._id)["cgd/num_pruned"]["values"] == [int((np.exp(2 * epoch0["exponents"]) > 2e3).sum())] * 4
+    num_chaotic = int((np.exp(2 * epoch0["exponents"]) > 2e3).sum())
+    assert metrics_of(tmp_path, r._id)["cgd/num_pruned"]["values"] == [num_chaotic] * 4
 
 
 def test_cgd_zeros_pool_prunes_the_null_space_as_the_original(expt, data_root, tmp_path):
@@ -289,11 +292,13 @@ def test_generator_writes_the_figure_table(tmp_path):
     assert len(dist) == len(keys) == 2
     assert all(f"eigenthings_run.run_key={k}" in line for k, line in zip(keys, dist))
     fig2 = gen.generate(gen.build_parser().parse_args([str(tmp_path / "x"), "--preset", "fig2"]))
-    assert [("optim.prune_start=" + s) in line for s, line in zip(["", "2000", "5000", "10000"], fig2)][1:] == [True] * 3
+    assert [("optim.prune_start=" + s) in line
+            for s, line in zip(["", "2000", "5000", "10000"], fig2)][1:] == [True] * 3
     with pytest.raises(SystemExit):  # refuses to overwrite without --force
         gen.main([str(out), "--preset", "fig1"])
     # --cgd-rules original: the keys of the named config cgd_original, on every line.
-    orig = gen.generate(gen.build_parser().parse_args([str(tmp_path / "y"), "--preset", "fig1", "--cgd-rules", "original"]))
+    orig = gen.generate(gen.build_parser().parse_args([str(tmp_path / "y"), "--preset", "fig1",
+                                                       "--cgd-rules", "original"]))
     from dynamics.cgd_select import CgdRules
 
     keys = " ".join(f"cgd.{k}={v}" for k, v in sorted(vars(CgdRules.original()).items()))
@@ -349,7 +354,8 @@ def test_accuracy_figure_reads_runs_recorded_under_the_old_names(expt, data_root
     path.write_text(json.dumps(m))
     m1 = metrics_of(tmp_path, 1)
     # run 1 carries both: its current name wins over a decoy old-name series with other values
-    m1["epoch/test_acc"] = dict(m1["epoch/test_accuracy"], values=[v + 5.0 for v in m1["epoch/test_accuracy"]["values"]])
+    m1["epoch/test_acc"] = dict(m1["epoch/test_accuracy"],
+                                values=[v + 5.0 for v in m1["epoch/test_accuracy"]["values"]])
     (tmp_path / "1" / "metrics.json").write_text(json.dumps(m1))
     fig = fc.plot_accuracy_by_optimizer(tmp_path)
     curves = {line.get_label().split(" (")[0]: line.get_ydata() for line in fig.axes[0].get_lines()}
@@ -439,7 +445,8 @@ def test_cnn_is_the_originals_layers_and_parameter_count():
                       ("tail_pool1", "MaxPool2d", None), ("tail_conv2", "Conv2d", 4), ("tail_fn2", "ReLU", None),
                       ("tail_pool2", "MaxPool2d", None), ("tail_conv3", "Conv2d", 8), ("tail_fn3", "ReLU", None),
                       ("tail_pool3", "MaxPool2d", None), ("tail_conv4", "Conv2d", 8), ("tail_fn4", "ReLU", None),
-                      ("tail_pool4", "MaxPool2d", None), ("tail_reshape", "Flatten", None), ("tail_fc1", "Linear", None)]
+                      ("tail_pool4", "MaxPool2d", None), ("tail_reshape", "Flatten", None),
+                      ("tail_fc1", "Linear", None)]
     assert net(torch.randn(2, 1, 16, 16, generator=gen)).shape == (2, 10)
     with pytest.raises(ValueError, match="16x16"):
         build_model("cnn", (1, 28, 28), 10, gen)

@@ -112,7 +112,8 @@ def test_figures_from_real_runs(store):
     with pytest.warns(UserWarning, match="left out 2 of 3"):  # only run 3 trained
         trained = plot_lambdahat_vs_true(df, prefix="trained.")
     row = df[df["seed"] == 3].iloc[0]
-    np.testing.assert_array_equal(_points(trained.axes[0]).get_offsets(), [[row["true_lambda"], row["trained.lambdahat"]]])
+    np.testing.assert_array_equal(_points(trained.axes[0]).get_offsets(),
+                                  [[row["true_lambda"], row["trained.lambdahat"]]])
 
 
 def _venv_kernel(tmp_path):
@@ -125,7 +126,8 @@ def _venv_kernel(tmp_path):
     spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
             "display_name": "dltheory venv", "language": "python"}
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
-    return KernelManager(kernel_name="dlt-venv", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec_dir.parent)]))
+    return KernelManager(kernel_name="dlt-venv",
+                         kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec_dir.parent)]))
 
 
 # Every figure the notebook saves from the store of every_experiment_runs (section by section).
@@ -171,7 +173,8 @@ def _execute(nb, directory_paths, tmp_path, monkeypatch):
     workdir.mkdir()
     NotebookClient(nb, km=_venv_kernel(tmp_path), timeout=300, resources={"metadata": {"path": str(workdir)}}).execute()
     printed = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
-    images = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs if "image/png" in o.get("data", {})]
+    images = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs
+              if "image/png" in o.get("data", {})]
     return figures, printed, images
 
 
@@ -179,7 +182,8 @@ def _notebook():
     nb = nbformat.read(REPO / "plots_final.ipynb", as_version=4)
     first = nb.cells[0]
     assert first.metadata.get("tags") == ["parameters"] and "directory_paths" in first.source
-    assert all(not cell.outputs for cell in nb.cells if cell.cell_type == "code"), "commit the notebook with outputs cleared"
+    assert all(not cell.outputs for cell in nb.cells if cell.cell_type == "code"), \
+        "commit the notebook with outputs cleared"
     return nb
 
 

@@ -16,7 +16,8 @@ from torch.func import functional_call, vmap
 
 from llc.estimate import estimate_llc, flat_loss_for_module
 from llc.fused import FusedFlatLoss, batched_or_vmap, linear_stack
-from models.chaos_nets import CNN, MLP as ChaosMLP
+from models.chaos_nets import CNN
+from models.chaos_nets import MLP as ChaosMLP
 from models.dln import DeepLinearNetwork
 from models.relu_mlp import ReLUMLP
 

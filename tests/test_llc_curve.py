@@ -14,10 +14,10 @@ from sacred.observers import FileStorageObserver
 from sacred.utils import ConfigAddedError
 from torch.func import vmap
 
+from data.vision import load_vision_dataset
 from gen_commands import expt_llc_curve as gen
 from gen_commands import sweep
 from gen_commands.commands import config_overrides
-from data.vision import load_vision_dataset
 from llc.estimate import flat_model_for_module
 from models.resnet import build_resnet, stage_widths
 from tests.conftest import load_experiment
@@ -164,7 +164,8 @@ def test_divergent_checkpoint_is_recorded_and_training_goes_on(expt, cifar, tmp_
     (dict(logging_period=-5), "logging_period"),
     (dict(sgld_config=dict(batch_size=41, num_steps=6)), "sgld_config.batch_size"),
     (dict(training_config=dict(batch_size=41, num_steps=4)), "training_config.batch_size"),
-    (dict(training_config=dict(l2_regularization=-1.0, num_steps=4, batch_size=8)), "training_config.l2_regularization"),
+    (dict(training_config=dict(l2_regularization=-1.0, num_steps=4, batch_size=8)),
+     "training_config.l2_regularization"),
     (dict(training_config=dict(optim="lbfgs", num_steps=4, batch_size=8)), "training_config.optim"),
     (dict(force_realisable="yes"), "force_realisable"),
 ])
@@ -244,7 +245,8 @@ def test_longer_run_learns_and_every_estimate_is_finite(expt, tmp_path, monkeypa
                          training_config=dict(num_steps=150, batch_size=32, learning_rate=0.05, momentum=0.9),
                          sgld_config=dict(num_steps=60, batch_size=64, num_chains=2, epsilon=1e-5, gamma=1.0)))
     checkpoints = r.info["checkpoints"]
-    print([(c["t"], round(c["train_loss"], 3), round(c["test_accuracy"], 2), round(c["lambdahat"], 2)) for c in checkpoints])
+    print([(c["t"], round(c["train_loss"], 3), round(c["test_accuracy"], 2), round(c["lambdahat"], 2))
+           for c in checkpoints])
     assert [c["t"] for c in checkpoints] == [0, 50, 100, 150]
     assert all(c["status"] == "ok" and np.isfinite(c["lambdahat"]) for c in checkpoints)
     assert checkpoints[-1]["train_loss"] < 0.5 * checkpoints[0]["train_loss"]

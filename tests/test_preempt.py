@@ -16,7 +16,6 @@ from tracking import checkpoint as ckpt
 from tracking.checkpoint import CheckpointError, CorruptCheckpoint
 from tracking.preempt import TEST_ENV, Preempted, Session, parse_every
 
-
 # ------------------------------------------------------------------ checkpoint_every
 
 @pytest.mark.parametrize("value, expected", [
@@ -276,7 +275,8 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_with_the_same_resu
     files[0].write_bytes(files[0].read_bytes()[:-10])  # truncated
     resumed = saddle(tmp_path / "s", run_key="k", checkpoint_every="10steps")
     assert resumed.result == full.result
-    assert resumed.info["resumed_from"]["step"] == 20 and "ckpt-000000000027.pt" in resumed.info["checkpoint_warnings"][0]
+    assert resumed.info["resumed_from"]["step"] == 20
+    assert "ckpt-000000000027.pt" in resumed.info["checkpoint_warnings"][0]
 
 
 def test_ad_hoc_run_resumes_with_resume_from_its_run_dir(tmp_path, monkeypatch):
@@ -292,7 +292,8 @@ def test_ad_hoc_run_resumes_with_resume_from_its_run_dir(tmp_path, monkeypatch):
 
 
 def test_command_line_run_is_recorded_interrupted_then_resumed(tmp_path):
-    """The issue's scenario through the CLI: the signal (here self-sent at step 27) leaves INTERRUPTED, a rerun completes."""
+    """The issue's scenario through the CLI: the signal (here self-sent at step 27) leaves INTERRUPTED,
+    a rerun completes."""
     line = [sys.executable, "experiments/expt_dln_saddle_dynamics.py", "-F", str(tmp_path), "with", "device=cpu",
             "width=3", "num_training_data=200", "logging_period=20", "training_config.num_steps=40",
             "training_config.batch_size=20", "sgld_config.num_steps=10", "sgld_config.batch_size=20",

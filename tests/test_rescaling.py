@@ -83,7 +83,7 @@ def reference_psgld(loss, w_star, x, y, cfg: SGLDConfig, pc: PSGLDConfig, seed, 
     loc = cfg.gamma / m if pc.localisation == "relative" else np.full(P, cfg.gamma)
     adapt = pc.resolve_adapt_steps(cfg)
     traces = []
-    for gen in chain_generators(seed, cfg.num_chains, torch.device("cpu")):
+    for rng in chain_generators(seed, cfg.num_chains, torch.device("cpu")):
         w = w_star.clone()
         v = 1.0 / (pc.kappa * m)
         d = 1.0 / (v + pc.delta * np.array([v[seg == s].mean() for s in range(len(sizes))])[seg])
@@ -91,8 +91,8 @@ def reference_psgld(loss, w_star, x, y, cfg: SGLDConfig, pc: PSGLDConfig, seed, 
         block = max(1, min(128, (1 << 20) // P, cfg.num_steps))
         for t0 in range(0, cfg.num_steps, block):
             k = min(block, cfg.num_steps - t0)
-            idx = torch.randint(0, n, (k, cfg.batch_size), generator=gen)
-            xi = torch.randn(k, P, generator=gen, dtype=torch.float64)
+            idx = torch.randint(0, n, (k, cfg.batch_size), generator=rng)
+            xi = torch.randn(k, P, generator=rng, dtype=torch.float64)
             for j in range(k):
                 wg = w.detach().requires_grad_(True)
                 L = loss(wg, x[idx[j]], y[idx[j]])
@@ -239,7 +239,8 @@ def test_plain_sgld_is_not_invariant_but_the_notebook_sampler_is(expt):
             samplers=["psgld_fixed", "sgld"], degenerate_units=[1, 2], mala_acceptance_every=None,
             sgld_config=dict(epsilon=1e-5, num_steps=1000, batch_size=100, num_chains=4, num_burnin_steps=250))
     fixed, plain = r.result["psgld_fixed"], r.result["sgld"]
-    print("psgld_fixed", fixed["lambdahat"], fixed["relative_spread"], "sgld", plain["lambdahat"], plain["relative_spread"])
+    print("psgld_fixed", fixed["lambdahat"], fixed["relative_spread"],
+          "sgld", plain["lambdahat"], plain["relative_spread"])
     assert fixed["status"] == plain["status"] == ["ok"] * 3 and fixed["mala_acceptance"] == [None] * 3
     assert fixed["lambdahat"][1] == pytest.approx(plain["lambdahat"][1], rel=1e-12)  # α = 1: D = 1, the same chain
     assert plain["relative_spread"] > 0.35 and plain["relative_spread"] > 2 * fixed["relative_spread"]

@@ -158,8 +158,8 @@ def test_acceptance_rank_climbs_through_plateaus_and_final_lambdahat_matches_aoy
     losses = np.array([c["train_loss"] for c in checkpoints])
     lam = [c.get("lambdahat") for c in checkpoints]
     print("rank sequence", res["rank_sequence"])
-    print("t, rank, loss, lambdahat:", [(c["t"], c["rank"], round(c["train_loss"], 3), round(c.get("lambdahat") or 0, 2))
-                                       for c in checkpoints])
+    print("t, rank, loss, lambdahat:",
+          [(c["t"], c["rank"], round(c["train_loss"], 3), round(c.get("lambdahat") or 0, 2)) for c in checkpoints])
     assert res["rank_sequence"] == [0, 1, 2, 3, 4, 5]
     assert all(a <= b for a, b in zip(ranks, ranks[1:]))
     # The loss falls in steps: on each plateau between rank changes it barely moves, across a change it drops.

@@ -15,8 +15,13 @@ from gen_commands import expt_sgd_regimes as gen
 from gen_commands.commands import config_overrides
 from tests.conftest import REPO, load_experiment
 from tests.datasets import allow_tiny_cifar, write_cifar10, write_mnist
-from tracking.figures_regimes import (curves, plot_ntk_change_vs_alpha, plot_test_error_vs_temperature,
-                                      plot_weight_change_vs_temperature, regime_table)
+from tracking.figures_regimes import (
+    curves,
+    plot_ntk_change_vs_alpha,
+    plot_test_error_vs_temperature,
+    plot_weight_change_vs_temperature,
+    regime_table,
+)
 from tracking.load import load_metrics, load_runs
 
 PERCEPTRON = dict(arch="linear", dataset="depleted_sign", d=4, ptr=40, pte=30, alpha=2.0, bs=8, max_wall=60.0,
@@ -352,7 +357,8 @@ def test_crossover_batch_size_and_its_exponent():
 
 
 def test_generator_where_filter(tmp_path, capsys):
-    lines = generate(tmp_path, "--set", "dt=1", "--grid", "ptr=[4, 8]", "--grid", "bs=[2, 4, 8]", "--where", "bs <= ptr and bs > 2")
+    lines = generate(tmp_path, "--set", "dt=1", "--grid", "ptr=[4, 8]", "--grid", "bs=[2, 4, 8]",
+                     "--where", "bs <= ptr and bs > 2")
     assert [(config_overrides(li)["ptr"], config_overrides(li)["bs"]) for li in lines] == [(4, 4), (8, 4), (8, 8)]
     assert len(generate(tmp_path, "--preset", "bstar_chi0", name="b.txt")) == 72  # the preset's own 'bs <= ptr'
     with pytest.raises(SystemExit):

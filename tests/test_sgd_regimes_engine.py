@@ -9,8 +9,17 @@ from torch.func import functional_call
 
 from data.regimes import BinaryDataset, build_dataset
 from dynamics.regimes_ladders import FastLadder, SlowLadder, next_early_step
-from dynamics.regimes_train import (RegimesConfig, alpha_loss, fast_ladder, flat_metrics,
-                                    gd_sde_gradient, loss_and_grad, slow_ladder, train_regimes, unfit_first_batch)
+from dynamics.regimes_train import (
+    RegimesConfig,
+    alpha_loss,
+    fast_ladder,
+    flat_metrics,
+    gd_sde_gradient,
+    loss_and_grad,
+    slow_ladder,
+    train_regimes,
+    unfit_first_batch,
+)
 from models.regimes import build_model
 
 F64 = torch.float64
@@ -128,8 +137,8 @@ def test_gd_sde_minibatch_noise_has_exactly_the_minibatch_covariance():
     _, drift = gd_sde_gradient(f, lossf, params, data.xtr, data.ytr, out0, bs, torch.zeros(P, dtype=F64), "minibatch")
     _, full = loss_and_grad(f, lossf, params, data.xtr, data.ytr, out0)
     torch.testing.assert_close(flat(drift), flat(full))
-    N = torch.stack([flat(gd_sde_gradient(f, lossf, params, data.xtr, data.ytr, out0, bs, e, "minibatch")[1]) - flat(drift)
-                     for e in torch.eye(P, dtype=F64)])  # (P, num_params)
+    N = torch.stack([flat(gd_sde_gradient(f, lossf, params, data.xtr, data.ytr, out0, bs, e, "minibatch")[1])
+                     - flat(drift) for e in torch.eye(P, dtype=F64)])  # (P, num_params)
     batches = [flat(loss_and_grad(f, lossf, params, data.xtr[list(b)], data.ytr[list(b)], out0[list(b)])[1])
                for b in itertools.combinations(range(P), bs)]
     G = torch.stack(batches) - flat(full)

@@ -7,8 +7,17 @@ import torch
 import torch.nn.functional as F
 
 from data.regimes import CIFAR_VEHICLES, build_dataset, depleted_gaussian, image_labels
-from models.regimes import (ACTIVATIONS, ARCHS, CONV_ARCHS, DEEP_ARCHS, NormalisedActivation, activation_norm,
-                            build_model, check_act_beta, same_padding)
+from models.regimes import (
+    ACTIVATIONS,
+    ARCHS,
+    CONV_ARCHS,
+    DEEP_ARCHS,
+    NormalisedActivation,
+    activation_norm,
+    build_model,
+    check_act_beta,
+    same_padding,
+)
 from tests.datasets import allow_tiny_cifar, write_cifar10, write_mnist
 
 F64 = torch.float64
@@ -164,7 +173,8 @@ def test_vgg11_forward_by_hand():
 
 
 def test_same_padding_is_tensorflows():
-    """Stride 1: torch's padding='same' (also extra at the end for even k); stride 2: TF's documented totals, by hand."""
+    """Stride 1: torch's padding='same' (also extra at the end for even k); stride 2: TF's documented totals,
+    by hand."""
     for k in (1, 2, 3, 4, 5):
         x, w = torch.randn(1, 1, 9, 9, dtype=F64), torch.randn(1, 1, k, k, dtype=F64)
         torch.testing.assert_close(_conv(x, w, pad=same_padding(9, k, 1)), F.conv2d(x, w, padding="same"))

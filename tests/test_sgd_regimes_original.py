@@ -5,7 +5,6 @@ pred_i = (w − w₀)·x_i/√d, ∇L = (1/P) Σ ℓ'_i x_i/√d with ℓ' = ∂
 """
 import math
 
-import numpy as np
 import pytest
 import torch
 

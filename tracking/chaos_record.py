@@ -63,8 +63,10 @@ def log_curvature(_run, step, eig, g0, optim, log, lyap, checked, record, thr):
         cos_min = abs(float(eig.eigenvectors[:, 0] @ g)) / gn if gn > 0 else 0.0
         values = {
             "hessian/max_eig": lam_max, "hessian/min_eig": lam_min, "hessian/mean_eig": float(lam.sum()) / eig.dim,
-            "hessian/num_pos": counts["num_pos"], "hessian/num_neg": counts["num_neg"], "hessian/num_zero": counts["num_zero"],
-            "chaos/num_neg": chaos["num_neg"], "chaos/num_large": chaos["num_large"], "chaos/num_chaotic": chaos["num_chaotic"],
+            "hessian/num_pos": counts["num_pos"], "hessian/num_neg": counts["num_neg"],
+            "hessian/num_zero": counts["num_zero"],
+            "chaos/num_neg": chaos["num_neg"], "chaos/num_large": chaos["num_large"],
+            "chaos/num_chaotic": chaos["num_chaotic"],
             "grad/norm": gn, "grad/cos_max_eig": cos_max, "grad/cos_min_eig": cos_min,
         }
         for name, value in values.items():
@@ -94,7 +96,8 @@ def lyapunov_subsim(_run, step, lyap, fixed):
         return
     for t0, sub in later.items():
         _run.log_scalar(f"subsim/lyapunov/t{t0}", subspace_similarity(sub, cur), step)
-        _run.log_scalar(f"subsim/lyapunov/t{t0}_baseline", random_subspace_baseline(sub.shape[1], cur.shape[1], cur.shape[0]), step)
+        _run.log_scalar(f"subsim/lyapunov/t{t0}_baseline",
+                        random_subspace_baseline(sub.shape[1], cur.shape[1], cur.shape[0]), step)
 
 
 def finish(_run, c, checked, record, lyap, copies, step, epoch, p):
@@ -135,8 +138,10 @@ def finish(_run, c, checked, record, lyap, copies, step, epoch, p):
         artifact(_run, "trajectories.npz", steps=np.asarray(record["traj_steps"]),
                   projections=torch.stack(record["traj"], dim=1).cpu().numpy())
     if record["spectra"]:
-        artifact(_run, "hessian_spectra.npz", steps=np.asarray(record["spectra_steps"]), eigenvalues=np.stack(record["spectra"]))
+        artifact(_run, "hessian_spectra.npz", steps=np.asarray(record["spectra_steps"]),
+                 eigenvalues=np.stack(record["spectra"]))
     if record["mats"]:
-        artifact(_run, "hessian_matrices.npz", steps=np.asarray(record["mats_steps"]), abs_hessian=np.stack(record["mats"]))
+        artifact(_run, "hessian_matrices.npz", steps=np.asarray(record["mats_steps"]),
+                 abs_hessian=np.stack(record["mats"]))
     return result
 

@@ -39,7 +39,8 @@ def _runs(source, run_ids=None, filters=None) -> pd.DataFrame:
     if run_ids is not None:
         df = df[df["run_id"].isin(list(run_ids))]
     if df.empty:
-        raise ValueError(f"no chaos runs in {source!r}" + (f" with run_ids {list(run_ids)}" if run_ids is not None else ""))
+        raise ValueError(f"no chaos runs in {source!r}"
+                         + (f" with run_ids {list(run_ids)}" if run_ids is not None else ""))
     return df.reset_index(drop=True)
 
 
@@ -90,7 +91,8 @@ def plot_lyapunov_over_training(source, run_ids=None, title: str | None = None) 
                         label=f"{label} {name.split('/')[1]}")
         drawn = True
         try:
-            spec = np.load(io.BytesIO(load_artifact(source, row["run_id"], "lyapunov_final.npz", EXPERIMENT)))["exponents"]
+            blob = load_artifact(source, row["run_id"], "lyapunov_final.npz", EXPERIMENT)
+            spec = np.load(io.BytesIO(blob))["exponents"]
             ax2.plot(np.arange(1, spec.size + 1), spec, color=f"C{i % 10}", label=label)
         except ValueError:
             pass
@@ -120,7 +122,8 @@ def plot_hessian_spectrum_stats(source, run_ids=None) -> Figure:
         if "hessian/num_neg" in s:
             ax.plot(s["hessian/num_neg"]["step"], s["hessian/num_neg"]["value"], color=color, label=f"{label}: λ < 0")
         if "chaos/num_large" in s:
-            ax.plot(s["chaos/num_large"]["step"], s["chaos/num_large"]["value"], ":", color=color, label=f"{label}: λ > 2/lr")
+            ax.plot(s["chaos/num_large"]["step"], s["chaos/num_large"]["value"], ":", color=color,
+                    label=f"{label}: λ > 2/lr")
         for name, style in (("hessian/max_eig", "-"), ("hessian/min_eig", "--")):
             if name in s:
                 ax2.plot(s[name]["step"], s[name]["value"], style, color=color, label=f"{label} {name.split('/')[1]}")
@@ -185,7 +188,8 @@ def plot_distances(source, run_id, lyapunov_run_id=None) -> Figure:
             ax.plot(t, d_init * np.exp(np.minimum(chi[0] * t, 700)), ":", color="0.4", lw=0.8)
             ax.plot(t, d_init * np.exp(chi[1] * t), ":", color="0.7", lw=0.8)
     ax.set_yscale("log")
-    ax.set(xlabel="step", ylabel="‖w_i − w_0‖", title=f"perturbed copies of run {run_id} (dashed: fit d² = at + bt² + d0²)")
+    ax.set(xlabel="step", ylabel="‖w_i − w_0‖",
+           title=f"perturbed copies of run {run_id} (dashed: fit d² = at + bt² + d0²)")
     ax.legend(fontsize=8)
     return fig
 

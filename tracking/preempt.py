@@ -43,15 +43,21 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from sacred.observers import FileStorageObserver
 from sacred.utils import SacredInterrupt
 
 from core import checks
 from tracking.checkpoint import (
-    CheckpointError, capture_global_rngs, checkpoint_files, config_differences, config_json, newest_readable,
-    restore_global_rngs, write_checkpoint,
+    CheckpointError,
+    capture_global_rngs,
+    checkpoint_files,
+    config_differences,
+    config_json,
+    newest_readable,
+    restore_global_rngs,
+    write_checkpoint,
 )
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
@@ -188,7 +194,8 @@ class Session:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.close()
-            raise CheckpointError(f"another process is running this run (its checkpoint directory {self.dir} is locked)") from None
+            raise CheckpointError(f"another process is running this run "
+                                  f"(its checkpoint directory {self.dir} is locked)") from None
         except OSError:
             pass  # file systems without flock: go on unlocked
         self._lock_fh = fh
@@ -207,7 +214,8 @@ class Session:
         diff = config_differences(saved, now)
         if diff:
             raise CheckpointError(f"checkpoint {path} belongs to a different config: " + "; ".join(diff)
-                                  + ". Rerun with the checkpoint's config, or use another checkpoint_dir / resume_from.")
+                                  + ". Rerun with the checkpoint's config, "
+                                  "or use another checkpoint_dir / resume_from.")
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
         self._sources.append(src)
