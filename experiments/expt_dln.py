@@ -40,7 +40,13 @@ from llc.samplers import run_minibatch as run_sgld  # runs sgld_config.sampler's
 from llc.samplers import split_sampler
 from llc.sgld import mala_acceptance_probability
 from models.dln import (
-    INIT_SCHEMES, TRUE_PARAM_METHODS, DeepLinearNetwork, end_to_end_matrix, init_params, make_true_params, numerical_rank,
+    INIT_SCHEMES,
+    TRUE_PARAM_METHODS,
+    DeepLinearNetwork,
+    end_to_end_matrix,
+    init_params,
+    make_true_params,
+    numerical_rank,
     rank_truncation_losses,
 )
 from tracking.calibration_command import main_seed, run_calibration, validate_calibration
@@ -68,7 +74,7 @@ def cfg():
         mean=0.0,  # singular-value mean (rand_rank_sv)
         std=5.0,  # singular-value std (rand_rank_sv)
         init="haiku",  # random / rand_rank weights: haiku (the original's) | torch (nn.Linear's)
-        rank_key="independent",  # rand_rank reductions: independent per matrix | shared (the original's reused PRNG key)
+        rank_key="independent",  # rand_rank reductions: independent per matrix | shared (the original's reused key)
     )
     param_init = None  # the original's key, unused there as here; only None
     save_true_param = False  # store w* layer by layer in info['true_param']
@@ -82,7 +88,7 @@ def cfg():
         num_chains=4,  # vectorised with vmap; R-hat needs >= 2
         nbeta=None,  # n·β; None -> n·itemp
         num_burnin_steps=None,  # None -> discard the first 90% (keep the last 10%)
-        compile="auto",  # torch.compile the step: "auto" (runs of >= llc.sgld.COMPILE_AUTO_MIN_CHAIN_STEPS chain-steps), True, False
+        compile="auto",  # torch.compile the step: "auto" (runs of >= 50,000 chain-steps) | True | False
         sampler="sgld",  # "sgld", "sgnht" or "sghmc" (llc.samplers); the default runs SGLD as before
         diffusion_factor=0.01,  # sgnht only: noise 2Aε and (default) thermostat start A, as devinterp
         thermostat_init=None,  # sgnht only: the thermostat's start ζ_0; None -> diffusion_factor
@@ -152,7 +158,8 @@ def validate(config: dict) -> dict:
     tp = dict(config["true_param_config"])
     allowed_tp = {"method", "prop_rank_reduce", "mean", "std", "init", "rank_key"}
     if set(tp) - allowed_tp:
-        raise ValueError(f"true_param_config has unknown entries {sorted(set(tp) - allowed_tp)}; allowed: {sorted(allowed_tp)}")
+        raise ValueError(f"true_param_config has unknown entries {sorted(set(tp) - allowed_tp)}; "
+                         f"allowed: {sorted(allowed_tp)}")
     if tp["method"] not in TRUE_PARAM_METHODS:
         raise ValueError(f"true_param_config.method must be one of {TRUE_PARAM_METHODS}; got {tp['method']!r}")
     if not 0 <= tp["prop_rank_reduce"] <= 1:
@@ -173,7 +180,8 @@ def validate(config: dict) -> dict:
         if isinstance(itemp, bool) or not isinstance(itemp, (int, float)) or not itemp > 0:
             raise ValueError(f"itemp must be None or a number > 0; got {itemp!r}")
         if sgld_values.get("nbeta") is not None:
-            raise ValueError(f"set itemp or sgld_config.nbeta, not both; got itemp={itemp!r}, nbeta={sgld_values['nbeta']!r}")
+            raise ValueError(f"set itemp or sgld_config.nbeta, not both; "
+                             f"got itemp={itemp!r}, nbeta={sgld_values['nbeta']!r}")
         sgld_values["nbeta"] = itemp * n
     sgld = build_config(*split_sampler(sgld_values), "sgld_config")
     if sgld.batch_size > n:
@@ -186,7 +194,8 @@ def validate(config: dict) -> dict:
             raise ValueError(f"training_config.init must be one of {INIT_SCHEMES}; got {train_init!r}")
         training = build_config(TrainingConfig, tc, "training_config")
         if training.batch_size > n:
-            raise ValueError(f"training_config.batch_size must be <= num_training_data ({n}); got {training.batch_size}")
+            raise ValueError(f"training_config.batch_size must be <= num_training_data ({n}); "
+                             f"got {training.batch_size}")
     positive_int("hessian_trace_probes", config["hessian_trace_probes"])
     positive_int("mala_acceptance_every", config["mala_acceptance_every"], lo=0)
     positive_int("log_max_points", config["log_max_points"])

@@ -75,7 +75,7 @@ def cfg():
         num_chains=4,  # vectorised with vmap
         nbeta=None,  # n·β; None -> n·itemp
         num_burnin_steps=None,  # None -> discard the first 90%
-        compile="auto",  # torch.compile the step: "auto" (runs of >= llc.sgld.COMPILE_AUTO_MIN_CHAIN_STEPS chain-steps), True, False
+        compile="auto",  # torch.compile the step: "auto" (runs of >= 50,000 chain-steps) | True | False
         sampler="sgld",  # "sgld", "sgnht" or "sghmc" (llc.samplers); the default runs SGLD as before
         diffusion_factor=0.01,  # sgnht only: noise 2Aε and (default) thermostat start A, as devinterp
         thermostat_init=None,  # sgnht only: the thermostat's start ζ_0; None -> diffusion_factor
@@ -123,7 +123,8 @@ def validate(config: dict) -> dict:
     itemp = config["itemp"]
     if checks.number("itemp", itemp, lo=0, strict=True, none_ok=True, finite=False) is not None:
         if sgld_values.get("nbeta") is not None:
-            raise ValueError(f"set itemp or sgld_config.nbeta, not both; got itemp={itemp!r}, nbeta={sgld_values['nbeta']!r}")
+            raise ValueError(f"set itemp or sgld_config.nbeta, not both; "
+                             f"got itemp={itemp!r}, nbeta={sgld_values['nbeta']!r}")
         sgld_values["nbeta"] = itemp * n
     sgld = build_config(*split_sampler(sgld_values), "sgld_config")
     for key in ("do_plot", "verbose"):
@@ -248,7 +249,8 @@ def _main(_config, _run, _seed, checked, ck):
             from tracking.figures_llc import checkpoints_frame, plot_llc_curve, save_figure
 
             frame = checkpoints_frame([{k: v for k, v in c.items() if k != "loss_trace"} for c in checkpoints])
-            fig = plot_llc_curve(frame, title=f"DLN saddle dynamics: M={_config['num_hidden_layers']}, H={width}, seed {_seed}")
+            title = f"DLN saddle dynamics: M={_config['num_hidden_layers']}, H={width}, seed {_seed}"
+            fig = plot_llc_curve(frame, title=title)
             _run.add_artifact(str(save_figure(fig, os.path.join(tmp, "saddle_dynamics.png"))))
 
     ranks = [c["rank"] for c in checkpoints]

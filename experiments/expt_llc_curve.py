@@ -66,7 +66,7 @@ def cfg():
         label_noise_level=0.0,  # fraction of training labels given a uniformly random class, in [0, 1]
         layer_width_factor=64,  # k: stage channels k, 2k, 4k, 8k (integer >= 1)
     )
-    input_normalisation = "unit_interval"  # unit_interval: pixels / 255 (the original) | standardise: also (x - mean) / std
+    input_normalisation = "unit_interval"  # unit_interval: pixels / 255 (the original) | standardise: then (x-mean)/std
     data_root = None  # torchvision data folder; None -> $DLT_DATA_ROOT, else ~/.cache/dltheory/datasets
 
     # --- training (train mode, minibatches drawn with replacement) ---
@@ -89,7 +89,7 @@ def cfg():
         num_chains=4,  # vectorised with vmap
         nbeta=None,  # n·β; None -> n / log n
         num_burnin_steps=None,  # None -> discard the first 90%
-        compile="auto",  # torch.compile the step: "auto" (runs of >= llc.sgld.COMPILE_AUTO_MIN_CHAIN_STEPS chain-steps), True, False
+        compile="auto",  # torch.compile the step: "auto" (runs of >= 50,000 chain-steps) | True | False
         sampler="sgld",  # "sgld", "sgnht" or "sghmc" (llc.samplers); the default runs SGLD as before
         diffusion_factor=0.01,  # sgnht only: noise 2Aε and (default) thermostat start A, as devinterp
         thermostat_init=None,  # sgnht only: the thermostat's start ζ_0; None -> diffusion_factor
@@ -97,7 +97,7 @@ def cfg():
     )
     loss_trace_minibatch = True  # average minibatch losses (free) vs full-data losses
     force_realisable = False  # True: targets are the current model's logits (soft labels), so w_t is a true parameter
-    llc_per_layer = None  # also λ̂ of each layer at every checkpoint (llc.restricted; the original has none): None (off) | module | parameter
+    llc_per_layer = None  # λ̂ per layer at each checkpoint (llc.restricted; not in the original): None|module|parameter
 
     # --- `calibrate` command: short SGLD runs at the initial weights over a grid (llc.calibrate) ---
     # calibrate: ε grid (each > 0) x nbetas x gammas; None -> the run's sgld_config values, burn-in None -> half
@@ -217,8 +217,10 @@ def build_problem(_config, _seed, checked) -> dict:
     md, training, sgld, device = checked["model_data"], checked["training"], checked["sgld"], checked["device"]
     # --- data (in memory, normalised) ---
     standardise = _config["input_normalisation"] == "standardise"
-    x_train, y_clean = load_vision_dataset(md["data_name"], train=True, data_root=_config["data_root"], normalize=standardise)
-    x_test, y_test = load_vision_dataset(md["data_name"], train=False, data_root=_config["data_root"], normalize=standardise)
+    x_train, y_clean = load_vision_dataset(md["data_name"], train=True, data_root=_config["data_root"],
+                                           normalize=standardise)
+    x_test, y_test = load_vision_dataset(md["data_name"], train=False, data_root=_config["data_root"],
+                                         normalize=standardise)
     num_classes = 100 if md["data_name"] == "cifar100" else 10
     check_batch_sizes(training, sgld, x_train.shape[0])
     y_train = y_clean  # SGD's labels; SGLD's targets are always the clean labels, as in the original

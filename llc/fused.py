@@ -30,7 +30,6 @@ from torch.func import vmap
 from torch.nn.utils import parametrize
 
 from llc import fused_grad
-
 from models.chaos_nets import MLP as ChaosMLP
 from models.dln import DeepLinearNetwork
 from models.relu_mlp import ReLUMLP
@@ -259,4 +258,4 @@ def batched_or_vmap(loss_fn) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
 
 __all__ = ["ELEMENTWISE", "STACK_CLASSES", "PATHS", "LinearSlice", "LinearStack", "linear_stack",
            "stack_forward", "stack_forward_batched", "batched_loss_of", "FusedFlatLoss", "fused_flat_loss",
-           "batched_or_vmap", "math"]
+           "batched_or_vmap"]

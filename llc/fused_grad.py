@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-
 def _is_linear(op) -> bool:
     """A LinearSlice of llc.fused (duck-typed: llc.fused imports this module)."""
     return hasattr(op, "weight_at")

@@ -165,7 +165,10 @@ def test_one_leapfrog_hmc_is_mala_with_eps_the_square_of_its_step():
 
 
 def test_post_step_trace_is_the_loss_after_the_step(expt):
-    """With every data row equal, L_B = L_n for any batch, so the original's L_{B_t}(w_{t+1}) is the next pre-step value."""
+    """With every data row equal, L_B = L_n for any batch.
+
+    So the original's L_{B_t}(w_{t+1}) is the next pre-step value.
+    """
     from llc.sgld import SGLDConfig, run_sgld
 
     x = torch.ones(30, 3, dtype=torch.float64) * torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)

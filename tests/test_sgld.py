@@ -31,7 +31,8 @@ def test_update_rule_matches_manual_replay():
 def test_chain_is_independent_of_number_of_chains():
     _, loss, w_star, x, y = dln_case()
     def chains(c):
-        return run_sgld(loss, w_star, x, y, SGLDConfig(epsilon=1e-4, num_steps=300, batch_size=20, num_chains=c), seed=3)
+        cfg = SGLDConfig(epsilon=1e-4, num_steps=300, batch_size=20, num_chains=c)
+        return run_sgld(loss, w_star, x, y, cfg, seed=3)
 
     one, two, three = chains(1), chains(2), chains(3)
     torch.testing.assert_close(two.loss, three.loss[:2], rtol=0, atol=0)  # vmapped: bit for bit
@@ -84,7 +85,8 @@ def test_lambdahat_formula_and_defaults():
 
 def test_full_data_trace_only_after_burnin():
     _, loss, w, x, y = dln_case(n=300)
-    cfg = SGLDConfig(epsilon=1e-4, num_steps=60, batch_size=20, num_chains=2, num_burnin_steps=40, loss_trace_minibatch=False)
+    cfg = SGLDConfig(epsilon=1e-4, num_steps=60, batch_size=20, num_chains=2, num_burnin_steps=40,
+                     loss_trace_minibatch=False)
     res = estimate_llc_flat(loss, w, x, y, cfg, seed=0)
     assert np.isnan(res.loss_trace[:, :40]).all() and np.isfinite(res.loss_trace[:, 40:]).all()
     assert np.isfinite(res.lambdahat)
@@ -122,7 +124,8 @@ def test_batch_larger_than_data_is_refused():
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_dtypes(dtype):
     net, *_, x, y = dln_case()
-    res = estimate_llc(net, mse, (x, y), epsilon=1e-4, num_steps=50, batch_size=10, num_chains=2, seed=0, dtype=dtype, device="cpu")
+    res = estimate_llc(net, mse, (x, y), epsilon=1e-4, num_steps=50, batch_size=10, num_chains=2, seed=0,
+                       dtype=dtype, device="cpu")
     assert np.isfinite(res.lambdahat) and res.loss_trace.shape == (2, 50)
 
 
