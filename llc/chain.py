@@ -30,6 +30,7 @@ from torch.func import vmap
 
 from core.runtime import derived_seed
 from core.types import FlatLoss
+from llc.precision import check_amp
 
 StepCallback = Callable[[int, Tensor, Tensor, Tensor], None]  # (t, w_t (C, P), w_{t+1} (C, P), idx_t (C, B))
 
@@ -96,6 +97,9 @@ class ChainConfig:
         num_burnin_steps: draws discarded before averaging; None means the first
             90% (the original notebook kept the last 10% of the trace).
         compile: "auto", True or False (only llc.sgld has a compiled step).
+        amp: None (the run's dtype throughout), "bf16" or "fp16" (CUDA only): the
+            loss forward and backward under torch.autocast, w, the update, the noise
+            and the trace in the run's dtype (llc.precision). Not for MALA.
     """
 
     epsilon: float = 1e-5
@@ -105,6 +109,7 @@ class ChainConfig:
     nbeta: float | None = None
     num_burnin_steps: int | None = None
     compile: bool | str = "auto"
+    amp: str | None = None
 
     def __post_init__(self):
         check_number("epsilon", self.epsilon, 0, strict=True)
@@ -121,6 +126,7 @@ class ChainConfig:
                     f"num_burnin_steps must be < num_steps ({self.num_steps}); got {self.num_burnin_steps}"
                 )
         check_compile(self.compile)
+        check_amp(self.amp)
 
     def _check_more(self) -> None:
         """Subclass keys validated between num_steps and num_chains (SGLDConfig's batch_size)."""

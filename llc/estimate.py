@@ -9,6 +9,7 @@ correlation between the chains' estimates.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from typing import Callable
@@ -22,6 +23,7 @@ from core.runtime import resolve_device, resolve_dtype
 from core.types import FlatLoss
 from llc.callbacks import batch_hook, check_every, step_callback
 from llc.fused import fused_flat_loss
+from llc.precision import check_amp, check_amp_device
 from llc.restricted import ParamMask, flat_param_mask, restrict_loss
 from llc.result import LLCResult, check_initial_loss, llc_from_trace, llc_result, result_from_trace
 from llc.samplers import resolve_sampler, run_sampler, sampler_configs
@@ -45,14 +47,21 @@ def estimate_llc_flat(
     sampler: str = "sgld",
     sampler_options: dict | None = None,
     segments=None,
+    amp: str | None = None,
 ) -> LLCResult:
     """λ̂ at a flat parameter vector w* (P,), for a loss over flat parameters.
 
     The functional core behind :func:`estimate_llc`; see llc.sgld.run_sgld for the
     arguments, llc.callbacks for ``callbacks``, and llc.samplers for ``sampler``,
-    ``sampler_options`` and ``segments`` (pSGLD's per-tensor sizes). Raises
-    ChainDivergenceError (llc.sgld.SGLDDivergenceError) if any chain diverges.
+    ``sampler_options`` and ``segments`` (pSGLD's per-tensor sizes). ``amp`` ("bf16",
+    "fp16" or None: keep ``config.amp``) runs the loss forward/backward under autocast
+    (llc.precision). Raises ChainDivergenceError (llc.sgld.SGLDDivergenceError) if any
+    chain diverges.
     """
+    check_amp(amp)
+    if amp is not None:
+        config = dataclasses.replace(config, amp=amp)
+    check_amp_device(config.amp, w_star.device)  # fp16 off CUDA fails before compute
     sampler = resolve_sampler(sampler, config)  # an SGNHTConfig runs SGNHT, not SGLD
     configs = sampler_configs(sampler, config, sampler_options)  # validated before any compute
     with torch.no_grad():
@@ -163,6 +172,7 @@ def estimate_llc(
     compile: bool | str = "auto",
     sampler: str = "sgld",
     sampler_options: dict | None = None,
+    amp: str | None = None,
 ) -> LLCResult:
     """Estimate the local learning coefficient λ̂ at the model's current weights.
 
@@ -209,6 +219,11 @@ def estimate_llc(
         sampler_options: that sampler's own keys, e.g. ``{"friction": 0.1}`` for SGHMC or
             ``{"diffusion_factor": 0.01}`` for SGNHT; None: its defaults. pSGLD takes the
             model's parameter tensors as its segments (one segment under ``param_mask``).
+        amp: None (default: every op in ``dtype``), "bf16" or "fp16" (CUDA only): the
+            sampler's loss forward and backward run under torch.autocast; w, the update,
+            the noise and the trace stay in ``dtype`` (llc.precision). With amp the SGLD
+            step is never compiled nor fused (compile_mode "eager-amp" when compile asked
+            for it); not for sampler="mala". The result's ``amp`` records it.
 
     Returns:
         LLCResult.
@@ -222,7 +237,7 @@ def estimate_llc(
     config = SGLDConfig(
         epsilon=epsilon, gamma=gamma, num_steps=num_steps, batch_size=batch_size, num_chains=num_chains,
         nbeta=nbeta, num_burnin_steps=num_burnin_steps, loss_trace_minibatch=loss_trace_minibatch,
-        compile=compile,
+        compile=compile, amp=amp,
     )
     sampler_configs(sampler, config, sampler_options)  # an unknown sampler or option fails before compute
     streamed = isinstance(data, (Dataset, DataLoader))
@@ -235,6 +250,7 @@ def estimate_llc(
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"data x and y must have the same first dimension; got {x.shape[0]} and {y.shape[0]}")
     dev = resolve_device(device)
+    check_amp_device(amp, dev)
     param_dtype = next(model.parameters()).dtype
     dt = param_dtype if dtype is None else resolve_dtype(dtype)
     if model.training and any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)) for m in model.modules()):

@@ -72,6 +72,7 @@ from torch import Tensor
 from torch.func import vmap
 
 from core.types import FlatLoss
+from llc.precision import autocast, check_amp_device
 from llc.chain import Draws, StepCallback, check_batch, full_data_loss, reject_compile_true, run_chains
 from llc.result import LLCResult, initial_loss, llc_result
 from llc.sgld import SGLDConfig, _gather
@@ -253,6 +254,8 @@ class PSGLDKernel:
         self.batch_size, self.nbeta, self.eps, self.precond = config.batch_size, nbeta, config.epsilon, precond
         self.loss_fn, self.batched_loss, self.x, self.y = loss_fn, vmap(loss_fn), x, y
         self.w_star = w_star = w_star.detach()
+        check_amp_device(config.amp, device, w_star.dtype)
+        self.amp = config.amp
         self.accept_every, self.identity_density, self.accept_probs = accept_every, accept_identity_density, []
         self.adapt = precond.resolve_adapt_steps(config) if preconditioner is None else 0
         self.seg = segment_ids(segments, P, device)
@@ -273,9 +276,9 @@ class PSGLDKernel:
 
         eps, nbeta, loc, w_star, precond = self.eps, self.nbeta, self.loc, self.w_star, self.precond
         xb, yb = _gather(self.x, draws.idx), _gather(self.y, draws.idx)  # (C, B, ...)
-        with torch.enable_grad():
+        with torch.enable_grad(), autocast(self.amp, w.device):  # amp: llc.precision
             wg = w.detach().requires_grad_(True)
-            loss = self.batched_loss(wg, xb, yb)  # (C,) L_B(w_t)
+            loss = self.batched_loss(wg, xb, yb).to(w.dtype)  # (C,) L_B(w_t)
             (grad,) = torch.autograd.grad(loss.sum(), wg)  # (C, P): chains do not interact
         grad = grad * nbeta
         if t < self.adapt:
@@ -289,9 +292,9 @@ class PSGLDKernel:
             w_old, u_old, drift_old = w.clone(), _potential(loss.detach(), w, w_star, loc, nbeta), drift.clone()
         w.addcmul_(d, drift, value=-eps / 2).addcmul_(self.noise_scale, draws.xi)
         if check:
-            with torch.enable_grad():
+            with torch.enable_grad(), autocast(self.amp, w.device):
                 wg = w.detach().requires_grad_(True)
-                loss_new = self.batched_loss(wg, xb, yb)  # (C,) L_B(w_{t+1}) on the same batch
+                loss_new = self.batched_loss(wg, xb, yb).to(w.dtype)  # (C,) L_B(w_{t+1}) on the same batch
                 (grad_new,) = torch.autograd.grad(loss_new.sum(), wg)
             u_new = _potential(loss_new.detach(), w, w_star, loc, nbeta)
             grad_new = grad_new * nbeta + loc * (w - w_star)

@@ -35,7 +35,10 @@ class LLCResult:
         burnin: discarded leading draws.
         config: the sampler configuration.
         compile_mode: the SGLD step that ran: "eager", "compiled", or
-            "eager-fallback" (torch.compile failed); ``compiled`` says whether it was compiled.
+            "eager-fallback" (torch.compile failed), or "eager-amp" (compile skipped for amp);
+            ``compiled`` says whether it was compiled.
+        amp: the mixed precision of the loss forward/backward (None, "bf16" or "fp16";
+            llc.precision); the trace is float64 either way.
         loss_path: how the model's loss was evaluated: "fused" (llc.fused: a stack of Linear
             layers and activations as batched matmuls) or "generic" (functional_call, vmapped).
         diagnostics: rank R-hat, bulk/tail ESS, trend p-values and the ``healthy``
@@ -54,6 +57,7 @@ class LLCResult:
     config: ChainConfig = field(repr=False)
     compile_mode: str = "eager"
     loss_path: str = "generic"
+    amp: str | None = None
     diagnostics: Diagnostics = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -109,6 +113,7 @@ class LLCResult:
             "compiled": self.compiled,
             "compile_mode": self.compile_mode,
             "loss_path": self.loss_path,
+            "amp": self.amp,
         }
 
 
@@ -141,6 +146,7 @@ def llc_result(loss_trace: Tensor, init_loss: float, nbeta: float, burnin: int, 
         burnin=burnin,
         config=config,
         compile_mode=compile_mode,
+        amp=getattr(config, "amp", None),
     )
 
 

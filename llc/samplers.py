@@ -122,6 +122,10 @@ def sampler_configs(sampler: str, config: SGLDConfig, options: dict | None = Non
     if sampler == "psgld":
         return config, PSGLDConfig(compile=config.compile, **options)
     if sampler == "mala":
+        if config.amp is not None:
+            raise ValueError(f"amp: sampler='mala' runs in the run's dtype only (its Metropolis test compares "
+                             f"nβ-scaled full-data losses, which {config.amp} rounding would dominate); got "
+                             f"amp={config.amp!r}")
         keep = ("epsilon", "gamma", "num_steps", "num_chains", "nbeta", "num_burnin_steps", "compile")
         return MALAConfig(**{k: shared[k] for k in keep}, **options)
     cls = MINIBATCH_CONFIGS[sampler]

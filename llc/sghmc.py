@@ -38,6 +38,7 @@ from torch import Tensor
 from torch.func import vmap
 
 from core.types import FlatLoss
+from llc.precision import autocast, check_amp_device
 from llc.chain import Draws, StepCallback, check_batch, check_number, full_data_loss, reject_compile_true, run_chains
 from llc.sgld import SGLDConfig, _gather
 
@@ -121,6 +122,8 @@ class MomentumKernel:
         self.batch_size, self.nbeta, self.eps, self.gamma = config.batch_size, nbeta, config.epsilon, config.gamma
         self.loss_fn, self.batched_loss, self.x, self.y = loss_fn, vmap(loss_fn), x, y
         self.w_star = w_star.detach()
+        check_amp_device(config.amp, w_star.device, w_star.dtype)
+        self.amp = config.amp
         self.thermostat = thermostat
         if thermostat:
             self.alpha, self.zeta0 = config.diffusion_factor, config.resolve_thermostat_init()
@@ -141,14 +144,14 @@ class MomentumKernel:
     def force(self, w: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         """∇U_B(w) (C, P) and L_B(w) (C,) on each chain's minibatch idx (C, B)."""
         xb, yb = _gather(self.x, idx), _gather(self.y, idx)  # (C, B, ...)
-        with torch.enable_grad():
+        with torch.enable_grad(), autocast(self.amp, w.device):  # amp: llc.precision
             wg = w.detach().requires_grad_(True)
             if wg.shape[0] == 1:  # one chain: the plain kernels are faster than vmap's (llc.sgld)
                 loss = self.loss_fn(wg[0], xb[0], yb[0]).reshape(1)
             else:
                 loss = self.batched_loss(wg, xb, yb)  # (C,)
             (g,) = torch.autograd.grad(loss.sum(), wg)  # chains do not interact
-        return g.mul_(self.nbeta).add_(w - self.w_star, alpha=self.gamma), loss.detach()
+        return g.mul_(self.nbeta).add_(w - self.w_star, alpha=self.gamma), loss.detach().to(w.dtype)
 
     def step(self, t: int, w: Tensor, draws: Draws) -> Tensor:
         f, loss = self.force(w, draws.idx)

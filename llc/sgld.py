@@ -41,6 +41,7 @@ from torch import Tensor
 from torch.func import grad_and_value, vmap
 
 from core.types import FlatLoss
+from llc.precision import autocast, check_amp_device
 from llc.chain import (
     COMPILE_CHOICES,
     ChainConfig,
@@ -94,6 +95,8 @@ class SGLDConfig(ChainConfig):
             COMPILE_AUTO_MIN_CHAIN_STEPS (the measured break-even), else eager.
             Results match the eager step up to float rounding, not bit for bit.
             Falls back to the eager step, with a warning, if compilation fails.
+            With ``amp`` set the compiled step is not attempted: the run takes the
+            eager autocast step and records compile_mode "eager-amp".
     """
 
     batch_size: int = 100
@@ -105,11 +108,15 @@ class SGLDConfig(ChainConfig):
         if not isinstance(self.loss_trace_minibatch, bool):
             raise ValueError(f"loss_trace_minibatch must be True or False; got {self.loss_trace_minibatch!r}")
 
-    def wants_compile(self) -> bool:
-        """Whether this run attempts the compiled step: compile=True, or "auto" on a long run."""
+    def asks_compile(self) -> bool:
+        """Whether compile asks for the compiled step: compile=True, or "auto" on a long run."""
         if self.compile == "auto":
             return self.num_chains * self.num_steps >= COMPILE_AUTO_MIN_CHAIN_STEPS
         return self.compile
+
+    def wants_compile(self) -> bool:
+        """Whether this run attempts the compiled step: asked for, and no amp (autocast runs eager)."""
+        return self.asks_compile() and self.amp is None
 
 
 @dataclass
@@ -122,8 +129,9 @@ class SGLDTrace:
         final_w: (C, P) last state of each chain.
         nbeta: the n·β used.
         burnin: number of discarded leading draws.
-        compile_mode: the step that ran: "eager" (not attempted), "compiled", or
-            "eager-fallback" (torch.compile was attempted and failed).
+        compile_mode: the step that ran: "eager" (not attempted), "compiled",
+            "eager-fallback" (torch.compile was attempted and failed), or "eager-amp"
+            (compile asked for, skipped because amp runs the eager autocast step).
     """
 
     loss: Tensor
@@ -192,8 +200,9 @@ class SGLDKernel:
         eps = config.epsilon
         self.batch_size, self.nbeta = config.batch_size, nbeta
         self.x, self.y, self.w_star = x, y, w_star.detach()
+        check_amp_device(config.amp, w_star.device, w_star.dtype)
         pull, drift, noise = eps * config.gamma / 2, -eps * nbeta / 2, math.sqrt(eps)
-        self.eager = _eager_step(loss_fn, pull, drift, noise)
+        self.eager = _eager_step(loss_fn, pull, drift, noise, config.amp)
         self.step_fn = self.eager
         if config.wants_compile():
             coef = torch.tensor([pull, drift, noise], dtype=w_star.dtype, device=w_star.device)
@@ -261,7 +270,7 @@ def _gather(data: Tensor, idx: Tensor) -> Tensor:
     return data.index_select(0, idx.reshape(-1)).view(*idx.shape, *data.shape[1:])
 
 
-def _eager_step(loss_fn: FlatLoss, pull: float, drift: float, noise: float) -> StepFn:
+def _eager_step(loss_fn: FlatLoss, pull: float, drift: float, noise: float, amp: str | None = None) -> StepFn:
     """The SGLD step for every chain at once: vmapped forward, one backward.
 
     A single chain skips vmap: on CPU, vmap turns each Linear into a bmm and
@@ -270,9 +279,14 @@ def _eager_step(loss_fn: FlatLoss, pull: float, drift: float, noise: float) -> S
     (llc.fused: a stack of Linear layers) gives every chain's loss and gradient at
     once (``value_and_grad``: batched matmuls, a closed-form backward where it has
     one), without vmap or an autograd graph.
+
+    With ``amp`` (llc.precision) the forward and backward run under torch.autocast
+    and the fused value_and_grad is skipped (its closed-form backward would return a
+    low-precision gradient); the gradient of the run-dtype leaf w and the update stay
+    in w's dtype, and the loss is cast back to it.
     """
     batched_loss = vmap(loss_fn)
-    value_and_grad = getattr(loss_fn, "value_and_grad", None)
+    value_and_grad = getattr(loss_fn, "value_and_grad", None) if amp is None else None
 
     def step(w, idx, xi, x, y, w_star):
         xb, yb = _gather(x, idx), _gather(y, idx)  # (C, B, ...)
@@ -281,7 +295,7 @@ def _eager_step(loss_fn: FlatLoss, pull: float, drift: float, noise: float) -> S
             g.mul_(drift).add_(xi, alpha=noise).add_(w_star - w, alpha=pull)
             w.add_(g)
             return loss.detach()
-        with torch.enable_grad():
+        with torch.enable_grad(), autocast(amp, w.device):
             wg = w.detach().requires_grad_(True)
             if wg.shape[0] == 1:
                 loss = loss_fn(wg[0], xb[0], yb[0]).reshape(1)  # (1,)
@@ -289,10 +303,10 @@ def _eager_step(loss_fn: FlatLoss, pull: float, drift: float, noise: float) -> S
                 loss = batched_loss(wg, xb, yb)  # (C,)
             # The chains do not interact, so the gradient of the sum is each chain's own
             # gradient; one backward through the vmapped forward is cheaper than vmap(grad).
-            (g,) = torch.autograd.grad(loss.sum(), wg)  # (C, P)
+            (g,) = torch.autograd.grad(loss.sum(), wg)  # (C, P), w's dtype (the leaf's)
         g.mul_(drift).add_(xi, alpha=noise).add_(w_star - w, alpha=pull)  # Δw, summed before it meets w
         w.add_(g)
-        return loss.detach()
+        return loss.detach().to(w.dtype)
 
     return step
 
@@ -366,7 +380,7 @@ def _first_compiled_call(step: StepFn, eager: StepFn, args: tuple) -> tuple[Step
 
 
 def compile_mode(config: SGLDConfig, step: StepFn, eager: StepFn) -> str:
-    """The path a finished run took: "eager", "compiled" or "eager-fallback"."""
+    """The path a finished run took: "eager", "compiled", "eager-fallback" or "eager-amp"."""
     if not config.wants_compile():
-        return "eager"
+        return "eager-amp" if config.asks_compile() else "eager"
     return "eager-fallback" if step is eager else "compiled"
