@@ -72,8 +72,8 @@ from torch import Tensor
 from torch.func import vmap
 
 from core.types import FlatLoss
-from llc.precision import autocast, check_amp_device
 from llc.chain import Draws, StepCallback, check_batch, full_data_loss, reject_compile_true, run_chains
+from llc.precision import autocast, check_amp_device
 from llc.result import LLCResult, initial_loss, llc_result
 from llc.sgld import SGLDConfig, _gather
 

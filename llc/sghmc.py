@@ -38,8 +38,8 @@ from torch import Tensor
 from torch.func import vmap
 
 from core.types import FlatLoss
-from llc.precision import autocast, check_amp_device
 from llc.chain import Draws, StepCallback, check_batch, check_number, full_data_loss, reject_compile_true, run_chains
+from llc.precision import autocast, check_amp_device
 from llc.sgld import SGLDConfig, _gather
 
 

@@ -41,7 +41,6 @@ from torch import Tensor
 from torch.func import grad_and_value, vmap
 
 from core.types import FlatLoss
-from llc.precision import autocast, check_amp_device
 from llc.chain import (
     COMPILE_CHOICES,
     ChainConfig,
@@ -64,6 +63,7 @@ from llc.chain import (
 from llc.chain import (
     check_finite as _check_finite,
 )
+from llc.precision import autocast, check_amp_device
 
 __all__ = [
     "COMPILE_AUTO_MIN_CHAIN_STEPS", "COMPILE_CHOICES", "FlatLoss", "SGLDConfig", "SGLDDivergenceError",
