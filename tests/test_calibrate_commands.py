@@ -107,7 +107,7 @@ def test_print_config_shows_the_calibration_keys_with_comments(dln, curve, capsy
         assert "ε grid (each > 0) x nbetas x gammas" in line  # Sacred shows the comment above a dict entry
         assert "epsilons = [" in out and "min_noise_fraction = 0.9" in out
     line = next(l for l in out.splitlines() if l.lstrip().startswith("llc_per_layer"))
-    assert "llc_per_layer = None" in line and "the original has none" in line
+    assert "llc_per_layer = None" in line and "not in the original" in line
 
 
 def test_llc_curve_calibrate_on_tiny_cifar(curve, tmp_path, monkeypatch):
