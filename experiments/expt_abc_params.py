@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from sacred import Experiment
 
+from core import checks
 from core.runtime import derived_seed, resolve_device
 from data.splits import Splits, calibration_batches, load_flat_splits
 from data.vision import DATASETS
@@ -155,28 +156,17 @@ def vanishing_ip():
     L = 6
 
 
-def _int(key, value, lo):
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"{key} must be an integer >= {lo}; got {value!r}")
-
-
 def validate(config: dict) -> dict:
     """Check every user-facing key before any compute; returns the built objects."""
-    name = config["parameterization"]
-    if name not in PARAMETERIZATIONS:
-        raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}; got {name!r}")
-    if config["activation"] not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}; got {config['activation']!r}")
-    if config["dataset"] not in ABC_DATASETS:
-        raise ValueError(f"dataset must be one of {ABC_DATASETS}; got {config['dataset']!r}")
+    name = checks.one_of("parameterization", config["parameterization"], PARAMETERIZATIONS)
+    checks.one_of("activation", config["activation"], ACTIVATIONS)
+    checks.one_of("dataset", config["dataset"], ABC_DATASETS)
     for key, lo in [("L", 1), ("width", 1), ("base_width", 1), ("n_warmup_steps", 0), ("batch_size", 1),
                     ("n_steps", 1), ("n_trials", 1), ("n_val", 0), ("log_max_points", 1)]:
-        _int(key, config[key], lo)
-    if config["input_scaling"] not in INPUT_SCALINGS:
-        raise ValueError(f"input_scaling must be one of {INPUT_SCALINGS}; got {config['input_scaling']!r}")
+        checks.integer(key, config[key], lo=lo)
+    checks.one_of("input_scaling", config["input_scaling"], INPUT_SCALINGS)
     for key in ("input_bias", "scale_bias_lr"):
-        if not isinstance(config[key], bool):
-            raise ValueError(f"{key} must be True or False; got {config[key]!r}")
+        checks.boolean(key, config[key])
     for key in ("bias", "scale_bias"):
         if config[key] is not None and not isinstance(config[key], bool):
             raise ValueError(f"{key} must be None, True or False; got {config[key]!r}")
@@ -188,10 +178,8 @@ def validate(config: dict) -> dict:
     if name == "ipllr_bias" and calibration != "none":
         raise ValueError(f"calibration must be 'none' with ipllr_bias (the original never calibrates it); "
                          f"got {calibration!r}")
-    if config["first_step_batch"] not in FIRST_STEP_BATCHES:
-        raise ValueError(f"first_step_batch must be one of {FIRST_STEP_BATCHES}; got {config['first_step_batch']!r}")
-    if config["batch_order"] not in BATCH_ORDERS:
-        raise ValueError(f"batch_order must be one of {BATCH_ORDERS}; got {config['batch_order']!r}")
+    checks.one_of("first_step_batch", config["first_step_batch"], FIRST_STEP_BATCHES)
+    checks.one_of("batch_order", config["batch_order"], BATCH_ORDERS)
     if config["batch_order"] == "fixed_list" and config["first_step_batch"] != "fresh":
         raise ValueError(f"first_step_batch must be 'fresh' with batch_order='fixed_list' (the list's first batch "
                          f"is already the calibration's); got {config['first_step_batch']!r}")
@@ -201,12 +189,8 @@ def validate(config: dict) -> dict:
                          f"n_warmup_steps >= 1, "
                          f"calibration original or all_layers); got {name!r}, n_warmup_steps="
                          f"{config['n_warmup_steps']!r}, calibration={calibration!r}")
-    init_mean = config["init_mean"]
-    if isinstance(init_mean, bool) or not isinstance(init_mean, (int, float)) or not math.isfinite(init_mean):
-        raise ValueError(f"init_mean must be a finite number; got {init_mean!r}")
-    lr = config["base_lr"]
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"base_lr must be a finite number > 0; got {lr!r}")
+    init_mean = checks.number("init_mean", config["init_mean"])
+    checks.number("base_lr", config["base_lr"], lo=0, strict=True)
     custom = dict(config["custom_exponents"])
     if name != "custom" and any(v is not None for v in custom.values()):
         raise ValueError(f"custom_exponents is only read with parameterization='custom'; got {custom!r} with {name!r}")
@@ -217,7 +201,7 @@ def validate(config: dict) -> dict:
     scale_bias = (not is_bias) if config["scale_bias"] is None else config["scale_bias"]
     data = DATASETS[config["dataset"]]
     spec = ABCNetSpec(p, data.size ** 2, config["width"], data.num_classes, config["activation"], bias, scale_bias,
-                      config["base_width"], config["input_scaling"], float(init_mean), config["input_bias"])
+                      config["base_width"], config["input_scaling"], init_mean, config["input_bias"])
     coord = build_config(CoordCheckConfig, dict(config["coord_check_config"]), "coord_check_config")
     return {"spec": spec, "coord": coord, "calibration": calibration, "device": resolve_device(config["device"])}
 

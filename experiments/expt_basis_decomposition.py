@@ -30,34 +30,30 @@ One named config per original script: ``mnist`` (mnist.py, Fig. 3(a–c)), ``gra
 """
 from __future__ import annotations
 
-import math
 import os
 import shutil
-import tempfile
 import warnings
 from enum import IntEnum, unique
-from typing import NamedTuple
 
 import numpy as np
 import torch
 from sacred import Experiment
 
-from core.runtime import derived_seed, resolve_device
+from core.runtime import derived_seed
 from data.vision import DATASETS, load_vision_dataset
-from dynamics.basis import conjugate_kernel_basis, nonnegative_increment_fraction, saturation_times
+from dynamics.basis import conjugate_kernel_basis
+from dynamics.basis_analysis import basis_summary, initial_coefficients, learning_order, trajectory_coefficients
 from dynamics.basis_tracking import checkpoint_gradients, gradients_along_run, record_training
 from dynamics.basis_training import Trainer, eval_outputs, recording_times
-from dynamics.schedules import OPTIMIZERS, LRSchedule, decay_groups, make_loss, make_optimizer
-from models.basis_nets import InputShape, build_model, check_model_name, check_width, feature_dim
+from dynamics.schedules import decay_groups, make_loss, make_optimizer
+from models.basis_nets import build_model
+from tracking.basis_checks import validate
+from tracking.basis_record import add_npz, log_columns, record_rerun
 from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import configure_experiment, json_ready, log_series, run_cli, seed_everything
 
 # checkpoint_dir (tracking.preempt) also holds the gradient pass's per-recording weights when set
 ex = add_checkpoint_config(configure_experiment(Experiment("basis_decomposition")))
-
-DATA = ("mnist", "cifar10", "cifar100")
-LOG_LEVELS = ("essential", "detail")
-RISING_LEVEL = 0.95  # the learning phase of β_i ends when it first reaches 0.95 s_i
 
 
 @ex.config
@@ -243,115 +239,6 @@ def vit():
     weight_decay = 0.1
 
 
-# --- validation -------------------------------------------------------------------------
-
-class Checked(NamedTuple):
-    """What validate() derives from the config."""
-
-    shape: InputShape
-    schedule: LRSchedule
-    k_M: tuple[float, float] | None
-    max_basis: int  # min(C, p[, N]): the most basis functions the run can have
-    device: torch.device
-
-
-def _int(key, value, lo=1, none_ok=False):
-    if value is None and none_ok:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"{key} must be {'None or ' if none_ok else ''}an integer >= {lo}; got {value!r}")
-
-
-def _number(key, value, lo=0.0, strict=False, none_ok=False):
-    if value is None and none_ok:
-        return
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if not ok or value < lo or (strict and value == lo):
-        raise ValueError(f"{key} must be {'None or ' if none_ok else ''}a finite number {'>' if strict else '>='} "
-                         f"{lo}; got {value!r}")
-
-
-def _bool(key, value):
-    if not isinstance(value, bool):
-        raise ValueError(f"{key} must be True or False; got {value!r}")
-
-
-def validate(config: dict) -> Checked:
-    """Check every user-facing key before any compute (data, model weights, training)."""
-    check_model_name(config["model"])
-    check_width(config["width"])
-    _number("init_scale", config["init_scale"])
-    if config["data"] not in DATA:
-        raise ValueError(f"data must be one of {DATA}; got {config['data']!r}")
-    spec = DATASETS[config["data"]]
-    shape = InputShape(spec.channels, spec.size, spec.num_classes)
-    _int("train_points", config["train_points"], none_ok=True)
-    _int("eval_points", config["eval_points"], none_ok=True)
-    for key in ("normalize", "augment", "drop_last", "record_epoch_ends", "gradient", "small_init", "grad_indep",
-                "beta_domin"):
-        _bool(key, config[key])
-    make_loss(config["loss_fn"])  # names loss_fn
-    k_M = config["k_M"]
-    if k_M is not None:
-        if config["loss_fn"] != "mse_loss":
-            raise ValueError(f"k_M applies to loss_fn='mse_loss' only; "
-                             f"got k_M={k_M!r} with loss_fn={config['loss_fn']!r}")
-        if not isinstance(k_M, (list, tuple)) or len(k_M) != 2:
-            raise ValueError(f"k_M must be None or a list [k, M]; got {k_M!r}")
-        _number("k_M[0] (k)", k_M[0])
-        _number("k_M[1] (M)", k_M[1], lo=-math.inf)
-        k_M = (float(k_M[0]), float(k_M[1]))
-    if config["optimizer"] not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}; got {config['optimizer']!r}")
-    _number("weight_decay", config["weight_decay"], none_ok=True)
-    _int("batch_size", config["batch_size"])
-    _int("num_epoch", config["num_epoch"])
-    lr = config["lr_setting"]
-    if not isinstance(lr, (list, tuple)) or len(lr) != 3:
-        raise ValueError(f"lr_setting must be a list [lr_max, epoch_warm, lr_warm] of length 3; got {lr!r}")
-    warm = lr[1]
-    if isinstance(warm, float) and warm.is_integer():
-        warm = int(warm)  # train.py read every entry as a float
-    schedule = LRSchedule(lr_max=lr[0], epoch_warm=warm, lr_warm=lr[2], decay_rate=config["decay_rate"],
-                          decay_stepsize=config["decay_stepsize"], scheduler=config["scheduler"],
-                          unit=config["schedule_unit"])
-    _number("grad_clip", config["grad_clip"], strict=True, none_ok=True)
-    _int("early_points", config["early_points"], lo=0)
-    _int("record_every", config["record_every"], none_ok=True)
-    _int("record_first", config["record_first"], lo=1, none_ok=True)
-    _int("record_until", config["record_until"], lo=0, none_ok=True)
-    if config["record_first"] is not None and config["record_every"] is None:
-        raise ValueError(f"record_first needs record_every; got record_first={config['record_first']} "
-                         "with record_every=None")
-    level = config["saturation_level"]
-    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level <= 1:
-        raise ValueError(f"saturation_level must be a number in (0, 1]; got {level!r}")
-    if config["log"] not in LOG_LEVELS:
-        raise ValueError(f"log must be one of {LOG_LEVELS}; got {config['log']!r}")
-    _int("num_run", config["num_run"], lo=0)
-    _int("eval_batch_size", config["eval_batch_size"])
-    _int("log_max_points", config["log_max_points"])
-    p = feature_dim(config["model"], shape, config["width"])
-    max_basis = min(shape.num_classes, p, config["eval_points"] or math.inf)
-    n_basis = config["n_basis"]
-    _int("n_basis", n_basis)
-    if n_basis > max_basis:
-        raise ValueError(f"n_basis must be <= min(number of classes {shape.num_classes}, feature dim p = {p}"
-                         f"{', eval_points ' + str(config['eval_points']) if config['eval_points'] else ''})"
-                         f" = {max_basis}; got {n_basis}")
-    rerun = dict(config["rerun_config"])
-    allowed = {"iterations", "every", "num_basis"}
-    if set(rerun) != allowed:
-        raise ValueError(f"rerun_config must have exactly the entries {sorted(allowed)}; got {sorted(rerun)}")
-    _int("rerun_config.iterations", rerun["iterations"])
-    _int("rerun_config.every", rerun["every"])
-    _int("rerun_config.num_basis", rerun["num_basis"], lo=2)
-    if (config["grad_indep"] or config["beta_domin"]) and rerun["num_basis"] > max_basis:
-        raise ValueError(f"rerun_config.num_basis must be <= {max_basis} (min of classes, p, eval_points); "
-                         f"got {rerun['num_basis']}")
-    return Checked(shape, schedule, k_M, int(max_basis), resolve_device(config["device"]))
-
-
 @unique
 class Stream(IntEnum):
     """The run's independent random streams (derived_seed spawn keys); explicit values, so adding
@@ -445,50 +332,38 @@ def _main(_config, _run, _seed, checked, ck):
     W = net.head.weight.detach()  # (C, p)
     F_final = eval_outputs(net, xe, chunk)  # (N, C)
     basis = conjugate_kernel_basis(phi, W)
-    k = basis.size
     if basis.feature_rank < n_basis:
         warnings.warn(f"Φ has numerical rank {basis.feature_rank} < n_basis = {n_basis}: "
                       "the basis functions beyond the rank are arbitrary")
     F_all = torch.stack(rec.F)  # (T, N, C)
-    beta = torch.cat([basis.coefficients(F_all[i:i + 16]) for i in range(0, len(F_all), 16)]).cpu().numpy()  # (T, k)
-    residual = torch.cat([basis.relative_residual(F_all[i:i + 16], n_basis)
-                          for i in range(0, len(F_all), 16)]).cpu().numpy()  # (T,)
+    coef = trajectory_coefficients(basis, F_all, n_basis, matrix=config["log"] == "detail")
+    beta, residual = coef["beta"], coef["residual"]  # (T, k), (T,)
     s = basis.s.cpu().numpy()
-    for j, t in enumerate(times):
-        for i in range(n_basis):
-            _run.log_scalar(f"basis/beta_{i + 1}", float(beta[j, i]), int(t))
-        _run.log_scalar("basis/residual", float(residual[j]), int(t))
+    log_columns(_run, "basis/beta_{}", beta[:, :n_basis], times)
+    log_columns(_run, "basis/residual", residual[:, None], times)
     arrays = dict(times=times, epochs=times / spe, beta=beta, s=s, phi_singular_values=basis.S.cpu().numpy(),
                   eval_loss=np.array(eval_loss), eval_accuracy=np.array(eval_acc), residual=residual,
                   train_loss=np.array(train_curves["loss"]), train_accuracy=np.array(train_curves["accuracy"]),
                   train_grad_norm=np.array(train_curves["grad_norm"]), train_lr=np.array(train_curves["lr"]))
     if config["small_init"]:
-        beta0 = basis.coefficient_matrix(F_all[0])  # (k, k)
-        arrays["small_init"] = beta0.abs().cpu().numpy()
-        arrays["small_init_signed"] = beta0.cpu().numpy()
-        arrays["final_coefficient_matrix"] = basis.coefficient_matrix(F_final).cpu().numpy()  # diag(s) up to rounding
+        arrays.update(initial_coefficients(basis, F_all[0], F_final))  # (k, k) each
         _run.info["small_init_diagonal"] = arrays["small_init"].diagonal()[:n_basis].tolist()
     if config["log"] == "detail":
-        arrays["coefficient_matrix"] = torch.cat([basis.coefficient_matrix(F_all[i:i + 16])
-                                                  for i in range(0, len(F_all), 16)]).cpu().numpy()  # (T, k, k)
+        arrays["coefficient_matrix"] = coef["coefficient_matrix"]  # (T, k, k)
         # train.py's log='detail': Φ, F_out and the head W (torch.save'd there)
-        _add_npz(_run, "detail.npz", dict(times=times, phi=phi.float().cpu().numpy(), F=F_all.numpy(),
+        add_npz(_run, "detail.npz", dict(times=times, phi=phi.float().cpu().numpy(), F=F_all.numpy(),
                                           W=W.float().cpu().numpy(), F_final=F_final.float().cpu().numpy()))
     if config["gradient"]:
         norms, max_cos = checkpoint_gradients(net, ckpt_dir, times, xe, basis, n_basis, chunk, checked.device)
-        for j, t in enumerate(times.tolist()):
-            for i in range(n_basis):
-                _run.log_scalar(f"basis/grad_norm_{i + 1}", float(norms[j, i]), t)
-            _run.log_scalar("basis/grad_max_abs_cos", float(max_cos[j]), t)
+        log_columns(_run, "basis/grad_norm_{}", norms[:, :n_basis], times)
+        log_columns(_run, "basis/grad_max_abs_cos", max_cos[:, None], times)
         arrays.update(grad_norms=norms, grad_max_abs_cos=max_cos)
     if own_states and not config["keep_checkpoints"]:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     _run.info["singular_values"] = s.tolist()
     _run.info["phi_singular_values_top"] = basis.S[:100].cpu().tolist()
-    _add_npz(_run, "basis.npz", arrays)
+    add_npz(_run, "basis.npz", arrays)
 
-    tau = saturation_times(times, beta[:, :n_basis], s[:n_basis], config["saturation_level"])
-    rising_end = saturation_times(times, beta[:, :n_basis], s[:n_basis], RISING_LEVEL)
     result = {
         "final_test_accuracy": float((F_final.argmax(1) == ye).float().mean()),
         "final_test_loss": float(trainer.loss_fn(F_final, ye)),
@@ -497,32 +372,14 @@ def _main(_config, _run, _seed, checked, ck):
         "steps": trainer.total_steps,
         "steps_per_epoch": spe,
         "num_recordings": len(times),
-        "num_basis_functions": k,
-        "feature_dim": basis.V.shape[0],
-        "feature_rank": basis.feature_rank,
-        "singular_values": s[:n_basis],
-        "beta_initial": beta[0, :n_basis],
-        "final_relative_residual": float(basis.relative_residual(F_final, k)),
-        # increments β_i(t_{j+1}) − β_i(t_j) >= 0 from the first step on; and only while β_i is
-        # still rising (until it first reaches 0.95 s_i), before the plateau where eval outputs
-        # jitter with the minibatch noise (and BatchNorm running statistics)
-        "nonneg_increment_fraction": [nonnegative_increment_fraction(beta[:, i], start=1) for i in range(n_basis)],
-        "rising_nonneg_increment_fraction": [
-            nonnegative_increment_fraction(beta[: _index_at(times, rising_end[i]) + 1, i], start=1)
-            for i in range(n_basis)],
-        "saturation_times": [None if math.isnan(v) else int(v) for v in tau],
-        "saturation_in_order": bool(not np.isnan(tau).any() and np.all(np.diff(tau) >= 0)),
+        **basis_summary(basis, beta, F_final, n_basis),
+        **learning_order(times, beta, s, n_basis, config["saturation_level"]),
     }
     if config["small_init"]:
         result["small_init_max_abs"] = float(arrays["small_init"].max())
     if config["grad_indep"] or config["beta_domin"]:
         result.update(_rerun(_run, config, checked, x, y, xe, basis, _seed))
     return json_ready(result)
-
-
-def _index_at(times, t) -> int:
-    """Index of recording time t; the last index when t is NaN (never reached)."""
-    return len(times) - 1 if math.isnan(t) else int(np.searchsorted(times, t))
 
 
 def _rerun(_run, config, checked, x, y, xe, basis, seed):
@@ -532,29 +389,7 @@ def _rerun(_run, config, checked, x, y, xe, basis, seed):
     num = rc["num_basis"]
     r = gradients_along_run(trainer, xe, basis, num, rc["iterations"], rc["every"], config["eval_batch_size"],
                             checked.device)
-    tiny = np.finfo(float).tiny
-    log_beta, log_grad = np.log(np.abs(r["beta"]) + tiny), np.log(r["grad_norms"] + tiny)  # (R, num)
-    for j, t in enumerate(r["times"].tolist()):
-        if config["grad_indep"]:
-            _run.log_scalar("grad_indep/max_abs_cos", float(r["max_abs_cos"][j]), t)
-        if config["beta_domin"]:
-            for i in range(num):
-                _run.log_scalar(f"beta_domin/log_abs_beta_{i + 1}", float(log_beta[j, i]), t)
-                _run.log_scalar(f"beta_domin/log_grad_norm_{i + 1}", float(log_grad[j, i]), t)
-    _add_npz(_run, "rerun.npz", r)
-    out = {}
-    if config["grad_indep"]:
-        out["grad_indep_max_abs_cos"] = float(r["max_abs_cos"].max())
-    if config["beta_domin"]:
-        out["beta_domin_corr"] = [float(np.corrcoef(log_grad[:, i], log_beta[:, i])[0, 1]) for i in range(num)]
-    return out
-
-
-def _add_npz(_run, name, arrays):
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, name)
-        np.savez_compressed(path, **arrays)
-        _run.add_artifact(path)
+    return record_rerun(_run, r, config["grad_indep"], config["beta_domin"])
 
 
 if __name__ == "__main__":

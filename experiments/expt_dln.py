@@ -28,6 +28,7 @@ import torch
 from sacred import Experiment
 from torch.func import functional_call
 
+from core import checks
 from core.runtime import DTYPES, derived_seed, resolve_device, resolve_dtype
 from data.synthetic import INPUT_DISTRIBUTIONS, teacher_dataset
 from dynamics.hessian import hutchinson_trace
@@ -137,73 +138,45 @@ def cfg():
 
 def validate(config: dict) -> dict:
     """Check every user-facing key before any compute; returns the built dataclasses."""
-    def positive_int(key, value, lo=1):
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-            raise ValueError(f"{key} must be an integer >= {lo}; got {value!r}")
-
-    positive_int("input_dim", config["input_dim"])
-    widths = config["layer_widths"]
-    if not isinstance(widths, (list, tuple)) or len(widths) == 0:
-        raise ValueError(f"layer_widths must be a non-empty list of positive integers; got {widths!r}")
-    for w in widths:
-        positive_int("layer_widths entries", w)
-    n = config["num_training_data"]
-    positive_int("num_training_data", n, lo=2)
-    positive_int("num_test_data", config["num_test_data"])
-    dist = resolve_alias(config, "input_dist", "input_distribution")
-    if dist not in INPUT_DISTRIBUTIONS:
-        raise ValueError(f"input_distribution must be one of {INPUT_DISTRIBUTIONS}; got {dist!r}")
+    checks.integer("input_dim", config["input_dim"])
+    checks.int_list("layer_widths", config["layer_widths"])
+    n = checks.integer("num_training_data", config["num_training_data"], lo=2)
+    checks.integer("num_test_data", config["num_test_data"])
+    dist = checks.one_of("input_distribution", resolve_alias(config, "input_dist", "input_distribution"),
+                         INPUT_DISTRIBUTIONS)
     if config["param_init"] is not None:
         raise ValueError(f"param_init is unused (as in the original) and must be None; got {config['param_init']!r}")
     tp = dict(config["true_param_config"])
-    allowed_tp = {"method", "prop_rank_reduce", "mean", "std", "init", "rank_key"}
-    if set(tp) - allowed_tp:
-        raise ValueError(f"true_param_config has unknown entries {sorted(set(tp) - allowed_tp)}; "
-                         f"allowed: {sorted(allowed_tp)}")
-    if tp["method"] not in TRUE_PARAM_METHODS:
-        raise ValueError(f"true_param_config.method must be one of {TRUE_PARAM_METHODS}; got {tp['method']!r}")
-    if not 0 <= tp["prop_rank_reduce"] <= 1:
-        raise ValueError(f"true_param_config.prop_rank_reduce must be in [0, 1]; got {tp['prop_rank_reduce']!r}")
-    if not tp["std"] >= 0:
-        raise ValueError(f"true_param_config.std must be >= 0; got {tp['std']!r}")
-    tp.setdefault("init", "haiku")
-    if tp["init"] not in INIT_SCHEMES:
-        raise ValueError(f"true_param_config.init must be one of {INIT_SCHEMES}; got {tp['init']!r}")
+    checks.known_entries("true_param_config", tp, {"method", "prop_rank_reduce", "mean", "std", "init", "rank_key"})
+    checks.one_of("true_param_config.method", tp["method"], TRUE_PARAM_METHODS)
+    checks.number("true_param_config.prop_rank_reduce", tp["prop_rank_reduce"], lo=0, hi=1)
+    checks.number("true_param_config.std", tp["std"], lo=0)
+    checks.one_of("true_param_config.init", tp.setdefault("init", "haiku"), INIT_SCHEMES)
     from models.dln import RANK_KEYS  # here, not in the import block, which another change rewrites
 
-    tp.setdefault("rank_key", "independent")
-    if tp["rank_key"] not in RANK_KEYS:
-        raise ValueError(f"true_param_config.rank_key must be one of {RANK_KEYS}; got {tp['rank_key']!r}")
+    checks.one_of("true_param_config.rank_key", tp.setdefault("rank_key", "independent"), RANK_KEYS)
     sgld_values = {**config["sgld_config"], "loss_trace_minibatch": config["loss_trace_minibatch"]}
     itemp = config["itemp"]
-    if itemp is not None:
-        if isinstance(itemp, bool) or not isinstance(itemp, (int, float)) or not itemp > 0:
-            raise ValueError(f"itemp must be None or a number > 0; got {itemp!r}")
+    if checks.number("itemp", itemp, lo=0, strict=True, none_ok=True) is not None:
         if sgld_values.get("nbeta") is not None:
             raise ValueError(f"set itemp or sgld_config.nbeta, not both; "
                              f"got itemp={itemp!r}, nbeta={sgld_values['nbeta']!r}")
         sgld_values["nbeta"] = itemp * n
     sgld = build_config(*split_sampler(sgld_values), "sgld_config")
-    if sgld.batch_size > n:
-        raise ValueError(f"sgld_config.batch_size must be <= num_training_data ({n}); got {sgld.batch_size}")
+    checks.at_most("sgld_config.batch_size", sgld.batch_size, "num_training_data", n)
     training, train_init = None, "haiku"
     if config["do_training"]:
         tc = dict(config["training_config"])
         train_init = tc.pop("init", "haiku")
-        if train_init not in INIT_SCHEMES:
-            raise ValueError(f"training_config.init must be one of {INIT_SCHEMES}; got {train_init!r}")
+        checks.one_of("training_config.init", train_init, INIT_SCHEMES)
         training = build_config(TrainingConfig, tc, "training_config")
-        if training.batch_size > n:
-            raise ValueError(f"training_config.batch_size must be <= num_training_data ({n}); "
-                             f"got {training.batch_size}")
-    positive_int("hessian_trace_probes", config["hessian_trace_probes"])
-    positive_int("mala_acceptance_every", config["mala_acceptance_every"], lo=0)
-    positive_int("log_max_points", config["log_max_points"])
+        checks.at_most("training_config.batch_size", training.batch_size, "num_training_data", n)
+    checks.integer("hessian_trace_probes", config["hessian_trace_probes"])
+    checks.integer("mala_acceptance_every", config["mala_acceptance_every"], lo=0)
+    checks.integer("log_max_points", config["log_max_points"])
     for key in ("do_compute_distance", "save_true_param", "verbose"):
-        if not isinstance(config[key], bool):
-            raise ValueError(f"{key} must be True or False; got {config[key]!r}")
-    if config["dtype"] not in DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(DTYPES)}; got {config['dtype']!r}")
+        checks.boolean(key, config[key])
+    checks.one_of("dtype", config["dtype"], DTYPES)
     calibration = validate_calibration(config["calibration"], sgld, n)
     return {"sgld": sgld, "training": training, "train_init": train_init, "true_param": tp,
             "input_distribution": dist, "device": resolve_device(config["device"]), "calibration": calibration}

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import torch
 
+from core import checks
 from core.runtime import DTYPES, resolve_device
 from data.vision import check_dataset_name
 from dynamics.cgd import OptimConfig
@@ -49,13 +50,6 @@ class Checked(NamedTuple):
     prune_dirs: dict | None  # the same for prune_global
 
 
-def _int(key, value, lo=0, none_ok=False):
-    if value is None and none_ok:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"{key} must be {'None or ' if none_ok else ''}an integer >= {lo}; got {value!r}")
-
-
 # Above this many tracked tangent directions a CPU run is warned that the QR dominates its cost.
 CPU_FRAME_WARN = 512
 
@@ -69,22 +63,20 @@ def _group(config, key, allowed=None) -> dict:
     if not isinstance(value, dict):
         hint = f" (Hydra's `{key}={value}` is `{key}.name={value}` here)" if key in ("model", "optim") else ""
         raise ValueError(f"{key} must be a dict of options; got {value!r}{hint}: set its entries as {key}.<entry>=...")
-    unknown = sorted(set(value) - set(allowed)) if allowed is not None else []
-    if unknown:
-        raise ValueError(f"{key} has unknown entries {unknown}; allowed: {sorted(allowed)}")
+    if allowed is not None:
+        checks.known_entries(key, value, allowed)
     return dict(value)
 
 
 def validate(config: dict) -> Checked:
     """Check every user-facing key before any compute (data loading included)."""
     check_dataset_name(config["dataset"], "dataset")
-    _int("batch_size", config["batch_size"], 1)
-    _int("max_epochs", config["max_epochs"], 1)
-    _int("max_steps", config["max_steps"], 1, none_ok=True)
-    _int("num_train", config["num_train"], 1, none_ok=True)
-    _int("num_test", config["num_test"], 1, none_ok=True)
-    if config["dtype"] not in DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(DTYPES)}; got {config['dtype']!r}")
+    checks.integer("batch_size", config["batch_size"], lo=1)
+    checks.integer("max_epochs", config["max_epochs"], lo=1)
+    checks.integer("max_steps", config["max_steps"], lo=1, none_ok=True)
+    checks.integer("num_train", config["num_train"], lo=1, none_ok=True)
+    checks.integer("num_test", config["num_test"], lo=1, none_ok=True)
+    checks.one_of("dtype", config["dtype"], DTYPES)
     mcfg = _group(config, "model", {"name", "inter_dim", "base_channels", "block_cnt", "activation"})
     model = build_model(mcfg["name"], (1, IMAGE_SIZE, IMAGE_SIZE), NUM_CLASSES, torch.Generator().manual_seed(0),
                         inter_dim=mcfg["inter_dim"], base_channels=mcfg["base_channels"],
@@ -97,9 +89,9 @@ def validate(config: dict) -> Checked:
     log = _group(config, "logging", {"log_eigenthings", "log_lyapunov", "log_subsim", "log_lyapunov_subsim", "log_freq",
                                    "t_lya_subsim", "plot_eigs_every", "save_hessian_dist_every", "plot_mats_every",
                                    "plot_trajectories", "signal_noise_window", "save_eigenthings", "save_lyapunov_at"})
-    _int("logging.log_freq", log["log_freq"], 1)
+    checks.integer("logging.log_freq", log["log_freq"], lo=1)
     for key in ("plot_eigs_every", "save_hessian_dist_every", "plot_mats_every", "signal_noise_window"):
-        _int(f"logging.{key}", log[key], 0)
+        checks.integer(f"logging.{key}", log[key], lo=0)
     t_sub = log["t_lya_subsim"]
     if t_sub is not None:
         if not isinstance(t_sub, (list, tuple)) or not all(
@@ -109,15 +101,12 @@ def validate(config: dict) -> Checked:
     if log["log_lyapunov_subsim"] and not t_sub:
         raise ValueError("logging.log_lyapunov_subsim needs logging.t_lya_subsim, e.g. [10, 10000]")
     lyap = _group(config, "lyapunov", {"k", "qr_every"})
-    _int("lyapunov.qr_every", lyap["qr_every"], 1)
+    checks.integer("lyapunov.qr_every", lyap["qr_every"], lo=1)
     if log["save_lyapunov_at"] is not None:
-        _int("logging.save_lyapunov_at", log["save_lyapunov_at"], 0)
-    if config["distance_fit_d0"] not in DISTANCE_FIT_D0:
-        raise ValueError(f"distance_fit_d0 must be one of {DISTANCE_FIT_D0}; got {config['distance_fit_d0']!r}")
-    if config["eps_eigh"] is None or not config["eps_eigh"] >= 0:
-        raise ValueError(f"eps_eigh must be a number >= 0; got {config['eps_eigh']!r}")
-    if config["eps_eigh_mode"] not in EPS_EIGH_MODES:
-        raise ValueError(f"eps_eigh_mode must be one of {EPS_EIGH_MODES}; got {config['eps_eigh_mode']!r}")
+        checks.integer("logging.save_lyapunov_at", log["save_lyapunov_at"], lo=0)
+    checks.one_of("distance_fit_d0", config["distance_fit_d0"], DISTANCE_FIT_D0)
+    checks.number("eps_eigh", config["eps_eigh"], lo=0, finite=False)  # +inf passes, as before
+    checks.one_of("eps_eigh_mode", config["eps_eigh_mode"], EPS_EIGH_MODES)
 
     # perturbation
     strat = config["perturb_strat"]
@@ -127,10 +116,9 @@ def validate(config: dict) -> Checked:
             raise ValueError(f"perturb_strat must be None, 'all' or one of {STRATEGIES}; got {strat!r}")
         strategies = STRATEGIES if strat == "all" else (strat,)
         eps = config["perturb_eps"]
-        if not isinstance(eps, (list, tuple)) or not eps or not all(isinstance(e, (int, float)) and e > 0 for e in eps):
-            raise ValueError(f"perturb_eps must be a non-empty list of numbers > 0; got {eps!r}")
+        checks.number_list("perturb_eps", eps, lo=0, strict=True)
         combos = len(strategies) * len(eps)
-        _int("parallel", config["parallel"], 1)
+        checks.integer("parallel", config["parallel"], lo=1)
         if config["parallel"] < combos:
             raise ValueError(f"parallel must be >= {combos} (one copy per strategy and eps) "
                              f"for perturb_strat={strat!r} "
@@ -139,7 +127,7 @@ def validate(config: dict) -> Checked:
             raise ValueError("perturbed copies need optim.name='sgd' or prune_global "
                              "(CGD would need each copy's Hessian)")
     else:
-        _int("parallel", config["parallel"], 1)
+        checks.integer("parallel", config["parallel"], lo=1)
     needs_eigenthings = any(s in NEEDS_LYAPUNOV for s in strategies) or (optim.prunes and optim.prune_global)
     eigenthings, prune_dirs = _load_checked_eigenthings(config, optim, needs_eigenthings, p)
     for strategy, sign in (("randn_chaos", 1), ("randn_convergence", -1)):
@@ -153,7 +141,7 @@ def validate(config: dict) -> Checked:
                                            or log["save_hessian_dist_every"] or log["plot_mats_every"]
                                            or (optim.prunes and not optim.prune_global))
     tangent_dim = p if optim.momentum == 0 else 2 * p
-    _int("lyapunov.k", lyap["k"], 1, none_ok=True)
+    checks.integer("lyapunov.k", lyap["k"], lo=1, none_ok=True)
     tangent_k = tangent_dim if lyap["k"] is None else lyap["k"]
     if tangent_k > tangent_dim:
         raise ValueError(f"lyapunov.k must be <= the tangent dimension ({tangent_dim}); got {tangent_k}")
