@@ -136,10 +136,17 @@ def flat_loss_for_module(
     any other model the generic functional_call route. ``loss.path`` says which:
     "fused" or "generic". Both give the same values and gradients up to rounding.
     """
-    f, w0 = flat_model_for_module(model, dtype, device)
     fused = fused_flat_loss(model, loss_fn)
     if fused is not None:
-        return fused, w0
+        return fused, flat_model_for_module(model, dtype, device)[1]
+    return generic_flat_loss(model, loss_fn, dtype, device)
+
+
+def generic_flat_loss(
+    model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], dtype: torch.dtype, device: torch.device
+) -> tuple[FlatLoss, Tensor]:
+    """The functional_call route of flat_loss_for_module for any model (``loss.path`` = "generic")."""
+    f, w0 = flat_model_for_module(model, dtype, device)
 
     def loss(w: Tensor, x: Tensor, y: Tensor) -> Tensor:
         return loss_fn(f(w, x), y)
