@@ -10,7 +10,9 @@ results: the runs are far too small for that (docs/index.md lists the studies).
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python docs/make_thumbnails.py [--out docs/img] [name ...]
 
-The whole set takes about two minutes on one core.
+The whole set takes about 30 s of CPU time (a minute of wall time on a busy 2-core
+machine). A rerun writes byte-identical files, except llc_mala.png: its right panel
+is the samplers' measured wall time.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ from tracking.load import load_info, load_metrics, load_runs  # noqa: E402
 
 WIDTH_PX = 320  # thumbnail width; README shows it at this size
 MAX_BYTES = 60_000  # cap on each PNG, checked by tests/test_thumbnails.py
+MAX_WIDTH_IN = 7.0  # side-by-side panels (10 in wide) are narrowed to this first, so their text stays legible
 
 
 # ----------------------------------------------------------------------------- running
@@ -159,7 +162,7 @@ def chaos(tmp: Path, data: Path) -> Figure:
 
 
 def width_parameterizations(tmp: Path, data: Path) -> Figure:
-    """muP's coordinate check: mean |h_l| of each layer against width after 0-2 steps, tiny MNIST."""
+    """muP's coordinate check: mean |h_l| of each layer against width at init and after 3 steps, tiny MNIST."""
     store = run_into(tmp / "abc_params", "expt_abc_params", [dict(
         data_root=str(data), dataset="mnist", n_val=16, L=2, width=32, batch_size=16, n_steps=4, n_trials=1,
         device="cpu", parameterization="mup", seed=5,
@@ -167,7 +170,7 @@ def width_parameterizations(tmp: Path, data: Path) -> Figure:
     )], command="coord_check")
     run_id = int(_completed(store, "abc_params")["run_id"].iloc[0])
     table = load_info(store, run_id, experiment="abc_params")["coord_check"]
-    return figures_abc.plot_coord_check(table, quantity="h_abs", title="muP coordinate check")
+    return figures_abc.plot_coord_check(table, quantity="h_abs", steps=[0, 3], title="muP coordinate check")
 
 
 def basis_decomposition(tmp: Path, data: Path) -> Figure:
@@ -207,13 +210,16 @@ def write_datasets(data: Path) -> Path:
 
 
 def save_thumbnail(fig: Figure, path: Path, width_px: int = WIDTH_PX) -> Path:
-    """Save ``fig`` about ``width_px`` wide.
+    """Save ``fig`` about ``width_px`` wide (figures wider than MAX_WIDTH_IN inches are narrowed first).
 
     The tight crop's width in inches depends a little on the dpi (text extents round to
     pixels), so the dpi is set from a first save at 100 dpi and the file written again.
     """
     from PIL import Image
 
+    width_in, height_in = fig.get_size_inches()
+    if width_in > MAX_WIDTH_IN:
+        fig.set_size_inches(MAX_WIDTH_IN, height_in)  # constrained layout re-lays the panels out on save
     save_figure(fig, path, dpi=100)
     with Image.open(path) as img:
         measured = img.width
