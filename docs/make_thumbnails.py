@@ -41,7 +41,7 @@ from tracking import figures_abc, figures_basis, figures_chaos, figures_llc, fig
 from tracking.figures import plot_lambdahat_vs_true, save_figure  # noqa: E402
 from tracking.load import load_info, load_metrics, load_runs  # noqa: E402
 
-WIDTH_PX = 320  # thumbnail width; README shows it at this size
+WIDTH_PX = 320  # thumbnail width; README shows it at 240 px, sharp on high-density screens
 MAX_BYTES = 60_000  # cap on each PNG, checked by tests/test_thumbnails.py
 MAX_WIDTH_IN = 7.0  # side-by-side panels (10 in wide) are narrowed to this first, so their text stays legible
 
