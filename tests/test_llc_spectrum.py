@@ -1,4 +1,5 @@
 """tracking.llc_spectrum and expt_llc_curve's hessian_spectrum: top-k eigenvalues and SLQ density at checkpoints."""
+import copy
 import json
 import math
 
@@ -11,7 +12,13 @@ from tests.conftest import load_experiment
 from tests.datasets import allow_tiny_cifar, write_cifar10
 from tests.test_llc_curve import run, tiny
 from tests.test_preempt_experiments import assert_resumed_equals_uninterrupted, interrupted_then_resumed, llc_config
-from tracking.llc_spectrum import SpectrumConfig, hessian_spectrum, training_loss, validate_hessian_spectrum
+from tracking.llc_spectrum import (
+    SpectrumConfig,
+    hessian_spectrum,
+    record_spectrum,
+    training_loss,
+    validate_hessian_spectrum,
+)
 
 DEFAULT = dict(every=None, top_k=5, method="lanczos", tol=1e-3, slq_probes=4, slq_steps=30, batch_size=512)
 
@@ -93,6 +100,29 @@ def test_slq_density_is_a_quadrature_of_the_spectrum(mlp_problem):
     assert abs(spec["slq_trace"] - float(torch.trace(h))) <= 4 * sd  # 4σ on one fixed seed
 
 
+class FakeRun:
+    def __init__(self):
+        self.logged = []
+
+    def log_scalar(self, name, value, step):
+        self.logged.append((name, value, step))
+
+
+def test_record_is_due_every_kth_and_a_non_finite_hessian_is_recorded_as_failed(mlp_problem):
+    model, x, y = mlp_problem
+    cfg = SpectrumConfig(every=2, top_k=2, method="lanczos", tol=1e-8, slq_probes=0, slq_steps=1, batch_size=20)
+    _run = FakeRun()
+    assert record_spectrum(_run, model, cfg, (x, y), None, t=5, index=1, seed=0) == {}  # 1 % 2: not due
+    rec = record_spectrum(_run, model, cfg, (x, y), None, t=6, index=2, seed=0)["hessian_spectrum"]
+    assert rec["status"] == "ok" and _run.logged == [("hessian/max_eig", rec["eigenvalues"][0], 6)]
+    assert rec == record_spectrum(FakeRun(), model, cfg, (x, y), None, t=6, index=2, seed=0)["hessian_spectrum"]
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken[0].weight[0, 0] = float("nan")
+    failed = record_spectrum(_run, broken, cfg, (x, y), None, t=8, index=4, seed=0)["hessian_spectrum"]
+    assert failed["status"] == "failed" and "non-finite" in failed["reason"] and len(_run.logged) == 1
+
+
 # --------------------------------------------------------------- validation
 
 @pytest.mark.parametrize("entry, value, match", [
@@ -136,7 +166,7 @@ def test_run_records_k_eigenvalues_at_every_kth_checkpoint(expt, cifar, tmp_path
     assert [c["t"] for c in recorded] == [0, 4]  # checkpoints 0 and 2 of every=2
     for c in recorded:
         spec = c["hessian_spectrum"]
-        assert spec["method"] == "lanczos" and len(spec["eigenvalues"]) == 3
+        assert spec["status"] == "ok" and spec["method"] == "lanczos" and len(spec["eigenvalues"]) == 3
         assert spec["eigenvalues"] == sorted(spec["eigenvalues"], reverse=True)
         assert len(spec["slq_nodes"]) == 2 and len(spec["slq_weights"][0]) == 5
     metrics = json.loads((tmp_path / "1" / "metrics.json").read_text())

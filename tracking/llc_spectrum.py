@@ -78,15 +78,21 @@ def hessian_spectrum(loss: FlatLoss, w: Tensor, x: Tensor, y: Tensor, cfg: Spect
         loss: mean loss over the batch, loss(w (P,), x, y) -> ().
         gen: generator on w's device for the start vectors and probes.
 
+    Raises:
+        FloatingPointError: a Hessian-vector product is not finite.
+
     Returns:
-        eigenvalues (top_k, descending for lanczos, in the order found for power), converged,
+        method, eigenvalues (top_k, descending for lanczos, in the order found for power), converged,
         num_matvecs, and with slq_probes > 0 slq_nodes / slq_weights (slq_probes, m) lists and
         slq_trace = P·Σ weights·nodes averaged over probes (≈ tr H).
     """
     p = w.numel()
 
     def matvec(v: Tensor) -> Tensor:  # (P,) float64 -> (P,) float64
-        return hvp(loss, w, v.to(w.dtype), x, y).to(torch.float64)
+        hv = hvp(loss, w, v.to(w.dtype), x, y).to(torch.float64)
+        if not bool(torch.isfinite(hv).all()):
+            raise FloatingPointError("non-finite Hessian-vector product (diverged weights?)")
+        return hv
 
     kw = dict(dtype=torch.float64, device=w.device)
     if cfg.method == "lanczos":
@@ -116,13 +122,17 @@ def record_spectrum(_run, model: nn.Module, cfg: SpectrumConfig | None, batch, l
 
     Due when cfg is set and index % every == 0. Logs ``hessian/max_eig`` (the first eigenvalue)
     at t. The random stream is derived_seed(seed, index), so a resumed run draws what the
-    uninterrupted one did. Returns {} when not due.
+    uninterrupted one did. Returns {} when not due; status 'failed' with the reason (and
+    nothing logged) when the curvature is not finite, so training goes on as for a failed λ̂.
     """
     if cfg is None or index % cfg.every:
         return {}
     warn_if_stochastic_layers(model)
     loss, w = training_loss(model, l2)
     gen = torch.Generator(device=w.device).manual_seed(derived_seed(seed, index))
-    spec = hessian_spectrum(loss, w, *batch, cfg, gen)
+    try:
+        spec = {"status": "ok", **hessian_spectrum(loss, w, *batch, cfg, gen)}
+    except FloatingPointError as err:
+        return {"hessian_spectrum": {"status": "failed", "reason": str(err), "method": cfg.method}}
     _run.log_scalar("hessian/max_eig", spec["eigenvalues"][0], t)
     return {"hessian_spectrum": spec}
