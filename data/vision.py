@@ -121,3 +121,15 @@ def load_vision_dataset(
     if size is not None and size != x.shape[-1]:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return x, labels
+
+
+def noisy_labels(y: torch.Tensor, level: float, num_classes: int, gen: torch.Generator) -> torch.Tensor:
+    """A copy of y with floor(level·n) labels, at distinct random positions, set to a uniform random class.
+
+    As the original's introduce_label_noise: a new label may equal the old one.
+    """
+    n = y.shape[0]
+    pos = torch.randperm(n, generator=gen)[: int(n * level)]
+    out = y.clone()
+    out[pos] = torch.randint(0, num_classes, (pos.numel(),), generator=gen, dtype=y.dtype)
+    return out

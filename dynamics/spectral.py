@@ -49,6 +49,23 @@ def hutchpp_trace(
     Raises:
         ValueError: num_matvecs < 3.
     """
+    return hutchpp_trace_sem(matvecs, dim, num_matvecs, gen, dtype, device)[0]
+
+
+def hutchpp_trace_sem(
+    matvecs: BatchMatvec, dim: int, num_matvecs: int, gen: torch.Generator,
+    dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
+) -> tuple[float, float]:
+    """:func:`hutchpp_trace` and its standard error given the sketch Q.
+
+    tr(Qᵀ H Q) has no sampling error once Q is drawn; the error is that of the Hutchinson
+    part, the mean of g_iᵀ (I − QQᵀ) H (I − QQᵀ) g_i over its m − 2(m // 3) probes, whose
+    standard error is their standard deviation / sqrt(count) (NaN with one probe). Same
+    arguments and the same draws as :func:`hutchpp_trace`.
+
+    Returns:
+        (estimate, standard error).
+    """
     if num_matvecs < 3:
         raise ValueError(f"num_matvecs must be >= 3; got {num_matvecs}")
     k = num_matvecs // 3
@@ -58,8 +75,9 @@ def hutchpp_trace(
     hq = matvecs(q.T.contiguous()).to(dtype)  # (k, P)
     low_rank = torch.trace(q.T @ hq.T)
     g_perp = g - (g @ q) @ q.T  # (I − QQᵀ) G, rows
-    rest = (g_perp * matvecs(g_perp).to(dtype)).sum() / g.shape[0]
-    return float(low_rank + rest)
+    quad = (g_perp * matvecs(g_perp).to(dtype)).sum(dim=1)  # (m − 2k,)
+    sem = float(quad.std(unbiased=True) / quad.numel() ** 0.5) if quad.numel() > 1 else float("nan")
+    return float(low_rank + quad.mean()), sem
 
 
 @dataclass(frozen=True)

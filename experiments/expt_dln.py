@@ -31,8 +31,6 @@ from torch.func import functional_call
 from core import checks
 from core.runtime import DTYPES, derived_seed, resolve_device, resolve_dtype
 from data.synthetic import INPUT_DISTRIBUTIONS, teacher_dataset
-from dynamics.hessian import hutchinson_trace
-from dynamics.jacobian import functional_rank
 from dynamics.train import TrainingConfig, train
 from llc.aoyagi import dln_learning_coefficient
 from llc.estimate import flat_model_for_module
@@ -51,6 +49,7 @@ from models.dln import (
     rank_truncation_losses,
 )
 from tracking.calibration_command import main_seed, run_calibration, validate_calibration
+from tracking.dln_record import diagnostics, record_true_param, true_param_summary, validate_hessian_trace
 from tracking.key_aliases import resolve_alias
 from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import build_config, configure_experiment, json_ready, log_series, run_cli, seed_everything
@@ -112,8 +111,9 @@ def cfg():
     )
 
     # --- extra diagnostics at w* (and the trained parameter) ---
-    do_hessian_trace = False  # Hutchinson estimate of tr ∇²L_n
-    hessian_trace_probes = 32  # Rademacher probes
+    do_hessian_trace = False  # estimate of tr ∇²L on the num_test_data points
+    hessian_trace_probes = 32  # Rademacher probes: Hessian-vector products per estimate (hutchpp: >= 3)
+    hessian_trace_method = "hutchinson"  # hutchinson (default, as before) | hutchpp (Hutch++, same product budget)
     do_functional_rank = False  # numerical rank of d f(w, x) / d w on the num_test_data points
 
     # --- `calibrate` command: short SGLD runs at w* over a grid (llc.calibrate; docs/llc.md#the-dln-experiment) ---
@@ -171,7 +171,7 @@ def validate(config: dict) -> dict:
         checks.one_of("training_config.init", train_init, INIT_SCHEMES)
         training = build_config(TrainingConfig, tc, "training_config")
         checks.at_most("training_config.batch_size", training.batch_size, "num_training_data", n)
-    checks.integer("hessian_trace_probes", config["hessian_trace_probes"])
+    validate_hessian_trace(config)
     checks.integer("mala_acceptance_every", config["mala_acceptance_every"], lo=0)
     checks.integer("log_max_points", config["log_max_points"])
     for key in ("do_compute_distance", "save_true_param", "verbose"):
@@ -205,19 +205,6 @@ def _mse(out, y):
     # Mean over batch and outputs, no 1/2 (docs/notes/llc.md#conventions). Written out rather than
     # F.mse_loss, whose backward breaks forward-over-reverse HVPs ("ZeroTensors are immutable").
     return ((out - y) ** 2).mean()
-
-
-def _diagnostics(_run, prefix, loss, f_flat, w, x, y, config, seed, purpose):
-    """Optional Hessian trace and functional rank at w on the test points (x, y); singular values go to info."""
-    out = {}
-    if config["do_hessian_trace"]:
-        est, sem = hutchinson_trace(loss, w, x, y, config["hessian_trace_probes"], _stream(seed, purpose, w.device))
-        out["hessian_trace"], out["hessian_trace_sem"] = est, sem
-    if config["do_functional_rank"]:
-        rank, sv = functional_rank(f_flat, w, x)
-        out["functional_rank"] = rank
-        _run.info[f"{prefix}functional_rank_singular_values"] = sv.tolist()
-    return out
 
 
 @ex.main
@@ -270,17 +257,9 @@ def _main(_config, _run, _seed, checked, ck):
     dtype = resolve_dtype(_config["dtype"])
     input_dim, widths = _config["input_dim"], list(_config["layer_widths"])
     pb = build_problem(_config, _seed, checked)
-    w_star, true_rank, prod_sv, rank_gaps = pb["w_star"], pb["true_rank"], pb["prod_sv"], pb["rank_gaps"]
-    true_lambda, true_mult, net = pb["true_lambda"], pb["true_mult"], pb["net"]
+    true_lambda, net = pb["true_lambda"], pb["net"]
     x, y, x_test, y_test = pb["x"], pb["y"], pb["x_test"], pb["y_test"]
-    _run.info["true_param_singular_values"] = {k: torch.linalg.svdvals(v).tolist() for k, v in w_star.items()}
-    _run.info["true_end_to_end_singular_values"] = prod_sv.tolist()
-    if _config["save_true_param"]:
-        _run.info["true_param"] = {k: v.tolist() for k, v in w_star.items()}
-    if _config["verbose"]:
-        print(f"true rank {true_rank}, λ = {true_lambda}, multiplicity {true_mult}, "
-              f"σ(W_L...W_1) in [{float(prod_sv[-1]):.3g}, {float(prod_sv[0]):.3g}]")
-    _run.info["true_rank_truncation_gaps"] = rank_gaps.tolist()
+    record_true_param(_run, pb, _config)
     f_flat, w_flat = flat_model_for_module(net, dtype, device)
 
     def loss(w, xb, yb):
@@ -294,15 +273,11 @@ def _main(_config, _run, _seed, checked, ck):
         result = {
             **res.summary(),
             **extra,
-            "true_lambda": true_lambda,
-            "true_multiplicity": true_mult,
-            "true_rank": true_rank,
-            "true_end_to_end_sigma_max": float(prod_sv[0]),  # σ_max(W_L...W_1): the teacher map's scale
-            "true_end_to_end_sigma_min": float(prod_sv[-1]),  # smallest of its min(H_0, H_L) singular values
-            "true_rank_gap": float(rank_gaps[-1]) if true_rank > 0 else None,  # nβ L_n(rank r-1 truncation)
+            **true_param_summary(pb),
             "model_dim": model_dim,
             "relative_error": (res.lambdahat - true_lambda) / true_lambda if true_lambda > 0 else None,
-            **_diagnostics(_run, "", loss, f_flat, w_flat, x_test, y_test, _config, _seed, Stream.DIAG_W_STAR),
+            **diagnostics(_run, "", loss, f_flat, w_flat, x_test, y_test, _config,
+                          _stream(_seed, Stream.DIAG_W_STAR, w_flat.device)),
         }
         _run.log_scalar("llc/lambdahat", res.lambdahat, 0)
 
@@ -340,8 +315,8 @@ def _main(_config, _run, _seed, checked, ck):
             "numerical_rank": rank_t,
             "final_train_loss": float(losses[-1]),
             "relative_error": (res_t.lambdahat - true_lambda) / true_lambda if true_lambda > 0 else None,
-            **_diagnostics(_run, "trained_", loss, f_flat, w_trained, x_test, y_test, _config, _seed,
-                           Stream.DIAG_TRAINED),
+            **diagnostics(_run, "trained_", loss, f_flat, w_trained, x_test, y_test, _config,
+                          _stream(_seed, Stream.DIAG_TRAINED, w_trained.device)),
         }
         _run.log_scalar("trained/llc/lambdahat", res_t.lambdahat, 0)
     return json_ready(result)

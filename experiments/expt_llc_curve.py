@@ -36,7 +36,7 @@ from sacred import Experiment
 
 from core import checks
 from core.runtime import derived_seed, resolve_device
-from data.vision import load_vision_dataset
+from data.vision import load_vision_dataset, noisy_labels
 from dynamics.engine import evaluate as engine_evaluate
 from dynamics.train import TrainingConfig, train
 from llc.estimate import estimate_llc_flat, flat_loss_for_module
@@ -45,6 +45,7 @@ from llc.samplers import sampler_kwargs, split_sampler
 from llc.sgld import SGLDConfig, SGLDDivergenceError
 from models.resnet import MODEL_NAMES, build_resnet
 from tracking.calibration_command import main_seed, run_calibration, validate_calibration
+from tracking.llc_spectrum import fixed_batch, record_spectrum, validate_hessian_spectrum
 from tracking.preempt import add_checkpoint_config, checkpointing
 from tracking.sacred_utils import build_config, configure_experiment, json_ready, run_cli, seed_everything
 
@@ -98,6 +99,17 @@ def cfg():
     loss_trace_minibatch = True  # average minibatch losses (free) vs full-data losses
     force_realisable = False  # True: targets are the current model's logits (soft labels), so w_t is a true parameter
     llc_per_layer = None  # λ̂ per layer at each checkpoint (llc.restricted; not in the original): None|module|parameter
+
+    # --- Hessian spectrum of the training loss at λ̂ checkpoints (tracking.llc_spectrum; not in the original) ---
+    hessian_spectrum = dict(
+        every=None,  # every k-th λ̂ checkpoint (the 0th, kth, ...); None -> off. BatchNorm in eval mode (running stats)
+        top_k=5,  # number of top eigenvalues; the first is logged as hessian/max_eig
+        method="lanczos",  # lanczos (thick restart, largest algebraic) | power (PyHessian's, largest magnitude)
+        tol=1e-3,  # relative tolerance: Lanczos Ritz residual | power-iteration change between iterations
+        slq_probes=4,  # SLQ spectral density: Rademacher probes; 0 -> no density
+        slq_steps=30,  # SLQ Lanczos steps per probe (slq_probes·slq_steps Hessian-vector products)
+        batch_size=512,  # fixed evaluation batch: the first batch_size training points (<= n)
+    )
 
     # --- `calibrate` command: short SGLD runs at the initial weights over a grid (llc.calibrate) ---
     # calibrate: ε grid (each > 0) x nbetas x gammas; None -> the run's sgld_config values, burn-in None -> half
@@ -158,7 +170,7 @@ def validate(config: dict) -> dict:
     checks.one_of("llc_per_layer", config["llc_per_layer"], PER_LAYER)
     calibration = validate_calibration(config["calibration"], sgld)
     return {"model_data": md, "training": training, "sgld": sgld, "device": resolve_device(config["device"]),
-            "calibration": calibration}
+            "calibration": calibration, "spectrum": validate_hessian_spectrum(config["hessian_spectrum"])}
 
 
 def check_batch_sizes(training: TrainingConfig, sgld: SGLDConfig, n: int) -> None:
@@ -175,18 +187,7 @@ class Stream(IntEnum):
     BATCHES = 1
     LABEL_NOISE = 2
     SGLD = 3
-
-
-def noisy_labels(y: torch.Tensor, level: float, num_classes: int, gen: torch.Generator) -> torch.Tensor:
-    """A copy of y with floor(level·n) labels, at distinct random positions, set to a uniform random class.
-
-    As the original's introduce_label_noise: a new label may equal the old one.
-    """
-    n = y.shape[0]
-    pos = torch.randperm(n, generator=gen)[: int(n * level)]
-    out = y.clone()
-    out[pos] = torch.randint(0, num_classes, (pos.numel(),), generator=gen, dtype=y.dtype)
-    return out
+    HESSIAN = 4
 
 
 def l2_penalty(model: torch.nn.Module, c: float | None) -> float:
@@ -292,6 +293,7 @@ def _main(_config, _run, _seed, checked, ck):
     _run.info["model_dim"] = sum(p.numel() for p in model.parameters())
     checkpoints = _run.info.setdefault("checkpoints", [])  # restored on resume
     traces = [t.numpy() for t in ck.state["traces"]] if ck.state else []  # (C, T) each
+    spectrum_batch = fixed_batch(checked["spectrum"], x_train, y_train, _run.info["model_dim"])
 
     def checkpoint(t: int, batch_loss: float | None) -> None:
         model.eval()  # BatchNorm: running statistics, not batch statistics, for evaluation and sampling
@@ -317,6 +319,8 @@ def _main(_config, _run, _seed, checked, ck):
                 traces.append(np.full((sgld.num_chains, sgld.num_steps), np.nan))
             if _config["llc_per_layer"] is not None:
                 rec.update(_per_layer(_run, model, loss_fn, x_train, targets, sgld, seed, _config, t))
+            rec.update(record_spectrum(_run, model, checked["spectrum"], spectrum_batch, training.l2_regularization, t,
+                                       len(checkpoints), derived_seed(_seed, Stream.HESSIAN)))
         finally:
             model.train()
         if batch_loss is not None:
