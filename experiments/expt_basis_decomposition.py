@@ -126,10 +126,9 @@ def cfg():
     log_max_points = 2000  # thinning of the per-step training loss (log='detail')
 
 
-# The MNIST scripts share MSE on one-hot targets, LARS (momentum 0.9, weight decay 1e-4),
-# StepLR(50, 0.33), entry-wise clipping at 0.1 and no augmentation; each named config writes
-# these first, then what its script changes. gen_commands/expt_basis_decomposition.py reads
-# these named configs from this source (gen_commands.presets), in the order written.
+# The MNIST scripts share MSE on one-hot targets, LARS (momentum 0.9, weight decay 1e-4), StepLR(50, 0.33),
+# entry-wise clipping at 0.1 and no augmentation: each named config sets these first, then its script's own,
+# the order gen_commands/expt_basis_decomposition.py writes them in (it reads these configs from this source).
 
 @ex.named_config
 def mnist():
