@@ -217,6 +217,17 @@ def null_basis(range_vectors: Tensor, m: int, gen: torch.Generator) -> Tensor:
     return torch.linalg.qr(z).Q
 
 
+def global_directions(stored: dict, num_params: int, device=None) -> tuple[Tensor, Tensor, float | None]:
+    """``global_dirs`` for :func:`pruned_directions` from stored eigenthings (``dynamics.perturb.load_eigenthings``).
+
+    Returns the exponents (K,) and the weight part (P, K) of the vectors in float64, and the
+    steps t the stored values were taken over: 1.0 for a 1/t-rooted ``save_lyapunov_at`` file,
+    None when the file does not record it.
+    """
+    steps = (1.0 if bool(stored.get("rooted", False)) else float(stored["steps"])) if "steps" in stored else None
+    return stored["exponents"].double().to(device), stored["vectors"][:num_params].double().to(device), steps
+
+
 def pruned_directions(eig: SymEig, global_dirs: tuple | None, config: OptimConfig, rules: CgdRules,
                       gen: torch.Generator, zero_threshold: float) -> tuple[Tensor, Tensor | None]:
     """One step's pruned directions V_p (P, m), and U when the whole null space of H = UΛUᵀ is pruned too.

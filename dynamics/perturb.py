@@ -4,6 +4,7 @@
   the fastest-growing (``max_chaos``) or fastest-shrinking (``max_convergence``)
   Lyapunov direction, a random combination of the growing (``randn_chaos``) or
   shrinking (``randn_convergence``) ones, or a random direction (``randn``).
+* :func:`perturbed_copies`: the perturbed copies w_0 + ε v, one (strategy, ε) pair each.
 * :func:`fit_distance`: least squares (scipy's ``curve_fit``) of the squared distance
   between a copy and the reference, d(t)² = a t + b t² + d0².
 * :func:`subspace_similarity`: ‖VᵀW‖²_F / min(d_V, d_W) for orthonormal V, W (1 when one
@@ -92,6 +93,36 @@ class DistanceFit:
         """d(t) of the fit (clipped at 0 under the root)."""
         t = np.asarray(t, dtype=float)
         return np.sqrt(np.clip(self.a * t + self.b * t**2 + self.d0**2, 0.0, None))
+
+
+def perturbed_copies(w0: Tensor, strategies, eps, parallel: int, gen: torch.Generator,
+                     eigenthings: dict | None = None) -> tuple[list[Tensor], list[dict]]:
+    """``parallel`` copies w0 + ε v of the initial weights, cycling through strategies × eps.
+
+    Copy i (from 1) takes the i-th (strategy, ε) pair, cyclically, and a fresh
+    :func:`perturbation_direction` drawn from ``gen`` (in copy order) along the stored
+    Lyapunov ``eigenthings`` (``exponents``, ``vectors``) where the strategy needs them.
+
+    Args:
+        w0: (P,) initial weights; every copy has its dtype and device.
+        strategies: strategy names, each one of STRATEGIES.
+        eps: perturbation sizes ε.
+        parallel: number of copies.
+        gen: generator for the random strategies.
+        eigenthings: the stored exponents and vectors, or None.
+
+    Returns:
+        The copies' weights (P,) each, and per copy ``{"copy": i, "strategy": s, "eps": ε}``.
+    """
+    combos = [(s, e) for s in strategies for e in eps]
+    lyap_dirs = () if eigenthings is None else (eigenthings["exponents"], eigenthings["vectors"])
+    ws, copies = [], []
+    for i in range(parallel):
+        s, e = combos[i % len(combos)]
+        v = perturbation_direction(s, w0.numel(), gen, *lyap_dirs)
+        ws.append(w0 + e * v.to(device=w0.device, dtype=w0.dtype))
+        copies.append({"copy": i + 1, "strategy": s, "eps": float(e)})
+    return ws, copies
 
 
 def _sq_model(t, a, b, d0):

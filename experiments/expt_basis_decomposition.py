@@ -126,24 +126,25 @@ def cfg():
     log_max_points = 2000  # thinning of the per-step training loss (log='detail')
 
 
-# The MNIST scripts share MSE on one-hot targets, LARS (momentum 0.9, weight decay 1e-4),
-# StepLR(50, 0.33), entry-wise clipping at 0.1 and no augmentation; they differ below.
+# The MNIST scripts share MSE on one-hot targets, LARS (momentum 0.9, weight decay 1e-4), StepLR(50, 0.33),
+# entry-wise clipping at 0.1 and no augmentation: each named config sets these first, then its script's own,
+# the order gen_commands/expt_basis_decomposition.py writes them in (it reads these configs from this source).
 
 @ex.named_config
 def mnist():
     """mnist.py (Fig. 3(a–c)): cnn2 / cnn3 / cnn4, lr 0.05, batch 256, 20 epochs, F_t every 20 iterations to 2001."""
-    data = "mnist"
     model = "cnn3"  # cnn2 | cnn3 | cnn4
-    normalize = True
+    data = "mnist"
     loss_fn = "mse_loss"
     optimizer = "lars"
+    decay_rate = 0.33
+    decay_stepsize = 50
+    grad_clip = 0.1
+    normalize = True
     batch_size = 256
     num_epoch = 20
     lr_setting = [0.05, 0, 0.05]
-    decay_rate = 0.33
-    decay_stepsize = 50
     schedule_unit = "epoch"  # scheduler.step() once per epoch: no decay within 20 epochs
-    grad_clip = 0.1
     record_epoch_ends = False
     record_every = 20
     record_first = 1  # F recorded after steps 1, 21, ..., 2001
@@ -155,18 +156,18 @@ def mnist():
 @ex.named_config
 def grad_indep():
     """grad_indep.py (Fig. 2(b)): |cos(∇β_i, ∇β_j)|, i, j < 10, before each of the first 10 steps of a fresh run."""
-    data = "mnist"
     model = "fig2_cnn"
-    normalize = True
+    data = "mnist"
     loss_fn = "mse_loss"
     optimizer = "lars"
+    decay_rate = 0.33
+    decay_stepsize = 50
+    grad_clip = 0.1
+    normalize = True
     batch_size = 512
     num_epoch = 20
     lr_setting = [0.05, 0, 0.05]
-    decay_rate = 0.33
-    decay_stepsize = 50
-    schedule_unit = "iteration"
-    grad_clip = 0.1
+    schedule_unit = "iteration"  # StepLR stepped per iteration
     small_init = False
     grad_indep = True
     rerun_config = dict(iterations=10, every=1, num_basis=10)
@@ -177,18 +178,18 @@ def grad_indep():
 def beta_domin():
     """beta_domin.py (Fig. 2(c)): log|β_i| against log‖∇β_i‖, i < 5, before each of the first 400 steps of a
     fresh run."""
-    data = "mnist"
     model = "fig2_cnn_bn1d"
-    normalize = False
+    data = "mnist"
     loss_fn = "mse_loss"
     optimizer = "lars"
+    decay_rate = 0.33
+    decay_stepsize = 50
+    grad_clip = 0.1
+    normalize = False  # no per-channel standardisation (the script feeds unnormalised pixels)
     batch_size = 512
     num_epoch = 10
     lr_setting = [0.5, 0, 0.5]
-    decay_rate = 0.33
-    decay_stepsize = 50
-    schedule_unit = "iteration"
-    grad_clip = 0.1
+    schedule_unit = "iteration"  # StepLR stepped per iteration
     small_init = False
     beta_domin = True
     rerun_config = dict(iterations=400, every=1, num_basis=5)
@@ -198,19 +199,19 @@ def beta_domin():
 @ex.named_config
 def small_init():
     """small-init.py (Fig. 2(a)): |β_ij(θ_0)| on the final basis; lr 2, batch 512, 10 epochs, F at t = 0 and the end."""
-    data = "mnist"
     model = "fig2_cnn_bn1d"
-    normalize = False
+    data = "mnist"
     loss_fn = "mse_loss"
     optimizer = "lars"
+    decay_rate = 0.33
+    decay_stepsize = 50
+    grad_clip = 0.1
+    normalize = False  # no per-channel standardisation (the script feeds unnormalised pixels)
     batch_size = 512
     num_epoch = 10
     lr_setting = [2.0, 0, 2.0]
-    decay_rate = 0.33
-    decay_stepsize = 50
     schedule_unit = "epoch"
-    grad_clip = 0.1
-    record_epoch_ends = False
+    record_epoch_ends = False  # F only at t = 0 and after the last step
     small_init = True
     seed = 1
 

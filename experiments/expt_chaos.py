@@ -32,22 +32,26 @@ from torch.func import grad_and_value
 from core.runtime import derived_seed, resolve_dtype
 from data.vision import load_vision_dataset
 from dynamics.cgd import cgd_gradient, sgd_step
-from dynamics.cgd_select import cgd_tangent_hessian, pruned_directions
+from dynamics.cgd_select import cgd_tangent_hessian, global_directions, pruned_directions
 from dynamics.chaos_resume import loop_state, restore_loop
 from dynamics.engine import BoundaryBefore, StepOutput, check_finite, evaluate, run_steps
 from dynamics.hessian import SymEig, dense_eigh, dense_hessian
 from dynamics.lyapunov import expanding_subspace, init_lyapunov, propagate, sgd_tangent_map
 from dynamics.mlp_hessian import mlp_hessian_eigh, mlp_params_from_flat
-from dynamics.perturb import perturbation_direction, random_subspace_baseline, subspace_similarity
+from dynamics.perturb import perturbed_copies
 from llc.estimate import flat_model_for_module
 from models.chaos_nets import build_model
 from tracking.chaos_checks import IMAGE_SIZE, NUM_CLASSES, validate, warn_slow_cpu_frame
 from tracking.chaos_record import (
     POSITIVE_EXPONENT,
+    copy_distances,
     finish,
+    grad_snr,
+    hessian_chaotic_subsim,
     log_curvature,
+    log_epoch,
     lyapunov_subsim,
-    pooled_abs,
+    record_hessian,
     save_eigenthings_artifact,
 )
 from tracking.preempt import add_checkpoint_config, checkpointing
@@ -275,24 +279,14 @@ def _main(_config, _run, _seed, checked, ck):
 
     # --- copies: 0 is the reference; 1.. are perturbed (same batches) ---
     ws, copies = [w_init.clone()], []
-    eigenthings = checked.eigenthings
     if checked.strategies:
-        combos = [(s, e) for s in checked.strategies for e in c["perturb_eps"]]
-        gen = _stream(_seed, Stream.PERTURB)
-        for i in range(c["parallel"]):
-            s, e = combos[i % len(combos)]
-            lyap_dirs = () if eigenthings is None else (eigenthings["exponents"], eigenthings["vectors"])
-            v = perturbation_direction(s, p, gen, *lyap_dirs)
-            ws.append(w_init + e * v.to(device=device, dtype=dtype))
-            copies.append({"copy": i + 1, "strategy": s, "eps": float(e)})
+        shifted, copies = perturbed_copies(w_init, checked.strategies, c["perturb_eps"], c["parallel"],
+                                           _stream(_seed, Stream.PERTURB), checked.eigenthings)
+        ws += shifted
         _run.info["copies"] = copies
     bufs = [None] * len(ws)
 
-    global_dirs = None
-    if checked.prune_dirs is not None:
-        stored = checked.prune_dirs
-        steps = (1.0 if bool(stored.get("rooted", False)) else float(stored["steps"])) if "steps" in stored else None
-        global_dirs = (stored["exponents"].double().to(device), stored["vectors"][:p].double().to(device), steps)
+    global_dirs = None if checked.prune_dirs is None else global_directions(checked.prune_dirs, p, device)
 
     lyap = None
     if checked.needs_lyapunov:
@@ -353,41 +347,24 @@ def _main(_config, _run, _seed, checked, ck):
             _run.log_scalar("train/batch_accuracy", float(acc0), step)
             log_curvature(_run, step, eig, g0, optim, log, lyap, checked, record, thr)
             if log["log_subsim"] and eig is not None:
-                mask = (eig.eigenvalues < -thr) | (eig.eigenvalues > 2 * (1 + optim.momentum) / optim.lr)
-                cur = eig.eigenvectors[:, mask]
-                if prev_chaotic is not None and cur.shape[1] and prev_chaotic.shape[1]:
-                    _run.log_scalar("subsim/hessian_chaotic", subspace_similarity(prev_chaotic, cur), step)
-                    _run.log_scalar("subsim/hessian_chaotic_baseline",
-                                    random_subspace_baseline(prev_chaotic.shape[1], cur.shape[1], p), step)
-                prev_chaotic = cur
+                prev_chaotic = hessian_chaotic_subsim(_run, step, eig, thr, optim, prev_chaotic, p)
             if log["log_lyapunov_subsim"] and lyap is not None:
                 lyapunov_subsim(_run, step, lyap, fixed_lyap)
             if copies:
-                for i, w in enumerate(ws[1:], start=1):
-                    d = float((w.double() - ws[0].double()).norm())
-                    _run.log_scalar(f"perturb/distance/copy{i}", d, step)
-                    record[f"dist{i}"].append(d)
-                record["dist_steps"].append(step)
+                copy_distances(_run, step, ws, record)
             if proj is not None:
                 record["traj"].append(torch.stack([w.double() - w_init.double() for w in ws]) @ proj)
                 record["traj_steps"].append(step)
             if log["signal_noise_window"] and len(grads_window) == log["signal_noise_window"]:
-                gs = torch.stack(list(grads_window))
-                mean = gs.mean(0)
-                noise = float((gs - mean).pow(2).sum(1).mean())
-                if noise > 0:  # ‖mean g‖² / mean ‖g − mean g‖² over the window
-                    _run.log_scalar("grad/snr", float(mean @ mean) / noise, step)
+                if (snr := grad_snr(grads_window)) is not None:
+                    _run.log_scalar("grad/snr", snr, step)
             if pruned_vecs is not None:
                 num_null = 0 if null_of is None else eig.dim - eig.rank_bound
                 _run.log_scalar("cgd/num_pruned", pruned_vecs.shape[1] + num_null, step)
         if log["signal_noise_window"]:
             grads_window.append(g0.double())
-        if eig is not None and any(step % k == 0 for k in spectra_every):
-            record["spectra"].append(eig.all_eigenvalues().float().cpu().numpy())
-            record["spectra_steps"].append(step)
-        if eig is not None and log["plot_mats_every"] and step % log["plot_mats_every"] == 0:
-            record["mats"].append(pooled_abs(eig))
-            record["mats_steps"].append(step)
+        if eig is not None:
+            record_hessian(record, step, eig, spectra_every, log["plot_mats_every"])
 
         # --- the update, identical batches for every copy ---
         for i, (g, _) in enumerate(out):
@@ -404,12 +381,9 @@ def _main(_config, _run, _seed, checked, ck):
                 perm = torch.randperm(n, generator=gen_batches).to(device)
             starts, step_epoch = range(start0 if epoch == epoch0 else 0, n, c["batch_size"]), step
             step = run_steps(step_fn, step, step + min(len(starts), total_steps - step), [BoundaryBefore(before)])
-            for split, xs, ys in (("train", x, y), ("test", xt, yt)):
-                ev = evaluate(lambda xc: f(ws[0], xc), xs, ys, lambda z, yc: float(cross_entropy(z, yc)) * z.shape[0])
-                for name, value in ((f"{split}_loss", ev["loss"]), (f"{split}_accuracy", ev["accuracy"])):
-                    _run.log_scalar(f"epoch/{name}", value, step)
-                    record[name].append(value)
-            record["epoch_steps"].append(step)
+            log_epoch(_run, step, record, {
+                split: evaluate(lambda xc: f(ws[0], xc), xs, ys, lambda z, yc: float(cross_entropy(z, yc)) * z.shape[0])
+                for split, xs, ys in (("train", x, y), ("test", xt, yt))})
             check_finite(record["train_loss"][-1], step, what="full training-set loss")
             if lyap is not None and log["save_lyapunov_at"] == epoch:
                 spectrum = save_eigenthings_artifact(_run, f"eigenthings_epoch{epoch}.npz", lyap, p, step, rooted=True)

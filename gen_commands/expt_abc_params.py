@@ -33,7 +33,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gen_commands import cli, sweep
+from gen_commands import cli, presets, sweep
 
 EXPERIMENT = "abc_params"  # Sacred Experiment name in experiments/expt_abc_params.py
 SCRIPT = "experiments/expt_abc_params.py"
@@ -53,13 +53,22 @@ BASE = dict(
 ACTS4, ACTS5 = ["relu", "gelu", "elu", "tanh"], ["relu", "gelu", "elu", "tanh", "sigmoid"]
 
 
+def _job(name: str) -> tuple[str, dict]:
+    """The experiment's named config ``name`` (read from its source) as (parameterization, its other keys)."""
+    config = presets.named_config(SCRIPT, name)
+    return config.pop("parameterization"), config
+
+
 def _paper() -> list[dict]:
     """The original server scripts' runs, one sub-grid per (script, dataset); ``fixed`` keys go on every line."""
     common = dict(depths=[6], widths=[1024], base_lr=[0.01], batch_size=[512], n_trials=[5])
     steps = {"mnist": 600, "cifar10": 1200}
+    # the jobs fc_mup, fc_ipllr, fc_ip_non_centered and fc_ipllr_bias (the last two: named configs)
+    jobs = [("mup", {}), ("ipllr", {}), _job("ip_non_centered"), _job("ipllr_bias")]
+    non_centered, non_centered_fixed = _job("ip_non_centered")
     out = []
     for ds in ("mnist", "cifar10"):
-        for p, fixed in [("mup", {}), ("ipllr", {}), ("standard_ip", {"init_mean": 1.0}), ("ipllr_bias", {})]:
+        for p, fixed in jobs:
             out.append(dict(common, parameterizations=[p], activations=ACTS4, datasets=[ds], n_steps=[steps[ds]],
                             fixed=dict(fixed, n_val=0)))
         if ds == "mnist":
@@ -73,18 +82,19 @@ def _paper() -> list[dict]:
         for scaling in ("none", "multiplier", "multiplier_lr"):  # training/ipllr.py: calib, renorm, renorm_scale_lr
             out.append(dict(common, parameterizations=["ipllr"], activations=ACTS4, datasets=[ds], n_steps=[steps[ds]],
                             fixed=dict(script, input_scaling=scaling)))
-        for p, scaling in [("standard_ip", "none"), ("standard_ip", "multiplier_lr"),  # non_centered/training.py
-                           ("standard_ip_calibrated", "multiplier_lr")]:
+        # non_centered/training.py: IP non-centred, renorm_scale_lr, and the calibrated run (a named config)
+        for p, fixed in [(non_centered, dict(non_centered_fixed, input_scaling="none")),
+                         (non_centered, dict(non_centered_fixed, input_scaling="multiplier_lr")),
+                         _job("ip_non_centered_calibrated")]:
             out.append(dict(common, parameterizations=[p], activations=ACTS5, datasets=[ds],
-                            n_steps=[400 if ds == "mnist" else 1200],
-                            fixed=dict(script, init_mean=1.0, input_scaling=scaling)))
+                            n_steps=[400 if ds == "mnist" else 1200], fixed=dict(script, **fixed)))
     return out
 
 
 PRESETS = {
     "paper": _paper(),
-    "vanishing_ip": dict(
-        parameterizations=["standard_ip"], activations=["relu"], datasets=["mnist"], depths=[2, 3, 4, 5, 6],
+    "vanishing_ip": dict(  # the named config's parameterization, over depth and width
+        parameterizations=[_job("vanishing_ip")[0]], activations=["relu"], datasets=["mnist"], depths=[2, 3, 4, 5, 6],
         widths=[128, 256, 512, 1024, 2048], base_lr=[0.01], batch_size=[512], n_steps=[600], n_trials=[5],
     ),
     # muP's features move by Θ(1) per step only at a large base lr (c = 0): 1.0 shows it; sp may blow up there.

@@ -36,7 +36,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gen_commands import cli, sweep
+from gen_commands import cli, presets, sweep
 
 EXPERIMENT = "basis_decomposition"  # Sacred Experiment name in experiments/expt_basis_decomposition.py
 SCRIPT = "experiments/expt_basis_decomposition.py"
@@ -48,33 +48,20 @@ DATA = ("mnist", "cifar10", "cifar100")
 LOSSES = ("ce_loss", "mse_loss")
 OPTIMIZER_LR = {"sgd": [0.1, 5, 0.01], "lars": [2.0, 0, 0.01], "lamb": [0.01, 5, 0.001], "adamw": [0.001, 5, 0.0001]}
 
-# The MNIST scripts' settings (the experiment's named configs of the same names), written out key by key.
-_MNIST_SHARED = {"data": ["mnist"], "loss_fn": ["mse_loss"], "optimizer": ["lars"], "decay_rate": [0.33],
-                 "decay_stepsize": [50], "grad_clip": [0.1]}
-MNIST = {  # mnist.py
-    **_MNIST_SHARED, "normalize": [True], "batch_size": [256], "num_epoch": [20], "lr_setting": [[0.05, 0, 0.05]],
-    "schedule_unit": ["epoch"], "record_epoch_ends": [False], "record_every": [20], "record_first": [1],
-    "record_until": [2001], "small_init": [False],
-}
-GRAD_INDEP = {  # grad_indep.py
-    "model": ["fig2_cnn"], **_MNIST_SHARED, "normalize": [True], "batch_size": [512], "num_epoch": [20],
-    "lr_setting": [[0.05, 0, 0.05]], "schedule_unit": ["iteration"], "small_init": [False], "grad_indep": [True],
-    "rerun_config.iterations": [10], "rerun_config.every": [1], "rerun_config.num_basis": [10],
-}
-BETA_DOMIN = {  # beta_domin.py
-    "model": ["fig2_cnn_bn1d"], **_MNIST_SHARED, "normalize": [False], "batch_size": [512], "num_epoch": [10],
-    "lr_setting": [[0.5, 0, 0.5]], "schedule_unit": ["iteration"], "small_init": [False], "beta_domin": [True],
-    "rerun_config.iterations": [400], "rerun_config.every": [1], "rerun_config.num_basis": [5],
-}
-SMALL_INIT = {  # small-init.py
-    "model": ["fig2_cnn_bn1d"], **_MNIST_SHARED, "normalize": [False], "batch_size": [512], "num_epoch": [10],
-    "lr_setting": [[2.0, 0, 2.0]], "schedule_unit": ["epoch"], "record_epoch_ends": [False], "small_init": [True],
-}
-# The original README's train.py command (AlexNet, CIFAR-10, LARS).
-README = {
-    "data": ["cifar10"], "loss_fn": ["mse_loss"], "optimizer": ["lars"], "batch_size": [512], "num_epoch": [300],
-    "lr_setting": [[2.0, 0, 0.01]], "decay_rate": [0.33], "decay_stepsize": [50],
-}
+
+def _named(name: str, *skip: str) -> dict[str, list]:
+    """The experiment's named config ``name`` as a one-value-per-key block, less ``skip`` (and ``seed``: the
+    generator's seeds come from --seeds)."""
+    return {k: [v] for k, v in presets.named_config(SCRIPT, name, skip={"seed", *skip}).items()}
+
+
+# The original scripts' settings: the experiment's named configs of the same names, read from its source.
+MNIST = _named("mnist", "model")  # mnist.py; the preset crosses its three CNNs
+GRAD_INDEP = _named("grad_indep")  # grad_indep.py
+BETA_DOMIN = _named("beta_domin")  # beta_domin.py
+SMALL_INIT = _named("small_init")  # small-init.py
+README = _named("readme_example", "model")  # the original README's train.py command (AlexNet, CIFAR-10, LARS)
+VIT = _named("vit", "model")  # train.py's ViT option (AdamW, one-cycle)
 CIFAR10_RESNET18 = {"model": ["resnet18"], "data": ["cifar10"], "loss_fn": ["mse_loss"]}
 
 PRESETS: dict[str, list[dict[str, list]]] = {
@@ -82,8 +69,7 @@ PRESETS: dict[str, list[dict[str, list]]] = {
     "fig2": [SMALL_INIT, GRAD_INDEP, BETA_DOMIN],
     "cifar10_models": [
         {"model": ["alexnet", "vgg11", "resnet18", "resnet34", "resnet50"], **README},
-        {"model": ["vit"], "data": ["cifar10"], "loss_fn": ["mse_loss"], "optimizer": ["adamw"],
-         "scheduler": ["onecycle"], "lr_setting": [[0.001, 0, 0.001]], "weight_decay": [0.1], "batch_size": [128],
+        {"model": ["vit"], "data": ["cifar10"], "loss_fn": ["mse_loss"], **VIT, "batch_size": [128],
          "num_epoch": [200]},
     ],
     "optimizers": [{**CIFAR10_RESNET18, "optimizer": list(OPTIMIZERS)}],

@@ -52,11 +52,13 @@ def _flatten(prefix: str, value, out: dict) -> None:
         out[prefix] = value
 
 
-def named_config(script: str, name: str) -> dict:
+def named_config(script: str, name: str, skip=()) -> dict:
     """``{dotted config key: value}`` set by the named config ``name`` of ``script``, in the order written.
 
     ``script`` is relative to the repository root (``experiments/expt_llc_curve.py``); nested dicts
-    become dotted keys (``training_config.num_steps``). KeyError if there is no such named config.
+    become dotted keys (``training_config.num_steps``). Top-level keys in ``skip`` are neither read nor
+    returned (a derived value such as ``seed = 64 if model == "cnn4" else 0``). KeyError if there is
+    no such named config.
     """
     functions = _functions(script)
     if name not in functions:
@@ -65,6 +67,8 @@ def named_config(script: str, name: str) -> dict:
     for stmt in functions[name].body:
         if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
             key = stmt.targets[0].id
+            if key in skip:
+                continue
             _flatten(key, _literal(stmt.value, f"{script}:{name}:{key}"), out)
     return out
 

@@ -8,6 +8,7 @@ from dynamics.cgd import OptimConfig, cgd_gradient, project_gradient, sgd_step
 from dynamics.cgd_select import (
     CgdRules,
     cgd_tangent_hessian,
+    global_directions,
     null_basis,
     prune_candidates,
     pruned_directions,
@@ -368,3 +369,12 @@ def test_cgd_tangent_map_derivative_and_the_originals_projected_form():
     both = [cgd_tangent_hessian(lambda y: h @ y, u[:, :2], 1.0, CgdRules(tangent=t))(eye)
             for t in ("derivative", "projected")]
     torch.testing.assert_close(both[0], both[1], atol=1e-12, rtol=0)
+
+
+def test_global_directions_from_stored_eigenthings():
+    stored = dict(exponents=torch.tensor([0.3, -0.1]), vectors=torch.arange(12.0).reshape(6, 2), steps=torch.tensor(40))
+    values, vectors, steps = global_directions(stored, 4)
+    assert values.dtype == vectors.dtype == F64 and values.tolist() == pytest.approx([0.3, -0.1])  # float32 input
+    assert vectors.tolist() == stored["vectors"][:4].tolist() and steps == 40.0  # the weight part (momentum: 2P rows)
+    assert global_directions(dict(stored, rooted=torch.tensor(True)), 4)[2] == 1.0  # a 1/t-rooted file
+    assert global_directions({k: stored[k] for k in ("exponents", "vectors")}, 4)[2] is None

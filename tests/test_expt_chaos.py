@@ -82,6 +82,15 @@ def test_smoke_records_hessian_chaos_and_lyapunov(expt, data_root, tmp_path):
     assert np.load(run_dir / "lyapunov_final.npz")["exponents"].shape == (8,)
 
 
+def test_grad_snr_closed_form():
+    from tracking.chaos_record import grad_snr
+
+    # g = (1, 0), (3, 0): ‖mean g‖² = 4 over mean ‖g − mean g‖² = 1; exact in float64.
+    g1, g3 = torch.tensor([1.0, 0.0], dtype=torch.float64), torch.tensor([3.0, 0.0], dtype=torch.float64)
+    assert grad_snr([g1, g3]) == 4.0
+    assert grad_snr([torch.ones(3, dtype=torch.float64)] * 2) is None  # no noise: undefined, not logged
+
+
 def test_log_freq_thins_metrics_and_same_seed_reproduces(expt, data_root):
     a = run(expt, tiny(data_root, logging=dict(log_freq=2)))
     b = run(expt, tiny(data_root, logging=dict(log_freq=2)))

@@ -154,7 +154,11 @@ def test_named_config_reader_flattens_literals_and_refuses_code(tmp_path):
         "    sizes = [1, 2, 3]\n"
         "@ex.named_config\n"
         "def coded():\n"
-        "    width = len(N)\n")
+        "    width = len(N)\n"
+        "@ex.named_config\n"
+        "def derived():\n"
+        "    width = 4\n"
+        "    seed = 64 if width == 4 else 0\n")
     assert presets.named_config(str(script), "small") == {
         "width": 5, "training_config.num_steps": 10, "training_config.lr": 1e-3, "training_config.inner.a": None,
         "sizes": [1, 2, 3]}
@@ -165,6 +169,10 @@ def test_named_config_reader_flattens_literals_and_refuses_code(tmp_path):
         presets.named_config(str(script), "coded")
     with pytest.raises(KeyError, match="no named config 'large'"):
         presets.named_config(str(script), "large")
+    # a skipped key is not read, so its code does not raise; the others still are
+    assert presets.named_config(str(script), "derived", skip={"seed"}) == {"width": 4}
+    with pytest.raises(ValueError, match="derived:seed is not a literal"):
+        presets.named_config(str(script), "derived")
 
 
 def _flat(config: dict, prefix: str = "") -> dict:
@@ -180,6 +188,8 @@ def _flat(config: dict, prefix: str = "") -> dict:
 @pytest.mark.parametrize("script, name", [
     ("expt_dln_saddle_dynamics", "paper"), ("expt_dln_saddle_dynamics", "cpu"), ("expt_llc_curve", "readme"),
     ("expt_rescaling_invariance", "paper_small"), ("expt_chaos", "cgd_original"), ("expt_sgd_regimes", "perceptron"),
+    ("expt_basis_decomposition", "beta_domin"), ("expt_basis_decomposition", "vit"),
+    ("expt_abc_params", "ip_non_centered_calibrated"),
 ])
 def test_the_source_reading_of_a_named_config_is_what_sacred_resolves(script, name):
     # Independent of the ast reader: Sacred runs the named config scope; every key read must resolve to that value.

@@ -22,6 +22,7 @@ from dynamics.perturb import (
     fit_distance,
     load_eigenthings,
     perturbation_direction,
+    perturbed_copies,
     random_subspace_baseline,
     save_eigenthings,
     subspace_similarity,
@@ -252,6 +253,24 @@ def test_distance_fit_recovers_parameters():
     assert fit_distance(t, d, d0=2 * d0).a != pytest.approx(a, rel=1e-2)
     with pytest.raises(ValueError, match="2 finite points"):
         fit_distance([0], [1], d0=1.0)
+
+
+def test_perturbed_copies_cycle_strategies_and_eps_with_the_directions_drawn_in_order():
+    w0 = torch.arange(6, dtype=torch.float32)
+    ex = torch.tensor([0.5, -0.2], dtype=F64)
+    vecs = torch.linalg.qr(torch.randn(6, 2, dtype=F64, generator=torch.Generator().manual_seed(1))).Q
+    ws, copies = perturbed_copies(w0, ["max_chaos", "randn"], [1e-1, 1e-2], 5, torch.Generator().manual_seed(3),
+                                  dict(exponents=ex, vectors=vecs))
+    pairs = [("max_chaos", 1e-1), ("max_chaos", 1e-2), ("randn", 1e-1), ("randn", 1e-2), ("max_chaos", 1e-1)]
+    assert copies == [{"copy": i + 1, "strategy": s, "eps": e} for i, (s, e) in enumerate(pairs)]
+    assert all(w.dtype == w0.dtype and w.shape == w0.shape for w in ws)
+    # Each copy sits at distance ε along the direction the same generator gives, copy after copy (float32 weights).
+    gen = torch.Generator().manual_seed(3)
+    for w, (s, e) in zip(ws, pairs):
+        v = perturbation_direction(s, 6, gen, ex, vecs)
+        torch.testing.assert_close(w, w0 + e * v.float())
+        # ‖w − w0‖ = ε up to float32 rounding of w0 + εv: half an ulp at |w| <= 5 (2.4e-7) per entry, √6 entries
+        assert float((w.double() - w0.double()).norm()) == pytest.approx(e, abs=1e-6)
 
 
 def test_subspace_similarity_and_random_baseline():

@@ -100,6 +100,58 @@ def lyapunov_subsim(_run, step, lyap, fixed):
                         random_subspace_baseline(sub.shape[1], cur.shape[1], cur.shape[0]), step)
 
 
+def hessian_chaotic_subsim(_run, step, eig: SymEig, thr: float, optim, prev, p: int):
+    """Log the similarity of this step's chaotic eigenspace (λ < −thr or λ > 2(1+μ)/lr) with ``prev``'s.
+
+    ``prev`` is the last logged step's (P, m) basis, or None; the random baseline is for two
+    subspaces of R^p of these dimensions. Returns this step's basis, the next call's ``prev``.
+    """
+    mask = (eig.eigenvalues < -thr) | (eig.eigenvalues > 2 * (1 + optim.momentum) / optim.lr)
+    cur = eig.eigenvectors[:, mask]  # (P, m)
+    if prev is not None and cur.shape[1] and prev.shape[1]:
+        _run.log_scalar("subsim/hessian_chaotic", subspace_similarity(prev, cur), step)
+        _run.log_scalar("subsim/hessian_chaotic_baseline", random_subspace_baseline(prev.shape[1], cur.shape[1], p),
+                        step)
+    return cur
+
+
+def copy_distances(_run, step, ws, record) -> None:
+    """Log and record ‖w_i − w_0‖ (in float64) of every perturbed copy i >= 1 of the reference ``ws[0]``."""
+    for i, w in enumerate(ws[1:], start=1):
+        d = float((w.double() - ws[0].double()).norm())
+        _run.log_scalar(f"perturb/distance/copy{i}", d, step)
+        record[f"dist{i}"].append(d)
+    record["dist_steps"].append(step)
+
+
+def grad_snr(grads) -> float | None:
+    """‖mean g‖² / mean ‖g − mean g‖² over the gradients of a window; None when they are all equal."""
+    gs = torch.stack(list(grads))  # (window, P)
+    mean = gs.mean(0)
+    noise = float((gs - mean).pow(2).sum(1).mean())
+    return float(mean @ mean) / noise if noise > 0 else None
+
+
+def record_hessian(record, step, eig: SymEig, spectra_every, mats_every) -> None:
+    """Keep the full spectrum at steps that are a multiple of one of ``spectra_every``, and the pooled |H|
+    (:func:`pooled_abs`) at multiples of ``mats_every`` (0 or None: never)."""
+    if any(step % k == 0 for k in spectra_every):
+        record["spectra"].append(eig.all_eigenvalues().float().cpu().numpy())
+        record["spectra_steps"].append(step)
+    if mats_every and step % mats_every == 0:
+        record["mats"].append(pooled_abs(eig))
+        record["mats_steps"].append(step)
+
+
+def log_epoch(_run, step, record, evaluations) -> None:
+    """Log and record ``{split: dynamics.engine.evaluate's result}`` (loss and accuracy) at an epoch's end."""
+    for split, ev in evaluations.items():
+        for name, value in ((f"{split}_loss", ev["loss"]), (f"{split}_accuracy", ev["accuracy"])):
+            _run.log_scalar(f"epoch/{name}", value, step)
+            record[name].append(value)
+    record["epoch_steps"].append(step)
+
+
 def finish(_run, c, checked, record, lyap, copies, step, epoch, p):
     """Artifacts and the run's result."""
     result = {"num_params": p, "model_dim": p, "num_steps": step, "epochs": epoch + 1,

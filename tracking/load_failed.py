@@ -39,7 +39,7 @@ class FailedOverStore:
         return bool(self.dirs)
 
     def runs(self, experiments, statuses, run_ids=None) -> Iterator[tuple[str, dict, dict]]:
-        from tracking.load import _read_json, _restore, _wanted
+        from tracking._stores import _read_json, _restore, _wanted
 
         for run_id, run_dir in self.dirs.items():
             if run_ids is not None and run_id not in run_ids:
@@ -51,7 +51,7 @@ class FailedOverStore:
             yield run_id, entry, _restore(_read_json(run_dir / "config.json") or {})
 
     def metrics(self, experiments, run_ids, names):
-        from tracking.load import _matching, _read_json
+        from tracking._stores import _matching, _read_json
 
         for run_id, entry, _ in self.runs(experiments, None, run_ids):
             saved = _read_json(self.dirs[run_id] / "metrics.json") or {}
@@ -59,7 +59,7 @@ class FailedOverStore:
                 yield run_id, entry["experiment"]["name"], name, saved[name]
 
     def info(self, run_id) -> dict:
-        from tracking.load import _read_json, _restore
+        from tracking._stores import _read_json, _restore
 
         return _restore(_read_json(self.dirs[run_id] / "info.json") or {})
 
