@@ -17,6 +17,7 @@ from core.checks import (
     number,
     number_list,
     one_of,
+    parse_bool,
     path,
 )
 
@@ -81,6 +82,30 @@ def test_number_rejects_nan_inf_bool_and_non_numbers(value):
         number("x", value)
 
 
+def test_number_hi_open_excludes_the_upper_bound():
+    assert number("m", 0, lo=0, hi=1, hi_open=True) == 0.0
+    assert number("m", math.nextafter(1.0, 0.0), lo=0, hi=1, hi_open=True) < 1  # the largest float below 1
+    with raises("m must be a number in [0, 1); got 1"):
+        number("m", 1, lo=0, hi=1, hi_open=True)
+    with raises("m must be a finite number < 2; got 2.0"):
+        number("m", 2.0, hi=2, hi_open=True)
+    with raises("m must be a number in [0, 1); got nan"):
+        number("m", math.nan, lo=0, hi=1, hi_open=True)
+
+
+def test_why_goes_in_parentheses_before_the_value():
+    with raises("w must be an integer >= 1 (16 is the paper's size); got 0"):
+        integer("w", 0, why="16 is the paper's size")
+    with raises("a must be a finite number > 0 (only then); got -1"):
+        number("a", -1, lo=0, strict=True, why="only then")
+    with raises("m must be one of ('a',) (for arch='x'); got 'b'"):
+        one_of("m", "b", ("a",), why="for arch='x'")
+    with raises("u must be a list of integers in [1, 3] (not unit 0); got [0]"):
+        int_list("u", [0], lo=1, hi=3, min_len=0, why="not unit 0")
+    err = CheckError("k", "an integer", 0, "because")
+    assert (err.expected, err.why) == ("an integer", "because")
+
+
 def test_number_finite_false_lets_inf_through_but_not_nan():
     assert number("x", math.inf, lo=0, strict=True, finite=False) == math.inf
     with raises("x must be a number > -1; got nan"):
@@ -124,6 +149,15 @@ def test_int_list():
     for bad in ([1, True], [1, 2.0], 3, "12", None):
         with pytest.raises(CheckError, match="^s must be a non-empty list of integers >= 1; got "):
             int_list("s", bad)
+
+
+def test_int_list_from_float_takes_integral_floats_as_ints():
+    out = int_list("t", [10, 1e4], from_float=True)
+    assert out == [10, 10000] and all(type(t) is int for t in out)
+    with raises("t must be a non-empty list of integers >= 1; got [2.5]"):
+        int_list("t", [2.5], from_float=True)
+    with raises("t must be a non-empty list of integers >= 1; got [0]"):  # 0.0 -> 0, then the bound fails
+        int_list("t", [0.0], from_float=True)
 
 
 def test_number_list():
@@ -184,3 +218,13 @@ def test_cli_type_through_argparse(capsys):
         with pytest.raises(SystemExit):
             p.parse_args(argv)
         assert message in capsys.readouterr().err
+
+
+def test_parse_bool_with_cli_type(capsys):
+    assert parse_bool("True") is True and parse_bool("False") is False and parse_bool("true") == "true"
+    p = argparse.ArgumentParser(prog="x")
+    p.add_argument("--flag", type=cli_type(boolean, parse_bool))
+    assert p.parse_args(["--flag", "False"]).flag is False
+    with pytest.raises(SystemExit):
+        p.parse_args(["--flag", "1"])
+    assert "argument --flag: must be True or False; got '1'" in capsys.readouterr().err
