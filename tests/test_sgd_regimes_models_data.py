@@ -244,9 +244,9 @@ def test_init_is_standard_normal_and_seeded():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(arch="resnet"), "arch must be one of"),
     (dict(act="elu"), "act must be one of"),
-    (dict(arch="mlp", L=None), "L must be an integer >= 1 for arch='mlp'"),
+    (dict(arch="mlp", L=None), r"L must be an integer >= 1 \(for arch='mlp'\); got None"),
     (dict(arch="linear", L=3), "L applies to arch in"),
-    (dict(arch="simple_diagonal_linear", L=None), "L must be an integer >= 1 for arch='simple_diagonal_linear'"),
+    (dict(arch="simple_diagonal_linear", L=None), r"L must be an integer >= 1 \(for arch='simple_diagonal_linear'\)"),
     (dict(arch="mnas", L=None), r"needs image inputs \(C, H, W\)"),
     (dict(arch="simple_cnn", L=None), r"needs image inputs \(C, H, W\)"),
     (dict(h=0), "h must be an integer >= 1"),
