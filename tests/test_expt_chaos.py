@@ -204,7 +204,7 @@ def test_lyapunov_subspace_similarity(expt, data_root, tmp_path):
     (dict(model=dict(inter_dim=5000), max_memory_gb=0.5), r"exact Hessian of 1,335,010 parameters needs about"),
     (dict(eigenthings_path="/nonexistent/eigenthings.npz"), "eigenthings_path.*does not exist"),
     (dict(perturb_strat="max_chaos"), "need Lyapunov directions"),
-    (dict(perturb_strat="all", parallel=3), r"parallel must be >= 5"),
+    (dict(perturb_strat="all", parallel=3), r"parallel must be an integer >= 5 \(one copy per strategy and eps"),
     (dict(perturb_strat="sideways"), "perturb_strat"),
     (dict(dataset="cifar7"), "dataset"),
     (dict(model=dict(name="rnn")), "model.name"),
