@@ -228,3 +228,99 @@ def test_parse_bool_with_cli_type(capsys):
     with pytest.raises(SystemExit):
         p.parse_args(["--flag", "1"])
     assert "argument --flag: must be True or False; got '1'" in capsys.readouterr().err
+
+
+# --- the library's own validation goes through these checks ------------------------------
+# One bad value per converted module: the error is a CheckError whose key and value are the
+# ones passed, so a module that slips back to a hand-written message fails here.
+
+def _gen():
+    import torch
+    return torch.Generator().manual_seed(0)
+
+
+def _param():
+    import torch
+    return torch.nn.Parameter(torch.ones(2))
+
+
+def _eye():
+    import torch
+    return torch.eye(2)
+
+
+def _call(module: str, name: str, *args, **kwargs):
+    def call():
+        import importlib
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+    return call
+
+
+MODULE_CASES = [
+    (_call("dynamics.regimes_config", "RegimesConfig", alpha=1.0, dt=0.1, bs=0), "bs", 0),
+    (_call("dynamics.schedules", "LRSchedule", 0.1, -1, 0.0, 0.1, 1), "lr_setting[1] (epoch_warm)", -1),
+    (_call("dynamics.schedules", "make_loss", "hinge"), "loss_fn", "hinge"),
+    (lambda: _call("dynamics.perturb", "perturbation_direction", "sideways", 3, _gen())(), "perturb_strat", "sideways"),
+    (_call("dynamics.cgd", "OptimConfig", momentum=1.0), "momentum", 1.0),  # [0, 1): the bound itself fails
+    (_call("dynamics.train", "TrainingConfig", learning_rate=math.inf), "learning_rate", math.inf),
+    (_call("dynamics.basis", "saturation_times", [0.0, 1.0], [[1.0], [1.0]], level=0.0), "level", 0.0),
+    (_call("dynamics.abc_train", "CoordCheckConfig", n_seeds=0), "n_seeds", 0),
+    (_call("dynamics.lyapunov", "init_lyapunov", 3, 4), "k", 4),
+    (lambda: _call("dynamics.lars", "LARS", [_param()], lr=0.1, momentum=-1.0)(), "momentum", -1.0),
+    (lambda: _call("dynamics.symeig", "dense_eigh", _eye(), -1.0)(), "eps_eigh", -1.0),
+    (_call("models.abc", "make_parameterization", "mup", 0), "L", 0),
+    (lambda: _call("models.regimes", "build_model", "mlp", (3,), 0, "relu", 1, _gen())(), "h", 0),
+    (_call("models.relu_mlp", "ReLUMLP", [3]), "layer_sizes", [3]),
+    (lambda: _call("models.dln", "init_weight", (2, 2), _gen(), "xavier")(), "init", "xavier"),
+    (_call("models.basis_nets", "check_width", True), "width", True),
+    (lambda: _call("models.chaos_nets", "build_model", "mlp", (1, 16, 16), 10, _gen(), inter_dim=0)(),
+     "model.inter_dim", 0),
+    (_call("data.regimes", "build_dataset", "sign", 0, 10, 0, 0, d=3), "ptr", 0),
+    (lambda: _call("data.synthetic", "sample_inputs", 0, 2, "uniform", _gen())(), "n", 0),
+    (_call("data.vision", "load_vision_dataset", "mnist", size=0), "size", 0),
+    (_call("gen_commands.sweep", "parse_grid", ["a=3"]), "--grid a", "3"),
+]
+
+
+@pytest.mark.parametrize("call, key, value", MODULE_CASES, ids=[f"{c[1]}-{i}" for i, c in enumerate(MODULE_CASES)])
+def test_modules_raise_check_error_naming_the_key(call, key, value):
+    with pytest.raises(CheckError) as info:
+        call()
+    err = info.value
+    assert err.key == key and str(err).startswith(f"{key} must be ")
+    assert err.value == value
+
+
+def test_flat_splits_check_n_val_against_the_training_split(monkeypatch):
+    import torch
+
+    import data.splits
+
+    def fake(dataset, train, **kwargs):  # 10 training images, 4 test images, 1x2x2
+        n = 10 if train else 4
+        return torch.zeros(n, 1, 2, 2), torch.zeros(n, dtype=torch.int64)
+
+    monkeypatch.setattr(data.splits, "load_vision_dataset", fake)
+    with raises("n_val must be an integer in [0, 8] (leaving at least 2 of the 10 training examples); got 9"):
+        data.splits.load_flat_splits("mnist", None, 9, 2, torch.Generator(), "cpu")
+    with raises("batch_size must be <= the training examples left after n_val (7); got 8"):
+        data.splits.load_flat_splits("mnist", None, 3, 8, torch.Generator(), "cpu")
+
+
+def test_mongo_timeout_env_is_checked(monkeypatch):
+    from tracking import mongo
+
+    for raw, shown in (("-1", -1.0), ("soon", "soon")):
+        monkeypatch.setenv(mongo.TIMEOUT_ENV, raw)
+        with raises(f"{mongo.TIMEOUT_ENV} must be a number > 0 (seconds); got {shown!r}"):
+            mongo.timeout_s()
+    monkeypatch.setenv(mongo.TIMEOUT_ENV, "2.5")
+    assert mongo.timeout_s() == 2.5
+
+
+def test_llc_curve_generator_rejects_a_non_boolean_force_realisable(tmp_path, capsys):
+    from gen_commands import expt_llc_curve
+
+    with pytest.raises(SystemExit):
+        expt_llc_curve.main([str(tmp_path / "r.txt"), "--force-realisable", "yes"])
+    assert "argument --force-realisable: must be True or False; got 'yes'" in capsys.readouterr().err

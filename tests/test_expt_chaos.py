@@ -239,6 +239,17 @@ def test_bad_config_fails_before_compute_naming_the_key(expt, data_root, updates
         run(expt, tiny(data_root, **updates))
 
 
+def test_config_checks_raise_check_error_naming_key_and_value(expt, data_root, monkeypatch):
+    from core.checks import CheckError
+
+    monkeypatch.setattr(expt, "load_vision_dataset", lambda *a, **k: pytest.fail("compute started"))
+    for updates, key, value in ((dict(perturb_strat="sideways"), "perturb_strat", "sideways"),
+                                (dict(logging=dict(t_lya_subsim=[10, 2.5])), "logging.t_lya_subsim", [10, 2.5])):
+        with pytest.raises(CheckError) as info:
+            run(expt, tiny(data_root, **updates))
+        assert (info.value.key, info.value.value) == (key, value)
+
+
 def test_divergence_names_the_steps_completed_before_the_non_finite_loss(expt, data_root):
     """Step 0's loss is at the initialisation (finite); one update with lr = 1e30 makes step 1's logits
     overflow, so its loss is the first non-finite one: dynamics.engine's convention names step 1."""
