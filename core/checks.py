@@ -21,9 +21,10 @@ from collections.abc import Callable, Collection, Mapping
 class CheckError(ValueError):
     """A config value failed a check; ``key``, ``expected`` (a noun phrase) and ``value`` say how."""
 
-    def __init__(self, key: str, expected: str, value):
-        super().__init__(f"{key} must be {expected}; got {value!r}")
-        self.key, self.expected, self.value = key, expected, value
+    def __init__(self, key: str, expected: str, value, why: str = ""):
+        # ``why`` (optional) says where the rule comes from: "... >= 1 (the paper's size is 16); got 0"
+        super().__init__(f"{key} must be {expected}{f' ({why})' if why else ''}; got {value!r}")
+        self.key, self.expected, self.value, self.why = key, expected, value, why
 
 
 def _is_int(value) -> bool:
@@ -40,47 +41,50 @@ def _int_bound(lo: int | None, hi: int | None) -> str:
     return f" >= {lo}" if lo is not None else f" <= {hi}" if hi is not None else ""
 
 
-def _real_bound(lo, hi, strict: bool) -> str:
+def _real_bound(lo, hi, strict: bool, hi_open: bool = False) -> str:
     if lo is not None and hi is not None:
-        return f" in {'(' if strict else '['}{lo}, {hi}]"
+        return f" in {'(' if strict else '['}{lo}, {hi}{')' if hi_open else ']'}"
     if lo is not None:
         return f" {'>' if strict else '>='} {lo}"
-    return f" <= {hi}" if hi is not None else ""
+    return f" {'<' if hi_open else '<='} {hi}" if hi is not None else ""
 
 
-def _in_range(v, lo, hi, strict: bool) -> bool:
+def _in_range(v, lo, hi, strict: bool, hi_open: bool = False) -> bool:
     # written so that NaN fails every bound
-    return (lo is None or (v > lo if strict else v >= lo)) and (hi is None or v <= hi)
+    return (lo is None or (v > lo if strict else v >= lo)) and (hi is None or (v < hi if hi_open else v <= hi))
 
 
 def integer(key: str, value, lo: int | None = 1, hi: int | None = None, *, none_ok: bool = False,
-            from_float: bool = False) -> int | None:
+            from_float: bool = False, why: str = "") -> int | None:
     """``value`` as an int in [lo, hi] (either bound None: open).
 
     ``from_float`` also accepts an integral float (``1e5`` from a command line) and returns it as int.
+    ``why`` (here and in the other checks) is a reason the message gives in parentheses.
     """
     if value is None and none_ok:
         return None
     if from_float and isinstance(value, float) and value.is_integer():
         value = int(value)
     if not (_is_int(value) and _in_range(value, lo, hi, strict=False)):
-        raise CheckError(key, f"{'None or ' if none_ok else ''}an integer{_int_bound(lo, hi)}", value)
+        raise CheckError(key, f"{'None or ' if none_ok else ''}an integer{_int_bound(lo, hi)}", value, why)
     return value
 
 
 def number(key: str, value, lo: float | None = None, hi: float | None = None, *, strict: bool = False,
-           none_ok: bool = False, finite: bool = True) -> float | None:
-    """``value`` as a float with lo <= value <= hi (lo < value with ``strict``); NaN always fails.
+           hi_open: bool = False, none_ok: bool = False, finite: bool = True, why: str = "") -> float | None:
+    """``value`` as a float with lo <= value <= hi (lo < value with ``strict``, value < hi with ``hi_open``).
 
-    ``finite=False`` lets ±inf through where the bounds do (e.g. ``number(k, inf, lo=0, strict=True)``).
+    NaN always fails. ``finite=False`` lets ±inf through where the bounds do (e.g.
+    ``number(k, inf, lo=0, strict=True)``). A momentum in [0, 1) is ``number(k, m, lo=0, hi=1, hi_open=True)``.
     """
     if value is None and none_ok:
         return None
-    ok = _is_real(value) and (math.isfinite(value) or not finite) and _in_range(value, lo, hi, strict)
+    ok = _is_real(value) and (math.isfinite(value) or not finite) and _in_range(value, lo, hi, strict, hi_open)
     if not ok:
-        # a closed interval implies finiteness, so the message says "finite" only where it adds something
+        # a bounded interval implies finiteness, so the message says "finite" only where it adds something
         kind = "a finite number" if finite and (lo is None or hi is None) else "a number"
-        raise CheckError(key, f"{'None or ' if none_ok else ''}{kind}{_real_bound(lo, hi, strict)}", value)
+        raise CheckError(key, f"{'None or ' if none_ok else ''}{kind}{_real_bound(lo, hi, strict, hi_open)}", value,
+                         why)
     return float(value)
 
 
@@ -91,11 +95,11 @@ def boolean(key: str, value) -> bool:
     return value
 
 
-def one_of(key: str, value, allowed: Collection):
+def one_of(key: str, value, allowed: Collection, *, why: str = ""):
     """``value`` if it is in ``allowed`` (a tuple, set, or the keys of a dict); the message lists them."""
     allowed = tuple(allowed)
     if value not in allowed:
-        raise CheckError(key, f"one of {allowed}", value)
+        raise CheckError(key, f"one of {allowed}", value, why)
     return value
 
 
@@ -107,10 +111,16 @@ def _list_of(min_len: int) -> str:
     return "a list of" if min_len == 0 else "a non-empty list of" if min_len == 1 else f"a list of >= {min_len}"
 
 
-def int_list(key: str, value, lo: int | None = 1, hi: int | None = None, *, min_len: int = 1) -> list[int]:
-    """``value`` (a list or tuple of at least ``min_len`` ints, each in [lo, hi]) as a list."""
+def int_list(key: str, value, lo: int | None = 1, hi: int | None = None, *, min_len: int = 1,
+             from_float: bool = False, why: str = "") -> list[int]:
+    """``value`` (a list or tuple of at least ``min_len`` ints, each in [lo, hi]) as a list.
+
+    ``from_float`` also accepts integral floats (``1e4`` step numbers) and returns them as ints.
+    """
+    if from_float and _sized(value, 0):
+        value = [int(v) if isinstance(v, float) and v.is_integer() else v for v in value]
     if not (_sized(value, min_len) and all(_is_int(v) and _in_range(v, lo, hi, strict=False) for v in value)):
-        raise CheckError(key, f"{_list_of(min_len)} integers{_int_bound(lo, hi)}", value)
+        raise CheckError(key, f"{_list_of(min_len)} integers{_int_bound(lo, hi)}", value, why)
     return list(value)
 
 
@@ -157,6 +167,11 @@ def known_entries(key: str, entries: Mapping, allowed: Collection) -> None:
     unknown = set(entries) - set(allowed)
     if unknown:
         raise ValueError(f"{key} has unknown entries {sorted(unknown)}; allowed: {sorted(allowed)}")
+
+
+def parse_bool(text: str):
+    """``"True"`` -> True, ``"False"`` -> False, anything else unchanged: ``cli_type(boolean, parse_bool)``."""
+    return {"True": True, "False": False}.get(text, text)
 
 
 def cli_type(check: Callable, parse: Callable[[str], object] = int, **bounds) -> Callable[[str], object]:

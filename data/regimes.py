@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from core import checks
 from core.runtime import derived_seed
 
 IMAGE_DATASETS = {"mnist_parity": "mnist", "cifar_animal": "cifar10"}
@@ -64,11 +65,10 @@ class BinaryDataset:
 
 def image_labels(dataset: str, labels: Tensor) -> Tensor:
     """Class labels (N,) -> ±1: parity for mnist_parity, animal vs vehicle for cifar_animal."""
+    checks.one_of("dataset", dataset, IMAGE_DATASETS)
     if dataset == "mnist_parity":
         return torch.where(labels % 2 == 0, 1.0, -1.0)
-    if dataset == "cifar_animal":
-        return torch.where(torch.isin(labels, torch.tensor(CIFAR_VEHICLES)), -1.0, 1.0)
-    raise ValueError(f"dataset must be one of {tuple(IMAGE_DATASETS)}; got {dataset!r}")
+    return torch.where(torch.isin(labels, torch.tensor(CIFAR_VEHICLES)), -1.0, 1.0)
 
 
 def depleted_gaussian(n: int, d: int, chi: float, rng: np.random.Generator) -> np.ndarray:
@@ -97,8 +97,7 @@ def _images(name, ptr, pte, seed_trainset, seed_testset, data_root) -> tuple[Ten
     x = torch.cat([p[0] for p in parts])  # (N_pool, C, H, W)
     y = image_labels(name, torch.cat([p[1] for p in parts]))
     pool = x.shape[0]
-    if ptr + pte > pool:
-        raise ValueError(f"ptr + pte must be <= {pool} (the {name} train and test splits together); got {ptr} + {pte}")
+    checks.at_most("ptr + pte", ptr + pte, f"the {name} train and test splits together", pool)
     gen_te = torch.Generator().manual_seed(derived_seed(seed_testset, _Stream.TEST_PICK))
     perm_te = torch.randperm(pool, generator=gen_te)
     test, rest = perm_te[:pte], perm_te[pte:]
@@ -114,8 +113,7 @@ def teacher_vector(name: str, d: int, seed_trainset: int) -> np.ndarray:
     if name == "random_sign":
         w = np.random.default_rng(derived_seed(seed_trainset, _Stream.TEACHER)).standard_normal(d)
         return w / np.linalg.norm(w)
-    if name not in SYNTHETIC_DATASETS:
-        raise ValueError(f"teacher_vector needs one of {SYNTHETIC_DATASETS}; got {name!r}")
+    checks.one_of("dataset", name, SYNTHETIC_DATASETS, why="teacher_vector is for the synthetic datasets")
     return np.eye(d)[0]
 
 
@@ -145,23 +143,19 @@ def build_dataset(
         ValueError: unknown name, bad sizes or seeds, d missing (synthetic) or given (images),
             χ <= -1, or more points asked than the image pool holds.
     """
-    if name not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}; got {name!r}")
-    for key, value in (("ptr", ptr), ("pte", pte)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{key} must be an integer >= 1; got {value!r}")
-    for key, value in (("seed_trainset", seed_trainset), ("seed_testset", seed_testset)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{key} must be an integer >= 0; got {value!r}")
+    checks.one_of("dataset", name, DATASETS)
+    checks.integer("ptr", ptr, lo=1)
+    checks.integer("pte", pte, lo=1)
+    checks.integer("seed_trainset", seed_trainset, lo=0)
+    checks.integer("seed_testset", seed_testset, lo=0)
     if name in IMAGE_DATASETS:
         if d is not None:
             raise ValueError(f"d applies to the synthetic datasets {SYNTHETIC_DATASETS} only; "
                              f"got d={d!r} with dataset={name!r}")
         return BinaryDataset(*_images(name, ptr, pte, seed_trainset, seed_testset, data_root)).to(dtype=dtype)
-    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-        raise ValueError(f"d must be an integer >= 1 for dataset={name!r}; got {d!r}")
-    if not (isinstance(chi, (int, float)) and chi > -1):
-        raise ValueError(f"data_chi must be a number > -1 (p(x_1) ∝ |x_1|^χ must be normalisable); got {chi!r}")
+    checks.integer("d", d, lo=1, why=f"for dataset={name!r}")
+    # finite=False: the check has always let χ = inf through (as the original did)
+    checks.number("data_chi", chi, lo=-1, strict=True, finite=False, why="p(x_1) ∝ |x_1|^χ must be normalisable")
     teacher = teacher_vector(name, d, seed_trainset) if name == "random_sign" else None
     xtr, ytr = _synthetic(name, ptr, d, chi, seed_trainset, _Stream.TRAIN_INPUTS, teacher)
     xte, yte = _synthetic(name, pte, d, chi, seed_testset, _Stream.TEST_INPUTS, teacher)

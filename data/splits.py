@@ -11,6 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from core import checks
 from data.vision import load_vision_dataset
 
 
@@ -39,17 +40,13 @@ def load_flat_splits(dataset: str, data_root: str | None, n_val: int, batch_size
     x, y = load_vision_dataset(dataset, train=True, **kwargs)
     x_test, y_test = load_vision_dataset(dataset, train=False, **kwargs)
     n = x.shape[0]
-    if n_val > n - 2:
-        raise ValueError(f"n_val must leave at least 2 training examples (training split has {n}); got {n_val}")
+    checks.integer("n_val", n_val, lo=0, hi=n - 2, why=f"leaving at least 2 of the {n} training examples")
     flat = lambda t: t.flatten(1).to(device)  # noqa: E731  (N, 1, H, W) -> (N, H·W)
     if n_val == 0:  # the original: "validation" on a copy of the training set
-        if batch_size > n:
-            raise ValueError(f"batch_size must be <= the training examples ({n}); got {batch_size}")
+        checks.at_most("batch_size", batch_size, "the training examples", n)
         xf, yd = flat(x), y.to(device)
         return Splits(xf, yd, xf, yd, flat(x_test), y_test.to(device))
-    if batch_size > n - n_val:
-        raise ValueError(f"batch_size must be <= the training examples left after n_val ({n - n_val}); "
-                         f"got {batch_size}")
+    checks.at_most("batch_size", batch_size, "the training examples left after n_val", n - n_val)
     perm = torch.randperm(n, generator=generator)
     val, train = perm[:n_val], perm[n_val:]
     return Splits(flat(x[train]), y[train].to(device), flat(x[val]), y[val].to(device), flat(x_test), y_test.to(device))

@@ -10,6 +10,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from core import checks
+
 INPUT_DISTRIBUTIONS = ("uniform", "unit_ball")
 
 
@@ -17,10 +19,9 @@ def sample_inputs(
     n: int, dim: int, distribution: str, gen: torch.Generator, dtype=torch.float64
 ) -> Tensor:
     """(n, dim) inputs: ``uniform`` is U(-10, 10)^dim, ``unit_ball`` is uniform in the unit ball."""
-    if distribution not in INPUT_DISTRIBUTIONS:
-        raise ValueError(f"input distribution must be one of {INPUT_DISTRIBUTIONS}; got {distribution!r}")
-    if n < 1 or dim < 1:
-        raise ValueError(f"n and dim must be >= 1; got n={n}, dim={dim}")
+    checks.one_of("input_distribution", distribution, INPUT_DISTRIBUTIONS)
+    checks.integer("n", n, lo=1)
+    checks.integer("dim", dim, lo=1)
     if distribution == "uniform":
         return (torch.rand(n, dim, generator=gen, dtype=dtype) * 2 - 1) * 10.0
     # Uniform in the ball: Gaussian direction, radius U^(1/d).

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from core import checks
+
 ENV_DATA_ROOT = "DLT_DATA_ROOT"
 
 
@@ -50,9 +52,7 @@ def default_data_root(data_root: str | None = None) -> Path:
 
 def check_dataset_name(name: str, key: str = "dataset") -> DatasetSpec:
     """The spec of ``name``, or a ValueError naming ``key`` and the allowed names."""
-    if name not in DATASETS:
-        raise ValueError(f"{key} must be one of {tuple(DATASETS)}; got {name!r}")
-    return DATASETS[name]
+    return DATASETS[checks.one_of(key, name, DATASETS)]
 
 
 def _raw_tensors(name: str, root: Path, train: bool, download: bool) -> tuple[Tensor, Tensor]:
@@ -103,8 +103,7 @@ def load_vision_dataset(
         x (N, C, H, W) images in ``dtype``, y (N,) int64 labels.
     """
     spec = check_dataset_name(name)
-    if size is not None and (not isinstance(size, int) or size < 1):
-        raise ValueError(f"size must be None or a positive integer; got {size!r}")
+    checks.integer("size", size, lo=1, none_ok=True)
     images, labels = _raw_tensors(name, default_data_root(data_root), train, download)
     x = images.to(dtype) / 255.0  # (N, C, H, W) in [0, 1]
     mean = torch.tensor(spec.mean, dtype=dtype).view(1, -1, 1, 1)

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from core import checks
 from dynamics.engine import BoundaryBefore, OnStep, StepOutput, check_finite, run_steps
 from dynamics.engine import evaluate as engine_evaluate
-from models.abc import ACTIVATIONS, ABCNet, ABCNetSpec, _is_int, _layer, abc_forward
+from models.abc import ACTIVATIONS, ABCNet, ABCNetSpec, _layer, abc_forward
 
 CALIBRATIONS = ("original", "all_layers", "default", "none")
 CALIBRATION_CAP = 500.0  # upper bound on every calibrated IPLLR warm-up base lr (the original's MAX_BASE_LR)
@@ -54,8 +55,7 @@ def calibrate_warmup_lrs(net: ABCNet, x_step: Tensor, y_step: Tensor, x_probe: T
     if not p.in_warmup(0):
         raise ValueError(f"calibration needs a warm-up step (ipllr, n_warmup_steps >= 1); got {p.name!r} "
                          f"with n_warmup_steps={p.n_warmup_steps}")
-    if mode not in ("original", "all_layers"):
-        raise ValueError(f"calibration mode must be 'original' or 'all_layers'; got {mode!r}")
+    checks.one_of("calibration mode", mode, ("original", "all_layers"))
     params = {k: v.detach().clone().requires_grad_(True) for k, v in net.named_parameters()}
     f, _ = abc_forward(params, x_step, spec)
     grads = torch.autograd.grad(F.cross_entropy(f, y_step), list(params.values()))
@@ -87,8 +87,7 @@ def calibrate_warmup_lrs(net: ABCNet, x_step: Tensor, y_step: Tensor, x_probe: T
 def warmup_base_lrs(net: ABCNet, calibration: str, base_lr: float, x_step: Tensor, y_step: Tensor,
                     x_probe: Tensor) -> tuple[float, ...] | None:
     """β_l of the warm-up under ``calibration`` (module docstring); None -> base_lr (no warm-up, or "none")."""
-    if calibration not in CALIBRATIONS:
-        raise ValueError(f"calibration must be one of {CALIBRATIONS}; got {calibration!r}")
+    checks.one_of("calibration", calibration, CALIBRATIONS)
     if not net.spec.parameterization.in_warmup(0) or calibration == "none":
         return None
     if calibration == "default":
@@ -121,8 +120,7 @@ class EpochBatches:
     DataLoader(shuffle=True)) unless ``drop_last``. ``state()`` / ``load()``: the position, for checkpoints."""
 
     def __init__(self, n: int, batch_size: int, generator: torch.Generator, drop_last: bool = False):
-        if not 1 <= batch_size <= n:
-            raise ValueError(f"batch_size must be in [1, number of training examples = {n}]; got {batch_size}")
+        checks.integer("batch_size", batch_size, lo=1, hi=n, why=f"the number of training examples is {n}")
         self.n, self.batch_size, self.generator = n, batch_size, generator
         self.end = n - batch_size + 1 if drop_last else n
         self.perm, self.pos = None, 0  # (n,) this epoch's permutation; start of the next batch in it
@@ -281,13 +279,12 @@ class CoordCheckConfig:
     n_seeds: int = 3
 
     def __post_init__(self):
-        if (not isinstance(self.widths, (list, tuple)) or len(set(self.widths)) < 2
-                or not all(_is_int(m) and m >= 1 for m in self.widths)):
-            raise ValueError(f"widths must list at least two distinct integers >= 1; got {self.widths!r}")
-        object.__setattr__(self, "widths", tuple(sorted(set(self.widths))))
-        for key in ("n_steps", "n_seeds"):
-            if not _is_int(getattr(self, key)) or getattr(self, key) < 1:
-                raise ValueError(f"{key} must be an integer >= 1; got {getattr(self, key)!r}")
+        widths = checks.int_list("widths", self.widths, lo=1, min_len=2)
+        if len(set(widths)) < 2:
+            raise checks.CheckError("widths", "a list of at least two distinct integers >= 1", self.widths)
+        object.__setattr__(self, "widths", tuple(sorted(set(widths))))
+        checks.integer("n_steps", self.n_steps, lo=1)
+        checks.integer("n_seeds", self.n_seeds, lo=1)
 
 
 @torch.no_grad()

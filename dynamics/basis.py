@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 from torch.func import vjp, vmap
 
+from core import checks
 from core.types import FlatModel
 
 
@@ -118,9 +119,7 @@ class ConjugateKernelBasis:
     def _num(self, num: int | None) -> int:
         if num is None:
             return self.size
-        if isinstance(num, bool) or not isinstance(num, int) or not 1 <= num <= self.size:
-            raise ValueError(f"number of basis functions must be an integer in [1, k={self.size}]; got {num!r}")
-        return num
+        return checks.integer("num", num, lo=1, hi=self.size, why=f"the basis has k = {self.size} functions")
 
 
 def conjugate_kernel_basis(phi: Tensor, W: Tensor) -> ConjugateKernelBasis:
@@ -201,9 +200,7 @@ def beta_gradients(f: FlatModel, w: Tensor, x: Tensor, basis: ConjugateKernelBas
     n = basis.num_points
     if x.shape[0] != n:
         raise ValueError(f"x must hold the basis's N = {n} evaluation points; got {x.shape[0]}")
-    chunk = n if eval_batch_size is None else eval_batch_size
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"eval_batch_size must be None or an integer >= 1; got {eval_batch_size!r}")
+    chunk = n if eval_batch_size is None else checks.integer("eval_batch_size", eval_batch_size, lo=1, none_ok=True)
     cot = basis.cotangents(num).to(device=w.device, dtype=w.dtype)  # (num, N, C)
     grads = torch.zeros(cot.shape[0], w.numel(), device=w.device, dtype=w.dtype)  # (num, P)
     outputs = []
@@ -240,8 +237,7 @@ def saturation_times(times, beta, final=None, level: float = 0.9) -> np.ndarray:
     beta = np.asarray(beta, dtype=float)
     times = np.asarray(times, dtype=float)
     final = beta[-1] if final is None else np.asarray(final, dtype=float)
-    if not 0 < level <= 1:
-        raise ValueError(f"level must be in (0, 1]; got {level}")
+    checks.number("level", level, lo=0, hi=1, strict=True)
     out = np.full(beta.shape[1], np.nan)
     for i in range(beta.shape[1]):
         if final[i] > 0:

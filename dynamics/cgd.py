@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from core import checks
+
 OPTIMIZERS = ("sgd", "cgd")
 PRUNE_SETS = ("chaotic", "pos", "neg")
 PRUNE_K = ("top_abs", "rand")
@@ -57,26 +59,15 @@ class OptimConfig:
     prune_global_checkpoint: str | None = None
 
     def __post_init__(self):
-        if self.name not in OPTIMIZERS:
-            raise ValueError(f"name must be one of {OPTIMIZERS}; got {self.name!r}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise ValueError(f"lr must be a number > 0; got {self.lr!r}")
-        if isinstance(self.momentum, bool) or not isinstance(self.momentum, (int, float)) or not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1); got {self.momentum!r}")
-        if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
-            raise ValueError(f"k must be None or an integer >= 1; got {self.k!r}")
-        if self.prune_set not in PRUNE_SETS:
-            raise ValueError(f"prune_set must be one of {PRUNE_SETS}; got {self.prune_set!r}")
-        if self.prune_k not in PRUNE_K:
-            raise ValueError(f"prune_k must be one of {PRUNE_K}; got {self.prune_k!r}")
-        if isinstance(self.prune_start, bool) or not isinstance(self.prune_start, int) or self.prune_start < 0:
-            raise ValueError(f"prune_start must be an integer >= 0; got {self.prune_start!r}")
-        if self.noise_fac is not None and (isinstance(self.noise_fac, bool)
-                                           or not isinstance(self.noise_fac, (int, float))
-                                           or not self.noise_fac >= 0):
-            raise ValueError(f"noise_fac must be None (mean |g|) or a number >= 0; got {self.noise_fac!r}")
-        if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float)) or not 0 <= self.gamma <= 1:
-            raise ValueError(f"gamma must be a number in [0, 1]; got {self.gamma!r}")
+        checks.one_of("name", self.name, OPTIMIZERS)
+        checks.number("lr", self.lr, lo=0, strict=True)
+        checks.number("momentum", self.momentum, lo=0, hi=1, hi_open=True)
+        checks.integer("k", self.k, lo=1, none_ok=True)
+        checks.one_of("prune_set", self.prune_set, PRUNE_SETS)
+        checks.one_of("prune_k", self.prune_k, PRUNE_K)
+        checks.integer("prune_start", self.prune_start, lo=0)
+        checks.number("noise_fac", self.noise_fac, lo=0, none_ok=True, why="None: mean |g| of each step")
+        checks.number("gamma", self.gamma, lo=0, hi=1)
         if self.name == "sgd" and (self.prune_global or self.noise or self.gamma != 1):
             raise ValueError("prune_global, noise and gamma need name='cgd'")
 

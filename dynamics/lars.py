@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from core import checks
+
 TRUST_COEFFICIENT = 1e-3  # flash's default η, used by every original script
 EPS = 1e-8  # flash's ε
 
@@ -57,14 +59,10 @@ class LARS(Optimizer):
 
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
                  trust_coefficient: float = TRUST_COEFFICIENT, eps: float = EPS):
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0; got {lr}")
-        if momentum < 0:
-            raise ValueError(f"momentum must be >= 0; got {momentum}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0; got {weight_decay}")
-        if not trust_coefficient > 0:
-            raise ValueError(f"trust_coefficient must be > 0; got {trust_coefficient}")
+        checks.number("lr", lr, lo=0, strict=True)
+        checks.number("momentum", momentum, lo=0)
+        checks.number("weight_decay", weight_decay, lo=0)
+        checks.number("trust_coefficient", trust_coefficient, lo=0, strict=True)
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                                       trust_coefficient=trust_coefficient, eps=eps))
 

@@ -32,6 +32,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from core import checks
+
 TangentMap = Callable[[Tensor], Tensor]  # (D, K) -> (D, K)
 # Below this spread of log row scales (e^25 ~ 7e10) the SVD of the graded product keeps even its
 # smallest singular values to ~1e-5 relative; above it the graded Gram–Schmidt is used, which is
@@ -72,8 +74,7 @@ def init_lyapunov(
         ValueError: K not in [1, D], or a random frame without a generator.
     """
     k = dim if k is None else k
-    if not 1 <= k <= dim:
-        raise ValueError(f"k must be in [1, {dim}]; got {k}")
+    checks.integer("k", k, lo=1, hi=dim, why=f"the tangent dimension is D = {dim}")
     if k == dim:
         q, q0 = torch.eye(dim, dtype=dtype, device=device), None
     else:

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from core import checks
+
 STRATEGIES = ("max_chaos", "randn_chaos", "max_convergence", "randn_convergence", "randn")
 NEEDS_LYAPUNOV = STRATEGIES[:4]
 
@@ -45,8 +47,7 @@ def perturbation_direction(
     Raises:
         ValueError: unknown strategy, missing vectors, or no exponent of the needed sign.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"perturb_strat must be one of {STRATEGIES + ('all',)}; got {strategy!r}")
+    checks.one_of("perturb_strat", strategy, STRATEGIES)
     if strategy == "randn":
         v = torch.randn(num_params, generator=gen, dtype=dtype, device=gen.device)
         return v / v.norm()

@@ -1,11 +1,11 @@
 """Settings and result of one SGD-regimes run (``dynamics.regimes_train.train_regimes``)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from core import checks
 from dynamics.ntk import NTK_METHODS
 from dynamics.regimes_drift import GF_FIRST_STAGES
 from dynamics.regimes_steps import LOSSES, REGULARIZERS, SDE_NOISES
@@ -74,47 +74,23 @@ class RegimesConfig:
     eval_chunk: int = 4096
 
     def __post_init__(self):
-        def number(key, lo=None, strict=True, none_ok=False):
-            v = getattr(self, key)
-            if v is None and none_ok:
-                return
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            if ok and lo is not None:
-                ok = v > lo if strict else v >= lo
-            if not ok:
-                bound = "" if lo is None else f" {'>' if strict else '>='} {lo}"
-                raise ValueError(f"{key} must be a finite number{bound}{' or None' if none_ok else ''}; got {v!r}")
-
-        def integer(key, lo, none_ok=False):
-            v = getattr(self, key)
-            if v is None and none_ok:
-                return
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"{key} must be an integer >= {lo}{' or None' if none_ok else ''}; got {v!r}")
-
-        def choice(key, allowed):
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"{key} must be one of {allowed}; got {getattr(self, key)!r}")
-
         for key in ("alpha", "dt", "max_wall", "gf_tol", "gf_mindt", "gf_maxdt"):
-            number(key, 0)
-        number("mind_stop", none_ok=True)
-        number("regu_scale", 0, strict=False)
-        integer("bs", 1)
-        integer("max_step", 1, none_ok=True)
-        integer("ckpt_modulo", 1)
+            checks.number(key, getattr(self, key), lo=0, strict=True)
+        checks.number("mind_stop", self.mind_stop, none_ok=True)
+        checks.number("regu_scale", self.regu_scale, lo=0)
+        checks.integer("bs", self.bs, lo=1)
+        checks.integer("max_step", self.max_step, lo=1, none_ok=True)
+        checks.integer("ckpt_modulo", self.ckpt_modulo, lo=1)
         for key in ("ckpt_save_mult", "ckpt_grad_stats", "ckpt_drift_n0"):
-            integer(key, 0)
-        integer("eval_chunk", 1)
+            checks.integer(key, getattr(self, key), lo=0)
+        checks.integer("eval_chunk", self.eval_chunk, lo=1)
         for key in ("ckpt_kernels", "ckpt_save_parameters", "ckpt_save_pred", "ckpt_save_gradoverlap",
                     "ckpt_delta_pred", "ckpt_drift"):
-            choice(key, (False, True))
-        choice("loss", LOSSES)
-        choice("dynamics", DYNAMICS)
-        choice("sde_noise", SDE_NOISES)
-        choice("regularizer", (None,) + REGULARIZERS)
-        choice("ntk_method", NTK_METHODS)
-        choice("gf_first_stage", GF_FIRST_STAGES)
+            checks.boolean(key, getattr(self, key))
+        for key, allowed in (("loss", LOSSES), ("dynamics", DYNAMICS), ("sde_noise", SDE_NOISES),
+                             ("regularizer", (None,) + REGULARIZERS), ("ntk_method", NTK_METHODS),
+                             ("gf_first_stage", GF_FIRST_STAGES)):
+            checks.one_of(key, getattr(self, key), allowed)
         if self.gf_mindt > self.gf_maxdt:
             raise ValueError(f"gf_mindt must be <= gf_maxdt; got {self.gf_mindt!r} > {self.gf_maxdt!r}")
         if self.ckpt_save_gradoverlap and self.ckpt_grad_stats == 0:

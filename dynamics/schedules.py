@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from core import checks
 from dynamics.lars import LARS
 
 SCHEDULERS = ("default", "onecycle")
@@ -95,20 +96,14 @@ class LRSchedule:
     unit: str = "epoch"
 
     def __post_init__(self):
-        if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler must be one of {SCHEDULERS}; got {self.scheduler!r}")
-        if self.unit not in SCHEDULE_UNITS:
-            raise ValueError(f"schedule_unit must be one of {SCHEDULE_UNITS}; got {self.unit!r}")
-        if not _positive(self.lr_max):
-            raise ValueError(f"lr_setting[0] (lr_max) must be a finite number > 0; got {self.lr_max!r}")
-        if isinstance(self.epoch_warm, bool) or not isinstance(self.epoch_warm, int) or self.epoch_warm < 0:
-            raise ValueError(f"lr_setting[1] (epoch_warm) must be an integer >= 0; got {self.epoch_warm!r}")
-        if self.epoch_warm > 0 and not _positive(self.lr_warm):
-            raise ValueError(f"lr_setting[2] (lr_warm) must be a finite number > 0; got {self.lr_warm!r}")
-        if not _positive(self.decay_rate):
-            raise ValueError(f"decay_rate must be a finite number > 0; got {self.decay_rate!r}")
-        if isinstance(self.decay_stepsize, bool) or not isinstance(self.decay_stepsize, int) or self.decay_stepsize < 1:
-            raise ValueError(f"decay_stepsize must be an integer >= 1; got {self.decay_stepsize!r}")
+        checks.one_of("scheduler", self.scheduler, SCHEDULERS)
+        checks.one_of("schedule_unit", self.unit, SCHEDULE_UNITS)
+        checks.number("lr_setting[0] (lr_max)", self.lr_max, lo=0, strict=True)
+        checks.integer("lr_setting[1] (epoch_warm)", self.epoch_warm, lo=0)
+        if self.epoch_warm > 0:
+            checks.number("lr_setting[2] (lr_warm)", self.lr_warm, lo=0, strict=True)
+        checks.number("decay_rate", self.decay_rate, lo=0, strict=True)
+        checks.integer("decay_stepsize", self.decay_stepsize, lo=1)
 
     def lr(self, iteration: int, steps_per_epoch: int, total_steps: int) -> float:
         """Learning rate of the update that follows ``iteration`` completed steps."""
@@ -116,10 +111,6 @@ class LRSchedule:
             return one_cycle_lr(iteration, total_steps, self.lr_max, **ONE_CYCLE)
         t = iteration // steps_per_epoch if self.unit == "epoch" else iteration
         return warmup_step_lr(t, self.lr_max, self.epoch_warm, self.lr_warm, self.decay_rate, self.decay_stepsize)
-
-
-def _positive(x) -> bool:
-    return not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
 # --- losses ---------------------------------------------------------------------------
@@ -136,8 +127,7 @@ def make_loss(loss_fn: str, k_M: tuple[float, float] | None = None) -> Callable[
     Raises:
         ValueError: unknown loss_fn, or k_M with ce_loss.
     """
-    if loss_fn not in LOSSES:
-        raise ValueError(f"loss_fn must be one of {LOSSES}; got {loss_fn!r}")
+    checks.one_of("loss_fn", loss_fn, LOSSES)
     if loss_fn == "ce_loss":
         if k_M is not None:
             raise ValueError(f"k_M applies to mse_loss only; got k_M={k_M!r} with loss_fn='ce_loss'")
@@ -178,8 +168,7 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float | None = No
         lr: initial learning rate (the schedule overwrites it every step).
         weight_decay: None -> ``DEFAULT_WEIGHT_DECAY[name]``.
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}; got {name!r}")
+    checks.one_of("optimizer", name, OPTIMIZERS)
     wd = DEFAULT_WEIGHT_DECAY[name] if weight_decay is None else weight_decay
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=MOMENTUM, weight_decay=wd)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from core import checks
+
 EPS_EIGH_MODES = ("identity", "all_entries")
 
 
@@ -72,10 +74,8 @@ class SymEig:
 
 
 def _check_eps(eps_eigh: float, mode: str) -> None:
-    if mode not in EPS_EIGH_MODES:
-        raise ValueError(f"eps_eigh_mode must be one of {EPS_EIGH_MODES}; got {mode!r}")
-    if eps_eigh < 0 or not math.isfinite(eps_eigh):
-        raise ValueError(f"eps_eigh must be a finite number >= 0; got {eps_eigh}")
+    checks.one_of("eps_eigh_mode", mode, EPS_EIGH_MODES)
+    checks.number("eps_eigh", eps_eigh, lo=0)
 
 
 def dense_eigh(h: Tensor, eps_eigh: float = 0.0, mode: str = "identity") -> SymEig:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from core import checks
 from dynamics.engine import BoundaryAfter, OnStep, StepOutput, check_finite, run_steps
 
 OPTIMIZERS = ("sgd", "adam")
@@ -38,22 +39,13 @@ class TrainingConfig:
     l2_regularization: float | None = None
 
     def __post_init__(self):
-        if self.optim not in OPTIMIZERS:
-            raise ValueError(f"optim must be one of {OPTIMIZERS}; got {self.optim!r}")
-        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be a number > 0; got {self.learning_rate!r}")
-        if self.momentum is not None and not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
-            raise ValueError(f"momentum must be None or in [0, 1); got {self.momentum!r}")
-        for key in ("batch_size", "num_steps"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{key} must be an integer >= 1; got {v!r}")
-        if self.weight_decay is not None and not (isinstance(self.weight_decay, (int, float))
-                                                  and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be None or a number >= 0; got {self.weight_decay!r}")
-        c = self.l2_regularization
-        if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not c >= 0):
-            raise ValueError(f"l2_regularization must be None or a number >= 0; got {c!r}")
+        checks.one_of("optim", self.optim, OPTIMIZERS)
+        checks.number("learning_rate", self.learning_rate, lo=0, strict=True)
+        checks.number("momentum", self.momentum, lo=0, hi=1, hi_open=True, none_ok=True)
+        checks.integer("batch_size", self.batch_size, lo=1)
+        checks.integer("num_steps", self.num_steps, lo=1)
+        checks.number("weight_decay", self.weight_decay, lo=0, none_ok=True)
+        checks.number("l2_regularization", self.l2_regularization, lo=0, none_ok=True)
 
     def make_optimizer(self, params) -> torch.optim.Optimizer:
         wd = self.weight_decay or 0.0
@@ -88,8 +80,7 @@ def train(
         TrainingDiverged: the loss became NaN or inf (a FloatingPointError; step = steps completed before it).
     """
     n = x.shape[0]
-    if config.batch_size > n:
-        raise ValueError(f"batch_size must be <= the number of data points ({n}); got {config.batch_size}")
+    checks.at_most("batch_size", config.batch_size, "the number of data points", n)
     opt = config.make_optimizer(model.parameters())
     losses = np.empty(config.num_steps)
     start = 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 
+from core import checks
 from gen_commands import cli, presets
 
 EXPERIMENT = "llc_curve"  # Sacred Experiment name in experiments/expt_llc_curve.py
@@ -29,10 +30,6 @@ MODELS = ("resnet18", "resnet18_cifar")
 
 def _float_or_none(text: str):
     return None if text == "None" else float(text)
-
-
-def _bool(text: str) -> bool:
-    return {"True": True, "False": False}[text]
 
 
 # The axes, in the order keys are written on each line.
@@ -59,7 +56,8 @@ AXES = (
     cli.Axis("sgld_steps", "sgld_config.num_steps", int, "sgld_config.num_steps (>= 1)", cli.at_least(1)),
     cli.Axis("sgld_batch", "sgld_config.batch_size", int, "sgld_config.batch_size (>= 1)", cli.at_least(1)),
     cli.Axis("num_chains", "sgld_config.num_chains", int, "sgld_config.num_chains (>= 1)", cli.at_least(1)),
-    cli.Axis("force_realisable", "force_realisable", _bool, "force_realisable", metavar="{True,False}"),
+    cli.Axis("force_realisable", "force_realisable", checks.cli_type(checks.boolean, checks.parse_bool),
+             "force_realisable", metavar="{True,False}"),
 )
 
 # The original README's example command: the experiment's named config ``readme``, read from its source.

@@ -38,6 +38,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from core import checks
+
 # A Sacred config path: identifiers joined by dots (sgld_config.epsilon).
 KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 # Strings safe to write bare on a shell line (if Sacred would not parse them as a literal).
@@ -179,7 +181,7 @@ def parse_grid(specs: Iterable[str]) -> dict[str, list]:
         except ValueError as err:
             raise ValueError(f"--grid {key}: {err}") from None
         if not isinstance(values, (list, tuple)) or len(values) == 0:
-            raise ValueError(f"--grid {key} must be a non-empty list of values; got {value!r}")
+            raise checks.CheckError(f"--grid {key}", "a non-empty list of values", value)
         grid[key] = [canonical(v) for v in values]
     return grid
 
@@ -311,7 +313,7 @@ def format_command(script: str, experiment: str, overrides: Mapping[str, Any], o
     """
     for key in overrides:
         if not KEY_RE.match(key):
-            raise ValueError(f"config keys must be dotted identifiers; got {key!r}")
+            raise checks.CheckError("config keys", "dotted identifiers", key)
     key = run_key(experiment, overrides)
     parts = [f"{k}={format_value(v)}" for k, v in overrides.items() if k != RUN_KEY]
     parts.append(f"{RUN_KEY}={format_value(key)}")

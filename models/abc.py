@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core import checks
+
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu, "gelu": F.gelu, "elu": F.elu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
 }
@@ -66,10 +68,6 @@ PARAMETERIZATIONS = ("ntk", "mup", "ip", "standard_ip", "standard_ip_calibrated"
 INPUT_SCALINGS = ("init", "multiplier", "multiplier_lr", "none")
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _table(L: int, first: float, hidden: float, last: float) -> tuple[float, ...]:
     return (float(first),) + (float(hidden),) * (L - 1) + (float(last),)
 
@@ -79,10 +77,9 @@ def _exponents(key: str, values, L: int) -> tuple[float, ...]:
     if isinstance(values, (int, float)) and not isinstance(values, bool):
         values = [values] * (L + 1)
     if not isinstance(values, (list, tuple)) or len(values) != L + 1:
-        raise ValueError(f"{key} must have L+1 = {L + 1} entries (one per layer, input to output); got {values!r}")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
-        raise ValueError(f"{key} entries must be finite numbers; got {values!r}")
-    return tuple(float(v) for v in values)
+        raise checks.CheckError(key, f"a number or a list of L+1 = {L + 1} numbers", values,
+                                "one per layer, input to output")
+    return tuple(checks.number_list(key, values))
 
 
 @dataclass(frozen=True)
@@ -113,8 +110,7 @@ class Parameterization:
         if n < 2 or len(self.b) != n or len(self.c) != n or (self.warmup_c is not None and len(self.warmup_c) != n):
             raise ValueError(f"a, b, c (and warmup_c) must all have L+1 >= 2 entries; got lengths "
                              f"{len(self.a)}, {len(self.b)}, {len(self.c)}")
-        if not _is_int(self.n_warmup_steps) or self.n_warmup_steps < 0:
-            raise ValueError(f"n_warmup_steps must be an integer >= 0; got {self.n_warmup_steps!r}")
+        checks.integer("n_warmup_steps", self.n_warmup_steps, lo=0)
 
     @property
     def L(self) -> int:
@@ -151,10 +147,8 @@ def make_parameterization(name: str, L: int, ip_c=0.0, n_warmup_steps: int = 1, 
     Raises:
         ValueError: unknown name, L < 1, or exponents of the wrong length, naming the argument.
     """
-    if name not in PARAMETERIZATIONS:
-        raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}; got {name!r}")
-    if not _is_int(L) or L < 1:
-        raise ValueError(f"L must be an integer >= 1; got {L!r}")
+    checks.one_of("parameterization", name, PARAMETERIZATIONS)
+    checks.integer("L", L, lo=1)
     ip_a, zeros = _table(L, 0, 1, 1), _table(L, 0, 0, 0)
     if name == "ntk":
         return Parameterization(name, _table(L, 0, 0.5, 0.5), zeros, zeros)
@@ -180,7 +174,7 @@ def make_parameterization(name: str, L: int, ip_c=0.0, n_warmup_steps: int = 1, 
             bias_warm = bias_c = zeros
         return Parameterization(name, ip_a, zeros, _table(L, -1, -2, -1), warmup, n_warmup_steps, bias_c, bias_warm)
     if not isinstance(custom_exponents, dict) or set(custom_exponents) != {"a", "b", "c"}:
-        raise ValueError(f"custom_exponents must be a dict with exactly the keys a, b, c; got {custom_exponents!r}")
+        raise checks.CheckError("custom_exponents", "a dict with exactly the keys a, b, c", custom_exponents)
     a, b, c = (_exponents(f"custom_exponents.{k}", custom_exponents[k], L) for k in "abc")
     return Parameterization(name, a, b, c)
 
@@ -217,12 +211,9 @@ class ABCNetSpec:
 
     def __post_init__(self):
         for key in ("input_dim", "width", "num_classes", "base_width"):
-            if not _is_int(getattr(self, key)) or getattr(self, key) < 1:
-                raise ValueError(f"{key} must be an integer >= 1; got {getattr(self, key)!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}; got {self.activation!r}")
-        if self.input_scaling not in INPUT_SCALINGS:
-            raise ValueError(f"input_scaling must be one of {INPUT_SCALINGS}; got {self.input_scaling!r}")
+            checks.integer(key, getattr(self, key), lo=1)
+        checks.one_of("activation", self.activation, ACTIVATIONS)
+        checks.one_of("input_scaling", self.input_scaling, INPUT_SCALINGS)
         name = self.parameterization.name
         if name == "sp" and self.input_scaling != "init":
             raise ValueError(f"input_scaling must be 'init' with sp (the standard parameterization at every layer, "
@@ -231,9 +222,7 @@ class ABCNetSpec:
             raise ValueError(f"ipllr_bias has unscaled biases in every layer: bias=True, input_bias=True, "
                              f"scale_bias=False; got bias={self.bias!r}, input_bias={self.input_bias!r}, "
                              f"scale_bias={self.scale_bias!r}")
-        if not (isinstance(self.init_mean, (int, float)) and not isinstance(self.init_mean, bool)
-                and math.isfinite(self.init_mean)):
-            raise ValueError(f"init_mean must be a finite number; got {self.init_mean!r}")
+        checks.number("init_mean", self.init_mean)
 
     @property
     def bias_in_multiplier(self) -> bool:

@@ -40,12 +40,12 @@ then multiplies the whole state dict, as train.py's ``init_scale`` does.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from core import checks
 from models.relvit import RELVIT, relvit_body
 
 TORCHVISION_MODELS = ("alexnet", "vgg11", "resnet18", "resnet34", "resnet50")
@@ -235,15 +235,13 @@ class BlockCNN(nn.Sequential):
 # --- factory -------------------------------------------------------------------------
 
 def check_model_name(name: str, key: str = "model") -> str:
-    if name not in MODELS:
-        raise ValueError(f"{key} must be one of {MODELS}; got {name!r}")
-    return name
+    """``name`` if it is one of ``MODELS``; CheckError naming ``key`` otherwise."""
+    return checks.one_of(key, name, MODELS)
 
 
 def check_width(width, key: str = "width") -> int:
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise ValueError(f"{key} must be an integer >= 1 ({PAPER_WIDTH} is the paper's size); got {width!r}")
-    return width
+    """``width`` if it is an integer >= 1; CheckError naming ``key`` otherwise."""
+    return checks.integer(key, width, lo=1, why=f"{PAPER_WIDTH} is the paper's size")
 
 
 def _build(name: str, shape: InputShape, width: int) -> BasisNet:
@@ -292,9 +290,7 @@ def build_model(name: str, shape: InputShape, width: int = PAPER_WIDTH, init_sca
     """
     check_model_name(name)
     check_width(width)
-    if isinstance(init_scale, bool) or not isinstance(init_scale, (int, float)) or not (
-            math.isfinite(init_scale) and init_scale >= 0):
-        raise ValueError(f"init_scale must be a finite number >= 0; got {init_scale!r}")
+    checks.number("init_scale", init_scale, lo=0)
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)

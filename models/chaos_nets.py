@@ -22,6 +22,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from core import checks
+
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "elu": nn.ELU, "linear": nn.Identity}
 MODELS = ("mlp", "cnn")
 
@@ -85,13 +87,10 @@ def build_model(
     Raises:
         ValueError: unknown name or activation, or sizes < 1 (naming the ``model.*`` key).
     """
-    if name not in MODELS:
-        raise ValueError(f"model.name must be one of {MODELS}; got {name!r}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"model.activation must be one of {tuple(ACTIVATIONS)}; got {activation!r}")
+    checks.one_of("model.name", name, MODELS)
+    checks.one_of("model.activation", activation, ACTIVATIONS)
     for key, value in (("inter_dim", inter_dim), ("base_channels", base_channels), ("block_cnt", block_cnt)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"model.{key} must be an integer >= 1; got {value!r}")
+        checks.integer(f"model.{key}", value, lo=1)
     c, h, w = input_shape
     if name == "mlp":
         model = MLP(c * h * w, inter_dim, num_classes, activation)

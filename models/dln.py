@@ -13,6 +13,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from core import checks
+
 TRUE_PARAM_METHODS = ("random", "zero", "rand_rank", "rand_rank_sv")
 # Weight init of `random` / `rand_rank` teachers and of training: 'haiku' is the original's
 # (hk.Linear's default, the original dln.py), 'torch' is nn.Linear's default.
@@ -92,8 +94,7 @@ def init_weight(shape: tuple[int, int], gen: torch.Generator, init: str = "haiku
 
     The scale matters at depth: σ_max of W_L...W_1 shrinks like (std·sqrt(width))^L.
     """
-    if init not in INIT_SCHEMES:
-        raise ValueError(f"init must be one of {INIT_SCHEMES}; got {init!r}")
+    checks.one_of("init", init, INIT_SCHEMES)
     scale = 1.0 / math.sqrt(shape[1])
     if init == "haiku":
         w = torch.empty(shape, dtype=torch.float64)
@@ -158,14 +159,10 @@ def make_true_params(
             of r columns: r = min(H_out, H_in), or, with probability ``prop_rank_reduce``,
             r ~ U{0, ..., min(H_out, H_in) - 1}, as the original draws it.
     """
-    if method not in TRUE_PARAM_METHODS:
-        raise ValueError(f"method must be one of {TRUE_PARAM_METHODS}; got {method!r}")
-    if init not in INIT_SCHEMES:
-        raise ValueError(f"init must be one of {INIT_SCHEMES}; got {init!r}")
-    if rank_key not in RANK_KEYS:
-        raise ValueError(f"rank_key must be one of {RANK_KEYS}; got {rank_key!r}")
-    if not 0.0 <= prop_rank_reduce <= 1.0:
-        raise ValueError(f"prop_rank_reduce must be in [0, 1]; got {prop_rank_reduce}")
+    checks.one_of("method", method, TRUE_PARAM_METHODS)
+    checks.one_of("init", init, INIT_SCHEMES)
+    checks.one_of("rank_key", rank_key, RANK_KEYS)
+    checks.number("prop_rank_reduce", prop_rank_reduce, lo=0, hi=1)
     sizes = [input_dim, *layer_widths]
     shared_u = None
     if method == "rand_rank" and rank_key == "shared":  # drawn first, so 'independent' keeps its stream

@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core import checks
+
 ARCHS = ("mlp", "mlp_bias", "linear", "simple_diagonal_linear", "simple_cnn", "vgg11", "mnas")
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
 DEEP_ARCHS = ("mlp", "mlp_bias", "simple_diagonal_linear")  # the archs that need L (depth, or the power w^L)
@@ -74,8 +76,7 @@ def activation_norm(act: str) -> float:
     Raises:
         ValueError: unknown ``act``.
     """
-    if act not in _RAW:
-        raise ValueError(f"act must be one of {ACTIVATIONS}; got {act!r}")
+    checks.one_of("act", act, ACTIVATIONS)
     from scipy import integrate
 
     phi = _NUMPY[act]
@@ -262,9 +263,9 @@ def check_act_beta(act_beta) -> float:
     Raises:
         ValueError: any other value.
     """
+    why = "the original declares --act_beta with default 1.0 but never uses it"
     if isinstance(act_beta, bool) or not isinstance(act_beta, (int, float)) or act_beta != ACT_BETA:
-        raise ValueError(f"act_beta must be {ACT_BETA} (the original declares --act_beta with default 1.0 "
-                         f"but never uses it); got {act_beta!r}")
+        raise checks.CheckError("act_beta", str(ACT_BETA), act_beta, why)  # one allowed value; 1 == 1.0 passes
     return float(act_beta)
 
 
@@ -286,16 +287,13 @@ def build_model(arch: str, in_shape: Sequence[int], h: int, act: str, L: int | N
     Raises:
         ValueError: unknown arch/act, L missing or superfluous, an image arch on vectors, act_beta != 1.
     """
-    if arch not in ARCHS:
-        raise ValueError(f"arch must be one of {ARCHS}; got {arch!r}")
-    if act not in ACTIVATIONS:
-        raise ValueError(f"act must be one of {ACTIVATIONS}; got {act!r}")
-    if arch in DEEP_ARCHS and (isinstance(L, bool) or not isinstance(L, int) or L < 1):
-        raise ValueError(f"L must be an integer >= 1 for arch={arch!r}; got {L!r}")
+    checks.one_of("arch", arch, ARCHS)
+    checks.one_of("act", act, ACTIVATIONS)
+    if arch in DEEP_ARCHS:
+        checks.integer("L", L, lo=1, why=f"for arch={arch!r}")
     if arch not in DEEP_ARCHS and L is not None:
         raise ValueError(f"L applies to arch in {DEEP_ARCHS} only; got L={L!r} with arch={arch!r}")
-    if isinstance(h, bool) or not isinstance(h, int) or h < 1:
-        raise ValueError(f"h must be an integer >= 1; got {h!r}")
+    checks.integer("h", h, lo=1)
     check_act_beta(act_beta)
     d = math.prod(in_shape)
     if arch == "linear":

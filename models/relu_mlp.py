@@ -18,16 +18,15 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from core import checks
+
 
 class ReLUMLP(nn.Module):
     """Linear -> ReLU -> ... -> Linear; architecture only (PyTorch's default init)."""
 
     def __init__(self, layer_sizes: Sequence[int]):
         super().__init__()
-        sizes = list(layer_sizes)
-        if len(sizes) < 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
-            raise ValueError("layer_sizes must list >= 2 positive integers [input, hidden..., output]; "
-                             f"got {layer_sizes!r}")
+        sizes = checks.int_list("layer_sizes", list(layer_sizes), lo=1, min_len=2, why="[input, hidden..., output]")
         modules: list[nn.Module] = []
         for i in range(len(sizes) - 1):
             modules.append(nn.Linear(sizes[i], sizes[i + 1]))
@@ -70,8 +69,7 @@ def rescale_params(params: dict[str, Tensor], layer: int, alpha: float) -> dict[
     Raises:
         ValueError: α <= 0, or no Linear ``layer + 1``.
     """
-    if not alpha > 0:
-        raise ValueError(f"alpha must be > 0 (relu(αz) = α relu(z) only then); got {alpha!r}")
+    checks.number("alpha", alpha, lo=0, strict=True, why="relu(αz) = α relu(z) only then")
     w1, b1 = linear_names(layer)
     w2, _ = linear_names(layer + 1)
     missing = [k for k in (w1, b1, w2) if k not in params]
@@ -125,14 +123,10 @@ def notebook_teacher(
         ValueError: an unknown init, a negative std, or a unit outside 1..d_1 - 1.
     """
     sizes = list(layer_sizes)
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}; got {init!r}")
-    if not (isinstance(hidden_bias_std, (int, float)) and math.isfinite(hidden_bias_std) and hidden_bias_std >= 0):
-        raise ValueError(f"hidden_bias_std must be a finite number >= 0; got {hidden_bias_std!r}")
-    units = list(degenerate_units)
-    if any(isinstance(u, bool) or not isinstance(u, int) or not 1 <= u < sizes[1] for u in units):
-        raise ValueError(f"degenerate_units must be integers in [1, {sizes[1] - 1}] (units of the first hidden layer "
-                         f"other than unit 0); got {units!r}")
+    checks.one_of("init", init, INITS)
+    checks.number("hidden_bias_std", hidden_bias_std, lo=0)
+    units = checks.int_list("degenerate_units", list(degenerate_units), lo=1, hi=sizes[1] - 1, min_len=0,
+                            why="units of the first hidden layer other than unit 0")
     params = (haiku_init if init == "haiku" else default_init)(sizes, gen, dtype)
     for layer in range(len(sizes) - 2):  # hidden layers only
         _, b = linear_names(layer)

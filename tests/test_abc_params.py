@@ -541,9 +541,10 @@ def test_coordinate_check_shapes_and_blow_up_recorded():
     [
         (lambda: make_parameterization("mupp", 3), "parameterization must be one of"),
         (lambda: make_parameterization("mup", 0), "L must be an integer >= 1"),
-        (lambda: make_parameterization("ip", 3, ip_c=[0, 1]), r"ip_c must have L\+1 = 4 entries"),
+        (lambda: make_parameterization("ip", 3, ip_c=[0, 1]),
+         r"ip_c must be a number or a list of L\+1 = 4 numbers \(one per layer, input to output\); got \[0, 1\]"),
         (lambda: make_parameterization("custom", 2, custom_exponents=dict(a=[0, 1, 1], b=[0, 0], c=0)),
-         r"custom_exponents.b must have L\+1 = 3 entries"),
+         r"custom_exponents.b must be a number or a list of L\+1 = 3 numbers"),
         (lambda: make_parameterization("custom", 2, custom_exponents=dict(a=[0, 1, 1], b=0)), "keys a, b, c"),
         (lambda: make_parameterization("ipllr", 2, n_warmup_steps=-1), "n_warmup_steps must be an integer >= 0"),
         (lambda: spec(width=0), "width must be an integer >= 1"),

@@ -112,7 +112,8 @@ def test_outputs_and_counts_are_checked():
     b = conjugate_kernel_basis(phi, W)
     with pytest.raises(ValueError, match=r"\(\.\.\., 40, 4\); got \(40, 5\)"):
         b.coefficients(torch.zeros(40, 5))
-    with pytest.raises(ValueError, match=r"\[1, k=4\]"):
+    with pytest.raises(ValueError,
+                       match=r"num must be an integer in \[1, 4\] \(the basis has k = 4 functions\); got 5"):
         b.basis_functions(5)
     with pytest.raises(ValueError, match="N = 40"):
         beta_gradients(lambda w, x: x @ w.view(4, 7).T, W.reshape(-1), phi[:10], b)
@@ -378,8 +379,8 @@ def test_lars_zero_weights_take_the_raw_gradient_step_and_timm_lars_differs_at_z
     torch.testing.assert_close(q.detach(), w0 - 0.1 * g, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("kwargs, match", [(dict(lr=0.0), "lr must be > 0"), (dict(momentum=-1.0), "momentum"),
-                                           (dict(weight_decay=-1.0), "weight_decay"),
+@pytest.mark.parametrize("kwargs, match", [(dict(lr=0.0), "lr must be a finite number > 0; got 0.0"),
+                                           (dict(momentum=-1.0), "momentum"), (dict(weight_decay=-1.0), "weight_decay"),
                                            (dict(trust_coefficient=0.0), "trust_coefficient")])
 def test_lars_rejects_bad_hyperparameters(kwargs, match):
     from dynamics.lars import LARS

@@ -17,6 +17,7 @@ from core.checks import (
     number,
     number_list,
     one_of,
+    parse_bool,
     path,
 )
 
@@ -81,6 +82,30 @@ def test_number_rejects_nan_inf_bool_and_non_numbers(value):
         number("x", value)
 
 
+def test_number_hi_open_excludes_the_upper_bound():
+    assert number("m", 0, lo=0, hi=1, hi_open=True) == 0.0
+    assert number("m", math.nextafter(1.0, 0.0), lo=0, hi=1, hi_open=True) < 1  # the largest float below 1
+    with raises("m must be a number in [0, 1); got 1"):
+        number("m", 1, lo=0, hi=1, hi_open=True)
+    with raises("m must be a finite number < 2; got 2.0"):
+        number("m", 2.0, hi=2, hi_open=True)
+    with raises("m must be a number in [0, 1); got nan"):
+        number("m", math.nan, lo=0, hi=1, hi_open=True)
+
+
+def test_why_goes_in_parentheses_before_the_value():
+    with raises("w must be an integer >= 1 (16 is the paper's size); got 0"):
+        integer("w", 0, why="16 is the paper's size")
+    with raises("a must be a finite number > 0 (only then); got -1"):
+        number("a", -1, lo=0, strict=True, why="only then")
+    with raises("m must be one of ('a',) (for arch='x'); got 'b'"):
+        one_of("m", "b", ("a",), why="for arch='x'")
+    with raises("u must be a list of integers in [1, 3] (not unit 0); got [0]"):
+        int_list("u", [0], lo=1, hi=3, min_len=0, why="not unit 0")
+    err = CheckError("k", "an integer", 0, "because")
+    assert (err.expected, err.why) == ("an integer", "because")
+
+
 def test_number_finite_false_lets_inf_through_but_not_nan():
     assert number("x", math.inf, lo=0, strict=True, finite=False) == math.inf
     with raises("x must be a number > -1; got nan"):
@@ -124,6 +149,15 @@ def test_int_list():
     for bad in ([1, True], [1, 2.0], 3, "12", None):
         with pytest.raises(CheckError, match="^s must be a non-empty list of integers >= 1; got "):
             int_list("s", bad)
+
+
+def test_int_list_from_float_takes_integral_floats_as_ints():
+    out = int_list("t", [10, 1e4], from_float=True)
+    assert out == [10, 10000] and all(type(t) is int for t in out)
+    with raises("t must be a non-empty list of integers >= 1; got [2.5]"):
+        int_list("t", [2.5], from_float=True)
+    with raises("t must be a non-empty list of integers >= 1; got [0]"):  # 0.0 -> 0, then the bound fails
+        int_list("t", [0.0], from_float=True)
 
 
 def test_number_list():
@@ -184,3 +218,109 @@ def test_cli_type_through_argparse(capsys):
         with pytest.raises(SystemExit):
             p.parse_args(argv)
         assert message in capsys.readouterr().err
+
+
+def test_parse_bool_with_cli_type(capsys):
+    assert parse_bool("True") is True and parse_bool("False") is False and parse_bool("true") == "true"
+    p = argparse.ArgumentParser(prog="x")
+    p.add_argument("--flag", type=cli_type(boolean, parse_bool))
+    assert p.parse_args(["--flag", "False"]).flag is False
+    with pytest.raises(SystemExit):
+        p.parse_args(["--flag", "1"])
+    assert "argument --flag: must be True or False; got '1'" in capsys.readouterr().err
+
+
+# --- the library's own validation goes through these checks ------------------------------
+# One bad value per converted module: the error is a CheckError whose key and value are the
+# ones passed, so a module that slips back to a hand-written message fails here.
+
+def _gen():
+    import torch
+    return torch.Generator().manual_seed(0)
+
+
+def _param():
+    import torch
+    return torch.nn.Parameter(torch.ones(2))
+
+
+def _eye():
+    import torch
+    return torch.eye(2)
+
+
+def _call(module: str, name: str, *args, **kwargs):
+    def call():
+        import importlib
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+    return call
+
+
+MODULE_CASES = [
+    (_call("dynamics.regimes_config", "RegimesConfig", alpha=1.0, dt=0.1, bs=0), "bs", 0),
+    (_call("dynamics.schedules", "LRSchedule", 0.1, -1, 0.0, 0.1, 1), "lr_setting[1] (epoch_warm)", -1),
+    (_call("dynamics.schedules", "make_loss", "hinge"), "loss_fn", "hinge"),
+    (lambda: _call("dynamics.perturb", "perturbation_direction", "sideways", 3, _gen())(), "perturb_strat", "sideways"),
+    (_call("dynamics.cgd", "OptimConfig", momentum=1.0), "momentum", 1.0),  # [0, 1): the bound itself fails
+    (_call("dynamics.train", "TrainingConfig", learning_rate=math.inf), "learning_rate", math.inf),
+    (_call("dynamics.basis", "saturation_times", [0.0, 1.0], [[1.0], [1.0]], level=0.0), "level", 0.0),
+    (_call("dynamics.abc_train", "CoordCheckConfig", n_seeds=0), "n_seeds", 0),
+    (_call("dynamics.lyapunov", "init_lyapunov", 3, 4), "k", 4),
+    (lambda: _call("dynamics.lars", "LARS", [_param()], lr=0.1, momentum=-1.0)(), "momentum", -1.0),
+    (lambda: _call("dynamics.symeig", "dense_eigh", _eye(), -1.0)(), "eps_eigh", -1.0),
+    (_call("models.abc", "make_parameterization", "mup", 0), "L", 0),
+    (lambda: _call("models.regimes", "build_model", "mlp", (3,), 0, "relu", 1, _gen())(), "h", 0),
+    (_call("models.relu_mlp", "ReLUMLP", [3]), "layer_sizes", [3]),
+    (lambda: _call("models.dln", "init_weight", (2, 2), _gen(), "xavier")(), "init", "xavier"),
+    (_call("models.basis_nets", "check_width", True), "width", True),
+    (lambda: _call("models.chaos_nets", "build_model", "mlp", (1, 16, 16), 10, _gen(), inter_dim=0)(),
+     "model.inter_dim", 0),
+    (_call("data.regimes", "build_dataset", "sign", 0, 10, 0, 0, d=3), "ptr", 0),
+    (lambda: _call("data.synthetic", "sample_inputs", 0, 2, "uniform", _gen())(), "n", 0),
+    (_call("data.vision", "load_vision_dataset", "mnist", size=0), "size", 0),
+    (_call("gen_commands.sweep", "parse_grid", ["a=3"]), "--grid a", "3"),
+]
+
+
+@pytest.mark.parametrize("call, key, value", MODULE_CASES, ids=[f"{c[1]}-{i}" for i, c in enumerate(MODULE_CASES)])
+def test_modules_raise_check_error_naming_the_key(call, key, value):
+    with pytest.raises(CheckError) as info:
+        call()
+    err = info.value
+    assert err.key == key and str(err).startswith(f"{key} must be ")
+    assert err.value == value
+
+
+def test_flat_splits_check_n_val_against_the_training_split(monkeypatch):
+    import torch
+
+    import data.splits
+
+    def fake(dataset, train, **kwargs):  # 10 training images, 4 test images, 1x2x2
+        n = 10 if train else 4
+        return torch.zeros(n, 1, 2, 2), torch.zeros(n, dtype=torch.int64)
+
+    monkeypatch.setattr(data.splits, "load_vision_dataset", fake)
+    with raises("n_val must be an integer in [0, 8] (leaving at least 2 of the 10 training examples); got 9"):
+        data.splits.load_flat_splits("mnist", None, 9, 2, torch.Generator(), "cpu")
+    with raises("batch_size must be <= the training examples left after n_val (7); got 8"):
+        data.splits.load_flat_splits("mnist", None, 3, 8, torch.Generator(), "cpu")
+
+
+def test_mongo_timeout_env_is_checked(monkeypatch):
+    from tracking import mongo
+
+    for raw, shown in (("-1", -1.0), ("soon", "soon")):
+        monkeypatch.setenv(mongo.TIMEOUT_ENV, raw)
+        with raises(f"{mongo.TIMEOUT_ENV} must be a number > 0 (seconds); got {shown!r}"):
+            mongo.timeout_s()
+    monkeypatch.setenv(mongo.TIMEOUT_ENV, "2.5")
+    assert mongo.timeout_s() == 2.5
+
+
+def test_llc_curve_generator_rejects_a_non_boolean_force_realisable(tmp_path, capsys):
+    from gen_commands import expt_llc_curve
+
+    with pytest.raises(SystemExit):
+        expt_llc_curve.main([str(tmp_path / "r.txt"), "--force-realisable", "yes"])
+    assert "argument --force-realisable: must be True or False; got 'yes'" in capsys.readouterr().err

@@ -213,7 +213,7 @@ def test_lyapunov_subspace_similarity(expt, data_root, tmp_path):
     (dict(model=dict(inter_dim=5000), max_memory_gb=0.5), r"exact Hessian of 1,335,010 parameters needs about"),
     (dict(eigenthings_path="/nonexistent/eigenthings.npz"), "eigenthings_path.*does not exist"),
     (dict(perturb_strat="max_chaos"), "need Lyapunov directions"),
-    (dict(perturb_strat="all", parallel=3), r"parallel must be >= 5"),
+    (dict(perturb_strat="all", parallel=3), r"parallel must be an integer >= 5 \(one copy per strategy and eps"),
     (dict(perturb_strat="sideways"), "perturb_strat"),
     (dict(dataset="cifar7"), "dataset"),
     (dict(model=dict(name="rnn")), "model.name"),
@@ -246,6 +246,17 @@ def test_bad_config_fails_before_compute_naming_the_key(expt, data_root, updates
     monkeypatch.setattr(expt, "load_vision_dataset", no_compute)
     with pytest.raises(ValueError, match=key):
         run(expt, tiny(data_root, **updates))
+
+
+def test_config_checks_raise_check_error_naming_key_and_value(expt, data_root, monkeypatch):
+    from core.checks import CheckError
+
+    monkeypatch.setattr(expt, "load_vision_dataset", lambda *a, **k: pytest.fail("compute started"))
+    for updates, key, value in ((dict(perturb_strat="sideways"), "perturb_strat", "sideways"),
+                                (dict(logging=dict(t_lya_subsim=[10, 2.5])), "logging.t_lya_subsim", [10, 2.5])):
+        with pytest.raises(CheckError) as info:
+            run(expt, tiny(data_root, **updates))
+        assert (info.value.key, info.value.value) == (key, value)
 
 
 def test_divergence_names_the_steps_completed_before_the_non_finite_loss(expt, data_root):

@@ -58,7 +58,7 @@ def test_rescaling_keeps_the_function_and_the_input_dict():
             assert not torch.allclose(scaled["layers.0.weight" if layer == 0 else "layers.2.weight"],
                                       params["layers.0.weight" if layer == 0 else "layers.2.weight"])
     assert all(torch.equal(before[k], params[k]) for k in params)
-    with pytest.raises(ValueError, match="alpha must be > 0"):
+    with pytest.raises(ValueError, match="alpha must be a finite number > 0"):
         rescale_params(params, 0, -1.0)
     with pytest.raises(ValueError, match="lacks"):
         rescale_params(params, 2, 2.0)

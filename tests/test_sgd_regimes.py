@@ -153,7 +153,7 @@ def test_divergence_is_recorded_not_failed(expt, tmp_path):
     (dict(ckpt_grad_stats=-2), "ckpt_grad_stats must be an integer >= -1"),
     (dict(seed_init=-1), "seed_init must be None or an integer >= 0"),
     (dict(max_step=0), "max_step must be None or an integer >= 1"),
-    (dict(mind_stop="x"), "mind_stop must be a finite number or None"),
+    (dict(mind_stop="x"), "mind_stop must be None or a finite number"),
     (dict(ckpt_modulo=0), "ckpt_modulo must be an integer >= 1"),
     (dict(ntk_method="loop"), "ntk_method must be one of"),
     (dict(ckpt_kernels=2), r"ckpt_kernels must be 0 or 1 \(or False / True\)"),

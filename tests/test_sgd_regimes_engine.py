@@ -78,7 +78,7 @@ def test_unknown_loss_and_bad_config():
         RegimesConfig(alpha=1.0, dt=0.1, bs=1, dynamics="adam")
     with pytest.raises(ValueError, match="alpha must be a finite number > 0"):
         RegimesConfig(alpha=0.0, dt=0.1, bs=1)
-    with pytest.raises(ValueError, match="max_step must be an integer >= 1 or None"):
+    with pytest.raises(ValueError, match="max_step must be None or an integer >= 1; got 0"):
         RegimesConfig(alpha=1.0, dt=0.1, bs=1, max_step=0)
     model, params, data = perceptron_case()
     with pytest.raises(ValueError, match=r"bs must be <= ptr \(40\)"):

@@ -244,9 +244,9 @@ def test_init_is_standard_normal_and_seeded():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(arch="resnet"), "arch must be one of"),
     (dict(act="elu"), "act must be one of"),
-    (dict(arch="mlp", L=None), "L must be an integer >= 1 for arch='mlp'"),
+    (dict(arch="mlp", L=None), r"L must be an integer >= 1 \(for arch='mlp'\); got None"),
     (dict(arch="linear", L=3), "L applies to arch in"),
-    (dict(arch="simple_diagonal_linear", L=None), "L must be an integer >= 1 for arch='simple_diagonal_linear'"),
+    (dict(arch="simple_diagonal_linear", L=None), r"L must be an integer >= 1 \(for arch='simple_diagonal_linear'\)"),
     (dict(arch="mnas", L=None), r"needs image inputs \(C, H, W\)"),
     (dict(arch="simple_cnn", L=None), r"needs image inputs \(C, H, W\)"),
     (dict(h=0), "h must be an integer >= 1"),
@@ -295,7 +295,7 @@ def test_synthetic_sets_are_seeded_disjoint_and_labelled(name):
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(name="moons"), "dataset must be one of"),
-    (dict(d=None), "d must be an integer >= 1 for dataset='sign'"),
+    (dict(d=None), r"d must be an integer >= 1 \(for dataset='sign'\); got None"),
     (dict(chi=-1.0), "data_chi must be a number > -1"),
     (dict(ptr=0), "ptr must be an integer >= 1"),
     (dict(seed_testset=-1), "seed_testset must be an integer >= 0"),
@@ -326,7 +326,8 @@ def test_mnist_parity_splits(tmp_path):
     assert abs(float(torch.cat([flat_tr, flat_te]).mean())) < 0.5  # normalised
     moved = build_dataset("mnist_parity", 50, 20, seed_trainset=5, seed_testset=4, data_root=str(tmp_path))
     assert torch.equal(moved.xte, data.xte) and not torch.equal(moved.xtr, data.xtr)
-    with pytest.raises(ValueError, match=r"ptr \+ pte must be <= 90"):
+    with pytest.raises(ValueError,
+                       match=r"ptr \+ pte must be <= the mnist_parity train and test splits together \(90\); got 100"):
         build_dataset("mnist_parity", 80, 20, seed_trainset=0, seed_testset=0, data_root=str(tmp_path))
 
 

@@ -84,8 +84,8 @@ def validate(config: dict) -> Checked:
     p = num_parameters(model)
     optim = build_config(OptimConfig, _group(config, "optim"), "optim")
     rules = build_config(CgdRules, _group(config, "cgd"), "cgd")
-    if optim.k is not None and optim.k > p:
-        raise ValueError(f"optim.k must be <= the number of parameters ({p}); got {optim.k}")
+    if optim.k is not None:
+        checks.at_most("optim.k", optim.k, "the number of parameters", p)
     log = _group(config, "logging", {"log_eigenthings", "log_lyapunov", "log_subsim", "log_lyapunov_subsim", "log_freq",
                                    "t_lya_subsim", "plot_eigs_every", "save_hessian_dist_every", "plot_mats_every",
                                    "plot_trajectories", "signal_noise_window", "save_eigenthings", "save_lyapunov_at"})
@@ -93,11 +93,9 @@ def validate(config: dict) -> Checked:
     for key in ("plot_eigs_every", "save_hessian_dist_every", "plot_mats_every", "signal_noise_window"):
         checks.integer(f"logging.{key}", log[key], lo=0)
     t_sub = log["t_lya_subsim"]
-    if t_sub is not None:
-        if not isinstance(t_sub, (list, tuple)) or not all(
-                isinstance(t, (int, float)) and t >= 1 and float(t).is_integer() for t in t_sub):
-            raise ValueError(f"logging.t_lya_subsim must be None or a list of whole step numbers >= 1; got {t_sub!r}")
-        t_sub = tuple(sorted({int(t) for t in t_sub}))
+    if t_sub is not None:  # whole floats (1e4 from a command line) count as step numbers
+        t_sub = tuple(sorted(set(checks.int_list("logging.t_lya_subsim", t_sub, lo=1, min_len=0, from_float=True,
+                                                 why="step numbers, or None"))))
     if log["log_lyapunov_subsim"] and not t_sub:
         raise ValueError("logging.log_lyapunov_subsim needs logging.t_lya_subsim, e.g. [10, 10000]")
     lyap = _group(config, "lyapunov", {"k", "qr_every"})
@@ -111,18 +109,14 @@ def validate(config: dict) -> Checked:
     # perturbation
     strat = config["perturb_strat"]
     strategies = ()
+    checks.one_of("perturb_strat", strat, (None, "all") + STRATEGIES)
     if strat is not None:
-        if strat != "all" and strat not in STRATEGIES:
-            raise ValueError(f"perturb_strat must be None, 'all' or one of {STRATEGIES}; got {strat!r}")
         strategies = STRATEGIES if strat == "all" else (strat,)
         eps = config["perturb_eps"]
         checks.number_list("perturb_eps", eps, lo=0, strict=True)
         combos = len(strategies) * len(eps)
-        checks.integer("parallel", config["parallel"], lo=1)
-        if config["parallel"] < combos:
-            raise ValueError(f"parallel must be >= {combos} (one copy per strategy and eps) "
-                             f"for perturb_strat={strat!r} "
-                             f"and perturb_eps={list(eps)}; got {config['parallel']}")
+        checks.integer("parallel", config["parallel"], lo=combos,
+                       why=f"one copy per strategy and eps for perturb_strat={strat!r} and perturb_eps={list(eps)}")
         if optim.prunes and not optim.prune_global:
             raise ValueError("perturbed copies need optim.name='sgd' or prune_global "
                              "(CGD would need each copy's Hessian)")
@@ -143,8 +137,7 @@ def validate(config: dict) -> Checked:
     tangent_dim = p if optim.momentum == 0 else 2 * p
     checks.integer("lyapunov.k", lyap["k"], lo=1, none_ok=True)
     tangent_k = tangent_dim if lyap["k"] is None else lyap["k"]
-    if tangent_k > tangent_dim:
-        raise ValueError(f"lyapunov.k must be <= the tangent dimension ({tangent_dim}); got {tangent_k}")
+    checks.at_most("lyapunov.k", tangent_k, "the tangent dimension", tangent_dim)
     for key in ("save_eigenthings", "save_lyapunov_at", "log_lyapunov_subsim"):
         if log[key] is not None and log[key] is not False and tangent_k != tangent_dim:  # save_lyapunov_at=0 is on
             raise ValueError(f"logging.{key} needs the initial vectors of every tangent direction: lyapunov.k must be "

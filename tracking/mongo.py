@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import quote, unquote
 
+from core import checks
+
 DEFAULT_PORT = 27017
 DEFAULT_DB = "sacred"
 TIMEOUT_ENV, PASSWORD_ENV, FAILURE_DIR_ENV = "DLT_MONGO_TIMEOUT_S", "DLT_MONGO_PASSWORD", "DLT_MONGO_FAILURE_DIR"
@@ -64,13 +66,13 @@ def without_password(text: str) -> str:
 def timeout_s() -> float:
     """The server-selection timeout: ``$DLT_MONGO_TIMEOUT_S`` or 5 s."""
     raw = os.environ.get(TIMEOUT_ENV)
+    if not raw:
+        return DEFAULT_TIMEOUT_S
     try:
-        value = float(raw) if raw else DEFAULT_TIMEOUT_S
+        value = float(raw)
     except ValueError:
-        raise ValueError(f"{TIMEOUT_ENV} must be a number of seconds > 0; got {raw!r}") from None
-    if not value > 0:
-        raise ValueError(f"{TIMEOUT_ENV} must be a number of seconds > 0; got {raw!r}")
-    return value
+        value = raw  # unparseable: the check rejects the string and the message quotes it
+    return checks.number(TIMEOUT_ENV, value, lo=0, strict=True, finite=False, why="seconds")
 
 
 @dataclass(frozen=True)
