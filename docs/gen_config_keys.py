@@ -2,8 +2,8 @@
 
 Keys, defaults and comments come from the experiments' own Sacred config scopes, so
 the docs cannot drift from the code: defaults are what Sacred computes (the scopes are
-run, as ``print_config`` runs them), and comments are read from the scope's source,
-including those inside ``dict(...)`` entries that ``print_config`` does not show.
+run, as ``print_config`` runs them), and comments are read from the scope's source by
+core.config_docs, which also gives ``print_config`` the comments inside ``dict(...)`` blocks.
 
 Run from the repository root with the project's Python (it imports torch and sacred):
 
@@ -13,13 +13,11 @@ The output is git-ignored and rebuilt by .ci/docs.sh before every docs build.
 """
 from __future__ import annotations
 
-import ast
 import inspect
-import io
 import json
-import textwrap
-import tokenize
 from pathlib import Path
+
+from core import config_docs
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "generated"
@@ -44,58 +42,24 @@ def page_name(sacred_name: str) -> str:
     return f"generated/config_{sacred_name}.md"
 
 
-def line_comments(source: str) -> dict[int, str]:
-    """Comment text by 1-based line number of ``source``."""
-    out = {}
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.COMMENT:
-            out[tok.start[0]] = tok.string.lstrip("#").strip()
-    return out
-
-
 def scope_rows(func) -> list[tuple[str, str | None, str]]:
     """(kind, dotted key or None, comment) in source order for one config function.
 
-    kind is "section" for a ``# --- title ---`` line, else "key". Nested keys come from
-    ``dict(k=v, ...)`` calls and ``{"k": v}`` literals assigned at the top level.
+    kind is "section" for a ``# --- title ---`` line before a top-level key, else "key". Keys and
+    their comments come from core.config_docs, the reader that also gives print_config the
+    comments of nested keys, so the tables and the printed config agree.
     """
-    source = textwrap.dedent(inspect.getsource(func))
-    comments = line_comments(source)
-    body = ast.parse(source).body[0].body
-    rows, seen_lines = [], set()
-
-    def comment_at(line: int) -> str:
-        seen_lines.add(line)
-        return comments.get(line, "")
-
-    def nested(prefix: str, value: ast.AST):
-        if isinstance(value, ast.Call) and getattr(value.func, "id", None) == "dict" and not value.args:
-            items = [(kw.arg, kw.value, kw.lineno) for kw in value.keywords if kw.arg]
-        elif isinstance(value, ast.Dict) and all(isinstance(k, ast.Constant) for k in value.keys):
-            items = [(k.value, v, k.lineno) for k, v in zip(value.keys, value.values)]
-        else:
-            return
-        for name, sub, line in items:
-            key = f"{prefix}.{name}"
-            rows.append(("key", key, comment_at(line)))
-            nested(key, sub)
-
-    for stmt in body:
-        # section headers written as standalone comments before this statement
-        for line in sorted(comments):
-            if line < stmt.lineno and line not in seen_lines:
-                seen_lines.add(line)
-                text = comments[line]
-                if text.startswith("---"):
-                    rows.append(("section", None, text.strip("- ").strip()))
-        targets = []
-        if isinstance(stmt, ast.Assign):
-            targets = [t.id for t in stmt.targets if isinstance(t, ast.Name)]
-        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
-            targets = [stmt.target.id]
-        for name in targets:
-            rows.append(("key", name, comment_at(stmt.lineno)))
-            nested(name, stmt.value)
+    keys = config_docs.config_keys(func)
+    comments = config_docs.line_comments(config_docs.function_source(func))
+    key_lines = {key.line for key in keys}
+    rows, after = [], 0  # section headers are looked for between the previous top-level key and this one
+    for key in keys:
+        if "." not in key.path:
+            for line in sorted(comments):
+                if after < line < key.line and line not in key_lines and comments[line].startswith("---"):
+                    rows.append(("section", None, comments[line].strip("- ").strip()))
+            after = max(after, key.line)
+        rows.append(("key", key.path, key.comment))
     return rows
 
 
@@ -179,7 +143,7 @@ def render(script: str, sacred_name: str, study_page: str, module) -> str:
             func = getattr(scope, "_func", None)
             doc = (inspect.getdoc(func) or "").split("\n\n")[0] if func else ""
             if func and not doc:  # no docstring: the scope's own comments say what it is
-                notes = line_comments(textwrap.dedent(inspect.getsource(func))).values()
+                notes = config_docs.line_comments(config_docs.function_source(func)).values()
                 doc = "; ".join(c for c in notes if c and not c.startswith(("noqa", "---")))
             keys = ", ".join(f"`{k}`" for k in assigned_keys(func)) if func else "(a dict)"
             lines.append(f"| `{name}` | {cell(doc)} | {cell(keys)} |")

@@ -27,6 +27,7 @@ import torch
 from sacred import Experiment
 
 from core import checks
+from core.config_docs import with_nested_docs
 from core.runtime import derived_seed, resolve_device
 from data.splits import Splits, calibration_batches, load_flat_splits
 from data.vision import DATASETS
@@ -56,6 +57,7 @@ BATCH_ORDERS = ("fresh", "fixed_list")
 CALIBRATED = ("ipllr", "standard_ip_calibrated")  # warm-ups whose base lrs can be calibrated
 
 
+@with_nested_docs  # print_config shows the comments of the keys inside the dict blocks too
 @ex.config
 def cfg():
     expt_name = None  # free label to group runs in plots (e.g. the sweep's name)

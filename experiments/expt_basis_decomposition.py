@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from sacred import Experiment
 
+from core.config_docs import with_nested_docs
 from core.runtime import derived_seed
 from data.vision import DATASETS, load_vision_dataset
 from dynamics.basis import conjugate_kernel_basis
@@ -56,6 +57,7 @@ from tracking.sacred_utils import configure_experiment, json_ready, log_series, 
 ex = add_checkpoint_config(configure_experiment(Experiment("basis_decomposition")))
 
 
+@with_nested_docs  # print_config shows the comments of the keys inside the dict blocks too
 @ex.config
 def cfg():
     expt_name = None  # free label to group runs in plots (e.g. the sweep's name)
@@ -114,8 +116,7 @@ def cfg():
     grad_indep = False  # |cos(∇β_i, ∇β_j)|, i, j < rerun_config.num_basis, along a re-initialised run
     beta_domin = False  # log|β_i| against log‖∇β_i‖ along a re-initialised run
     rerun_config = dict(
-        # ∇β evaluated before steps t < iterations (beta_domin.py 400, grad_indep.py 10)
-        iterations=400 if beta_domin else 10,
+        iterations=400 if beta_domin else 10,  # ∇β before steps t < iterations (beta_domin.py 400, grad_indep.py 10)
         every=1,  # iterations between ∇β evaluations (both scripts: 1)
         num_basis=5 if beta_domin else 10,  # ∇β_i for i < num_basis (beta_domin.py 5, grad_indep.py 10)
     )

@@ -29,6 +29,7 @@ import torch
 from sacred import Experiment
 from torch.func import grad_and_value
 
+from core.config_docs import with_nested_docs
 from core.runtime import derived_seed, resolve_dtype
 from data.vision import load_vision_dataset
 from dynamics.cgd import cgd_gradient, sgd_step
@@ -60,6 +61,7 @@ from tracking.sacred_utils import configure_experiment, json_ready, run_cli, see
 ex = add_checkpoint_config(configure_experiment(Experiment("chaos")))
 
 
+@with_nested_docs  # print_config shows the comments of the keys inside the dict blocks too
 @ex.config
 def cfg():
     expt_name = None  # free label to group runs in plots
@@ -106,10 +108,8 @@ def cfg():
         rand_draws="distinct",  # prune_k=rand: distinct | replacement (the original's randint; repeats prune once)
         rank="abs",  # top_abs on chaotic: abs (|λ|) | growth ((1 − lr λ)², the original)
         band="momentum",  # chaotic above 2(1+μ)/lr | plain: above 2/lr (the original, momentum ignored)
-        # prune_global: exponent_sign (χ > 0 / χ < 0) | hessian (the original's rules on σ²)
-        global_rule="exponent_sign",
-        # Lyapunov map under cgd: derivative ((I − γ V_pV_pᵀ) H) | projected (P_kept H P_kept, the original)
-        tangent="derivative",
+        global_rule="exponent_sign",  # prune_global: exponent_sign (χ > 0 / χ < 0) | hessian (the original's, on σ²)
+        tangent="derivative",  # cgd's Lyapunov map: derivative ((I − γ V_pV_pᵀ) H) | projected (P_kept H P_kept, orig.)
     )
 
     # --- curvature ---

@@ -29,6 +29,7 @@ from sacred import Experiment
 from torch.func import functional_call
 
 from core import checks
+from core.config_docs import with_nested_docs
 from core.runtime import DTYPES, derived_seed, resolve_device, resolve_dtype
 from data.synthetic import INPUT_DISTRIBUTIONS, teacher_dataset
 from dynamics.train import TrainingConfig, train
@@ -57,6 +58,7 @@ from tracking.sacred_utils import build_config, configure_experiment, json_ready
 ex = add_checkpoint_config(configure_experiment(Experiment("dln_lambdahat")))
 
 
+@with_nested_docs  # print_config shows the comments of the keys inside the dict blocks too
 @ex.config
 def cfg():
     expt_name = None  # free label to group runs in plots (e.g. the sweep's name)
@@ -103,10 +105,10 @@ def cfg():
     do_training = False
     training_config = dict(
         optim="sgd",  # sgd | adam
-        learning_rate=0.01,
+        learning_rate=0.01,  # step size (> 0)
         momentum=0.9,  # SGD only; None -> 0
-        batch_size=200,
-        num_steps=5000,
+        batch_size=200,  # minibatch per step, drawn with replacement (<= num_training_data)
+        num_steps=5000,  # optimisation steps
         init="haiku",  # initial weights: haiku (the original's) | torch
     )
 

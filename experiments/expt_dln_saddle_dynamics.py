@@ -28,6 +28,7 @@ import torch
 from sacred import Experiment
 
 from core import checks
+from core.config_docs import with_nested_docs
 from core.runtime import DTYPES, derived_seed, resolve_device, resolve_dtype
 from dynamics.train import TrainingConfig, train
 from llc.aoyagi import dln_learning_coefficient
@@ -41,6 +42,7 @@ from tracking.sacred_utils import build_config, configure_experiment, json_ready
 ex = add_checkpoint_config(configure_experiment(Experiment("dln_saddle_dynamics")))
 
 
+@with_nested_docs  # print_config shows the comments of the keys inside the dict blocks too
 @ex.config
 def cfg():
     expt_name = None  # free label to group runs in plots
@@ -57,10 +59,10 @@ def cfg():
     # --- training: plain SGD on the MSE (mean over batch and outputs) ---
     training_config = dict(
         optim="sgd",  # sgd | adam
-        learning_rate=1e-4,
+        learning_rate=1e-4,  # step size (> 0)
         momentum=None,  # SGD only; None -> 0
-        batch_size=128,
-        num_steps=20000,
+        batch_size=128,  # minibatch per step, drawn with replacement
+        num_steps=20000,  # optimisation steps
         weight_decay=None,  # L2 penalty; None -> 0
     )
     logging_period = 50  # SGD steps between checkpoints (> 0)

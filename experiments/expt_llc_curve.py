@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from sacred import Experiment
 
 from core import checks
+from core.config_docs import with_nested_docs
 from core.runtime import derived_seed, resolve_device
 from data.vision import load_vision_dataset, noisy_labels
 from dynamics.engine import evaluate as engine_evaluate
@@ -56,6 +57,7 @@ PER_LAYER = (None, "module", "parameter")
 INPUT_NORMALISATIONS = ("unit_interval", "standardise")
 
 
+@with_nested_docs  # print_config shows the comments of the keys inside the dict blocks too
 @ex.config
 def cfg():
     expt_name = None  # free label to group runs in plots
@@ -73,10 +75,10 @@ def cfg():
     # --- training (train mode, minibatches drawn with replacement) ---
     training_config = dict(
         optim="sgd",  # sgd | adam
-        learning_rate=1e-3,
+        learning_rate=1e-3,  # step size (> 0)
         momentum=None,  # SGD only; None -> 0
-        batch_size=128,
-        num_steps=20000,
+        batch_size=128,  # minibatch per step, drawn with replacement
+        num_steps=20000,  # optimisation steps
         l2_regularization=None,  # adds l2·Σ p² to the training loss (weight decay 2·l2 for SGD); None -> 0
     )
     logging_period = 200  # SGD steps between λ̂ checkpoints (> 0)

@@ -35,6 +35,7 @@ from sacred import Experiment
 from torch.func import functional_call, vmap
 
 from core import checks
+from core.config_docs import with_nested_docs
 from core.runtime import DTYPES, derived_seed, resolve_device, resolve_dtype
 from data.synthetic import INPUT_DISTRIBUTIONS, teacher_dataset
 from llc.estimate import flat_model_for_module
@@ -62,6 +63,7 @@ ALIASES = {"step_size": "epsilon", "num_samples": "num_steps", "num_runs": "num_
            "dataset_sizes": "num_training_data", "batch_size": "sgld_config.batch_size"}
 
 
+@with_nested_docs  # print_config shows the comments of the keys inside the dict blocks too
 @ex.config
 def cfg():
     expt_name = None  # free label to group runs in plots
@@ -86,8 +88,7 @@ def cfg():
     sgld_config = dict(
         batch_size=32,  # minibatch per step and chain (<= every n)
         loss_trace_minibatch=True,  # True: L_B of each step's batch (original) | False: full-data L_n per draw
-        # torch.compile the step: "auto" (runs of >= llc.sgld.COMPILE_AUTO_MIN_CHAIN_STEPS chain-steps), True, False
-        compile="auto",
+        compile="auto",  # torch.compile the step: "auto" (runs >= llc.sgld.COMPILE_AUTO_MIN_CHAIN_STEPS) | True | False
     )
     mala_config = dict(
         adapt_step_size=False,  # False: ε fixed (original) | True: tune each chain's ε during burn-in

@@ -41,6 +41,7 @@ from sacred import Experiment
 from torch.func import functional_call
 
 from core import checks
+from core.config_docs import with_nested_docs
 from core.runtime import DTYPES, derived_seed, resolve_device, resolve_dtype
 from data.synthetic import INPUT_DISTRIBUTIONS, sample_inputs
 from llc.estimate import estimate_llc_flat, flat_model_for_module
@@ -58,6 +59,7 @@ ACCEPTANCE_DENSITIES = ("preconditioned", "identity")
 PSGLD_KEYS = ("rho", "delta", "kappa", "adapt_steps", "localisation", "compile")
 
 
+@with_nested_docs  # print_config shows the comments of the keys inside the dict blocks too
 @ex.config
 def cfg():
     expt_name = None  # free label to group runs in plots
@@ -82,8 +84,7 @@ def cfg():
     mala_acceptance_density = "preconditioned"
     psgld_config = dict(
         epsilon=0.05,  # step size ε, dimensionless (D ≈ (nβ ∇²L)⁻¹: every direction relaxes at ~ε/2 per step)
-        # localisation strength γ, relative to each tensor's mean(w*²): 0.03 ≈ absolute γ = 1 at PyTorch's init
-        gamma=0.03,
+        gamma=0.03,  # localisation γ relative to each tensor's mean(w*²): 0.03 ≈ absolute γ = 1 at PyTorch's init
         num_steps=3000,  # steps per chain, burn-in included
         batch_size=200,  # minibatch per step and chain
         num_chains=4,  # vectorised with vmap
@@ -93,8 +94,7 @@ def cfg():
         delta=1e-3,  # relative floor of V, per parameter tensor
         kappa=1e-4,  # initial D = κ · mean(w*²) per tensor
         adapt_steps=None,  # None -> the burn-in
-        # relative: γ/2 Σ_s ||w_s - w*_s||² / mean(w*_s²) (equivariant) | absolute: γ/2 ||w - w*||²
-        localisation="relative",
+        localisation="relative",  # relative: γ/2 Σ_s ‖w_s - w*_s‖²/mean(w*_s²) (equivariant) | absolute: γ/2 ‖w - w*‖²
         compile="auto",  # "auto" | False: the eager step (pSGLD has no compiled step) | True: an error
     )
     sgld_config = dict(  # psgld_fixed and plain sgld (the notebook's values)
@@ -105,10 +105,9 @@ def cfg():
         num_chains=5,  # the notebook's num_runs, vectorised with vmap
         nbeta=None,  # None -> n / log n (original itemp = 1 / log n)
         num_burnin_steps=0,  # original: every draw is averaged
-        # torch.compile plain sgld's step: "auto" (>= llc.sgld.COMPILE_AUTO_MIN_CHAIN_STEPS chain-steps), True, False;
-        # only with mala_acceptance_every=None (else it and psgld_fixed run the eager pSGLD step;
-        # compile_mode says which ran)
-        compile="auto",
+        # "auto": >= llc.sgld.COMPILE_AUTO_MIN_CHAIN_STEPS chain-steps; only with mala_acceptance_every=None (else
+        # it and psgld_fixed run the eager pSGLD step; compile_mode says which ran)
+        compile="auto",  # torch.compile plain sgld's step (mala_acceptance_every=None only): "auto" | True | False
     )
     # False: full-data L_n at every draw (original) | True: the step's minibatch loss (no full-data pass)
     loss_trace_minibatch = False
