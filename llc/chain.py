@@ -228,6 +228,49 @@ def check_flat(w_star: Tensor) -> None:
         raise ValueError(f"w_star must be a flat (P,) vector; got shape {tuple(w_star.shape)}")
 
 
+class Stream(Protocol):
+    """Minibatch rows that live off the device (llc.streaming.StreamedData): n and a driver of its own."""
+
+    n: int
+
+    def run(self, kernel: Kernel, loss_fn: FlatLoss, w_star: Tensor, config: ChainConfig, seed: int,
+            eval_batch_size: int) -> tuple[Tensor, Tensor]:
+        """run_chains with ``kernel`` fed the streamed rows; returns the (C, T) trace and w_T."""
+
+
+def data_size(x: Tensor | None, stream: Stream | None, batch_size: int, w_star: Tensor) -> int:
+    """n, from the in-memory x or from the stream, after the minibatch samplers' input checks."""
+    n = x.shape[0] if stream is None else stream.n
+    check_batch(batch_size, n, w_star)
+    return n
+
+
+def run_minibatch_chains(
+    kernel: Kernel,
+    loss_fn: FlatLoss,
+    w_star: Tensor,
+    x: Tensor | None,
+    y: Tensor | None,
+    config: ChainConfig,
+    seed: int,
+    eval_batch_size: int,
+    callback: StepCallback | None = None,
+    stream: Stream | None = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`run_chains` for a minibatch kernel (SGLD, pSGLD, SGNHT, SGHMC) on (x, y) or on ``stream``.
+
+    In memory, the trace holds full-data losses L_n(w_t) after burn-in when
+    ``config.loss_trace_minibatch`` is False. With ``stream`` (x, y None) the rows come
+    from the host instead (llc.streaming), and the stream carries its own callback hook.
+    """
+    if stream is not None:
+        if callback is not None:
+            raise ValueError("callback: streamed data takes the stream's own hook (llc.callbacks.batch_hook)")
+        return stream.run(kernel, loss_fn, w_star, config, seed, eval_batch_size)
+    full = None if config.loss_trace_minibatch else (lambda w: full_data_loss(loss_fn, w, x, y, eval_batch_size))
+    return run_chains(kernel, w_star, x.shape[0], config, seed, full_loss=full, callback=callback)
+
+
 def run_chains(
     kernel: Kernel,
     w_star: Tensor,

@@ -72,7 +72,7 @@ from torch import Tensor
 from torch.func import vmap
 
 from core.types import FlatLoss
-from llc.chain import Draws, StepCallback, check_batch, full_data_loss, reject_compile_true, run_chains
+from llc.chain import Draws, StepCallback, Stream, data_size, reject_compile_true, run_minibatch_chains
 from llc.precision import autocast, check_amp_device
 from llc.result import LLCResult, initial_loss, llc_result
 from llc.sgld import SGLDConfig, _gather
@@ -189,6 +189,7 @@ def run_psgld(
     scales: Tensor | None = None,
     accept_identity_density: bool = False,
     callback: StepCallback | None = None,
+    stream: Stream | None = None,
 ) -> PSGLDTrace:
     """Run ``config.num_chains`` preconditioned SGLD chains from w*, vectorised over chains.
 
@@ -211,6 +212,7 @@ def run_psgld(
         accept_identity_density: the acceptance probability with D = 1 in the proposal
             density (the notebook's formula) instead of the chain's D.
         callback: ``callback(t, w_t, w_{t+1}, idx_t)`` after every step, as for llc.sgld.run_sgld.
+        stream: the rows on the host instead of x, y, as for llc.sgld.run_sgld.
 
     Returns:
         PSGLDTrace with the (C, T) loss trace and each chain's frozen D.
@@ -220,8 +222,7 @@ def run_psgld(
             or scales that are not (P,) and positive and finite, or accept_every < 1.
         SGLDDivergenceError: a chain's loss became NaN or inf.
     """
-    n = x.shape[0]
-    check_batch(config.batch_size, n, w_star)
+    n = data_size(x, stream, config.batch_size, w_star)
     P = w_star.numel()
     if preconditioner is not None and (preconditioner.shape != (P,) or not bool((preconditioner > 0).all())):
         raise ValueError(f"preconditioner must be a positive ({P},) vector; got shape {tuple(preconditioner.shape)}")
@@ -232,8 +233,7 @@ def run_psgld(
         raise ValueError(f"accept_every must be None or an integer >= 1; got {accept_every!r}")
     kernel = PSGLDKernel(loss_fn, w_star, x, y, config, precond, config.resolve_nbeta(n), segments, preconditioner,
                          accept_every, scales, accept_identity_density)
-    full = None if config.loss_trace_minibatch else (lambda w: full_data_loss(loss_fn, w, x, y, eval_batch_size))
-    trace, w = run_chains(kernel, w_star, n, config, seed, full_loss=full, callback=callback)
+    trace, w = run_minibatch_chains(kernel, loss_fn, w_star, x, y, config, seed, eval_batch_size, callback, stream)
     accept = None
     if accept_every is not None:
         accept = torch.stack(kernel.accept_probs, 1).cpu().numpy() if kernel.accept_probs else np.zeros((w.shape[0], 0))

@@ -25,7 +25,7 @@ import dataclasses
 from torch import Tensor
 
 from core.types import FlatLoss
-from llc.chain import StepCallback
+from llc.chain import StepCallback, Stream
 from llc.mala import MALAConfig, run_mala
 from llc.psgld import PSGLDConfig, run_psgld
 from llc.sghmc import SGHMCConfig, SGNHTConfig, run_sghmc, run_sgnht
@@ -42,6 +42,8 @@ SAMPLER_OPTIONS = {
 # The samplers an experiment's sgld_config can name: those whose config is an SGLDConfig.
 EXPERIMENT_SAMPLERS = ("sgld", "sgnht", "sghmc")
 MINIBATCH_CONFIGS = {"sgld": SGLDConfig, "sgnht": SGNHTConfig, "sghmc": SGHMCConfig}
+# The samplers that take a Dataset / DataLoader streamed from the host (llc.streaming): the minibatch ones.
+STREAMING_SAMPLERS = ("sgld", "psgld", "sgnht", "sghmc")
 
 
 def check_sampler(sampler, options: dict | None) -> dict:
@@ -145,16 +147,30 @@ def run_sampler(
     eval_batch_size: int = 4096,
     callback: StepCallback | None = None,
     segments=None,
+    stream: Stream | None = None,
 ):
-    """Run the named sampler; returns its trace (``loss``, ``nbeta``, ``burnin``, ``final_w``)."""
+    """Run the named sampler; returns its trace (``loss``, ``nbeta``, ``burnin``, ``final_w``).
+
+    ``stream`` (llc.streaming.StreamedData, with x and y None) feeds a minibatch sampler
+    (STREAMING_SAMPLERS) its rows from the host.
+    """
+    if stream is not None:
+        check_streams(sampler)
     if sampler == "sgld":
-        return run_sgld(loss_fn, w_star, x, y, configs, seed, eval_batch_size, callback=callback)
+        return run_sgld(loss_fn, w_star, x, y, configs, seed, eval_batch_size, callback=callback, stream=stream)
     if sampler == "psgld":
         return run_psgld(loss_fn, w_star, x, y, configs[0], configs[1], seed, segments, eval_batch_size,
-                         callback=callback)
+                         callback=callback, stream=stream)
     if sampler == "mala":
         if callback is not None:
             raise ValueError("callbacks: sampler='mala' takes no callbacks (it is full-batch)")
         return run_mala(loss_fn, w_star, x, y, configs, seed, eval_batch_size)
     run = run_sgnht if sampler == "sgnht" else run_sghmc
-    return run(loss_fn, w_star, x, y, configs, seed, eval_batch_size, callback=callback)
+    return run(loss_fn, w_star, x, y, configs, seed, eval_batch_size, callback=callback, stream=stream)
+
+
+def check_streams(sampler: str) -> None:
+    """ValueError naming ``sampler`` unless it can take a streamed Dataset / DataLoader (a minibatch sampler)."""
+    if sampler not in STREAMING_SAMPLERS:
+        raise ValueError(f"sampler: a Dataset or DataLoader is streamed with a minibatch sampler, one of "
+                         f"{STREAMING_SAMPLERS}; got {sampler!r} (full-batch: pass (x, y) tensors)")

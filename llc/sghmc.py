@@ -38,7 +38,15 @@ from torch import Tensor
 from torch.func import vmap
 
 from core.types import FlatLoss
-from llc.chain import Draws, StepCallback, check_batch, check_number, full_data_loss, reject_compile_true, run_chains
+from llc.chain import (
+    Draws,
+    StepCallback,
+    Stream,
+    check_number,
+    data_size,
+    reject_compile_true,
+    run_minibatch_chains,
+)
 from llc.precision import autocast, check_amp_device
 from llc.sgld import SGLDConfig, _gather
 
@@ -168,20 +176,19 @@ class MomentumKernel:
         return loss
 
 
-def _run(loss_fn, w_star, x, y, config, seed, eval_batch_size, callback, thermostat) -> MomentumTrace:
-    n = x.shape[0]
-    check_batch(config.batch_size, n, w_star)
+def _run(loss_fn, w_star, x, y, config, seed, eval_batch_size, callback, thermostat, stream) -> MomentumTrace:
+    n = data_size(x, stream, config.batch_size, w_star)
     kernel = MomentumKernel(loss_fn, w_star, x, y, config, config.resolve_nbeta(n), thermostat)
-    full = None if config.loss_trace_minibatch else (lambda w: full_data_loss(loss_fn, w, x, y, eval_batch_size))
-    trace, w = run_chains(kernel, w_star, n, config, seed, full_loss=full, callback=callback)
+    trace, w = run_minibatch_chains(kernel, loss_fn, w_star, x, y, config, seed, eval_batch_size, callback, stream)
     zeta = kernel.zeta[:, 0].clone() if thermostat else None
     return MomentumTrace(loss=trace.cpu(), final_w=w, final_v=kernel.v, thermostat=zeta, nbeta=kernel.nbeta,
                          burnin=config.burnin())
 
 
 def run_sghmc(loss_fn: FlatLoss, w_star: Tensor, x: Tensor, y: Tensor, config: SGHMCConfig, seed: int,
-              eval_batch_size: int = 4096, callback: StepCallback | None = None) -> MomentumTrace:
-    """Run ``config.num_chains`` SGHMC chains from w*; arguments as for llc.sgld.run_sgld.
+              eval_batch_size: int = 4096, callback: StepCallback | None = None,
+              stream: Stream | None = None) -> MomentumTrace:
+    """Run ``config.num_chains`` SGHMC chains from w*; arguments (``stream`` too) as for llc.sgld.run_sgld.
 
     Raises:
         ValueError: batch_size > n or a w* that is not flat.
@@ -189,12 +196,13 @@ def run_sghmc(loss_fn: FlatLoss, w_star: Tensor, x: Tensor, y: Tensor, config: S
     """
     if not isinstance(config, SGHMCConfig):
         raise ValueError(f"config must be an SGHMCConfig; got {type(config).__name__}")
-    return _run(loss_fn, w_star, x, y, config, seed, eval_batch_size, callback, thermostat=False)
+    return _run(loss_fn, w_star, x, y, config, seed, eval_batch_size, callback, thermostat=False, stream=stream)
 
 
 def run_sgnht(loss_fn: FlatLoss, w_star: Tensor, x: Tensor, y: Tensor, config: SGNHTConfig, seed: int,
-              eval_batch_size: int = 4096, callback: StepCallback | None = None) -> MomentumTrace:
-    """Run ``config.num_chains`` SGNHT chains from w*; arguments as for llc.sgld.run_sgld.
+              eval_batch_size: int = 4096, callback: StepCallback | None = None,
+              stream: Stream | None = None) -> MomentumTrace:
+    """Run ``config.num_chains`` SGNHT chains from w*; arguments (``stream`` too) as for llc.sgld.run_sgld.
 
     Raises:
         ValueError: batch_size > n or a w* that is not flat.
@@ -202,4 +210,4 @@ def run_sgnht(loss_fn: FlatLoss, w_star: Tensor, x: Tensor, y: Tensor, config: S
     """
     if not isinstance(config, SGNHTConfig):
         raise ValueError(f"config must be an SGNHTConfig; got {type(config).__name__}")
-    return _run(loss_fn, w_star, x, y, config, seed, eval_batch_size, callback, thermostat=True)
+    return _run(loss_fn, w_star, x, y, config, seed, eval_batch_size, callback, thermostat=True, stream=stream)
