@@ -37,7 +37,15 @@ from torch import Tensor
 from torch.func import vmap
 
 from core.types import FlatLoss
-from llc.chain import ChainConfig, ChainDivergenceError, Draws, check_flat, reject_compile_true, run_chains
+from llc.chain import (
+    ChainConfig,
+    ChainDivergenceError,
+    Draws,
+    StepCallback,
+    check_flat,
+    reject_compile_true,
+    run_chains,
+)
 from llc.result import LLCResult, initial_loss, llc_result
 
 
@@ -167,6 +175,7 @@ def run_mala(
     config: MALAConfig,
     seed: int,
     eval_batch_size: int = 4096,
+    callback: StepCallback | None = None,
 ) -> MALATrace:
     """Run ``config.num_chains`` MALA chains started at w*, all in one vectorised step.
 
@@ -177,6 +186,8 @@ def run_mala(
         config: sampler hyperparameters.
         seed: base seed of the per-chain generators.
         eval_batch_size: chunk size of the full-data passes.
+        callback: ``callback(t, w_t, w_{t+1}, None)`` after every step (no minibatch: idx is None);
+            llc.calibrate measures the accepted moves with it.
 
     Returns:
         MALATrace.
@@ -188,7 +199,7 @@ def run_mala(
     check_flat(w_star)
     n = x.shape[0]
     kernel = MALAKernel(loss_fn, w_star, x, y, config, config.resolve_nbeta(n), eval_batch_size)
-    trace, w = run_chains(kernel, w_star, n, config, seed)
+    trace, w = run_chains(kernel, w_star, n, config, seed, callback=callback)
     T, burnin = config.num_steps, config.burnin()
     return MALATrace(
         loss=trace.cpu(),
