@@ -27,6 +27,7 @@ from torch import Tensor
 from core.types import FlatLoss
 from llc.chain import StepCallback, Stream
 from llc.mala import MALAConfig, run_mala
+from llc.precision import check_amp_device
 from llc.psgld import PSGLDConfig, run_psgld
 from llc.sghmc import SGHMCConfig, SGNHTConfig, run_sghmc, run_sgnht
 from llc.sgld import SGLDConfig, run_sgld
@@ -99,6 +100,14 @@ def split_sampler(values: dict, key: str = "sgld_config") -> tuple[type, dict]:
                 raise ValueError(f"{key}.{opt} applies to sampler={name!r} only; got {opt}={value!r} "
                                  f"with sampler={sampler!r}")
     return MINIBATCH_CONFIGS[sampler], {**values, **options}
+
+
+def check_config_device(config: SGLDConfig, device, key: str = "sgld_config") -> None:
+    """ValueError naming ``key.amp`` where the config's amp cannot run on ``device`` (fp16 off CUDA)."""
+    try:
+        check_amp_device(config.amp, device)
+    except ValueError as err:
+        raise ValueError(f"{key}.{err}") from None
 
 
 def sampler_kwargs(config: SGLDConfig) -> dict:
