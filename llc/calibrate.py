@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from core import checks
 from core.runtime import resolve_device, resolve_dtype
 from llc.chain import ChainDivergenceError
 from llc.diagnostics import RHAT_MAX
@@ -72,14 +73,18 @@ class Calibration:
 
 
 def _check_grid(name: str, values, lo: float, allow_none: bool, strict: bool) -> list:
+    """``values`` (a number, None or a non-empty list of them) as a list; ValueError listing the bad entries."""
     vals = [values] if values is None or isinstance(values, numbers.Real) else list(values)
     if not vals:
         raise ValueError(f"{name} must not be empty")
+
     def ok(v) -> bool:
-        if v is None:
-            return allow_none
-        number = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-        return number and (v > lo if strict else v >= lo)
+        try:
+            real = isinstance(v, numbers.Real) and not isinstance(v, bool)  # numpy scalars too, as before
+            checks.number(name, float(v) if real else v, lo=lo, strict=strict, none_ok=allow_none)
+        except checks.CheckError:
+            return False
+        return True
 
     bad = [v for v in vals if not ok(v)]
     if bad:
@@ -130,8 +135,7 @@ def calibrate_epsilon(
             ``adapt_step_size`` True, or any invalid sampler setting.
     """
     options = _calibration_options(sampler, sampler_options)
-    if not (isinstance(min_noise_fraction, (int, float)) and 0 <= min_noise_fraction <= 1):
-        raise ValueError(f"min_noise_fraction must be in [0, 1]; got {min_noise_fraction!r}")
+    checks.number("min_noise_fraction", min_noise_fraction, lo=0, hi=1)
     eps_grid = sorted(_check_grid("epsilons", epsilons, 0.0, allow_none=False, strict=True))
     nb_grid = _check_grid("nbetas", nbetas, 0.0, allow_none=True, strict=True)
     g_grid = _check_grid("gammas", gammas, 0.0, allow_none=False, strict=False)

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
+from core import checks
 from core.types import FlatLoss
 from llc.chain import (
     ChainConfig,
@@ -43,6 +44,7 @@ from llc.chain import (
     Draws,
     StepCallback,
     check_flat,
+    check_number,
     reject_compile_true,
     run_chains,
 )
@@ -70,10 +72,8 @@ class MALAConfig(ChainConfig):
     def __post_init__(self):
         reject_compile_true(self.compile, "MALA (llc.mala)")
         super().__post_init__()
-        if not isinstance(self.adapt_step_size, bool):
-            raise ValueError(f"adapt_step_size must be True or False; got {self.adapt_step_size!r}")
-        if not (isinstance(self.target_acceptance, (int, float)) and 0 < self.target_acceptance < 1):
-            raise ValueError(f"target_acceptance must be in (0, 1); got {self.target_acceptance!r}")
+        checks.boolean("adapt_step_size", self.adapt_step_size)
+        check_number("target_acceptance", self.target_acceptance, 0, 1, strict=True, hi_open=True)
 
 
 @dataclass

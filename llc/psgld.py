@@ -71,8 +71,18 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
+from core import checks
 from core.types import FlatLoss
-from llc.chain import Draws, StepCallback, Stream, data_size, reject_compile_true, run_minibatch_chains
+from llc.chain import (
+    Draws,
+    StepCallback,
+    Stream,
+    check_int,
+    check_number,
+    data_size,
+    reject_compile_true,
+    run_minibatch_chains,
+)
 from llc.precision import autocast, check_amp_device
 from llc.result import LLCResult, initial_loss, llc_result
 from llc.sgld import SGLDConfig, _gather
@@ -109,17 +119,11 @@ class PSGLDConfig:
 
     def __post_init__(self):
         reject_compile_true(self.compile, "pSGLD (llc.psgld)")
-        if self.localisation not in LOCALISATIONS:
-            raise ValueError(f"localisation must be one of {LOCALISATIONS}; got {self.localisation!r}")
-        if not (isinstance(self.rho, (int, float)) and 0 <= self.rho < 1):
-            raise ValueError(f"rho must be a number in [0, 1); got {self.rho!r}")
+        checks.one_of("localisation", self.localisation, LOCALISATIONS)
+        check_number("rho", self.rho, 0, 1, hi_open=True)  # ρ = 1 would never update V
         for key in ("delta", "kappa"):
-            v = getattr(self, key)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"{key} must be a finite number > 0; got {v!r}")
-        a = self.adapt_steps
-        if a is not None and (isinstance(a, bool) or not isinstance(a, (int, np.integer)) or a < 0):
-            raise ValueError(f"adapt_steps must be None or an integer >= 0; got {a!r}")
+            check_number(key, getattr(self, key), 0, strict=True)
+        check_int("adapt_steps", self.adapt_steps, 0, none_ok=True)
 
     def resolve_adapt_steps(self, config: SGLDConfig) -> int:
         return config.burnin() if self.adapt_steps is None else min(int(self.adapt_steps), config.num_steps)

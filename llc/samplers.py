@@ -24,6 +24,7 @@ import dataclasses
 
 from torch import Tensor
 
+from core import checks
 from core.types import FlatLoss
 from llc.chain import StepCallback, Stream
 from llc.mala import MALAConfig, run_mala
@@ -49,8 +50,7 @@ STREAMING_SAMPLERS = ("sgld", "psgld", "sgnht", "sghmc")
 
 def check_sampler(sampler, options: dict | None) -> dict:
     """The validated options dict; ValueError naming ``sampler`` or the unknown option key."""
-    if not isinstance(sampler, str) or sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}; got {sampler!r}")
+    checks.one_of("sampler", sampler, SAMPLERS)
     options = {} if options is None else options
     if not isinstance(options, dict):
         raise ValueError(f"sampler_options must be a dict or None; got {type(options).__name__}")
@@ -85,8 +85,7 @@ def split_sampler(values: dict, key: str = "sgld_config") -> tuple[type, dict]:
     """
     values = dict(values)
     sampler = values.pop("sampler", "sgld")
-    if not isinstance(sampler, str) or sampler not in EXPERIMENT_SAMPLERS:
-        raise ValueError(f"{key}.sampler must be one of {EXPERIMENT_SAMPLERS}; got {sampler!r}")
+    checks.one_of(f"{key}.sampler", sampler, EXPERIMENT_SAMPLERS)
     options = {}
     for name in ("sgnht", "sghmc"):
         defaults = {f.name: f.default for f in dataclasses.fields(MINIBATCH_CONFIGS[name])}

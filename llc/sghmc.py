@@ -67,9 +67,7 @@ class SGHMCConfig(SGLDConfig):
     def __post_init__(self):
         reject_compile_true(self.compile, "SGHMC (llc.sghmc)")
         super().__post_init__()
-        check_number("friction", self.friction, 0, strict=True)
-        if self.friction > 1:
-            raise ValueError(f"friction must be a finite number in (0, 1]; got {self.friction!r}")
+        check_number("friction", self.friction, 0, 1, strict=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,8 +88,7 @@ class SGNHTConfig(SGLDConfig):
         reject_compile_true(self.compile, "SGNHT (llc.sghmc)")
         super().__post_init__()
         check_number("diffusion_factor", self.diffusion_factor, 0, strict=True)
-        if self.thermostat_init is not None:
-            check_number("thermostat_init", self.thermostat_init, -math.inf, strict=True)
+        check_number("thermostat_init", self.thermostat_init, none_ok=True)
 
     def resolve_thermostat_init(self) -> float:
         return float(self.diffusion_factor if self.thermostat_init is None else self.thermostat_init)

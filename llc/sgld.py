@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 from torch.func import grad_and_value, vmap
 
+from core import checks
 from core.types import FlatLoss
 from llc.chain import (
     COMPILE_CHOICES,
@@ -106,8 +107,7 @@ class SGLDConfig(ChainConfig):
 
     def _check_more(self) -> None:
         check_int("batch_size", self.batch_size, 1)
-        if not isinstance(self.loss_trace_minibatch, bool):
-            raise ValueError(f"loss_trace_minibatch must be True or False; got {self.loss_trace_minibatch!r}")
+        checks.boolean("loss_trace_minibatch", self.loss_trace_minibatch)
 
     def asks_compile(self) -> bool:
         """Whether compile asks for the compiled step: compile=True, or "auto" on a long run."""
