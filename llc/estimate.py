@@ -34,21 +34,10 @@ __all__ = ["LLCResult", "estimate_llc", "estimate_llc_flat", "estimate_llc_strea
            "flat_model_for_module", "llc_from_trace", "llc_result", "result_from_trace"]
 
 
-def estimate_llc_flat(
-    loss_fn: FlatLoss,
-    w_star: Tensor,
-    x: Tensor,
-    y: Tensor,
-    config: SGLDConfig,
-    seed: int,
-    eval_batch_size: int = 4096,
-    callbacks: list | None = None,
-    callback_every: int = 1,
-    sampler: str = "sgld",
-    sampler_options: dict | None = None,
-    segments=None,
-    amp: str | None = None,
-) -> LLCResult:
+def estimate_llc_flat(loss_fn: FlatLoss, w_star: Tensor, x: Tensor, y: Tensor, config: SGLDConfig, seed: int,
+                      eval_batch_size: int = 4096, callbacks: list | None = None, callback_every: int = 1,
+                      sampler: str = "sgld", sampler_options: dict | None = None, segments=None,
+                      amp: str | None = None) -> LLCResult:
     """λ̂ at a flat parameter vector w* (P,), for a loss over flat parameters.
 
     The functional core behind :func:`estimate_llc`; see llc.sgld.run_sgld for the
@@ -78,20 +67,10 @@ def estimate_llc_flat(
     return result_from_trace(trace, init_loss, configs[0] if sampler == "psgld" else configs)
 
 
-def estimate_llc_streamed(
-    loss_fn: FlatLoss,
-    w_star: Tensor,
-    data: HostData,
-    config: SGLDConfig,
-    seed: int,
-    eval_batch_size: int = 4096,
-    prefetch: bool | None = None,
-    callbacks: list | None = None,
-    callback_every: int = 1,
-    sampler: str = "sgld",
-    sampler_options: dict | None = None,
-    segments=None,
-) -> LLCResult:
+def estimate_llc_streamed(loss_fn: FlatLoss, w_star: Tensor, data: HostData, config: SGLDConfig, seed: int,
+                          eval_batch_size: int = 4096, prefetch: bool | None = None, callbacks: list | None = None,
+                          callback_every: int = 1, sampler: str = "sgld", sampler_options: dict | None = None,
+                          segments=None) -> LLCResult:
     """:func:`estimate_llc_flat` with the data on the host (llc.streaming); same draws, same λ̂.
 
     Any minibatch sampler (llc.samplers.STREAMING_SAMPLERS) streams; MALA, full-batch, is a ValueError.

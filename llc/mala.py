@@ -167,24 +167,14 @@ def mala_log_ratio(
     return (u - u_p + log_q(w, prop, grad_p) - log_q(prop, w, grad_u)).double()
 
 
-def run_mala(
-    loss_fn: FlatLoss,
-    w_star: Tensor,
-    x: Tensor,
-    y: Tensor,
-    config: MALAConfig,
-    seed: int,
-    eval_batch_size: int = 4096,
-    callback: StepCallback | None = None,
-) -> MALATrace:
+def run_mala(loss_fn: FlatLoss, w_star: Tensor, x: Tensor, y: Tensor, config: MALAConfig, seed: int,
+             eval_batch_size: int = 4096, callback: StepCallback | None = None) -> MALATrace:
     """Run ``config.num_chains`` MALA chains started at w*, all in one vectorised step.
 
+    ``loss_fn``, ``w_star``, ``x``, ``y`` and ``seed`` are as for llc.sgld.run_sgld.
+
     Args:
-        loss_fn: mean loss of flat parameters on a batch, (P,), (B, ...), (B, ...) -> ().
-        w_star: (P,) centre of localisation and starting point; sets device and dtype.
-        x, y: the n training points, on w*'s device.
         config: sampler hyperparameters.
-        seed: base seed of the per-chain generators.
         eval_batch_size: chunk size of the full-data passes.
         callback: ``callback(t, w_t, w_{t+1}, None)`` after every step (no minibatch: idx is None);
             llc.calibrate measures the accepted moves with it.
@@ -267,15 +257,8 @@ class MALAKernel:
         return current
 
 
-def estimate_llc_mala(
-    loss_fn: FlatLoss,
-    w_star: Tensor,
-    x: Tensor,
-    y: Tensor,
-    config: MALAConfig,
-    seed: int,
-    eval_batch_size: int = 4096,
-) -> MALAResult:
+def estimate_llc_mala(loss_fn: FlatLoss, w_star: Tensor, x: Tensor, y: Tensor, config: MALAConfig, seed: int,
+                      eval_batch_size: int = 4096) -> MALAResult:
     """λ̂ = nβ (E_t[L_n(w_t)] - L_n(w*)) from MALA; arguments as for :func:`run_mala`."""
     init = initial_loss(loss_fn, w_star, x, y, eval_batch_size)
     trace = run_mala(loss_fn, w_star, x, y, config, seed, eval_batch_size)

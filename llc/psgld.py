@@ -197,17 +197,15 @@ def run_psgld(
 ) -> PSGLDTrace:
     """Run ``config.num_chains`` preconditioned SGLD chains from w*, vectorised over chains.
 
+    ``loss_fn``, ``w_star``, ``x``, ``y``, ``seed``, ``eval_batch_size``, ``callback`` and
+    ``stream`` are as for llc.sgld.run_sgld.
+
     Args:
-        loss_fn: mean loss of flat parameters on a batch, (P,), (B, ...), (B, ...) -> ().
-        w_star: (P,) centre of localisation and starting point; sets device and dtype.
-        x, y: the n training points, on w*'s device.
         config: step size ε (dimensionless here, see the module docstring), γ, steps,
             batch, chains, nβ, burn-in and trace kind, as for plain SGLD.
         precond: the preconditioner's and the localiser's settings.
-        seed: base seed of the per-chain generators.
         segments: numel of each parameter tensor in w's order (the unit of the floor,
             of D_0 and of the relative localiser); None treats w as one tensor.
-        eval_batch_size: chunk size for full-data losses.
         preconditioner: (P,) fixed diagonal D (> 0); None adapts D as above (``precond``'s
             rho, delta, kappa and adapt_steps are then unused, its localisation is used).
         accept_every: record the MALA acceptance probability of every k-th transition; None: not.
@@ -215,8 +213,6 @@ def run_psgld(
             None -> :func:`tensor_scale` (mean(w*²) per tensor).
         accept_identity_density: the acceptance probability with D = 1 in the proposal
             density (the notebook's formula) instead of the chain's D.
-        callback: ``callback(t, w_t, w_{t+1}, idx_t)`` after every step, as for llc.sgld.run_sgld.
-        stream: the rows on the host instead of x, y, as for llc.sgld.run_sgld.
 
     Returns:
         PSGLDTrace with the (C, T) loss trace and each chain's frozen D.
@@ -315,19 +311,10 @@ def _potential(loss: Tensor, w: Tensor, w_star: Tensor, loc: Tensor, nbeta: floa
     return nbeta * loss + 0.5 * (loc * diff * diff).sum(1)
 
 
-def estimate_llc_psgld(
-    loss_fn: FlatLoss,
-    w_star: Tensor,
-    x: Tensor,
-    y: Tensor,
-    config: SGLDConfig,
-    precond: PSGLDConfig,
-    seed: int,
-    segments: Sequence[int] | None = None,
-    eval_batch_size: int = 4096,
-    preconditioner: Tensor | None = None,
-    scales: Tensor | None = None,
-) -> LLCResult:
+def estimate_llc_psgld(loss_fn: FlatLoss, w_star: Tensor, x: Tensor, y: Tensor, config: SGLDConfig,
+                       precond: PSGLDConfig, seed: int, segments: Sequence[int] | None = None,
+                       eval_batch_size: int = 4096, preconditioner: Tensor | None = None,
+                       scales: Tensor | None = None) -> LLCResult:
     """λ̂ = nβ (E_t[L(w_t)] - L_n(w*)) from preconditioned SGLD; arguments as for :func:`run_psgld`.
 
     Raises:
@@ -337,22 +324,15 @@ def estimate_llc_psgld(
                                      preconditioner, scales=scales)[0]
 
 
-def estimate_llc_psgld_traced(
-    loss_fn: FlatLoss,
-    w_star: Tensor,
-    x: Tensor,
-    y: Tensor,
-    config: SGLDConfig,
-    precond: PSGLDConfig,
-    seed: int,
-    segments: Sequence[int] | None = None,
-    eval_batch_size: int = 4096,
-    preconditioner: Tensor | None = None,
-    accept_every: int | None = None,
-    scales: Tensor | None = None,
-    accept_identity_density: bool = False,
-) -> tuple[LLCResult, PSGLDTrace]:
-    """As :func:`estimate_llc_psgld`, also returning the raw trace (D, MALA acceptance probabilities)."""
+def estimate_llc_psgld_traced(loss_fn: FlatLoss, w_star: Tensor, x: Tensor, y: Tensor, config: SGLDConfig,
+                              precond: PSGLDConfig, seed: int, segments: Sequence[int] | None = None,
+                              eval_batch_size: int = 4096, preconditioner: Tensor | None = None,
+                              accept_every: int | None = None, scales: Tensor | None = None,
+                              accept_identity_density: bool = False) -> tuple[LLCResult, PSGLDTrace]:
+    """As :func:`estimate_llc_psgld`, also returning the raw trace (D, MALA acceptance probabilities).
+
+    Arguments as for :func:`run_psgld`.
+    """
     init = initial_loss(loss_fn, w_star, x, y, eval_batch_size)
     trace = run_psgld(loss_fn, w_star, x, y, config, precond, seed, segments, eval_batch_size, preconditioner,
                       accept_every, scales, accept_identity_density)

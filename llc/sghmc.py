@@ -182,29 +182,28 @@ def _run(loss_fn, w_star, x, y, config, seed, eval_batch_size, callback, thermos
                          burnin=config.burnin())
 
 
-def run_sghmc(loss_fn: FlatLoss, w_star: Tensor, x: Tensor, y: Tensor, config: SGHMCConfig, seed: int,
-              eval_batch_size: int = 4096, callback: StepCallback | None = None,
-              stream: Stream | None = None) -> MomentumTrace:
-    """Run ``config.num_chains`` SGHMC chains from w*; arguments (``stream`` too) as for llc.sgld.run_sgld.
+def _runner(cls: type, thermostat: bool):
+    """run_sghmc (SGHMCConfig, no thermostat) or run_sgnht (SGNHTConfig, thermostat): one body for both."""
+    name = cls.sampler_name
+
+    def run(loss_fn: FlatLoss, w_star: Tensor, x: Tensor, y: Tensor, config: SGLDConfig, seed: int,
+            eval_batch_size: int = 4096, callback: StepCallback | None = None,
+            stream: Stream | None = None) -> MomentumTrace:
+        if not isinstance(config, cls):
+            raise ValueError(f"config must be an {cls.__name__}; got {type(config).__name__}")
+        return _run(loss_fn, w_star, x, y, config, seed, eval_batch_size, callback, thermostat, stream)
+
+    run.__name__ = run.__qualname__ = f"run_{name}"
+    run.__doc__ = f"""Run ``config.num_chains`` {name.upper()} chains from w*, vectorised over chains.
+
+    Arguments (``stream`` too) as for llc.sgld.run_sgld; ``config`` must be an {cls.__name__}.
 
     Raises:
-        ValueError: batch_size > n or a w* that is not flat.
+        ValueError: batch_size > n, a w* that is not flat, or another config class.
         ChainDivergenceError: a chain's loss became NaN or inf (names the chain and step).
     """
-    if not isinstance(config, SGHMCConfig):
-        raise ValueError(f"config must be an SGHMCConfig; got {type(config).__name__}")
-    return _run(loss_fn, w_star, x, y, config, seed, eval_batch_size, callback, thermostat=False, stream=stream)
+    return run
 
 
-def run_sgnht(loss_fn: FlatLoss, w_star: Tensor, x: Tensor, y: Tensor, config: SGNHTConfig, seed: int,
-              eval_batch_size: int = 4096, callback: StepCallback | None = None,
-              stream: Stream | None = None) -> MomentumTrace:
-    """Run ``config.num_chains`` SGNHT chains from w*; arguments (``stream`` too) as for llc.sgld.run_sgld.
-
-    Raises:
-        ValueError: batch_size > n or a w* that is not flat.
-        ChainDivergenceError: a chain's loss became NaN or inf (names the chain and step).
-    """
-    if not isinstance(config, SGNHTConfig):
-        raise ValueError(f"config must be an SGNHTConfig; got {type(config).__name__}")
-    return _run(loss_fn, w_star, x, y, config, seed, eval_batch_size, callback, thermostat=True, stream=stream)
+run_sghmc = _runner(SGHMCConfig, thermostat=False)
+run_sgnht = _runner(SGNHTConfig, thermostat=True)

@@ -23,7 +23,6 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from core.types import FlatLoss
 from llc.chain import Draws, run_chains
-from llc.sgld import SGLDConfig, SGLDTrace, run_sgld
 
 Cast = Callable[[Tensor], Tensor]
 
@@ -128,25 +127,6 @@ class StreamedData:
         finally:
             if pool:
                 pool.shutdown(wait=True)
-
-
-def run_sgld_streamed(
-    loss_fn: FlatLoss,
-    w_star: Tensor,
-    data: HostData,
-    config: SGLDConfig,
-    seed: int,
-    eval_batch_size: int = 4096,
-    prefetch: bool | None = None,
-    hook: Hook | None = None,
-    every: int = 1,
-) -> SGLDTrace:
-    """:func:`llc.sgld.run_sgld` with minibatches streamed from ``data``; same draws, same trace.
-
-    ``prefetch``, ``hook`` and ``every`` as for :class:`StreamedData`.
-    """
-    return run_sgld(loss_fn, w_star, None, None, config, seed, eval_batch_size,
-                    stream=StreamedData(data, prefetch, hook, every))
 
 
 class StreamedKernel:

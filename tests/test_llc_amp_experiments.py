@@ -10,7 +10,7 @@ import torch
 import llc.precision
 import llc.sgld
 from tests.conftest import load_experiment
-from tests.datasets import allow_tiny_cifar, write_cifar10
+from tests.test_samplers_experiments import tiny_curve
 
 DLN = dict(layer_widths=[3, 2], input_dim=3, num_training_data=200, device="cpu", seed=1,
            sgld_config=dict(num_steps=60, batch_size=20, num_chains=2, epsilon=1e-5, gamma=10.0))
@@ -59,15 +59,7 @@ def test_expt_dln_saddle_dynamics_bf16_runs_the_autocast_step(autocast_calls):
 
 
 def test_expt_llc_curve_passes_amp_to_estimate_llc(tmp_path, monkeypatch, autocast_calls):
-    root = tmp_path / "data"
-    write_cifar10(root, n_train=40, n_test=20)
-    allow_tiny_cifar(monkeypatch)
-    expt = load_experiment("expt_llc_curve")
-    cfg = dict(data_root=str(root), device="cpu", logging_period=2, seed=3,
-               model_data_config=dict(model_name="resnet18", layer_width_factor=2),
-               training_config=dict(num_steps=4, batch_size=8, learning_rate=1e-2),
-               sgld_config=dict(num_steps=6, batch_size=8, num_chains=2, epsilon=1e-5))
-    r = _run(expt, cfg, amp="bf16")
+    r = _run(load_experiment("expt_llc_curve"), tiny_curve(tmp_path, monkeypatch), amp="bf16")
     assert all(c["status"] == "ok" and math.isfinite(c["lambdahat"]) for c in r.info["checkpoints"])
     assert autocast_calls and set(autocast_calls) == {("bf16", "cpu")}
 
