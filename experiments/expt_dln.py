@@ -36,8 +36,8 @@ from dynamics.train import TrainingConfig, train
 from llc.aoyagi import dln_learning_coefficient
 from llc.estimate import flat_model_for_module
 from llc.psgld import initial_loss, llc_result
+from llc.samplers import check_config_device, split_sampler
 from llc.samplers import run_minibatch as run_sgld  # runs sgld_config.sampler's kernel; SGLD by default
-from llc.samplers import split_sampler
 from llc.sgld import mala_acceptance_probability
 from models.dln import (
     INIT_SCHEMES,
@@ -91,6 +91,7 @@ def cfg():
         nbeta=None,  # n·β; None -> n·itemp
         num_burnin_steps=None,  # None -> discard the first 90% (keep the last 10%)
         compile="auto",  # torch.compile the step: "auto" (runs of >= 50,000 chain-steps) | True | False
+        amp=None,  # None | "bf16" | "fp16" (CUDA only): the loss forward/backward under torch.autocast (llc.precision)
         sampler="sgld",  # "sgld", "sgnht" or "sghmc" (llc.samplers); the default runs SGLD as before
         diffusion_factor=0.01,  # sgnht only: noise 2Aε and (default) thermostat start A, as devinterp
         thermostat_init=None,  # sgnht only: the thermostat's start ζ_0; None -> diffusion_factor
@@ -180,8 +181,10 @@ def validate(config: dict) -> dict:
         checks.boolean(key, config[key])
     checks.one_of("dtype", config["dtype"], DTYPES)
     calibration = validate_calibration(config["calibration"], sgld, n)
+    device = resolve_device(config["device"])
+    check_config_device(sgld, device)  # sgld_config.amp="fp16" needs CUDA
     return {"sgld": sgld, "training": training, "train_init": train_init, "true_param": tp,
-            "input_distribution": dist, "device": resolve_device(config["device"]), "calibration": calibration}
+            "input_distribution": dist, "device": device, "calibration": calibration}
 
 
 @unique

@@ -33,7 +33,7 @@ from core.runtime import DTYPES, derived_seed, resolve_device, resolve_dtype
 from dynamics.train import TrainingConfig, train
 from llc.aoyagi import dln_learning_coefficient
 from llc.estimate import estimate_llc_flat, flat_model_for_module
-from llc.samplers import split_sampler
+from llc.samplers import check_config_device, split_sampler
 from llc.sgld import SGLDDivergenceError
 from models.dln import DeepLinearNetwork, end_to_end_matrix, numerical_rank
 from tracking.preempt import add_checkpoint_config, checkpointing
@@ -78,6 +78,7 @@ def cfg():
         nbeta=None,  # n·β; None -> n·itemp
         num_burnin_steps=None,  # None -> discard the first 90%
         compile="auto",  # torch.compile the step: "auto" (runs of >= 50,000 chain-steps) | True | False
+        amp=None,  # None | "bf16" | "fp16" (CUDA only): the loss forward/backward under torch.autocast (llc.precision)
         sampler="sgld",  # "sgld", "sgnht" or "sghmc" (llc.samplers); the default runs SGLD as before
         diffusion_factor=0.01,  # sgnht only: noise 2Aε and (default) thermostat start A, as devinterp
         thermostat_init=None,  # sgnht only: the thermostat's start ζ_0; None -> diffusion_factor
@@ -133,7 +134,9 @@ def validate(config: dict) -> dict:
         checks.boolean(key, config[key])
     checks.at_most("sgld_config.batch_size", sgld.batch_size, "num_training_data", n)
     checks.one_of("dtype", config["dtype"], DTYPES)
-    return {"training": training, "sgld": sgld, "device": resolve_device(config["device"])}
+    device = resolve_device(config["device"])
+    check_config_device(sgld, device)  # sgld_config.amp="fp16" needs CUDA
+    return {"training": training, "sgld": sgld, "device": device}
 
 
 @unique

@@ -42,7 +42,7 @@ from dynamics.engine import evaluate as engine_evaluate
 from dynamics.train import TrainingConfig, train
 from llc.estimate import estimate_llc_flat, flat_loss_for_module
 from llc.restricted import estimate_llc_per_layer
-from llc.samplers import sampler_kwargs, split_sampler
+from llc.samplers import check_config_device, sampler_kwargs, split_sampler
 from llc.sgld import SGLDConfig, SGLDDivergenceError
 from models.resnet import MODEL_NAMES, build_resnet
 from tracking.calibration_command import main_seed, run_calibration, validate_calibration
@@ -93,6 +93,7 @@ def cfg():
         nbeta=None,  # n·β; None -> n / log n
         num_burnin_steps=None,  # None -> discard the first 90%
         compile="auto",  # torch.compile the step: "auto" (runs of >= 50,000 chain-steps) | True | False
+        amp=None,  # None | "bf16" | "fp16" (CUDA only): the loss forward/backward under torch.autocast (llc.precision)
         sampler="sgld",  # "sgld", "sgnht" or "sghmc" (llc.samplers); the default runs SGLD as before
         diffusion_factor=0.01,  # sgnht only: noise 2Aε and (default) thermostat start A, as devinterp
         thermostat_init=None,  # sgnht only: the thermostat's start ζ_0; None -> diffusion_factor
@@ -171,8 +172,10 @@ def validate(config: dict) -> dict:
         checks.boolean(key, config[key])
     checks.one_of("llc_per_layer", config["llc_per_layer"], PER_LAYER)
     calibration = validate_calibration(config["calibration"], sgld)
-    return {"model_data": md, "training": training, "sgld": sgld, "device": resolve_device(config["device"]),
-            "calibration": calibration, "spectrum": validate_hessian_spectrum(config["hessian_spectrum"])}
+    device = resolve_device(config["device"])
+    check_config_device(sgld, device)  # sgld_config.amp="fp16" needs CUDA
+    return {"model_data": md, "training": training, "sgld": sgld, "device": device, "calibration": calibration,
+            "spectrum": validate_hessian_spectrum(config["hessian_spectrum"])}
 
 
 def check_batch_sizes(training: TrainingConfig, sgld: SGLDConfig, n: int) -> None:
@@ -253,7 +256,7 @@ def sgld_targets(model, x_train, y_clean, force_realisable: bool, chunk: int):
 def sgld_kwargs(sgld: SGLDConfig) -> dict:
     """estimate_llc's keyword arguments for the run's SGLD settings."""
     keys = ("epsilon", "gamma", "num_steps", "batch_size", "num_chains", "nbeta", "num_burnin_steps",
-            "loss_trace_minibatch")
+            "loss_trace_minibatch", "amp")
     return {**{k: getattr(sgld, k) for k in keys}, **sampler_kwargs(sgld)}
 
 

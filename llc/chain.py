@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
+from core import checks
 from core.runtime import derived_seed
 from core.types import FlatLoss
 from llc.precision import check_amp
@@ -69,16 +70,26 @@ def reject_compile_true(value, sampler: str) -> None:
         raise ValueError(COMPILE_TRUE_ERROR.format(sampler=sampler))
 
 
-def check_int(name: str, value, lo: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}; got {value!r}")
+def check_int(name: str, value, lo: int, none_ok: bool = False) -> None:
+    """core.checks.integer (CheckError naming ``name``), also taking numpy integers as before."""
+    checks.integer(name, value.item() if isinstance(value, np.integer) else value, lo=lo, none_ok=none_ok)
 
 
-def check_number(name: str, value, lo: float, strict: bool) -> None:
-    """ValueError unless value is a finite real > lo (strict) or >= lo."""
-    ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
-    if not (ok and (value > lo if strict else value >= lo)):
-        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {lo}; got {value!r}")
+def check_number(name: str, value, lo: float | None = None, hi: float | None = None, *, strict: bool = False,
+                 hi_open: bool = False, none_ok: bool = False) -> None:
+    """core.checks.number (finite, lo < value with ``strict``, <= hi), also taking numpy floats as before.
+
+    ``hi_open``: value < hi (core.checks' upper bound is closed), e.g. [0, 1) or (0, 1).
+    """
+    value = value.item() if isinstance(value, np.floating) else value
+    try:
+        checks.number(name, value, lo=lo, hi=hi, strict=strict, none_ok=none_ok)
+        if hi_open and value == hi:
+            raise checks.CheckError(name, "", value)
+    except checks.CheckError:
+        if not hi_open:
+            raise
+        raise checks.CheckError(name, f"a number in {'(' if strict else '['}{lo}, {hi})", value) from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,14 +124,13 @@ class ChainConfig:
 
     def __post_init__(self):
         check_number("epsilon", self.epsilon, 0, strict=True)
-        check_number("gamma", self.gamma, 0, strict=False)
+        check_number("gamma", self.gamma, 0)
         check_int("num_steps", self.num_steps, 1)
         self._check_more()
         check_int("num_chains", self.num_chains, 1)
-        if self.nbeta is not None and not (isinstance(self.nbeta, (int, float)) and self.nbeta > 0):
-            raise ValueError(f"nbeta must be None or a number > 0; got {self.nbeta!r}")
+        checks.number("nbeta", self.nbeta, lo=0, strict=True, none_ok=True, finite=False)  # as before: inf passes
+        check_int("num_burnin_steps", self.num_burnin_steps, 0, none_ok=True)
         if self.num_burnin_steps is not None:
-            check_int("num_burnin_steps", self.num_burnin_steps, 0)
             if self.num_burnin_steps >= self.num_steps:
                 raise ValueError(
                     f"num_burnin_steps must be < num_steps ({self.num_steps}); got {self.num_burnin_steps}"
@@ -218,14 +228,56 @@ def check_final_state(w: Tensor, num_steps: int, sampler: str = "SGLD") -> None:
 
 def check_batch(batch_size: int, n: int, w_star: Tensor) -> None:
     """The input checks every minibatch sampler shares."""
-    if batch_size > n:
-        raise ValueError(f"batch_size must be <= the number of data points ({n}); got {batch_size}")
+    checks.at_most("batch_size", batch_size, "the number of data points", n)
     check_flat(w_star)
 
 
 def check_flat(w_star: Tensor) -> None:
     if w_star.ndim != 1:
         raise ValueError(f"w_star must be a flat (P,) vector; got shape {tuple(w_star.shape)}")
+
+
+class Stream(Protocol):
+    """Minibatch rows that live off the device (llc.streaming.StreamedData): n and a driver of its own."""
+
+    n: int
+
+    def run(self, kernel: Kernel, loss_fn: FlatLoss, w_star: Tensor, config: ChainConfig, seed: int,
+            eval_batch_size: int) -> tuple[Tensor, Tensor]:
+        """run_chains with ``kernel`` fed the streamed rows; returns the (C, T) trace and w_T."""
+
+
+def data_size(x: Tensor | None, stream: Stream | None, batch_size: int, w_star: Tensor) -> int:
+    """n, from the in-memory x or from the stream, after the minibatch samplers' input checks."""
+    n = x.shape[0] if stream is None else stream.n
+    check_batch(batch_size, n, w_star)
+    return n
+
+
+def run_minibatch_chains(
+    kernel: Kernel,
+    loss_fn: FlatLoss,
+    w_star: Tensor,
+    x: Tensor | None,
+    y: Tensor | None,
+    config: ChainConfig,
+    seed: int,
+    eval_batch_size: int,
+    callback: StepCallback | None = None,
+    stream: Stream | None = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`run_chains` for a minibatch kernel (SGLD, pSGLD, SGNHT, SGHMC) on (x, y) or on ``stream``.
+
+    In memory, the trace holds full-data losses L_n(w_t) after burn-in when
+    ``config.loss_trace_minibatch`` is False. With ``stream`` (x, y None) the rows come
+    from the host instead (llc.streaming), and the stream carries its own callback hook.
+    """
+    if stream is not None:
+        if callback is not None:
+            raise ValueError("callback: streamed data takes the stream's own hook (llc.callbacks.batch_hook)")
+        return stream.run(kernel, loss_fn, w_star, config, seed, eval_batch_size)
+    full = None if config.loss_trace_minibatch else (lambda w: full_data_loss(loss_fn, w, x, y, eval_batch_size))
+    return run_chains(kernel, w_star, x.shape[0], config, seed, full_loss=full, callback=callback)
 
 
 def run_chains(

@@ -26,29 +26,18 @@ from llc.fused import fused_flat_loss
 from llc.precision import check_amp, check_amp_device
 from llc.restricted import ParamMask, flat_param_mask, restrict_loss
 from llc.result import LLCResult, check_initial_loss, llc_from_trace, llc_result, result_from_trace
-from llc.samplers import resolve_sampler, run_sampler, sampler_configs
+from llc.samplers import check_streams, resolve_sampler, run_sampler, sampler_configs
 from llc.sgld import SGLDConfig, full_data_loss, run_sgld
-from llc.streaming import HostData, check_loss_on_items, run_sgld_streamed, streamed_full_data_loss
+from llc.streaming import HostData, StreamedData, check_loss_on_items, streamed_full_data_loss
 
 __all__ = ["LLCResult", "estimate_llc", "estimate_llc_flat", "estimate_llc_streamed", "flat_loss_for_module",
            "flat_model_for_module", "llc_from_trace", "llc_result", "result_from_trace"]
 
 
-def estimate_llc_flat(
-    loss_fn: FlatLoss,
-    w_star: Tensor,
-    x: Tensor,
-    y: Tensor,
-    config: SGLDConfig,
-    seed: int,
-    eval_batch_size: int = 4096,
-    callbacks: list | None = None,
-    callback_every: int = 1,
-    sampler: str = "sgld",
-    sampler_options: dict | None = None,
-    segments=None,
-    amp: str | None = None,
-) -> LLCResult:
+def estimate_llc_flat(loss_fn: FlatLoss, w_star: Tensor, x: Tensor, y: Tensor, config: SGLDConfig, seed: int,
+                      eval_batch_size: int = 4096, callbacks: list | None = None, callback_every: int = 1,
+                      sampler: str = "sgld", sampler_options: dict | None = None, segments=None,
+                      amp: str | None = None) -> LLCResult:
     """λ̂ at a flat parameter vector w* (P,), for a loss over flat parameters.
 
     The functional core behind :func:`estimate_llc`; see llc.sgld.run_sgld for the
@@ -78,18 +67,17 @@ def estimate_llc_flat(
     return result_from_trace(trace, init_loss, configs[0] if sampler == "psgld" else configs)
 
 
-def estimate_llc_streamed(
-    loss_fn: FlatLoss,
-    w_star: Tensor,
-    data: HostData,
-    config: SGLDConfig,
-    seed: int,
-    eval_batch_size: int = 4096,
-    prefetch: bool | None = None,
-    callbacks: list | None = None,
-    callback_every: int = 1,
-) -> LLCResult:
-    """:func:`estimate_llc_flat` with the data on the host (llc.streaming); same draws, same λ̂."""
+def estimate_llc_streamed(loss_fn: FlatLoss, w_star: Tensor, data: HostData, config: SGLDConfig, seed: int,
+                          eval_batch_size: int = 4096, prefetch: bool | None = None, callbacks: list | None = None,
+                          callback_every: int = 1, sampler: str = "sgld", sampler_options: dict | None = None,
+                          segments=None) -> LLCResult:
+    """:func:`estimate_llc_flat` with the data on the host (llc.streaming); same draws, same λ̂.
+
+    Any minibatch sampler (llc.samplers.STREAMING_SAMPLERS) streams; MALA, full-batch, is a ValueError.
+    """
+    sampler = resolve_sampler(sampler, config)
+    check_streams(sampler)
+    configs = sampler_configs(sampler, config, sampler_options)  # validated before any compute
     check_loss_on_items(loss_fn, w_star, data)
     with torch.no_grad():
         init_loss = float(streamed_full_data_loss(loss_fn, w_star[None], data, eval_batch_size)[0])
@@ -99,8 +87,10 @@ def estimate_llc_streamed(
         check_every(callback_every)
         hook = batch_hook(list(callbacks), loss_fn, w_star, data.n, config.resolve_nbeta(data.n), config.burnin(),
                           init_loss)
-    trace = run_sgld_streamed(loss_fn, w_star, data, config, seed, eval_batch_size, prefetch, hook, callback_every)
-    return result_from_trace(trace, init_loss, config)
+    stream = StreamedData(data, prefetch, hook, callback_every)
+    trace = run_sampler(sampler, configs, loss_fn, w_star, None, None, seed, eval_batch_size, segments=segments,
+                        stream=stream)
+    return result_from_trace(trace, init_loss, configs[0] if sampler == "psgld" else configs)
 
 
 def flat_model_for_module(
@@ -197,7 +187,8 @@ def estimate_llc(
         data: (x, y) tensors holding all n training points (first dimension n), or a
             torch Dataset / DataLoader of (x, y) items that stays on the host: each
             step's minibatches are gathered and streamed to the device
-            (llc.streaming), with the same draws and the same λ̂ as the tensors.
+            (llc.streaming), with the same draws and the same λ̂ as the tensors
+            (every minibatch sampler; not sampler="mala", which is full-batch).
         epsilon: SGLD step size ε.
         gamma: localisation strength γ.
         num_steps: steps per chain, burn-in included.
@@ -248,8 +239,8 @@ def estimate_llc(
     )
     sampler_configs(sampler, config, sampler_options)  # an unknown sampler or option fails before compute
     streamed = isinstance(data, (Dataset, DataLoader))
-    if streamed and sampler != "sgld":
-        raise ValueError(f"sampler: a Dataset or DataLoader is streamed with sampler='sgld' only; got {sampler!r}")
+    if streamed:
+        check_streams(sampler)  # MALA is full-batch
     if not streamed:
         if not (isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, Tensor) for d in data)):
             raise ValueError(f"data must be (x, y) tensors, a Dataset or a DataLoader; got {type(data).__name__}")
@@ -274,11 +265,11 @@ def estimate_llc(
         def cast(t: Tensor) -> Tensor:
             return t.to(device=dev, dtype=dt if t.is_floating_point() else t.dtype)
 
+        segments = None if param_mask is not None else [p.numel() for p in model.parameters()]
         if streamed:
             result = estimate_llc_streamed(loss, w_star, HostData(data, cast), config, seed, eval_batch_size, prefetch,
-                                           callbacks, callback_every)
+                                           callbacks, callback_every, sampler, sampler_options, segments)
         else:
-            segments = None if param_mask is not None else [p.numel() for p in model.parameters()]
             result = estimate_llc_flat(loss, w_star, cast(x), cast(y), config, seed, eval_batch_size,
                                        callbacks, callback_every, sampler, sampler_options, segments)
         result.loss_path = loss_path

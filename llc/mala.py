@@ -36,8 +36,18 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
+from core import checks
 from core.types import FlatLoss
-from llc.chain import ChainConfig, ChainDivergenceError, Draws, check_flat, reject_compile_true, run_chains
+from llc.chain import (
+    ChainConfig,
+    ChainDivergenceError,
+    Draws,
+    StepCallback,
+    check_flat,
+    check_number,
+    reject_compile_true,
+    run_chains,
+)
 from llc.result import LLCResult, initial_loss, llc_result
 
 
@@ -62,10 +72,8 @@ class MALAConfig(ChainConfig):
     def __post_init__(self):
         reject_compile_true(self.compile, "MALA (llc.mala)")
         super().__post_init__()
-        if not isinstance(self.adapt_step_size, bool):
-            raise ValueError(f"adapt_step_size must be True or False; got {self.adapt_step_size!r}")
-        if not (isinstance(self.target_acceptance, (int, float)) and 0 < self.target_acceptance < 1):
-            raise ValueError(f"target_acceptance must be in (0, 1); got {self.target_acceptance!r}")
+        checks.boolean("adapt_step_size", self.adapt_step_size)
+        check_number("target_acceptance", self.target_acceptance, 0, 1, strict=True, hi_open=True)
 
 
 @dataclass
@@ -159,24 +167,17 @@ def mala_log_ratio(
     return (u - u_p + log_q(w, prop, grad_p) - log_q(prop, w, grad_u)).double()
 
 
-def run_mala(
-    loss_fn: FlatLoss,
-    w_star: Tensor,
-    x: Tensor,
-    y: Tensor,
-    config: MALAConfig,
-    seed: int,
-    eval_batch_size: int = 4096,
-) -> MALATrace:
+def run_mala(loss_fn: FlatLoss, w_star: Tensor, x: Tensor, y: Tensor, config: MALAConfig, seed: int,
+             eval_batch_size: int = 4096, callback: StepCallback | None = None) -> MALATrace:
     """Run ``config.num_chains`` MALA chains started at w*, all in one vectorised step.
 
+    ``loss_fn``, ``w_star``, ``x``, ``y`` and ``seed`` are as for llc.sgld.run_sgld.
+
     Args:
-        loss_fn: mean loss of flat parameters on a batch, (P,), (B, ...), (B, ...) -> ().
-        w_star: (P,) centre of localisation and starting point; sets device and dtype.
-        x, y: the n training points, on w*'s device.
         config: sampler hyperparameters.
-        seed: base seed of the per-chain generators.
         eval_batch_size: chunk size of the full-data passes.
+        callback: ``callback(t, w_t, w_{t+1}, None)`` after every step (no minibatch: idx is None);
+            llc.calibrate measures the accepted moves with it.
 
     Returns:
         MALATrace.
@@ -188,7 +189,7 @@ def run_mala(
     check_flat(w_star)
     n = x.shape[0]
     kernel = MALAKernel(loss_fn, w_star, x, y, config, config.resolve_nbeta(n), eval_batch_size)
-    trace, w = run_chains(kernel, w_star, n, config, seed)
+    trace, w = run_chains(kernel, w_star, n, config, seed, callback=callback)
     T, burnin = config.num_steps, config.burnin()
     return MALATrace(
         loss=trace.cpu(),
@@ -256,15 +257,8 @@ class MALAKernel:
         return current
 
 
-def estimate_llc_mala(
-    loss_fn: FlatLoss,
-    w_star: Tensor,
-    x: Tensor,
-    y: Tensor,
-    config: MALAConfig,
-    seed: int,
-    eval_batch_size: int = 4096,
-) -> MALAResult:
+def estimate_llc_mala(loss_fn: FlatLoss, w_star: Tensor, x: Tensor, y: Tensor, config: MALAConfig, seed: int,
+                      eval_batch_size: int = 4096) -> MALAResult:
     """λ̂ = nβ (E_t[L_n(w_t)] - L_n(w*)) from MALA; arguments as for :func:`run_mala`."""
     init = initial_loss(loss_fn, w_star, x, y, eval_batch_size)
     trace = run_mala(loss_fn, w_star, x, y, config, seed, eval_batch_size)

@@ -71,8 +71,18 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
+from core import checks
 from core.types import FlatLoss
-from llc.chain import Draws, StepCallback, check_batch, full_data_loss, reject_compile_true, run_chains
+from llc.chain import (
+    Draws,
+    StepCallback,
+    Stream,
+    check_int,
+    check_number,
+    data_size,
+    reject_compile_true,
+    run_minibatch_chains,
+)
 from llc.precision import autocast, check_amp_device
 from llc.result import LLCResult, initial_loss, llc_result
 from llc.sgld import SGLDConfig, _gather
@@ -109,17 +119,11 @@ class PSGLDConfig:
 
     def __post_init__(self):
         reject_compile_true(self.compile, "pSGLD (llc.psgld)")
-        if self.localisation not in LOCALISATIONS:
-            raise ValueError(f"localisation must be one of {LOCALISATIONS}; got {self.localisation!r}")
-        if not (isinstance(self.rho, (int, float)) and 0 <= self.rho < 1):
-            raise ValueError(f"rho must be a number in [0, 1); got {self.rho!r}")
+        checks.one_of("localisation", self.localisation, LOCALISATIONS)
+        check_number("rho", self.rho, 0, 1, hi_open=True)  # ρ = 1 would never update V
         for key in ("delta", "kappa"):
-            v = getattr(self, key)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"{key} must be a finite number > 0; got {v!r}")
-        a = self.adapt_steps
-        if a is not None and (isinstance(a, bool) or not isinstance(a, (int, np.integer)) or a < 0):
-            raise ValueError(f"adapt_steps must be None or an integer >= 0; got {a!r}")
+            check_number(key, getattr(self, key), 0, strict=True)
+        check_int("adapt_steps", self.adapt_steps, 0, none_ok=True)
 
     def resolve_adapt_steps(self, config: SGLDConfig) -> int:
         return config.burnin() if self.adapt_steps is None else min(int(self.adapt_steps), config.num_steps)
@@ -189,20 +193,19 @@ def run_psgld(
     scales: Tensor | None = None,
     accept_identity_density: bool = False,
     callback: StepCallback | None = None,
+    stream: Stream | None = None,
 ) -> PSGLDTrace:
     """Run ``config.num_chains`` preconditioned SGLD chains from w*, vectorised over chains.
 
+    ``loss_fn``, ``w_star``, ``x``, ``y``, ``seed``, ``eval_batch_size``, ``callback`` and
+    ``stream`` are as for llc.sgld.run_sgld.
+
     Args:
-        loss_fn: mean loss of flat parameters on a batch, (P,), (B, ...), (B, ...) -> ().
-        w_star: (P,) centre of localisation and starting point; sets device and dtype.
-        x, y: the n training points, on w*'s device.
         config: step size ε (dimensionless here, see the module docstring), γ, steps,
             batch, chains, nβ, burn-in and trace kind, as for plain SGLD.
         precond: the preconditioner's and the localiser's settings.
-        seed: base seed of the per-chain generators.
         segments: numel of each parameter tensor in w's order (the unit of the floor,
             of D_0 and of the relative localiser); None treats w as one tensor.
-        eval_batch_size: chunk size for full-data losses.
         preconditioner: (P,) fixed diagonal D (> 0); None adapts D as above (``precond``'s
             rho, delta, kappa and adapt_steps are then unused, its localisation is used).
         accept_every: record the MALA acceptance probability of every k-th transition; None: not.
@@ -210,7 +213,6 @@ def run_psgld(
             None -> :func:`tensor_scale` (mean(w*²) per tensor).
         accept_identity_density: the acceptance probability with D = 1 in the proposal
             density (the notebook's formula) instead of the chain's D.
-        callback: ``callback(t, w_t, w_{t+1}, idx_t)`` after every step, as for llc.sgld.run_sgld.
 
     Returns:
         PSGLDTrace with the (C, T) loss trace and each chain's frozen D.
@@ -220,8 +222,7 @@ def run_psgld(
             or scales that are not (P,) and positive and finite, or accept_every < 1.
         SGLDDivergenceError: a chain's loss became NaN or inf.
     """
-    n = x.shape[0]
-    check_batch(config.batch_size, n, w_star)
+    n = data_size(x, stream, config.batch_size, w_star)
     P = w_star.numel()
     if preconditioner is not None and (preconditioner.shape != (P,) or not bool((preconditioner > 0).all())):
         raise ValueError(f"preconditioner must be a positive ({P},) vector; got shape {tuple(preconditioner.shape)}")
@@ -232,8 +233,7 @@ def run_psgld(
         raise ValueError(f"accept_every must be None or an integer >= 1; got {accept_every!r}")
     kernel = PSGLDKernel(loss_fn, w_star, x, y, config, precond, config.resolve_nbeta(n), segments, preconditioner,
                          accept_every, scales, accept_identity_density)
-    full = None if config.loss_trace_minibatch else (lambda w: full_data_loss(loss_fn, w, x, y, eval_batch_size))
-    trace, w = run_chains(kernel, w_star, n, config, seed, full_loss=full, callback=callback)
+    trace, w = run_minibatch_chains(kernel, loss_fn, w_star, x, y, config, seed, eval_batch_size, callback, stream)
     accept = None
     if accept_every is not None:
         accept = torch.stack(kernel.accept_probs, 1).cpu().numpy() if kernel.accept_probs else np.zeros((w.shape[0], 0))
@@ -311,19 +311,10 @@ def _potential(loss: Tensor, w: Tensor, w_star: Tensor, loc: Tensor, nbeta: floa
     return nbeta * loss + 0.5 * (loc * diff * diff).sum(1)
 
 
-def estimate_llc_psgld(
-    loss_fn: FlatLoss,
-    w_star: Tensor,
-    x: Tensor,
-    y: Tensor,
-    config: SGLDConfig,
-    precond: PSGLDConfig,
-    seed: int,
-    segments: Sequence[int] | None = None,
-    eval_batch_size: int = 4096,
-    preconditioner: Tensor | None = None,
-    scales: Tensor | None = None,
-) -> LLCResult:
+def estimate_llc_psgld(loss_fn: FlatLoss, w_star: Tensor, x: Tensor, y: Tensor, config: SGLDConfig,
+                       precond: PSGLDConfig, seed: int, segments: Sequence[int] | None = None,
+                       eval_batch_size: int = 4096, preconditioner: Tensor | None = None,
+                       scales: Tensor | None = None) -> LLCResult:
     """λ̂ = nβ (E_t[L(w_t)] - L_n(w*)) from preconditioned SGLD; arguments as for :func:`run_psgld`.
 
     Raises:
@@ -333,22 +324,15 @@ def estimate_llc_psgld(
                                      preconditioner, scales=scales)[0]
 
 
-def estimate_llc_psgld_traced(
-    loss_fn: FlatLoss,
-    w_star: Tensor,
-    x: Tensor,
-    y: Tensor,
-    config: SGLDConfig,
-    precond: PSGLDConfig,
-    seed: int,
-    segments: Sequence[int] | None = None,
-    eval_batch_size: int = 4096,
-    preconditioner: Tensor | None = None,
-    accept_every: int | None = None,
-    scales: Tensor | None = None,
-    accept_identity_density: bool = False,
-) -> tuple[LLCResult, PSGLDTrace]:
-    """As :func:`estimate_llc_psgld`, also returning the raw trace (D, MALA acceptance probabilities)."""
+def estimate_llc_psgld_traced(loss_fn: FlatLoss, w_star: Tensor, x: Tensor, y: Tensor, config: SGLDConfig,
+                              precond: PSGLDConfig, seed: int, segments: Sequence[int] | None = None,
+                              eval_batch_size: int = 4096, preconditioner: Tensor | None = None,
+                              accept_every: int | None = None, scales: Tensor | None = None,
+                              accept_identity_density: bool = False) -> tuple[LLCResult, PSGLDTrace]:
+    """As :func:`estimate_llc_psgld`, also returning the raw trace (D, MALA acceptance probabilities).
+
+    Arguments as for :func:`run_psgld`.
+    """
     init = initial_loss(loss_fn, w_star, x, y, eval_batch_size)
     trace = run_psgld(loss_fn, w_star, x, y, config, precond, seed, segments, eval_batch_size, preconditioner,
                       accept_every, scales, accept_identity_density)

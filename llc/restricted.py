@@ -16,6 +16,7 @@ from typing import Callable, Mapping, Union
 import torch
 from torch import Tensor, nn
 
+from core import checks
 from core.types import FlatLoss
 
 ParamMask = Union[Mapping[str, Union[bool, Tensor]], list, tuple, set, frozenset]
@@ -84,8 +85,7 @@ def layer_groups(model: nn.Module, by: str = "module") -> dict[str, list[str]]:
     by='module': by owning module (``'0.weight'`` and ``'0.bias'`` -> ``'0'``);
     by='parameter': one group per parameter tensor.
     """
-    if by not in ("module", "parameter"):
-        raise ValueError(f"by must be 'module' or 'parameter'; got {by!r}")
+    checks.one_of("by", by, ("module", "parameter"))
     groups: dict[str, list[str]] = {}
     for name, _ in model.named_parameters():
         key = name if by == "parameter" else (name.rpartition(".")[0] or name)

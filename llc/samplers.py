@@ -24,9 +24,11 @@ import dataclasses
 
 from torch import Tensor
 
+from core import checks
 from core.types import FlatLoss
-from llc.chain import StepCallback
+from llc.chain import StepCallback, Stream
 from llc.mala import MALAConfig, run_mala
+from llc.precision import check_amp_device
 from llc.psgld import PSGLDConfig, run_psgld
 from llc.sghmc import SGHMCConfig, SGNHTConfig, run_sghmc, run_sgnht
 from llc.sgld import SGLDConfig, run_sgld
@@ -42,12 +44,13 @@ SAMPLER_OPTIONS = {
 # The samplers an experiment's sgld_config can name: those whose config is an SGLDConfig.
 EXPERIMENT_SAMPLERS = ("sgld", "sgnht", "sghmc")
 MINIBATCH_CONFIGS = {"sgld": SGLDConfig, "sgnht": SGNHTConfig, "sghmc": SGHMCConfig}
+# The samplers that take a Dataset / DataLoader streamed from the host (llc.streaming): the minibatch ones.
+STREAMING_SAMPLERS = ("sgld", "psgld", "sgnht", "sghmc")
 
 
 def check_sampler(sampler, options: dict | None) -> dict:
     """The validated options dict; ValueError naming ``sampler`` or the unknown option key."""
-    if not isinstance(sampler, str) or sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}; got {sampler!r}")
+    checks.one_of("sampler", sampler, SAMPLERS)
     options = {} if options is None else options
     if not isinstance(options, dict):
         raise ValueError(f"sampler_options must be a dict or None; got {type(options).__name__}")
@@ -82,8 +85,7 @@ def split_sampler(values: dict, key: str = "sgld_config") -> tuple[type, dict]:
     """
     values = dict(values)
     sampler = values.pop("sampler", "sgld")
-    if not isinstance(sampler, str) or sampler not in EXPERIMENT_SAMPLERS:
-        raise ValueError(f"{key}.sampler must be one of {EXPERIMENT_SAMPLERS}; got {sampler!r}")
+    checks.one_of(f"{key}.sampler", sampler, EXPERIMENT_SAMPLERS)
     options = {}
     for name in ("sgnht", "sghmc"):
         defaults = {f.name: f.default for f in dataclasses.fields(MINIBATCH_CONFIGS[name])}
@@ -97,6 +99,14 @@ def split_sampler(values: dict, key: str = "sgld_config") -> tuple[type, dict]:
                 raise ValueError(f"{key}.{opt} applies to sampler={name!r} only; got {opt}={value!r} "
                                  f"with sampler={sampler!r}")
     return MINIBATCH_CONFIGS[sampler], {**values, **options}
+
+
+def check_config_device(config: SGLDConfig, device, key: str = "sgld_config") -> None:
+    """ValueError naming ``key.amp`` where the config's amp cannot run on ``device`` (fp16 off CUDA)."""
+    try:
+        check_amp_device(config.amp, device)
+    except ValueError as err:
+        raise ValueError(f"{key}.{err}") from None
 
 
 def sampler_kwargs(config: SGLDConfig) -> dict:
@@ -145,16 +155,30 @@ def run_sampler(
     eval_batch_size: int = 4096,
     callback: StepCallback | None = None,
     segments=None,
+    stream: Stream | None = None,
 ):
-    """Run the named sampler; returns its trace (``loss``, ``nbeta``, ``burnin``, ``final_w``)."""
+    """Run the named sampler; returns its trace (``loss``, ``nbeta``, ``burnin``, ``final_w``).
+
+    ``stream`` (llc.streaming.StreamedData, with x and y None) feeds a minibatch sampler
+    (STREAMING_SAMPLERS) its rows from the host.
+    """
+    if stream is not None:
+        check_streams(sampler)
     if sampler == "sgld":
-        return run_sgld(loss_fn, w_star, x, y, configs, seed, eval_batch_size, callback=callback)
+        return run_sgld(loss_fn, w_star, x, y, configs, seed, eval_batch_size, callback=callback, stream=stream)
     if sampler == "psgld":
         return run_psgld(loss_fn, w_star, x, y, configs[0], configs[1], seed, segments, eval_batch_size,
-                         callback=callback)
+                         callback=callback, stream=stream)
     if sampler == "mala":
         if callback is not None:
             raise ValueError("callbacks: sampler='mala' takes no callbacks (it is full-batch)")
         return run_mala(loss_fn, w_star, x, y, configs, seed, eval_batch_size)
     run = run_sgnht if sampler == "sgnht" else run_sghmc
-    return run(loss_fn, w_star, x, y, configs, seed, eval_batch_size, callback=callback)
+    return run(loss_fn, w_star, x, y, configs, seed, eval_batch_size, callback=callback, stream=stream)
+
+
+def check_streams(sampler: str) -> None:
+    """ValueError naming ``sampler`` unless it can take a streamed Dataset / DataLoader (a minibatch sampler)."""
+    if sampler not in STREAMING_SAMPLERS:
+        raise ValueError(f"sampler: a Dataset or DataLoader is streamed with a minibatch sampler, one of "
+                         f"{STREAMING_SAMPLERS}; got {sampler!r} (full-batch: pass (x, y) tensors)")

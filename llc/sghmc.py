@@ -38,7 +38,15 @@ from torch import Tensor
 from torch.func import vmap
 
 from core.types import FlatLoss
-from llc.chain import Draws, StepCallback, check_batch, check_number, full_data_loss, reject_compile_true, run_chains
+from llc.chain import (
+    Draws,
+    StepCallback,
+    Stream,
+    check_number,
+    data_size,
+    reject_compile_true,
+    run_minibatch_chains,
+)
 from llc.precision import autocast, check_amp_device
 from llc.sgld import SGLDConfig, _gather
 
@@ -59,9 +67,7 @@ class SGHMCConfig(SGLDConfig):
     def __post_init__(self):
         reject_compile_true(self.compile, "SGHMC (llc.sghmc)")
         super().__post_init__()
-        check_number("friction", self.friction, 0, strict=True)
-        if self.friction > 1:
-            raise ValueError(f"friction must be a finite number in (0, 1]; got {self.friction!r}")
+        check_number("friction", self.friction, 0, 1, strict=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,8 +88,7 @@ class SGNHTConfig(SGLDConfig):
         reject_compile_true(self.compile, "SGNHT (llc.sghmc)")
         super().__post_init__()
         check_number("diffusion_factor", self.diffusion_factor, 0, strict=True)
-        if self.thermostat_init is not None:
-            check_number("thermostat_init", self.thermostat_init, -math.inf, strict=True)
+        check_number("thermostat_init", self.thermostat_init, none_ok=True)
 
     def resolve_thermostat_init(self) -> float:
         return float(self.diffusion_factor if self.thermostat_init is None else self.thermostat_init)
@@ -168,38 +173,37 @@ class MomentumKernel:
         return loss
 
 
-def _run(loss_fn, w_star, x, y, config, seed, eval_batch_size, callback, thermostat) -> MomentumTrace:
-    n = x.shape[0]
-    check_batch(config.batch_size, n, w_star)
+def _run(loss_fn, w_star, x, y, config, seed, eval_batch_size, callback, thermostat, stream) -> MomentumTrace:
+    n = data_size(x, stream, config.batch_size, w_star)
     kernel = MomentumKernel(loss_fn, w_star, x, y, config, config.resolve_nbeta(n), thermostat)
-    full = None if config.loss_trace_minibatch else (lambda w: full_data_loss(loss_fn, w, x, y, eval_batch_size))
-    trace, w = run_chains(kernel, w_star, n, config, seed, full_loss=full, callback=callback)
+    trace, w = run_minibatch_chains(kernel, loss_fn, w_star, x, y, config, seed, eval_batch_size, callback, stream)
     zeta = kernel.zeta[:, 0].clone() if thermostat else None
     return MomentumTrace(loss=trace.cpu(), final_w=w, final_v=kernel.v, thermostat=zeta, nbeta=kernel.nbeta,
                          burnin=config.burnin())
 
 
-def run_sghmc(loss_fn: FlatLoss, w_star: Tensor, x: Tensor, y: Tensor, config: SGHMCConfig, seed: int,
-              eval_batch_size: int = 4096, callback: StepCallback | None = None) -> MomentumTrace:
-    """Run ``config.num_chains`` SGHMC chains from w*; arguments as for llc.sgld.run_sgld.
+def _runner(cls: type, thermostat: bool):
+    """run_sghmc (SGHMCConfig, no thermostat) or run_sgnht (SGNHTConfig, thermostat): one body for both."""
+    name = cls.sampler_name
+
+    def run(loss_fn: FlatLoss, w_star: Tensor, x: Tensor, y: Tensor, config: SGLDConfig, seed: int,
+            eval_batch_size: int = 4096, callback: StepCallback | None = None,
+            stream: Stream | None = None) -> MomentumTrace:
+        if not isinstance(config, cls):
+            raise ValueError(f"config must be an {cls.__name__}; got {type(config).__name__}")
+        return _run(loss_fn, w_star, x, y, config, seed, eval_batch_size, callback, thermostat, stream)
+
+    run.__name__ = run.__qualname__ = f"run_{name}"
+    run.__doc__ = f"""Run ``config.num_chains`` {name.upper()} chains from w*, vectorised over chains.
+
+    Arguments (``stream`` too) as for llc.sgld.run_sgld; ``config`` must be an {cls.__name__}.
 
     Raises:
-        ValueError: batch_size > n or a w* that is not flat.
+        ValueError: batch_size > n, a w* that is not flat, or another config class.
         ChainDivergenceError: a chain's loss became NaN or inf (names the chain and step).
     """
-    if not isinstance(config, SGHMCConfig):
-        raise ValueError(f"config must be an SGHMCConfig; got {type(config).__name__}")
-    return _run(loss_fn, w_star, x, y, config, seed, eval_batch_size, callback, thermostat=False)
+    return run
 
 
-def run_sgnht(loss_fn: FlatLoss, w_star: Tensor, x: Tensor, y: Tensor, config: SGNHTConfig, seed: int,
-              eval_batch_size: int = 4096, callback: StepCallback | None = None) -> MomentumTrace:
-    """Run ``config.num_chains`` SGNHT chains from w*; arguments as for llc.sgld.run_sgld.
-
-    Raises:
-        ValueError: batch_size > n or a w* that is not flat.
-        ChainDivergenceError: a chain's loss became NaN or inf (names the chain and step).
-    """
-    if not isinstance(config, SGNHTConfig):
-        raise ValueError(f"config must be an SGNHTConfig; got {type(config).__name__}")
-    return _run(loss_fn, w_star, x, y, config, seed, eval_batch_size, callback, thermostat=True)
+run_sghmc = _runner(SGHMCConfig, thermostat=False)
+run_sgnht = _runner(SGNHTConfig, thermostat=True)

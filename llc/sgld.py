@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 from torch.func import grad_and_value, vmap
 
+from core import checks
 from core.types import FlatLoss
 from llc.chain import (
     COMPILE_CHOICES,
@@ -47,12 +48,13 @@ from llc.chain import (
     ChainDivergenceError,
     Draws,
     StepCallback,
+    Stream,
     chain_generators,
-    check_batch,
     check_compile,
     check_int,
+    data_size,
     full_data_loss,
-    run_chains,
+    run_minibatch_chains,
 )
 from llc.chain import (
     MAX_BLOCK_STEPS as _MAX_BLOCK_STEPS,
@@ -105,8 +107,7 @@ class SGLDConfig(ChainConfig):
 
     def _check_more(self) -> None:
         check_int("batch_size", self.batch_size, 1)
-        if not isinstance(self.loss_trace_minibatch, bool):
-            raise ValueError(f"loss_trace_minibatch must be True or False; got {self.loss_trace_minibatch!r}")
+        checks.boolean("loss_trace_minibatch", self.loss_trace_minibatch)
 
     def asks_compile(self) -> bool:
         """Whether compile asks for the compiled step: compile=True, or "auto" on a long run."""
@@ -154,6 +155,7 @@ def run_sgld(
     seed: int,
     eval_batch_size: int = 4096,
     callback: StepCallback | None = None,
+    stream: Stream | None = None,
 ) -> SGLDTrace:
     """Run ``config.num_chains`` SGLD chains started at w*, all in one vectorised step.
 
@@ -166,6 +168,7 @@ def run_sgld(
         eval_batch_size: chunk size for full-data losses.
         callback: ``callback(t, w_t (C, P), w_{t+1} (C, P), idx_t (C, B))`` after every
             step, e.g. for distances or MALA acceptance probabilities (costs a copy of w).
+        stream: the rows on the host instead of x, y (both None; llc.streaming.StreamedData).
 
     Returns:
         SGLDTrace with the (C, T) loss trace.
@@ -176,11 +179,9 @@ def run_sgld(
     """
     if config.sampler_name != "sgld":
         raise ValueError(f"config: run_sgld runs SGLD; a {type(config).__name__} belongs to llc.samplers.run_sampler")
-    n = x.shape[0]
-    check_batch(config.batch_size, n, w_star)
+    n = data_size(x, stream, config.batch_size, w_star)
     kernel = SGLDKernel(loss_fn, w_star, x, y, config, config.resolve_nbeta(n))
-    full = None if config.loss_trace_minibatch else (lambda w: full_data_loss(loss_fn, w, x, y, eval_batch_size))
-    trace, w = run_chains(kernel, w_star, n, config, seed, full_loss=full, callback=callback)
+    trace, w = run_minibatch_chains(kernel, loss_fn, w_star, x, y, config, seed, eval_batch_size, callback, stream)
     return SGLDTrace(loss=trace.cpu(), final_w=w, nbeta=kernel.nbeta, burnin=config.burnin(),
                      compile_mode=compile_mode(config, kernel.step_fn, kernel.eager))
 

@@ -1,10 +1,11 @@
-"""SGLD on data that stays off the device: a torch Dataset or DataLoader, streamed per step.
+"""Minibatch samplers on data that stays off the device: a torch Dataset or DataLoader, streamed per step.
 
-The chains run on llc.chain's driver and draw exactly the numbers :func:`llc.sgld.run_sgld`
-draws (same per-chain generators, same blocks of K steps, indices then noise), so on the
+SGLD, pSGLD, SGNHT and SGHMC (every minibatch kernel; MALA is full-batch and does not
+stream) run on llc.chain's driver and draw exactly the numbers they draw in memory
+(same per-chain generators, same blocks of K steps, indices then noise), so on the
 same data the trace equals the in-memory one. Per step, the C·B rows of every chain's minibatch
 are gathered on the host, (on CUDA) pinned and copied asynchronously, and the
-ordinary SGLD step runs on them with the identity index; a prefetch thread gathers
+sampler's ordinary step runs on them with the identity index; a prefetch thread gathers
 step t+1 while step t computes. L_n(w) is computed in chunks of ``eval_batch_size``
 rows with the same chunk boundaries as ``llc.sgld.full_data_loss``.
 
@@ -21,8 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from core.types import FlatLoss
-from llc.chain import Draws, check_batch, run_chains
-from llc.sgld import SGLDConfig, SGLDKernel, SGLDTrace, compile_mode
+from llc.chain import Draws, run_chains
 
 Cast = Callable[[Tensor], Tensor]
 
@@ -95,56 +95,61 @@ def streamed_full_data_loss(
     return total / data.n
 
 
-def run_sgld_streamed(
-    loss_fn: FlatLoss,
-    w_star: Tensor,
-    data: HostData,
-    config: SGLDConfig,
-    seed: int,
-    eval_batch_size: int = 4096,
-    prefetch: bool | None = None,
-    hook: Callable[[int, Tensor, Tensor, Tensor, Tensor], None] | None = None,
-    every: int = 1,
-) -> SGLDTrace:
-    """:func:`llc.sgld.run_sgld` with minibatches streamed from ``data``; same draws, same trace.
+Hook = Callable[[int, Tensor, Tensor, Tensor, Tensor], None]  # (t, w_t, w_{t+1}, xb (C, B, ...), yb)
 
-    The SGLD kernel runs on llc.chain's driver as in memory; only where its minibatch
-    rows come from differs (:class:`StreamedSGLDKernel`).
+
+class StreamedData:
+    """The ``stream`` of llc.sgld.run_sgld, llc.psgld.run_psgld, llc.sghmc.run_sghmc / run_sgnht.
 
     prefetch: gather the next step's rows in a background thread; None means on CUDA only.
     hook: ``hook(t, w_t, w_{t+1}, xb (C, B, ...), yb)`` after draws t with (t + 1) % every == 0
         (llc.callbacks.batch_hook); w is copied only on those draws.
     """
-    n = data.n
-    check_batch(config.batch_size, n, w_star)
-    pin = w_star.device.type == "cuda"
-    prefetch = pin if prefetch is None else prefetch
-    pool = ThreadPoolExecutor(max_workers=1) if prefetch else None
-    try:
-        kernel = StreamedSGLDKernel(loss_fn, w_star, data, config, config.resolve_nbeta(n), pin, pool, hook, every)
-        full = None
-        if not config.loss_trace_minibatch:
-            def full(w):
-                return streamed_full_data_loss(loss_fn, w, data, eval_batch_size)
-        trace, w = run_chains(kernel, w_star, n, config, seed, full_loss=full)
-    finally:
-        if pool:
-            pool.shutdown(wait=True)
-    return SGLDTrace(loss=trace.cpu(), final_w=w, nbeta=kernel.nbeta, burnin=config.burnin(),
-                     compile_mode=compile_mode(config, kernel.step_fn, kernel.eager))
+
+    def __init__(self, data: HostData, prefetch: bool | None = None, hook: Hook | None = None, every: int = 1):
+        self.data, self.prefetch, self.hook, self.every = data, prefetch, hook, every
+        self.n = data.n
+
+    def run(self, kernel, loss_fn: FlatLoss, w_star: Tensor, config, seed: int,
+            eval_batch_size: int) -> tuple[Tensor, Tensor]:
+        """llc.chain.run_chains with ``kernel``'s minibatches gathered from the host (:class:`StreamedKernel`)."""
+        pin = w_star.device.type == "cuda"
+        prefetch = pin if self.prefetch is None else self.prefetch
+        pool = ThreadPoolExecutor(max_workers=1) if prefetch else None
+        try:
+            streamed = StreamedKernel(kernel, self.data, config.num_chains, w_star.device, pin, pool, self.hook,
+                                      self.every)
+            full = None
+            if not config.loss_trace_minibatch:
+                def full(w):
+                    return streamed_full_data_loss(loss_fn, w, self.data, eval_batch_size)
+            return run_chains(streamed, w_star, self.n, config, seed, full_loss=full)
+        finally:
+            if pool:
+                pool.shutdown(wait=True)
 
 
-class StreamedSGLDKernel(SGLDKernel):
-    """llc.sgld's kernel on rows gathered from the host per step (and prefetched a step ahead)."""
+class StreamedKernel:
+    """Any minibatch kernel (SGLD, pSGLD, SGNHT, SGHMC) on rows gathered from the host per step.
 
-    def __init__(self, loss_fn: FlatLoss, w_star: Tensor, data: HostData, config: SGLDConfig, nbeta: float,
-                 pin: bool, pool: ThreadPoolExecutor | None, hook, every: int):
-        super().__init__(loss_fn, w_star, None, None, config, nbeta)
-        C, B, device = config.num_chains, config.batch_size, w_star.device
+    The driver draws the indices as in memory; this kernel gathers those C·B rows (a step
+    ahead, with a pool), hands them to the wrapped kernel as its ``x`` and ``y`` and steps
+    it with the identity index, so the wrapped step sees exactly the in-memory minibatch.
+    """
+
+    uniform = False
+
+    def __init__(self, kernel, data: HostData, num_chains: int, device: torch.device, pin: bool,
+                 pool: ThreadPoolExecutor | None, hook: Hook | None, every: int):
+        self.kernel, self.name, self.batch_size = kernel, kernel.name, kernel.batch_size
+        C, B = num_chains, kernel.batch_size
         self.data, self.pin, self.pool, self.hook, self.every, self.device = data, pin, pool, hook, every, device
         self.local = torch.arange(C * B, device=device).view(C, B)  # the gathered rows, in chain order
         self.rows = self.pending = None
         self.j = 0
+
+    def init(self, w: Tensor, gens) -> None:
+        self.kernel.init(w, gens)
 
     def fetch(self, rows: Tensor):
         return self.data.to_device(*self.data.rows(rows), self.device, self.pin)
@@ -164,7 +169,8 @@ class StreamedSGLDKernel(SGLDKernel):
         else:
             xb, yb = self.fetch(self.rows[j])
         w_t = w.clone() if self.hook is not None and (t + 1) % self.every == 0 else None
-        loss = self.advance(t, (w, self.local, draws.xi, xb, yb, self.w_star))  # (C,); w -> w_{t+1}
+        self.kernel.x, self.kernel.y = xb, yb  # (C·B, ...): this step's rows
+        loss = self.kernel.step(t, w, Draws(self.local, draws.xi, draws.log_u))  # (C,); w -> w_{t+1}
         if w_t is not None:
             C, B = self.local.shape
             self.hook(t, w_t, w, xb.view(C, B, *xb.shape[1:]), yb.view(C, B, *yb.shape[1:]))

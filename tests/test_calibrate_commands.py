@@ -66,6 +66,21 @@ def test_dln_calibrate_at_the_runs_settings_reproduces_the_main_runs_lambdahat(d
     assert cal.result["recommended_epsilon"] in (1e-5, None)
 
 
+@pytest.mark.parametrize("sampler, options", [("sghmc", dict(friction=0.3)), ("sgnht", {})])
+def test_dln_calibrate_follows_the_runs_sampler(dln, sampler, options):
+    # The calibration row at the run's own settings is the main run's λ̂ with the same sampler and options.
+    sgld = dict(num_steps=40, batch_size=20, num_chains=2, epsilon=1e-5, num_burnin_steps=20, sampler=sampler,
+                **options)
+    base = dict(DLN_TINY, sgld_config=sgld, mala_acceptance_every=0)
+    main = dln.ex.run(config_updates=base).result
+    cal = run_command(dln, "calibrate", **dict(base, calibration=dict(epsilons=[1e-5], num_steps=None,
+                                                                      num_burnin_steps=20)))
+    assert cal.info["calibration"]["sampler"] == sampler
+    (row,) = cal.info["calibration"]["rows"]
+    # As for SGLD above: the same draws through two flat-loss helpers, so float32 rounding only.
+    assert row["lambdahat"] == pytest.approx(main["lambdahat"], rel=1e-4)
+
+
 @pytest.mark.parametrize("calibration, key", [
     (dict(epsilons=[1e-5, 0.0]), "calibration.epsilons"),
     (dict(epsilons=[-1e-5]), "calibration.epsilons"),

@@ -78,3 +78,56 @@ def test_calibration_figure_draws_each_curve():
     ax_l, ax_n = plot_calibration(cal).axes
     np.testing.assert_array_equal(ax_l.get_lines()[0].get_ydata(), [r.lambdahat for r in cal.rows])
     np.testing.assert_array_equal(ax_n.get_lines()[0].get_ydata(), [r.noise_fraction for r in cal.rows])
+
+
+# (sampler, a small ε, a huge ε): pSGLD's ε is dimensionless (llc.psgld), the others' is SGLD's.
+SAMPLER_GRIDS = [("sgld", 1e-4, 3e-1), ("sgnht", 1e-4, 3e-1), ("sghmc", 1e-4, 3e-1), ("psgld", 1e-2, 1e8),
+                 ("mala", 1e-4, 3e-1)]
+
+
+@pytest.mark.parametrize("sampler,small,huge", SAMPLER_GRIDS)
+def test_every_sampler_calibrates_and_reports_a_huge_epsilon_without_raising(sampler, small, huge):
+    net, x, y = _regression(noise=0.1)
+    cal = calibrate_epsilon(net, mse, (x, y), [huge, small], gammas=[10.0], num_steps=200, sampler=sampler)
+    assert cal.sampler == sampler
+    assert [r.epsilon for r in cal.rows] == [small, huge]  # one row per setting, sorted
+    ok, bad = cal.rows
+    # A regular 4-parameter model: λ = d/2 = 2 in the limit; 200 short steps only promise finite and >= 0.
+    assert math.isfinite(ok.lambdahat) and ok.lambdahat >= 0 and ok.divergence_rate == 0.0
+    assert math.isfinite(ok.noise_fraction) and 0 < ok.noise_fraction
+    assert not bad.stable
+    if sampler in ("sgld", "sgnht", "sghmc"):  # εa ≫ 4 on the stiffest direction: every chain blows up
+        assert bad.divergence_rate > 0 and math.isnan(bad.lambdahat)
+    elif sampler == "mala":  # MALA rejects the non-finite proposals: nothing moves, nothing diverges
+        assert bad.divergence_rate == 0.0 and bad.lambdahat == 0.0 and math.isnan(bad.noise_fraction)
+    else:  # pSGLD's D ∝ 1/g² bounds the steps: finite but drift-dominated
+        assert bad.divergence_rate == 0.0 and bad.noise_fraction < 1e-3
+    assert cal.recommended == {(500 / math.log(500), 10.0): small if ok.stable else None}
+
+
+def test_calibration_sampler_arguments_fail_before_compute_naming_the_argument():
+    net, x, y = _regression()
+    with pytest.raises(ValueError, match=r"sampler must be one of .*; got 'hmc'"):
+        calibrate_epsilon(net, mse, (x, y), [1e-3], sampler="hmc", num_steps=10)
+    with pytest.raises(ValueError, match=r"'friction' is not an option of sampler='sgnht'"):
+        calibrate_epsilon(net, mse, (x, y), [1e-3], sampler="sgnht", sampler_options={"friction": 0.1}, num_steps=10)
+    with pytest.raises(ValueError, match="friction must be"):
+        calibrate_epsilon(net, mse, (x, y), [1e-3], sampler="sghmc", sampler_options={"friction": 2.0}, num_steps=10)
+    with pytest.raises(ValueError, match=r"sampler_options.adapt_step_size: .* must be False; got True"):
+        calibrate_epsilon(net, mse, (x, y), [1e-3], sampler="mala", sampler_options={"adapt_step_size": True},
+                          num_steps=10)
+    for sampler in ("psgld", "mala", "sghmc"):
+        with pytest.raises(ValueError, match="epsilons"):
+            calibrate_epsilon(net, mse, (x, y), [1e-3, 0.0], sampler=sampler, num_steps=10)
+
+
+def test_mala_calibration_at_a_fixed_epsilon_reproduces_run_mala():
+    # The calibration row's λ̂ is the fixed-ε MALA run's own: same seed, steps, chains and burn-in.
+    from llc.mala import MALAConfig, estimate_llc_mala
+
+    net, x, y = _regression(noise=0.1)
+    cal = calibrate_epsilon(net, mse, (x, y), [1e-4], num_steps=100, num_chains=2, sampler="mala", seed=3)
+    loss, w = flat_loss_for_module(net, mse, torch.float64, torch.device("cpu"))
+    cfg = MALAConfig(epsilon=1e-4, num_steps=100, num_chains=2, num_burnin_steps=50, adapt_step_size=False)
+    ref = estimate_llc_mala(loss, w, x, y, cfg, seed=3)
+    assert cal.rows[0].lambdahat == ref.llc.lambdahat  # the same computation, so equal, not close

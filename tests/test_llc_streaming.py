@@ -84,6 +84,33 @@ def test_items_that_do_not_fit_the_loss_fail_before_compute():
         estimate_llc(net, mse, x, **KW)
 
 
+STREAM_SAMPLERS = [("sgnht", {"diffusion_factor": 0.02}), ("sghmc", {"friction": 0.3}), ("psgld", {"rho": 0.9})]
+
+
+@pytest.mark.parametrize("sampler,options", STREAM_SAMPLERS)
+@pytest.mark.parametrize("minibatch_trace", [True, False])
+def test_every_minibatch_sampler_streams_with_the_in_memory_draws(sampler, options, minibatch_trace):
+    net, x, y = _problem()
+    kw = dict(KW, sampler=sampler, sampler_options=options, loss_trace_minibatch=minibatch_trace, eval_batch_size=64)
+    ref = estimate_llc(net, mse, (x, y), **kw)
+    got = estimate_llc(net, mse, PairDataset(x, y), prefetch=True, **kw)
+    # Tolerance zero is justified: the same generators draw the same indices and noise, the gathered rows are
+    # the same floats in the same (C·B) order, and the same eager kernel runs on them with the same shapes,
+    # so no op sees a different operand or reduction order (float rounding is identical, not just close).
+    np.testing.assert_array_equal(got.loss_trace, ref.loss_trace)
+    assert type(got.config) is type(ref.config) and got.lambdahat == ref.lambdahat
+    assert np.isfinite(got.loss_trace[:, KW["num_burnin_steps"]:]).all()
+    assert got.loss_trace[0, -1] != ref.loss_trace[0, 0]  # the chains moved: equality is not that of a frozen w*
+
+
+def test_a_full_batch_sampler_cannot_stream_and_says_so_before_compute():
+    net, x, y = _problem()
+    allowed = r"\('sgld', 'psgld', 'sgnht', 'sghmc'\)"
+    with pytest.raises(ValueError, match=r"sampler: a Dataset or DataLoader is streamed with a minibatch sampler, "
+                                         r"one of " + allowed + r"; got 'mala'"):
+        estimate_llc(net, mse, PairDataset(x, y), sampler="mala", **{k: v for k, v in KW.items() if k != "batch_size"})
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_streamed_on_cuda_with_pinned_prefetch_equals_the_cuda_in_memory_path():
     net, x, y = _problem()

@@ -140,7 +140,7 @@ def test_sampler_selection_fails_before_compute_and_names_the_argument():
     with pytest.raises(ValueError, match="friction must be"):
         estimate_llc(net, mse, (x, y), sampler="sghmc", sampler_options={"friction": -1}, **kw)
     with pytest.raises(ValueError, match="sampler: a Dataset"):
-        estimate_llc(net, mse, TensorDataset(x, y), sampler="sgnht", **kw)
+        estimate_llc(net, mse, TensorDataset(x, y), sampler="mala", **kw)
 
 
 def test_estimate_llc_runs_the_chosen_sampler_with_its_options():

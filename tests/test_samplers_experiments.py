@@ -49,16 +49,20 @@ def test_expt_dln_saddle_dynamics_runs_sgnht():
     assert checkpoints and all(c["status"] == "ok" and math.isfinite(c["lambdahat"]) for c in checkpoints)
 
 
-def test_expt_llc_curve_runs_sgnht(tmp_path, monkeypatch):
+def tiny_curve(tmp_path, monkeypatch) -> dict:
+    """expt_llc_curve's config on a 40-image CIFAR-10 written under tmp_path (checkpoints at t = 0, 2, 4)."""
     root = tmp_path / "data"
     write_cifar10(root, n_train=40, n_test=20)
     allow_tiny_cifar(monkeypatch)
-    expt = load_experiment("expt_llc_curve")
-    cfg = dict(data_root=str(root), device="cpu", logging_period=2, seed=3,
-               model_data_config=dict(model_name="resnet18", layer_width_factor=2),
-               training_config=dict(num_steps=4, batch_size=8, learning_rate=1e-2),
-               sgld_config=dict(num_steps=6, batch_size=8, num_chains=2, epsilon=1e-5))
-    r = _run(expt, cfg, sampler="sgnht", thermostat_init=0.05)
+    return dict(data_root=str(root), device="cpu", logging_period=2, seed=3,
+                model_data_config=dict(model_name="resnet18", layer_width_factor=2),
+                training_config=dict(num_steps=4, batch_size=8, learning_rate=1e-2),
+                sgld_config=dict(num_steps=6, batch_size=8, num_chains=2, epsilon=1e-5))
+
+
+def test_expt_llc_curve_runs_sgnht(tmp_path, monkeypatch):
+    cfg = tiny_curve(tmp_path, monkeypatch)
+    r = _run(load_experiment("expt_llc_curve"), cfg, sampler="sgnht", thermostat_init=0.05)
     checkpoints = r.info["checkpoints"]
     assert [c["t"] for c in checkpoints] == [0, 2, 4]
     assert all(c["status"] == "ok" and math.isfinite(c["lambdahat"]) for c in checkpoints)

@@ -17,6 +17,7 @@ from sacred.randomness import get_seed
 
 from core import checks
 from llc.calibrate import _check_grid, calibrate_epsilon
+from llc.samplers import sampler_kwargs
 from llc.sgld import SGLDConfig
 from tracking.sacred_utils import json_ready
 
@@ -40,8 +41,9 @@ def validate_calibration(calibration: dict, sgld: SGLDConfig, n: int | None = No
 
     nbetas / gammas None -> the run's nβ / γ; num_steps, num_chains, batch_size
     None -> the run's; num_burnin_steps None -> half of num_steps (calibrate_epsilon's
-    default). Every (ε, nβ, γ) setting is built as an SGLDConfig here, so a bad
-    value fails before any compute, naming ``calibration.<key>``.
+    default). The sampler is the run's (``sgld_config.sampler``, with its options: an
+    SGNHTConfig calibrates SGNHT). Every (ε, nβ, γ) setting is built as the run's config
+    class here, so a bad value fails before any compute, naming ``calibration.<key>``.
     """
     checks.known_entries("calibration", calibration, CALIBRATION_KEYS)
     cal = {**dict.fromkeys(CALIBRATION_KEYS), **calibration}
@@ -69,13 +71,14 @@ def validate_calibration(calibration: dict, sgld: SGLDConfig, n: int | None = No
     out["min_noise_fraction"] = 0.9 if mnf is None else mnf
     if n is not None:
         checks.at_most("calibration.batch_size", out["batch_size"], "the number of training data", n)
+    out.update(sampler_kwargs(sgld))  # sampler, sampler_options: the run's own
     for nb in out["nbetas"]:
         for g in out["gammas"]:
             for e in out["epsilons"]:
                 try:
-                    SGLDConfig(epsilon=float(e), gamma=float(g), nbeta=None if nb is None else float(nb),
+                    type(sgld)(epsilon=float(e), gamma=float(g), nbeta=None if nb is None else float(nb),
                                num_steps=out["num_steps"], batch_size=out["batch_size"], num_chains=out["num_chains"],
-                               num_burnin_steps=out["num_burnin_steps"])
+                               num_burnin_steps=out["num_burnin_steps"], **(out["sampler_options"] or {}))
                 except ValueError as err:
                     raise ValueError(f"calibration: {err}") from err
     return out
@@ -94,11 +97,12 @@ def run_calibration(_run, model, loss_fn, data, settings: dict, seed: int, devic
         model, loss_fn, data, settings["epsilons"], nbetas=settings["nbetas"], gammas=settings["gammas"],
         num_steps=settings["num_steps"], batch_size=settings["batch_size"], num_chains=settings["num_chains"],
         num_burnin_steps=settings["num_burnin_steps"], seed=seed, device=device,
-        min_noise_fraction=settings["min_noise_fraction"],
+        min_noise_fraction=settings["min_noise_fraction"], sampler=settings.get("sampler", "sgld"),
+        sampler_options=settings.get("sampler_options"),
     )
     recommended = [{"nbeta": nb, "gamma": g, "epsilon": e} for (nb, g), e in cal.recommended.items()]
     _run.info["calibration"] = json_ready({"rows": [dataclasses.asdict(r) for r in cal.rows],
-                                           "recommended": recommended})
+                                           "recommended": recommended, "sampler": cal.sampler})
     with tempfile.TemporaryDirectory() as tmp:
         fig = plot_calibration(cal)
         if title:
