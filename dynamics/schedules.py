@@ -114,6 +114,7 @@ class LRSchedule:
 
 
 # --- losses ---------------------------------------------------------------------------
+# (l2_penalty and soft_cross_entropy are expt_llc_curve's: its penalty term and force_realisable's loss)
 
 def km_mse_loss(out: Tensor, labels: Tensor, k: float = 0.0, M: float = 1.0) -> Tensor:
     """mean_{n,c} (k·onehot + 1)·(out − M·onehot)²; out (N, C), labels (N,) int64."""
@@ -134,6 +135,19 @@ def make_loss(loss_fn: str, k_M: tuple[float, float] | None = None) -> Callable[
         return F.cross_entropy
     k, M = (0.0, 1.0) if k_M is None else k_M
     return lambda out, labels: km_mse_loss(out, labels, k, M)
+
+
+def l2_penalty(model: torch.nn.Module, c: float | None) -> float:
+    """c Σ_p ||p||² over all parameters (0 for None): the training loss's penalty."""
+    if not c:
+        return 0.0
+    with torch.no_grad():
+        return float(c * sum(float((p.double() ** 2).sum()) for p in model.parameters()))
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of -Σ_k softmax(target)_k log softmax(logits)_k (force_realisable's loss)."""
+    return -(F.softmax(target_logits, dim=-1) * F.log_softmax(logits, dim=-1)).sum(-1).mean()
 
 
 # --- optimizers -----------------------------------------------------------------------

@@ -39,6 +39,7 @@ from core.config_docs import with_nested_docs
 from core.runtime import derived_seed, resolve_device
 from data.vision import load_vision_dataset, noisy_labels
 from dynamics.engine import evaluate as engine_evaluate
+from dynamics.schedules import l2_penalty, soft_cross_entropy
 from dynamics.train import TrainingConfig, train
 from llc.estimate import estimate_llc_flat, flat_loss_for_module
 from llc.restricted import estimate_llc_per_layer
@@ -193,19 +194,6 @@ class Stream(IntEnum):
     LABEL_NOISE = 2
     SGLD = 3
     HESSIAN = 4
-
-
-def l2_penalty(model: torch.nn.Module, c: float | None) -> float:
-    """c Σ_p ||p||² over all parameters (0 for None): the training loss's penalty."""
-    if not c:
-        return 0.0
-    with torch.no_grad():
-        return float(c * sum(float((p.double() ** 2).sum()) for p in model.parameters()))
-
-
-def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of -Σ_k softmax(target)_k log softmax(logits)_k (force_realisable's loss)."""
-    return -(F.softmax(target_logits, dim=-1) * F.log_softmax(logits, dim=-1)).sum(-1).mean()
 
 
 @torch.no_grad()
