@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 
-from tests.conftest import load_experiment
+from tests.conftest import assert_print_config_takes, load_experiment
 
 # The notebook's cells 7 and 8: network, step size, localisation, batch, draws, runs, the n sweep.
 ORIGINAL = dict(input_dim=10, layer_widths=[20, 20, 10], step_size=1e-5, gamma=1.0, batch_size=32,
@@ -18,10 +18,7 @@ def expt():
 
 
 def test_print_config_takes_every_original_key(expt, capsys):
-    expt.ex.run(command_name="print_config", config_updates=ORIGINAL)
-    out = capsys.readouterr().out
-    for key in ORIGINAL:
-        assert key in out, key
+    assert_print_config_takes(expt, ORIGINAL, capsys)
 
 
 def test_aliases_set_the_renamed_keys(expt):
