@@ -75,3 +75,14 @@ def assert_print_config_takes(expt, config, capsys):
     out = capsys.readouterr().out
     for key in config:
         assert key in out, key
+
+
+def experiment_fixture(name: str):
+    """A module-scoped ``expt`` fixture: ``expt = experiment_fixture("expt_dln")`` in a test module gives its tests
+    one fresh copy of experiments/<name>.py (:func:`load_experiment`), shared within the module."""
+
+    @pytest.fixture(scope="module", name="expt")
+    def _expt():
+        return load_experiment(name)
+
+    return _expt

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sacred.utils import ConfigAddedError
 
-from tests.conftest import REPO, forbid_compute, load_experiment, run_experiment
+from tests.conftest import REPO, experiment_fixture, forbid_compute, run_experiment
 from tracking.sacred_utils import default_observer_needed
 
 TINY = dict(
@@ -16,9 +16,7 @@ TINY = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def expt():
-    return load_experiment("expt_dln")
+expt = experiment_fixture("expt_dln")
 
 
 def run(expt, tmp_path=None, **updates):

@@ -19,7 +19,7 @@ from gen_commands import sweep
 from gen_commands.commands import config_overrides
 from llc.estimate import flat_model_for_module
 from models.resnet import build_resnet, stage_widths
-from tests.conftest import forbid_compute, load_experiment, run_experiment
+from tests.conftest import experiment_fixture, forbid_compute, run_experiment
 from tests.datasets import allow_tiny_cifar, write_cifar10
 from tracking.figures_llc import checkpoints_frame, llc_curve_table, plot_llc_curve, plot_llc_curves
 from tracking.load import load_artifact, load_metrics, load_runs
@@ -80,9 +80,7 @@ def tiny(root, **updates):
     return cfg
 
 
-@pytest.fixture(scope="module")
-def expt():
-    return load_experiment("expt_llc_curve")
+expt = experiment_fixture("expt_llc_curve")
 
 
 def run(expt, tmp_path=None, **config):

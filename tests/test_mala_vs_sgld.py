@@ -12,7 +12,7 @@ from gen_commands import expt_mala_vs_sgld as gen
 from gen_commands import sweep
 from gen_commands.commands import config_overrides
 from llc.mala import mala_log_ratio
-from tests.conftest import forbid_compute, load_experiment, run_experiment
+from tests.conftest import experiment_fixture, forbid_compute, run_experiment
 from tracking.figures_llc import mala_table, plot_mala_vs_sgld
 from tracking.load import load_runs
 
@@ -20,9 +20,7 @@ TINY = dict(device="cpu", input_dim=3, layer_widths=[4, 2], num_training_data=[5
             num_steps=40, num_chains=2, sgld_config=dict(batch_size=20), mala_acceptance_every=10)
 
 
-@pytest.fixture(scope="module")
-def expt():
-    return load_experiment("expt_mala_vs_sgld")
+expt = experiment_fixture("expt_mala_vs_sgld")
 
 
 def run(expt, tmp_path=None, **updates):

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from tests.conftest import assert_print_config_takes, load_experiment
+from tests.conftest import assert_print_config_takes, experiment_fixture
 
 N = 10000
 # The notebook's variables for its first network (10 -> 20 -> 10, data/llc_rescaling_results.json).
@@ -19,9 +19,7 @@ ORIGINAL = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def expt():
-    return load_experiment("expt_rescaling_invariance")
+expt = experiment_fixture("expt_rescaling_invariance")
 
 
 def test_print_config_takes_every_notebook_key(expt, capsys):

@@ -23,7 +23,7 @@ from llc.psgld import PSGLDConfig, estimate_llc_psgld, run_psgld, segment_ids, t
 from llc.sgld import SGLDConfig, chain_generators
 from models.relu_mlp import ReLUMLP, default_init, rescale_params
 from tests.cases import dln_case, mse
-from tests.conftest import forbid_compute, load_experiment, run_experiment
+from tests.conftest import experiment_fixture, forbid_compute, run_experiment
 from tracking.figures_llc import plot_rescaling, rescaling_table
 from tracking.load import load_runs
 
@@ -183,9 +183,7 @@ TINY = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def expt():
-    return load_experiment("expt_rescaling_invariance")
+expt = experiment_fixture("expt_rescaling_invariance")
 
 
 def run(expt, tmp_path=None, **updates):

@@ -15,7 +15,7 @@ from gen_commands import expt_dln_saddle_dynamics as gen
 from gen_commands import sweep
 from gen_commands.commands import config_overrides
 from models.dln import DeepLinearNetwork
-from tests.conftest import forbid_compute, load_experiment, run_experiment
+from tests.conftest import experiment_fixture, forbid_compute, run_experiment
 from tracking.figures_llc import plot_saddle_dynamics
 from tracking.load import load_metrics
 
@@ -26,9 +26,7 @@ TINY = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def expt():
-    return load_experiment("expt_dln_saddle_dynamics")
+expt = experiment_fixture("expt_dln_saddle_dynamics")
 
 
 def run(expt, tmp_path=None, **updates):

@@ -12,7 +12,7 @@ from sacred.utils import ConfigAddedError
 
 from gen_commands import expt_sgd_regimes as gen
 from gen_commands.commands import config_overrides
-from tests.conftest import REPO, forbid_compute, load_experiment, run_experiment
+from tests.conftest import REPO, experiment_fixture, forbid_compute, run_experiment
 from tests.datasets import allow_tiny_cifar, write_cifar10, write_mnist
 from tracking.figures_regimes import (
     curves,
@@ -27,9 +27,7 @@ PERCEPTRON = dict(arch="linear", dataset="depleted_sign", d=4, ptr=40, pte=30, a
                   device="cpu", dtype="f64")
 
 
-@pytest.fixture(scope="module")
-def expt():
-    return load_experiment("expt_sgd_regimes")
+expt = experiment_fixture("expt_sgd_regimes")
 
 
 def run(expt, tmp_path=None, **updates):
