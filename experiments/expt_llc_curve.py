@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from sacred import Experiment
 
 from core import checks
-from core.runtime import derived_seed, resolve_device, stream_generator
+from core.runtime import derived_seed, resolve_device
 from data.vision import load_vision_dataset
 from dynamics.engine import evaluate as engine_evaluate
 from dynamics.train import TrainingConfig, train
@@ -226,7 +226,7 @@ def build_problem(_config, _seed, checked) -> dict:
     y_train = y_clean  # SGD's labels; SGLD's targets are always the clean labels, as in the original
     if md["label_noise_level"] > 0:
         y_train = noisy_labels(y_clean, md["label_noise_level"], num_classes,
-                               stream_generator(_seed, Stream.LABEL_NOISE))
+                               torch.Generator().manual_seed(derived_seed(_seed, Stream.LABEL_NOISE)))
     x_train, y_train, y_clean, x_test, y_test = (t.to(device) for t in (x_train, y_train, y_clean, x_test, y_test))
     n = x_train.shape[0]
 
@@ -341,7 +341,7 @@ def _main(_config, _run, _seed, checked, ck):
         checkpoint(0, None)
     with ck.deferring():
         train(model, F.cross_entropy, x_train, y_train, training,
-              stream_generator(_seed, Stream.BATCHES, device=device), callback=callback,
+              torch.Generator(device=device).manual_seed(derived_seed(_seed, Stream.BATCHES)), callback=callback,
               boundary=boundary, resume=ck.state["train"] if ck.state else None)
 
     with tempfile.TemporaryDirectory() as tmp:
