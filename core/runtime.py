@@ -45,3 +45,9 @@ def derived_seed(seed: int, *spawn_key: int) -> int:
     key = tuple(operator.index(k) for k in spawn_key)  # IntEnum -> its int value; 1.0 -> TypeError
     state = np.random.SeedSequence(entropy=int(seed), spawn_key=key).generate_state(1, dtype=np.uint64)
     return int(state[0]) & ((1 << 63) - 1)
+
+
+def stream_generator(seed: int, *spawn_key: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded with :func:`derived_seed` ``(seed, *spawn_key)``: one of a run's
+    independent random streams (an experiment's ``Stream`` member, then optional indices)."""
+    return torch.Generator(device=device).manual_seed(derived_seed(seed, *spawn_key))

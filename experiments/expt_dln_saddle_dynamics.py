@@ -29,7 +29,7 @@ from sacred import Experiment
 
 from core import checks
 from core.config_docs import with_nested_docs
-from core.runtime import DTYPES, derived_seed, resolve_device, resolve_dtype
+from core.runtime import DTYPES, derived_seed, resolve_device, resolve_dtype, stream_generator
 from dynamics.train import TrainingConfig, train
 from llc.aoyagi import dln_learning_coefficient
 from llc.estimate import estimate_llc_flat, flat_model_for_module
@@ -149,10 +149,6 @@ class Stream(IntEnum):
     SGLD = 3
 
 
-def _stream(seed: int, purpose: int, device="cpu") -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(derived_seed(seed, purpose))
-
-
 def _mse(out, y):
     return ((out - y) ** 2).mean()  # mean over batch and outputs, no 1/2 (docs/notes/llc.md#conventions)
 
@@ -187,10 +183,10 @@ def _main(_config, _run, _seed, checked, ck):
     widths = [width] * _config["num_hidden_layers"] + [d]
     period, threshold = _config["logging_period"], _config["rank_threshold"]
 
-    teacher, x, y = teacher_data(d, n, _stream(_seed, Stream.DATA))
+    teacher, x, y = teacher_data(d, n, stream_generator(_seed, Stream.DATA))
     x, y = x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype)
     net = DeepLinearNetwork(d, widths)
-    small_init(net, width, _config["initialisation_exponent"], _stream(_seed, Stream.INIT))
+    small_init(net, width, _config["initialisation_exponent"], stream_generator(_seed, Stream.INIT))
     net.to(device=device, dtype=dtype)
     f_flat, _ = flat_model_for_module(net, dtype, device)
 
@@ -243,8 +239,8 @@ def _main(_config, _run, _seed, checked, ck):
     if ck.state is None:
         checkpoint(0, None)
     with ck.deferring():
-        train(net, _mse, x, y, training, _stream(_seed, Stream.BATCHES, device), callback=callback, boundary=boundary,
-              resume=ck.state["train"] if ck.state else None)
+        train(net, _mse, x, y, training, stream_generator(_seed, Stream.BATCHES, device=device), callback=callback,
+              boundary=boundary, resume=ck.state["train"] if ck.state else None)
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "saddle_traces.npz")

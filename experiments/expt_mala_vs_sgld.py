@@ -36,7 +36,7 @@ from torch.func import functional_call, vmap
 
 from core import checks
 from core.config_docs import with_nested_docs
-from core.runtime import DTYPES, derived_seed, resolve_device, resolve_dtype
+from core.runtime import DTYPES, derived_seed, resolve_device, resolve_dtype, stream_generator
 from data.synthetic import INPUT_DISTRIBUTIONS, teacher_dataset
 from llc.estimate import flat_model_for_module
 from llc.mala import MALAConfig, estimate_llc_mala
@@ -258,14 +258,14 @@ def _main(_config, _run, _seed, checked, ck):
     sizes = [_config["input_dim"], *_config["layer_widths"]]
     ns = checked["ns"]
 
-    w64 = notebook_teacher(sizes, torch.Generator().manual_seed(derived_seed(_seed, Stream.TRUE_PARAM)),
+    w64 = notebook_teacher(sizes, stream_generator(_seed, Stream.TRUE_PARAM),
                            init=_config["teacher_init"], hidden_bias_std=_config["hidden_bias_std"])
     net = ReLUMLP(sizes)
     net.load_state_dict({k: v.to(dtype) for k, v in w64.items()})
     net.to(device=device, dtype=dtype)
     # y = f(w*, x) in the run's dtype, so L_n(w*) = 0 up to rounding as in the notebook
     w_run = {k: v.to(dtype) for k, v in w64.items()}
-    gen_data = torch.Generator().manual_seed(derived_seed(_seed, Stream.DATA))
+    gen_data = stream_generator(_seed, Stream.DATA)
     x_all, y_all = teacher_dataset(lambda p, xb: functional_call(net, p, (xb,)), w_run, max(ns), sizes[0],
                                    _config["input_distribution"], gen_data)
     f_flat, w_flat = flat_model_for_module(net, dtype, device)

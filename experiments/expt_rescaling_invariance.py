@@ -42,7 +42,7 @@ from torch.func import functional_call
 
 from core import checks
 from core.config_docs import with_nested_docs
-from core.runtime import DTYPES, derived_seed, resolve_device, resolve_dtype
+from core.runtime import DTYPES, derived_seed, resolve_device, resolve_dtype, stream_generator
 from data.synthetic import INPUT_DISTRIBUTIONS, sample_inputs
 from llc.estimate import estimate_llc_flat, flat_model_for_module
 from llc.psgld import PSGLDConfig, estimate_llc_psgld, estimate_llc_psgld_traced
@@ -262,9 +262,9 @@ def _main(_config, _run, _seed, checked, ck):
 
     # --- teacher w* and realisable data y = f(w*, x) ---
     net = ReLUMLP(sizes)
-    w_star = notebook_teacher(sizes, torch.Generator().manual_seed(derived_seed(_seed, Stream.TEACHER)),
+    w_star = notebook_teacher(sizes, stream_generator(_seed, Stream.TEACHER),
                               _config["teacher_init"], _config["hidden_bias_std"], _config["degenerate_units"])
-    gen_data = torch.Generator().manual_seed(derived_seed(_seed, Stream.DATA))
+    gen_data = stream_generator(_seed, Stream.DATA)
     x = sample_inputs(n, sizes[0], _config["input_distribution"], gen_data)
     with torch.no_grad():
         y = functional_call(net, w_star, (x,))

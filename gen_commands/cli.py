@@ -91,6 +91,19 @@ class Axis:
         return [self.wrap(v) for v in value] if self.wrap else value
 
 
+def sampler_axes(config: str, label: str, steps_help: str | None = None) -> tuple[Axis, Axis, Axis]:
+    """The step size ε (> 0), localisation γ (>= 0) and step count (>= 1) axes of the sampler config ``config``
+    (``--<config less _config>-epsilon`` writes ``<config>.epsilon``, and so on); ``label`` names the sampler in
+    the help, ``steps_help`` replaces the step count's (default ``<label> steps``)."""
+    dest = config.removesuffix("_config")
+    return (
+        Axis(f"{dest}_epsilon", f"{config}.epsilon", float, f"{config}.epsilon: {label} step size (> 0)", above(0)),
+        Axis(f"{dest}_gamma", f"{config}.gamma", float, f"{config}.gamma: {label} localisation (>= 0)", at_least(0)),
+        Axis(f"{dest}_steps", f"{config}.num_steps", int, f"{config}.num_steps: {steps_help or label + ' steps'}",
+             at_least(1)),
+    )
+
+
 @dataclasses.dataclass
 class Sweep:
     """One resolved call: what ``Spec.lines`` turns into command lines."""

@@ -33,10 +33,7 @@ AXES = (
     cli.Axis("batch", "training_config.batch_size", int, "training_config.batch_size: SGD batch size", cli.at_least(1)),
     cli.Axis("steps", "training_config.num_steps", int, "training_config.num_steps: SGD steps", cli.at_least(1)),
     cli.Axis("logging_period", "logging_period", int, "logging_period: SGD steps between checkpoints", cli.at_least(1)),
-    cli.Axis("sgld_epsilon", "sgld_config.epsilon", float, "sgld_config.epsilon: SGLD step size (> 0)", cli.above(0)),
-    cli.Axis("sgld_gamma", "sgld_config.gamma", float, "sgld_config.gamma: SGLD localisation (>= 0)", cli.at_least(0)),
-    cli.Axis("sgld_steps", "sgld_config.num_steps", int, "sgld_config.num_steps: SGLD steps per checkpoint",
-             cli.at_least(1)),
+    *cli.sampler_axes("sgld_config", "SGLD", steps_help="SGLD steps per checkpoint"),
     cli.Axis("num_chains", "sgld_config.num_chains", int, "sgld_config.num_chains: SGLD chains", cli.at_least(1)),
 )
 

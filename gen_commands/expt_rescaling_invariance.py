@@ -59,17 +59,8 @@ AXES = (
              metavar="LIST"),
     cli.Axis("samplers", "samplers", help="samplers, one list for every run", choices=SAMPLERS, whole=True),
     cli.Axis("n", "num_training_data", int, "num_training_data: n", cli.at_least(2)),
-    cli.Axis("psgld_epsilon", "psgld_config.epsilon", float, "psgld_config.epsilon: preconditioned step size (> 0)",
-             cli.above(0)),
-    cli.Axis("psgld_gamma", "psgld_config.gamma", float, "psgld_config.gamma: preconditioned localisation (>= 0)",
-             cli.at_least(0)),
-    cli.Axis("psgld_steps", "psgld_config.num_steps", int, "psgld_config.num_steps: preconditioned SGLD steps",
-             cli.at_least(1)),
-    cli.Axis("sgld_epsilon", "sgld_config.epsilon", float, "sgld_config.epsilon: plain SGLD step size (> 0)",
-             cli.above(0)),
-    cli.Axis("sgld_gamma", "sgld_config.gamma", float, "sgld_config.gamma: plain SGLD localisation (>= 0)",
-             cli.at_least(0)),
-    cli.Axis("sgld_steps", "sgld_config.num_steps", int, "sgld_config.num_steps: plain SGLD steps", cli.at_least(1)),
+    *cli.sampler_axes("psgld_config", "preconditioned", steps_help="preconditioned SGLD steps"),
+    *cli.sampler_axes("sgld_config", "plain SGLD"),
 )
 
 

@@ -44,6 +44,28 @@ _BSTAR = dict(arch="linear", alpha=1.0, dataset="depleted_sign", d=32, pte=8192,
               temp=16.0, max_wall=1800.0, dtype="f64")
 
 
+# The original README's "Phase diagrams learning rate - batch size" sweeps: their fixed keys in the README's order
+# (the order the lines are written in).
+_README_FC = dict(dataset="mnist_parity", pte=32768, arch="mlp", act="gelu", L=5, h=128, max_wall=40000.0,
+                  loss="hinge", dynamics="sgd")
+
+
+def _readme_perceptron(data_chi: float) -> dict:
+    return dict(arch="linear", alpha=128.0, dataset="depleted_sign", pte=32768, loss="hinge", dynamics="sgd",
+                max_wall=10000.0, data_chi=data_chi, d=128, ptr=8192)
+
+
+def _readme_cnn(max_wall: float) -> dict:
+    return dict(dataset="cifar_animal", pte=32768, arch="mnas", act="relu", h=32, max_wall=max_wall, loss="hinge",
+                dynamics="sgd", ckpt_grad_stats=128)
+
+
+def _phase_grid(bs: range, dt: range) -> dict:
+    """A README phase-diagram grid: 5 init seeds x bs = 2^i (i in ``bs``) x dt = 2^j (j in ``dt``)."""
+    return {"seed_init": "[i for i in range(5)]", "bs": f"[2**i for i in range({bs.start}, {bs.stop})]",
+            "dt": f"[2**i for i in range({dt.start}, {dt.stop})]"}
+
+
 def _named(name: str, grid: dict, description: str) -> tuple:
     """A preset whose fixed keys are the experiment's named config ``name`` (read from its source), less the
     keys the preset sweeps (``tutorial`` sets dt for its single run; the preset sweeps it)."""
@@ -118,45 +140,27 @@ PRESETS = {
     ),
     # the original README's "Phase diagrams learning rate - batch size" sweeps, key for key
     "perceptron_chi0": (
-        dict(arch="linear", alpha=128.0, dataset="depleted_sign", pte=32768, loss="hinge", dynamics="sgd",
-             max_wall=10000.0, data_chi=0.0, d=128, ptr=8192),
-        {"seed_init": "[i for i in range(5)]", "bs": "[2**i for i in range(0, 14)]",
-         "dt": "[2**i for i in range(-5, 14)]"},
+        _readme_perceptron(data_chi=0.0), _phase_grid(bs=range(0, 14), dt=range(-5, 14)),
         "the original README, perceptron_chi0: Gaussian perceptron, bs x dt (1330 runs)",
     ),
     "perceptron_chi1": (
-        dict(arch="linear", alpha=128.0, dataset="depleted_sign", pte=32768, loss="hinge", dynamics="sgd",
-             max_wall=10000.0, data_chi=1.0, d=128, ptr=8192),
-        {"seed_init": "[i for i in range(5)]", "bs": "[2**i for i in range(0, 14)]",
-         "dt": "[2**i for i in range(-10, 13)]"},
+        _readme_perceptron(data_chi=1.0), _phase_grid(bs=range(0, 14), dt=range(-10, 13)),
         "the original README, perceptron_chi1: depleted perceptron χ = 1, bs x dt (1610 runs)",
     ),
     "fc_small_margin": (
-        dict(dataset="mnist_parity", pte=32768, arch="mlp", act="gelu", L=5, h=128, max_wall=40000.0, loss="hinge",
-             dynamics="sgd", alpha=32768.0, ptr=32768, ckpt_grad_stats=128),
-        {"seed_init": "[i for i in range(5)]", "bs": "[2**i for i in range(11)]",
-         "dt": "[2**i for i in range(-11, 12)]"},
+        dict(_README_FC, alpha=32768.0, ptr=32768, ckpt_grad_stats=128), _phase_grid(bs=range(11), dt=range(-11, 12)),
         "the original README, FC_small_margin: 5-layer GELU MLP on parity MNIST, α = 32768 (1265 runs)",
     ),
     "fc_margin_one": (
-        dict(dataset="mnist_parity", pte=32768, arch="mlp", act="gelu", L=5, h=128, max_wall=40000.0, loss="hinge",
-             dynamics="sgd", ckpt_grad_stats=128, alpha=1.0, ptr=16384),
-        {"seed_init": "[i for i in range(5)]", "bs": "[2**i for i in range(0, 13)]",
-         "dt": "[2**i for i in range(-5, 8)]"},
+        dict(_README_FC, ckpt_grad_stats=128, alpha=1.0, ptr=16384), _phase_grid(bs=range(0, 13), dt=range(-5, 8)),
         "the original README, FC_margin_one: the same at α = 1, ptr 16384 (845 runs)",
     ),
     "cnn_small_margin": (
-        dict(dataset="cifar_animal", pte=32768, arch="mnas", act="relu", h=32, max_wall=80000.0, loss="hinge",
-             dynamics="sgd", ckpt_grad_stats=128, alpha=32768.0, ptr=16384),
-        {"seed_init": "[i for i in range(5)]", "bs": "[2**i for i in range(11)]",
-         "dt": "[2**i for i in range(-6, 11)]"},
+        dict(_readme_cnn(max_wall=80000.0), alpha=32768.0, ptr=16384), _phase_grid(bs=range(11), dt=range(-6, 11)),
         "the original README, CNN_small_margin: mnas on CIFAR animals, α = 32768 (935 runs)",
     ),
     "cnn_margin_one": (
-        dict(dataset="cifar_animal", pte=32768, arch="mnas", act="relu", h=32, max_wall=160000.0, loss="hinge",
-             dynamics="sgd", ckpt_grad_stats=128, alpha=1.0, ptr=16384),
-        {"seed_init": "[i for i in range(5)]", "bs": "[2**i for i in range(12)]",
-         "dt": "[2**i for i in range(-7, 10)]"},
+        dict(_readme_cnn(max_wall=160000.0), alpha=1.0, ptr=16384), _phase_grid(bs=range(12), dt=range(-7, 10)),
         "the original README, CNN_margin_one: the same at α = 1 (1020 runs)",
     ),
     "demo": (

@@ -32,16 +32,6 @@ from models.abc import (
     make_parameterization,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These matrices are tiny: one intra-op thread skips thread hand-offs, which cost ~30x on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # docs/notes/width_parameterizations.md#exponents, written out per layer (input, hidden, output) for L hidden layers.
 REFERENCE = {
     "ntk": dict(a=(0, 0.5, 0.5), b=(0, 0, 0), c=(0, 0, 0)),

@@ -23,15 +23,6 @@ from tracking.load import load_info, load_metrics, load_runs
 N_TRAIN, N_TEST, N_VAL = 400, 100, 100
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These matrices are tiny: one intra-op thread skips thread hand-offs, which cost ~30x on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 
 
 @pytest.fixture(scope="module")

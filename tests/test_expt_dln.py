@@ -5,10 +5,9 @@ import sys
 
 import numpy as np
 import pytest
-from sacred.observers import FileStorageObserver
 from sacred.utils import ConfigAddedError
 
-from tests.conftest import REPO, load_experiment
+from tests.conftest import REPO, experiment_fixture, forbid_compute, run_experiment
 from tracking.sacred_utils import default_observer_needed
 
 TINY = dict(
@@ -17,18 +16,11 @@ TINY = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def expt():
-    return load_experiment("expt_dln")
+expt = experiment_fixture("expt_dln")
 
 
 def run(expt, tmp_path=None, **updates):
-    observers = [FileStorageObserver(str(tmp_path))] if tmp_path is not None else []
-    expt.ex.observers[:] = observers
-    try:
-        return expt.ex.run(config_updates={**TINY, **updates})
-    finally:
-        expt.ex.observers[:] = []
+    return run_experiment(expt, {**TINY, **updates}, tmp_path)
 
 
 def test_smoke_records_result_metrics_and_artifact(expt, tmp_path):
@@ -96,10 +88,7 @@ def test_same_seed_identical_lambdahat(expt):
 def test_bad_config_fails_before_compute_naming_the_key(expt, updates, key, monkeypatch):
     import llc.sgld
 
-    def no_compute(*a, **k):
-        raise AssertionError("compute started before validation")
-
-    monkeypatch.setattr(expt, "run_sgld", no_compute)
+    no_compute = forbid_compute(monkeypatch, expt, "run_sgld")
     merged = {**updates}
     if "sgld_config" in updates:
         merged["sgld_config"] = {**TINY["sgld_config"], **updates["sgld_config"]}

@@ -29,14 +29,6 @@ from models.chaos_nets import build_model
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matrices: on a shared, loaded machine a second intra-op thread makes every
-    # small op wait for a time slice (tens of ms), so these tests run single-threaded.
-    torch.set_num_threads(1)
-    yield
-
-
 def cross_entropy(z, y):
     # Written out: differentiated twice by forward-over-reverse.
     return (torch.logsumexp(z, dim=1) - z.gather(1, y[:, None])[:, 0]).mean()

@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from sacred.observers import FileStorageObserver
 from sacred.utils import ConfigAddedError
 from torch.func import vmap
 
@@ -20,7 +19,7 @@ from gen_commands import sweep
 from gen_commands.commands import config_overrides
 from llc.estimate import flat_model_for_module
 from models.resnet import build_resnet, stage_widths
-from tests.conftest import load_experiment
+from tests.conftest import experiment_fixture, forbid_compute, run_experiment
 from tests.datasets import allow_tiny_cifar, write_cifar10
 from tracking.figures_llc import checkpoints_frame, llc_curve_table, plot_llc_curve, plot_llc_curves
 from tracking.load import load_artifact, load_metrics, load_runs
@@ -70,14 +69,6 @@ def test_eval_mode_batchnorm_vmaps_over_chains_with_fixed_running_stats():
 
 # --------------------------------------------------------------- the experiment
 
-@pytest.fixture
-def cifar(tmp_path, monkeypatch):
-    root = tmp_path / "data"
-    write_cifar10(root, n_train=40, n_test=20)
-    allow_tiny_cifar(monkeypatch)
-    return root
-
-
 def tiny(root, **updates):
     cfg = dict(
         data_root=str(root), device="cpu", logging_period=2,
@@ -89,17 +80,11 @@ def tiny(root, **updates):
     return cfg
 
 
-@pytest.fixture(scope="module")
-def expt():
-    return load_experiment("expt_llc_curve")
+expt = experiment_fixture("expt_llc_curve")
 
 
 def run(expt, tmp_path=None, **config):
-    expt.ex.observers[:] = [FileStorageObserver(str(tmp_path))] if tmp_path is not None else []
-    try:
-        return expt.ex.run(config_updates=config)
-    finally:
-        expt.ex.observers[:] = []
+    return run_experiment(expt, config, tmp_path)
 
 
 def test_smoke_records_every_checkpoint_and_the_figures_read_it(expt, cifar, tmp_path):
@@ -170,12 +155,7 @@ def test_divergent_checkpoint_is_recorded_and_training_goes_on(expt, cifar, tmp_
     (dict(force_realisable="yes"), "force_realisable"),
 ])
 def test_bad_config_fails_before_compute_naming_the_key(expt, cifar, updates, key, monkeypatch):
-    def no_compute(*a, **k):
-        raise AssertionError("compute started before validation")
-
-    monkeypatch.setattr(expt, "train", no_compute)
-    monkeypatch.setattr(expt, "estimate_llc_flat", no_compute)
-    monkeypatch.setattr(expt, "build_resnet", no_compute)
+    forbid_compute(monkeypatch, expt, "train", "estimate_llc_flat", "build_resnet")
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         run(expt, **tiny(cifar, **updates))
 

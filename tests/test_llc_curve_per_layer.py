@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from llc.restricted import estimate_llc_per_layer, layer_groups
-from tests.test_llc_curve import cifar, expt, run, tiny  # noqa: F401  (fixtures and the tiny config)
+from tests.test_llc_curve import expt, run, tiny  # noqa: F401  (the fixture and the tiny config; cifar: conftest)
 
 
 def test_per_layer_series_exist_and_equal_a_direct_call_at_the_checkpoint(expt, cifar, tmp_path, monkeypatch):  # noqa: F811

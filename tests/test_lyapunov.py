@@ -31,13 +31,6 @@ from dynamics.perturb import (
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matrices; a second thread only waits for time slices on a loaded machine.
-    torch.set_num_threads(1)
-    yield
-
-
 def run_quadratic(h, lr, steps, momentum=0.0, k=None, qr_every=1, gen=None, track_initial=False):
     p = h.shape[0]
     dim = p if momentum == 0 else 2 * p

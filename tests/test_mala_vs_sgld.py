@@ -6,14 +6,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from sacred.observers import FileStorageObserver
 from sacred.utils import ConfigAddedError
 
 from gen_commands import expt_mala_vs_sgld as gen
 from gen_commands import sweep
 from gen_commands.commands import config_overrides
 from llc.mala import mala_log_ratio
-from tests.conftest import load_experiment
+from tests.conftest import experiment_fixture, forbid_compute, run_experiment
 from tracking.figures_llc import mala_table, plot_mala_vs_sgld
 from tracking.load import load_runs
 
@@ -21,17 +20,11 @@ TINY = dict(device="cpu", input_dim=3, layer_widths=[4, 2], num_training_data=[5
             num_steps=40, num_chains=2, sgld_config=dict(batch_size=20), mala_acceptance_every=10)
 
 
-@pytest.fixture(scope="module")
-def expt():
-    return load_experiment("expt_mala_vs_sgld")
+expt = experiment_fixture("expt_mala_vs_sgld")
 
 
 def run(expt, tmp_path=None, **updates):
-    expt.ex.observers[:] = [FileStorageObserver(str(tmp_path))] if tmp_path is not None else []
-    try:
-        return expt.ex.run(config_updates={**TINY, **updates})
-    finally:
-        expt.ex.observers[:] = []
+    return run_experiment(expt, {**TINY, **updates}, tmp_path)
 
 
 def test_defaults_are_the_notebooks_setup(expt):
@@ -118,11 +111,7 @@ def test_same_seed_same_estimates(expt):
     (dict(sgld_trace="post_step", sgld_config=dict(batch_size=20, loss_trace_minibatch=False)), "sgld_trace"),
 ])
 def test_bad_config_fails_before_compute_naming_the_key(expt, updates, key, monkeypatch):
-    def no_compute(*a, **k):
-        raise AssertionError("compute started before validation")
-
-    monkeypatch.setattr(expt, "estimate_llc_mala", no_compute)
-    monkeypatch.setattr(expt, "run_sgld", no_compute)
+    forbid_compute(monkeypatch, expt, "estimate_llc_mala", "run_sgld")
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         run(expt, **updates)
 

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from tests.conftest import load_experiment
+from tests.conftest import assert_print_config_takes, load_experiment
 
 SGLD = dict(epsilon=1e-5, gamma=10.0, num_steps=5000, num_chains=1, batch_size=100)
 
@@ -41,11 +41,7 @@ ORIGINAL = {
 
 @pytest.mark.parametrize("name", sorted(ORIGINAL))
 def test_print_config_takes_every_original_key(name, capsys):
-    expt = load_experiment(name)
-    expt.ex.run(command_name="print_config", config_updates=ORIGINAL[name])
-    out = capsys.readouterr().out
-    for key in ORIGINAL[name]:
-        assert key in out, key
+    assert_print_config_takes(load_experiment(name), ORIGINAL[name], capsys)
 
 
 def test_original_defaults_where_kept():

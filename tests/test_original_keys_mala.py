@@ -3,25 +3,18 @@ notebook's variable name and with its value, is accepted by print_config; the re
 deprecated aliases that set the key they name here."""
 import warnings
 
-import pytest
-
-from tests.conftest import load_experiment
+from tests.conftest import assert_print_config_takes, experiment_fixture
 
 # The notebook's cells 7 and 8: network, step size, localisation, batch, draws, runs, the n sweep.
 ORIGINAL = dict(input_dim=10, layer_widths=[20, 20, 10], step_size=1e-5, gamma=1.0, batch_size=32,
                 num_samples=10000, num_runs=5, dataset_sizes=[100, 316, 1000, 3162, 10000, 31623, 100000])
 
 
-@pytest.fixture(scope="module")
-def expt():
-    return load_experiment("expt_mala_vs_sgld")
+expt = experiment_fixture("expt_mala_vs_sgld")
 
 
 def test_print_config_takes_every_original_key(expt, capsys):
-    expt.ex.run(command_name="print_config", config_updates=ORIGINAL)
-    out = capsys.readouterr().out
-    for key in ORIGINAL:
-        assert key in out, key
+    assert_print_config_takes(expt, ORIGINAL, capsys)
 
 
 def test_aliases_set_the_renamed_keys(expt):

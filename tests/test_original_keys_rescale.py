@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from tests.conftest import load_experiment
+from tests.conftest import assert_print_config_takes, experiment_fixture
 
 N = 10000
 # The notebook's variables for its first network (10 -> 20 -> 10, data/llc_rescaling_results.json).
@@ -19,16 +19,11 @@ ORIGINAL = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def expt():
-    return load_experiment("expt_rescaling_invariance")
+expt = experiment_fixture("expt_rescaling_invariance")
 
 
 def test_print_config_takes_every_notebook_key(expt, capsys):
-    expt.ex.run(command_name="print_config", config_updates=ORIGINAL)
-    out = capsys.readouterr().out
-    for key in ORIGINAL:
-        assert key in out, key
+    assert_print_config_takes(expt, ORIGINAL, capsys)
 
 
 def test_notebook_names_map_onto_the_keys_here(expt):

@@ -9,15 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import load_experiment
 from tests.datasets import write_usps
-from tests.test_preempt_experiments import assert_resumed_equals_uninterrupted, interrupted_then_resumed, read
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)  # tiny per-step work (see tests/test_expt_chaos.py)
-    yield
+from tests.test_preempt_experiments import resumes_bit_for_bit
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +44,8 @@ def chaos_config(root, variant):
 @pytest.mark.filterwarnings("ignore:tracking 554 Lyapunov directions on the CPU")  # the full frame is needed, and tiny
 @pytest.mark.parametrize("variant,step,signame", [("cgd", 4, "SIGTERM"), ("copies", 3, "SIGUSR1")])
 def test_chaos_resumes_bit_for_bit(tmp_path, monkeypatch, usps_root, variant, step, signame):
-    expt = load_experiment("expt_chaos")
-    dirs = interrupted_then_resumed(expt, tmp_path, monkeypatch, chaos_config(usps_root, variant), step, signame)
-    assert_resumed_equals_uninterrupted(*dirs, step, signame)
-    full, cut = read(dirs[0]), read(dirs[1])
+    config = chaos_config(usps_root, variant)
+    full, cut = resumes_bit_for_bit("expt_chaos", tmp_path, monkeypatch, config, step, signame)
     assert full["run"]["result"]["num_steps"] == 9
     cut_steps, full_steps = cut["metrics"]["train/batch_loss"]["steps"], full["metrics"]["train/batch_loss"]["steps"]
     assert 0 < len(cut_steps) == step < len(full_steps)
@@ -85,10 +76,8 @@ def abc_config(root, batch_order):
 # checkpoint steps count k·n_steps + t: 13 is trial 1's step 3 (mid-epoch); 10 its step 0 (trial 0 finished)
 @pytest.mark.parametrize("batch_order,step,signame", [("epochs", 13, "SIGTERM"), ("fixed_list", 10, "SIGUSR1")])
 def test_abc_params_resumes_bit_for_bit(tmp_path, monkeypatch, mnist_root, batch_order, step, signame):
-    expt = load_experiment("expt_abc_params")
-    dirs = interrupted_then_resumed(expt, tmp_path, monkeypatch, abc_config(mnist_root, batch_order), step, signame)
-    assert_resumed_equals_uninterrupted(*dirs, step, signame)
-    full, cut = read(dirs[0]), read(dirs[1])
+    config = abc_config(mnist_root, batch_order)
+    full, cut = resumes_bit_for_bit("expt_abc_params", tmp_path, monkeypatch, config, step, signame)
     assert len(full["run"]["result"]["warmup_base_lrs_per_trial"]) == 2
     cut_steps = cut["metrics"].get("train/loss/trial1", {"steps": []})["steps"]
     assert cut_steps == list(range(step - 10)) and len(cut["metrics"]["train/loss/trial0"]["steps"]) == 10

@@ -8,10 +8,8 @@ import json
 
 import numpy as np
 import pytest
-from sacred.observers import FileStorageObserver
 
-from tests.conftest import load_experiment
-from tests.datasets import allow_tiny_cifar, write_cifar10
+from tests.conftest import load_experiment, run_experiment
 from tracking.checkpoint import checkpoint_files
 from tracking.preempt import TEST_ENV, Preempted
 
@@ -31,11 +29,7 @@ DLN = dict(
 
 
 def run(expt, store, config):
-    expt.ex.observers[:] = [FileStorageObserver(str(store))]
-    try:
-        return expt.ex.run(config_updates=config)
-    finally:
-        expt.ex.observers[:] = []
+    return run_experiment(expt, config, store)
 
 
 def read(run_dir):
@@ -76,30 +70,25 @@ def assert_resumed_equals_uninterrupted(full_dir, cut_dir, resumed_dir, step, si
     assert not checkpoint_files(res["info"]["checkpoint_dir"]), "checkpoints are deleted on completion"
 
 
+def resumes_bit_for_bit(name, tmp_path, monkeypatch, config, step, signame):
+    """experiments/<name>.py run uninterrupted, then interrupted by ``signame`` at ``step`` and resumed: asserts the
+    resumed run equals the uninterrupted one and returns the (uninterrupted, interrupted) records (:func:`read`)."""
+    dirs = interrupted_then_resumed(load_experiment(name), tmp_path, monkeypatch, config, step, signame)
+    assert_resumed_equals_uninterrupted(*dirs, step, signame)
+    return read(dirs[0]), read(dirs[1])
+
 def test_saddle_dynamics_resumes_bit_for_bit(tmp_path, monkeypatch):
-    expt = load_experiment("expt_dln_saddle_dynamics")
-    dirs = interrupted_then_resumed(expt, tmp_path, monkeypatch, SADDLE, 27, "SIGTERM")  # between λ̂ records 20 and 40
-    assert_resumed_equals_uninterrupted(*dirs, 27, "SIGTERM")
+    # step 27: between the λ̂ records at 20 and 40
+    resumes_bit_for_bit("expt_dln_saddle_dynamics", tmp_path, monkeypatch, SADDLE, 27, "SIGTERM")
 
 
 def test_saddle_dynamics_resumes_at_a_record_step(tmp_path, monkeypatch):
-    expt = load_experiment("expt_dln_saddle_dynamics")
-    dirs = interrupted_then_resumed(expt, tmp_path, monkeypatch, SADDLE, 20, "SIGUSR1")  # right after the t=20 record
-    assert_resumed_equals_uninterrupted(*dirs, 20, "SIGUSR1")
+    # step 20: right after the t=20 record
+    resumes_bit_for_bit("expt_dln_saddle_dynamics", tmp_path, monkeypatch, SADDLE, 20, "SIGUSR1")
 
 
 def test_dln_with_training_resumes_bit_for_bit(tmp_path, monkeypatch):
-    expt = load_experiment("expt_dln")
-    dirs = interrupted_then_resumed(expt, tmp_path, monkeypatch, DLN, 13, "SIGINT")
-    assert_resumed_equals_uninterrupted(*dirs, 13, "SIGINT")
-
-
-@pytest.fixture
-def cifar(tmp_path, monkeypatch):
-    root = tmp_path / "data"
-    write_cifar10(root, n_train=40, n_test=20)
-    allow_tiny_cifar(monkeypatch)
-    return root
+    resumes_bit_for_bit("expt_dln", tmp_path, monkeypatch, DLN, 13, "SIGINT")
 
 
 def llc_config(root):
@@ -112,9 +101,7 @@ def llc_config(root):
 
 
 def test_llc_curve_resumes_bit_for_bit(tmp_path, monkeypatch, cifar):
-    expt = load_experiment("expt_llc_curve")
-    dirs = interrupted_then_resumed(expt, tmp_path, monkeypatch, llc_config(cifar), 3, "SIGTERM")
-    assert_resumed_equals_uninterrupted(*dirs, 3, "SIGTERM")
+    resumes_bit_for_bit("expt_llc_curve", tmp_path, monkeypatch, llc_config(cifar), 3, "SIGTERM")
 
 
 def test_runner_retry_failed_resumes_the_interrupted_line(tmp_path, monkeypatch, capsys):

@@ -11,7 +11,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from sacred.observers import FileStorageObserver
 from sacred.utils import ConfigAddedError
 from torch.func import functional_call
 
@@ -24,7 +23,7 @@ from llc.psgld import PSGLDConfig, estimate_llc_psgld, run_psgld, segment_ids, t
 from llc.sgld import SGLDConfig, chain_generators
 from models.relu_mlp import ReLUMLP, default_init, rescale_params
 from tests.cases import dln_case, mse
-from tests.conftest import load_experiment
+from tests.conftest import experiment_fixture, forbid_compute, run_experiment
 from tracking.figures_llc import plot_rescaling, rescaling_table
 from tracking.load import load_runs
 
@@ -184,17 +183,11 @@ TINY = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def expt():
-    return load_experiment("expt_rescaling_invariance")
+expt = experiment_fixture("expt_rescaling_invariance")
 
 
 def run(expt, tmp_path=None, **updates):
-    expt.ex.observers[:] = [FileStorageObserver(str(tmp_path))] if tmp_path is not None else []
-    try:
-        return expt.ex.run(config_updates={**TINY, **updates})
-    finally:
-        expt.ex.observers[:] = []
+    return run_experiment(expt, {**TINY, **updates}, tmp_path)
 
 
 def test_experiment_records_each_sampler_per_alpha_and_the_figure_reads_it(expt, tmp_path):
@@ -307,11 +300,7 @@ def test_divergence_is_recorded_per_alpha_and_the_sweep_goes_on(expt, tmp_path):
     (dict(mala_acceptance_density="metric"), "mala_acceptance_density"),
 ])
 def test_bad_config_fails_before_compute_naming_the_key(expt, updates, key, monkeypatch):
-    def no_compute(*a, **k):
-        raise AssertionError("compute started before validation")
-
-    monkeypatch.setattr(expt, "estimate_llc_psgld", no_compute)
-    monkeypatch.setattr(expt, "estimate_llc_flat", no_compute)
+    forbid_compute(monkeypatch, expt, "estimate_llc_psgld", "estimate_llc_flat")
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         run(expt, **updates)
 

@@ -9,14 +9,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from sacred.observers import FileStorageObserver
 from sacred.utils import ConfigAddedError
 
 from gen_commands import expt_dln_saddle_dynamics as gen
 from gen_commands import sweep
 from gen_commands.commands import config_overrides
 from models.dln import DeepLinearNetwork
-from tests.conftest import load_experiment
+from tests.conftest import experiment_fixture, forbid_compute, run_experiment
 from tracking.figures_llc import plot_saddle_dynamics
 from tracking.load import load_metrics
 
@@ -27,17 +26,11 @@ TINY = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def expt():
-    return load_experiment("expt_dln_saddle_dynamics")
+expt = experiment_fixture("expt_dln_saddle_dynamics")
 
 
 def run(expt, tmp_path=None, **updates):
-    expt.ex.observers[:] = [FileStorageObserver(str(tmp_path))] if tmp_path is not None else []
-    try:
-        return expt.ex.run(config_updates={**TINY, **updates})
-    finally:
-        expt.ex.observers[:] = []
+    return run_experiment(expt, {**TINY, **updates}, tmp_path)
 
 
 def test_teacher_data_and_small_init(expt):
@@ -110,11 +103,7 @@ def test_divergent_checkpoints_are_recorded_and_training_goes_on(expt, tmp_path)
     (dict(dtype="float16"), "dtype"),
 ])
 def test_bad_config_fails_before_compute_naming_the_key(expt, updates, key, monkeypatch):
-    def no_compute(*a, **k):
-        raise AssertionError("compute started before validation")
-
-    monkeypatch.setattr(expt, "train", no_compute)
-    monkeypatch.setattr(expt, "estimate_llc_flat", no_compute)
+    forbid_compute(monkeypatch, expt, "train", "estimate_llc_flat")
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         run(expt, **updates)
 

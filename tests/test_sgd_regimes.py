@@ -8,12 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sacred.observers import FileStorageObserver
 from sacred.utils import ConfigAddedError
 
 from gen_commands import expt_sgd_regimes as gen
 from gen_commands.commands import config_overrides
-from tests.conftest import REPO, load_experiment
+from tests.conftest import REPO, experiment_fixture, forbid_compute, run_experiment
 from tests.datasets import allow_tiny_cifar, write_cifar10, write_mnist
 from tracking.figures_regimes import (
     curves,
@@ -28,17 +27,11 @@ PERCEPTRON = dict(arch="linear", dataset="depleted_sign", d=4, ptr=40, pte=30, a
                   device="cpu", dtype="f64")
 
 
-@pytest.fixture(scope="module")
-def expt():
-    return load_experiment("expt_sgd_regimes")
+expt = experiment_fixture("expt_sgd_regimes")
 
 
 def run(expt, tmp_path=None, **updates):
-    expt.ex.observers[:] = [FileStorageObserver(str(tmp_path))] if tmp_path is not None else []
-    try:
-        return expt.ex.run(config_updates=updates)
-    finally:
-        expt.ex.observers[:] = []
+    return run_experiment(expt, updates, tmp_path)
 
 
 def test_perceptron_run_records_result_metrics_and_info(expt, tmp_path):
@@ -170,11 +163,7 @@ def test_divergence_is_recorded_not_failed(expt, tmp_path):
     (dict(act_beta=2.0), "act_beta must be 1.0"),
 ])
 def test_bad_config_fails_before_compute(expt, monkeypatch, updates, key):
-    def no_compute(*a, **k):
-        raise AssertionError("compute started before validation")
-
-    monkeypatch.setattr(expt, "build_dataset", no_compute)
-    monkeypatch.setattr(expt, "train_regimes", no_compute)
+    forbid_compute(monkeypatch, expt, "build_dataset", "train_regimes")
     config = {**PERCEPTRON, "dt": 0.1, **updates}
     with pytest.raises(ValueError, match=key):
         run(expt, **config)

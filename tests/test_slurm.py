@@ -174,6 +174,17 @@ def _squeue(job_id: str, env) -> list[tuple[str, str]]:
     return [tuple(x.split()) for x in r.stdout.splitlines() if x.strip()]
 
 
+def _sbatch(array: str, cmds, env) -> str:
+    """Submit job.slurm over the lines of ``cmds`` as the array ``array`` (two tasks at a time); the job id.
+
+    Resources on the command line override job.slurm's #SBATCH lines (sized for real runs)."""
+    submit = subprocess.run(
+        [_find("sbatch"), "--parsable", f"--array={array}%2", "--cpus-per-task=1", "--mem=2G",
+         "--time=15", str(REPO / "job.slurm"), str(cmds)],
+        cwd=REPO, env=env, capture_output=True, text=True)
+    assert submit.returncode == 0, submit.stderr
+    return submit.stdout.strip().split(";")[0]
+
 def test_job_array_runs_every_line_and_pending_names_the_failure(slurm_cluster, tmp_path):
     env = {**slurm_cluster["env"], "DLT_LOG_DIR": str(tmp_path / "logs")}
     store = tmp_path / "store"
@@ -190,13 +201,7 @@ def test_job_array_runs_every_line_and_pending_names_the_failure(slurm_cluster, 
     cmds = tmp_path / "cmds.txt"
     cmds.write_text("".join(x + "\n" for x in lines))
 
-    # Resources on the command line override job.slurm's #SBATCH lines (sized for real runs).
-    submit = subprocess.run(
-        [_find("sbatch"), "--parsable", f"--array=1-{len(lines)}%2", "--cpus-per-task=1", "--mem=2G",
-         "--time=15", str(REPO / "job.slurm"), str(cmds)],
-        cwd=REPO, env=env, capture_output=True, text=True)
-    assert submit.returncode == 0, submit.stderr
-    job_id = submit.stdout.strip().split(";")[0]
+    job_id = _sbatch(f"1-{len(lines)}", cmds, env)
 
     most_running = 0
 
@@ -239,11 +244,6 @@ def test_job_array_runs_every_line_and_pending_names_the_failure(slurm_cluster, 
     assert pending.stdout.strip() == "3"
 
     # Resubmitting the pending ranges runs only line 3 (which fails again).
-    again = subprocess.run(
-        [_find("sbatch"), "--parsable", f"--array={pending.stdout.strip()}%2", "--cpus-per-task=1", "--mem=2G",
-         "--time=15", str(REPO / "job.slurm"), str(cmds)],
-        cwd=REPO, env=env, capture_output=True, text=True)
-    assert again.returncode == 0, again.stderr
-    job2 = again.stdout.strip().split(";")[0]
+    job2 = _sbatch(pending.stdout.strip(), cmds, env)
     _wait_for(lambda: not _squeue(job2, env), JOB_TIMEOUT_S, f"array job {job2}", slurm_cluster["logs"])
     assert [p.name for p in (tmp_path / "logs").glob(f"*_{job2}_*.log")] == [f"dlt-sweep_{job2}_3.log"]

@@ -3,7 +3,7 @@ so every derived seed (and so every recorded run) is unchanged by the switch."""
 import numpy as np
 import pytest
 
-from core.runtime import derived_seed
+from core.runtime import derived_seed, stream_generator
 from tests.conftest import load_experiment
 
 # The former `A, B, ... = range(N)` tuples, in their order (values 0..N-1).
@@ -39,6 +39,14 @@ def test_derived_seed_golden_and_closed_form():
     for key in [(0,), (3, 1), (8, 0, 2)]:
         assert derived_seed(7, *key) == _seed_sequence(7, *key)
 
+
+def test_stream_generator_is_a_generator_seeded_from_derived_seed():
+    import torch
+
+    gen = stream_generator(12345, 2, 7)
+    assert gen.initial_seed() == 6273552028518563300 and gen.device == torch.device("cpu")
+    expected = torch.Generator().manual_seed(derived_seed(12345, 3))
+    assert torch.equal(torch.randn(5, generator=stream_generator(12345, 3)), torch.randn(5, generator=expected))
 
 def test_derived_seed_rejects_float_keys():
     with pytest.raises(TypeError):

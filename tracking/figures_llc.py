@@ -209,21 +209,29 @@ def _explode(runs: pd.DataFrame, list_columns: dict[str, str], keep: list[str]) 
     return pd.DataFrame(rows)
 
 
+def _per_sampler(runs: pd.DataFrame, samplers, columns: dict, keep: list) -> list[pd.DataFrame]:
+    """For each sampler whose ``<sampler>.lambdahat`` column exists, :func:`_explode` of the runs that hold its
+    list of estimates (``columns``: result column, ``{sampler}`` filled in -> new name), tagged ``sampler``;
+    samplers with no rows are left out."""
+    parts = []
+    for sampler in samplers:
+        if f"{sampler}.lambdahat" not in runs:
+            continue
+        has = runs[runs[f"{sampler}.lambdahat"].map(lambda v: isinstance(v, (list, tuple)))]
+        named = {col.format(sampler=sampler): new for col, new in columns.items()}
+        part = _explode(has.assign(run=run_keys(has)), named, keep)
+        if not part.empty:
+            parts.append(part.assign(sampler=sampler))
+    return parts
+
 def rescaling_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (run, sampler, α).
 
     Columns: run, run_id, layer_sizes, alpha, sampler, lambdahat (NaN if failed), lambdahat_std, status.
     """
-    parts = []
-    for sampler in ("psgld_fixed", "psgld", "sgld"):
-        columns = {"alphas": "alpha", f"{sampler}.lambdahat": "lambdahat",
-                   f"{sampler}.lambdahat_std": "lambdahat_std", f"{sampler}.status": "status"}
-        if f"{sampler}.lambdahat" not in runs:
-            continue
-        has = runs[runs[f"{sampler}.lambdahat"].map(lambda v: isinstance(v, (list, tuple)))]
-        part = _explode(has.assign(run=run_keys(has)), columns, ["run", "run_id", "layer_sizes"])
-        if not part.empty:
-            parts.append(part.assign(sampler=sampler))
+    columns = {"alphas": "alpha", "{sampler}.lambdahat": "lambdahat", "{sampler}.lambdahat_std": "lambdahat_std",
+               "{sampler}.status": "status"}
+    parts = _per_sampler(runs, ("psgld_fixed", "psgld", "sgld"), columns, ["run", "run_id", "layer_sizes"])
     if not parts:
         raise ValueError("runs hold no rescaling_invariance results (columns 'alphas', 'psgld.lambdahat', ...)")
     table = pd.concat(parts, ignore_index=True)
@@ -267,16 +275,9 @@ def plot_rescaling(runs: pd.DataFrame, ax: Axes | None = None, title: str | None
 
 def mala_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (run, sampler, n): run, run_id, n, sampler, lambdahat, lambdahat_std, time_s, true_lambda."""
-    parts = []
-    for sampler in ("sgld", "mala"):
-        columns = {"n": "n", f"{sampler}.lambdahat": "lambdahat", f"{sampler}.lambdahat_std": "lambdahat_std",
-                   f"{sampler}.time_s": "time_s"}
-        if f"{sampler}.lambdahat" not in runs:
-            continue
-        has = runs[runs[f"{sampler}.lambdahat"].map(lambda v: isinstance(v, (list, tuple)))]
-        part = _explode(has.assign(run=run_keys(has)), columns, ["run", "run_id", "true_lambda"])
-        if not part.empty:
-            parts.append(part.assign(sampler=sampler))
+    columns = {"n": "n", "{sampler}.lambdahat": "lambdahat", "{sampler}.lambdahat_std": "lambdahat_std",
+               "{sampler}.time_s": "time_s"}
+    parts = _per_sampler(runs, ("sgld", "mala"), columns, ["run", "run_id", "true_lambda"])
     if not parts:
         raise ValueError("runs hold no mala_vs_sgld results (columns 'n', 'sgld.lambdahat', 'mala.lambdahat', ...)")
     table = pd.concat(parts, ignore_index=True)
