@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from _common import dln_workload, machine_line, markdown_table, median, mlp_workload, parse_common, setup, wall
+from _common import dln_workload, finish, markdown_table, median, mlp_workload, parse_common, start, wall
 
 import llc.sgld
 from llc.estimate import flat_loss_for_module, generic_flat_loss
@@ -105,12 +105,7 @@ HOOKS = {"fused-batched": batched_hook, "fused-vg": value_and_grad_hook}
 def main() -> None:
     p = parse_common(__doc__.splitlines()[0])
     p.add_argument("--workloads", default="a,c", help="comma-separated subset of a (DLN), c (CE MLP)")
-    args = p.parse_args()
-    device = setup(args)
-    chain_counts = [int(c) for c in args.chains.split(",")]
-    reps = 1 if args.quick else args.reps
-    header_line = machine_line(device)
-    print(header_line, flush=True)
+    args, device, chain_counts, reps, header_line = start(p)
     steps = 20 if args.quick else 400
     builders = {
         "a": lambda: dln_workload("a", 7, [9, 6, 8], 100_000, epsilon=5e-7, gamma=1.0, num_steps=steps,
@@ -167,9 +162,7 @@ def main() -> None:
         "fused-batched hides value_and_grad so the step vmaps loss.batched (bench/fused_stack.py).",
         markdown_table(header, rows),
     ])
-    print("\n" + body)
-    if args.markdown_out is not None:
-        args.markdown_out.write_text(body + "\n")
+    finish(args, body)
 
 
 if __name__ == "__main__":
