@@ -125,6 +125,28 @@ def mlp_workload(
                     num_steps, num_burnin_steps)
 
 
+def small_workloads(keys: str, steps: int, device: torch.device, quick: bool):
+    """llc_vs_devinterp.py's workloads (a) and (c) at ``steps`` steps (half burn-in), with their fused flat loss.
+
+    (a) the 165-parameter DLN 7→9→6→8 (MSE), (c) the 6,154-parameter ReLU MLP (cross-entropy).
+    Yields (workload, flat loss, w*) for each comma-separated key; stops if a loss is not fused.
+    """
+    from llc.estimate import flat_loss_for_module
+
+    builders = {
+        "a": lambda: dln_workload("a", 7, [9, 6, 8], 100_000, epsilon=5e-7, gamma=1.0, num_steps=steps,
+                                  num_burnin_steps=steps // 2, device=device),
+        "c": lambda: mlp_workload("c", 20, [64, 64], 10, 100_000, epsilon=1e-5, gamma=10.0, num_steps=steps,
+                                  num_burnin_steps=steps // 2, device=device, train_steps=100 if quick else 2000),
+    }
+    for key in keys.split(","):
+        wl = builders[key]()
+        loss, w_star = flat_loss_for_module(wl.model, wl.loss, torch.float32, device)
+        if loss.path != "fused":
+            raise SystemExit(f"workload {key}: flat_loss_for_module took the {loss.path} path")
+        yield wl, loss, w_star
+
+
 def net_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
