@@ -13,7 +13,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -125,6 +125,28 @@ def mlp_workload(
                     num_steps, num_burnin_steps)
 
 
+def small_workloads(keys: str, steps: int, device: torch.device, quick: bool):
+    """llc_vs_devinterp.py's workloads (a) and (c) at ``steps`` steps (half burn-in), with their fused flat loss.
+
+    (a) the 165-parameter DLN 7→9→6→8 (MSE), (c) the 6,154-parameter ReLU MLP (cross-entropy).
+    Yields (workload, flat loss, w*) for each comma-separated key; stops if a loss is not fused.
+    """
+    from llc.estimate import flat_loss_for_module
+
+    builders = {
+        "a": lambda: dln_workload("a", 7, [9, 6, 8], 100_000, epsilon=5e-7, gamma=1.0, num_steps=steps,
+                                  num_burnin_steps=steps // 2, device=device),
+        "c": lambda: mlp_workload("c", 20, [64, 64], 10, 100_000, epsilon=1e-5, gamma=10.0, num_steps=steps,
+                                  num_burnin_steps=steps // 2, device=device, train_steps=100 if quick else 2000),
+    }
+    for key in keys.split(","):
+        wl = builders[key]()
+        loss, w_star = flat_loss_for_module(wl.model, wl.loss, torch.float32, device)
+        if loss.path != "fused":
+            raise SystemExit(f"workload {key}: flat_loss_for_module took the {loss.path} path")
+        yield wl, loss, w_star
+
+
 def net_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -187,14 +209,21 @@ def section_markers(name: str) -> tuple[str, str]:
     return f"<!-- BEGIN {name} (written by bench/run_all.py) -->", f"<!-- END {name} -->"
 
 
-def rewrite_section(path: Path, name: str, body: str) -> None:
-    """Replace the text between the markers of ``name`` in ``path`` (appending them if absent)."""
-    begin, end = section_markers(name)
+def replace_marked(path: Path, begin: str, end: str, body: str) -> None:
+    """Replace the text between the markers ``begin`` and ``end`` in ``path`` (appending them if absent).
+
+    The file is re-read right before writing, so sections other scripts wrote meanwhile survive.
+    """
     text = path.read_text() if path.exists() else ""
     block = f"{begin}\n{body.strip()}\n{end}"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+def rewrite_section(path: Path, name: str, body: str) -> None:
+    """Replace the section ``name`` (bench/run_all.py's markers) in ``path``."""
+    replace_marked(path, *section_markers(name), body)
 
 
 def parse_common(description: str):
@@ -218,3 +247,30 @@ def setup(args) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but CUDA is not available")
     return device
+
+
+class Session(NamedTuple):
+    """A bench script's parsed options and what its main derives from them."""
+
+    args: object  # the argparse.Namespace
+    device: torch.device
+    chain_counts: list[int]
+    reps: int  # 1 with --quick
+    machine: str  # machine_line(device), printed at the start
+
+
+def start(parser) -> Session:
+    """Parse the command line, apply --threads and --device, read --chains and --reps, print the machine line."""
+    args = parser.parse_args()
+    device = setup(args)
+    session = Session(args, device, [int(c) for c in args.chains.split(",")], 1 if args.quick else args.reps,
+                      machine_line(device))
+    print(session.machine, flush=True)
+    return session
+
+
+def finish(args, body: str) -> None:
+    """Print a script's markdown section and write it to --markdown-out if given."""
+    print("\n" + body)
+    if args.markdown_out is not None:
+        args.markdown_out.write_text(body + "\n")

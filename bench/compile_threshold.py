@@ -27,7 +27,7 @@ import tempfile
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor_cold_"))
 
 import torch
-from _common import dln_workload, machine_line, markdown_table, median, parse_common, setup, wall
+from _common import dln_workload, finish, markdown_table, median, parse_common, start, wall
 
 from llc.estimate import flat_loss_for_module
 from llc.sgld import COMPILE_AUTO_MIN_CHAIN_STEPS, SGLDConfig, run_sgld
@@ -36,12 +36,7 @@ from llc.sgld import COMPILE_AUTO_MIN_CHAIN_STEPS, SGLDConfig, run_sgld
 def main() -> None:
     p = parse_common(__doc__.splitlines()[0])
     p.set_defaults(chains="1,4,8")
-    args = p.parse_args()
-    device = setup(args)
-    chain_counts = [int(c) for c in args.chains.split(",")]
-    reps = 1 if args.quick else args.reps
-    header_line = machine_line(device)
-    print(header_line, flush=True)
+    args, device, chain_counts, reps, header_line = start(p)
 
     workloads = [  # (workload, timed steps per run); the settings of bench/llc_vs_devinterp.py (a), (b)
         (dln_workload("a", 7, [9, 6, 8], 100_000, epsilon=5e-7, gamma=1.0, num_steps=300,
@@ -100,9 +95,7 @@ def main() -> None:
         f"Largest break-even: {worst} chain-steps; llc.sgld.COMPILE_AUTO_MIN_CHAIN_STEPS = "
         f"{COMPILE_AUTO_MIN_CHAIN_STEPS:,} when this table was written.",
     ])
-    print("\n" + body)
-    if args.markdown_out is not None:
-        args.markdown_out.write_text(body + "\n")
+    finish(args, body)
 
 
 if __name__ == "__main__":

@@ -27,10 +27,10 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from _common import dln_workload, machine_line, markdown_table, median, mlp_workload, parse_common, setup, wall
+from _common import finish, markdown_table, median, parse_common, small_workloads, start, wall
 
 import llc.sgld
-from llc.estimate import flat_loss_for_module, generic_flat_loss
+from llc.estimate import generic_flat_loss
 from llc.fused import FusedFlatLoss
 from llc.sgld import SGLDConfig, run_sgld
 
@@ -105,25 +105,11 @@ HOOKS = {"fused-batched": batched_hook, "fused-vg": value_and_grad_hook}
 def main() -> None:
     p = parse_common(__doc__.splitlines()[0])
     p.add_argument("--workloads", default="a,c", help="comma-separated subset of a (DLN), c (CE MLP)")
-    args = p.parse_args()
-    device = setup(args)
-    chain_counts = [int(c) for c in args.chains.split(",")]
-    reps = 1 if args.quick else args.reps
-    header_line = machine_line(device)
-    print(header_line, flush=True)
+    args, device, chain_counts, reps, header_line = start(p)
     steps = 20 if args.quick else 400
-    builders = {
-        "a": lambda: dln_workload("a", 7, [9, 6, 8], 100_000, epsilon=5e-7, gamma=1.0, num_steps=steps,
-                                  num_burnin_steps=steps // 2, device=device),
-        "c": lambda: mlp_workload("c", 20, [64, 64], 10, 100_000, epsilon=1e-5, gamma=10.0, num_steps=steps,
-                                  num_burnin_steps=steps // 2, device=device, train_steps=100 if args.quick else 2000),
-    }
     rows = []
-    for key in args.workloads.split(","):
-        wl = builders[key]()
-        fused, w_star = flat_loss_for_module(wl.model, wl.loss, torch.float32, device)
-        if fused.path != "fused":
-            raise SystemExit(f"workload {key}: flat_loss_for_module took the {fused.path} path")
+    for wl, fused, w_star in small_workloads(args.workloads, steps, device, args.quick):
+        key = wl.key
         generic = generic_flat_loss(wl.model, wl.loss, torch.float32, device)[0]
         losses = {"generic": generic, "fused": fused, "fused-batched": fused, "fused-vg": fused}
         for C in chain_counts:
@@ -167,9 +153,7 @@ def main() -> None:
         "fused-batched hides value_and_grad so the step vmaps loss.batched (bench/fused_stack.py).",
         markdown_table(header, rows),
     ])
-    print("\n" + body)
-    if args.markdown_out is not None:
-        args.markdown_out.write_text(body + "\n")
+    finish(args, body)
 
 
 if __name__ == "__main__":

@@ -62,8 +62,11 @@ PARTS = (
     Part("devinterp", "Our sampler vs devinterp on the 165-parameter DLN", "llc_vs_devinterp.py", 170,
          ("--workloads", "a", "--chains", "16", "--reps", "2"),
          ("--workloads", "a", "--chains", "16", "--no-compile")),
-    Part("hessian", "Hessian toolkit", "hessian.py", 30, (), ()),
-    Part("ntk", "Empirical NTK Gram matrix", "ntk.py", 45, (), (), writes_by_default=True),
+    # --quick sizes in the real run too (one repetition; Hessian eigenvalues on 256 points without the
+    # tolerance scan, NTK on n = 64 and 16): their full sizes would not fit the 8-minute budget with the rest.
+    # The Hessian's row-by-row baseline is 5,350 sequential backward passes (twice): hence its 60 s.
+    Part("hessian", "Hessian toolkit", "hessian.py", 60, ("--quick",), ()),
+    Part("ntk", "Empirical NTK Gram matrix", "ntk.py", 45, ("--quick",), (), writes_by_default=True),
     Part("resnet", "ResNet18/CIFAR-10 LLC: chain-step vs training step at batch 1024", "gpu_resnet_llc.py", 120,
          ("--chains", "1,4,8"), ("--chains", "1,4")),
 )
@@ -91,7 +94,7 @@ def plan(part: Part, options: set[str], device: str, quick: bool, reps: int | No
         return None, f"bench/{part.script} would rewrite BENCHMARKS.md (it has no --no-write): not run"
     args = ["--device", device] if "--device" in options else []
     args += list(part.quick if quick else part.real)
-    args += ["--quick"] if quick else []
+    args += ["--quick"] if quick and "--quick" not in args else []
     if reps is not None and not quick and "--reps" in options:
         args += ["--reps", str(reps)]
     if "--no-write" in options:

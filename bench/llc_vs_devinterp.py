@@ -46,12 +46,12 @@ from _common import (
     REPO,
     Workload,
     dln_workload,
-    machine_line,
+    finish,
     markdown_table,
     median,
     mlp_workload,
     parse_common,
-    setup,
+    start,
     wall,
 )
 from fused_stack import value_and_grad_hook
@@ -212,12 +212,7 @@ def main() -> None:
     p.add_argument("--devinterp", default=",".join(DEVINTERP_VERSIONS),
                    help=f"comma-separated devinterp versions (default {','.join(DEVINTERP_VERSIONS)})")
     p.add_argument("--seed", type=int, default=SEED, help=f"base seed; repetition r uses seed + r (default {SEED})")
-    args = p.parse_args()
-    device = setup(args)
-    chain_counts = [int(c) for c in args.chains.split(",")]
-    reps = 1 if args.quick else args.reps
-    header_line = machine_line(device)
-    print(header_line, flush=True)
+    args, device, chain_counts, reps, header_line = start(p)
 
     workers = {f"devinterp-{v}": DevinterpWorker(v, torch.get_num_threads()) for v in args.devinterp.split(",")}
     devinterps = list(workers)
@@ -303,9 +298,7 @@ def main() -> None:
         "Acceptance targets of issue 19 (CPU), checked on these numbers:",
         "\n".join(f"- {line}" for line in check_targets(results, ours, devinterps)),
     ])
-    print("\n" + body)
-    if args.markdown_out is not None:
-        args.markdown_out.write_text(body + "\n")
+    finish(args, body)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ Run: python bench/mala_vs_sgld.py [--device cuda] [--quick] [--chains 5]
 from __future__ import annotations
 
 import torch
-from _common import machine_line, markdown_table, median, mse, parse_common, setup, wall
+from _common import finish, markdown_table, median, mse, parse_common, start, wall
 from torch.func import functional_call
 
 from data.synthetic import teacher_dataset
@@ -37,12 +37,8 @@ EVAL_BATCH = 16384  # as experiments/expt_mala_vs_sgld.py
 def main() -> None:
     p = parse_common(__doc__.splitlines()[0])
     p.set_defaults(chains="5")
-    args = p.parse_args()
-    device = setup(args)
-    C = int(args.chains.split(",")[0])
-    reps = 1 if args.quick else args.reps
-    header_line = machine_line(device)
-    print(header_line, flush=True)
+    args, device, chain_counts, reps, header_line = start(p)
+    C = chain_counts[0]
 
     gen = torch.Generator().manual_seed(0)
     w64 = notebook_teacher(SIZES, gen)
@@ -92,9 +88,7 @@ def main() -> None:
         + f". Times are ms per chain-step (median); s per estimate = {C} chains × {PAPER_DRAWS} draws at that rate.",
         markdown_table(header, rows),
     ]).strip()
-    print("\n" + body)
-    if args.markdown_out is not None:
-        args.markdown_out.write_text(body + "\n")
+    finish(args, body)
 
 
 if __name__ == "__main__":

@@ -15,27 +15,23 @@ Repetitions alternate between the methods; times are medians. "max rel diff" is
 max |K − K_loop| / max |K_loop|. The table goes into BENCHMARKS.md between the
 markers <!-- ntk:start --> and <!-- ntk:end --> (the rest of the file is left alone).
 
-Run: python bench/ntk.py [--threads 1] [--reps 5] [--device cuda] [--no-write]
+``--quick`` (the sizes bench/gpu.sh runs): one repetition, n = 64 points for a and 16 for b.
+
+Run: python bench/ntk.py [--threads 1] [--reps 5] [--device cuda] [--quick] [--no-write] [--markdown-out PATH]
 """
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import re
 import sys
-import time
 from pathlib import Path
 
 import torch
+from _common import BENCHMARKS_MD, machine_line, median, replace_marked, setup, wall
 from torch.func import functional_call
 
 from dynamics.ntk import empirical_ntk
 from models.regimes import build_model
 
-REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 START, END = "<!-- ntk:start -->", "<!-- ntk:end -->"
 METHODS = ("loop", "jacobian", "ntvp", "structured", "auto")
 
@@ -51,25 +47,16 @@ def loop_gram(model, params, x):
     return J @ J.T
 
 
-def workloads(device):
+def workloads(device, quick=False):
     gen = torch.Generator().manual_seed(0)
+    n_a, n_b = (64, 16) if quick else (256, 64)
     mlp = build_model("mlp", (32,), 64, "gelu", 8, gen).to(device)
     cnn = build_model("simple_cnn", (1, 28, 28), 4, "gelu", None, gen).to(device)
     return [
-        ("a", "mlp h=64 L=8, d=32, n=256", mlp, torch.randn(256, 32, generator=gen).to(device), METHODS),
-        ("b", "simple_cnn h=4, 28x28, n=64", cnn, torch.randn(64, 1, 28, 28, generator=gen).to(device),
+        ("a", f"mlp h=64 L=8, d=32, n={n_a}", mlp, torch.randn(n_a, 32, generator=gen).to(device), METHODS),
+        ("b", f"simple_cnn h=4, 28x28, n={n_b}", cnn, torch.randn(n_b, 1, 28, 28, generator=gen).to(device),
          ("loop", "jacobian", "ntvp", "auto")),
     ]
-
-
-def timed(fn, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t, out
 
 
 def compute(method, model, params, x):
@@ -79,26 +66,9 @@ def compute(method, model, params, x):
     return empirical_ntk(model, params, x, method=method, chunk_size=chunk)
 
 
-def machine_line(device) -> str:
-    if device.type == "cuda":
-        hw = f"GPU {torch.cuda.get_device_name(device)}"
-    else:
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), platform.machine()) if Path("/proc/cpuinfo").exists() else ""
-        hw = f"CPU {cpu}, {os.cpu_count()} logical cores"
-    load = "/".join(f"{v:.1f}" for v in os.getloadavg())
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"{hw}; torch {torch.__version__}, {torch.get_num_threads()} intra-op threads; {date}; "
-            f"load average (1/5/15 min) at start {load}")
-
-
 def write_section(body: str, path: Path = BENCHMARKS_MD) -> None:
     """Replace (or append) only our marked section; the file is re-read right before writing."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{START}\n{body.strip()}\n{END}"
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    replace_marked(path, START, END, body)
 
 
 def main(argv=None) -> int:
@@ -106,35 +76,36 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions per method, alternated (default 5)")
-    p.add_argument("--no-write", action="store_true", help="print the table only")
+    p.add_argument("--quick", action="store_true", help="one repetition, n = 64 and 16 (bench/gpu.sh's sizes)")
+    p.add_argument("--no-write", action="store_true", help=f"do not write {BENCHMARKS_MD.name}")
+    p.add_argument("--markdown-out", type=Path, default=None, help="also write the section to this file")
     args = p.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = setup(args)
+    reps = 1 if args.quick else args.reps
     header = machine_line(device)
+    print(header, flush=True)
     sections = []
     loop_over = {}  # (workload, method) -> loop time / method time
-    for key, title, model, x, methods in workloads(device):
+    for key, title, model, x, methods in workloads(device, args.quick):
         params = {k: v.detach() for k, v in model.named_parameters()}
         num_params = sum(v.numel() for v in params.values())
         times = {m: [] for m in methods}
         grams = {}
         for m in methods:  # warm-up (vmap tracing, allocator), not timed
             grams[m] = compute(m, model, params, x)
-        for _ in range(args.reps):
+        for _ in range(reps):
             for m in methods:
-                seconds, _ = timed(lambda m=m: compute(m, model, params, x), device)
+                seconds, _ = wall(lambda m=m: compute(m, model, params, x), device)
                 times[m].append(seconds)
         ref = grams["loop"].double()
         scale = ref.abs().max()
         rows = []
         for m in methods:
-            t = sorted(times[m])[len(times[m]) // 2]
-            loop_t = sorted(times["loop"])[len(times["loop"]) // 2]
+            t, loop_t = median(times[m]), median(times["loop"])
             diff = float((grams[m].double() - ref).abs().max() / scale)
             loop_over[key, m] = loop_t / t
             rows.append(f"| {m} | {1e3 * t:.1f} | {loop_t / t:.1f}x | {diff:.1e} |")
-        sections.append(f"**{key}. {title}** (P = {num_params:,})\n\n| method | ms (median of {args.reps}) | "
+        sections.append(f"**{key}. {title}** (P = {num_params:,})\n\n| method | ms (median of {reps}) | "
                         f"speed-up vs loop | max rel diff |\n|---|---|---|---|\n" + "\n".join(rows))
         print(sections[-1], "\n", flush=True)
     command = " ".join(["python bench/ntk.py", *(argv if argv is not None else sys.argv[1:])])
@@ -145,7 +116,12 @@ def main(argv=None) -> int:
             "the table is for). Medians over alternated repetitions, float32.\n\n" + "\n\n".join(sections)
             + f"\n\n- Target (issue 6): >= 10x over the per-sample loop on workload a: {verdict} "
             f"(structured: {speedup:.0f}x).\n- `jacobian` materialises J (n, P); `structured` never forms it, "
-            "which is why it wins on MLPs. `auto` falls back to `jacobian` on the CNN.")
+            "which is why it wins on MLPs. `auto` falls back to `jacobian` on the CNN."
+            + ("\n- --quick: n = 64 on a (the issue's target is stated for n = 256) and 16 on b, one repetition."
+               if args.quick else ""))
+    print(body)
+    if args.markdown_out is not None:
+        args.markdown_out.write_text(body + "\n")
     if not args.no_write:
         write_section(body)
         print(f"wrote the ntk section of {BENCHMARKS_MD}", file=sys.stderr)

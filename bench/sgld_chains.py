@@ -16,7 +16,7 @@ Run: python bench/sgld_chains.py [--device cuda] [--quick]
 from __future__ import annotations
 
 import torch
-from _common import dln_workload, machine_line, markdown_table, median, parse_common, setup, wall
+from _common import dln_workload, finish, markdown_table, median, parse_common, start, wall
 
 from llc.estimate import flat_loss_for_module
 from llc.sgld import SGLDConfig, run_sgld
@@ -25,13 +25,8 @@ from llc.sgld import SGLDConfig, run_sgld
 def main() -> None:
     p = parse_common(__doc__.splitlines()[0])
     p.add_argument("--no-compile", action="store_true", help="skip the compile=True columns")
-    args = p.parse_args()
-    device = setup(args)
-    chain_counts = [int(c) for c in args.chains.split(",")]
-    reps = 1 if args.quick else args.reps
+    args, device, chain_counts, reps, header_line = start(p)
     steps = 20 if args.quick else 300
-    header_line = machine_line(device)
-    print(header_line, flush=True)
 
     wl = dln_workload("k", 50, [100, 50, 10], 100_000, epsilon=1e-7, gamma=1.0, num_steps=steps,
                       num_burnin_steps=steps // 2, device=device)
@@ -97,9 +92,7 @@ def main() -> None:
         markdown_table(header, rows),
         "\n".join(targets),
     ]).strip()
-    print("\n" + body)
-    if args.markdown_out is not None:
-        args.markdown_out.write_text(body + "\n")
+    finish(args, body)
 
 
 if __name__ == "__main__":

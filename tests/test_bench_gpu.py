@@ -72,10 +72,17 @@ def test_quick_cpu_run_writes_every_section_device_line_and_numbers(tmp_path):
         assert body.startswith(part.title) and f"bench/{part.script}" in body
         assert "Skipped: " in body or _numeric_cells(body), (part.key, body)
     # These scripts take --quick, so the smoke run must have measured them: positive times in a table.
-    for key in ("chains", "resnet"):
+    for key in ("chains", "resnet", "hessian", "ntk"):
         i = gpu_all.KEYS.index(key) + 1
         values = _numeric_cells(sections[f"3.{i}"])
-        assert values and all(v > 0 for v in values), (key, sections[f"3.{i}"])
+        # Hessian and NTK tables also hold differences to a reference, which are 0 for the reference itself.
+        floor_ok = (lambda v: v > 0) if key in ("chains", "resnet") else (lambda v: v >= 0)
+        assert values and all(floor_ok(v) for v in values) and max(values) > 0, (key, sections[f"3.{i}"])
+    # The Hessian and NTK tables came back through --markdown-out: their method rows are there.
+    hessian = sections[f"3.{gpu_all.KEYS.index('hessian') + 1}"]
+    assert "--quick" in hessian and "row-by-row autograd.grad (baseline)" in hessian and "Lanczos" in hessian
+    ntk = sections[f"3.{gpu_all.KEYS.index('ntk') + 1}"]
+    assert {"loop", "structured", "auto"} <= {r[0] for _, rows in gpu_all.markdown_tables(ntk) for r in rows}
     devinterp = sections[f"3.{gpu_all.KEYS.index('devinterp') + 1}"]
     if importlib.util.find_spec("devinterp") is None:
         assert "devinterp is not installed" in devinterp
@@ -149,7 +156,11 @@ def test_plan_skips_what_a_script_cannot_do_and_never_lets_it_write_benchmarks_m
     args, why = gpu_all.plan(ntk, {"--device", "--reps"}, "cuda", False, None, True)  # would write BENCHMARKS.md
     assert args is None and "BENCHMARKS.md" in why
     args, how = gpu_all.plan(ntk, {"--device", "--reps", "--no-write"}, "cuda", False, 2, True)
-    assert args == ["--device", "cuda", "--reps", "2", "--no-write"] and how == "stdout"
+    assert args == ["--device", "cuda", "--quick", "--reps", "2", "--no-write"] and how == "stdout"
+    # The real run takes --quick sizes for the Hessian and NTK; the smoke run does not pass it twice.
+    args, how = gpu_all.plan(ntk, gpu_all.script_options((REPO / "bench" / "ntk.py").read_text()), "cpu", True,
+                             None, True)
+    assert args.count("--quick") == 1 and "--no-write" in args and how == "file"
     args, how = gpu_all.plan(_part("chains"), gpu_all.COMMON_OPTIONS | {"--no-compile"}, "cuda", False, None, True)
     assert args[:2] == ["--device", "cuda"] and "--quick" not in args and how == "file"
     args, why = gpu_all.plan(_part("devinterp"), gpu_all.COMMON_OPTIONS, "cuda", False, None, False)
@@ -161,7 +172,8 @@ def test_script_options_read_from_the_bench_scripts():
     assert {"--device", "--quick", "--markdown-out", "--no-compile"} <= read["chains"]
     assert {"--device", "--quick", "--markdown-out", "--workloads"} <= read["devinterp"]
     assert {"--device", "--quick", "--markdown-out", "--compile"} <= read["resnet"]
-    assert {"--device", "--no-write"} <= read["ntk"]
+    assert {"--device", "--quick", "--markdown-out", "--no-write"} <= read["ntk"]
+    assert {"--device", "--quick", "--markdown-out"} <= read["hessian"]
 
 
 def test_every_option_a_part_passes_exists_in_its_script():
@@ -219,8 +231,8 @@ def test_stdout_markdown_takes_the_printed_section():
 
 
 @pytest.mark.slow
-def test_ntk_table_through_its_stdout(tmp_path):
-    """bench/ntk.py has no --quick or --markdown-out: its full-size table comes back from stdout (~1 min on CPU)."""
+def test_ntk_table_at_the_real_run_arguments(tmp_path):
+    """The real run's NTK part (--quick sizes, --markdown-out) on the CPU, through gpu.sh's non-quick mode."""
     out = tmp_path / "gpu.md"
     proc = subprocess.run(["bash", str(SCRIPT), "--device", "cpu", "--only", "ntk", "--reps", "1", "--out", str(out)],
                           cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
+from llc import fused_grad
 from llc.estimate import estimate_llc, flat_loss_for_module
 from llc.fused import FusedFlatLoss, batched_or_vmap, linear_stack
 from models.chaos_nets import CNN
@@ -240,3 +241,63 @@ def test_fused_loss_compiles_and_matches_eager():
     assert comp.compile_mode == "compiled"
     # Same draws; float64 steps differing in operation order only: ~1e-13 relative, 1e-9 asserted.
     torch.testing.assert_close(comp.loss, eager.loss, rtol=1e-9, atol=1e-12)
+
+
+def _shared_linear_stack():
+    lin = nn.Linear(4, 4)
+    return nn.Sequential(lin, nn.Identity(), lin)
+
+
+# Stacks of Linear (and Identity) layers only: with a batch wider than their input and output,
+# llc.fused_grad.value_and_grad takes the collapsed form (products over the batch: two).
+LINEAR_ONLY = [
+    ("dln", lambda: DeepLinearNetwork(7, [9, 6, 8]), 7, "reg", F.mse_loss),
+    ("biases-identity", lambda: nn.Sequential(nn.Linear(5, 7), nn.Identity(), nn.Linear(7, 4, bias=False),
+                                              nn.Linear(4, 3)), 5, "reg", F.mse_loss),
+    ("biases-ce", lambda: nn.Sequential(nn.Linear(5, 6), nn.Linear(6, 4)), 5, "cls", F.cross_entropy),
+    ("one-layer", lambda: nn.Sequential(nn.Linear(3, 2)), 3, "reg", F.mse_loss),
+    ("shared", _shared_linear_stack, 4, "reg", F.mse_loss),
+]
+
+
+@pytest.mark.parametrize("name,make,d_in,kind,loss_fn", LINEAR_ONLY, ids=[c[0] for c in LINEAR_ONLY])
+def test_linear_only_stack_takes_the_collapsed_backward_and_matches_autograd(name, make, d_in, kind, loss_fn):
+    torch.manual_seed(0)
+    model = make().double()
+    fused, w0 = flat_loss_for_module(model, loss_fn, torch.float64, CPU)
+    wide = 40  # batch wider than every input and output here
+    assert fused_grad.collapses(fused.stack, wide) and not fused_grad.collapses(fused.stack, 2)
+    gen = torch.Generator().manual_seed(7)
+    out_dim = [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features
+    x = torch.randn(C, wide, d_in, generator=gen, dtype=torch.float64)
+    y = (torch.randn(C, wide, out_dim, generator=gen, dtype=torch.float64) if kind == "reg"
+         else torch.randint(0, out_dim, (C, wide), generator=gen))
+    w = w0 + 0.3 * torch.randn(C, w0.numel(), generator=gen, dtype=torch.float64)
+    ref_loss, ref_grad = _loss_and_grad(vmap(_reference(model, loss_fn)), w, x, y)
+    loss, g = fused.value_and_grad(w, x, y)
+    # Products associated differently from autograd's layer-by-layer chain: rounding only (RTOL's note).
+    _close(loss, ref_loss, torch.float64)
+    _close(g, ref_grad, torch.float64)
+
+
+def test_stack_with_an_activation_is_not_collapsed():
+    stack = linear_stack(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
+    assert not fused_grad.collapses(stack, 100)
+
+
+def test_in_place_activations_keep_inputs_and_saved_outputs():
+    """Activations overwrite only a fresh matmul output: not x (a leading ReLU), not a saved
+    activation output (ReLU then Tanh), and never w; the gradient still matches autograd."""
+    model = nn.Sequential(nn.ReLU(), nn.Linear(4, 5), nn.ReLU(), nn.Tanh(), nn.Linear(5, 3), nn.Sigmoid(),
+                          nn.Linear(3, 3)).double()
+    fused, w0 = flat_loss_for_module(model, F.mse_loss, torch.float64, CPU)
+    assert fused._kind == "mse"  # the hand-written backward
+    gen = torch.Generator().manual_seed(8)
+    x, y = _data((4,), 3, "reg", torch.float64, gen)
+    w = w0 + 0.3 * torch.randn(C, w0.numel(), generator=gen, dtype=torch.float64)
+    x0, y0, w_before = x.clone(), y.clone(), w.clone()
+    ref_loss, ref_grad = _loss_and_grad(vmap(_reference(model, F.mse_loss)), w, x, y)
+    loss, g = fused.value_and_grad(w, x, y)
+    _close(loss, ref_loss, torch.float64)
+    _close(g, ref_grad, torch.float64)
+    assert torch.equal(x, x0) and torch.equal(y, y0) and torch.equal(w, w_before)
