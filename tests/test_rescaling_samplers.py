@@ -13,6 +13,8 @@ from sacred.observers import FileStorageObserver
 
 from tests.conftest import load_experiment
 from tests.test_preempt_experiments import assert_resumed_equals_uninterrupted, interrupted_then_resumed
+from tracking.figures_llc import plot_rescaling, rescaling_table
+from tracking.load import load_runs
 
 TINY = dict(
     device="cpu", layer_sizes=[3, 4, 2], num_training_data=100, alphas=[0.01, 1.0, 100.0],
@@ -57,6 +59,12 @@ def test_momentum_samplers_run_at_every_alpha_and_are_recorded_by_name(expt, tmp
     for name in ("sgnht", "sghmc"):
         assert metrics[f"{name}/lambdahat"]["steps"] == [0, 1, 2]
         assert metrics[f"{name}/lambdahat"]["values"] == pytest.approx(res[name]["lambdahat"], rel=1e-12)
+    runs = load_runs(tmp_path, experiment="rescaling_invariance")
+    table = rescaling_table(runs)
+    assert set(table["sampler"]) == {"psgld_fixed", "sgnht", "sghmc"} and len(table) == 9
+    labels = plot_rescaling(runs).axes[0].get_legend_handles_labels()[1]
+    assert any(label.startswith("sgnht [3, 4, 2]") for label in labels)
+    assert any(label.startswith("sghmc [3, 4, 2]") for label in labels)
 
 
 def test_each_momentum_key_reaches_its_own_sampler_only(expt):
@@ -162,3 +170,21 @@ def test_bad_momentum_config_fails_before_compute_naming_the_key(expt, updates, 
         run(expt, **updates)
     if key == "samplers":  # the allowed values are named, new ones included
         assert "sgnht" in str(err.value) and "sghmc" in str(err.value)
+
+
+def test_generator_accepts_the_momentum_samplers_and_their_keys(tmp_path, expt):
+    from gen_commands import expt_rescaling_invariance as gen
+    from gen_commands.commands import config_overrides
+
+    assert {"sgnht", "sghmc"} <= set(gen.SAMPLERS)  # read from the experiment's SAMPLERS
+    out = tmp_path / "cmds.txt"
+    assert gen.main([str(out), "--layer-sizes", "[4, 5, 3]", "--samplers", "psgld_fixed", "sgnht", "sghmc",
+                     "--grid", "sgld_config.friction=[0.1, 0.5]"]) == 0
+    ovs = [config_overrides(line) for line in out.read_text().splitlines()]
+    assert [(o["samplers"], o["sgld_config.friction"]) for o in ovs] == \
+        [(["psgld_fixed", "sgnht", "sghmc"], 0.1), (["psgld_fixed", "sgnht", "sghmc"], 0.5)]
+    for ov in ovs:
+        ov.pop("run_key")
+        expt.ex.run("print_config", config_updates=ov)  # every key exists (else ConfigAddedError)
+    with pytest.raises(SystemExit):
+        gen.main([str(tmp_path / "bad.txt"), "--samplers", "sgnht", "nuts"])

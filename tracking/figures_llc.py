@@ -215,7 +215,7 @@ def rescaling_table(runs: pd.DataFrame) -> pd.DataFrame:
     Columns: run, run_id, layer_sizes, alpha, sampler, lambdahat (NaN if failed), lambdahat_std, status.
     """
     parts = []
-    for sampler in ("psgld_fixed", "psgld", "sgld"):
+    for sampler in ("psgld_fixed", "psgld", "sgld", "sgnht", "sghmc"):
         columns = {"alphas": "alpha", f"{sampler}.lambdahat": "lambdahat",
                    f"{sampler}.lambdahat_std": "lambdahat_std", f"{sampler}.status": "status"}
         if f"{sampler}.lambdahat" not in runs:
@@ -247,7 +247,7 @@ def plot_rescaling(runs: pd.DataFrame, ax: Axes | None = None, title: str | None
     table = rescaling_table(runs)
     ax = _axes(ax, (6, 4))
     styles = {"psgld_fixed": dict(marker="o", ls="-"), "psgld": dict(marker="^", ls=":"),
-              "sgld": dict(marker="s", ls="--")}
+              "sgld": dict(marker="s", ls="--"), "sgnht": dict(marker="v", ls="-."), "sghmc": dict(marker="D", ls="-.")}
     for i, ((_, sampler), part) in enumerate(table.groupby(["run", "sampler"], sort=True)):
         ok = part[part["lambdahat"].notna()]
         ax.errorbar(ok["alpha"], ok["lambdahat"], yerr=ok["lambdahat_std"].fillna(0), ms=4, lw=1.2, capsize=2,
