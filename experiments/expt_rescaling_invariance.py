@@ -16,11 +16,9 @@ to float tolerance, and estimates λ̂(w*_α) over a sweep of α with each sampl
     psgld: SGLD with an adaptive RMSprop-style diagonal preconditioner (llc.psgld), also
            equivariant under per-tensor rescaling, run with ``psgld_config``; each tensor's
            scale m comes from :func:`tensor_scales`, equivariant also for zero biases;
-    sgnht, sghmc: the momentum samplers (llc.sghmc, docs/llc.md#samplers), plain like sgld:
-           unpreconditioned steps and an isotropic γ, so not invariant in α either. They
-           share ``sgld_config`` (same absolute ε, γ, steps, batch, chains, nβ), with their
-           own keys in it as the other LLC experiments spell them (diffusion_factor,
-           thermostat_init; friction); psgld_config stays apart as its ε is dimensionless.
+    sgnht, sghmc: llc.sghmc's momentum samplers, plain as sgld is (not invariant in α), run
+           with ``sgld_config`` (its absolute ε; psgld's is dimensionless) and their keys in
+           it, as in the other LLC experiments (docs/llc.md#sampler-keys).
 
 The teacher is the notebook's (models.relu_mlp.notebook_teacher): Haiku's init, hidden
 biases N(0, 1), first-layer units 1-5 and 8 copies of unit 0. Every α has its own
@@ -85,7 +83,6 @@ def cfg():
     first_alpha_index = 0  # chains at alphas[i] use the seed of index first_alpha_index + i (a --per-alpha line: k)
 
     # --- samplers: each runs at every α, with its own seed per α, and is recorded by name ---
-    # sgnht and sghmc: the momentum samplers, plain (not preconditioned), with their keys inside sgld_config
     samplers = ["psgld_fixed"]  # psgld_fixed (notebook's) | psgld (psgld_config) | sgld | sgnht | sghmc: sgld_config
     # MALA acceptance probability of every k-th psgld_fixed/sgld step (original: 20); None: off
     mala_acceptance_every = 20
@@ -106,8 +103,7 @@ def cfg():
         localisation="relative",  # relative: γ/2 Σ_s ‖w_s - w*_s‖²/mean(w*_s²) (equivariant) | absolute: γ/2 ‖w - w*‖²
         compile="auto",  # "auto" | False: the eager step (pSGLD has no compiled step) | True: an error
     )
-    # the momentum keys live here, as in the other LLC experiments: sgnht/sghmc take sgld's absolute ε, psgld's differs
-    sgld_config = dict(  # psgld_fixed, plain sgld, sgnht and sghmc (the notebook's values)
+    sgld_config = dict(  # psgld_fixed, plain sgld, sgnht, sghmc (the notebook's values); momentum keys last
         epsilon=1e-5,  # step size ε
         gamma=0.0,  # localisation strength γ, isotropic in w (original: 0, no localisation)
         num_steps=10000,  # steps per chain
