@@ -15,7 +15,10 @@ to float tolerance, and estimates λ̂(w*_α) over a sweep of α with each sampl
            in w, so λ̂ drifts with α (or the chain diverges);
     psgld: SGLD with an adaptive RMSprop-style diagonal preconditioner (llc.psgld), also
            equivariant under per-tensor rescaling, run with ``psgld_config``; each tensor's
-           scale m comes from :func:`tensor_scales`, equivariant also for zero biases.
+           scale m comes from :func:`tensor_scales`, equivariant also for zero biases;
+    sgnht, sghmc: llc.sghmc's momentum samplers, plain as sgld is (not invariant in α), run
+           with ``sgld_config`` (its absolute ε; psgld's is dimensionless) and their keys in
+           it, as in the other LLC experiments (docs/llc.md#sampler-keys).
 
 The teacher is the notebook's (models.relu_mlp.notebook_teacher): Haiku's init, hidden
 biases N(0, 1), first-layer units 1-5 and 8 copies of unit 0. Every α has its own
@@ -32,6 +35,7 @@ a failed estimate at that α and the sweep goes on.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from enum import IntEnum, unique
@@ -46,6 +50,7 @@ from core.runtime import DTYPES, derived_seed, resolve_device, resolve_dtype, st
 from data.synthetic import INPUT_DISTRIBUTIONS, sample_inputs
 from llc.estimate import estimate_llc_flat, flat_model_for_module
 from llc.psgld import PSGLDConfig, estimate_llc_psgld, estimate_llc_psgld_traced
+from llc.samplers import MINIBATCH_CONFIGS, SAMPLER_OPTIONS
 from llc.sgld import SGLDConfig, SGLDDivergenceError
 from models.relu_mlp import INITS, ReLUMLP, layer_preconditioner, notebook_teacher, rescale_params
 from tracking.key_aliases import resolve_alias
@@ -54,7 +59,8 @@ from tracking.sacred_utils import build_config, configure_experiment, json_ready
 
 ex = add_checkpoint_config(configure_experiment(Experiment("rescaling_invariance")))
 
-SAMPLERS = ("psgld_fixed", "psgld", "sgld")
+SAMPLERS = ("psgld_fixed", "psgld", "sgld", "sgnht", "sghmc")
+MOMENTUM_SAMPLERS = ("sgnht", "sghmc")  # llc.sghmc, run with sgld_config and their own keys in it
 ACCEPTANCE_DENSITIES = ("preconditioned", "identity")
 PSGLD_KEYS = ("rho", "delta", "kappa", "adapt_steps", "localisation", "compile")
 
@@ -77,7 +83,7 @@ def cfg():
     first_alpha_index = 0  # chains at alphas[i] use the seed of index first_alpha_index + i (a --per-alpha line: k)
 
     # --- samplers: each runs at every α, with its own seed per α, and is recorded by name ---
-    samplers = ["psgld_fixed"]  # psgld_fixed (the notebook's, sgld_config) | psgld (adaptive, psgld_config) | sgld
+    samplers = ["psgld_fixed"]  # psgld_fixed (notebook's) | psgld (psgld_config) | sgld | sgnht | sghmc: sgld_config
     # MALA acceptance probability of every k-th psgld_fixed/sgld step (original: 20); None: off
     mala_acceptance_every = 20
     # preconditioned: the chain's own proposal N(w - εD∇U/2, εD) | identity: D = 1 (original; not the chain's at α ≠ 1)
@@ -97,7 +103,7 @@ def cfg():
         localisation="relative",  # relative: γ/2 Σ_s ‖w_s - w*_s‖²/mean(w*_s²) (equivariant) | absolute: γ/2 ‖w - w*‖²
         compile="auto",  # "auto" | False: the eager step (pSGLD has no compiled step) | True: an error
     )
-    sgld_config = dict(  # psgld_fixed and plain sgld (the notebook's values)
+    sgld_config = dict(  # psgld_fixed, plain sgld, sgnht, sghmc (the notebook's values); momentum keys last
         epsilon=1e-5,  # step size ε
         gamma=0.0,  # localisation strength γ, isotropic in w (original: 0, no localisation)
         num_steps=10000,  # steps per chain
@@ -108,6 +114,9 @@ def cfg():
         # "auto": >= llc.sgld.COMPILE_AUTO_MIN_CHAIN_STEPS chain-steps; only with mala_acceptance_every=None (else
         # it and psgld_fixed run the eager pSGLD step; compile_mode says which ran)
         compile="auto",  # torch.compile plain sgld's step (mala_acceptance_every=None only): "auto" | True | False
+        diffusion_factor=0.01,  # sgnht only: noise 2Aε and (default) thermostat start A, as devinterp
+        thermostat_init=None,  # sgnht only: the thermostat's start ζ_0; None -> diffusion_factor
+        friction=0.1,  # sghmc only: momentum friction α in (0, 1]
     )
     # False: full-data L_n at every draw (original) | True: the step's minibatch loss (no full-data pass)
     loss_trace_minibatch = False
@@ -190,19 +199,42 @@ def validate(config: dict) -> dict:
     precond = build_config(PSGLDConfig, {k: psgld_values.pop(k) for k in PSGLD_KEYS if k in psgld_values},
                            "psgld_config")
     trace = {"loss_trace_minibatch": config["loss_trace_minibatch"]}
-    sgld = build_config(SGLDConfig, {**config["sgld_config"], **trace}, "sgld_config")
+    shared, momentum = split_momentum_keys(config["sgld_config"], samplers)
+    sgld = build_config(SGLDConfig, {**shared, **trace}, "sgld_config")
     configs = {"psgld": build_config(SGLDConfig, {**psgld_values, **trace}, "psgld_config"),
                "sgld": sgld, "psgld_fixed": sgld}
-    if sgld.compile is True and ("sgld" not in samplers or every is not None):
+    moving = [name for name in samplers if name in MOMENTUM_SAMPLERS]
+    if sgld.compile is True and ("sgld" not in samplers or every is not None or moving):
         raise ValueError("sgld_config.compile=True compiles only the plain 'sgld' sampler "
                          "with mala_acceptance_every=None "
-                         "(psgld_fixed, and sgld with the acceptance diagnostic, run the eager pSGLD step); "
+                         "(psgld_fixed, and sgld with the acceptance diagnostic, run the eager pSGLD step; "
+                         "sgnht and sghmc have no compiled step); "
                          f"got samplers={list(samplers)!r}, mala_acceptance_every={every!r}")
+    for name in moving:
+        configs[name] = build_config(MINIBATCH_CONFIGS[name], {**shared, **trace, **momentum[name]}, "sgld_config")
     for name in samplers:
-        key = f"{'sgld' if name == 'psgld_fixed' else name}_config.batch_size"
+        key = f"{'psgld' if name == 'psgld' else 'sgld'}_config.batch_size"
         checks.at_most(key, configs[name].batch_size, "num_training_data", n)
     checks.one_of("dtype", config["dtype"], DTYPES)
     return {"configs": configs, "precond": precond, "device": resolve_device(config["device"])}
+
+
+def split_momentum_keys(values: dict, samplers: list) -> tuple[dict, dict]:
+    """sgld_config -> (its SGLDConfig keys, {momentum sampler: its own keys}) for the samplers listed.
+
+    The momentum keys are always in the dict (so Sacred can override them); one set away
+    from its default while its sampler is not in ``samplers`` is a ValueError naming it, as
+    llc.samplers.split_sampler does for a single sampler.
+    """
+    shared, own = dict(values), {}
+    for name in MOMENTUM_SAMPLERS:
+        defaults = {f.name: f.default for f in dataclasses.fields(MINIBATCH_CONFIGS[name])}
+        own[name] = {opt: shared.pop(opt) for opt in SAMPLER_OPTIONS[name] if opt in shared}
+        for opt, value in own[name].items():
+            if name not in samplers and value != defaults[opt]:
+                raise ValueError(f"sgld_config.{opt} applies to sampler {name!r} only, which is not in samplers; "
+                                 f"got {opt}={value!r} with samplers={list(samplers)!r}")
+    return shared, own
 
 
 @unique
@@ -318,6 +350,8 @@ def _main(_config, _run, _seed, checked, ck):
                                                     torch.tensor(segments)).to(device)  # (P,)
                         res = estimate_llc_psgld(loss, w_flat, x, y, checked["configs"][name], checked["precond"], seed,
                                                  segments, scales=m)
+                    elif name in MOMENTUM_SAMPLERS:  # llc.sghmc, from its SGNHTConfig / SGHMCConfig
+                        res = estimate_llc_flat(loss, w_flat, x, y, checked["configs"][name], seed)
                     elif name == "psgld_fixed" or every is not None:  # plain SGLD is the fixed D = 1
                         factors = (layer_preconditioner(sizes, layer, alpha) if name == "psgld_fixed"
                                    else [1.0] * len(segments))

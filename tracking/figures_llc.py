@@ -231,7 +231,8 @@ def rescaling_table(runs: pd.DataFrame) -> pd.DataFrame:
     """
     columns = {"alphas": "alpha", "{sampler}.lambdahat": "lambdahat", "{sampler}.lambdahat_std": "lambdahat_std",
                "{sampler}.status": "status"}
-    parts = _per_sampler(runs, ("psgld_fixed", "psgld", "sgld"), columns, ["run", "run_id", "layer_sizes"])
+    parts = _per_sampler(runs, ("psgld_fixed", "psgld", "sgld", "sgnht", "sghmc"), columns,
+                         ["run", "run_id", "layer_sizes"])
     if not parts:
         raise ValueError("runs hold no rescaling_invariance results (columns 'alphas', 'psgld.lambdahat', ...)")
     table = pd.concat(parts, ignore_index=True)
@@ -255,7 +256,7 @@ def plot_rescaling(runs: pd.DataFrame, ax: Axes | None = None, title: str | None
     table = rescaling_table(runs)
     ax = _axes(ax, (6, 4))
     styles = {"psgld_fixed": dict(marker="o", ls="-"), "psgld": dict(marker="^", ls=":"),
-              "sgld": dict(marker="s", ls="--")}
+              "sgld": dict(marker="s", ls="--"), "sgnht": dict(marker="v", ls="-."), "sghmc": dict(marker="D", ls="-.")}
     for i, ((_, sampler), part) in enumerate(table.groupby(["run", "sampler"], sort=True)):
         ok = part[part["lambdahat"].notna()]
         ax.errorbar(ok["alpha"], ok["lambdahat"], yerr=ok["lambdahat_std"].fillna(0), ms=4, lw=1.2, capsize=2,
