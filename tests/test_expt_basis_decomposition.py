@@ -27,11 +27,6 @@ TINY = dict(data="mnist", model="fig2_cnn_bn1d", width=2, batch_size=16, num_epo
             eval_batch_size=13)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)  # tiny convolutions: threads only add overhead on shared CPUs
-
-
 @pytest.fixture(scope="module")
 def expt():
     return load_experiment("expt_basis_decomposition")

@@ -15,13 +15,6 @@ from tests.conftest import REPO, load_experiment
 from tests.datasets import write_mnist, write_usps
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small per-step work: on a shared, loaded machine a second thread only waits for time slices.
-    torch.set_num_threads(1)
-    yield
-
-
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("chaos_data")
