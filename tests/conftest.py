@@ -86,3 +86,17 @@ def experiment_fixture(name: str):
         return load_experiment(name)
 
     return _expt
+
+
+def data_fixture(write, basename="data"):
+    """A module-scoped data-folder fixture named after the module variable it is assigned to:
+    ``mnist_root = data_fixture(lambda root: write_mnist(root))`` gives a module's tests one folder, written once by
+    ``write(root)`` into a fresh temporary directory, as a string (what the experiments' ``data_root`` key takes)."""
+
+    @pytest.fixture(scope="module")
+    def _root(tmp_path_factory):
+        root = tmp_path_factory.mktemp(basename)
+        write(root)
+        return str(root)
+
+    return _root

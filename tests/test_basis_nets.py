@@ -12,11 +12,6 @@ from models.basis_nets import MODELS, BasisNet, InputShape, build_model, cnn_cha
 SHAPES = {"mnist": InputShape(1, 28, 10), "cifar10": InputShape(3, 32, 10), "cifar100": InputShape(3, 32, 100)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)  # tiny convolutions: threads only add overhead on shared CPUs
-
-
 @pytest.mark.parametrize("data", sorted(SHAPES))
 @pytest.mark.parametrize("name", MODELS)
 def test_every_model_builds_and_runs_forward_and_backward_at_tiny_width(name, data):

@@ -21,12 +21,6 @@ F64 = torch.float64
 LAM = torch.tensor([-2.0, -0.5, 0.0, 0.3, 1.0, 30.0], dtype=F64)  # lr 0.1: 2/lr = 20
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-    yield
-
-
 def test_candidate_sets():
     assert prune_candidates(LAM, "neg", 0.1).tolist() == [True, True, False, False, False, False]
     assert prune_candidates(LAM, "pos", 0.1).tolist() == [False, False, False, True, True, True]
