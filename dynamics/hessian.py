@@ -21,19 +21,50 @@ spectral densities (SLQ) in ``dynamics.spectral``.
 from __future__ import annotations
 
 import warnings
+import weakref
 
 import torch
 from torch import Tensor, nn
-from torch.func import grad, jvp, vmap
+from torch.func import grad, jvp, vjp, vmap
 
 from core.types import FlatLoss
 from dynamics.mlp_hessian import MLP_ACTIVATIONS, STRUCTURED_LOSSES, mlp_hessian, mlp_hessian_eigh  # noqa: F401
 from dynamics.symeig import EPS_EIGH_MODES, SymEig, dense_eigh  # noqa: F401
 
 
+# Losses whose forward-over-reverse HVP PyTorch cannot take: F.mse_loss with reduction="mean"
+# (also through the fused Linear-stack loss) raises "ZeroTensors are immutable" in its double
+# backward (pytorch/pytorch#123996, open in 2.14). They take reverse-over-reverse instead.
+_REVERSE_OVER_REVERSE: weakref.WeakSet = weakref.WeakSet()
+
+
+def _known_reverse_only(loss_fn) -> bool:
+    try:
+        return loss_fn in _REVERSE_OVER_REVERSE
+    except TypeError:  # unhashable
+        return False
+
+
 def hvp(loss_fn: FlatLoss, w: Tensor, v: Tensor, x: Tensor, y: Tensor) -> Tensor:
-    """H v by forward-over-reverse: the JVP of ∇L along v. Shapes (P,) -> (P,)."""
-    return jvp(lambda u: grad(loss_fn)(u, x, y), (w,), (v,))[1]
+    """H v by forward-over-reverse (the JVP of ∇L along v); shapes (P,) -> (P,).
+
+    Where PyTorch's forward mode fails on the loss (F.mse_loss, see above), the VJP of ∇L
+    with v, which is the same H v because H is symmetric; the loss is remembered, so the
+    failing attempt is paid once.
+    """
+    gradient = grad(loss_fn)
+    if not _known_reverse_only(loss_fn):
+        try:
+            return jvp(lambda u: gradient(u, x, y), (w,), (v,))[1]
+        except RuntimeError as err:
+            if "ZeroTensors are immutable" not in str(err):
+                raise
+            try:
+                _REVERSE_OVER_REVERSE.add(loss_fn)
+            except TypeError:  # not weakly referenceable: retried on every call, still correct
+                pass
+    _, pullback = vjp(lambda u: gradient(u, x, y), w)
+    return pullback(v)[0]
 
 
 def batched_hvp(

@@ -23,7 +23,7 @@ from dynamics.hessian import (
 from dynamics.lanczos import hessian_matvec, lanczos, lanczos_tridiagonal, power_iteration
 from dynamics.mlp_hessian import mlp_params_from_flat
 from dynamics.spectral import hutchpp_trace, slq_density
-from llc.estimate import flat_model_for_module
+from llc.estimate import flat_loss_for_module, flat_model_for_module
 from models.chaos_nets import build_model
 
 F64 = torch.float64
@@ -99,6 +99,30 @@ def test_linear_regression_hessian_closed_form():
     torch.testing.assert_close(dense_hessian(loss, w, x, y), expected)
     ws, bs = mlp_params_from_flat(w, sizes)
     torch.testing.assert_close(mlp_hessian(ws, bs, x, y, loss="mse"), expected)
+
+
+def test_hvp_through_torch_mse_loss_matches_the_closed_form():
+    """F.mse_loss breaks forward-over-reverse in PyTorch (#123996); hvp falls back and stays exact.
+
+    Linear regression through a flat loss using F.mse_loss, and the fused Linear-stack loss
+    built from F.mse_loss: H = (2/(N·out)) [x, 1]ᵀ[x, 1] per output, from the closed form.
+    """
+    x = torch.randn(9, 4, generator=torch.Generator().manual_seed(3), dtype=F64)
+    y = torch.randn(9, 1, generator=torch.Generator().manual_seed(4), dtype=F64)
+    xa = torch.cat([x, torch.ones(9, 1, dtype=F64)], dim=1)
+    expected = 2 * xa.T @ xa / 9  # (5, 5), rows ordered (w_1..w_4, b)
+
+    def flat(w, xb, yb):
+        return torch.nn.functional.mse_loss(xb @ w[:4].unsqueeze(1) + w[4], yb)
+
+    w = torch.randn(5, dtype=F64)
+    v = torch.randn(5, dtype=F64)
+    torch.testing.assert_close(hvp(flat, w, v, x, y), expected @ v)
+    torch.testing.assert_close(dense_hessian(flat, w, x, y), expected)
+    net = nn.Sequential(nn.Linear(4, 1)).to(F64)
+    fused, w0 = flat_loss_for_module(net, torch.nn.functional.mse_loss, F64, torch.device("cpu"))
+    assert fused.path == "fused"
+    torch.testing.assert_close(dense_hessian(fused, w0, x, y), expected)  # w0 = (weight, bias): the same order
 
 
 @pytest.mark.parametrize("sizes,bias,activation,loss", [
