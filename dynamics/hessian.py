@@ -31,7 +31,6 @@ from core.types import FlatLoss
 from dynamics.mlp_hessian import MLP_ACTIVATIONS, STRUCTURED_LOSSES, mlp_hessian, mlp_hessian_eigh  # noqa: F401
 from dynamics.symeig import EPS_EIGH_MODES, SymEig, dense_eigh  # noqa: F401
 
-
 # Losses whose forward-over-reverse HVP PyTorch cannot take: F.mse_loss with reduction="mean"
 # (also through the fused Linear-stack loss) raises "ZeroTensors are immutable" in its double
 # backward (pytorch/pytorch#123996, open in 2.14). They take reverse-over-reverse instead.
