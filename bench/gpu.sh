@@ -16,4 +16,19 @@ if [ -z "$PY" ]; then
     if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# First the CUDA tests (`pytest -m cuda`: every routine on CUDA in float32 and float64 against the
+# CPU, tests/test_cuda.py and the marked tests elsewhere), capped at 90 s; their summary goes to
+# $GPU_TESTS_OUT (default bench/gpu_tests.txt). Skipped with --device cpu, GPU_SKIP_TESTS=1, or
+# when torch sees no CUDA device (gpu_all.py then stops with its own message).
+# A failing test is reported, and the tables still run.
+case " $* " in *" --device cpu "*) GPU_SKIP_TESTS=1 ;; esac
+if [ "${GPU_SKIP_TESTS:-0}" != 1 ] && "$PY" -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+    tests_out="${GPU_TESTS_OUT:-bench/gpu_tests.txt}"
+    set +e
+    timeout 90 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests > "$tests_out" 2>&1
+    rc=$?
+    set -e
+    echo "pytest -m cuda: exit $rc (0 = all passed; 124 = over 90 s); summary in $tests_out"
+    tail -n 3 "$tests_out"
+fi
 exec "$PY" bench/gpu_all.py "$@"

@@ -143,6 +143,7 @@ def test_validation():
         run_sgld(loss64, w64, x64, y64, SGLDConfig(num_steps=2, batch_size=10, amp="bf16"), seed=0)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (fp16 autocast is CUDA-only)")
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_cuda_amp_matches_fp32_to_low_precision_rounding(amp):

@@ -111,6 +111,7 @@ def test_a_full_batch_sampler_cannot_stream_and_says_so_before_compute():
         estimate_llc(net, mse, PairDataset(x, y), sampler="mala", **{k: v for k, v in KW.items() if k != "batch_size"})
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_streamed_on_cuda_with_pinned_prefetch_equals_the_cuda_in_memory_path():
     net, x, y = _problem()

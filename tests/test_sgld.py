@@ -129,6 +129,7 @@ def test_dtypes(dtype):
     assert np.isfinite(res.lambdahat) and res.loss_trace.shape == (2, 50)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu_statistically():
     net, *_, x, y = dln_case(n=2000)
