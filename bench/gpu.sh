@@ -25,7 +25,7 @@ case " $* " in *" --device cpu "*) GPU_SKIP_TESTS=1 ;; esac
 if [ "${GPU_SKIP_TESTS:-0}" != 1 ] && "$PY" -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
     tests_out="${GPU_TESTS_OUT:-bench/gpu_tests.txt}"
     set +e
-    timeout 90 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests > "$tests_out" 2>&1
+    DLT_TEST_CUDA=1 timeout 90 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests > "$tests_out" 2>&1
     rc=$?
     set -e
     echo "pytest -m cuda: exit $rc (0 = all passed; 124 = over 90 s); summary in $tests_out"

@@ -5,7 +5,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# The suite runs on the CPU: CUDA is hidden unless DLT_TEST_CUDA=1 (bench/gpu.sh sets it for
+# `pytest -m cuda`, the tests that need a device) or the environment already names devices.
+if os.environ.get("DLT_TEST_CUDA") != "1":
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 
 @pytest.fixture(autouse=True)
