@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from tests.conftest import load_experiment
-from tests.datasets import allow_tiny_cifar, write_cifar10
 from tests.test_llc_curve import run, tiny
 from tests.test_preempt_experiments import assert_resumed_equals_uninterrupted, interrupted_then_resumed, llc_config
 from tracking.llc_spectrum import (
@@ -141,14 +140,6 @@ def test_validate_names_the_key(entry, value, match):
 
 
 # --------------------------------------------------------------- the experiment on tiny CIFAR-10
-
-@pytest.fixture
-def cifar(tmp_path, monkeypatch):
-    root = tmp_path / "data"
-    write_cifar10(root, n_train=40, n_test=20)
-    allow_tiny_cifar(monkeypatch)
-    return root
-
 
 @pytest.fixture(scope="module")
 def expt():
