@@ -222,6 +222,15 @@ class FusedFlatLoss:
         """w (C, P), x (C, B, ...), y (C, B, ...) -> (C,) each chain's mean loss, without vmap."""
         return self._batched_loss(stack_forward_batched(self.stack, w, x), y)
 
+    def takes_row_views(self, batch_size: int) -> bool:
+        """Whether value_and_grad gives the same numbers on strided views of x's and y's rows.
+
+        True where it copies x into its own layout and reads y entry by entry (the
+        collapsed Linear-only backward); elsewhere a bmm reads x's rows in place, and
+        BLAS may round differently with another row stride.
+        """
+        return self._kind is not None and fused_grad.collapses(self.stack, batch_size)
+
     def value_and_grad(self, w: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Each chain's loss (C,) and gradient (C, P) at w (C, P), x (C, B, ...), y (C, B, ...).
 

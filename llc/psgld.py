@@ -83,9 +83,10 @@ from llc.chain import (
     reject_compile_true,
     run_minibatch_chains,
 )
+from llc.minibatch import Minibatches
 from llc.precision import autocast, check_amp_device
 from llc.result import LLCResult, initial_loss, llc_result
-from llc.sgld import SGLDConfig, _gather
+from llc.sgld import SGLDConfig
 
 __all__ = ["PSGLDConfig", "PSGLDTrace", "estimate_llc_psgld", "estimate_llc_psgld_traced", "initial_loss",
            "llc_result", "run_psgld", "segment_ids", "tensor_scale"]
@@ -253,6 +254,7 @@ class PSGLDKernel:
         device, C, P = w_star.device, config.num_chains, w_star.numel()
         self.batch_size, self.nbeta, self.eps, self.precond = config.batch_size, nbeta, config.epsilon, precond
         self.loss_fn, self.batched_loss, self.x, self.y = loss_fn, vmap(loss_fn), x, y
+        self.batches = Minibatches(x, y)  # (x, y, idx (C, B)) -> their rows (llc.minibatch)
         self.w_star = w_star = w_star.detach()
         check_amp_device(config.amp, device, w_star.dtype)
         self.amp = config.amp
@@ -275,7 +277,7 @@ class PSGLDKernel:
         from llc.mala import mala_log_ratio  # llc.mala imports this module
 
         eps, nbeta, loc, w_star, precond = self.eps, self.nbeta, self.loc, self.w_star, self.precond
-        xb, yb = _gather(self.x, draws.idx), _gather(self.y, draws.idx)  # (C, B, ...)
+        xb, yb = self.batches(self.x, self.y, draws.idx)  # (C, B, ...)
         with torch.enable_grad(), autocast(self.amp, w.device):  # amp: llc.precision
             wg = w.detach().requires_grad_(True)
             loss = self.batched_loss(wg, xb, yb).to(w.dtype)  # (C,) L_B(w_t)

@@ -47,8 +47,9 @@ from llc.chain import (
     reject_compile_true,
     run_minibatch_chains,
 )
+from llc.minibatch import Minibatches
 from llc.precision import autocast, check_amp_device
-from llc.sgld import SGLDConfig, _gather
+from llc.sgld import SGLDConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,6 +127,7 @@ class MomentumKernel:
         self.name = "SGNHT" if thermostat else "SGHMC"
         self.batch_size, self.nbeta, self.eps, self.gamma = config.batch_size, nbeta, config.epsilon, config.gamma
         self.loss_fn, self.batched_loss, self.x, self.y = loss_fn, vmap(loss_fn), x, y
+        self.batches = Minibatches(x, y)  # (x, y, idx (C, B)) -> their rows (llc.minibatch)
         self.w_star = w_star.detach()
         check_amp_device(config.amp, w_star.device, w_star.dtype)
         self.amp = config.amp
@@ -148,7 +150,7 @@ class MomentumKernel:
 
     def force(self, w: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         """∇U_B(w) (C, P) and L_B(w) (C,) on each chain's minibatch idx (C, B)."""
-        xb, yb = _gather(self.x, idx), _gather(self.y, idx)  # (C, B, ...)
+        xb, yb = self.batches(self.x, self.y, idx)  # (C, B, ...)
         with torch.enable_grad(), autocast(self.amp, w.device):  # amp: llc.precision
             wg = w.detach().requires_grad_(True)
             if wg.shape[0] == 1:  # one chain: the plain kernels are faster than vmap's (llc.sgld)

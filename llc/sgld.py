@@ -65,6 +65,8 @@ from llc.chain import (
 from llc.chain import (
     check_finite as _check_finite,
 )
+from llc.minibatch import Minibatches
+from llc.minibatch import gather_rows as _gather
 from llc.precision import autocast, check_amp_device
 
 __all__ = [
@@ -203,7 +205,7 @@ class SGLDKernel:
         self.x, self.y, self.w_star = x, y, w_star.detach()
         check_amp_device(config.amp, w_star.device, w_star.dtype)
         pull, drift, noise = eps * config.gamma / 2, -eps * nbeta / 2, math.sqrt(eps)
-        self.eager = _eager_step(loss_fn, pull, drift, noise, config.amp)
+        self.eager = _eager_step(loss_fn, pull, drift, noise, config.amp, Minibatches(x, y))
         self.step_fn = self.eager
         if config.wants_compile():
             coef = torch.tensor([pull, drift, noise], dtype=w_star.dtype, device=w_star.device)
@@ -262,16 +264,8 @@ StepFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 # updated in place to w + pull (w* - w) + drift ∇L_B(w) + noise xi.
 
 
-def _gather(data: Tensor, idx: Tensor) -> Tensor:
-    """Rows idx (C, B) of data (n, ...) as (C, B, ...), one gather for every chain.
-
-    index_select on the flat indices is several times faster on CPU than advanced
-    indexing ``data[idx]`` and returns the same rows.
-    """
-    return data.index_select(0, idx.reshape(-1)).view(*idx.shape, *data.shape[1:])
-
-
-def _eager_step(loss_fn: FlatLoss, pull: float, drift: float, noise: float, amp: str | None = None) -> StepFn:
+def _eager_step(loss_fn: FlatLoss, pull: float, drift: float, noise: float, amp: str | None = None,
+                batches: Minibatches | None = None) -> StepFn:
     """The SGLD step for every chain at once: vmapped forward, one backward.
 
     A single chain skips vmap: on CPU, vmap turns each Linear into a bmm and
@@ -285,13 +279,21 @@ def _eager_step(loss_fn: FlatLoss, pull: float, drift: float, noise: float, amp:
     and the fused value_and_grad is skipped (its closed-form backward would return a
     low-precision gradient); the gradient of the run-dtype leaf w and the update stay
     in w's dtype, and the loss is cast back to it.
+
+    ``batches`` (llc.minibatch) gathers the minibatch from the step's own x and y,
+    packed into one gather where that is faster; without it x and y are gathered apart.
     """
     batched_loss = vmap(loss_fn)
     value_and_grad = getattr(loss_fn, "value_and_grad", None) if amp is None else None
+    takes_views = getattr(loss_fn, "takes_row_views", lambda batch_size: False)
 
     def step(w, idx, xi, x, y, w_star):
-        xb, yb = _gather(x, idx), _gather(y, idx)  # (C, B, ...)
-        if value_and_grad is not None and w.shape[0] > 1:
+        fused = value_and_grad is not None and w.shape[0] > 1
+        # Packed rows stay strided views where the fused gradient lays them out itself.
+        views = fused and takes_views(idx.shape[1])
+        xb, yb = (batches(x, y, idx, copy=not views) if batches is not None
+                  else (_gather(x, idx), _gather(y, idx)))  # (C, B, ...)
+        if fused:
             loss, g = value_and_grad(w, xb, yb)  # (C,), (C, P)
             g.mul_(drift).add_(xi, alpha=noise).add_(w_star - w, alpha=pull)
             w.add_(g)
