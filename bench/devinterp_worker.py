@@ -8,6 +8,7 @@ stdin/stdout, one JSON object a line:
     {"op": "load", "path": "<file from torch.save>"}   -> {"ok": true, "version": "2.0.1"}
     {"op": "run", "chains": C, "num_steps": T, "num_burnin_steps": b, "seed": s,
      "nbeta": nβ, "init_loss": L_n(w*)}                  -> {"seconds": dt, "lambdahat": [C floats]}
+    ("fresh_batches": true, 2.x only: a dataset long enough that no batch is replayed; see TiledDictDataset)
 
 The loaded file holds the model at w*, x, y, the loss name, ε, γ and the batch size
 (llc_vs_devinterp.save_workload). ``seconds`` is the wall time of devinterp's
@@ -60,6 +61,25 @@ class BatchDictDataset(TensorDataset):
         return [{"input_ids": x, "y": y}]
 
 
+class TiledDictDataset(BatchDictDataset):
+    """BatchDictDataset repeated to ``length`` rows (row j is data row j mod n).
+
+    With length >= steps * batch, one shuffled epoch covers the whole chain, so 2.x's
+    itertools.cycle never replays the first epoch's batches (request "fresh_batches").
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, length: int):
+        super().__init__(x, y)
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        n = self.tensors[0].shape[0]
+        return super().__getitems__([i % n for i in indices])
+
+
 def keep_batch(batch):
     return batch
 
@@ -91,6 +111,9 @@ def run_v2(wl: dict, req: dict) -> np.ndarray:
 
     loss = LOSSES[wl["loss"]]
     dataset = BatchDictDataset(wl["x"], wl["y"])
+    if req.get("fresh_batches"):
+        n, need = wl["x"].shape[0], req["num_steps"] * wl["batch_size"]
+        dataset = TiledDictDataset(wl["x"], wl["y"], -(-need // n) * n)
     model = wl["model"]
     masks = {name: None for name, _ in model.named_parameters()}  # every parameter sampled
 

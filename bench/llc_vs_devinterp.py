@@ -115,10 +115,11 @@ class DevinterpWorker:
         if got != self.version:
             raise SystemExit(f"{venv_python(self.version)} has devinterp {got}, expected {self.version}")
 
-    def run(self, wl: Workload, chains: int, nbeta: float, init_loss: float, seed: int) -> tuple[float, np.ndarray]:
+    def run(self, wl: Workload, chains: int, nbeta: float, init_loss: float, seed: int,
+            fresh_batches: bool = False) -> tuple[float, np.ndarray]:
         out = self.ask({"op": "run", "chains": chains, "num_steps": wl.num_steps,
                         "num_burnin_steps": wl.num_burnin_steps, "seed": seed, "nbeta": nbeta,
-                        "init_loss": init_loss})
+                        "init_loss": init_loss, "fresh_batches": fresh_batches and not self.version.startswith("1.")})
         return out["seconds"], np.array(out["lambdahat"])
 
     def close(self) -> None:
@@ -144,6 +145,23 @@ def run_ours(wl: Workload, flat_loss, w_star, chains: int, nbeta: float, init_lo
     with value_and_grad_hook([0]) if variant == "hooked" else contextlib.nullcontext():
         trace = run_sgld(flat_loss, w_star, wl.x, wl.y, cfg, seed)
     return llc_from_trace(trace.loss, init_loss, trace.nbeta, trace.burnin), trace.compile_mode
+
+
+MATMUL_OPS = ("aten::bmm", "aten::baddbmm", "aten::mm", "aten::addmm")
+
+
+def matmul_seconds(fn) -> float:
+    """CPU time fn() spends inside matrix-product kernels (profiler self time of MATMUL_OPS).
+
+    Any implementation of the same step at the same precision does these products, so
+    devinterp's time over this is the most our step could gain by shedding everything
+    else with these kernels (BENCHMARKS.md §2, "ceiling").
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATMUL_OPS) * 1e-6
 
 
 def sgd_step_seconds(wl: Workload, device, reps: int, steps: int) -> float:
@@ -212,6 +230,9 @@ def main() -> None:
     p.add_argument("--devinterp", default=",".join(DEVINTERP_VERSIONS),
                    help=f"comma-separated devinterp versions (default {','.join(DEVINTERP_VERSIONS)})")
     p.add_argument("--seed", type=int, default=SEED, help=f"base seed; repetition r uses seed + r (default {SEED})")
+    p.add_argument("--fresh-batches", action="store_true",
+                   help="devinterp 2.x: a dataset long enough that its itertools.cycle replays no batch "
+                        "(its default replays the first epoch's; a diagnostic, not its recommended route)")
     args, device, chain_counts, reps, header_line = start(p)
 
     workers = {f"devinterp-{v}": DevinterpWorker(v, torch.get_num_threads()) for v in args.devinterp.split(",")}
@@ -238,7 +259,7 @@ def main() -> None:
 
         def runner(v: str, wlv: Workload, C: int, seed: int) -> tuple[float, np.ndarray]:
             if v in workers:
-                return workers[v].run(wlv, C, nbeta, init_loss, seed)
+                return workers[v].run(wlv, C, nbeta, init_loss, seed, args.fresh_batches)
             dt, (lam, mode) = wall(lambda: run_ours(wlv, flat_loss, w_star, C, nbeta, init_loss, seed, v), device)
             if v == "ours":
                 modes.add(mode)
@@ -259,12 +280,19 @@ def main() -> None:
                     times[v].append(dt / (C * wl.num_steps))
                     lams[v].append(lam)
             ms = {v: median(times[v]) * 1e3 for v in variants}
+            floor = None  # ms per chain-step in matrix products (CPU only: the profiler's CPU self time)
+            if device.type == "cpu":
+                floor = 1e3 * matmul_seconds(lambda: run_ours(wl, flat_loss, w_star, C, nbeta, init_loss,
+                                                               args.seed, "ours")) / (C * wl.num_steps)
             lam = {v: np.concatenate(lams[v]) for v in variants}
             results[key, C] = dict(ms=ms, lam=lam, sgd_ms=sgd * 1e3)
             row = [key, str(C)] + [f"{ms[v]:.3f}" for v in variants]
             row += [f"{ms[d] / ms[o]:.1f}×" for o in ours for d in devinterps]
             row += [f"{ms[o] / (sgd * 1e3):.2f}" for o in ours]
+            row += ["–"] * (1 + len(devinterps)) if floor is None else (
+                [f"{floor:.3f}"] + [f"{ms[d] / floor:.1f}×" for d in devinterps])
             time_rows.append(row)
+            results[key, C]["floor_ms"] = floor
             zs = [z_value(lam[d], lam[o]) for o in ours for d in devinterps]
             lrow = [key, str(C), str(C * reps)] + [fmt_lambda(lam[v]) for v in variants]
             lrow += ["–" if z is None else f"{z:.1f}" for z in zs]
@@ -283,15 +311,19 @@ def main() -> None:
     short_name = {d: d.replace("devinterp-", "dvi ") for d in devinterps}
     t_header = ["wl", "C"] + [f"{short_name.get(v, v)} ms" for v in variants]
     t_header += [f"{short_name[d]} / {o}" for o in ours for d in devinterps] + [f"{o} / SGD step" for o in ours]
+    t_header += ["ours in matmuls ms"] + [f"ceiling {short_name[d]} / matmuls" for d in devinterps]
     l_header = ["wl", "C", "chains pooled"] + [f"λ̂ {short_name.get(v, v)}" for v in variants]
     l_header += [f"z {o} vs {short_name[d]}" for o in ours for d in devinterps]
     i_header = ["wl", "workload", "ε", "γ", "nβ", "batch", "steps (burn-in)", "Aoyagi λ", "SGD step ms",
                 "ours: loss path, step", "compile s (first call, per C)"]
     body = "\n\n".join([
         f"Measured on: {header_line}. Device `{device}`; {reps} alternating repetitions per cell"
+        + ("; devinterp 2.x with --fresh-batches (no first-epoch replay)" if args.fresh_batches else "")
         + (" (QUICK smoke run: not a measurement)" if args.quick else "") + ".",
         markdown_table(i_header, info_rows),
-        "Wall time per chain-step (median over repetitions):",
+        "Wall time per chain-step (median over repetitions). \"ours in matmuls\": the part of our chain-step "
+        "spent in matrix-product kernels (one profiled run); devinterp's time over it is the ceiling on the ratio "
+        "with these kernels, at the same precision and threads:",
         markdown_table(t_header, time_rows),
         "λ̂ (mean ± std over chains, pooled over repetitions; z = |Δ| / combined standard error):",
         markdown_table(l_header, lam_rows),

@@ -92,7 +92,8 @@ class Minibatches:
             return gather_rows(x, idx), gather_rows(y, idx)
         if self._versions != (x._version, y._version):
             self.table, self._versions = pack(x, y, self.y_at), (x._version, y._version)
-        rows = self.table.index_select(0, idx.reshape(-1))  # (C·B, LINE_BYTES)
+        # Gathered as 8-byte words: index_select copies a row of 64 uint8 about twice as slowly.
+        rows = self.table.view(torch.int64).index_select(0, idx.reshape(-1)).view(torch.uint8)  # (C·B, LINE_BYTES)
         return unpack(rows, x, 0, idx.shape, copy), unpack(rows, y, self.y_at, idx.shape, copy)
 
 
