@@ -34,9 +34,10 @@ class LLCResult:
         loss_trace: (C, T) float64 trace (NaN where not recorded); each chain's trace.
         burnin: discarded leading draws.
         config: the sampler configuration.
-        compile_mode: the SGLD step that ran: "eager", "compiled", or
-            "eager-fallback" (torch.compile failed), or "eager-amp" (compile skipped for amp);
-            ``compiled`` says whether it was compiled.
+        compile_mode: the SGLD step that ran: "eager", "compiled", "cuda-graph" (CUDA
+            graph replay, llc.cuda_graph), "eager-fallback" (torch.compile or the capture
+            failed), or "eager-amp" (compile skipped for amp); ``compiled`` says whether
+            torch.compile ran.
         amp: the mixed precision of the loss forward/backward (None, "bf16" or "fp16";
             llc.precision); the trace is float64 either way.
         loss_path: how the model's loss was evaluated: "fused" (llc.fused: a stack of Linear

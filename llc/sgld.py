@@ -17,7 +17,8 @@ step gathers every chain's minibatch with one index_select, evaluates
 chains do not interact, so that is each chain's own gradient). With
 ``SGLDConfig.compile`` True, or "auto" (the default) on a run of at least
 ``COMPILE_AUTO_MIN_CHAIN_STEPS`` chain-steps, the whole step is compiled with
-torch.compile instead; the trace records which path ran.
+torch.compile instead; "auto" on CUDA captures the eager step in a CUDA graph
+(llc.cuda_graph) instead. The trace records which path ran (:func:`step_path`).
 
 The step is a kernel on llc.chain's driver, which owns the randomness: chain c owns
 a ``torch.Generator`` seeded from (seed, c) via numpy's SeedSequence and draws its
@@ -65,6 +66,7 @@ from llc.chain import (
 from llc.chain import (
     check_finite as _check_finite,
 )
+from llc.cuda_graph import first_graph_call
 from llc.minibatch import Minibatches
 from llc.minibatch import gather_rows as _gather
 from llc.precision import autocast, check_amp_device
@@ -72,7 +74,7 @@ from llc.precision import autocast, check_amp_device
 __all__ = [
     "COMPILE_AUTO_MIN_CHAIN_STEPS", "COMPILE_CHOICES", "FlatLoss", "SGLDConfig", "SGLDDivergenceError",
     "SGLDTrace", "StepCallback", "chain_generators", "check_compile", "full_data_loss",
-    "mala_acceptance_probability", "run_sgld", "_MAX_BLOCK_STEPS", "_NOISE_BLOCK_NUMEL", "_check_finite",
+    "mala_acceptance_probability", "run_sgld", "step_path", "_MAX_BLOCK_STEPS", "_NOISE_BLOCK_NUMEL", "_check_finite",
 ]
 
 # The one divergence error of llc/ (llc.chain.ChainDivergenceError), under its historical name.
@@ -82,6 +84,23 @@ SGLDDivergenceError = ChainDivergenceError
 # break-even point where the first call's compile cost is repaid by the per-step saving,
 # measured by bench/compile_threshold.py (BENCHMARKS.md, "compile='auto' threshold").
 COMPILE_AUTO_MIN_CHAIN_STEPS = 50_000
+
+
+def step_path(compile: bool | str, chain_steps: int, device_type: str, amp: str | None, streamed: bool = False) -> str:
+    """The step a run takes: "eager", "compiled" (torch.compile), "cuda-graph" or "eager-amp".
+
+    False: eager. True: compiled. "auto": eager below COMPILE_AUTO_MIN_CHAIN_STEPS chain-steps
+    (num_chains * num_steps), else the CUDA graph on a "cuda" device and compiled elsewhere;
+    streamed rows (llc.streaming: new x, y tensors every step, which a graph cannot follow)
+    keep compiled. With amp, any step but eager becomes "eager-amp" (the eager autocast step).
+    """
+    if compile == "auto":
+        if chain_steps < COMPILE_AUTO_MIN_CHAIN_STEPS:
+            return "eager"
+        path = "cuda-graph" if device_type == "cuda" and not streamed else "compiled"
+    else:
+        path = "compiled" if compile else "eager"
+    return "eager-amp" if amp is not None and path != "eager" else path
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,9 +115,12 @@ class SGLDConfig(ChainConfig):
             (gather, vmap(grad), update); the first step then takes a few seconds to
             compile on CPU and later steps are cheaper, which pays off for long runs
             only. "auto": compile when num_chains * num_steps >=
-            COMPILE_AUTO_MIN_CHAIN_STEPS (the measured break-even), else eager.
+            COMPILE_AUTO_MIN_CHAIN_STEPS (the measured break-even), else eager; on a
+            CUDA device, such a long run captures the eager step in a CUDA graph
+            instead (llc.cuda_graph; compile=True keeps torch.compile).
             Results match the eager step up to float rounding, not bit for bit.
-            Falls back to the eager step, with a warning, if compilation fails.
+            Falls back to the eager step, with a warning, if compilation or capture
+            fails (or the graph's first step disagrees with the eager one).
             With ``amp`` set the compiled step is not attempted: the run takes the
             eager autocast step and records compile_mode "eager-amp".
     """
@@ -112,7 +134,7 @@ class SGLDConfig(ChainConfig):
         checks.boolean("loss_trace_minibatch", self.loss_trace_minibatch)
 
     def asks_compile(self) -> bool:
-        """Whether compile asks for the compiled step: compile=True, or "auto" on a long run."""
+        """Whether compile asks for a non-eager step: compile=True, or "auto" on a long run."""
         if self.compile == "auto":
             return self.num_chains * self.num_steps >= COMPILE_AUTO_MIN_CHAIN_STEPS
         return self.compile
@@ -132,9 +154,11 @@ class SGLDTrace:
         final_w: (C, P) last state of each chain.
         nbeta: the n·β used.
         burnin: number of discarded leading draws.
-        compile_mode: the step that ran: "eager" (not attempted), "compiled",
-            "eager-fallback" (torch.compile was attempted and failed), or "eager-amp"
-            (compile asked for, skipped because amp runs the eager autocast step).
+        compile_mode: the step that ran: "eager" (not attempted), "compiled"
+            (torch.compile), "cuda-graph" (the eager step replayed from a CUDA graph),
+            "eager-fallback" (torch.compile or the graph capture was attempted and
+            failed), or "eager-amp" (compile asked for, skipped because amp runs the
+            eager autocast step).
     """
 
     loss: Tensor
@@ -185,11 +209,11 @@ def run_sgld(
     kernel = SGLDKernel(loss_fn, w_star, x, y, config, config.resolve_nbeta(n))
     trace, w = run_minibatch_chains(kernel, loss_fn, w_star, x, y, config, seed, eval_batch_size, callback, stream)
     return SGLDTrace(loss=trace.cpu(), final_w=w, nbeta=kernel.nbeta, burnin=config.burnin(),
-                     compile_mode=compile_mode(config, kernel.step_fn, kernel.eager))
+                     compile_mode=compile_mode(kernel.path, kernel.step_fn, kernel.eager))
 
 
 class SGLDKernel:
-    """The SGLD step as an llc.chain kernel: eager, or compiled on the first call.
+    """The SGLD step as an llc.chain kernel: eager, or compiled or captured on the first call.
 
     w <- w + Δw with Δw = (εγ/2)(w* - w) - (ε nβ/2) g + sqrt(ε) ξ summed first. In float32
     the old form (1 - εγ/2) w rounds the factor itself (ε=5e-7, γ=1: γ off by 4.6%);
@@ -207,7 +231,10 @@ class SGLDKernel:
         pull, drift, noise = eps * config.gamma / 2, -eps * nbeta / 2, math.sqrt(eps)
         self.eager = _eager_step(loss_fn, pull, drift, noise, config.amp, Minibatches(x, y))
         self.step_fn = self.eager
-        if config.wants_compile():
+        # x is None on streamed rows (llc.streaming sets x, y per step)
+        self.path = step_path(config.compile, config.num_chains * config.num_steps, w_star.device.type, config.amp,
+                              streamed=x is None)
+        if self.path == "compiled":
             coef = torch.tensor([pull, drift, noise], dtype=w_star.dtype, device=w_star.device)
             self.step_fn = _compiled_step(loss_fn, coef)
 
@@ -218,7 +245,10 @@ class SGLDKernel:
         return self.advance(t, (w, draws.idx, draws.xi, self.x, self.y, self.w_star))
 
     def advance(self, t: int, args: tuple) -> Tensor:
-        """One step on args = (w, idx, xi, x, y, w*); the first one compiles, or falls back to eager."""
+        """One step on args = (w, idx, xi, x, y, w*); the first one compiles or captures, or falls back to eager."""
+        if t == 0 and self.path == "cuda-graph":
+            self.step_fn, loss = first_graph_call(self.eager, args)
+            return loss
         if t == 0 and self.step_fn is not self.eager:
             self.step_fn, loss = _first_compiled_call(self.step_fn, self.eager, args)
             return loss
@@ -382,8 +412,8 @@ def _first_compiled_call(step: StepFn, eager: StepFn, args: tuple) -> tuple[Step
         return eager, eager(*args)
 
 
-def compile_mode(config: SGLDConfig, step: StepFn, eager: StepFn) -> str:
-    """The path a finished run took: "eager", "compiled", "eager-fallback" or "eager-amp"."""
-    if not config.wants_compile():
-        return "eager-amp" if config.asks_compile() else "eager"
-    return "eager-fallback" if step is eager else "compiled"
+def compile_mode(path: str, step: StepFn, eager: StepFn) -> str:
+    """The path a finished run took: :func:`step_path`'s, or "eager-fallback" where it fell back to eager."""
+    if path in ("compiled", "cuda-graph") and step is eager:
+        return "eager-fallback"
+    return path

@@ -12,16 +12,19 @@ so their λ̂ is compared statistically: within 3.5 combined standard errors plu
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import llc.sgld as sgld
 from dynamics.hessian import dense_hessian, hvp
 from dynamics.lanczos import hessian_matvec, lanczos
 from dynamics.ntk import empirical_ntk
 from llc.estimate import estimate_llc, flat_loss_for_module
+from llc.sgld import SGLDConfig, run_sgld
 from tests.cases import dln_case
 
 pytestmark = [pytest.mark.cuda,
@@ -95,3 +98,64 @@ def test_fused_path_runs_on_cuda_and_matches_the_generic_one():
     assert gpu.loss_path == "fused" == cpu.loss_path
     se = math.hypot(cpu.lambdahat_std, gpu.lambdahat_std) / math.sqrt(8)
     assert abs(cpu.lambdahat - gpu.lambdahat) < 3.5 * se + 0.10 * abs(cpu.lambdahat)
+
+
+def _graph_case(path, dtype):
+    """A DLN teacher problem on CUDA with a fused (Linear stack) or a generic (LayerNorm) flat loss."""
+    net, *_, x, y = dln_case(n=500, dtype=torch.float64)
+    if path == "generic":
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(3, 6), nn.LayerNorm(6), nn.Tanh(), nn.Linear(6, 2))
+    loss, w = flat_loss_for_module(net.to(dtype), F.mse_loss, dtype, CUDA)
+    assert loss.path == path
+    return loss, w, x.to(CUDA, dtype), y.to(CUDA, dtype)
+
+
+@pytest.mark.parametrize("path", ["fused", "generic"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_graph_step_matches_the_eager_step(monkeypatch, path, dtype):
+    """compile="auto" on a long run captures the step in a CUDA graph: the eager run's trace, to float rounding.
+
+    The graph replays the eager step's own kernels on the same draws (the same seed on the
+    same device), so the two runs differ only where a kernel orders a reduction differently
+    from run to run: a few ulps per step, not amplified over 60 steps of a contractive
+    update (ε nβ λ_max(H) / 2 < 1 here). RTOL (1e-10 / 1e-4) leaves > 100× headroom and
+    still catches stale draws or a missed update (|Δw| ~ sqrt(ε) = 1e-2 per step).
+    """
+    monkeypatch.setattr(sgld, "COMPILE_AUTO_MIN_CHAIN_STEPS", 1)  # this short run counts as long
+    loss, w, x, y = _graph_case(path, dtype)
+    cfg = dict(epsilon=1e-4, gamma=10.0, nbeta=100.0, num_steps=60, batch_size=20, num_chains=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback (failed capture or validation) fails the test
+        graph = run_sgld(loss, w, x, y, SGLDConfig(**cfg), seed=0)
+    eager = run_sgld(loss, w, x, y, SGLDConfig(**cfg, compile=False), seed=0)
+    assert graph.compile_mode == "cuda-graph" and eager.compile_mode == "eager"
+    rtol = RTOL[dtype]
+    torch.testing.assert_close(graph.loss, eager.loss, rtol=rtol, atol=rtol * float(eager.loss.abs().max()))
+    torch.testing.assert_close(graph.final_w, eager.final_w, rtol=rtol, atol=rtol * float(eager.final_w.abs().max()))
+    assert not torch.equal(graph.final_w, w.expand_as(graph.final_w))  # the chains moved
+
+
+def test_a_failed_capture_falls_back_to_the_eager_step(monkeypatch):
+    """A loss that synchronises (illegal while a stream captures) fails the capture: one warning, then eager.
+
+    Last in the file: it also checks that CUDA works after a failed capture. The two runs
+    are the same eager code on the same draws, so they agree to float64 rounding (RTOL).
+    """
+    monkeypatch.setattr(sgld, "COMPILE_AUTO_MIN_CHAIN_STEPS", 1)
+    loss, w, x, y = _graph_case("generic", torch.float64)
+
+    def syncing(wc, xc, yc):
+        torch.cuda.synchronize()
+        return loss(wc, xc, yc)
+
+    cfg = dict(epsilon=1e-4, gamma=10.0, nbeta=100.0, num_steps=20, batch_size=20, num_chains=4)
+    with pytest.warns(RuntimeWarning, match="CUDA-graph step but the capture failed") as record:
+        out = run_sgld(syncing, w, x, y, SGLDConfig(**cfg), seed=0)
+    assert sum(issubclass(r.category, RuntimeWarning) for r in record) == 1 and out.compile_mode == "eager-fallback"
+    eager = run_sgld(syncing, w, x, y, SGLDConfig(**cfg, compile=False), seed=0)
+    rtol = RTOL[torch.float64]
+    torch.testing.assert_close(out.loss, eager.loss, rtol=rtol, atol=rtol * float(eager.loss.abs().max()))
+    torch.testing.assert_close(out.final_w, eager.final_w, rtol=rtol, atol=rtol * float(eager.final_w.abs().max()))
+    again = run_sgld(loss, w, x, y, SGLDConfig(**cfg), seed=0)  # a later capture still works
+    assert again.compile_mode == "cuda-graph"
