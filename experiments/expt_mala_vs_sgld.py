@@ -41,7 +41,7 @@ from data.synthetic import INPUT_DISTRIBUTIONS, teacher_dataset
 from llc.estimate import flat_model_for_module
 from llc.mala import MALAConfig, estimate_llc_mala
 from llc.psgld import initial_loss, llc_result
-from llc.sgld import SGLDConfig, SGLDDivergenceError, mala_acceptance_probability, run_sgld
+from llc.sgld import SGLDConfig, SGLDDivergenceError, mala_acceptance_probability, run_sgld, step_path
 from models.relu_mlp import INITS, ReLUMLP, notebook_teacher
 from tracking.key_aliases import resolve_alias
 from tracking.preempt import add_checkpoint_config, checkpointing
@@ -229,10 +229,12 @@ def _warm_up(loss, w_star, x, y, checked) -> None:
     """Two untimed steps of each sampler, so neither time_s pays for first-call set-up (allocator, vmap).
 
     The SGLD warm-up compiles when the sweep's runs will (compile=True, or "auto" on long
-    runs), so torch.compile's first call is not in the first n's time_s either.
+    runs off CUDA), so torch.compile's first call is not in the first n's time_s either. A
+    CUDA-graph run (llc.cuda_graph) captures its own graph, in its time_s (a few steps' worth).
     """
     two = dict(num_steps=2, num_burnin_steps=0)
-    compiles = SGLDConfig(**checked["sgld"], epsilon=1.0).wants_compile()
+    cfg = SGLDConfig(**checked["sgld"], epsilon=1.0)
+    compiles = step_path(cfg.compile, cfg.num_chains * cfg.num_steps, w_star.device.type, cfg.amp) == "compiled"
     run_sgld_with_acceptance(loss, w_star, x, y, SGLDConfig(**{**checked["sgld"], **two, "compile": compiles},
                                                             epsilon=1e-12), 0, 1)
     estimate_llc_mala(loss, w_star, x, y, MALAConfig(**{**checked["mala"], **two}, epsilon=1e-12), seed=0,

@@ -134,11 +134,17 @@ def _linear_value_and_grad(stack, kind: str, w: Tensor, x: Tensor, y: Tensor,
     # Feature-major and contiguous: both products over the batch then take BLAS's fast layouts
     # (with the transposed view of x, G = g x took several times longer on CPU).
     xt = (x.flatten(2) if stack.flatten else x).transpose(1, 2).contiguous()  # (C, in, B)
-    out = torch.bmm(mat, xt) if vec is None else torch.baddbmm(vec, mat, xt)  # (C, K, B)
-    got = _loss_and_output_grad(kind, out, y, ignore_index)
-    if got is None:
-        return None
-    loss, g = got  # (C,), (C, K, B)
+    k, b = mat.shape[1], xt.shape[2]
+    if kind == "mse" and vec is None and y.shape == (c, b, k):
+        # The residual in the product itself: d = A_L x - yᵀ, one kernel instead of bmm then sub.
+        d = torch.baddbmm(y.transpose(1, 2), mat, xt, beta=-1)  # (C, K, B)
+        loss, g = d.square().mean((1, 2)), d.mul_(2.0 / (k * b))
+    else:
+        out = torch.bmm(mat, xt) if vec is None else torch.baddbmm(vec, mat, xt)  # (C, K, B)
+        got = _loss_and_output_grad(kind, out, y, ignore_index)
+        if got is None:
+            return None
+        loss, g = got  # (C,), (C, K, B)
     big_g, s = torch.bmm(g, xt.transpose(1, 2)), g.sum(2, keepdim=True)  # (C, K, in), (C, K, 1)
     grad = torch.zeros_like(w)  # (C, P); shared layers accumulate
     rest = None  # R_l (C, K, out_l); None: the identity
