@@ -67,6 +67,7 @@ from llc.chain import (
     check_finite as _check_finite,
 )
 from llc.cuda_graph import first_graph_call
+from llc.diagnostics import mala_acceptance_probability  # re-exported: its callers import it from here
 from llc.minibatch import Minibatches
 from llc.minibatch import gather_rows as _gather
 from llc.precision import autocast, check_amp_device
@@ -253,40 +254,6 @@ class SGLDKernel:
             self.step_fn, loss = _first_compiled_call(self.step_fn, self.eager, args)
             return loss
         return self.step_fn(*args)  # (C,) L_B(w_t); w becomes w_{t+1} in place
-
-
-def mala_acceptance_probability(
-    loss_fn: FlatLoss, w: Tensor, w_next: Tensor, xb: Tensor, yb: Tensor, w_star: Tensor,
-    eps: float, nbeta: float, gamma: float,
-) -> Tensor:
-    """MALA acceptance probability of the SGLD transitions w -> w_next, one per chain.
-
-    With the minibatch potential U(w) = nβ L_B(w) + (γ/2)||w - w*||² (the SGLD step's
-    own target, llc/mala.py's U with L_n replaced by L_B) and the Langevin proposal
-    log q(a | b) = -||a - b + (ε/2) ∇U(b)||² / (2ε),
-
-        α = min(1, exp(U(w) - U(w') + log q(w | w') - log q(w' | w))),
-
-    the diagnostic the original's sgld_utils.mala_acceptance_probability records:
-    values near 1 say ε is small enough for the discretisation bias to be small.
-
-    Args:
-        w, w_next: (C, P) states before and after one step.
-        xb, yb: (C, B, ...) each chain's minibatch.
-    Returns:
-        (C,) float64 probabilities.
-    """
-    def potential(wc, xc, yc):
-        diff = wc - w_star
-        return nbeta * loss_fn(wc, xc, yc) + 0.5 * gamma * (diff * diff).sum()
-
-    grad_u = vmap(grad_and_value(potential))
-    g0, u0 = grad_u(w, xb, yb)  # (C, P), (C,)
-    g1, u1 = grad_u(w_next, xb, yb)
-    fwd = w_next - w + 0.5 * eps * g0  # log q(w' | w) residual
-    bwd = w - w_next + 0.5 * eps * g1  # log q(w | w') residual
-    log_alpha = (u0 - u1).double() + ((fwd * fwd).sum(1) - (bwd * bwd).sum(1)).double() / (2 * eps)
-    return torch.exp(torch.clamp(log_alpha, max=0.0))
 
 
 StepFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
