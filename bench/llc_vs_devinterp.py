@@ -119,7 +119,7 @@ class DevinterpWorker:
             fresh_batches: bool = False) -> tuple[float, np.ndarray]:
         out = self.ask({"op": "run", "chains": chains, "num_steps": wl.num_steps,
                         "num_burnin_steps": wl.num_burnin_steps, "seed": seed, "nbeta": nbeta,
-                        "init_loss": init_loss, "fresh_batches": fresh_batches and not self.version.startswith("1.")})
+                        "init_loss": init_loss, "fresh_batches": fresh_batches})  # 1.x ignores it
         return out["seconds"], np.array(out["lambdahat"])
 
     def close(self) -> None:
@@ -292,7 +292,6 @@ def main() -> None:
             row += ["–"] * (1 + len(devinterps)) if floor is None else (
                 [f"{floor:.3f}"] + [f"{ms[d] / floor:.1f}×" for d in devinterps])
             time_rows.append(row)
-            results[key, C]["floor_ms"] = floor
             zs = [z_value(lam[d], lam[o]) for o in ours for d in devinterps]
             lrow = [key, str(C), str(C * reps)] + [fmt_lambda(lam[v]) for v in variants]
             lrow += ["–" if z is None else f"{z:.1f}" for z in zs]

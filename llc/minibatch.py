@@ -11,6 +11,8 @@ bytes, so every result is bit-identical to gathering x and y separately.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -28,7 +30,7 @@ def gather_rows(data: Tensor, idx: Tensor) -> Tensor:
 
 
 def _row_bytes(t: Tensor) -> int:
-    return t[0].numel() * t.element_size()
+    return math.prod(t.shape[1:]) * t.element_size()
 
 
 def packed_layout(x: Tensor, y: Tensor) -> int | None:
@@ -51,8 +53,8 @@ def pack(x: Tensor, y: Tensor, y_at: int) -> Tensor:
     """(n, LINE_BYTES) uint8 table: row i holds x[i]'s bytes at 0 and y[i]'s at y_at (zero padding)."""
     n = x.shape[0]
     table = torch.zeros(n, LINE_BYTES, dtype=torch.uint8)
-    table[:, :_row_bytes(x)] = x.reshape(n, -1).view(torch.uint8)
-    table[:, y_at:y_at + _row_bytes(y)] = y.reshape(n, -1).view(torch.uint8)
+    table[:, :_row_bytes(x)] = x.reshape(n, math.prod(x.shape[1:])).view(torch.uint8)
+    table[:, y_at:y_at + _row_bytes(y)] = y.reshape(n, math.prod(y.shape[1:])).view(torch.uint8)
     return table
 
 

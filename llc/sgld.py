@@ -135,10 +135,8 @@ class SGLDConfig(ChainConfig):
         checks.boolean("loss_trace_minibatch", self.loss_trace_minibatch)
 
     def asks_compile(self) -> bool:
-        """Whether compile asks for a non-eager step: compile=True, or "auto" on a long run."""
-        if self.compile == "auto":
-            return self.num_chains * self.num_steps >= COMPILE_AUTO_MIN_CHAIN_STEPS
-        return self.compile
+        """Whether compile asks for a non-eager step: compile=True, or "auto" on a long run (:func:`step_path`)."""
+        return step_path(self.compile, self.num_chains * self.num_steps, "cpu", None) != "eager"
 
     def wants_compile(self) -> bool:
         """Whether this run attempts the compiled step: asked for, and no amp (autocast runs eager)."""
@@ -280,6 +278,7 @@ def _eager_step(loss_fn: FlatLoss, pull: float, drift: float, noise: float, amp:
     ``batches`` (llc.minibatch) gathers the minibatch from the step's own x and y,
     packed into one gather where that is faster; without it x and y are gathered apart.
     """
+    batches = Minibatches(None, None) if batches is None else batches  # never packed: separate gathers
     batched_loss = vmap(loss_fn)
     value_and_grad = getattr(loss_fn, "value_and_grad", None) if amp is None else None
     takes_views = getattr(loss_fn, "takes_row_views", lambda batch_size: False)
@@ -288,8 +287,7 @@ def _eager_step(loss_fn: FlatLoss, pull: float, drift: float, noise: float, amp:
         fused = value_and_grad is not None and w.shape[0] > 1
         # Packed rows stay strided views where the fused gradient lays them out itself.
         views = fused and takes_views(idx.shape[1])
-        xb, yb = (batches(x, y, idx, copy=not views) if batches is not None
-                  else (_gather(x, idx), _gather(y, idx)))  # (C, B, ...)
+        xb, yb = batches(x, y, idx, copy=not views)  # (C, B, ...)
         if fused:
             loss, g = value_and_grad(w, xb, yb)  # (C,), (C, P)
             g.mul_(drift).add_(xi, alpha=noise).add_(w_star - w, alpha=pull)

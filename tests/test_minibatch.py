@@ -85,6 +85,13 @@ def test_other_data_than_its_own_is_gathered_apart():
     assert not Minibatches(None, None).packed  # a streamed kernel is built without in-memory data
 
 
+def test_empty_data_and_an_empty_index():
+    """Row sizes come from the shape, so n = 0 (or B = 0) builds and gathers nothing without failing."""
+    x, y = torch.zeros(0, 3), torch.zeros(0, 2)
+    xb, yb = Minibatches(x, y)(x, y, torch.zeros(2, 0, dtype=torch.long))
+    assert xb.shape == (2, 0, 3) and yb.shape == (2, 0, 2)
+
+
 def test_gather_rows_takes_a_strided_index():
     x = torch.randn(40, 3, generator=GEN)
     idx = torch.randint(0, 40, (6, 5), generator=GEN).t()  # non-contiguous (5, 6)
